@@ -1,0 +1,18 @@
+"""The ``delshare`` command: one click group; each subcommand lives in its own module."""
+
+from __future__ import annotations
+
+import click
+
+from delshare import __version__
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="delshare")
+def cli() -> None:
+    """DEL: share files directly between devices, through NATs, with a TURN TCP relay fallback."""
+
+
+def main() -> None:
+    """Console-script entry point."""
+    cli()
