@@ -1,0 +1,266 @@
+"""The STUN/TURN attribute table: one typed encode/decode pair per attribute type.
+
+RFC 8489 §14 (STUN attributes), RFC 8656 §18 (TURN attributes), RFC 6062 §6.2 (CONNECTION-ID).
+XOR-address attributes take the transaction ID through ``transaction_id`` (RFC 8489 §14.2).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from delshare.errors import StunDecodeError
+from delshare.stun.constants import FAMILY_IPV4, FAMILY_IPV6, MAGIC_COOKIE, Attr
+
+Address = tuple[str, int]
+AttrValue = Any  # the decoded Python value; its type is given per entry in ATTRIBUTES
+Decoder = Callable[[bytes, bytes], AttrValue]
+Encoder = Callable[[AttrValue, bytes], bytes]
+
+_COOKIE_BYTES = struct.pack("!I", MAGIC_COOKIE)
+
+
+@dataclass(frozen=True)
+class AttributeSpec:
+    """One row of the attribute table: type code, name, and its codec."""
+
+    type: int
+    name: str
+    decode: Decoder
+    encode: Encoder
+
+
+def _xor(data: bytes, mask: bytes) -> bytes:
+    return bytes(a ^ b for a, b in zip(data, mask, strict=False))
+
+
+def decode_address(data: bytes, _tid: bytes = b"") -> Address:
+    """MAPPED-ADDRESS layout (RFC 8489 §14.1)."""
+    if len(data) < 4:
+        raise StunDecodeError("address attribute too short")
+    family, port = data[1], struct.unpack("!H", data[2:4])[0]
+    if family == FAMILY_IPV4 and len(data) == 8:
+        return str(ipaddress.IPv4Address(data[4:8])), port
+    if family == FAMILY_IPV6 and len(data) == 20:
+        return str(ipaddress.IPv6Address(data[4:20])), port
+    raise StunDecodeError(f"bad address family {family} or length {len(data)}")
+
+
+def encode_address(value: Address, _tid: bytes = b"") -> bytes:
+    """MAPPED-ADDRESS layout (RFC 8489 §14.1)."""
+    host, port = value
+    ip = ipaddress.ip_address(host)
+    family = FAMILY_IPV4 if ip.version == 4 else FAMILY_IPV6
+    return struct.pack("!BBH", 0, family, port) + ip.packed
+
+
+def decode_xor_address(data: bytes, tid: bytes) -> Address:
+    """XOR-MAPPED-ADDRESS layout (RFC 8489 §14.2)."""
+    if len(data) < 4:
+        raise StunDecodeError("address attribute too short")
+    port = struct.unpack("!H", data[2:4])[0] ^ (MAGIC_COOKIE >> 16)
+    mask = _COOKIE_BYTES + tid
+    return decode_address(data[:2] + struct.pack("!H", port) + _xor(data[4:], mask))[0], port
+
+
+def encode_xor_address(value: Address, tid: bytes) -> bytes:
+    """XOR-MAPPED-ADDRESS layout (RFC 8489 §14.2)."""
+    plain = encode_address(value)
+    port = struct.unpack("!H", plain[2:4])[0] ^ (MAGIC_COOKIE >> 16)
+    return plain[:2] + struct.pack("!H", port) + _xor(plain[4:], _COOKIE_BYTES + tid)
+
+
+def _utf8(limit: int) -> tuple[Decoder, Encoder]:
+    def dec(data: bytes, _tid: bytes) -> str:
+        if len(data) > limit:
+            raise StunDecodeError(f"text attribute longer than {limit} bytes")
+        try:
+            return data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise StunDecodeError("text attribute is not UTF-8") from exc
+
+    def enc(value: str, _tid: bytes) -> bytes:
+        return value.encode("utf-8")
+
+    return dec, enc
+
+
+def _uint(fmt: str, pad: int = 0) -> tuple[Decoder, Encoder]:
+    size = struct.calcsize(fmt)
+
+    def dec(data: bytes, _tid: bytes) -> int:
+        if len(data) != size + pad:
+            raise StunDecodeError(f"integer attribute of length {len(data)}")
+        return int(struct.unpack(fmt, data[:size])[0])
+
+    def enc(value: int, _tid: bytes) -> bytes:
+        return struct.pack(fmt, value) + bytes(pad)
+
+    return dec, enc
+
+
+def _raw(min_len: int = 0, max_len: int = 65535) -> tuple[Decoder, Encoder]:
+    def dec(data: bytes, _tid: bytes) -> bytes:
+        if not min_len <= len(data) <= max_len:
+            raise StunDecodeError(f"attribute of length {len(data)}")
+        return bytes(data)
+
+    def enc(value: bytes, _tid: bytes) -> bytes:
+        return bytes(value)
+
+    return dec, enc
+
+
+def _flag() -> tuple[Decoder, Encoder]:
+    return (lambda _data, _tid: True), (lambda _value, _tid: b"")
+
+
+def decode_error_code(data: bytes, _tid: bytes) -> tuple[int, str]:
+    """ERROR-CODE (RFC 8489 §14.8): class * 100 + number, then a UTF-8 reason."""
+    if len(data) < 4:
+        raise StunDecodeError("ERROR-CODE too short")
+    code = (data[2] & 0x07) * 100 + data[3]
+    return code, data[4:].decode("utf-8", errors="replace")
+
+
+def encode_error_code(value: tuple[int, str], _tid: bytes) -> bytes:
+    """ERROR-CODE (RFC 8489 §14.8)."""
+    code, reason = value
+    return struct.pack("!HBB", 0, code // 100, code % 100) + reason.encode("utf-8")
+
+
+def decode_unknown(data: bytes, _tid: bytes) -> tuple[int, ...]:
+    """UNKNOWN-ATTRIBUTES (RFC 8489 §14.9): a list of 16-bit types."""
+    if len(data) % 2:
+        raise StunDecodeError("UNKNOWN-ATTRIBUTES of odd length")
+    return struct.unpack(f"!{len(data) // 2}H", data)
+
+
+def encode_unknown(value: tuple[int, ...], _tid: bytes) -> bytes:
+    """UNKNOWN-ATTRIBUTES (RFC 8489 §14.9)."""
+    return struct.pack(f"!{len(value)}H", *value)
+
+
+def _one_algorithm(data: bytes) -> tuple[tuple[int, bytes], int]:
+    if len(data) < 4:
+        raise StunDecodeError("password algorithm too short")
+    alg, plen = struct.unpack("!HH", data[:4])
+    end = 4 + plen + (-plen % 4)
+    if len(data) < 4 + plen:
+        raise StunDecodeError("password algorithm parameters truncated")
+    return (alg, bytes(data[4 : 4 + plen])), end
+
+
+def _encode_one_algorithm(value: tuple[int, bytes]) -> bytes:
+    alg, params = value
+    return struct.pack("!HH", alg, len(params)) + params + bytes(-len(params) % 4)
+
+
+def decode_password_algorithm(data: bytes, _tid: bytes) -> tuple[int, bytes]:
+    """PASSWORD-ALGORITHM (RFC 8489 §14.12)."""
+    return _one_algorithm(data)[0]
+
+
+def encode_password_algorithm(value: tuple[int, bytes], _tid: bytes) -> bytes:
+    """PASSWORD-ALGORITHM (RFC 8489 §14.12)."""
+    return _encode_one_algorithm(value)
+
+
+def decode_password_algorithms(data: bytes, _tid: bytes) -> tuple[tuple[int, bytes], ...]:
+    """PASSWORD-ALGORITHMS (RFC 8489 §14.11): a list of algorithm entries."""
+    out, pos = [], 0
+    while pos < len(data):
+        entry, used = _one_algorithm(data[pos:])
+        out.append(entry)
+        pos += used
+    return tuple(out)
+
+
+def encode_password_algorithms(value: tuple[tuple[int, bytes], ...], _tid: bytes) -> bytes:
+    """PASSWORD-ALGORITHMS (RFC 8489 §14.11)."""
+    return b"".join(_encode_one_algorithm(v) for v in value)
+
+
+def decode_address_error(data: bytes, _tid: bytes) -> tuple[int, int, str]:
+    """ADDRESS-ERROR-CODE (RFC 8656 §18.12): family, code, reason."""
+    if len(data) < 4:
+        raise StunDecodeError("ADDRESS-ERROR-CODE too short")
+    return data[0], (data[2] & 0x07) * 100 + data[3], data[4:].decode("utf-8", errors="replace")
+
+
+def encode_address_error(value: tuple[int, int, str], _tid: bytes) -> bytes:
+    """ADDRESS-ERROR-CODE (RFC 8656 §18.12)."""
+    family, code, reason = value
+    return struct.pack("!BBBB", family, 0, code // 100, code % 100) + reason.encode("utf-8")
+
+
+def decode_channel_number(data: bytes, _tid: bytes) -> int:
+    """CHANNEL-NUMBER (RFC 8656 §18.1): 16 bits then 16 RFFU bits."""
+    if len(data) != 4:
+        raise StunDecodeError("CHANNEL-NUMBER must be 4 bytes")
+    return int(struct.unpack("!H", data[:2])[0])
+
+
+def encode_channel_number(value: int, _tid: bytes) -> bytes:
+    """CHANNEL-NUMBER (RFC 8656 §18.1)."""
+    return struct.pack("!HH", value, 0)
+
+
+def decode_even_port(data: bytes, _tid: bytes) -> bool:
+    """EVEN-PORT (RFC 8656 §18.8): the R bit."""
+    if len(data) != 1:
+        raise StunDecodeError("EVEN-PORT must be 1 byte")
+    return bool(data[0] & 0x80)
+
+
+def encode_even_port(value: bool, _tid: bytes) -> bytes:
+    """EVEN-PORT (RFC 8656 §18.8)."""
+    return b"\x80" if value else b"\x00"
+
+
+def _table() -> dict[int, AttributeSpec]:
+    text_763 = _utf8(763)
+    rows: list[tuple[Attr, tuple[Decoder, Encoder]]] = [
+        (Attr.MAPPED_ADDRESS, (decode_address, encode_address)),
+        (Attr.USERNAME, _utf8(513)),
+        (Attr.MESSAGE_INTEGRITY, _raw(20, 20)),
+        (Attr.ERROR_CODE, (decode_error_code, encode_error_code)),
+        (Attr.UNKNOWN_ATTRIBUTES, (decode_unknown, encode_unknown)),
+        (Attr.CHANNEL_NUMBER, (decode_channel_number, encode_channel_number)),
+        (Attr.LIFETIME, _uint("!I")),
+        (Attr.XOR_PEER_ADDRESS, (decode_xor_address, encode_xor_address)),
+        (Attr.DATA, _raw()),
+        (Attr.REALM, text_763),
+        (Attr.NONCE, text_763),
+        (Attr.XOR_RELAYED_ADDRESS, (decode_xor_address, encode_xor_address)),
+        (Attr.REQUESTED_ADDRESS_FAMILY, _uint("!B", 3)),
+        (Attr.EVEN_PORT, (decode_even_port, encode_even_port)),
+        (Attr.REQUESTED_TRANSPORT, _uint("!B", 3)),
+        (Attr.DONT_FRAGMENT, _flag()),
+        (Attr.MESSAGE_INTEGRITY_SHA256, _raw(16, 32)),
+        (Attr.PASSWORD_ALGORITHM, (decode_password_algorithm, encode_password_algorithm)),
+        (Attr.USERHASH, _raw(32, 32)),
+        (Attr.XOR_MAPPED_ADDRESS, (decode_xor_address, encode_xor_address)),
+        (Attr.RESERVATION_TOKEN, _raw(8, 8)),
+        (Attr.CONNECTION_ID, _uint("!I")),
+        (Attr.ADDITIONAL_ADDRESS_FAMILY, _uint("!B", 3)),
+        (Attr.ADDRESS_ERROR_CODE, (decode_address_error, encode_address_error)),
+        (Attr.PASSWORD_ALGORITHMS, (decode_password_algorithms, encode_password_algorithms)),
+        (Attr.ALTERNATE_DOMAIN, text_763),
+        (Attr.ICMP, _raw(8, 8)),
+        (Attr.SOFTWARE, text_763),
+        (Attr.ALTERNATE_SERVER, (decode_address, encode_address)),
+        (Attr.FINGERPRINT, _uint("!I")),
+    ]
+    return {int(a): AttributeSpec(int(a), a.name, dec, enc) for a, (dec, enc) in rows}
+
+
+ATTRIBUTES: dict[int, AttributeSpec] = _table()
+
+
+def is_comprehension_required(attr_type: int) -> bool:
+    """Types 0x0000-0x7FFF must be understood (RFC 8489 §14)."""
+    return attr_type < 0x8000

@@ -1,0 +1,128 @@
+"""STUN/TURN numbers: methods, classes, attribute types, error codes.
+
+RFC 8489 (STUN), RFC 8656 (TURN), RFC 6062 (TURN TCP allocations).
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+MAGIC_COOKIE = 0x2112A442  # RFC 8489 §5
+HEADER_LENGTH = 20  # RFC 8489 §5
+FINGERPRINT_XOR = 0x5354554E  # RFC 8489 §14.7
+CHANNEL_MIN = 0x4000  # RFC 8656 §12
+CHANNEL_MAX = 0x4FFF  # RFC 8656 §12
+PROTO_UDP = 17  # RFC 8656 §18.13 REQUESTED-TRANSPORT
+PROTO_TCP = 6  # RFC 6062 §6.1
+FAMILY_IPV4 = 0x01  # RFC 8489 §14.1
+FAMILY_IPV6 = 0x02  # RFC 8489 §14.1
+PASSWORD_ALGORITHM_MD5 = 0x0001  # RFC 8489 §18.5
+PASSWORD_ALGORITHM_SHA256 = 0x0002  # RFC 8489 §18.5
+NONCE_COOKIE = "obMatJos2"  # RFC 8489 §9.2: prefix signalling security features
+DEFAULT_PORT = 3478  # RFC 8489 §9
+DEFAULT_TLS_PORT = 5349  # RFC 8489 §9
+DEFAULT_LIFETIME = 600  # RFC 8656 §3.2
+PERMISSION_LIFETIME = 300  # RFC 8656 §9
+CHANNEL_LIFETIME = 600  # RFC 8656 §12
+CONNECTION_BIND_TIMEOUT = 30.0  # RFC 6062 §5.3, §5.4
+CONNECT_TIMEOUT = 30.0  # RFC 6062 §5.2 (server choice; issue asks 30 s)
+
+
+class Method(IntEnum):
+    """STUN methods (RFC 8489 §18.2, RFC 8656 §17, RFC 6062 §6.1)."""
+
+    BINDING = 0x001
+    ALLOCATE = 0x003
+    REFRESH = 0x004
+    SEND = 0x006
+    DATA = 0x007
+    CREATE_PERMISSION = 0x008
+    CHANNEL_BIND = 0x009
+    CONNECT = 0x00A
+    CONNECTION_BIND = 0x00B
+    CONNECTION_ATTEMPT = 0x00C
+
+
+class MessageClass(IntEnum):
+    """STUN message classes (RFC 8489 §5)."""
+
+    REQUEST = 0b00
+    INDICATION = 0b01
+    SUCCESS = 0b10
+    ERROR = 0b11
+
+
+class Attr(IntEnum):
+    """Attribute types (RFC 8489 §18.3, RFC 8656 §18, RFC 6062 §6.2)."""
+
+    MAPPED_ADDRESS = 0x0001
+    USERNAME = 0x0006
+    MESSAGE_INTEGRITY = 0x0008
+    ERROR_CODE = 0x0009
+    UNKNOWN_ATTRIBUTES = 0x000A
+    CHANNEL_NUMBER = 0x000C
+    LIFETIME = 0x000D
+    XOR_PEER_ADDRESS = 0x0012
+    DATA = 0x0013
+    REALM = 0x0014
+    NONCE = 0x0015
+    XOR_RELAYED_ADDRESS = 0x0016
+    REQUESTED_ADDRESS_FAMILY = 0x0017
+    EVEN_PORT = 0x0018
+    REQUESTED_TRANSPORT = 0x0019
+    DONT_FRAGMENT = 0x001A
+    MESSAGE_INTEGRITY_SHA256 = 0x001C
+    PASSWORD_ALGORITHM = 0x001D
+    USERHASH = 0x001E
+    XOR_MAPPED_ADDRESS = 0x0020
+    RESERVATION_TOKEN = 0x0022
+    CONNECTION_ID = 0x002A
+    ADDITIONAL_ADDRESS_FAMILY = 0x8000
+    ADDRESS_ERROR_CODE = 0x8001
+    PASSWORD_ALGORITHMS = 0x8002
+    ALTERNATE_DOMAIN = 0x8003
+    ICMP = 0x8004
+    SOFTWARE = 0x8022
+    ALTERNATE_SERVER = 0x8023
+    FINGERPRINT = 0x8028
+
+
+class ErrorCode(IntEnum):
+    """Error codes (RFC 8489 §14.8, RFC 8656 §19, RFC 6062 §6.3)."""
+
+    TRY_ALTERNATE = 300
+    BAD_REQUEST = 400
+    UNAUTHENTICATED = 401
+    FORBIDDEN = 403
+    UNKNOWN_ATTRIBUTE = 420
+    ALLOCATION_MISMATCH = 437
+    STALE_NONCE = 438
+    ADDRESS_FAMILY_NOT_SUPPORTED = 440
+    WRONG_CREDENTIALS = 441
+    UNSUPPORTED_TRANSPORT = 442
+    PEER_ADDRESS_FAMILY_MISMATCH = 443
+    CONNECTION_ALREADY_EXISTS = 446
+    CONNECTION_TIMEOUT_OR_FAILURE = 447
+    ALLOCATION_QUOTA_REACHED = 486
+    SERVER_ERROR = 500
+    INSUFFICIENT_CAPACITY = 508
+
+
+REASONS: dict[int, str] = {
+    300: "Try Alternate",
+    400: "Bad Request",
+    401: "Unauthenticated",
+    403: "Forbidden",
+    420: "Unknown Attribute",
+    437: "Allocation Mismatch",
+    438: "Stale Nonce",
+    440: "Address Family not Supported",
+    441: "Wrong Credentials",
+    442: "Unsupported Transport Protocol",
+    443: "Peer Address Family Mismatch",
+    446: "Connection Already Exists",
+    447: "Connection Timeout or Failure",
+    486: "Allocation Quota Reached",
+    500: "Server Error",
+    508: "Insufficient Capacity",
+}
