@@ -1,0 +1,153 @@
+"""Pair with a peer through the rendezvous server: ``pair(url, code, side)``.
+
+Steps: connect, ``open`` the code's nameplate, exchange SPAKE2 messages and key-confirmation
+MACs through the mailbox (a wrong code fails here, on both sides), then return a
+``PairedChannel`` whose ``send``/``receive`` carry JSON objects sealed by ``MessageCipher``. The
+server only ever sees the nameplate, SPAKE2 messages, MACs and ciphertext. Every wait is bounded
+by ``timeout`` seconds and every failure surfaces as ``PairingError``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from types import TracebackType
+from typing import Any
+
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
+
+from delshare.errors import PairingError
+from delshare.pairing import wire
+from delshare.pairing.cipher import MessageCipher
+from delshare.pairing.codes import Code, parse_code
+from delshare.pairing.envelope import Phase, decode_body, encode_body
+from delshare.pairing.pake import Pake, Side
+
+DEFAULT_TIMEOUT = 30.0
+_SIDE_BYTES = {Side.SENDER: b"s", Side.RECEIVER: b"r"}
+
+
+class _Mailbox:
+    """Our end of a mailbox: add bodies, await the peer's, with timeouts."""
+
+    def __init__(self, connection: ClientConnection, timeout: float) -> None:
+        self.connection = connection
+        self.timeout = timeout
+
+    async def _send(self, message: wire.ClientMessage) -> None:
+        try:
+            async with asyncio.timeout(self.timeout):
+                await self.connection.send(wire.encode(message))
+        except ConnectionClosed as exc:
+            raise PairingError("rendezvous connection closed") from exc
+        except TimeoutError as exc:
+            raise PairingError("timed out sending to the rendezvous server") from exc
+
+    async def open(self, nameplate: str) -> None:
+        await self._send(wire.OpenMessage(nameplate))
+
+    async def add(self, phase: Phase, payload: bytes) -> None:
+        await self._send(wire.AddMessage(encode_body(phase, payload)))
+
+    async def next(self, phase: Phase, wait: float | None = None) -> bytes:
+        """The payload of the peer's next body, which must be in ``phase``."""
+        try:
+            async with asyncio.timeout(self.timeout if wait is None else wait):
+                frame = await self.connection.recv()
+        except ConnectionClosed as exc:
+            raise PairingError("rendezvous connection closed") from exc
+        except TimeoutError as exc:
+            raise PairingError("timed out waiting for the peer") from exc
+        match wire.decode_server(frame):
+            case wire.RelayMessage(body):
+                return decode_body(body, phase)
+            case wire.ErrorMessage(reason):
+                raise PairingError(f"rendezvous server refused: {reason}")
+            case wire.CloseMessage(reason):
+                raise PairingError(f"mailbox closed: {reason}")
+
+
+class PairedChannel:
+    """An authenticated, encrypted JSON channel to the paired peer, relayed by the mailbox.
+
+    ``key`` is the PAKE session key; derive purpose keys from it with ``pake.derive_key``.
+    """
+
+    def __init__(self, mailbox: _Mailbox, key: bytes, side: Side) -> None:
+        self._mailbox = mailbox
+        self._cipher = MessageCipher(key, side)
+        self.key = key
+        self.side = side
+
+    async def send(self, obj: dict[str, Any]) -> None:
+        """Seal and send one JSON object to the peer."""
+        await self._mailbox.add(Phase.SEALED, self._cipher.seal(obj))
+
+    # A per-wait bound (not the caller's whole operation), hence the parameter.
+    async def receive(self, timeout: float | None = None) -> dict[str, Any]:  # noqa: ASYNC109
+        """The peer's next JSON object; PairingError on tampering, close or timeout.
+
+        ``timeout`` overrides the channel's per-wait timeout for this call.
+        """
+        return self._cipher.open(await self._mailbox.next(Phase.SEALED, timeout))
+
+    async def close(self) -> None:
+        await self._mailbox.connection.close()
+
+    async def __aenter__(self) -> PairedChannel:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+
+async def pair(
+    rendezvous_url: str,
+    code: str | Code,
+    side: Side | str,
+    *,
+    timeout: float = DEFAULT_TIMEOUT,  # noqa: ASYNC109 (bounds each wait, kept by the channel)
+) -> PairedChannel:
+    """Meet the peer holding ``code`` and return the encrypted channel to it.
+
+    ``side`` is ``"sender"`` or ``"receiver"``; the two peers must take different sides.
+    ``timeout`` bounds each wait (connect, every message), here and on the channel.
+    """
+    parsed = code if isinstance(code, Code) else parse_code(code)
+    our_side = Side(side)
+    connection = await _connect(rendezvous_url, timeout)
+    try:
+        mailbox = _Mailbox(connection, timeout)
+        await mailbox.open(parsed.nameplate)
+        key = await _agree_key(mailbox, parsed.password, our_side)
+    except BaseException:
+        await connection.close()
+        raise
+    return PairedChannel(mailbox, key, our_side)
+
+
+async def _connect(url: str, open_timeout: float) -> ClientConnection:
+    try:
+        return await connect(
+            url, open_timeout=open_timeout, proxy=None, compression=None, max_size=wire.MAX_FRAME
+        )
+    except (OSError, InvalidURI, InvalidHandshake, TimeoutError) as exc:
+        raise PairingError(f"cannot reach rendezvous server {url}: {exc}") from exc
+
+
+async def _agree_key(mailbox: _Mailbox, password: bytes, side: Side) -> bytes:
+    """SPAKE2 then key confirmation, both through the mailbox; the confirmed key."""
+    pake = Pake(password, side)
+    await mailbox.add(Phase.PAKE, _SIDE_BYTES[side] + pake.start())
+    peer = await mailbox.next(Phase.PAKE)
+    if peer[:1] == _SIDE_BYTES[side]:
+        raise PairingError(f"both peers chose side {side.value!r}: one must send, one receive")
+    pake.finish(peer[1:])
+    await mailbox.add(Phase.CONFIRM, pake.confirmation())
+    pake.verify_confirmation(await mailbox.next(Phase.CONFIRM))
+    return pake.key
