@@ -1,0 +1,28 @@
+"""The protocol cores never import I/O (STYLE.md: sans-IO core, thin adapters)."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+SRC = Path(__file__).resolve().parents[1] / "src" / "delshare"
+CORE_PACKAGES = ["stun", "turn"]
+FORBIDDEN = {"asyncio", "socket", "time", "selectors", "ssl", "threading"}
+
+
+def core_modules() -> list[Path]:
+    return sorted(p for pkg in CORE_PACKAGES for p in (SRC / pkg).rglob("*.py"))
+
+
+@pytest.mark.parametrize("path", core_modules(), ids=lambda p: str(p.relative_to(SRC)))
+def test_core_module_imports_no_io(path: Path) -> None:
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    imported: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            imported |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            imported.add(node.module.split(".")[0])
+    assert not imported & FORBIDDEN, f"{path.name} imports {imported & FORBIDDEN}"
