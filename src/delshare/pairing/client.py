@@ -83,8 +83,7 @@ class PairedChannel:
         """Seal and send one JSON object to the peer."""
         await self._mailbox.add(Phase.SEALED, self._cipher.seal(obj))
 
-    # A per-wait bound (not the caller's whole operation), hence the parameter.
-    async def receive(self, timeout: float | None = None) -> dict[str, Any]:  # noqa: ASYNC109
+    async def receive(self, timeout: float | None = None) -> dict[str, Any]:
         """The peer's next JSON object; PairingError on tampering, close or timeout.
 
         ``timeout`` overrides the channel's per-wait timeout for this call.
@@ -111,7 +110,7 @@ async def pair(
     code: str | Code,
     side: Side | str,
     *,
-    timeout: float = DEFAULT_TIMEOUT,  # noqa: ASYNC109 (bounds each wait, kept by the channel)
+    timeout: float = DEFAULT_TIMEOUT,
 ) -> PairedChannel:
     """Meet the peer holding ``code`` and return the encrypted channel to it.
 

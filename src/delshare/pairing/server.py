@@ -2,8 +2,8 @@
 
 One handler per connection decodes ``wire`` frames, applies them to the store with the loop clock
 and turns the store's events into frames for the right connections. A refusal is answered with an
-``error`` frame and the connection is closed. Each connection lives at most ``max_age`` seconds; a
-sweeper task expires old mailboxes.
+``error`` frame and the connection is closed. A sweeper task expires old mailboxes (telling
+their clients) and no connection lives longer than ``max_age`` plus a grace period.
 """
 
 from __future__ import annotations
@@ -32,14 +32,14 @@ from delshare.pairing.mailbox import (
 )
 
 SWEEP_INTERVAL = 1.0
+CONNECTION_GRACE = 5.0  # a connection may outlive its mailbox's max_age by this much
 
 
 class RendezvousServer:
     """A running rendezvous server; ``port``, ``sockets``, ``close()``, ``wait_closed()``."""
 
-    def __init__(self, store: MailboxStore, max_age: float, sweep_interval: float) -> None:
+    def __init__(self, store: MailboxStore, sweep_interval: float = SWEEP_INTERVAL) -> None:
         self.store = store
-        self._max_age = max_age
         self._sweep_interval = sweep_interval
         self._ids = itertools.count(1)
         self._connections: dict[ClientId, ServerConnection] = {}
@@ -91,11 +91,11 @@ class RendezvousServer:
         return asyncio.get_running_loop().time()
 
     async def handle(self, connection: ServerConnection) -> None:
-        """Serve one client connection until it closes, errs or outlives ``max_age``."""
+        """Serve one client connection until it closes, errs or grows too old."""
         client = next(self._ids)
         self._connections[client] = connection
         try:
-            async with asyncio.timeout(self._max_age):
+            async with asyncio.timeout(self.store.limits.max_age + CONNECTION_GRACE):
                 async for frame in connection:
                     await self._dispatch(client, frame)
         except PairingError as exc:
@@ -160,8 +160,9 @@ async def serve_rendezvous(
 
     ``store`` defaults to an in-memory ``MailboxTable(limits)``.
     """
-    store = store or MailboxTable(limits)
-    rendezvous = RendezvousServer(store, store.limits.max_age, sweep_interval)
+    rendezvous = RendezvousServer(
+        store if store is not None else MailboxTable(limits), sweep_interval
+    )
     server = await serve(
         rendezvous.handle, host, port, max_size=wire.MAX_FRAME, compression=None, max_queue=16
     )

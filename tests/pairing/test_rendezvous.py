@@ -1,0 +1,189 @@
+"""A real rendezvous server on 127.0.0.1 and real clients pairing through it."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import socket
+from collections.abc import AsyncIterator, Callable
+
+import pytest
+from websockets.asyncio.client import connect
+
+from delshare.errors import PairingError
+from delshare.pairing import wire
+from delshare.pairing.client import PairedChannel, pair
+from delshare.pairing.envelope import Phase, encode_body
+from delshare.pairing.mailbox import ClientId, Event, MailboxLimits, MailboxTable
+from delshare.pairing.server import RendezvousServer, serve_rendezvous
+
+CODE = "7-guitar-orbit"
+MARKER = "plaintext-marker-5f2a"
+WAIT = 10.0
+
+
+class RecordingTable(MailboxTable):
+    """The real table, also keeping every body it was asked to relay."""
+
+    def __init__(self, limits: MailboxLimits | None = None) -> None:
+        super().__init__(limits)
+        self.bodies: list[str] = []
+
+    def add(self, client: ClientId, body: str, now: float) -> list[Event]:
+        self.bodies.append(body)
+        return super().add(client, body, now)
+
+
+@pytest.fixture
+async def table() -> RecordingTable:
+    return RecordingTable()
+
+
+@pytest.fixture
+async def server(table: RecordingTable) -> AsyncIterator[RendezvousServer]:
+    async with await serve_rendezvous("127.0.0.1", 0, store=table) as running:
+        yield running
+
+
+@pytest.fixture
+def url(server: RendezvousServer) -> str:
+    return f"ws://127.0.0.1:{server.port}"
+
+
+async def _until(condition: Callable[[], bool], tries: int = 1000) -> None:
+    """Wait (bounded) for the server to act on something it learns asynchronously."""
+    for _ in range(tries):
+        if condition():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("condition never became true")
+
+
+async def _pair_both(url: str, code_a: str = CODE, code_b: str = CODE) -> list[object]:
+    return list(
+        await asyncio.gather(
+            pair(url, code_a, "sender", timeout=WAIT),
+            pair(url, code_b, "receiver", timeout=WAIT),
+            return_exceptions=True,
+        )
+    )
+
+
+async def test_two_clients_pair_and_exchange_encrypted_dicts(
+    url: str, table: RecordingTable
+) -> None:
+    sender, receiver = await _pair_both(url)
+    assert isinstance(sender, PairedChannel) and isinstance(receiver, PairedChannel)
+    async with sender, receiver:
+        assert sender.key == receiver.key
+        await sender.send({"candidates": [MARKER, 1]})
+        await sender.send({"offer": {"name": "a.txt", "size": 3}})
+        assert await receiver.receive() == {"candidates": [MARKER, 1]}
+        assert await receiver.receive() == {"offer": {"name": "a.txt", "size": 3}}
+        await receiver.send({"answer": MARKER})
+        assert await sender.receive() == {"answer": MARKER}
+    assert len(table.bodies) == 2 + 2 + 3  # PAKE, confirm, then sealed dicts
+    for body in table.bodies:
+        seen = body.encode() + base64.b64decode(body)
+        assert MARKER.encode() not in seen
+        assert b"guitar" not in seen and b"orbit" not in seen
+    await _until(lambda: len(table) == 0)  # both closed: the server forgets the mailbox
+
+
+async def test_wrong_code_fails_cleanly_on_both_sides(url: str) -> None:
+    results = await _pair_both(url, CODE, "7-guitar-otter")
+    assert all(isinstance(r, PairingError) for r in results), results
+    assert all("wrong code" in str(r) for r in results), results
+
+
+async def test_third_client_on_a_full_mailbox_is_refused(url: str) -> None:
+    sender, receiver = await _pair_both(url)
+    assert isinstance(sender, PairedChannel) and isinstance(receiver, PairedChannel)
+    async with sender, receiver:
+        with pytest.raises(PairingError, match="mailbox full"):
+            await pair(url, CODE, "sender", timeout=WAIT)
+        await sender.send({"still": "works"})
+        assert await receiver.receive() == {"still": "works"}
+
+
+async def test_both_peers_on_the_same_side_are_told(url: str) -> None:
+    results = await asyncio.gather(
+        pair(url, CODE, "sender", timeout=WAIT),
+        pair(url, CODE, "sender", timeout=WAIT),
+        return_exceptions=True,
+    )
+    assert all(isinstance(r, PairingError) and "both peers" in str(r) for r in results)
+
+
+async def test_peer_leaving_ends_the_receive(url: str) -> None:
+    sender, receiver = await _pair_both(url)
+    assert isinstance(sender, PairedChannel) and isinstance(receiver, PairedChannel)
+    await sender.send({"last": True})
+    await sender.close()
+    async with receiver:
+        assert await receiver.receive() == {"last": True}
+        with pytest.raises(PairingError, match="peer left"):
+            await receiver.receive()
+
+
+async def test_waiting_alone_times_out(url: str) -> None:
+    with pytest.raises(PairingError, match="timed out"):
+        await pair(url, CODE, "sender", timeout=0.2)
+
+
+async def test_tampered_sealed_message_is_detected(url: str) -> None:
+    """A peer that knows the code but sends a forged ciphertext is caught by receive()."""
+    receiver_task = asyncio.create_task(pair(url, CODE, "receiver", timeout=WAIT))
+    sender = await pair(url, CODE, "sender", timeout=WAIT)
+    receiver = await receiver_task
+    async with sender, receiver:
+        forged = encode_body(Phase.SEALED, b"\x00" * 40)
+        await sender._mailbox.connection.send(wire.encode(wire.AddMessage(forged)))
+        with pytest.raises(PairingError, match="wrong code or tampered message"):
+            await receiver.receive()
+
+
+async def test_garbage_pake_message_fails_pairing(url: str) -> None:
+    async with connect(url, proxy=None) as rogue:
+        await rogue.send(wire.encode(wire.OpenMessage("7")))
+        await rogue.send(wire.encode(wire.AddMessage(encode_body(Phase.PAKE, b"s" + b"\x01" * 5))))
+        with pytest.raises(PairingError, match="PAKE"):
+            await pair(url, CODE, "receiver", timeout=WAIT)
+
+
+async def test_server_refuses_bad_frames_and_closes(url: str) -> None:
+    async with connect(url, proxy=None) as raw:
+        await raw.send("not json")
+        reply = wire.decode_server(await asyncio.wait_for(raw.recv(), WAIT))
+        assert isinstance(reply, wire.ErrorMessage)
+        await asyncio.wait_for(raw.wait_closed(), WAIT)
+
+
+async def test_server_refuses_add_before_open(url: str) -> None:
+    async with connect(url, proxy=None) as raw:
+        await raw.send(wire.encode(wire.AddMessage("x")))
+        reply = wire.decode_server(await asyncio.wait_for(raw.recv(), WAIT))
+        assert reply == wire.ErrorMessage("open a mailbox first")
+
+
+async def test_expired_mailbox_is_closed_by_the_server() -> None:
+    limits = MailboxLimits(max_age=0.3)
+    async with await serve_rendezvous("127.0.0.1", 0, limits=limits, sweep_interval=0.05) as srv:
+        with pytest.raises(PairingError, match="mailbox expired"):
+            await pair(f"ws://127.0.0.1:{srv.port}", CODE, "sender", timeout=WAIT)
+
+
+async def test_unreachable_server_is_a_pairing_error() -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    with pytest.raises(PairingError, match="cannot reach"):
+        await pair(f"ws://127.0.0.1:{port}", CODE, "sender", timeout=WAIT)
+
+
+async def test_server_on_ipv6_loopback() -> None:
+    async with await serve_rendezvous("::1", 0) as srv:
+        results = await _pair_both(f"ws://[::1]:{srv.port}")
+        for channel in results:
+            assert isinstance(channel, PairedChannel)
+            await channel.close()
