@@ -68,7 +68,7 @@ def test_discovery_in_a_loopback_only_namespace() -> None:
         for cmd in (
             ["ip", "link", "set", "lo", "up"],
             ["ip", "link", "set", "lo", "multicast", "on"],
-            ["ip", "route", "add", "224.0.0.0/4", "dev", "lo"],
+            ["ip", "route", "add", "224.0.0.0/4", "dev", "lo", "src", "127.0.0.1"],
         ):
             subprocess.run(["ip", "netns", "exec", name, *cmd], check=True)
         out = subprocess.run(
