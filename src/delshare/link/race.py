@@ -1,0 +1,323 @@
+"""Race every path to the peer and keep the first link that proves knowledge of the key.
+
+Theory of operation. Both sides know their own endpoints (a listener, maybe a TURN TCP
+allocation) and the peer's candidates. Each side at once dials every peer ``host``/``srflx``
+candidate and accepts on its listener (*direct* paths). After ``relay_delay`` seconds, or as soon
+as every direct dial has failed, it also tries the relayed paths: dialling the peer's relayed
+address (the peer-dials-relay path, RFC 6062 §5.3) and a Connect from its own allocation to the
+peer's candidates (RFC 6062 §5.2), while accepting whatever arrives through its own allocation.
+
+Every connected stream runs the record handshake (:func:`delshare.link.records.handshake`) with
+the PAKE-derived key; roles come from the app (sender/receiver), not from who dialled, so every
+raced stream agrees. Then the receiver reports its view of the path in one CONTROL record
+(``{"t": "path"}``): only the side that used a relay knows a stream was relayed. The sender
+takes the first link that reached that point and answers ``{"t": "chosen"}`` on it; every other
+stream is closed, which the receiver's pending links see as a closed link.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import Awaitable, Iterable
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+from delshare.link.candidates import Candidate, Listener, format_address
+from delshare.link.records import (
+    LinkError,
+    LinkProtocolError,
+    RecordChannel,
+    RecordKind,
+    Role,
+    abort_stream,
+    handshake,
+)
+
+__all__ = [
+    "LinkPath",
+    "LocalEndpoints",
+    "Mode",
+    "NoPathError",
+    "RaceConfig",
+    "RacedLink",
+    "RelayAllocation",
+    "Stream",
+    "combine_modes",
+    "race",
+]
+
+Mode = Literal["any", "direct", "relay"]
+Stream = tuple[asyncio.StreamReader, asyncio.StreamWriter]
+
+
+class NoPathError(LinkError):
+    """No raced path produced an authenticated link in time."""
+
+
+class RelayAllocation(Protocol):
+    """What the race needs from a TURN TCP allocation (see :mod:`delshare.link.relay`)."""
+
+    @property
+    def server(self) -> str:
+        """The TURN server, as printed in ``connected: relay <server>``."""
+        ...
+
+    async def connect(self, peer: tuple[str, int]) -> Stream:
+        """Connect (RFC 6062 §5.2) to ``peer`` and bind a data connection to it."""
+        ...
+
+    async def accept(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, tuple[str, int]]:
+        """The next peer-initiated connection (RFC 6062 §5.3), already bound."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class LinkPath:
+    """How the link runs: ``direct`` to a peer address, or ``relay`` through a TURN server."""
+
+    kind: Literal["direct", "relay"]
+    address: str
+
+    def line(self) -> str:
+        """The one line both sides print, e.g. ``connected: relay 203.0.113.5:3478``."""
+        return f"connected: {self.kind} {self.address}"
+
+    def to_wire(self) -> dict[str, str]:
+        return {"kind": self.kind, "address": self.address}
+
+    @classmethod
+    def from_wire(cls, obj: object) -> LinkPath:
+        if not isinstance(obj, dict) or obj.get("kind") not in ("direct", "relay"):
+            raise LinkProtocolError("bad path report from peer")
+        address = obj.get("address")
+        if not isinstance(address, str) or len(address) > 300:
+            raise LinkProtocolError("bad path address from peer")
+        return cls(obj["kind"], address)
+
+    def merged(self, peer: LinkPath) -> LinkPath:
+        """Our view corrected by the peer's: relayed if either side used a relay."""
+        if self.kind == "relay" or peer.kind == "direct":
+            return self
+        return peer
+
+
+@dataclass
+class LocalEndpoints:
+    """Our side of the race: listener and allocation, either may be missing."""
+
+    listener: Listener | None = None
+    allocation: RelayAllocation | None = None
+
+
+@dataclass(frozen=True)
+class RaceConfig:
+    """Who we are and how long each step may take (seconds)."""
+
+    key: bytes
+    role: Role
+    mode: Mode = "any"
+    relay_delay: float = 0.25
+    connect_timeout: float = 5.0
+    handshake_timeout: float = 10.0
+    total_timeout: float = 30.0
+
+    @property
+    def is_sender(self) -> bool:
+        return self.role in ("sender", "initiator")
+
+
+@dataclass
+class RacedLink:
+    """The winning link and how it runs."""
+
+    channel: RecordChannel
+    path: LinkPath
+
+
+def combine_modes(ours: Mode, theirs: Mode) -> Mode:
+    """The mode both sides can live with; LinkError if one insists on direct, one on relay."""
+    if ours == "any":
+        return theirs
+    if theirs not in ("any", ours):
+        raise LinkError(f"we allow only {ours} links, the peer only {theirs} links")
+    return ours
+
+
+def _control(obj: dict[str, object]) -> bytes:
+    return json.dumps(obj, separators=(",", ":")).encode()
+
+
+async def _read_control(channel: RecordChannel, kind: str) -> dict[str, object]:
+    record = await channel.recv_record()
+    try:
+        obj = json.loads(record.payload) if record.kind is RecordKind.CONTROL else None
+    except ValueError:
+        obj = None
+    if not isinstance(obj, dict) or obj.get("t") != kind:
+        raise LinkProtocolError(f"expected a {kind!r} control record")
+    return obj
+
+
+@dataclass
+class _Racer:
+    config: RaceConfig
+    local: LocalEndpoints
+    peer: list[Candidate]
+    results: asyncio.Queue[tuple[RecordChannel, LinkPath]] = field(default_factory=asyncio.Queue)
+    errors: list[str] = field(default_factory=list)
+    relay_go: asyncio.Event = field(default_factory=asyncio.Event)
+    writers: set[asyncio.StreamWriter] = field(default_factory=set)
+    tasks: set[asyncio.Task[object]] = field(default_factory=set)
+    direct_pending: int = 0
+
+    @property
+    def direct(self) -> bool:
+        return self.config.mode != "relay"
+
+    def spawn(self, coro: Awaitable[object]) -> None:
+        task = asyncio.ensure_future(coro)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    def start(self) -> None:
+        direct_targets = [c for c in self.peer if c.kind != "relay"] if self.direct else []
+        self.direct_pending = len(direct_targets)
+        for candidate in direct_targets:
+            self.spawn(
+                self._attempt(self._dial(candidate), LinkPath("direct", str(candidate)), True)
+            )
+        if self.direct and self.local.listener is not None:
+            self.spawn(self._accept_direct(self.local.listener))
+        if self.config.mode != "direct":
+            self.spawn(self._start_relayed())
+        if not direct_targets:
+            self.relay_go.set()
+
+    async def _start_relayed(self) -> None:
+        allocation = self.local.allocation
+        if allocation is not None:
+            self.spawn(self._accept_relayed(allocation))
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.relay_go.wait(), self.config.relay_delay)
+        for candidate in self.peer:
+            if candidate.kind == "relay":
+                path = LinkPath("relay", candidate.server or str(candidate))
+                self.spawn(self._attempt(self._dial(candidate), path, False))
+        if allocation is not None:
+            targets = self.peer if self.config.mode == "any" else self._relay_candidates()
+            for candidate in targets:
+                path = LinkPath("relay", allocation.server)
+                self.spawn(self._attempt(self._alloc_connect(allocation, candidate), path, False))
+
+    def _relay_candidates(self) -> list[Candidate]:
+        return [c for c in self.peer if c.kind == "relay"]
+
+    async def _dial(self, candidate: Candidate) -> Stream:
+        async with asyncio.timeout(self.config.connect_timeout):
+            return await asyncio.open_connection(candidate.host, candidate.port, limit=1 << 20)
+
+    async def _alloc_connect(self, allocation: RelayAllocation, candidate: Candidate) -> Stream:
+        async with asyncio.timeout(self.config.connect_timeout):
+            return await allocation.connect(candidate.address)
+
+    async def _accept_direct(self, listener: Listener) -> None:
+        while True:
+            reader, writer = await listener.accepted.get()
+            peer = writer.get_extra_info("peername")
+            label = format_address(peer[0], peer[1]) if peer else "?"
+            self.spawn(self._authenticate(reader, writer, LinkPath("direct", label)))
+
+    async def _accept_relayed(self, allocation: RelayAllocation) -> None:
+        while True:
+            try:
+                reader, writer, _peer = await allocation.accept()
+            except (OSError, LinkError, EOFError) as exc:
+                self.errors.append(f"relay accept: {exc}")
+                return
+            self.spawn(self._authenticate(reader, writer, LinkPath("relay", allocation.server)))
+
+    async def _attempt(self, connect: Awaitable[Stream], path: LinkPath, direct: bool) -> None:
+        try:
+            reader, writer = await connect
+        except Exception as exc:  # OSError, timeout, or any TURN client failure
+            self._failed(f"{path.kind} {path.address}: {exc or type(exc).__name__}", direct)
+            return
+        if not await self._authenticate(reader, writer, path):
+            self._failed(f"{path.kind} {path.address}: handshake failed", direct)
+
+    def _failed(self, message: str, direct: bool) -> None:
+        self.errors.append(message)
+        if direct:
+            self.direct_pending -= 1
+            if self.direct_pending <= 0:
+                self.relay_go.set()
+
+    async def _authenticate(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, view: LinkPath
+    ) -> bool:
+        """Handshake, then agree on the path; queue the link. False if it failed."""
+        self.writers.add(writer)
+        try:
+            channel = await handshake(
+                reader, writer, self.config.key, self.config.role, self.config.handshake_timeout
+            )
+            path = await self._agree(channel, view)
+        except (LinkError, OSError, ValueError) as exc:
+            self.errors.append(f"{view.kind} {view.address}: {exc}")
+            await abort_stream(writer)
+            return False
+        if path.kind == "relay" and self.config.mode == "direct":
+            return False
+        if path.kind == "direct" and self.config.mode == "relay":
+            return False
+        await self.results.put((channel, path))
+        return True
+
+    async def _agree(self, channel: RecordChannel, view: LinkPath) -> LinkPath:
+        async with asyncio.timeout(self.config.handshake_timeout):
+            if self.config.is_sender:
+                report = await _read_control(channel, "path")
+                return view.merged(LinkPath.from_wire(report.get("path")))
+            await channel.send_control(_control({"t": "path", "path": view.to_wire()}))
+        # The receiver waits (without a bound) until the sender picks this link or closes it.
+        chosen = await _read_control(channel, "chosen")
+        return view.merged(LinkPath.from_wire(chosen.get("path")))
+
+    async def finish(self, winner: RecordChannel | None) -> None:
+        """Cancel every attempt and close every stream but the winner's."""
+        for task in list(self.tasks):
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+        while not self.results.empty():
+            self.results.get_nowait()
+        keep = winner.writer if winner is not None else None
+        await asyncio.gather(
+            *(abort_stream(w) for w in self.writers if w is not keep), return_exceptions=True
+        )
+
+
+async def race(config: RaceConfig, local: LocalEndpoints, peer: Iterable[Candidate]) -> RacedLink:
+    """Race every allowed path to ``peer``; return the chosen authenticated link.
+
+    Raises :class:`NoPathError` when nothing authenticates within ``config.total_timeout``.
+    """
+    racer = _Racer(config, local, list(peer))
+    winner: RecordChannel | None = None
+    try:
+        racer.start()
+        async with asyncio.timeout(config.total_timeout):
+            winner, path = await racer.results.get()
+        if config.is_sender:
+            await winner.send_control(_control({"t": "chosen", "path": path.to_wire()}))
+    except TimeoutError:
+        raise NoPathError(_no_path_message(racer.errors, config.total_timeout)) from None
+    finally:
+        await racer.finish(winner)
+    return RacedLink(winner, path)
+
+
+def _no_path_message(errors: list[str], timeout: float) -> str:
+    tried = "; ".join(errors[-4:]) if errors else "no candidate to try"
+    return f"could not connect to the peer within {timeout:g} s ({tried})"
