@@ -1,0 +1,271 @@
+"""What is being sent: a manifest of files and directories, and safe names on the receiving side.
+
+Paths in a manifest are relative POSIX strings (``folder/sub/name.txt``). The sender builds them
+from the command line without following symlinks inside a folder; the receiver treats them as
+hostile until :func:`check_rel_path` and :func:`safe_destination` accept them.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import stat
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from delshare.transfer.errors import ManifestError, UnsafePathError
+
+__all__ = [
+    "MAX_ENTRIES",
+    "BuiltManifest",
+    "Entry",
+    "Manifest",
+    "build_manifest",
+    "check_rel_path",
+    "display_name",
+    "safe_destination",
+]
+
+MAX_ENTRIES = 1_000_000
+MAX_COMPONENT_BYTES = 255
+MAX_PATH_BYTES = 4096
+MAX_FILE_SIZE = 1 << 50
+
+Kind = Literal["file", "dir"]
+
+_WINDOWS_DEVICES = frozenset(
+    {"CON", "PRN", "AUX", "NUL", "CONIN$", "CONOUT$"}
+    | {f"{port}{n}" for port in ("COM", "LPT") for n in [*"0123456789", "¹", "²", "³"]}
+)
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
+_ANSI = re.compile(
+    r"\x1b\[[0-?]*[ -/]*[@-~]"  # CSI ... final byte
+    r"|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?"  # OSC ... BEL or ST
+    r"|\x1b[PX^_][^\x1b]*(?:\x1b\\)?"  # DCS, SOS, PM, APC strings
+    r"|\x1b[@-Z\\-_]"  # other two-byte escapes
+    r"|\x9b[0-?]*[ -/]*[@-~]"  # 8-bit CSI
+)
+_BIDI = re.compile("[\u202a-\u202e\u2066-\u2069\u200e\u200f]")
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One file or directory: relative POSIX path, size, permission bits, mtime in ns."""
+
+    path: str
+    kind: Kind
+    size: int = 0
+    mode: int = 0o644
+    mtime_ns: int = 0
+
+    def to_wire(self) -> dict[str, object]:
+        """The JSON object for an offer."""
+        return {
+            "path": self.path,
+            "kind": self.kind,
+            "size": self.size,
+            "mode": self.mode,
+            "mtime_ns": self.mtime_ns,
+        }
+
+    @classmethod
+    def from_wire(cls, obj: object) -> Entry:
+        """Parse and validate one offered entry (raises ManifestError / UnsafePathError)."""
+        if not isinstance(obj, dict):
+            raise ManifestError("manifest entry is not an object")
+        path, kind = obj.get("path"), obj.get("kind")
+        size, mode, mtime = obj.get("size", 0), obj.get("mode", 0o644), obj.get("mtime_ns", 0)
+        if not isinstance(path, str) or kind not in ("file", "dir"):
+            raise ManifestError("manifest entry needs a string path and kind file|dir")
+        for value in (size, mode, mtime):
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise ManifestError(f"bad number in manifest entry for {display_name(path)}")
+        if not 0 <= size <= MAX_FILE_SIZE or (kind == "dir" and size):
+            raise ManifestError(f"bad size for {display_name(path)}")
+        if not 0 <= mode <= 0o7777 or not -(1 << 62) < mtime < 1 << 62:
+            raise ManifestError(f"bad mode or mtime for {display_name(path)}")
+        check_rel_path(path)
+        return cls(path=path, kind=kind, size=size, mode=mode & 0o777, mtime_ns=mtime)
+
+
+@dataclass(frozen=True, slots=True)
+class Manifest:
+    """An ordered list of entries; parents always come before their children."""
+
+    entries: tuple[Entry, ...]
+
+    @property
+    def total_bytes(self) -> int:
+        """Sum of file sizes."""
+        return sum(e.size for e in self.entries if e.kind == "file")
+
+    @property
+    def file_count(self) -> int:
+        """Number of file entries."""
+        return sum(1 for e in self.entries if e.kind == "file")
+
+    def validate(self) -> None:
+        """Whole-list checks: bounds, duplicates, parents first, ``.part`` name clashes."""
+        if len(self.entries) > MAX_ENTRIES:
+            raise ManifestError(f"manifest has more than {MAX_ENTRIES} entries")
+        kinds: dict[str, Kind] = {}
+        for entry in self.entries:
+            if entry.path in kinds:
+                raise ManifestError(f"duplicate path {display_name(entry.path)}")
+            parent = entry.path.rpartition("/")[0]
+            if parent and kinds.get(parent) != "dir":
+                raise ManifestError(f"{display_name(entry.path)} comes before its folder")
+            kinds[entry.path] = entry.kind
+        for name in kinds:
+            for suffix in (".part", ".part.json"):
+                if name.endswith(suffix) and name.removesuffix(suffix) in kinds:
+                    raise ManifestError(f"{display_name(name)} clashes with a partial file name")
+
+
+@dataclass(frozen=True, slots=True)
+class BuiltManifest:
+    """A sender's manifest plus where each entry's bytes come from and what was left out."""
+
+    manifest: Manifest
+    sources: tuple[Path, ...]
+    skipped: tuple[str, ...] = field(default=())
+
+
+def check_rel_path(rel: str) -> tuple[str, ...]:
+    """Return the components of a safe relative POSIX path, or raise UnsafePathError.
+
+    Refused: empty, absolute, backslashes, drive letters or other colons, NUL and control
+    characters, empty / ``.`` / ``..`` components, components ending in a dot or space, Windows
+    device names (``CON``, ``nul.txt``, ``COM1``...), over-long names.
+    """
+    shown = display_name(rel)
+    if not rel or rel.startswith("/"):
+        raise UnsafePathError(f"absolute or empty path {shown!r}")
+    if "\\" in rel or ":" in rel:
+        raise UnsafePathError(f"backslash or colon in path {shown!r}")
+    if _CONTROL.search(rel) or "\ufffd" in rel:
+        raise UnsafePathError(f"control character in path {shown!r}")
+    try:
+        encoded = rel.encode("utf-8")
+    except UnicodeEncodeError:
+        raise UnsafePathError(f"unencodable path {shown!r}") from None
+    if len(encoded) > MAX_PATH_BYTES:
+        raise UnsafePathError(f"path too long {shown!r}")
+    parts = tuple(rel.split("/"))
+    for part in parts:
+        _check_component(part, shown)
+    return parts
+
+
+def _check_component(part: str, shown: str) -> None:
+    if part in ("", ".", ".."):
+        raise UnsafePathError(f"empty, '.' or '..' component in {shown!r}")
+    if part.endswith((".", " ")):
+        raise UnsafePathError(f"component ending in dot or space in {shown!r}")
+    if len(part.encode("utf-8")) > MAX_COMPONENT_BYTES:
+        raise UnsafePathError(f"name too long in {shown!r}")
+    stem = part.split(".", 1)[0].rstrip(" ").upper()
+    if stem in _WINDOWS_DEVICES:
+        raise UnsafePathError(f"reserved device name in {shown!r}")
+
+
+def safe_destination(output_dir: Path, rel_path: str) -> Path:
+    """Map a manifest path into ``output_dir``; refuse anything that could land outside it.
+
+    Besides :func:`check_rel_path`, every existing component below ``output_dir`` must be a real
+    directory (not a symlink), and the resolved result must stay under the resolved output dir.
+    """
+    parts = check_rel_path(rel_path)
+    root = Path(os.path.realpath(output_dir))
+    current = root
+    for index, part in enumerate(parts):
+        current = current / part
+        try:
+            st = os.lstat(current)
+        except FileNotFoundError:
+            break
+        except OSError as exc:
+            raise UnsafePathError(f"cannot inspect {display_name(rel_path)!r}: {exc}") from exc
+        if stat.S_ISLNK(st.st_mode):
+            raise UnsafePathError(f"{display_name(rel_path)!r} passes through a symlink")
+        if index < len(parts) - 1 and not stat.S_ISDIR(st.st_mode):
+            raise UnsafePathError(f"{display_name(rel_path)!r} passes through a non-directory")
+    destination = root.joinpath(*parts)
+    if os.path.commonpath([root, os.path.realpath(destination)]) != str(root):
+        raise UnsafePathError(f"{display_name(rel_path)!r} resolves outside the output folder")
+    return destination
+
+
+def display_name(name: str) -> str:
+    """A name safe to print: ANSI escapes, bidi overrides and control characters removed."""
+    cleaned = _BIDI.sub("", _ANSI.sub("", name))
+    return _CONTROL.sub("?", cleaned)
+
+
+def build_manifest(paths: Iterable[str | os.PathLike[str]]) -> BuiltManifest:
+    """Build a manifest from files and folders given by the user.
+
+    Folders are walked recursively in sorted order without following symlinks; symlinks,
+    sockets, devices and FIFOs inside them are skipped and listed in ``skipped``. A symlink
+    named directly on the command line is followed (the user asked for it).
+    """
+    entries: list[Entry] = []
+    sources: list[Path] = []
+    skipped: list[str] = []
+    seen: set[str] = set()
+    for raw in paths:
+        top = Path(raw)
+        name = Path(os.path.abspath(top)).name
+        if not name:
+            raise ManifestError(f"cannot send {display_name(str(raw))!r}: no name")
+        if name.casefold() in seen:
+            raise ManifestError(f"two inputs are both named {display_name(name)!r}")
+        seen.add(name.casefold())
+        try:
+            st = os.stat(top)
+        except OSError as exc:
+            raise ManifestError(f"cannot read {display_name(str(raw))!r}: {exc}") from exc
+        for entry, source in _walk(top, name, st, skipped):
+            entries.append(entry)
+            sources.append(source)
+    manifest = Manifest(tuple(entries))
+    manifest.validate()
+    return BuiltManifest(manifest, tuple(sources), tuple(skipped))
+
+
+def _entry(rel: str, st: os.stat_result) -> Entry:
+    try:
+        check_rel_path(rel)
+    except UnsafePathError as exc:
+        raise ManifestError(f"cannot send {display_name(rel)!r}: {exc}") from exc
+    if stat.S_ISDIR(st.st_mode):
+        return Entry(rel, "dir", 0, st.st_mode & 0o777, st.st_mtime_ns)
+    return Entry(rel, "file", st.st_size, st.st_mode & 0o777, st.st_mtime_ns)
+
+
+def _walk(
+    path: Path, rel: str, st: os.stat_result, skipped: list[str]
+) -> Iterator[tuple[Entry, Path]]:
+    if stat.S_ISREG(st.st_mode):
+        yield _entry(rel, st), path
+        return
+    if not stat.S_ISDIR(st.st_mode):
+        skipped.append(rel)
+        return
+    yield _entry(rel, st), path
+    for child in _sorted_children(path):
+        child_st = child.stat(follow_symlinks=False)
+        if stat.S_ISREG(child_st.st_mode) or stat.S_ISDIR(child_st.st_mode):
+            yield from _walk(Path(child.path), f"{rel}/{child.name}", child_st, skipped)
+        else:
+            skipped.append(f"{rel}/{child.name}")
+
+
+def _sorted_children(path: Path) -> Sequence[os.DirEntry[str]]:
+    try:
+        with os.scandir(path) as it:
+            return sorted(it, key=lambda e: e.name)
+    except OSError as exc:
+        raise ManifestError(f"cannot list {display_name(str(path))!r}: {exc}") from exc

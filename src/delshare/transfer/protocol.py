@@ -1,0 +1,286 @@
+"""DEL transfer protocol v1: JSON control messages and raw data records over a RecordChannel.
+
+Theory of operation (S = sender, R = receiver)::
+
+    S -> R  offer       {"v":1,"type":"offer","chunk":C,"total":T,"entries":[{path,kind,size,
+                          mode,mtime_ns}...]}
+    R -> S  accept      {"v":1,"type":"accept","files":[{"index":i,"offset":n,"chunks":[hex...]}],
+                          "skip":[i...]}           or   reject {"v":1,"type":"reject","reason":...}
+    for every file i not skipped, in manifest order:
+    S -> R  file-begin  {"v":1,"type":"file-begin","index":i,"offset":o}
+    S -> R  DATA records: the file's bytes from offset o to its size (up to 1 MiB each)
+    S -> R  file-end    {"v":1,"type":"file-end","index":i,"sha256":hex of the whole file}
+    S -> R  done
+    R -> S  done        after every file is verified, synced and renamed into place
+    either  error       {"v":1,"type":"error","reason":...} aborts the transfer
+
+Resume: for a file with a ``NAME.part`` left by an earlier run (whose sidecar matches the offered
+size and mtime), ``accept`` carries the .part length ``offset`` and the SHA-256 of each ``C``-byte
+chunk of it (the last may be short). The sender hashes its source the same way and resumes at the
+end of the longest matching run of chunks; ``file-begin.offset`` tells the receiver where to cut
+the .part. ``skip`` lists files already complete at the destination (same size and mtime).
+
+Control framing: a message is UTF-8 JSON split over CONTROL records; each record's payload starts
+with ``+`` (more follows) or ``.`` (last fragment). A message is bounded by ``MAX_MESSAGE``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from delshare.link.records import MAX_PAYLOAD, RecordChannel, RecordKind
+from delshare.transfer.errors import ManifestError, PeerProtocolError
+from delshare.transfer.manifest import MAX_ENTRIES, Entry, Manifest
+
+__all__ = [
+    "DEFAULT_CHUNK",
+    "MAX_MESSAGE",
+    "VERSION",
+    "Accept",
+    "Done",
+    "ErrorMessage",
+    "FileBegin",
+    "FileEnd",
+    "Message",
+    "MessageAssembler",
+    "Offer",
+    "Reject",
+    "ResumeOffer",
+    "decode_message",
+    "encode_message",
+    "recv_message",
+    "send_message",
+]
+
+VERSION = 1
+DEFAULT_CHUNK = 4 << 20
+MIN_CHUNK, MAX_CHUNK = 64 << 10, 64 << 20
+MAX_MESSAGE = 64 << 20
+_MORE, _LAST = b"+", b"."
+
+
+@dataclass(frozen=True, slots=True)
+class Offer:
+    """The sender's manifest and its resume chunk size."""
+
+    manifest: Manifest
+    chunk: int = DEFAULT_CHUNK
+
+
+@dataclass(frozen=True, slots=True)
+class ResumeOffer:
+    """A receiver's existing .part for file ``index``: its length and per-chunk SHA-256s."""
+
+    index: int
+    offset: int
+    chunks: tuple[bytes, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Accept:
+    """The receiver takes the offer; ``resume`` and ``skip`` refer to manifest indexes."""
+
+    resume: tuple[ResumeOffer, ...] = ()
+    skip: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Reject:
+    """The receiver refuses the offer."""
+
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class FileBegin:
+    """File ``index``'s bytes follow, starting at ``offset``."""
+
+    index: int
+    offset: int
+
+
+@dataclass(frozen=True, slots=True)
+class FileEnd:
+    """File ``index`` is complete; ``sha256`` is the digest of the whole file."""
+
+    index: int
+    sha256: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Done:
+    """No more files (from the sender) / everything verified (from the receiver)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorMessage:
+    """Abort: the peer gives up with ``reason``."""
+
+    reason: str
+
+
+Message = Offer | Accept | Reject | FileBegin | FileEnd | Done | ErrorMessage
+
+
+def encode_message(message: Message) -> bytes:
+    """Serialize one message to JSON bytes."""
+    body: dict[str, Any]
+    match message:
+        case Offer(manifest, chunk):
+            entries = [e.to_wire() for e in manifest.entries]
+            body = {"type": "offer", "chunk": chunk, "total": manifest.total_bytes}
+            body["entries"] = entries
+        case Accept(resume, skip):
+            body = {"type": "accept", "files": [_resume_wire(r) for r in resume]}
+            body["skip"] = list(skip)
+        case Reject(reason):
+            body = {"type": "reject", "reason": reason}
+        case FileBegin(index, offset):
+            body = {"type": "file-begin", "index": index, "offset": offset}
+        case FileEnd(index, digest):
+            body = {"type": "file-end", "index": index, "sha256": digest.hex()}
+        case Done():
+            body = {"type": "done"}
+        case ErrorMessage(reason):
+            body = {"type": "error", "reason": reason}
+    return json.dumps({"v": VERSION, **body}, separators=(",", ":")).encode()
+
+
+def _resume_wire(r: ResumeOffer) -> dict[str, Any]:
+    return {"index": r.index, "offset": r.offset, "chunks": [c.hex() for c in r.chunks]}
+
+
+def decode_message(data: bytes) -> Message:
+    """Parse and validate one message; anything malformed raises PeerProtocolError."""
+    try:
+        obj = json.loads(data)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise PeerProtocolError(f"control message is not JSON: {exc}") from None
+    if not isinstance(obj, dict):
+        raise PeerProtocolError("control message is not a JSON object")
+    if obj.get("v") != VERSION:
+        raise PeerProtocolError(f"unsupported protocol version {obj.get('v')!r}")
+    kind = obj.get("type")
+    decoder = _DECODERS.get(kind) if isinstance(kind, str) else None
+    if decoder is None:
+        raise PeerProtocolError(f"unknown message type {kind!r}")
+    message: Message = decoder(obj)
+    return message
+
+
+def _int(obj: dict[str, Any], key: str, low: int = 0, high: int = 1 << 62) -> int:
+    value = obj.get(key)
+    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+        raise PeerProtocolError(f"bad {key!r} in {obj.get('type')} message")
+    return value
+
+
+def _str(obj: dict[str, Any], key: str) -> str:
+    value = obj.get(key)
+    if not isinstance(value, str):
+        raise PeerProtocolError(f"bad {key!r} in {obj.get('type')} message")
+    return value[:1000]
+
+
+def _digest(value: object) -> bytes:
+    if not isinstance(value, str) or len(value) != 64:
+        raise PeerProtocolError("bad SHA-256 hex digest")
+    try:
+        return bytes.fromhex(value)
+    except ValueError:
+        raise PeerProtocolError("bad SHA-256 hex digest") from None
+
+
+def _list(obj: dict[str, Any], key: str) -> list[Any]:
+    value = obj.get(key, [])
+    if not isinstance(value, list) or len(value) > MAX_ENTRIES:
+        raise PeerProtocolError(f"bad {key!r} in {obj.get('type')} message")
+    return value
+
+
+def _decode_offer(obj: dict[str, Any]) -> Offer:
+    chunk = _int(obj, "chunk", MIN_CHUNK, MAX_CHUNK)
+    entries = tuple(Entry.from_wire(e) for e in _list(obj, "entries"))
+    manifest = Manifest(entries)
+    manifest.validate()
+    if _int(obj, "total") != manifest.total_bytes:
+        raise ManifestError("offer total does not match its entries")
+    return Offer(manifest, chunk)
+
+
+def _decode_resume(item: object) -> ResumeOffer:
+    if not isinstance(item, dict):
+        raise PeerProtocolError("bad resume entry in accept")
+    chunks = tuple(_digest(c) for c in _list(item, "chunks"))
+    return ResumeOffer(_int(item, "index"), _int(item, "offset"), chunks)
+
+
+def _decode_accept(obj: dict[str, Any]) -> Accept:
+    resume = tuple(_decode_resume(item) for item in _list(obj, "files"))
+    skip = _list(obj, "skip")
+    if not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in skip):
+        raise PeerProtocolError("bad skip list in accept")
+    return Accept(resume, tuple(skip))
+
+
+_DECODERS: dict[str, Any] = {
+    "offer": _decode_offer,
+    "accept": _decode_accept,
+    "reject": lambda o: Reject(_str(o, "reason")),
+    "file-begin": lambda o: FileBegin(_int(o, "index"), _int(o, "offset")),
+    "file-end": lambda o: FileEnd(_int(o, "index"), _digest(o.get("sha256"))),
+    "done": lambda o: Done(),
+    "error": lambda o: ErrorMessage(_str(o, "reason")),
+}
+
+
+class MessageAssembler:
+    """Joins CONTROL record fragments into whole messages (sans-IO)."""
+
+    def __init__(self, max_message: int = MAX_MESSAGE) -> None:
+        self._parts: list[bytes] = []
+        self._size = 0
+        self._max = max_message
+
+    def feed(self, payload: bytes) -> Message | None:
+        """Add one CONTROL payload; return the message once its last fragment arrived."""
+        flag, fragment = payload[:1], payload[1:]
+        if flag not in (_MORE, _LAST):
+            raise PeerProtocolError("bad control fragment flag")
+        self._size += len(fragment)
+        if self._size > self._max:
+            raise PeerProtocolError("control message too large")
+        self._parts.append(fragment)
+        if flag == _MORE:
+            return None
+        data = b"".join(self._parts)
+        self._parts, self._size = [], 0
+        return decode_message(data)
+
+
+def fragment_message(message: Message, max_payload: int = MAX_PAYLOAD) -> list[bytes]:
+    """Split an encoded message into CONTROL payloads (flag byte + fragment)."""
+    data = encode_message(message)
+    step = max_payload - 1
+    pieces = [data[i : i + step] for i in range(0, len(data), step)] or [b""]
+    return [(_LAST if i == len(pieces) - 1 else _MORE) + p for i, p in enumerate(pieces)]
+
+
+async def send_message(channel: RecordChannel, message: Message) -> None:
+    """Send one control message."""
+    for payload in fragment_message(message):
+        await channel.send(payload, RecordKind.CONTROL)
+
+
+async def recv_message(channel: RecordChannel) -> Message:
+    """Receive one control message; a DATA record here is a protocol error."""
+    assembler = MessageAssembler()
+    while True:
+        record = await channel.recv_record()
+        if record.kind is not RecordKind.CONTROL:
+            raise PeerProtocolError("unexpected data record")
+        message = assembler.feed(record.payload)
+        if message is not None:
+            return message

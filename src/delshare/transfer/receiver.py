@@ -1,0 +1,503 @@
+"""Receive an offer into an output folder, safely and resumably.
+
+Theory of operation: the offer is validated (paths, duplicates, bounds) and planned (destinations
+through :func:`safe_destination`, conflicts, ``.part`` prefixes to resume, free space) before
+anything is written; a hostile or impossible offer is rejected with nothing on disk. Each file
+is written to ``NAME.part`` next to a ``NAME.part.json`` sidecar naming the source's size and
+mtime, hashed as it arrives, checked against the sender's SHA-256, fsynced, given its mode
+(``& 0o755``: no setuid/setgid/sticky, no group/other write) and mtime, then renamed into place
+(never over an existing file unless ``overwrite``). A broken link leaves the .part for resume;
+a .part whose sidecar names another source version (size or mtime changed) starts over from 0.
+
+Speed: records are decrypted on the event loop; a worker thread writes and hashes them (both
+release the GIL) with a few records in flight.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import hashlib
+import os
+import shutil
+import stat
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from delshare.link.records import LinkClosedError, RecordChannel, RecordKind
+from delshare.transfer.errors import (
+    DeclinedError,
+    DestinationExistsError,
+    InsufficientSpaceError,
+    IntegrityError,
+    LocalIOError,
+    ManifestError,
+    OutputDirError,
+    PeerProtocolError,
+    RefusedByPeerError,
+    TransferInterruptedError,
+)
+from delshare.transfer.manifest import Entry, Manifest, display_name, safe_destination
+from delshare.transfer.progress import ProgressCallback, ProgressThrottle
+from delshare.transfer.protocol import (
+    Accept,
+    Done,
+    ErrorMessage,
+    FileBegin,
+    FileEnd,
+    MessageAssembler,
+    Offer,
+    Reject,
+    ResumeOffer,
+    recv_message,
+    send_message,
+)
+from delshare.transfer.resume import (
+    PartState,
+    hash_part,
+    read_sidecar,
+    remove_quietly,
+    sidecar_matches,
+    write_sidecar,
+)
+
+__all__ = ["ReceiveStats", "ReceivedFile", "receive_files"]
+
+_RING = 4
+_MAX_RENAME = 1000
+_FILE_MODE_MASK = 0o755
+Confirm = Callable[[Manifest], Awaitable[bool]]
+
+
+@dataclass(frozen=True, slots=True)
+class ReceivedFile:
+    """One file of the offer: where it went, where this run resumed it, whether it was skipped."""
+
+    path: str
+    destination: Path
+    resumed_at: int
+    skipped: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ReceiveStats:
+    """What one run received: file bytes in DATA records and every file's outcome."""
+
+    bytes_received: int
+    files: tuple[ReceivedFile, ...]
+
+    @property
+    def resumed_at(self) -> dict[str, int]:
+        """Manifest path -> offset this run started writing at (0 = from scratch)."""
+        return {f.path: f.resumed_at for f in self.files if not f.skipped}
+
+
+@dataclass(slots=True)
+class _Target:
+    index: int
+    entry: Entry
+    final: Path
+    part: Path
+    sidecar: Path
+    chunk: int = 0
+    state: PartState | None = None
+    skip: bool = False
+
+
+async def receive_files(
+    channel: RecordChannel,
+    output_dir: str | os.PathLike[str],
+    *,
+    overwrite: bool = False,
+    rename: bool = False,
+    confirm: Confirm | None = None,
+    progress_cb: ProgressCallback | None = None,
+) -> ReceiveStats:
+    """Receive one offer into ``output_dir``; return once every file is verified and in place.
+
+    Raises ManifestError/UnsafePathError (hostile offer), DestinationExistsError,
+    InsufficientSpaceError, DeclinedError (``confirm`` said no) — all after rejecting the offer and
+    writing nothing — and IntegrityError, RefusedByPeerError, TransferInterruptedError later on.
+    """
+    out = Path(output_dir)
+    if not os.path.isdir(out):  # noqa: ASYNC240 (one stat, before any network wait)
+        raise OutputDirError(f"output folder {display_name(str(out))!r} does not exist")
+    try:
+        with concurrent.futures.ThreadPoolExecutor(1, "delshare-recv") as pool:
+            offer = await _receive_offer(channel)
+            targets = await _plan_or_reject(channel, pool, out, offer, overwrite, rename)
+            if confirm is not None and not await confirm(offer.manifest):
+                await _reject(channel, "declined by the receiver")
+                raise DeclinedError("offer declined")
+            await asyncio.get_running_loop().run_in_executor(pool, _make_dirs, targets)
+            await send_message(channel, _accept_for(targets))
+            session = _ReceiveSession(channel, pool, targets, overwrite, progress_cb)
+            return await session.run()
+    except LinkClosedError as exc:
+        raise TransferInterruptedError(f"link lost while receiving: {exc}") from exc
+
+
+async def _receive_offer(channel: RecordChannel) -> Offer:
+    try:
+        message = await recv_message(channel)
+    except ManifestError as exc:
+        await _reject(channel, f"invalid offer: {exc}")
+        raise
+    if isinstance(message, ErrorMessage):
+        raise RefusedByPeerError(message.reason)
+    if not isinstance(message, Offer):
+        raise PeerProtocolError(f"expected offer, got {type(message).__name__}")
+    return message
+
+
+async def _reject(channel: RecordChannel, reason: str) -> None:
+    with contextlib.suppress(LinkClosedError):
+        await send_message(channel, Reject(reason))
+
+
+async def _plan_or_reject(
+    channel: RecordChannel,
+    pool: concurrent.futures.Executor,
+    out: Path,
+    offer: Offer,
+    overwrite: bool,
+    rename: bool,
+) -> list[_Target]:
+    loop = asyncio.get_running_loop()
+    try:
+        targets = await loop.run_in_executor(
+            pool, plan_targets, out, offer.manifest, offer.chunk, overwrite, rename
+        )
+        _check_space(out, targets)
+    except (ManifestError, DestinationExistsError, InsufficientSpaceError) as exc:
+        await _reject(channel, str(exc))
+        raise
+    except OSError as exc:
+        await _reject(channel, "receiver cannot prepare the output folder")
+        raise LocalIOError(f"cannot prepare output folder: {exc}") from exc
+    return targets
+
+
+def plan_targets(
+    out: Path, manifest: Manifest, chunk: int, overwrite: bool, rename: bool
+) -> list[_Target]:
+    """Decide every entry's destination and resume state; raise before anything is written."""
+    claimed: set[Path] = set()
+    targets: list[_Target] = []
+    for index, entry in enumerate(manifest.entries):
+        final = safe_destination(out, entry.path)
+        if entry.kind == "dir":
+            if final.exists() and not final.is_dir():
+                raise DestinationExistsError(f"{display_name(entry.path)} exists and is a file")
+            targets.append(_Target(index, entry, final, final, final))
+            continue
+        target = _plan_file(out, index, entry, claimed, overwrite, rename)
+        target.chunk = chunk
+        if not target.skip:
+            target.state = _resume_state(target, chunk)
+        claimed.add(target.final)
+        targets.append(target)
+    return targets
+
+
+def _plan_file(
+    out: Path, index: int, entry: Entry, claimed: set[Path], overwrite: bool, rename: bool
+) -> _Target:
+    rel = entry.path
+    final = safe_destination(out, rel)
+    if final not in claimed and _already_received(final, entry):
+        return _Target(index, entry, final, final, final, skip=True)
+    if final in claimed or _taken(final, overwrite):
+        if not rename:
+            raise DestinationExistsError(f"{display_name(rel)} already exists")
+        rel = _free_name(out, rel, claimed, overwrite)
+        final = safe_destination(out, rel)
+    part = safe_destination(out, rel + ".part")
+    sidecar = safe_destination(out, rel + ".part.json")
+    return _Target(index, entry, final, part, sidecar)
+
+
+def _already_received(final: Path, entry: Entry) -> bool:
+    try:
+        st = os.lstat(final)
+    except FileNotFoundError:
+        return False
+    return stat.S_ISREG(st.st_mode) and (st.st_size, st.st_mtime_ns) == (
+        entry.size,
+        entry.mtime_ns,
+    )
+
+
+def _taken(final: Path, overwrite: bool) -> bool:
+    """Whether writing ``final`` would clobber something not ours."""
+    part = final.with_name(final.name + ".part")
+    foreign_part = part.exists() and read_sidecar(part.with_name(part.name + ".json")) is None
+    if overwrite:
+        return final.is_dir()
+    return final.exists() or foreign_part
+
+
+def _free_name(out: Path, rel: str, claimed: set[Path], overwrite: bool) -> str:
+    folder, _, name = rel.rpartition("/")
+    stem, dot, ext = name.rpartition(".")
+    if not stem:
+        stem, dot, ext = name, "", ""
+    for n in range(1, _MAX_RENAME):
+        candidate = f"{stem} ({n}){dot}{ext}"
+        candidate_rel = f"{folder}/{candidate}" if folder else candidate
+        path = safe_destination(out, candidate_rel)
+        if path not in claimed and not _taken(path, False):
+            return candidate_rel
+    raise DestinationExistsError(f"no free name for {display_name(rel)}")
+
+
+def _resume_state(target: _Target, chunk: int) -> PartState | None:
+    if not target.part.is_file() or target.part.is_symlink():
+        return None
+    sidecar = read_sidecar(target.sidecar)
+    if sidecar is None or not sidecar_matches(sidecar, target.entry, chunk):
+        return None  # another source version (or not ours): start over
+    return hash_part(target.part, chunk)
+
+
+def _check_space(out: Path, targets: list[_Target]) -> None:
+    needed = sum(
+        max(0, t.entry.size - (t.state.length if t.state else 0))
+        for t in targets
+        if t.entry.kind == "file" and not t.skip
+    )
+    free = shutil.disk_usage(out).free
+    if needed > free:
+        raise InsufficientSpaceError(f"need {needed} bytes, only {free} free")
+
+
+def _make_dirs(targets: list[_Target]) -> None:
+    for target in targets:
+        folder = target.final if target.entry.kind == "dir" else target.final.parent
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+
+
+def _accept_for(targets: list[_Target]) -> Accept:
+    resume = tuple(
+        ResumeOffer(t.index, t.state.length, t.state.chunks)
+        for t in targets
+        if t.state is not None and t.state.length
+    )
+    return Accept(resume, tuple(t.index for t in targets if t.skip))
+
+
+class _ReceiveSession:
+    def __init__(
+        self,
+        channel: RecordChannel,
+        pool: concurrent.futures.Executor,
+        targets: list[_Target],
+        overwrite: bool,
+        progress_cb: ProgressCallback | None,
+    ) -> None:
+        self._channel = channel
+        self._pool = pool
+        self._targets = targets
+        self._overwrite = overwrite
+        self._progress = ProgressThrottle(progress_cb)
+        self._bytes = 0
+        self._total_done = sum(t.entry.size for t in targets if t.skip)
+        self._resumed: dict[int, int] = {}
+
+    async def run(self) -> ReceiveStats:
+        try:
+            await self._receive_all()
+            await asyncio.get_running_loop().run_in_executor(
+                self._pool, _finish_dirs, self._targets
+            )
+            await send_message(self._channel, Done())
+        except (IntegrityError, PeerProtocolError, LocalIOError) as exc:
+            await _abort(self._channel, str(exc))
+            raise
+        except OSError as exc:
+            await _abort(self._channel, "receiver could not write a file")
+            raise LocalIOError(f"cannot write: {exc}") from exc
+        return self._stats()
+
+    def _stats(self) -> ReceiveStats:
+        files = tuple(
+            ReceivedFile(t.entry.path, t.final, self._resumed.get(t.index, 0), t.skip)
+            for t in self._targets
+            if t.entry.kind == "file"
+        )
+        return ReceiveStats(self._bytes, files)
+
+    async def _receive_all(self) -> None:
+        order = [t for t in self._targets if t.entry.kind == "file" and not t.skip]
+        position = 0
+        while True:
+            message = await recv_message(self._channel)
+            if isinstance(message, FileBegin) and position < len(order):
+                if message.index != order[position].index:
+                    raise PeerProtocolError(f"file {message.index} out of order")
+                await self._receive_file(order[position], message.offset)
+                position += 1
+            elif isinstance(message, Done) and position == len(order):
+                return
+            elif isinstance(message, ErrorMessage):
+                raise RefusedByPeerError(message.reason)
+            else:
+                raise PeerProtocolError(f"unexpected {type(message).__name__}")
+
+    async def _receive_file(self, target: _Target, offset: int) -> None:
+        hasher = _hasher_for(target, offset)
+        self._resumed[target.index] = offset
+        self._total_done += offset
+        loop = asyncio.get_running_loop()
+        fd = await loop.run_in_executor(self._pool, _open_part, target, offset)
+        try:
+            end = await self._receive_body(target, fd, offset, hasher)
+        except BaseException:
+            await loop.run_in_executor(self._pool, os.close, fd)
+            raise
+        if hasher.digest() != end.sha256:
+            await loop.run_in_executor(self._pool, _discard_part, target, fd)
+            raise IntegrityError(f"{display_name(target.entry.path)}: SHA-256 mismatch")
+        await loop.run_in_executor(self._pool, _install, target, fd, self._overwrite)
+        self._progress.update(target.index, target.entry.size, self._total_done, final=True)
+
+    async def _receive_body(self, target: _Target, fd: int, offset: int, hasher: Any) -> FileEnd:
+        """Write DATA records until the file's FileEnd; return it."""
+        pending: deque[asyncio.Future[None]] = deque()
+        assembler = MessageAssembler()
+        size = target.entry.size
+        try:
+            while True:
+                record = await self._channel.recv_record()
+                if record.kind is RecordKind.CONTROL:
+                    message = assembler.feed(record.payload)
+                    if message is not None:
+                        break
+                    continue
+                offset += len(record.payload)
+                if offset > size:
+                    raise PeerProtocolError(f"{display_name(target.entry.path)}: too much data")
+                pending.append(
+                    asyncio.wrap_future(self._pool.submit(_write_hash, fd, record.payload, hasher))
+                )
+                if len(pending) >= _RING:
+                    await pending.popleft()
+                self._bytes += len(record.payload)
+                self._total_done += len(record.payload)
+                self._progress.update(target.index, offset, self._total_done)
+        finally:
+            for future in pending:
+                await asyncio.shield(future)
+        return _expect_end(message, target, offset)
+
+
+def _expect_end(message: object, target: _Target, received: int) -> FileEnd:
+    if isinstance(message, ErrorMessage):
+        raise RefusedByPeerError(message.reason)
+    if not isinstance(message, FileEnd) or message.index != target.index:
+        raise PeerProtocolError(f"expected file-end for {display_name(target.entry.path)}")
+    if received != target.entry.size:
+        raise PeerProtocolError(f"{display_name(target.entry.path)}: size mismatch")
+    return message
+
+
+async def _abort(channel: RecordChannel, reason: str) -> None:
+    with contextlib.suppress(LinkClosedError):
+        await send_message(channel, ErrorMessage(reason))
+
+
+def _hasher_for(target: _Target, offset: int) -> Any:
+    if offset == 0:
+        return hashlib.sha256()
+    if target.state is None or offset > target.state.length:
+        raise PeerProtocolError(f"resume offset {offset} beyond the offered .part")
+    return target.state.hasher_at(offset)
+
+
+_OPEN_FLAGS = os.O_WRONLY | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+
+
+def _open_part(target: _Target, offset: int) -> int:
+    """Write the sidecar, open the .part without following symlinks, cut it at ``offset``."""
+    if offset == 0:
+        remove_quietly(target.part, target.sidecar)
+    _write_new(target.sidecar, target)
+    fd = os.open(target.part, _OPEN_FLAGS, 0o600)
+    os.ftruncate(fd, offset)
+    os.lseek(fd, offset, os.SEEK_SET)
+    return fd
+
+
+def _write_new(path: Path, target: _Target) -> None:
+    if path.is_symlink():
+        raise LocalIOError(f"{display_name(str(path))} is a symlink")
+    write_sidecar(path, target.entry, target.chunk)
+
+
+def _write_hash(fd: int, data: bytes, hasher: Any) -> None:
+    """Append a record's bytes to the .part and hash them; runs in the worker thread."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+    hasher.update(data)
+
+
+def _discard_part(target: _Target, fd: int) -> None:
+    os.close(fd)
+    remove_quietly(target.part, target.sidecar)
+
+
+def _install(target: _Target, fd: int, overwrite: bool) -> None:
+    """fsync, set mode and mtime, rename into place without clobbering, drop the sidecar."""
+    try:
+        os.fsync(fd)
+        os.fchmod(fd, target.entry.mode & _FILE_MODE_MASK)
+        os.utime(fd, ns=(target.entry.mtime_ns, target.entry.mtime_ns))
+    finally:
+        os.close(fd)
+    if overwrite:
+        os.replace(target.part, target.final)
+    else:
+        _rename_no_clobber(target.part, target.final)
+    remove_quietly(target.sidecar)
+    _fsync_dir(target.final.parent)
+
+
+def _rename_no_clobber(source: Path, destination: Path) -> None:
+    try:
+        os.link(source, destination, follow_symlinks=False)
+    except FileExistsError:
+        raise DestinationExistsError(
+            f"{display_name(destination.name)} appeared meanwhile"
+        ) from None
+    except OSError:  # no hard links on this filesystem
+        if destination.exists() or destination.is_symlink():
+            raise DestinationExistsError(f"{display_name(destination.name)} exists") from None
+        os.rename(source, destination)
+        return
+    os.unlink(source)
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _finish_dirs(targets: list[_Target]) -> None:
+    """Apply directory modes and mtimes, deepest first (writing files changed them)."""
+    for target in reversed(targets):
+        if target.entry.kind == "dir":
+            os.chmod(target.final, (target.entry.mode & 0o777) | 0o700)
+            os.utime(target.final, ns=(target.entry.mtime_ns,) * 2)

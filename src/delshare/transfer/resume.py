@@ -1,0 +1,136 @@
+"""Resume bookkeeping: ``.part`` sidecars, chunk hashes of a prefix, and verifying them.
+
+The receiver hashes its ``.part`` prefix in ``chunk``-byte pieces and keeps the running whole-file
+SHA-256 state at every piece boundary, so whatever offset the sender picks it continues hashing
+without re-reading. The sender hashes the same pieces of its source and resumes after the longest
+matching run (:func:`verify_prefix`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+from delshare.transfer.errors import PeerProtocolError
+from delshare.transfer.manifest import Entry
+
+__all__ = [
+    "PartState",
+    "hash_part",
+    "read_sidecar",
+    "sidecar_matches",
+    "verify_prefix",
+    "write_sidecar",
+]
+
+_READ = 1 << 20
+
+
+@dataclass(frozen=True, slots=True)
+class PartState:
+    """A .part prefix: per-chunk digests and the whole-file hash state at each boundary."""
+
+    length: int
+    chunks: tuple[bytes, ...]
+    states: dict[int, Any]  # offset -> hashlib sha256 object positioned at that offset
+
+    def hasher_at(self, offset: int) -> Any:
+        """A copy of the running SHA-256 after ``offset`` bytes (a chunk boundary or the end)."""
+        state = self.states.get(offset)
+        if state is None:
+            raise PeerProtocolError(f"resume offset {offset} is not a chunk boundary")
+        return state.copy()
+
+
+def _read_exact(f: IO[bytes], size: int) -> bytes:
+    data = f.read(size)
+    return data if data is not None else b""
+
+
+def hash_part(path: Path, chunk: int) -> PartState:
+    """Hash an existing .part file chunk by chunk (runs in a worker thread)."""
+    whole = hashlib.sha256()
+    states: dict[int, Any] = {0: whole.copy()}
+    chunks: list[bytes] = []
+    offset = 0
+    with open(path, "rb") as f:
+        while True:
+            piece = hashlib.sha256()
+            done = 0
+            while done < chunk and (data := _read_exact(f, min(_READ, chunk - done))):
+                piece.update(data)
+                whole.update(data)
+                done += len(data)
+            if not done:
+                break
+            offset += done
+            chunks.append(piece.digest())
+            states[offset] = whole.copy()
+            if done < chunk:
+                break
+    return PartState(offset, tuple(chunks), states)
+
+
+def verify_prefix(
+    f: IO[bytes], size: int, offered: int, chunks: tuple[bytes, ...], chunk: int, whole: Any
+) -> int:
+    """Compare the receiver's chunk digests with the source; return the offset to resume at.
+
+    Reads and hashes the matching prefix into ``whole``; leaves ``f`` positioned at the result.
+    """
+    if len(chunks) != -(-offered // chunk):
+        raise PeerProtocolError("resume chunk list does not match its offset")
+    matched = 0
+    for index, digest in enumerate(chunks):
+        length = min(chunk, offered - index * chunk)
+        if matched + length > size:
+            break
+        f.seek(matched)
+        data = _read_exact(f, length)
+        if len(data) != length or hashlib.sha256(data).digest() != digest:
+            break
+        whole.update(data)
+        matched += length
+    f.seek(matched)
+    return matched
+
+
+def _sidecar_body(entry: Entry, chunk: int) -> dict[str, object]:
+    return {
+        "v": 1,
+        "path": entry.path,
+        "size": entry.size,
+        "mtime_ns": entry.mtime_ns,
+        "chunk": chunk,
+    }
+
+
+def write_sidecar(path: Path, entry: Entry, chunk: int) -> None:
+    """Record which source a .part belongs to (size and mtime), before writing the .part."""
+    path.write_text(json.dumps(_sidecar_body(entry, chunk)), encoding="utf-8")
+
+
+def read_sidecar(path: Path) -> dict[str, object] | None:
+    """The sidecar's JSON object, or None if it is missing or unreadable."""
+    try:
+        obj = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return obj if isinstance(obj, dict) else None
+
+
+def sidecar_matches(sidecar: dict[str, object], entry: Entry, chunk: int) -> bool:
+    """Whether a .part was written for this very source version and chunk size."""
+    return sidecar == _sidecar_body(entry, chunk)
+
+
+def remove_quietly(*paths: Path) -> None:
+    """Delete files, ignoring those already gone."""
+    for path in paths:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)

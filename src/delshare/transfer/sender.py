@@ -1,0 +1,233 @@
+"""Send a manifest's files over a RecordChannel (protocol in :mod:`delshare.transfer.protocol`).
+
+Speed: one worker thread reads the source into a small ring of preallocated 1 MiB buffers and
+updates the whole-file SHA-256 (both release the GIL), while the event loop encrypts the previous
+buffer and writes it to the socket; reading, hashing and sending overlap on two cores.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import hashlib
+import os
+from collections import deque
+from dataclasses import dataclass, field
+from typing import IO, Any
+
+from delshare.link.records import MAX_PAYLOAD, LinkClosedError, RecordChannel
+from delshare.transfer.errors import (
+    PeerProtocolError,
+    RefusedByPeerError,
+    SourceChangedError,
+    TransferInterruptedError,
+)
+from delshare.transfer.manifest import BuiltManifest, Entry, display_name
+from delshare.transfer.progress import ProgressCallback, ProgressThrottle
+from delshare.transfer.protocol import (
+    DEFAULT_CHUNK,
+    Accept,
+    Done,
+    ErrorMessage,
+    FileBegin,
+    FileEnd,
+    Message,
+    Offer,
+    Reject,
+    ResumeOffer,
+    recv_message,
+    send_message,
+)
+from delshare.transfer.resume import verify_prefix
+
+__all__ = ["SendStats", "send_files"]
+
+_RING = 4
+
+
+@dataclass(frozen=True, slots=True)
+class SendStats:
+    """One run: file bytes sent in DATA records, files sent/skipped, resume offset by index."""
+
+    bytes_sent: int
+    files_sent: int
+    files_skipped: int
+    resumed_at: dict[int, int] = field(default_factory=dict)
+
+
+async def send_files(
+    channel: RecordChannel,
+    manifest: BuiltManifest,
+    progress_cb: ProgressCallback | None = None,
+    *,
+    chunk: int = DEFAULT_CHUNK,
+) -> SendStats:
+    """Offer ``manifest``, then send what the receiver accepted; return once it confirmed all.
+
+    Raises RefusedByPeerError if the peer rejects or aborts, SourceChangedError if a file changed
+    since the manifest was built, TransferInterruptedError if the link breaks (resumable).
+    """
+    try:
+        await send_message(channel, Offer(manifest.manifest, chunk))
+        accept = _expect_accept(await recv_message(channel), manifest)
+        with concurrent.futures.ThreadPoolExecutor(1, "delshare-send") as pool:
+            session = _SendSession(channel, manifest, accept, chunk, pool, progress_cb)
+            return await session.run()
+    except LinkClosedError as exc:
+        raise TransferInterruptedError(f"link lost while sending: {exc}") from exc
+
+
+def _expect_accept(message: Message, manifest: BuiltManifest) -> Accept:
+    if isinstance(message, Reject | ErrorMessage):
+        raise RefusedByPeerError(message.reason)
+    if not isinstance(message, Accept):
+        raise PeerProtocolError(f"expected accept, got {type(message).__name__}")
+    entries = manifest.manifest.entries
+    for index in [*message.skip, *(r.index for r in message.resume)]:
+        if index >= len(entries) or entries[index].kind != "file":
+            raise PeerProtocolError(f"accept names unknown file index {index}")
+    return message
+
+
+class _SendSession:
+    def __init__(
+        self,
+        channel: RecordChannel,
+        manifest: BuiltManifest,
+        accept: Accept,
+        chunk: int,
+        pool: concurrent.futures.Executor,
+        progress_cb: ProgressCallback | None,
+    ) -> None:
+        self._channel = channel
+        self._built = manifest
+        self._skip = set(accept.skip)
+        self._resume = {r.index: r for r in accept.resume}
+        self._chunk = chunk
+        self._pool = pool
+        self._progress = ProgressThrottle(progress_cb)
+        self._total_done = 0
+        self._bytes_sent = 0
+        self._resumed_at: dict[int, int] = {}
+        self._peer: asyncio.Task[Message] | None = None
+
+    async def run(self) -> SendStats:
+        self._peer = asyncio.create_task(recv_message(self._channel))
+        try:
+            sent = 0
+            for index, entry in enumerate(self._built.manifest.entries):
+                if entry.kind != "file":
+                    continue
+                if index in self._skip:
+                    self._total_done += entry.size
+                    continue
+                await self._send_file(index, entry)
+                sent += 1
+            await send_message(self._channel, Done())
+            await self._expect_done()
+        except (SourceChangedError, OSError) as exc:
+            await self._abort(str(exc))
+            if isinstance(exc, OSError):
+                raise SourceChangedError(f"cannot read source: {exc}") from exc
+            raise
+        finally:
+            _discard(self._peer)
+        return SendStats(self._bytes_sent, sent, len(self._skip), self._resumed_at)
+
+    async def _expect_done(self) -> None:
+        assert self._peer is not None
+        reply = await self._peer
+        if isinstance(reply, ErrorMessage):
+            raise RefusedByPeerError(reply.reason)
+        if not isinstance(reply, Done):
+            raise PeerProtocolError(f"expected done, got {type(reply).__name__}")
+
+    def _check_peer(self) -> None:
+        """Surface an early error message (or broken link) from the receiver."""
+        if self._peer is not None and self._peer.done():
+            reply = self._peer.result()
+            if isinstance(reply, ErrorMessage):
+                raise RefusedByPeerError(reply.reason)
+            raise PeerProtocolError(f"unexpected {type(reply).__name__} during transfer")
+
+    async def _abort(self, reason: str) -> None:
+        with contextlib.suppress(LinkClosedError):
+            await send_message(self._channel, ErrorMessage(reason))
+
+    async def _send_file(self, index: int, entry: Entry) -> None:
+        source = self._built.sources[index]
+        with open(source, "rb", buffering=0) as f:  # noqa: ASYNC230 (open is cheap)
+            _check_unchanged(f, entry, source.name)
+            whole = hashlib.sha256()
+            offset = await self._resume_offset(f, index, entry, whole)
+            await send_message(self._channel, FileBegin(index, offset))
+            self._total_done += offset
+            await self._pump(f, index, entry, offset, whole)
+            _check_unchanged(f, entry, source.name)
+        await send_message(self._channel, FileEnd(index, whole.digest()))
+        self._progress.update(index, entry.size, self._total_done, final=True)
+
+    async def _resume_offset(self, f: IO[bytes], index: int, entry: Entry, whole: Any) -> int:
+        offer: ResumeOffer | None = self._resume.get(index)
+        if offer is None:
+            return 0
+        loop = asyncio.get_running_loop()
+        offset = await loop.run_in_executor(
+            self._pool, verify_prefix, f, entry.size, offer.offset, offer.chunks, self._chunk, whole
+        )
+        self._resumed_at[index] = offset
+        return offset
+
+    async def _pump(self, f: IO[bytes], index: int, entry: Entry, offset: int, whole: Any) -> None:
+        """Read-and-hash in the worker, encrypt-and-send here, ``_RING`` buffers in flight."""
+        remaining = entry.size - offset
+        pending: deque[tuple[concurrent.futures.Future[int], memoryview, int]] = deque()
+        free = [memoryview(bytearray(MAX_PAYLOAD)) for _ in range(_RING)]
+        try:
+            while remaining or pending:
+                while free and remaining:
+                    want = min(MAX_PAYLOAD, remaining)
+                    buf = free.pop()
+                    pending.append((self._pool.submit(_read_hash, f, buf[:want], whole), buf, want))
+                    remaining -= want
+                future, buf, want = pending.popleft()
+                got = await asyncio.wrap_future(future)
+                if got != want:
+                    raise SourceChangedError(f"{display_name(entry.path)} shrank while sending")
+                self._check_peer()
+                self._channel.write(buf[:got])
+                free.append(buf)
+                self._bytes_sent += got
+                self._total_done += got
+                offset += got
+                await self._channel.drain()
+                self._progress.update(index, offset, self._total_done)
+        finally:
+            concurrent.futures.wait([p[0] for p in pending])
+
+
+def _read_hash(f: IO[bytes], buf: memoryview, whole: Any) -> int:
+    """Fill ``buf`` from the file (short only at EOF) and hash it; runs in the worker thread."""
+    got = 0
+    while got < len(buf):
+        n = f.readinto(buf[got:])  # type: ignore[attr-defined]
+        if not n:
+            break
+        got += n
+    whole.update(buf[:got])
+    return got
+
+
+def _discard(task: asyncio.Task[Message]) -> None:
+    """Cancel the peer reader, or mark its outcome as seen."""
+    if not task.done():
+        task.cancel()
+    elif not task.cancelled():
+        task.exception()
+
+
+def _check_unchanged(f: IO[bytes], entry: Entry, name: str) -> None:
+    st = os.fstat(f.fileno())
+    if st.st_size != entry.size or st.st_mtime_ns != entry.mtime_ns:
+        raise SourceChangedError(f"{display_name(name)} changed since the transfer was prepared")
