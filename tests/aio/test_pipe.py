@@ -1,0 +1,350 @@
+"""bridge(): real TCP connections on loopback, every path (splice, socket copy, asyncio streams).
+
+Each test builds two TCP connections A and B on 127.0.0.1. The bridge gets the accepted ends
+(``a``, ``b``); the test drives the connecting ends (``ca``, ``cb``) as the client and the peer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import random
+import socket
+import struct
+import sys
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+
+import pytest
+
+from delshare.aio import pipe
+from delshare.aio.pipe import BridgeStats, Endpoint, bridge
+
+MODES = ["splice", "copy", "stream"]
+MiB = 1 << 20
+
+
+@dataclass
+class Rig:
+    """Two loopback TCP connections: the bridge's ends a, b; the test's ends ca, cb."""
+
+    a: Endpoint
+    b: Endpoint
+    ca: socket.socket
+    cb: socket.socket
+    raw: tuple[socket.socket, socket.socket]  # the sockets under a and b
+
+
+@pytest.fixture(params=MODES)
+def mode(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    chosen: str = request.param
+    if chosen == "splice" and not pipe.SPLICE_SUPPORTED:
+        pytest.skip("splice needs Linux")
+    if chosen == "copy":
+        monkeypatch.setattr(pipe, "SPLICE_SUPPORTED", False)
+    return chosen
+
+
+@pytest.fixture
+def listener() -> Iterator[socket.socket]:
+    with socket.create_server(("127.0.0.1", 0), backlog=1024) as server:
+        yield server
+
+
+def set_buffers(sock: socket.socket, size: int | None) -> None:
+    if size is not None:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, size)
+
+
+def tcp_connection(listener: socket.socket, bufsize: int | None) -> tuple[socket.socket, ...]:
+    """A connected (client end, accepted end) pair; ``bufsize`` fixes both kernel buffers."""
+    client = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    set_buffers(client, bufsize)
+    client.connect(listener.getsockname())
+    accepted, _ = listener.accept()
+    set_buffers(accepted, bufsize)
+    client.setblocking(False)
+    return client, accepted
+
+
+async def make_rig(mode: str, listener: socket.socket, bufsize: int | None = None) -> Rig:
+    if bufsize is not None:
+        set_buffers(listener, bufsize)  # inherited by accepted sockets before the handshake
+    ca, sa = tcp_connection(listener, bufsize)
+    cb, sb = tcp_connection(listener, bufsize)
+    if mode == "stream":
+        a: Endpoint = await asyncio.open_connection(sock=sa)
+        b: Endpoint = await asyncio.open_connection(sock=sb)
+        return Rig(a, b, ca, cb, (sa, sb))
+    return Rig(sa, sb, ca, cb, (sa, sb))
+
+
+async def send_all(sock: socket.socket, data: bytes, *, then: str = "shutdown") -> None:
+    await asyncio.get_running_loop().sock_sendall(sock, data)
+    if then == "shutdown":
+        sock.shutdown(socket.SHUT_WR)
+    elif then == "close":
+        sock.close()
+
+
+async def recv_exactly(sock: socket.socket, n: int) -> bytes:
+    loop = asyncio.get_running_loop()
+    out = bytearray()
+    while len(out) < n:
+        chunk = await loop.sock_recv(sock, n - len(out))
+        assert chunk, f"EOF after {len(out)} of {n} bytes"
+        out += chunk
+    return bytes(out)
+
+
+async def recv_to_eof(sock: socket.socket) -> tuple[int, str]:
+    """Read until EOF; return the byte count and SHA-256."""
+    loop = asyncio.get_running_loop()
+    digest = hashlib.sha256()
+    total = 0
+    buf = bytearray(1 * MiB)
+    while n := await loop.sock_recv_into(sock, buf):
+        digest.update(memoryview(buf)[:n])
+        total += n
+    return total, digest.hexdigest()
+
+
+async def eof_or_reset(sock: socket.socket) -> bool:
+    """True once the peer has closed: EOF (after any leftover bytes) or a reset."""
+    loop = asyncio.get_running_loop()
+    try:
+        while await loop.sock_recv(sock, MiB):
+            pass
+    except ConnectionResetError:
+        pass
+    return True
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def expected_path(mode: str) -> str:
+    return mode
+
+
+@pytest.fixture
+async def cleanup() -> AsyncIterator[list[socket.socket]]:
+    socks: list[socket.socket] = []
+    yield socks
+    for s in socks:
+        s.close()
+
+
+async def test_64_mib_each_way_concurrently(
+    mode: str, listener: socket.socket, cleanup: list[socket.socket]
+) -> None:
+    rig = await make_rig(mode, listener)
+    cleanup += [rig.ca, rig.cb]
+    rng = random.Random(6062)
+    there, back = rng.randbytes(64 * MiB), rng.randbytes(64 * MiB)
+    task = asyncio.create_task(bridge(rig.a, rig.b))
+    _, _, at_b, at_a = await asyncio.gather(
+        send_all(rig.ca, there), send_all(rig.cb, back), recv_to_eof(rig.cb), recv_to_eof(rig.ca)
+    )
+    assert at_b == (len(there), sha(there))
+    assert at_a == (len(back), sha(back))
+    stats = await task
+    assert stats == BridgeStats(64 * MiB, 64 * MiB)
+    assert not stats.reset
+    assert stats.path == expected_path(mode)
+
+
+@pytest.mark.parametrize("prefix_size", [7, 3 * MiB])
+async def test_prefixes_arrive_first_and_in_order(
+    mode: str, listener: socket.socket, cleanup: list[socket.socket], prefix_size: int
+) -> None:
+    rig = await make_rig(mode, listener)
+    cleanup += [rig.ca, rig.cb]
+    rng = random.Random(prefix_size)
+    prefix_a, prefix_b = rng.randbytes(prefix_size), rng.randbytes(prefix_size + 1)
+    task = asyncio.create_task(bridge(rig.a, rig.b, a_to_b_prefix=prefix_a, b_to_a_prefix=prefix_b))
+    # Each prefix arrives before the other side has sent anything at all.
+    got_b, got_a = await asyncio.gather(
+        recv_exactly(rig.cb, len(prefix_a)), recv_exactly(rig.ca, len(prefix_b))
+    )
+    assert (got_b, got_a) == (prefix_a, prefix_b)
+    _, _, at_b, at_a = await asyncio.gather(
+        send_all(rig.ca, b"hello"),
+        send_all(rig.cb, b"world"),
+        recv_to_eof(rig.cb),
+        recv_to_eof(rig.ca),
+    )
+    assert at_b == (5, sha(b"hello"))
+    assert at_a == (5, sha(b"world"))
+    assert await task == BridgeStats(len(prefix_a) + 5, len(prefix_b) + 5)
+
+
+async def test_half_close_keeps_the_other_direction(
+    mode: str, listener: socket.socket, cleanup: list[socket.socket]
+) -> None:
+    rig = await make_rig(mode, listener)
+    cleanup += [rig.ca, rig.cb]
+    there, back = random.Random(1).randbytes(MiB + 17), random.Random(2).randbytes(3 * MiB + 5)
+    task = asyncio.create_task(bridge(rig.a, rig.b))
+    _, at_b = await asyncio.gather(send_all(rig.ca, there), recv_to_eof(rig.cb))
+    assert at_b == (len(there), sha(there))  # all N bytes, then EOF
+    assert not task.done()
+    _, at_a = await asyncio.gather(send_all(rig.cb, back, then="close"), recv_to_eof(rig.ca))
+    assert at_a == (len(back), sha(back))
+    stats = await task
+    assert stats == BridgeStats(len(there), len(back))
+    assert not stats.reset
+
+
+async def test_no_tail_loss_when_sender_closes_at_once(
+    mode: str, listener: socket.socket, cleanup: list[socket.socket]
+) -> None:
+    rig = await make_rig(mode, listener)
+    cleanup += [rig.cb]
+    data = random.Random(3).randbytes(32 * MiB)
+    task = asyncio.create_task(bridge(rig.a, rig.b))
+    _, at_b = await asyncio.gather(send_all(rig.ca, data, then="close"), recv_to_eof(rig.cb))
+    assert at_b == (len(data), sha(data))
+    rig.cb.close()
+    stats = await task
+    assert stats == BridgeStats(len(data), 0)
+
+
+async def push_until_stalled(sock: socket.socket) -> int:
+    """Send as fast as the socket takes it, for at most ~1 s; return the bytes accepted."""
+    loop = asyncio.get_running_loop()
+    chunk = bytes(MiB)
+    deadline = loop.time() + 1.0
+    accepted = stalled = 0
+    while loop.time() < deadline and stalled < 100:
+        before = accepted
+        try:
+            while True:
+                accepted += sock.send(chunk)
+        except BlockingIOError:
+            pass
+        stalled = stalled + 1 if accepted == before else 0
+        await asyncio.sleep(0.002)
+    return accepted
+
+
+BOUND = {"splice": pipe.PIPE_SIZE, "copy": pipe.COPY_CHUNK, "stream": 2 * pipe.STREAM_CHUNK}
+
+
+async def test_slow_reader_bounds_buffering(
+    mode: str, listener: socket.socket, cleanup: list[socket.socket]
+) -> None:
+    rig = await make_rig(mode, listener, bufsize=64 * 1024)
+    cleanup += [rig.ca, rig.cb]
+    task = asyncio.create_task(bridge(rig.a, rig.b))
+    accepted = await push_until_stalled(rig.ca)  # cb reads nothing meanwhile
+    # Kernel buffers (4 sockets x 2 x 64 KiB, plus loopback slack) and one bounded buffer;
+    # a bridge that kept reading would take everything offered in that second (GBs).
+    assert 0 < accepted < 8 * MiB
+    rig.ca.shutdown(socket.SHUT_WR)
+    assert await recv_to_eof(rig.cb) == (accepted, sha(bytes(accepted)))
+    rig.cb.shutdown(socket.SHUT_WR)
+    stats = await task
+    assert stats == BridgeStats(accepted, 0)
+    assert 0 < stats.peak_buffered <= BOUND[mode]
+
+
+async def test_reset_on_one_side_closes_the_other(
+    mode: str, listener: socket.socket, cleanup: list[socket.socket]
+) -> None:
+    rig = await make_rig(mode, listener)
+    cleanup += [rig.cb]
+    task = asyncio.create_task(bridge(rig.a, rig.b))
+    await asyncio.get_running_loop().sock_sendall(rig.ca, b"ping")
+    assert await recv_exactly(rig.cb, 4) == b"ping"
+    rig.ca.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    rig.ca.close()  # RST
+    stats = await task
+    assert stats.reset
+    assert stats.a_to_b == 4
+    assert await eof_or_reset(rig.cb)
+    assert [s.fileno() for s in rig.raw] == [-1, -1]
+
+
+async def test_cancellation_closes_both(
+    mode: str, listener: socket.socket, cleanup: list[socket.socket]
+) -> None:
+    rig = await make_rig(mode, listener)
+    cleanup += [rig.ca, rig.cb]
+    task = asyncio.create_task(bridge(rig.a, rig.b))
+    await asyncio.get_running_loop().sock_sendall(rig.ca, b"ping")
+    assert await recv_exactly(rig.cb, 4) == b"ping"
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert await eof_or_reset(rig.ca)
+    assert await eof_or_reset(rig.cb)
+    assert [s.fileno() for s in rig.raw] == [-1, -1]
+
+
+async def one_small_exchange(rig: Rig, seed: int) -> BridgeStats:
+    rng = random.Random(seed)
+    there, back = rng.randbytes(rng.randrange(1, 50_000)), rng.randbytes(rng.randrange(1, 50_000))
+    task = asyncio.create_task(bridge(rig.a, rig.b))
+    _, _, at_b, at_a = await asyncio.gather(
+        send_all(rig.ca, there), send_all(rig.cb, back), recv_to_eof(rig.cb), recv_to_eof(rig.ca)
+    )
+    assert (at_b, at_a) == ((len(there), sha(there)), (len(back), sha(back)))
+    stats = await task
+    assert stats == BridgeStats(len(there), len(back))
+    return stats
+
+
+async def test_200_concurrent_bridges(
+    mode: str, listener: socket.socket, cleanup: list[socket.socket]
+) -> None:
+    rigs = [await make_rig(mode, listener) for _ in range(200)]
+    cleanup += [s for rig in rigs for s in (rig.ca, rig.cb)]
+    results = await asyncio.gather(*(one_small_exchange(rig, i) for i, rig in enumerate(rigs)))
+    assert len(results) == 200
+    assert not any(stats.reset for stats in results)
+
+
+async def test_mixed_socket_and_stream_endpoints(
+    listener: socket.socket, cleanup: list[socket.socket]
+) -> None:
+    rig = await make_rig("splice", listener)
+    cleanup += [rig.ca, rig.cb]
+    stream_b = await asyncio.open_connection(sock=rig.raw[1])
+    stats = await one_small_exchange(Rig(rig.a, stream_b, rig.ca, rig.cb, rig.raw), 7)
+    assert stats.path == "stream"
+
+
+async def test_rejects_datagram_sockets() -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp, pytest.raises(TypeError):
+        await bridge(udp, udp)
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="splice path")
+def test_splice_path_under_uvloop() -> None:
+    uvloop = pytest.importorskip("uvloop")
+
+    async def scenario() -> BridgeStats:
+        with socket.create_server(("127.0.0.1", 0)) as server:
+            rig = await make_rig("splice", server)
+        try:
+            data = random.Random(4).randbytes(8 * MiB)
+            task = asyncio.create_task(bridge(rig.a, rig.b))
+            _, _, at_b, at_a = await asyncio.gather(
+                send_all(rig.ca, data),
+                send_all(rig.cb, data[::-1]),
+                recv_to_eof(rig.cb),
+                recv_to_eof(rig.ca),
+            )
+            assert (at_b, at_a) == ((len(data), sha(data)), (len(data), sha(data[::-1])))
+            return await task
+        finally:
+            rig.ca.close()
+            rig.cb.close()
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        stats = runner.run(scenario())
+    assert stats == BridgeStats(8 * MiB, 8 * MiB)
+    assert stats.path == "splice"
