@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import ssl as _ssl
 import time
 from types import TracebackType
@@ -117,7 +118,7 @@ class TurnClient:
                 else:
                     await self._open_datagram(host, port)
         except (OSError, TimeoutError) as exc:
-            reason = "timed out" if isinstance(exc, TimeoutError) else exc.strerror or str(exc)
+            reason = _reason(exc)
             raise TurnConnectionError(f"cannot reach TURN server {host}:{port} ({reason})") from exc
         self._error = None
 
@@ -305,6 +306,12 @@ class TurnClient:
                 future.set_exception(error)
         if self.allocation is not None:
             self.allocation._connection_lost()
+
+
+def _reason(exc: OSError | TimeoutError) -> str:
+    if isinstance(exc, TimeoutError):
+        return "timed out"
+    return os.strerror(exc.errno) if exc.errno else str(exc)
 
 
 def _ssl_context(uri: TurnUri, ssl: SslArg) -> _ssl.SSLContext | None:

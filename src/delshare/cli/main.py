@@ -13,6 +13,11 @@ def cli() -> None:
     """DEL: share files directly between devices, through NATs, with a TURN TCP relay fallback."""
 
 
+from delshare.cli.turn_check import turn_check  # noqa: E402
+
+cli.add_command(turn_check)
+
+
 def main() -> None:
     """Console-script entry point."""
     cli()
