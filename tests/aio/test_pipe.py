@@ -12,7 +12,7 @@ import random
 import socket
 import struct
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 
 import pytest
@@ -198,14 +198,36 @@ async def test_half_close_keeps_the_other_direction(
     assert not stats.reset
 
 
+async def slow_recv_to_eof(sock: socket.socket) -> tuple[int, str]:
+    """Like ``recv_to_eof`` but in small reads with pauses, so the bridge's buffer stays full."""
+    loop = asyncio.get_running_loop()
+    digest = hashlib.sha256()
+    total = 0
+    while chunk := await loop.sock_recv(sock, 32 * 1024):
+        digest.update(chunk)
+        total += len(chunk)
+        await asyncio.sleep(0.0005)
+    return total, digest.hexdigest()
+
+
+@pytest.mark.parametrize(
+    ("size", "bufsize", "receive"),
+    [(32 * MiB, None, recv_to_eof), (4 * MiB, 64 * 1024, slow_recv_to_eof)],
+    ids=["fast-receiver", "slow-receiver"],
+)
 async def test_no_tail_loss_when_sender_closes_at_once(
-    mode: str, listener: socket.socket, cleanup: list[socket.socket]
+    mode: str,
+    listener: socket.socket,
+    cleanup: list[socket.socket],
+    size: int,
+    bufsize: int | None,
+    receive: Callable[[socket.socket], Awaitable[tuple[int, str]]],
 ) -> None:
-    rig = await make_rig(mode, listener)
+    rig = await make_rig(mode, listener, bufsize)
     cleanup += [rig.cb]
-    data = random.Random(3).randbytes(32 * MiB)
+    data = random.Random(3).randbytes(size)
     task = asyncio.create_task(bridge(rig.a, rig.b))
-    _, at_b = await asyncio.gather(send_all(rig.ca, data, then="close"), recv_to_eof(rig.cb))
+    _, at_b = await asyncio.gather(send_all(rig.ca, data, then="close"), receive(rig.cb))
     assert at_b == (len(data), sha(data))
     rig.cb.close()
     stats = await task
