@@ -17,6 +17,12 @@ from delshare.cli.turn_check import turn_check  # noqa: E402
 
 cli.add_command(turn_check)
 
+from delshare.cli.receive import receive  # noqa: E402
+from delshare.cli.send import send  # noqa: E402
+
+cli.add_command(send)
+cli.add_command(receive)
+
 
 def main() -> None:
     """Console-script entry point."""
