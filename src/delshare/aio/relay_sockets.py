@@ -1,0 +1,163 @@
+"""Relayed sockets of the TURN server: port choice, binding, UDP relays, TCP relay listeners.
+
+Ports come from ``[min_port, max_port]`` (RFC 8656 §7.2: the server picks the relayed port),
+never twice at once: TCP relay listeners use SO_REUSEPORT so that outgoing Connect sockets can
+bind the same relayed address (RFC 6062 §5.2), which would also let a second listener share
+the port, so the pool keeps its own record of ports in use.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import socket
+from collections.abc import Callable
+
+from delshare.stun.attributes import Address
+
+_BIND_ATTEMPTS = 128
+UDP_RECV_SIZE = 65536
+UDP_BATCH = 64  # datagrams read per readiness callback
+
+
+def family_of(host: str) -> socket.AddressFamily:
+    """AF_INET6 for IPv6 literals, else AF_INET."""
+    return socket.AF_INET6 if ":" in host else socket.AF_INET
+
+
+def wildcard(family: int) -> str:
+    """The unspecified address of IP version ``family`` (4 or 6)."""
+    return "::" if family == 6 else "0.0.0.0"
+
+
+def is_unspecified(host: str) -> bool:
+    return host in ("0.0.0.0", "::", "")
+
+
+def route_source(client_ip: str) -> str:
+    """The local IP the kernel would use to reach ``client_ip`` (a UDP connect sends nothing)."""
+    with socket.socket(family_of(client_ip), socket.SOCK_DGRAM) as probe:
+        probe.connect((client_ip, 9))
+        return str(probe.getsockname()[0])
+
+
+def allow_port_sharing(sock: socket.socket) -> None:
+    """SO_REUSEADDR + SO_REUSEPORT: a relay listener and Connect sockets share one address."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if hasattr(socket, "SO_REUSEPORT"):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+
+
+def new_socket(host: str, kind: socket.SocketKind) -> socket.socket:
+    sock = socket.socket(family_of(host), kind)
+    if ":" in host:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+    return sock
+
+
+class PortPool:
+    """Chooses and binds relay ports in a range; remembers which (host, port) are ours."""
+
+    def __init__(self, min_port: int, max_port: int) -> None:
+        self.min_port = min_port
+        self.max_port = max_port
+        self.in_use: set[Address] = set()
+        self._held: dict[Address, socket.socket] = {}
+
+    def _candidates(self, even: bool) -> list[int]:
+        ports = range(self.min_port + (even and self.min_port % 2), self.max_port + 1, 1 + even)
+        count = len(ports)
+        if count <= _BIND_ATTEMPTS:
+            picks = list(ports)
+            random.shuffle(picks)
+            return picks
+        return [ports[random.randrange(count)] for _ in range(_BIND_ATTEMPTS)]
+
+    def bind(
+        self, host: str, kind: socket.SocketKind, *, even: bool = False, reserve_next: bool = False
+    ) -> tuple[socket.socket, socket.socket | None]:
+        """Bind a relay socket (and, with ``reserve_next``, hold port + 1); OSError if full."""
+        for port in self._candidates(even or reserve_next):
+            if (host, port) in self.in_use or (reserve_next and (host, port + 1) in self.in_use):
+                continue
+            if reserve_next and port + 1 > self.max_port:
+                continue
+            sock = self._try_bind(host, port, kind)
+            if sock is None:
+                continue
+            held = None
+            if reserve_next:
+                held = self._try_bind(host, port + 1, socket.SOCK_DGRAM)
+                if held is None:
+                    self.release((host, port), sock)
+                    continue
+                self._held[(host, port + 1)] = held
+            return sock, held
+        raise OSError("no free relay port in range")
+
+    def _try_bind(self, host: str, port: int, kind: socket.SocketKind) -> socket.socket | None:
+        sock = new_socket(host, kind)
+        if kind == socket.SOCK_STREAM:
+            allow_port_sharing(sock)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            sock.close()
+            return None
+        sock.setblocking(False)
+        self.in_use.add((host, port))
+        return sock
+
+    def take_held(self, address: Address) -> socket.socket | None:
+        """The socket holding a reserved address (RFC 8656 §7.2 RESERVATION-TOKEN)."""
+        return self._held.pop(address, None)
+
+    def release(self, address: Address, sock: socket.socket | None = None) -> None:
+        """Forget ``address`` and close its socket (or the held one)."""
+        self.in_use.discard(address)
+        held = self._held.pop(address, None)
+        for item in (sock, held):
+            if item is not None:
+                item.close()
+
+
+class UdpEndpoint:
+    """A non-blocking UDP socket read through loop readiness callbacks, in batches."""
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        sock: socket.socket,
+        on_datagram: Callable[[bytes, Address], None],
+    ) -> None:
+        self.loop = loop
+        self.sock = sock
+        self.address: Address = sock.getsockname()[:2]
+        self._on_datagram = on_datagram
+        self.sent = 0
+        self.received = 0
+        sock.setblocking(False)
+        loop.add_reader(sock.fileno(), self._readable)
+
+    def _readable(self) -> None:
+        for _ in range(UDP_BATCH):
+            try:
+                data, addr = self.sock.recvfrom(UDP_RECV_SIZE)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                continue  # e.g. ICMP port unreachable reported on a later recv
+            self.received += len(data)
+            self._on_datagram(data, addr[:2])
+
+    def sendto(self, data: bytes, addr: Address) -> None:
+        """Best effort, like UDP itself: a full send buffer drops the datagram."""
+        with contextlib.suppress(OSError):
+            self.sent += self.sock.sendto(data, addr)
+
+    def close(self) -> None:
+        if self.sock.fileno() >= 0:
+            self.loop.remove_reader(self.sock.fileno())
+            self.sock.close()

@@ -1,0 +1,552 @@
+"""The asyncio TURN server: listeners, relayed sockets and timers around ``TurnServer``.
+
+Theory of operation: every input (a datagram, a stream frame, an accepted peer, a finished
+connect) is handed to the sans-IO core with the wall clock, then ``_flush`` executes the core's
+commands in order and logs its events, and re-arms the one timer. UDP sockets are read through
+readiness callbacks; each TCP/TLS client connection has one reader task. RFC 6062 peer sockets
+are never read before ConnectionBind (the kernel's buffers and TCP flow control hold the peer
+back); after it, ``delshare.aio.pipe.bridge`` moves the bytes (splice on Linux).
+
+Start one in-process with ``await start_relay(RelayConfig(...))``; ``RunningRelay.close()``
+stops it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import ssl
+import time
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, field
+from typing import Any
+
+from delshare.aio.pipe import bridge
+from delshare.aio.relay_sockets import (
+    PortPool,
+    UdpEndpoint,
+    allow_port_sharing,
+    family_of,
+    is_unspecified,
+    new_socket,
+    route_source,
+    wildcard,
+)
+from delshare.aio.server_conn import ClientConnection
+from delshare.errors import StunDecodeError
+from delshare.stun.attributes import Address
+from delshare.stun.constants import PROTO_TCP
+from delshare.turn.server import TurnServer
+from delshare.turn.server_types import (
+    TCP,
+    TLS,
+    UDP,
+    AllocationCreated,
+    AllocationDeleted,
+    AllocationRefreshed,
+    BindDataConnection,
+    ChannelBound,
+    ClosePeerConnection,
+    CloseRelay,
+    ConnectionBound,
+    ConnectionClosed,
+    ConnectToPeer,
+    FiveTuple,
+    OpenRelay,
+    Output,
+    PeerConnected,
+    PermissionCreated,
+    ReleaseReservation,
+    RequestAnswered,
+    RequestRefused,
+    SendToClient,
+    SendToPeer,
+    ServerConfig,
+)
+
+log = logging.getLogger("delshare.relay")
+
+
+@dataclass(frozen=True)
+class RelayConfig:
+    """Where to listen and which relay ports to use; ``server`` holds the protocol policy."""
+
+    server: ServerConfig
+    listen: tuple[Address, ...] = (("0.0.0.0", 3478),)
+    tls_listen: tuple[Address, ...] = ()
+    cert: str | None = None
+    key: str | None = None
+    min_port: int = 49152
+    max_port: int = 65535
+    optional_listen: tuple[Address, ...] = field(default=())  # tried, skipped if unavailable
+
+
+@dataclass
+class _Relay:
+    """The adapter side of one allocation: its relayed socket or listener."""
+
+    alloc_id: int
+    bind_address: Address
+    udp: UdpEndpoint | None = None
+    listener: socket.socket | None = None
+    accept_task: asyncio.Task[None] | None = None
+
+
+@dataclass
+class _PeerLink:
+    """The adapter side of one RFC 6062 connection."""
+
+    conn_id: int
+    alloc_id: int
+    sock: socket.socket | None = None
+    task: asyncio.Task[None] | None = None
+    client: ClientConnection | None = None
+
+
+class RelayServer:
+    """Owns the sockets; one per process. Use ``start_relay`` to create and start it."""
+
+    def __init__(self, config: RelayConfig, core: TurnServer | None = None) -> None:
+        self.config = config
+        self.core = core or TurnServer(config.server)
+        self.ports = PortPool(config.min_port, config.max_port)
+        self.addresses: list[tuple[str, Address]] = []
+        self.bytes_relayed = 0
+        self._loop = asyncio.get_running_loop()
+        self._udp_listeners: dict[Address, UdpEndpoint] = {}
+        self._tcp_listeners: list[socket.socket] = []
+        self._servers: list[asyncio.Server] = []
+        self._clients: dict[FiveTuple, ClientConnection] = {}
+        self._relays: dict[int, _Relay] = {}
+        self._links: dict[int, _PeerLink] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
+        self._closed = False
+
+    # -- start and stop ---------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Bind every listener; OSError (e.g. port busy) leaves nothing open."""
+        try:
+            for host, port in self.config.listen:
+                self._listen_plain(host, port)
+            for host, port in self.config.optional_listen:
+                try:
+                    self._listen_plain(host, port)
+                except OSError as exc:
+                    log.warning("not listening on %s:%d: %s", host, port, exc.strerror or exc)
+            for host, port in self.config.tls_listen:
+                await self._listen_tls(host, port)
+        except BaseException:
+            await self.close()
+            raise
+
+    def _listen_plain(self, host: str, port: int) -> None:
+        tcp = new_socket(host, socket.SOCK_STREAM)
+        udp = new_socket(host, socket.SOCK_DGRAM)
+        try:
+            tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            tcp.bind((host, port))
+            bound: Address = tcp.getsockname()[:2]
+            udp.bind(bound)
+            tcp.listen(512)
+            tcp.setblocking(False)
+        except OSError:
+            tcp.close()
+            udp.close()
+            raise
+        self._tcp_listeners.append(tcp)
+        endpoint = UdpEndpoint(self._loop, udp, self._client_datagram_handler(bound))
+        self._udp_listeners[bound] = endpoint
+        self._spawn(self._accept_loop(tcp))
+        self.addresses += [(UDP, bound), (TCP, bound)]
+
+    async def _listen_tls(self, host: str, port: int) -> None:
+        if not self.config.cert or not self.config.key:
+            raise ValueError("--tls-listen needs --cert and --key")
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(self.config.cert, self.config.key)
+        server = await asyncio.start_server(
+            self._on_tls_client, host, port, ssl=context, reuse_address=True
+        )
+        self._servers.append(server)
+        for sock in server.sockets:
+            self.addresses.append((TLS, sock.getsockname()[:2]))
+
+    async def close(self) -> None:
+        """Delete every allocation and close every socket."""
+        if self._closed:
+            return
+        self._closed = True
+        self.core.close()
+        self._flush()
+        if self._timer is not None:
+            self._timer.cancel()
+        for endpoint in self._udp_listeners.values():
+            endpoint.close()
+        for sock in self._tcp_listeners:
+            sock.close()
+        for server in self._servers:
+            server.close()
+        for client in list(self._clients.values()):
+            client.close()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for server in self._servers:
+            with contextlib.suppress(Exception):
+                await server.wait_closed()
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    # -- client input -----------------------------------------------------------------------------
+
+    def _client_datagram_handler(self, server: Address) -> Callable[[bytes, Address], None]:
+        def on_datagram(data: bytes, client: Address) -> None:
+            self.core.receive(FiveTuple(UDP, client, server), data, time.time())
+            self._flush()
+
+        return on_datagram
+
+    async def _accept_loop(self, listener: socket.socket) -> None:
+        while True:
+            try:
+                sock, _ = await self._loop.sock_accept(listener)
+            except OSError as exc:
+                if self._closed or listener.fileno() < 0:
+                    return
+                log.warning("accept failed: %s", exc)
+                await asyncio.sleep(0.1)
+                continue
+            sock.setblocking(False)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            five = FiveTuple(TCP, sock.getpeername()[:2], sock.getsockname()[:2])
+            self._spawn(self._serve_client(ClientConnection(five, sock, self._on_frame)))
+
+    async def _on_tls_client(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        peer = writer.get_extra_info("peername")
+        local = writer.get_extra_info("sockname")
+        five = FiveTuple(TLS, (peer[0], peer[1]), (local[0], local[1]))
+        client = ClientConnection(five, (reader, writer), self._on_frame)
+        task = asyncio.current_task()
+        if task is not None:
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        await self._serve_client(client)
+
+    async def _serve_client(self, client: ClientConnection) -> None:
+        """Frames until EOF, or until a ConnectionBind turns the connection into a pipe."""
+        self._clients[client.five] = client
+        try:
+            with contextlib.suppress(OSError, StunDecodeError, ssl.SSLError):
+                await client.read_frames()
+        finally:
+            self._clients.pop(client.five, None)
+            if client.bind is None:
+                client.close()
+                self.core.client_closed(client.five, time.time())
+                self._flush()
+        if client.bind is not None:
+            await self._run_data_connection(client)
+
+    def _on_frame(self, client: ClientConnection, frame: bytes) -> None:
+        self.core.receive(client.five, frame, time.time())
+        self._flush()
+
+    # -- RFC 6062 data connections ----------------------------------------------------------------
+
+    async def _run_data_connection(self, client: ClientConnection) -> None:
+        assert client.bind is not None
+        conn_id, response = client.bind
+        link = self._links.get(conn_id)
+        if link is None or link.sock is None:
+            client.bind = None
+            client.close()
+            return
+        peer_sock, link.sock = link.sock, None
+        link.client = client
+        link.task = asyncio.current_task()
+        reason = "closed"
+        try:
+            stats = await bridge(
+                client.endpoint,
+                peer_sock,
+                a_to_b_prefix=client.leftover,
+                b_to_a_prefix=client.take_output() + response,
+            )
+            self.bytes_relayed += stats.a_to_b + stats.b_to_a
+            reason = f"closed ({stats.a_to_b} bytes up, {stats.b_to_a} down)"
+        except OSError as exc:
+            reason = f"failed: {exc}"
+        finally:
+            self._links.pop(conn_id, None)
+            self.core.connection_closed(conn_id, time.time(), reason)
+            self._flush()
+
+    async def _connect_peer(self, link: _PeerLink, bind_address: Address, peer: Address) -> None:
+        """RFC 6062 §5.2: connect from the relayed address; the core times it out."""
+        sock = new_socket(bind_address[0], socket.SOCK_STREAM)
+        ok = False
+        try:
+            allow_port_sharing(sock)
+            sock.bind(bind_address)
+            sock.setblocking(False)
+            await self._loop.sock_connect(sock, peer)
+            ok = True
+        except OSError as exc:
+            log.info("connect %s -> %s failed: %s", bind_address, peer, exc)
+        finally:
+            if not ok:
+                sock.close()
+        if ok and link.conn_id in self._links:
+            link.sock = sock
+            self.core.peer_connected(link.conn_id, time.time())
+        else:
+            if ok:
+                sock.close()
+            self._links.pop(link.conn_id, None)
+            self.core.peer_connect_failed(link.conn_id, time.time())
+        self._flush()
+
+    async def _accept_peers(self, relay: _Relay) -> None:
+        """RFC 6062 §5.3: peers dial the relayed address; refused ones are closed at once."""
+        assert relay.listener is not None
+        while True:
+            sock, addr = await self._loop.sock_accept(relay.listener)
+            conn_id = self.core.peer_accepted(relay.alloc_id, addr[:2], time.time())
+            if conn_id is None:
+                sock.close()
+            else:
+                sock.setblocking(False)
+                self._links[conn_id] = _PeerLink(conn_id, relay.alloc_id, sock)
+            self._flush()
+
+    # -- commands from the core -------------------------------------------------------------------
+
+    def _flush(self) -> None:
+        """Execute the core's commands, log its events, re-arm the timer."""
+        while outputs := self.core.next_outputs():
+            for output in outputs:
+                self._execute(output)
+        self._arm_timer()
+
+    def _execute(self, out: Output) -> None:
+        if isinstance(out, SendToClient):
+            self._send_to_client(out)
+        elif isinstance(out, SendToPeer):
+            relay = self._relays.get(out.alloc_id)
+            if relay is not None and relay.udp is not None:
+                relay.udp.sendto(out.data, out.peer)
+                self.bytes_relayed += len(out.data)
+        elif isinstance(out, OpenRelay):
+            self._open_relay(out)
+        elif isinstance(out, CloseRelay):
+            self._close_relay(out.alloc_id)
+        elif isinstance(out, ReleaseReservation):
+            self.ports.release(out.address)
+        elif isinstance(out, ConnectToPeer):
+            self._start_connect(out)
+        elif isinstance(out, BindDataConnection):
+            self._bind_data_connection(out)
+        elif isinstance(out, ClosePeerConnection):
+            self._close_link(out.conn_id)
+        else:
+            _log_event(out)
+
+    def _send_to_client(self, out: SendToClient) -> None:
+        if out.five.transport == UDP:
+            listener = self._udp_listeners.get(out.five.server)
+            if listener is not None:
+                listener.sendto(out.data, out.five.client)
+            return
+        client = self._clients.get(out.five)
+        if client is not None:
+            client.write(out.data)
+
+    def _relay_host(self, out: OpenRelay) -> str | None:
+        """Bind relays on the address the client reached (RFC 8656 §7.2), or the routed one."""
+        server_host, client_host = out.five.server[0], out.five.client[0]
+        same_family = (family_of(server_host) == socket.AF_INET6) == (out.family == 6)
+        if same_family:
+            return route_source(client_host) if is_unspecified(server_host) else server_host
+        configured = self.core.config.relay_ip6 if out.family == 6 else self.core.config.relay_ip
+        return wildcard(out.family) if configured else None
+
+    def _open_relay(self, out: OpenRelay) -> None:
+        now = time.time()
+        host = out.reserved[0] if out.reserved else self._relay_host(out)
+        if host is None:
+            self.core.relay_failed(out.alloc_id, now, 440, "Address Family not Supported")
+            return
+        kind = socket.SOCK_STREAM if out.transport == PROTO_TCP else socket.SOCK_DGRAM
+        try:
+            sock, held = self._bind_relay(out, host, kind)
+        except OSError as exc:
+            log.warning("cannot open a relay on %s: %s", host, exc)
+            self.core.relay_failed(out.alloc_id, now)
+            return
+        bound: Address = sock.getsockname()[:2]
+        relay = _Relay(out.alloc_id, bound)
+        if kind == socket.SOCK_STREAM:
+            sock.listen(128)
+            relay.listener = sock
+            relay.accept_task = self._spawn(self._accept_peers(relay))
+        else:
+            relay.udp = UdpEndpoint(self._loop, sock, self._peer_datagram_handler(out.alloc_id))
+        self._relays[out.alloc_id] = relay
+        reserved = (host, bound[1] + 1) if held is not None else None
+        self.core.relay_opened(out.alloc_id, bound, now, reserved)
+
+    def _bind_relay(
+        self, out: OpenRelay, host: str, kind: socket.SocketKind
+    ) -> tuple[socket.socket, socket.socket | None]:
+        if out.reserved is not None:
+            sock = self.ports.take_held(out.reserved)
+            if sock is None:
+                raise OSError("reserved port no longer held")
+            return sock, None
+        return self.ports.bind(host, kind, even=out.even_port, reserve_next=out.reserve_next)
+
+    def _peer_datagram_handler(self, alloc_id: int) -> Callable[[bytes, Address], None]:
+        def on_datagram(data: bytes, peer: Address) -> None:
+            self.core.receive_peer_datagram(alloc_id, peer, data, time.time())
+            self._flush()
+
+        return on_datagram
+
+    def _close_relay(self, alloc_id: int) -> None:
+        relay = self._relays.pop(alloc_id, None)
+        if relay is None:
+            return
+        if relay.udp is not None:
+            relay.udp.close()
+        if relay.accept_task is not None:
+            relay.accept_task.cancel()
+        if relay.listener is not None:
+            relay.listener.close()
+        self.ports.release(relay.bind_address)
+
+    def _start_connect(self, out: ConnectToPeer) -> None:
+        relay = self._relays.get(out.alloc_id)
+        if relay is None:
+            self.core.peer_connect_failed(out.conn_id, time.time())
+            return
+        link = _PeerLink(out.conn_id, out.alloc_id)
+        self._links[out.conn_id] = link
+        link.task = self._spawn(self._connect_peer(link, relay.bind_address, out.peer))
+
+    def _bind_data_connection(self, out: BindDataConnection) -> None:
+        client = self._clients.get(out.five)
+        link = self._links.get(out.conn_id)
+        if client is None or link is None or link.sock is None:
+            self.core.connection_closed(out.conn_id, time.time(), "data connection gone")
+            return
+        client.bind = (out.conn_id, out.response)
+
+    def _close_link(self, conn_id: int) -> None:
+        link = self._links.pop(conn_id, None)
+        if link is None:
+            return
+        if link.sock is not None:
+            link.sock.close()
+        if link.task is not None and link.task is not asyncio.current_task():
+            link.task.cancel()
+
+    # -- timer ------------------------------------------------------------------------------------
+
+    def _arm_timer(self) -> None:
+        when = self.core.get_timer()
+        if when == self._timer_at or self._closed:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer_at = when
+        self._timer = None
+        if when is not None:
+            self._timer = self._loop.call_later(max(0.0, when - time.time()), self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._timer_at = None
+        self.core.handle_timer(time.time())
+        self._flush()
+
+
+def _log_event(event: Output) -> None:
+    if isinstance(event, AllocationCreated):
+        kind = "TCP" if event.transport == PROTO_TCP else "UDP"
+        log.info(
+            "allocation %d created: %s relay %s:%d for %s (%s %s:%d), lifetime %ds",
+            event.alloc_id,
+            kind,
+            *event.relayed,
+            event.username,
+            event.five.transport,
+            *event.five.client,
+            event.lifetime,
+        )
+    elif isinstance(event, AllocationRefreshed):
+        log.info("allocation %d refreshed: lifetime %ds", event.alloc_id, event.lifetime)
+    elif isinstance(event, AllocationDeleted):
+        log.info("allocation %d deleted: %s", event.alloc_id, event.reason)
+    elif isinstance(event, PeerConnected):
+        how = "peer dialled in" if event.incoming else "connected to peer"
+        log.info("allocation %d: %s %s:%d", event.alloc_id, how, *event.peer)
+    elif isinstance(event, ConnectionBound):
+        log.info("allocation %d: connection %08x bound", event.alloc_id, event.conn_id)
+    elif isinstance(event, ConnectionClosed):
+        log.info("allocation %d: connection %08x %s", event.alloc_id, event.conn_id, event.reason)
+    elif isinstance(event, ChannelBound):
+        log.info(
+            "allocation %d: channel 0x%04x -> %s:%d", event.alloc_id, event.channel, *event.peer
+        )
+    elif isinstance(event, PermissionCreated):
+        log.debug("allocation %d: permission for %s", event.alloc_id, event.peer_ip)
+    elif isinstance(event, RequestRefused):
+        level = logging.DEBUG if event.code in (401, 438) else logging.INFO
+        log.log(level, "%s from %s:%d refused: %d %s", event.method, *event.five.client,
+                event.code, event.reason)  # fmt: skip
+    elif isinstance(event, RequestAnswered):
+        log.debug(
+            "%s from %s %s:%d answered", event.method, event.five.transport, *event.five.client
+        )
+
+
+@dataclass
+class RunningRelay:
+    """A started relay: where it listens, its core, and ``close()``."""
+
+    server: RelayServer
+    addresses: list[tuple[str, Address]]
+
+    @property
+    def core(self) -> TurnServer:
+        return self.server.core
+
+    @property
+    def turn_port(self) -> int:
+        """The port of the first UDP/TCP listener."""
+        return next(addr[1] for kind, addr in self.addresses if kind in (UDP, TCP))
+
+    @property
+    def tls_port(self) -> int | None:
+        return next((addr[1] for kind, addr in self.addresses if kind == TLS), None)
+
+    async def close(self) -> None:
+        await self.server.close()
+
+
+async def start_relay(config: RelayConfig) -> RunningRelay:
+    """Bind the listeners of ``config`` and start serving; raises OSError if a port is busy."""
+    server = RelayServer(config)
+    await server.start()
+    return RunningRelay(server, list(server.addresses))

@@ -1,0 +1,147 @@
+"""One TCP or TLS connection from a client to the TURN server (RFC 8656 §3.1, RFC 6062 §4).
+
+It starts as a STUN stream: frames are cut one at a time (RFC 8656 §12.5 framing) and handed to
+the core. When the core answers a ConnectionBind on it (RFC 6062 §5.4), framing stops at once:
+the bytes read past that frame, the queued output and the ConnectionBind response become the
+prefixes of a ``bridge`` to the peer socket, so nothing is lost or reordered. Plain TCP uses the
+raw socket (so the bridge can splice); TLS uses an asyncio stream pair.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+from collections.abc import Callable
+
+from delshare.aio.pipe import Endpoint
+from delshare.errors import StunDecodeError
+from delshare.stun.framing import frame_length
+from delshare.turn.server_types import FiveTuple
+
+READ_SIZE = 65536
+MAX_PENDING_INPUT = 2 * 65536 + 8  # one maximal frame plus slack (RFC 8656 §12.5)
+MAX_PENDING_OUTPUT = 4 << 20  # beyond this, whole frames to a stuck client are dropped
+
+
+class ClientConnection:
+    """Reads frames, writes frames without blocking the loop, and can turn into a data pipe."""
+
+    def __init__(
+        self,
+        five: FiveTuple,
+        endpoint: Endpoint,
+        on_frame: Callable[[ClientConnection, bytes], None],
+    ) -> None:
+        self.five = five
+        self.endpoint = endpoint
+        self._on_frame = on_frame
+        self._loop = asyncio.get_running_loop()
+        self._out = bytearray()
+        self._writing = False
+        self.bind: tuple[int, bytes] | None = None  # (conn_id, ConnectionBind response)
+        self.leftover = b""
+        self.closed = False
+
+    # -- reading ---------------------------------------------------------------------------------
+
+    async def _recv(self) -> bytes:
+        if isinstance(self.endpoint, socket.socket):
+            return await self._loop.sock_recv(self.endpoint, READ_SIZE)
+        return await self.endpoint[0].read(READ_SIZE)
+
+    async def read_frames(self) -> None:
+        """Feed frames to the core until EOF, a framing error, or a ConnectionBind success."""
+        buffer = bytearray()
+        while True:
+            data = await self._recv()
+            if not data:
+                return
+            buffer += data
+            if self._cut_frames(buffer):
+                self.leftover = bytes(buffer)
+                return
+            if len(buffer) > MAX_PENDING_INPUT:
+                return
+
+    def _cut_frames(self, buffer: bytearray) -> bool:
+        """Hand every whole frame to the core; True once the connection was bound."""
+        while len(buffer) >= 4:
+            try:
+                size = frame_length(bytes(buffer[:4]))
+            except StunDecodeError:
+                buffer.clear()
+                raise
+            if len(buffer) < size:
+                return False
+            frame = bytes(buffer[:size])
+            del buffer[:size]
+            self._on_frame(self, frame)
+            if self.bind is not None:
+                return True
+        return False
+
+    # -- writing ---------------------------------------------------------------------------------
+
+    def write(self, data: bytes) -> None:
+        """Queue one whole frame; drop it whole if the client is not reading."""
+        if self.closed or self.bind is not None:
+            return
+        if isinstance(self.endpoint, socket.socket):
+            self._write_raw(self.endpoint, data)
+        else:
+            writer = self.endpoint[1]
+            if writer.transport.get_write_buffer_size() + len(data) <= MAX_PENDING_OUTPUT:
+                writer.write(data)
+
+    def _write_raw(self, sock: socket.socket, data: bytes) -> None:
+        if self._out:
+            if len(self._out) + len(data) <= MAX_PENDING_OUTPUT:
+                self._out += data
+            return
+        try:
+            sent = sock.send(data)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError:
+            return
+        if sent < len(data):
+            self._out += data[sent:]
+            self._loop.add_writer(sock.fileno(), self._flush_raw, sock)
+            self._writing = True
+
+    def _flush_raw(self, sock: socket.socket) -> None:
+        try:
+            sent = sock.send(self._out)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            self._out.clear()
+            sent = 0
+        del self._out[:sent]
+        if not self._out:
+            self._stop_writer()
+
+    def _stop_writer(self) -> None:
+        if self._writing and isinstance(self.endpoint, socket.socket):
+            with contextlib.suppress(ValueError, OSError):
+                self._loop.remove_writer(self.endpoint.fileno())
+        self._writing = False
+
+    def take_output(self) -> bytes:
+        """Bytes queued but not yet written (they precede the relayed data)."""
+        self._stop_writer()
+        out = bytes(self._out)
+        self._out.clear()
+        return out
+
+    def close(self) -> None:
+        """Close the connection (a no-op once a bridge owns it)."""
+        if self.closed:
+            return
+        self.closed = True
+        self._stop_writer()
+        if isinstance(self.endpoint, socket.socket):
+            self.endpoint.close()
+        else:
+            self.endpoint[1].close()

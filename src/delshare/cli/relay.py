@@ -1,0 +1,274 @@
+"""``delshare relay``: the TURN server (RFC 8489/8656/6062) and the rendezvous service.
+
+With no options it listens on 0.0.0.0:3478 (and [::]:3478 when IPv6 is available), UDP and TCP,
+with a demo user ``del:del`` in realm ``del.local``, and serves rendezvous on 0.0.0.0:4000.
+Bad options print one ``Error:`` line and exit 2; a port that cannot be bound exits 1.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+from typing import Any
+
+import click
+
+from delshare.aio.server import RelayConfig, RunningRelay, start_relay
+from delshare.stun.attributes import Address
+from delshare.turn.auth import AuthConfig
+from delshare.turn.peerfilter import parse_cidr
+from delshare.turn.server_types import ServerConfig
+
+DEMO_USER = ("del", "del")
+DEFAULT_REALM = "del.local"
+DEFAULT_LISTEN: Address = ("0.0.0.0", 3478)
+DEFAULT_LISTEN6: Address = ("::", 3478)
+DEFAULT_RENDEZVOUS: Address = ("0.0.0.0", 4000)
+
+log = logging.getLogger("delshare.relay")
+
+
+def parse_hostport(text: str, default_port: int | None = None) -> Address:
+    """``HOST:PORT``, ``[V6]:PORT`` or ``V6`` literal with a default port."""
+    text = text.strip()
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        port_text = rest[1:] if rest.startswith(":") else ""
+    elif text.count(":") == 1:
+        host, port_text = text.split(":")
+    else:
+        host, port_text = text, ""
+    if not port_text:
+        if default_port is None:
+            raise ValueError(f"{text!r} needs a port (HOST:PORT)")
+        return host, default_port
+    if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise ValueError(f"bad port in {text!r}")
+    return host or "0.0.0.0", int(port_text)
+
+
+def _hostports(
+    _ctx: click.Context, param: click.Parameter, values: tuple[str, ...]
+) -> tuple[Address, ...]:
+    try:
+        return tuple(parse_hostport(v) for v in values)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param=param) from exc
+
+
+def _hostport(_ctx: click.Context, param: click.Parameter, value: str | None) -> Address | None:
+    return None if value is None else _hostports(_ctx, param, (value,))[0]
+
+
+def _users(_ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> dict[str, str]:
+    users: dict[str, str] = {}
+    for value in values:
+        name, sep, password = value.partition(":")
+        if not sep or not name or not password:
+            raise click.BadParameter(f"{value!r} is not NAME:PASSWORD", param=param)
+        users[name] = password
+    return users
+
+
+def _cidrs(_ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> tuple[str, ...]:
+    for value in values:
+        try:
+            parse_cidr(value)
+        except ValueError as exc:
+            raise click.BadParameter(f"{value!r} is not a CIDR range", param=param) from exc
+    return values
+
+
+class OneLineErrors(click.Command):
+    """Usage errors print as one ``Error: ...`` line (exit 2), without the usage block."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        try:
+            return super().parse_args(ctx, args)
+        except click.UsageError as exc:
+            exc.ctx = None
+            raise
+
+
+@click.command("relay", cls=OneLineErrors, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--listen",
+    "listen",
+    multiple=True,
+    callback=_hostports,
+    metavar="HOST:PORT",
+    help="UDP+TCP listener, repeatable. Default 0.0.0.0:3478 and [::]:3478.",
+)
+@click.option(
+    "--tls-listen",
+    multiple=True,
+    callback=_hostports,
+    metavar="HOST:PORT",
+    help="TLS listener (TURN over TLS, usually port 5349), repeatable; needs --cert/--key.",
+)
+@click.option("--cert", type=click.Path(exists=True, dir_okay=False), help="TLS certificate PEM.")
+@click.option("--key", type=click.Path(exists=True, dir_okay=False), help="TLS private key PEM.")
+@click.option("--realm", default=DEFAULT_REALM, show_default=True, help="Long-term auth realm.")
+@click.option(
+    "--user",
+    "users",
+    multiple=True,
+    callback=_users,
+    metavar="NAME:PASSWORD",
+    help="Long-term credential, repeatable. Without --user and --auth-secret a demo user "
+    "del:del is created (with a warning).",
+)
+@click.option(
+    "--auth-secret",
+    metavar="SECRET",
+    help="TURN REST shared secret (coturn's use-auth-secret): username '<expiry>:<id>', "
+    "password base64(HMAC-SHA1(SECRET, username)).",
+)
+@click.option(
+    "--allow-peer",
+    multiple=True,
+    callback=_cidrs,
+    metavar="CIDR",
+    help="Allow relaying to/from this range, repeatable. By default loopback, private, "
+    "link-local, unique-local, multicast, reserved and unspecified peers are refused (403).",
+)
+@click.option("--relay-ip", metavar="IP", help="IPv4 address written into XOR-RELAYED-ADDRESS.")
+@click.option("--relay-ip6", metavar="IP", help="IPv6 address written into XOR-RELAYED-ADDRESS.")
+@click.option("--min-port", type=click.IntRange(1, 65535), default=49152, show_default=True,
+              help="Lowest relay port.")  # fmt: skip
+@click.option("--max-port", type=click.IntRange(1, 65535), default=65535, show_default=True,
+              help="Highest relay port.")  # fmt: skip
+@click.option("--max-allocations", type=click.IntRange(1), default=1000, show_default=True,
+              help="Allocations in total (beyond: 508).")  # fmt: skip
+@click.option("--max-allocations-per-user", type=click.IntRange(1), default=100,
+              show_default=True, help="Allocations per username (beyond: 486).")  # fmt: skip
+@click.option("--max-connections-per-allocation", type=click.IntRange(1), default=64,
+              show_default=True, help="RFC 6062 connections per TCP allocation.")  # fmt: skip
+@click.option("--max-pending-connections", type=click.IntRange(1), default=256,
+              show_default=True, help="RFC 6062 connections not yet bound, in total.")  # fmt: skip
+@click.option("--max-lifetime", type=click.IntRange(60), default=3600, show_default=True,
+              help="Longest allocation lifetime in seconds.")  # fmt: skip
+@click.option("--nonce-lifetime", type=click.IntRange(10), default=600, show_default=True,
+              help="Seconds before a nonce goes stale (438).")  # fmt: skip
+@click.option(
+    "--rendezvous-listen",
+    callback=_hostport,
+    metavar="HOST:PORT",
+    help=f"Rendezvous (pairing) WebSocket service address. Default "
+    f"{DEFAULT_RENDEZVOUS[0]}:{DEFAULT_RENDEZVOUS[1]}.",
+)
+@click.option("--no-turn", is_flag=True, help="Run only the rendezvous service.")
+@click.option("--no-rendezvous", is_flag=True, help="Run only the TURN server.")
+@click.option("-v", "--verbose", is_flag=True, help="Log every STUN message (debug level).")
+def relay(**opts: Any) -> None:
+    """Run a TURN relay (UDP/TCP/TLS, UDP relays and RFC 6062 TCP relays) and rendezvous."""
+    if opts["no_turn"] and opts["no_rendezvous"]:
+        raise click.UsageError("--no-turn and --no-rendezvous leave nothing to run")
+    if opts["min_port"] > opts["max_port"]:
+        raise click.UsageError("--min-port is above --max-port")
+    if opts["tls_listen"] and not (opts["cert"] and opts["key"]):
+        raise click.UsageError("--tls-listen needs --cert and --key")
+    logging.basicConfig(
+        level=logging.DEBUG if opts["verbose"] else logging.INFO,
+        format="%(asctime)s %(levelname)s %(message)s",
+        stream=sys.stderr,
+    )
+    if not opts["verbose"]:
+        logging.getLogger("websockets").setLevel(logging.WARNING)
+    try:
+        asyncio.run(_serve(opts))
+    except KeyboardInterrupt:
+        pass
+    except OSError as exc:
+        click.echo(f"delshare relay: {exc.strerror or exc}", err=True)
+        sys.exit(1)
+
+
+def relay_config(opts: dict[str, Any]) -> RelayConfig:
+    """Build the server configuration from the command-line options."""
+    users: dict[str, str] = dict(opts["users"])
+    if not users and not opts["auth_secret"]:
+        users = {DEMO_USER[0]: DEMO_USER[1]}
+        log.warning(
+            "no --user and no --auth-secret: using the demo user %s:%s — anyone can relay",
+            *DEMO_USER,
+        )
+    auth = AuthConfig(opts["realm"], users, opts["auth_secret"], float(opts["nonce_lifetime"]))
+    server = ServerConfig(
+        auth=auth,
+        allow_peers=tuple(opts["allow_peer"]),
+        relay_ip=opts["relay_ip"],
+        relay_ip6=opts["relay_ip6"],
+        max_allocations=opts["max_allocations"],
+        max_allocations_per_user=opts["max_allocations_per_user"],
+        max_connections_per_allocation=opts["max_connections_per_allocation"],
+        max_pending_connections=opts["max_pending_connections"],
+        max_lifetime=opts["max_lifetime"],
+    )
+    listen = tuple(opts["listen"])
+    return RelayConfig(
+        server=server,
+        listen=listen or (DEFAULT_LISTEN,),
+        optional_listen=() if listen else (DEFAULT_LISTEN6,),
+        tls_listen=tuple(opts["tls_listen"]),
+        cert=opts["cert"],
+        key=opts["key"],
+        min_port=opts["min_port"],
+        max_port=opts["max_port"],
+    )
+
+
+def _where(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+async def _serve(opts: dict[str, Any]) -> None:
+    turn: RunningRelay | None = None
+    rendezvous = None
+    try:
+        if not opts["no_turn"]:
+            turn = await _start_turn(relay_config(opts))
+        if not opts["no_rendezvous"]:
+            rendezvous = await _start_rendezvous(opts["rendezvous_listen"] or DEFAULT_RENDEZVOUS)
+        await _wait_for_signal()
+    finally:
+        if rendezvous is not None:
+            rendezvous.close()
+            await rendezvous.wait_closed()
+        if turn is not None:
+            await turn.close()
+
+
+async def _start_turn(config: RelayConfig) -> RunningRelay:
+    try:
+        running = await start_relay(config)
+    except OSError as exc:
+        where = ", ".join(_where(*a) for a in config.listen + config.tls_listen)
+        raise OSError(exc.errno, f"cannot listen on {where}: {exc.strerror or exc}") from exc
+    for kind, address in running.addresses:
+        log.info("TURN listening on %s %s", kind, _where(*address))
+    return running
+
+
+async def _start_rendezvous(address: Address) -> Any:
+    from delshare.pairing.server import serve_rendezvous
+
+    try:
+        server = await serve_rendezvous(*address)
+    except OSError as exc:
+        where = _where(*address)
+        raise OSError(exc.errno, f"cannot listen on {where}: {exc.strerror or exc}") from exc
+    log.info("rendezvous listening on ws://%s", _where(address[0], server.port))
+    return server
+
+
+async def _wait_for_signal() -> None:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+    await stop.wait()

@@ -1,0 +1,177 @@
+"""Long-term credential checks for the TURN server (RFC 8489 §9.2, RFC 8656 §6.2, TURN REST).
+
+Theory of operation: a request without MESSAGE-INTEGRITY(-SHA256) is challenged with 401, REALM,
+a NONCE and PASSWORD-ALGORITHMS. Nonces are stateless: the RFC 8489 §9.2 cookie ``obMatJos2``,
+four base64 characters of security-feature bits (password algorithms, username anonymity), the
+expiry time and a truncated HMAC under a per-server key. An expired nonce gets 438 with a fresh
+one. The key is H(username:realm:password) with H = MD5, or SHA-256 when the client chose it
+through PASSWORD-ALGORITHM; clients that send neither PASSWORD-ALGORITHMS nor PASSWORD-ALGORITHM
+(coturn's uclient) get MD5 as §9.2.4 says. Users come from a static table or, with a shared
+secret, from the TURN REST scheme (username ``<expiry>:<id>``). MACs compare in constant time
+(``Message.verify_integrity`` uses ``hmac.compare_digest``).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from delshare.errors import StunProtocolError
+from delshare.stun.constants import (
+    NONCE_COOKIE,
+    PASSWORD_ALGORITHM_MD5,
+    PASSWORD_ALGORITHM_SHA256,
+    Attr,
+    ErrorCode,
+)
+from delshare.stun.credentials import (
+    long_term_key,
+    rest_password,
+    rest_username_expired,
+    userhash,
+)
+from delshare.stun.message import Message
+
+# RFC 8489 §18.1: bit 0 "Password algorithms", bit 1 "Username anonymity", most significant first.
+FEATURE_PASSWORD_ALGORITHMS = 1 << 23
+FEATURE_USERNAME_ANONYMITY = 1 << 22
+SERVER_FEATURES = FEATURE_PASSWORD_ALGORITHMS | FEATURE_USERNAME_ANONYMITY
+OFFERED_ALGORITHMS: tuple[tuple[int, bytes], ...] = (
+    (PASSWORD_ALGORITHM_SHA256, b""),
+    (PASSWORD_ALGORITHM_MD5, b""),
+)
+DEFAULT_NONCE_LIFETIME = 600.0
+
+
+@dataclass(frozen=True)
+class AuthConfig:
+    """Realm, static users, optional REST shared secret, nonce lifetime in seconds."""
+
+    realm: str
+    users: Mapping[str, str] = field(default_factory=dict)
+    secret: str | None = None
+    nonce_lifetime: float = DEFAULT_NONCE_LIFETIME
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """Who sent an authenticated request, and how to sign the answer (RFC 8489 §9.2.4)."""
+
+    username: str
+    key: bytes
+    sha256: bool
+
+
+class ChallengeRequired(Exception):
+    """The request must be answered with 401 or 438 plus a fresh challenge (RFC 8489 §9.2.4)."""
+
+    def __init__(self, code: int, reason: str, attributes: list[tuple[int, object]]) -> None:
+        super().__init__(f"{code} {reason}")
+        self.code = code
+        self.reason = reason
+        self.attributes = attributes
+
+
+class Authenticator:
+    """Checks long-term credentials on requests; issues and validates nonces."""
+
+    def __init__(self, config: AuthConfig, nonce_key: bytes) -> None:
+        self.config = config
+        self._nonce_key = nonce_key
+        self._userhashes = {userhash(name, config.realm): name for name in config.users}
+
+    # -- nonces ------------------------------------------------------------------------------
+
+    def make_nonce(self, now: float) -> str:
+        """A nonce valid until ``now + nonce_lifetime`` (RFC 8489 §9.2 cookie first)."""
+        features = base64.b64encode(SERVER_FEATURES.to_bytes(3, "big")).decode("ascii")
+        expiry = f"{int(now + self.config.nonce_lifetime):x}"
+        body = f"{NONCE_COOKIE}{features}{expiry}"
+        return f"{body}.{self._nonce_mac(body)}"
+
+    def _nonce_mac(self, body: str) -> str:
+        return hmac.new(self._nonce_key, body.encode(), hashlib.sha256).hexdigest()[:16]
+
+    def nonce_state(self, nonce: str, now: float) -> str:
+        """``"valid"``, ``"stale"`` (ours but expired) or ``"invalid"``."""
+        body, _, mac = nonce.rpartition(".")
+        prefix = len(NONCE_COOKIE) + 4
+        if not body.startswith(NONCE_COOKIE) or len(body) <= prefix:
+            return "invalid"
+        if not hmac.compare_digest(mac, self._nonce_mac(body)):
+            return "invalid"
+        try:
+            expiry = int(body[prefix:], 16)
+        except ValueError:
+            return "invalid"
+        return "valid" if expiry >= now else "stale"
+
+    def challenge(self, now: float, code: int = ErrorCode.UNAUTHENTICATED) -> ChallengeRequired:
+        """401 or 438 with REALM, NONCE and PASSWORD-ALGORITHMS (RFC 8489 §9.2.4)."""
+        reason = "Stale Nonce" if code == ErrorCode.STALE_NONCE else "Unauthenticated"
+        attrs: list[tuple[int, object]] = [
+            (Attr.REALM, self.config.realm),
+            (Attr.NONCE, self.make_nonce(now)),
+            (Attr.PASSWORD_ALGORITHMS, OFFERED_ALGORITHMS),
+        ]
+        return ChallengeRequired(code, reason, attrs)
+
+    # -- requests ----------------------------------------------------------------------------
+
+    def authenticate(self, request: Message, now: float) -> Credentials:
+        """Return the sender's credentials or raise ``ChallengeRequired``/``StunProtocolError``.
+
+        Follows the order of RFC 8489 §9.2.4: no integrity → 401; missing USERNAME/USERHASH,
+        REALM or NONCE → 400; bad nonce → 438; unknown user or wrong MAC → 401.
+        """
+        if not request.has_integrity:
+            raise self.challenge(now)
+        realm = request.get_str(Attr.REALM)
+        nonce = request.get_str(Attr.NONCE)
+        has_user = request.has(Attr.USERNAME) or request.has(Attr.USERHASH)
+        if realm is None or nonce is None or not has_user:
+            raise StunProtocolError(400, "Missing USERNAME, REALM or NONCE")
+        state = self.nonce_state(nonce, now)
+        if state != "valid":
+            raise self.challenge(now, ErrorCode.STALE_NONCE)
+        algorithm = self._algorithm(request)
+        username = self._username(request)
+        if username is None or realm != self.config.realm:
+            raise self.challenge(now)
+        password = self._password(username, now)
+        if password is None:
+            raise self.challenge(now)
+        key = long_term_key(username, realm, password, algorithm)
+        if not request.verify_integrity(key):
+            raise self.challenge(now)
+        return Credentials(username, key, request.uses_sha256_integrity)
+
+    def _algorithm(self, request: Message) -> int:
+        """PASSWORD-ALGORITHM negotiation (RFC 8489 §9.2.4 bullet on password algorithms)."""
+        offered = request.get(Attr.PASSWORD_ALGORITHMS)
+        chosen = request.get(Attr.PASSWORD_ALGORITHM)
+        if offered is None and chosen is None:
+            return PASSWORD_ALGORITHM_MD5
+        if offered is None or chosen is None:
+            raise StunProtocolError(400, "PASSWORD-ALGORITHMS and PASSWORD-ALGORITHM go together")
+        if tuple(offered) != OFFERED_ALGORITHMS or chosen not in OFFERED_ALGORITHMS:
+            raise StunProtocolError(400, "PASSWORD-ALGORITHMS tampered or unsupported algorithm")
+        return int(chosen[0])
+
+    def _username(self, request: Message) -> str | None:
+        name = request.get_str(Attr.USERNAME)
+        if name is not None:
+            return name
+        hashed = request.get(Attr.USERHASH)
+        return self._userhashes.get(hashed) if isinstance(hashed, bytes) else None
+
+    def _password(self, username: str, now: float) -> str | None:
+        static = self.config.users.get(username)
+        if static is not None:
+            return static
+        if self.config.secret is not None and not rest_username_expired(username, now):
+            return rest_password(self.config.secret, username)
+        return None

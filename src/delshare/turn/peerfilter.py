@@ -1,0 +1,66 @@
+"""Which peer addresses a relay may talk to (RFC 8656 §21.3, PROTOCOL.md "Security notes").
+
+A relay that connects anywhere is an open proxy into its own network. By default only globally
+routable unicast addresses are allowed: loopback, RFC 1918, 100.64/10, link-local (incl.
+169.254.169.254), unique-local, multicast, reserved, documentation and unspecified addresses are
+refused, and so are IPv4-mapped, IPv4-compatible, NAT64 and 6to4 forms of them
+(coturn CVE-2020-26262 was a loopback bypass through ``0.0.0.0``/``::``). ``allow`` opens ranges.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
+_COMPAT = ipaddress.IPv6Network("::/96")
+
+
+def parse_cidr(text: str) -> IPNetwork:
+    """A network from ``a.b.c.d/n`` or a bare address; raise ValueError on garbage."""
+    return ipaddress.ip_network(text.strip(), strict=False)
+
+
+def embedded_ipv4(ip: IPAddress) -> ipaddress.IPv4Address | None:
+    """The IPv4 address hidden in an IPv4-mapped, -compatible, NAT64 or 6to4 IPv6 address."""
+    if isinstance(ip, ipaddress.IPv4Address):
+        return None
+    if ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    if ip.sixtofour is not None:
+        return ip.sixtofour
+    if ip in _NAT64 or (ip in _COMPAT and int(ip) > 1):
+        return ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+    return None
+
+
+class PeerFilter:
+    """Decide whether a peer IP may be relayed to or accepted from."""
+
+    def __init__(self, allow: Iterable[str | IPNetwork] = ()) -> None:
+        self.allow: list[IPNetwork] = [
+            parse_cidr(item) if isinstance(item, str) else item for item in allow
+        ]
+
+    def _allowed_by_flag(self, ip: IPAddress) -> bool:
+        return any(ip.version == net.version and ip in net for net in self.allow)
+
+    def allowed(self, host: str) -> bool:
+        """True when ``host`` is a global unicast address or inside an ``allow`` range."""
+        try:
+            ip = ipaddress.ip_address(host.split("%", 1)[0])
+        except ValueError:
+            return False
+        inner = embedded_ipv4(ip)
+        if self._allowed_by_flag(ip) or (inner is not None and self._allowed_by_flag(inner)):
+            return True
+        if inner is not None:
+            return _is_public(inner)
+        return _is_public(ip)
+
+
+def _is_public(ip: IPAddress) -> bool:
+    return ip.is_global and not ip.is_multicast and not ip.is_reserved

@@ -1,0 +1,681 @@
+"""The sans-IO TURN server: RFC 8489 STUN, RFC 8656 TURN and RFC 6062 TCP allocations.
+
+Theory of operation: the adapter feeds what arrives — ``receive(five, frame, now)`` for each
+datagram or stream frame from a client, ``receive_peer_datagram`` for UDP relays, and the
+outcome of I/O it was asked for (``relay_opened``, ``peer_connected``, ``peer_accepted``,
+``connection_closed``, ``client_closed``). The core answers by queueing commands (send, open,
+connect, close) and events (for logs), read with ``next_outputs()``. Every request goes through
+one dispatch point, ``_handle_request``: handlers raise ``StunProtocolError`` (or
+``ChallengeRequired`` from the authenticator) and the dispatch point turns that into the error
+response, signed with the request's key once the request was authenticated (RFC 8489 §9.2.4).
+Deadlines (allocation expiry, Connect timeout, ConnectionBind timer, reservations) sit in one
+heap; ``get_timer()`` gives the next one, ``handle_timer(now)`` fires what is due. ``now`` is
+wall-clock seconds, because TURN REST usernames carry Unix times.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import secrets
+from collections import Counter
+from collections.abc import Callable
+
+from delshare.errors import StunDecodeError, StunProtocolError
+from delshare.stun.attributes import Address
+from delshare.stun.constants import (
+    CHANNEL_MAX,
+    CHANNEL_MIN,
+    FAMILY_IPV4,
+    FAMILY_IPV6,
+    PERMISSION_LIFETIME,
+    PROTO_TCP,
+    PROTO_UDP,
+    Attr,
+    MessageClass,
+    Method,
+)
+from delshare.stun.framing import ChannelData, decode_channel_data
+from delshare.stun.message import Message, decode_message, error_response, success_response
+from delshare.turn.auth import Authenticator, ChallengeRequired, Credentials
+from delshare.turn.peerfilter import PeerFilter
+from delshare.turn.server_state import (
+    Allocation,
+    AllocationState,
+    ConnectionState,
+    Reservation,
+    TcpConnection,
+    canonical_ip,
+    ip_family,
+)
+from delshare.turn.server_types import (
+    AllocationCreated,
+    AllocationDeleted,
+    AllocationRefreshed,
+    BindDataConnection,
+    ChannelBound,
+    ClosePeerConnection,
+    CloseRelay,
+    ConnectionBound,
+    ConnectionClosed,
+    ConnectToPeer,
+    FiveTuple,
+    OpenRelay,
+    Output,
+    PeerConnected,
+    PermissionCreated,
+    ReleaseReservation,
+    RequestAnswered,
+    RequestRefused,
+    SendToClient,
+    SendToPeer,
+    ServerConfig,
+)
+
+CHANNEL_LIFETIME = 600.0  # RFC 8656 §12
+_FAMILIES = {FAMILY_IPV4: 4, FAMILY_IPV6: 6}
+
+Handler = Callable[[FiveTuple, Message, Credentials, float], Message | None]
+
+
+class Refused(StunProtocolError):
+    """A refusal that carries extra attributes, e.g. UNKNOWN-ATTRIBUTES with 420."""
+
+    def __init__(self, code: int, reason: str, *attributes: tuple[int, object]) -> None:
+        super().__init__(code, reason)
+        self.attributes = list(attributes)
+
+
+class TurnServer:
+    """The TURN server state machine; one per relay process, shared by every listener."""
+
+    def __init__(self, config: ServerConfig, nonce_key: bytes | None = None) -> None:
+        self.config = config
+        self.auth = Authenticator(config.auth, nonce_key or secrets.token_bytes(32))
+        self.peer_filter = PeerFilter(config.allow_peers)
+        self.allocations: dict[FiveTuple, Allocation] = {}
+        self.connections: dict[int, TcpConnection] = {}
+        self._by_id: dict[int, Allocation] = {}
+        self._reservations: dict[bytes, Reservation] = {}
+        self._per_user: Counter[str] = Counter()
+        self._outputs: list[Output] = []
+        self._timers: list[tuple[float, int, str, object]] = []
+        self._ids = itertools.count(1)
+        self._seq = itertools.count()
+        self._handlers: dict[int, Handler] = {
+            Method.ALLOCATE: self._allocate,
+            Method.REFRESH: self._refresh,
+            Method.CREATE_PERMISSION: self._create_permission,
+            Method.CHANNEL_BIND: self._channel_bind,
+            Method.CONNECT: self._connect,
+            Method.CONNECTION_BIND: self._connection_bind,
+        }
+
+    # -- outputs and timers ----------------------------------------------------------------------
+
+    def next_outputs(self) -> list[Output]:
+        """Commands and events queued since the last call, in order."""
+        out, self._outputs = self._outputs, []
+        return out
+
+    def allocation(self, alloc_id: int) -> Allocation | None:
+        """The allocation with this id, if it still exists."""
+        return self._by_id.get(alloc_id)
+
+    @property
+    def pending_connections(self) -> int:
+        """RFC 6062 connections not yet bound (connecting or awaiting ConnectionBind)."""
+        return sum(1 for c in self.connections.values() if c.state != ConnectionState.BOUND)
+
+    def get_timer(self) -> float | None:
+        """The next deadline (it may turn out to have nothing left to do)."""
+        return self._timers[0][0] if self._timers else None
+
+    def handle_timer(self, now: float) -> None:
+        """Fire every deadline that is due."""
+        while self._timers and self._timers[0][0] <= now:
+            _, _, kind, key = heapq.heappop(self._timers)
+            if kind == "alloc" and isinstance(key, int):
+                self._expire_allocation(key, now)
+            elif kind == "conn" and isinstance(key, int):
+                self._expire_connection(key, now)
+            elif kind == "resv" and isinstance(key, bytes):
+                self._expire_reservation(key, now)
+
+    def _at(self, deadline: float, kind: str, key: object) -> None:
+        heapq.heappush(self._timers, (deadline, next(self._seq), kind, key))
+
+    def _expire_allocation(self, alloc_id: int, now: float) -> None:
+        alloc = self._by_id.get(alloc_id)
+        if alloc is not None and alloc.state == AllocationState.ACTIVE and alloc.expires <= now:
+            self._delete_allocation(alloc, "expired")
+
+    def _expire_connection(self, conn_id: int, now: float) -> None:
+        conn = self.connections.get(conn_id)
+        if conn is None or conn.deadline > now or conn.state == ConnectionState.BOUND:
+            return
+        connecting = conn.state == ConnectionState.CONNECTING
+        if connecting:
+            self._answer_connect_failure(conn, "Connect timed out")
+        self._drop_connection(conn, "Connect timeout" if connecting else "ConnectionBind timeout")
+        self._outputs.append(ClosePeerConnection(conn.id))
+
+    def _expire_reservation(self, token: bytes, now: float) -> None:
+        found = self._reservations.get(token)
+        if found is not None and found.expires <= now:
+            del self._reservations[token]
+            self._outputs.append(ReleaseReservation(found.address))
+
+    # -- input from clients ----------------------------------------------------------------------
+
+    def receive(self, five: FiveTuple, data: bytes, now: float) -> None:
+        """One datagram (UDP) or one whole frame (TCP/TLS) from a client."""
+        if not data:
+            return
+        if data[0] >> 6 == 0b01:
+            self._channel_data_from_client(five, data, now)
+            return
+        try:
+            msg = decode_message(data)
+        except StunDecodeError:
+            return  # RFC 8489 §6.3: silently discard malformed messages
+        if msg.cls == MessageClass.REQUEST:
+            self._handle_request(five, msg, now)
+        elif msg.cls == MessageClass.INDICATION and msg.method == Method.SEND:
+            self._send_indication(five, msg, now)
+
+    def client_closed(self, five: FiveTuple, now: float) -> None:
+        """A TCP/TLS control connection closed: its allocation goes (RFC 6062 §5.5)."""
+        alloc = self.allocations.get(five)
+        if alloc is not None:
+            self._delete_allocation(alloc, "control connection closed")
+
+    def _handle_request(self, five: FiveTuple, msg: Message, now: float) -> None:
+        """The one dispatch point: run the handler, turn refusals into error responses."""
+        creds: Credentials | None = None
+        try:
+            if msg.method == Method.BINDING:
+                self._check_unknown(msg)
+                response: Message | None = success_response(
+                    msg, (Attr.XOR_MAPPED_ADDRESS, five.client)
+                )
+            else:
+                handler = self._handlers.get(msg.method)
+                if handler is None:
+                    raise StunProtocolError(400, "Unknown method")
+                creds = self.auth.authenticate(msg, now)
+                self._check_unknown(msg)
+                response = handler(five, msg, creds, now)
+        except ChallengeRequired as challenge:
+            creds = None
+            response = error_response(msg, challenge.code, challenge.reason, *challenge.attributes)
+        except StunProtocolError as refusal:
+            extra = refusal.attributes if isinstance(refusal, Refused) else []
+            response = error_response(msg, refusal.code, refusal.reason, *extra)
+        if response is not None:
+            self._respond(five, msg, response, creds)
+
+    def _check_unknown(self, msg: Message) -> None:
+        if msg.unknown_required:
+            raise Refused(
+                420, "Unknown Attribute", (Attr.UNKNOWN_ATTRIBUTES, tuple(msg.unknown_required))
+            )
+
+    def _encode(self, request: Message, response: Message, creds: Credentials | None) -> bytes:
+        """Sign like the request did (RFC 8489 §9.2.4); FINGERPRINT if the request had one."""
+        fingerprint = request.has(Attr.FINGERPRINT)
+        if creds is None:
+            return response.encode(fingerprint=fingerprint)
+        return response.encode(creds.key, sha256=creds.sha256, fingerprint=fingerprint)
+
+    def _respond(
+        self, five: FiveTuple, request: Message, response: Message, creds: Credentials | None
+    ) -> None:
+        self._outputs.append(SendToClient(five, self._encode(request, response, creds)))
+        if response.cls == MessageClass.ERROR and response.error is not None:
+            code, reason = response.error
+            self._outputs.append(RequestRefused(five, request.method_name, code, reason))
+        else:
+            self._outputs.append(RequestAnswered(five, request.method_name))
+
+    # -- Allocate (RFC 8656 §7.2, RFC 6062 §5.1) -------------------------------------------------
+
+    def _allocate(
+        self, five: FiveTuple, msg: Message, creds: Credentials, now: float
+    ) -> Message | None:
+        existing = self.allocations.get(five)
+        if existing is not None:
+            return self._allocate_again(existing, msg)
+        transport = self._requested_transport(five, msg)
+        token = msg.get(Attr.RESERVATION_TOKEN)
+        even = msg.get(Attr.EVEN_PORT)
+        requested_family = msg.get_int(Attr.REQUESTED_ADDRESS_FAMILY)
+        if token is not None and (even is not None or requested_family is not None):
+            raise StunProtocolError(400, "RESERVATION-TOKEN with EVEN-PORT or address family")
+        family = self._relay_family(five, requested_family)
+        self._check_allocation_quota(creds.username)
+        reserved = self._take_reservation(token, now) if isinstance(token, bytes) else None
+        if reserved is not None:
+            family = reserved.family
+        lifetime = self._lifetime(msg)
+        alloc = Allocation(
+            next(self._ids), five, creds.username, transport, family, lifetime, msg, creds
+        )
+        self.allocations[five] = alloc
+        self._by_id[alloc.id] = alloc
+        self._per_user[creds.username] += 1
+        self._outputs.append(
+            OpenRelay(
+                alloc.id,
+                five,
+                transport,
+                family,
+                even_port=even is not None,
+                reserve_next=bool(even),
+                reserved=None if reserved is None else reserved.address,
+            )
+        )
+        return None
+
+    def _allocate_again(self, existing: Allocation, msg: Message) -> Message | None:
+        """A retransmitted Allocate gets the same answer; any other gets 437 (RFC 8656 §7.2)."""
+        if existing.request.transaction_id != msg.transaction_id:
+            raise StunProtocolError(437, "Allocation Mismatch")
+        if existing.allocate_response:
+            self._outputs.append(SendToClient(existing.five, existing.allocate_response))
+        return None
+
+    def _requested_transport(self, five: FiveTuple, msg: Message) -> int:
+        transport = msg.get_int(Attr.REQUESTED_TRANSPORT)
+        if transport is None:
+            raise StunProtocolError(400, "Missing REQUESTED-TRANSPORT")
+        if transport not in (PROTO_UDP, PROTO_TCP):
+            raise StunProtocolError(442, "Unsupported Transport Protocol")
+        if transport == PROTO_TCP:
+            if not five.stream:
+                raise StunProtocolError(400, "TCP allocations need a TCP or TLS connection")
+            for attr in (Attr.DONT_FRAGMENT, Attr.EVEN_PORT, Attr.RESERVATION_TOKEN):
+                if msg.has(attr):
+                    raise StunProtocolError(400, f"{attr.name} not allowed with TCP relays")
+        elif msg.has(Attr.DONT_FRAGMENT):
+            unknown = (Attr.UNKNOWN_ATTRIBUTES, (int(Attr.DONT_FRAGMENT),))
+            raise Refused(420, "Unknown Attribute", unknown)
+        return transport
+
+    def _relay_family(self, five: FiveTuple, requested: int | None) -> int:
+        """RFC 8656 §7.2 REQUESTED-ADDRESS-FAMILY; default IPv4."""
+        if requested is None:
+            return 4
+        family = _FAMILIES.get(requested)
+        if family is None or (family == 6 and not self.config.ipv6_relays):
+            raise StunProtocolError(440, "Address Family not Supported")
+        return family
+
+    def _check_allocation_quota(self, username: str) -> None:
+        if self._per_user[username] >= self.config.max_allocations_per_user:
+            raise StunProtocolError(486, "Allocation Quota Reached")
+        if len(self.allocations) >= self.config.max_allocations:
+            raise StunProtocolError(508, "Insufficient Capacity")
+
+    def _take_reservation(self, token: bytes, now: float) -> Reservation:
+        found = self._reservations.pop(token, None)
+        if found is None or found.expires <= now:
+            raise StunProtocolError(508, "Unknown or expired RESERVATION-TOKEN")
+        return found
+
+    def _lifetime(self, msg: Message) -> int:
+        """RFC 8656 §7.2 step 8: at least the default, at most the server maximum."""
+        requested = msg.get_int(Attr.LIFETIME)
+        floor = min(self.config.default_lifetime, self.config.max_lifetime)
+        if requested is None:
+            return floor
+        return max(floor, min(requested, self.config.max_lifetime))
+
+    def relay_opened(
+        self, alloc_id: int, bound: Address, now: float, reserved_next: Address | None = None
+    ) -> None:
+        """The adapter bound the relayed socket at ``bound``; answer the Allocate."""
+        alloc = self._by_id.get(alloc_id)
+        if alloc is None or alloc.state != AllocationState.OPENING:
+            self._outputs.append(CloseRelay(alloc_id))
+            if reserved_next is not None:
+                self._outputs.append(ReleaseReservation(reserved_next))
+            return
+        alloc.relayed = (self._advertised_ip(alloc.family, bound[0]), bound[1])
+        alloc.state = AllocationState.ACTIVE
+        alloc.expires = now + alloc.lifetime
+        self._at(alloc.expires, "alloc", alloc.id)
+        attrs: list[tuple[int, object]] = [
+            (Attr.XOR_RELAYED_ADDRESS, alloc.relayed),
+            (Attr.LIFETIME, alloc.lifetime),
+            (Attr.XOR_MAPPED_ADDRESS, alloc.five.client),
+        ]
+        if reserved_next is not None:
+            attrs.append((Attr.RESERVATION_TOKEN, self._reserve(reserved_next, alloc.family, now)))
+        response = success_response(alloc.request, *attrs)
+        alloc.allocate_response = self._encode(alloc.request, response, alloc.creds)
+        self._outputs.append(SendToClient(alloc.five, alloc.allocate_response))
+        self._outputs.append(
+            AllocationCreated(
+                alloc.id, alloc.five, alloc.username, alloc.relayed, alloc.transport, alloc.lifetime
+            )
+        )
+
+    def _advertised_ip(self, family: int, bound_ip: str) -> str:
+        configured = self.config.relay_ip if family == 4 else self.config.relay_ip6
+        return configured or bound_ip
+
+    def _reserve(self, address: Address, family: int, now: float) -> bytes:
+        token = secrets.token_bytes(8)
+        expires = now + self.config.reservation_lifetime
+        self._reservations[token] = Reservation(address, family, expires)
+        self._at(expires, "resv", token)
+        return token
+
+    def relay_failed(self, alloc_id: int, now: float, code: int = 508, reason: str = "") -> None:
+        """The adapter could not bind a relayed socket: 508 (RFC 8656 §7.2) or ``code``."""
+        alloc = self._by_id.get(alloc_id)
+        if alloc is None or alloc.state != AllocationState.OPENING:
+            return
+        self._forget_allocation(alloc)
+        response = error_response(alloc.request, code, reason or "Insufficient Capacity")
+        self._respond(alloc.five, alloc.request, response, alloc.creds)
+
+    # -- Refresh, CreatePermission, ChannelBind (RFC 8656 §7.3, §9, §11) ------------------------
+
+    def _active(self, five: FiveTuple, creds: Credentials) -> Allocation:
+        """The 5-tuple's allocation, used with the same username (437, 441: RFC 8656 §7.3)."""
+        alloc = self.allocations.get(five)
+        if alloc is None or alloc.state != AllocationState.ACTIVE:
+            raise StunProtocolError(437, "Allocation Mismatch")
+        if creds.username != alloc.username:
+            raise StunProtocolError(441, "Wrong Credentials")
+        return alloc
+
+    def _refresh(self, five: FiveTuple, msg: Message, creds: Credentials, now: float) -> Message:
+        alloc = self._active(five, creds)
+        requested_family = msg.get_int(Attr.REQUESTED_ADDRESS_FAMILY)
+        if requested_family is not None and _FAMILIES.get(requested_family) != alloc.family:
+            raise StunProtocolError(443, "Peer Address Family Mismatch")
+        if msg.get_int(Attr.LIFETIME) == 0:
+            self._delete_allocation(alloc, "refreshed to 0")
+            return success_response(msg, (Attr.LIFETIME, 0))
+        alloc.lifetime = self._lifetime(msg)
+        alloc.expires = now + alloc.lifetime
+        self._at(alloc.expires, "alloc", alloc.id)
+        self._outputs.append(AllocationRefreshed(alloc.id, alloc.lifetime))
+        return success_response(msg, (Attr.LIFETIME, alloc.lifetime))
+
+    def _check_peer(self, alloc: Allocation, peer: Address) -> None:
+        """443 for the wrong family, 403 for addresses the policy refuses (RFC 8656 §9.1)."""
+        try:
+            family = ip_family(peer[0])
+        except ValueError as exc:
+            raise StunProtocolError(400, "Bad peer address") from exc
+        if family != alloc.family:
+            raise StunProtocolError(443, "Peer Address Family Mismatch")
+        if not self.peer_filter.allowed(peer[0]):
+            raise StunProtocolError(403, "Forbidden peer address")
+
+    def _install_permission(self, alloc: Allocation, peer_ip: str, now: float) -> None:
+        if canonical_ip(peer_ip) not in alloc.permissions:
+            alloc.purge_permissions(now)
+            if len(alloc.permissions) >= self.config.max_permissions_per_allocation:
+                raise StunProtocolError(508, "Too many permissions")
+            self._outputs.append(PermissionCreated(alloc.id, canonical_ip(peer_ip)))
+        alloc.add_permission(peer_ip, now + PERMISSION_LIFETIME)
+
+    def _create_permission(
+        self, five: FiveTuple, msg: Message, creds: Credentials, now: float
+    ) -> Message:
+        alloc = self._active(five, creds)
+        peers = [p for p in msg.get_all(Attr.XOR_PEER_ADDRESS) if isinstance(p, tuple)]
+        if not peers:
+            raise StunProtocolError(400, "Missing XOR-PEER-ADDRESS")
+        for peer in peers:
+            self._check_peer(alloc, peer)
+        for peer in peers:
+            self._install_permission(alloc, peer[0], now)
+        return success_response(msg)
+
+    def _channel_bind(
+        self, five: FiveTuple, msg: Message, creds: Credentials, now: float
+    ) -> Message:
+        alloc = self._active(five, creds)
+        if alloc.transport != PROTO_UDP:
+            raise StunProtocolError(400, "ChannelBind on a TCP allocation")
+        number = msg.get_int(Attr.CHANNEL_NUMBER)
+        peer = msg.get_address(Attr.XOR_PEER_ADDRESS)
+        if number is None or peer is None or not CHANNEL_MIN <= number <= CHANNEL_MAX:
+            raise StunProtocolError(400, "Bad CHANNEL-NUMBER or XOR-PEER-ADDRESS")
+        peer = (canonical_ip(peer[0]), peer[1])
+        self._check_peer(alloc, peer)
+        bound = alloc.channel(number, now)
+        if bound is not None and bound.peer != peer:
+            raise StunProtocolError(400, "Channel bound to another peer")
+        other = alloc.channel_for_peer(peer, now)
+        if other is not None and other.number != number:
+            raise StunProtocolError(400, "Peer bound to another channel")
+        self._install_permission(alloc, peer[0], now)
+        alloc.bind_channel(number, peer, now + CHANNEL_LIFETIME)
+        if bound is None:
+            self._outputs.append(ChannelBound(alloc.id, number, peer))
+        return success_response(msg)
+
+    # -- UDP relay data (RFC 8656 §10, §12) -------------------------------------------------------
+
+    def _udp_allocation(self, five: FiveTuple) -> Allocation | None:
+        alloc = self.allocations.get(five)
+        if alloc is None or alloc.state != AllocationState.ACTIVE or alloc.transport != PROTO_UDP:
+            return None
+        return alloc
+
+    def _send_indication(self, five: FiveTuple, msg: Message, now: float) -> None:
+        alloc = self._udp_allocation(five)
+        peer = msg.get_address(Attr.XOR_PEER_ADDRESS)
+        data = msg.get(Attr.DATA)
+        if alloc is None or peer is None or not isinstance(data, bytes):
+            return
+        if alloc.has_permission(peer[0], now):
+            self._outputs.append(SendToPeer(alloc.id, peer, data))
+
+    def _channel_data_from_client(self, five: FiveTuple, data: bytes, now: float) -> None:
+        alloc = self._udp_allocation(five)
+        if alloc is None:
+            return
+        try:
+            frame = decode_channel_data(data)
+        except StunDecodeError:
+            return
+        channel = alloc.channel(frame.channel, now)
+        if channel is not None and alloc.has_permission(channel.peer[0], now):
+            self._outputs.append(SendToPeer(alloc.id, channel.peer, frame.data))
+
+    def receive_peer_datagram(self, alloc_id: int, peer: Address, data: bytes, now: float) -> None:
+        """A datagram reached a UDP relayed address: Data indication or ChannelData (§10.3)."""
+        alloc = self._by_id.get(alloc_id)
+        if alloc is None or alloc.state != AllocationState.ACTIVE:
+            return
+        if not alloc.has_permission(peer[0], now):
+            return
+        peer = (canonical_ip(peer[0]), peer[1])
+        channel = alloc.channel_for_peer(peer, now)
+        if channel is not None:
+            frame = ChannelData(channel.number, data).encode(pad=alloc.five.stream)
+        else:
+            indication = Message(Method.DATA, MessageClass.INDICATION)
+            indication.add(Attr.XOR_PEER_ADDRESS, peer).add(Attr.DATA, data)
+            frame = indication.encode()
+        self._outputs.append(SendToClient(alloc.five, frame))
+
+    # -- RFC 6062: Connect, ConnectionAttempt, ConnectionBind -------------------------------------
+
+    def _tcp_allocation(self, five: FiveTuple, creds: Credentials) -> Allocation:
+        alloc = self._active(five, creds)
+        if alloc.transport != PROTO_TCP:
+            raise StunProtocolError(400, "Not a TCP allocation")
+        return alloc
+
+    def _check_connection_room(self, alloc: Allocation) -> None:
+        if len(alloc.connections) >= self.config.max_connections_per_allocation:
+            raise StunProtocolError(508, "Too many connections on this allocation")
+        if self.pending_connections >= self.config.max_pending_connections:
+            raise StunProtocolError(508, "Too many pending connections")
+
+    def _new_connection_id(self) -> int:
+        """Unpredictable, unique, non-zero CONNECTION-ID (RFC 6062 §6.2.1)."""
+        while True:
+            cid = secrets.randbits(32)
+            if cid and cid not in self.connections:
+                return cid
+
+    def _connect(self, five: FiveTuple, msg: Message, creds: Credentials, now: float) -> None:
+        """RFC 6062 §5.2: 403 without permission, 446 if the peer is connected already."""
+        alloc = self._tcp_allocation(five, creds)
+        peer = msg.get_address(Attr.XOR_PEER_ADDRESS)
+        if peer is None:
+            raise StunProtocolError(400, "Missing XOR-PEER-ADDRESS")
+        peer = (canonical_ip(peer[0]), peer[1])
+        self._check_peer(alloc, peer)
+        if not alloc.has_permission(peer[0], now):
+            raise StunProtocolError(403, "No permission for this peer")
+        if any(self.connections[c].peer == peer for c in alloc.connections):
+            raise StunProtocolError(446, "Connection Already Exists")
+        self._check_connection_room(alloc)
+        conn = TcpConnection(
+            self._new_connection_id(),
+            alloc.id,
+            peer,
+            ConnectionState.CONNECTING,
+            now + self.config.connect_timeout,
+            incoming=False,
+            request=msg,
+            creds=creds,
+        )
+        self._add_connection(alloc, conn)
+        self._outputs.append(ConnectToPeer(conn.id, alloc.id, peer))
+
+    def _add_connection(self, alloc: Allocation, conn: TcpConnection) -> None:
+        self.connections[conn.id] = conn
+        alloc.connections.add(conn.id)
+        self._at(conn.deadline, "conn", conn.id)
+
+    def peer_connected(self, conn_id: int, now: float) -> None:
+        """The outgoing connection is up: Connect success with CONNECTION-ID, start bind timer."""
+        conn = self.connections.get(conn_id)
+        if conn is None or conn.state != ConnectionState.CONNECTING:
+            self._outputs.append(ClosePeerConnection(conn_id))
+            return
+        alloc = self._by_id[conn.alloc_id]
+        conn.state = ConnectionState.PENDING
+        conn.deadline = now + self.config.bind_timeout
+        self._at(conn.deadline, "conn", conn.id)
+        assert conn.request is not None
+        response = success_response(conn.request, (Attr.CONNECTION_ID, conn.id))
+        self._respond(alloc.five, conn.request, response, conn.creds)
+        self._outputs.append(PeerConnected(conn.id, alloc.id, conn.peer, incoming=False))
+
+    def peer_connect_failed(self, conn_id: int, now: float) -> None:
+        """The outgoing connection failed: 447 (RFC 6062 §5.2)."""
+        conn = self.connections.get(conn_id)
+        if conn is None or conn.state != ConnectionState.CONNECTING:
+            return
+        self._answer_connect_failure(conn, "Connection Timeout or Failure")
+        self._drop_connection(conn, "connect failed")
+
+    def _answer_connect_failure(self, conn: TcpConnection, reason: str) -> None:
+        alloc = self._by_id.get(conn.alloc_id)
+        if alloc is not None and conn.request is not None:
+            response = error_response(conn.request, 447, reason)
+            self._respond(alloc.five, conn.request, response, conn.creds)
+
+    def peer_accepted(self, alloc_id: int, peer: Address, now: float) -> int | None:
+        """A peer dialled the relayed address (RFC 6062 §5.3).
+
+        Returns the CONNECTION-ID after queueing a ConnectionAttempt, or None: refuse the peer
+        (no permission, refused by policy, over a limit).
+        """
+        alloc = self._by_id.get(alloc_id)
+        if alloc is None or alloc.state != AllocationState.ACTIVE:
+            return None
+        if not self.peer_filter.allowed(peer[0]) or not alloc.has_permission(peer[0], now):
+            return None
+        try:
+            self._check_connection_room(alloc)
+        except StunProtocolError:
+            return None
+        peer = (canonical_ip(peer[0]), peer[1])
+        conn = TcpConnection(
+            self._new_connection_id(),
+            alloc.id,
+            peer,
+            ConnectionState.PENDING,
+            now + self.config.bind_timeout,
+            incoming=True,
+        )
+        self._add_connection(alloc, conn)
+        attempt = Message(Method.CONNECTION_ATTEMPT, MessageClass.INDICATION)
+        attempt.add(Attr.XOR_PEER_ADDRESS, peer).add(Attr.CONNECTION_ID, conn.id)
+        self._outputs.append(SendToClient(alloc.five, attempt.encode(fingerprint=True)))
+        self._outputs.append(PeerConnected(conn.id, alloc.id, peer, incoming=True))
+        return conn.id
+
+    def _connection_bind(
+        self, five: FiveTuple, msg: Message, creds: Credentials, now: float
+    ) -> None:
+        """RFC 6062 §5.4: bind a new client connection to a pending peer connection."""
+        if not five.stream or five in self.allocations:
+            raise StunProtocolError(400, "ConnectionBind needs a new TCP or TLS connection")
+        cid = msg.get_int(Attr.CONNECTION_ID)
+        conn = None if cid is None else self.connections.get(cid)
+        if conn is None or conn.state != ConnectionState.PENDING:
+            raise StunProtocolError(400, "Unknown or already bound CONNECTION-ID")
+        alloc = self._by_id[conn.alloc_id]
+        if creds.username != alloc.username:
+            raise StunProtocolError(441, "Wrong Credentials")
+        conn.state = ConnectionState.BOUND
+        conn.data_five = five
+        response = self._encode(msg, success_response(msg), creds)
+        self._outputs.append(BindDataConnection(conn.id, five, response))
+        self._outputs.append(ConnectionBound(conn.id, alloc.id))
+
+    def connection_closed(self, conn_id: int, now: float, reason: str = "closed") -> None:
+        """The adapter finished relaying (or lost) connection ``conn_id``."""
+        conn = self.connections.get(conn_id)
+        if conn is not None:
+            if conn.state == ConnectionState.CONNECTING:
+                self._answer_connect_failure(conn, "Connection Timeout or Failure")
+            self._drop_connection(conn, reason)
+
+    def _drop_connection(self, conn: TcpConnection, reason: str) -> None:
+        self.connections.pop(conn.id, None)
+        alloc = self._by_id.get(conn.alloc_id)
+        if alloc is not None:
+            alloc.connections.discard(conn.id)
+        self._outputs.append(ConnectionClosed(conn.id, conn.alloc_id, reason))
+
+    # -- teardown ---------------------------------------------------------------------------------
+
+    def _forget_allocation(self, alloc: Allocation) -> None:
+        self.allocations.pop(alloc.five, None)
+        self._by_id.pop(alloc.id, None)
+        self._per_user[alloc.username] -= 1
+        if self._per_user[alloc.username] <= 0:
+            del self._per_user[alloc.username]
+
+    def _delete_allocation(self, alloc: Allocation, reason: str) -> None:
+        """Close the relay and every data connection of the allocation (RFC 6062 §5.5)."""
+        for conn_id in sorted(alloc.connections):
+            conn = self.connections.pop(conn_id, None)
+            if conn is not None:
+                self._outputs.append(ClosePeerConnection(conn_id))
+                self._outputs.append(ConnectionClosed(conn_id, alloc.id, "allocation deleted"))
+        alloc.connections.clear()
+        self._forget_allocation(alloc)
+        self._outputs.append(CloseRelay(alloc.id))
+        self._outputs.append(AllocationDeleted(alloc.id, reason))
+
+    def close(self) -> None:
+        """Delete every allocation (server shutdown)."""
+        for alloc in list(self._by_id.values()):
+            self._delete_allocation(alloc, "server shutdown")

@@ -1,0 +1,128 @@
+"""State records of the TURN server core: allocations, TCP connections, reservations.
+
+An allocation (RFC 8656 §2) is OPENING until the adapter has bound its relayed socket, then
+ACTIVE until it expires, is refreshed to 0 or its control connection closes. Permissions (§9) and
+channel bindings (§12) expire lazily: lookups compare with ``now``. An RFC 6062 connection is
+CONNECTING (Connect sent, §5.2), PENDING (peer connected, ConnectionBind awaited, §5.3/§5.4) or
+BOUND (bytes flow through the adapter, §5.4).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+from enum import Enum
+
+from delshare.stun.attributes import Address
+from delshare.stun.message import Message
+from delshare.turn.auth import Credentials
+from delshare.turn.server_types import FiveTuple
+
+
+def canonical_ip(host: str) -> str:
+    """One spelling per IP, so permissions match whatever form the peer address took."""
+    try:
+        return str(ipaddress.ip_address(host))
+    except ValueError:
+        return host
+
+
+def ip_family(host: str) -> int:
+    """4 or 6."""
+    return ipaddress.ip_address(host).version
+
+
+class AllocationState(Enum):
+    OPENING = "opening"
+    ACTIVE = "active"
+
+
+class ConnectionState(Enum):
+    CONNECTING = "connecting"
+    PENDING = "pending"
+    BOUND = "bound"
+
+
+@dataclass
+class Channel:
+    """A channel binding (RFC 8656 §12)."""
+
+    number: int
+    peer: Address
+    expires: float
+
+
+@dataclass
+class Allocation:
+    """One allocation, keyed by its 5-tuple (RFC 8656 §2.2)."""
+
+    id: int
+    five: FiveTuple
+    username: str
+    transport: int
+    family: int
+    lifetime: int
+    request: Message
+    creds: Credentials
+    state: AllocationState = AllocationState.OPENING
+    relayed: Address = ("0.0.0.0", 0)
+    expires: float = 0.0
+    allocate_response: bytes = b""
+    permissions: dict[str, float] = field(default_factory=dict)
+    channels: dict[int, Channel] = field(default_factory=dict)
+    peer_channels: dict[Address, int] = field(default_factory=dict)
+    connections: set[int] = field(default_factory=set)
+
+    def has_permission(self, peer_ip: str, now: float) -> bool:
+        """RFC 8656 §9: permissions are per IP, port ignored."""
+        expires = self.permissions.get(canonical_ip(peer_ip))
+        return expires is not None and expires > now
+
+    def add_permission(self, peer_ip: str, until: float) -> None:
+        self.permissions[canonical_ip(peer_ip)] = until
+
+    def purge_permissions(self, now: float) -> None:
+        for ip in [ip for ip, exp in self.permissions.items() if exp <= now]:
+            del self.permissions[ip]
+
+    def channel(self, number: int, now: float) -> Channel | None:
+        found = self.channels.get(number)
+        return found if found is not None and found.expires > now else None
+
+    def channel_for_peer(self, peer: Address, now: float) -> Channel | None:
+        number = self.peer_channels.get(peer)
+        return None if number is None else self.channel(number, now)
+
+    def bind_channel(self, number: int, peer: Address, until: float) -> None:
+        old = self.channels.get(number)
+        if old is not None:
+            self.peer_channels.pop(old.peer, None)
+        stale = self.peer_channels.pop(peer, None)
+        if stale is not None and stale != number:
+            self.channels.pop(stale, None)
+        self.channels[number] = Channel(number, peer, until)
+        self.peer_channels[peer] = number
+
+
+@dataclass
+class TcpConnection:
+    """An RFC 6062 connection between the relayed address and one peer."""
+
+    id: int
+    alloc_id: int
+    peer: Address
+    state: ConnectionState
+    deadline: float
+    incoming: bool
+    request: Message | None = None
+    creds: Credentials | None = None
+    data_five: FiveTuple | None = None
+
+
+@dataclass
+class Reservation:
+    """A relayed address held for a later Allocate with RESERVATION-TOKEN (RFC 8656 §7.2)."""
+
+    address: Address
+    family: int
+    expires: float
