@@ -1,0 +1,214 @@
+"""Cases 1-4: the TURN relay, ours against coturn, driven by the same client code."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+
+from bench.common import MiB, NotAvailable, Row
+from bench.config import Config
+from bench.pumps import plain_pair, pump_many, pump_stream, udp_flood
+from bench.servers import Server, start_coturn, start_delshare_relay
+from bench.turnclients import backend
+
+Starter = Callable[[], Server]
+SERVERS: list[tuple[str, Starter]] = [("coturn", start_coturn), ("ours", start_delshare_relay)]
+
+
+@contextmanager
+def running(starter: Starter) -> Iterator[Server]:
+    server = starter()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def _unavailable(rows: list[Row], why: str) -> None:
+    for row in rows:
+        prefix = "failed after some reps" if row.values else "not available"
+        row.note = "; ".join(x for x in (row.note, f"{prefix}: {why}") if x)
+
+
+def _listener() -> socket.socket:
+    lst = socket.create_server(("127.0.0.1", 0), backlog=1024)
+    lst.settimeout(10.0)
+    return lst
+
+
+# ---- case 1 ------------------------------------------------------------------------------------
+
+def case1(cfg: Config) -> list[Row]:
+    """One big stream: plain loopback, then through a TCP allocation on each server."""
+    size = f"{cfg.stream_bytes // MiB} MiB"
+    plain = Row("1 tcp relay, 1 stream", "plain loopback", f"{size} stream", "MB/s")
+    for _ in range(cfg.reps):
+        a, b = plain_pair()
+        res = pump_stream(a, b, cfg.stream_bytes, cfg.stream_max_s)
+        a.close(), b.close()
+        _record_stream(plain, res, cfg.stream_bytes)
+    rows = [plain]
+    for name, starter in SERVERS:
+        row = Row("1 tcp relay, 1 stream", name, f"{size} stream", "MB/s")
+        rows.append(row)
+        try:
+            with running(starter) as server:
+                row.note = server.note
+                for _ in range(cfg.reps):
+                    _record_stream(row, _relay_stream(server, cfg), cfg.stream_bytes)
+        except (NotAvailable, OSError, Exception) as exc:  # keep going: report, don't crash
+            _unavailable([row], f"{type(exc).__name__}: {exc}")
+    return rows
+
+
+def _relay_stream(server: Server, cfg: Config):  # type: ignore[no-untyped-def]
+    client = backend()
+    with _listener() as lst:
+        stream = client.open_stream(server.addr, lst.getsockname())
+        peer, _ = lst.accept()
+    try:
+        return pump_stream(stream.data, peer, cfg.stream_bytes, cfg.stream_max_s)
+    finally:
+        peer.close()
+        stream.close()
+
+
+def _record_stream(row: Row, res, total: int) -> None:  # type: ignore[no-untyped-def]
+    row.values.append(res.received / res.seconds / 1e6)
+    row.extra.setdefault("lost_bytes", []).append(total - res.received)
+    row.extra.setdefault("crc_ok", []).append(1.0 if res.crc_ok else 0.0)
+
+
+# ---- case 2 ------------------------------------------------------------------------------------
+
+def case2(cfg: Config) -> list[Row]:
+    """Many simultaneous relayed streams: aggregate MB/s, server RSS and CPU."""
+    rows = []
+    for name, starter in SERVERS:
+        row = Row("2 many streams", name, f"{cfg.many_streams} streams x "
+                  f"{cfg.many_bytes_each // 1024} KiB", "MB/s")
+        rows.append(row)
+        try:
+            for _ in range(cfg.reps):
+                with running(starter) as server:  # fresh server each time: clean RSS baseline
+                    row.note = server.note
+                    _many_once(server, cfg, row)
+        except Exception as exc:
+            _unavailable([row], f"{type(exc).__name__}: {exc}")
+    return rows
+
+
+def _many_once(server: Server, cfg: Config, row: Row) -> None:
+    client = backend()
+    time.sleep(0.2)
+    rss0 = server.child.rss()
+    streams, pairs = [], []
+    cpu0 = server.child.cpu()
+    with _listener() as lst:
+        try:
+            for _ in range(cfg.many_streams):
+                stream = client.open_stream(server.addr, lst.getsockname())
+                streams.append(stream)
+                peer, _ = lst.accept()
+                pairs.append((stream.data, peer))
+            cpu1 = server.child.cpu()
+            peak = [server.child.rss()]
+            stop = threading.Event()
+            sampler = threading.Thread(target=_sample_rss, args=(server, peak, stop), daemon=True)
+            sampler.start()
+            seconds, got = pump_many(pairs, cfg.many_bytes_each, cfg.many_max_s)
+            stop.set()
+            sampler.join(2.0)
+            cpu2 = server.child.cpu()
+        finally:
+            for stream in streams:
+                stream.close()
+            for _, peer in pairs:
+                peer.close()
+    expected = cfg.many_streams * cfg.many_bytes_each
+    row.values.append(got / seconds / 1e6)
+    row.extra.setdefault("lost_bytes", []).append(expected - got)
+    row.extra.setdefault("rss_peak_MiB", []).append(peak[0] / 1024)
+    row.extra.setdefault("rss_per_stream_KiB", []).append((peak[0] - rss0) / cfg.many_streams)
+    row.extra.setdefault("cpu_s_setup", []).append(cpu1 - cpu0)
+    row.extra.setdefault("cpu_s_pump", []).append(cpu2 - cpu1)
+
+
+def _sample_rss(server: Server, peak: list[int], stop: threading.Event) -> None:
+    for _ in range(3000):  # bounded: 3000 x 0.1 s
+        if stop.wait(0.1):
+            return
+        try:
+            peak[0] = max(peak[0], server.child.rss())
+        except OSError:
+            return
+
+
+# ---- case 3 ------------------------------------------------------------------------------------
+
+def case3(cfg: Config) -> list[Row]:
+    """Authenticated TCP allocations per second, each on a fresh control connection."""
+    rows = []
+    for name, starter in SERVERS:
+        row = Row("3 allocation rate", name, f"{cfg.allocs} allocs, "
+                  f"{cfg.alloc_threads} threads", "allocs/s")
+        rows.append(row)
+        try:
+            with running(starter) as server:
+                row.note = server.note
+                client = backend()
+                client.allocate_once(server.addr)  # warm-up, and fail early
+                for _ in range(cfg.reps):
+                    cpu0 = server.child.cpu()
+                    start = time.perf_counter()
+                    with ThreadPoolExecutor(cfg.alloc_threads) as pool:
+                        list(pool.map(lambda _: client.allocate_once(server.addr),
+                                      range(cfg.allocs)))
+                    row.values.append(cfg.allocs / (time.perf_counter() - start))
+                    row.extra.setdefault("server_cpu_ms_per_alloc", []).append(
+                        (server.child.cpu() - cpu0) * 1000 / cfg.allocs)
+        except Exception as exc:
+            _unavailable([row], f"{type(exc).__name__}: {exc}")
+    return rows
+
+
+# ---- case 4 ------------------------------------------------------------------------------------
+
+def case4(cfg: Config) -> list[Row]:
+    """UDP allocation with a channel: ChannelData packets per second that reach the peer."""
+    rows = []
+    for name, starter in SERVERS:
+        row = Row("4 udp relay", name, f"{cfg.udp_payload} B ChannelData", "kpps")
+        rows.append(row)
+        try:
+            with running(starter) as server:
+                row.note = server.note
+                for _ in range(cfg.reps):
+                    _udp_once(server, cfg, row)
+        except Exception as exc:
+            _unavailable([row], f"{type(exc).__name__}: {exc}")
+    return rows
+
+
+def _udp_once(server: Server, cfg: Config, row: Row) -> None:
+    peer = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    peer.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
+    peer.bind(("127.0.0.1", 0))
+    chan = backend().open_udp_channel(server.addr, peer.getsockname())
+    try:
+        cpu0 = server.child.cpu()
+        sent, got, seconds = udp_flood(chan.sock, chan.frame(bytes(cfg.udp_payload)), peer,
+                                       cfg.udp_seconds, cfg.udp_max_packets)
+        cpu = server.child.cpu() - cpu0
+    finally:
+        chan.close()
+        peer.close()
+    if got == 0:
+        raise NotAvailable(f"no packet reached the peer ({sent} sent)")
+    row.values.append(got / seconds / 1000)
+    row.extra.setdefault("loss_pct", []).append(100.0 * (sent - got) / max(sent, 1))
+    row.extra.setdefault("server_cpu_s", []).append(cpu)
