@@ -241,7 +241,8 @@ class RelayServer:
         if task is not None:
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
-        await self._serve_client(client)
+        with contextlib.suppress(asyncio.CancelledError):  # teardown of its data connection
+            await self._serve_client(client)
 
     async def _serve_client(self, client: ClientConnection) -> None:
         """Frames until EOF, or until a ConnectionBind turns the connection into a pipe."""

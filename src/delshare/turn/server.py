@@ -18,13 +18,13 @@ from __future__ import annotations
 import heapq
 import itertools
 import secrets
+import struct
 from collections import Counter
 from collections.abc import Callable
 
 from delshare.errors import StunDecodeError, StunProtocolError
 from delshare.stun.attributes import Address
 from delshare.stun.constants import (
-    CHANNEL_MAX,
     CHANNEL_MIN,
     FAMILY_IPV4,
     FAMILY_IPV6,
@@ -35,7 +35,7 @@ from delshare.stun.constants import (
     MessageClass,
     Method,
 )
-from delshare.stun.framing import ChannelData, decode_channel_data
+from delshare.stun.framing import ChannelData
 from delshare.stun.message import Message, decode_message, error_response, success_response
 from delshare.turn.auth import Authenticator, ChallengeRequired, Credentials
 from delshare.turn.peerfilter import PeerFilter
@@ -73,6 +73,9 @@ from delshare.turn.server_types import (
 )
 
 CHANNEL_LIFETIME = 600.0  # RFC 8656 §12
+# RFC 8656 §12 narrowed channels to 0x4000-0x4FFF; RFC 5766 clients (coturn's uclient) still pick
+# up to 0x7FFF, and the stream framing (first bits 01) covers the whole range, so accept it.
+COMPAT_CHANNEL_MAX = 0x7FFF
 _FAMILIES = {FAMILY_IPV4: 4, FAMILY_IPV6: 6}
 
 Handler = Callable[[FiveTuple, Message, Credentials, float], Message | None]
@@ -446,7 +449,7 @@ class TurnServer:
             raise StunProtocolError(400, "ChannelBind on a TCP allocation")
         number = msg.get_int(Attr.CHANNEL_NUMBER)
         peer = msg.get_address(Attr.XOR_PEER_ADDRESS)
-        if number is None or peer is None or not CHANNEL_MIN <= number <= CHANNEL_MAX:
+        if number is None or peer is None or not CHANNEL_MIN <= number <= COMPAT_CHANNEL_MAX:
             raise StunProtocolError(400, "Bad CHANNEL-NUMBER or XOR-PEER-ADDRESS")
         peer = (canonical_ip(peer[0]), peer[1])
         self._check_peer(alloc, peer)
@@ -483,13 +486,15 @@ class TurnServer:
         alloc = self._udp_allocation(five)
         if alloc is None:
             return
-        try:
-            frame = decode_channel_data(data)
-        except StunDecodeError:
+        if len(data) < 4:
             return
-        channel = alloc.channel(frame.channel, now)
+        number, length = struct.unpack_from("!HH", data)
+        payload = data[4 : 4 + length]
+        if len(payload) != length:
+            return  # RFC 8656 §12.5: a short ChannelData is discarded
+        channel = alloc.channel(number, now)
         if channel is not None and alloc.has_permission(channel.peer[0], now):
-            self._outputs.append(SendToPeer(alloc.id, channel.peer, frame.data))
+            self._outputs.append(SendToPeer(alloc.id, channel.peer, payload))
 
     def receive_peer_datagram(self, alloc_id: int, peer: Address, data: bytes, now: float) -> None:
         """A datagram reached a UDP relayed address: Data indication or ChannelData (§10.3)."""
