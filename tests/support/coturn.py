@@ -373,6 +373,7 @@ class UclientMode:
     needs_peer: bool = False  # sends to ``-e``/``-r`` (a ``start_peer()`` echo), not to itself
     tls: bool = False  # connect to the server's TLS port
     one_way: bool = False  # the tool counts only one direction (received == sent / 2)
+    lossless: bool = True  # False: uclient itself loses messages in this mode, even on coturn
 
 
 MODES: dict[str, UclientMode] = {
@@ -389,7 +390,7 @@ MODES: dict[str, UclientMode] = {
         # TCP allocations over TLS.
         UclientMode("tls-tcp-relay", ("-S", "-T"), tls=True),
         # UDP allocations over TLS; uclient drops one message per session pair (see module doc).
-        UclientMode("tls-udp-relay", ("-S", "-t", "-y"), tls=True),
+        UclientMode("tls-udp-relay", ("-S", "-t", "-y"), tls=True, lossless=False),
         # UDP allocation over UDP to an external UDP echo peer.
         UclientMode("udp-peer", (), needs_peer=True),
         # UDP allocation over TCP to an external UDP echo peer.
