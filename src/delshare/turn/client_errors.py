@@ -46,7 +46,7 @@ class ResponseIntegrityError(TransactionError):
 
 def error_for(method: int, code: int, reason: str, alternate: Address | None) -> TransactionError:
     """The most specific exception for an error response to ``method``."""
-    name = method_name(method)
+    name, reason = method_name(method), reason.strip()
     if code == 300:
         return TryAlternateError(name, code, reason, alternate)
     if code in (401, 441):

@@ -57,7 +57,9 @@ def parse_turn_uri(text: str) -> TurnUri:
 def _split_host_port(hostport: str, secure: bool) -> tuple[str, int]:
     default = DEFAULT_TLS_PORT if secure else DEFAULT_PORT
     if hostport.startswith("["):
-        host, _, tail = hostport[1:].partition("]")
+        host, bracket, tail = hostport[1:].partition("]")
+        if not bracket:
+            raise TurnUriError(f"unclosed IPv6 literal: {hostport!r}")
         _check_ipv6(host)
         port_text = tail.removeprefix(":") if tail.startswith(":") else tail
         if tail and not tail.startswith(":"):
