@@ -1,0 +1,286 @@
+"""RFC 6062 in the sans-IO core: Connect, ConnectionAttempt, ConnectionBind, timers, teardown."""
+
+from __future__ import annotations
+
+import pytest
+
+from delshare.stun.constants import PROTO_TCP, Attr, MessageClass, Method
+from delshare.stun.message import Message
+from delshare.turn.peerfilter import PeerFilter
+from delshare.turn.server_types import (
+    TCP,
+    UDP,
+    BindDataConnection,
+    ClosePeerConnection,
+    CloseRelay,
+    ConnectionClosed,
+    ConnectToPeer,
+    SendToClient,
+)
+from tests.turn.test_server_core import T0, Client, code, five, make_server
+
+PEER = ("127.0.0.1", 6000)
+
+
+def tcp_client(**overrides: object) -> Client:
+    client = Client(make_server(**overrides), five(TCP))
+    assert client.allocate().cls == MessageClass.SUCCESS
+    return client
+
+
+def permit(client: Client, peer: tuple[str, int] = PEER) -> None:
+    assert code(client.request(Method.CREATE_PERMISSION, (Attr.XOR_PEER_ADDRESS, peer))) is None
+
+
+def connect(client: Client, peer: tuple[str, int] = PEER, now: float = T0) -> ConnectToPeer:
+    """Send Connect; return the core's ConnectToPeer command (the response is deferred)."""
+    response = client.request(Method.CONNECT, (Attr.XOR_PEER_ADDRESS, peer), now=now)
+    assert response.cls == MessageClass.INDICATION, response.error  # no answer yet
+    commands = [o for o in client.outputs if isinstance(o, ConnectToPeer)]
+    return commands[-1]
+
+
+def connect_ok(client: Client, peer: tuple[str, int] = PEER, now: float = T0) -> int:
+    command = connect(client, peer, now)
+    client.server.peer_connected(command.conn_id, now)
+    (response,) = client.responses(client.pump(now))
+    assert response.method == Method.CONNECT and response.cls == MessageClass.SUCCESS
+    cid = response.get_int(Attr.CONNECTION_ID)
+    assert cid == command.conn_id
+    return cid
+
+
+def bind(
+    client: Client, cid: int, port: int = 41000, now: float = T0, user: str = "alice"
+) -> tuple[Client, Message]:
+    data = Client(client.server, five(TCP, port=port), user=user)
+    data.nonce = client.nonce
+    response = data.request(Method.CONNECTION_BIND, (Attr.CONNECTION_ID, cid), now=now)
+    return data, response
+
+
+def test_connect_without_permission_is_403() -> None:
+    client = tcp_client()
+    response = client.request(Method.CONNECT, (Attr.XOR_PEER_ADDRESS, PEER))
+    assert code(response) == 403
+
+
+@pytest.mark.parametrize(
+    "host", ["10.0.0.1", "192.168.1.1", "169.254.169.254", "100.64.0.1", "127.0.0.1", "0.0.0.0"]
+)
+def test_connect_to_private_targets_is_403_by_default(host: str) -> None:
+    client = tcp_client(allow_peers=())
+    response = client.request(Method.CONNECT, (Attr.XOR_PEER_ADDRESS, (host, 80)))
+    assert code(response) == 403
+    assert not [o for o in client.outputs if isinstance(o, ConnectToPeer)]
+
+
+def test_ipv4_mapped_loopback_is_refused() -> None:
+    assert not PeerFilter().allowed("::ffff:127.0.0.1")
+    assert not PeerFilter().allowed("::")
+    assert not PeerFilter().allowed("fd00::1")
+    assert PeerFilter(["127.0.0.0/8"]).allowed("::ffff:127.0.0.1")
+
+
+def test_connect_on_udp_allocation_is_400() -> None:
+    client = Client(make_server(), five(TCP))
+    client.allocate((Attr.REQUESTED_TRANSPORT, 17))
+    permit(client)
+    assert code(client.request(Method.CONNECT, (Attr.XOR_PEER_ADDRESS, PEER))) == 400
+
+
+def test_connect_success_then_bind() -> None:
+    client = tcp_client()
+    permit(client)
+    cid = connect_ok(client)
+    data, response = bind(client, cid)
+    assert response.cls == MessageClass.SUCCESS and response.method == Method.CONNECTION_BIND
+    assert response.verify_integrity(client.key)
+    (command,) = [o for o in data.outputs if isinstance(o, BindDataConnection)]
+    assert command.conn_id == cid and command.five == data.five
+
+
+def test_second_connect_to_same_peer_is_446() -> None:
+    client = tcp_client()
+    permit(client)
+    connect_ok(client)
+    response = client.request(Method.CONNECT, (Attr.XOR_PEER_ADDRESS, PEER))
+    assert code(response) == 446
+    connect_ok(client, ("127.0.0.1", 6001))  # another port is another connection
+
+
+def test_failed_connect_is_447() -> None:
+    client = tcp_client()
+    permit(client)
+    command = connect(client)
+    client.server.peer_connect_failed(command.conn_id, T0)
+    (response,) = client.responses(client.pump())
+    assert code(response) == 447
+
+
+def test_connect_timeout_is_447_after_30_seconds() -> None:
+    client = tcp_client()
+    permit(client)
+    command = connect(client)
+    client.server.handle_timer(T0 + 29.9)
+    assert not client.responses(client.pump())
+    client.server.handle_timer(T0 + 30)
+    out = client.pump(T0 + 30)
+    (response,) = client.responses(out)
+    assert code(response) == 447
+    assert ClosePeerConnection(command.conn_id) in out
+    client.server.peer_connected(command.conn_id, T0 + 31)  # too late: closed again
+    assert ClosePeerConnection(command.conn_id) in client.pump()
+
+
+def test_bind_timeout_closes_the_peer_connection() -> None:
+    client = tcp_client()
+    permit(client)
+    cid = connect_ok(client)
+    client.server.handle_timer(T0 + 29)
+    assert ClosePeerConnection(cid) not in client.pump()
+    client.server.handle_timer(T0 + 30)
+    out = client.pump()
+    assert ClosePeerConnection(cid) in out
+    assert any(isinstance(o, ConnectionClosed) and "timeout" in o.reason for o in out)
+    _, response = bind(client, cid, now=T0 + 31)
+    assert code(response) == 400
+
+
+def test_bound_connection_has_no_bind_timer() -> None:
+    client = tcp_client()
+    permit(client)
+    cid = connect_ok(client)
+    bind(client, cid)
+    client.server.handle_timer(T0 + 60)
+    assert ClosePeerConnection(cid) not in client.pump()
+
+
+def test_connection_bind_unknown_or_reused_id_is_400() -> None:
+    client = tcp_client()
+    permit(client)
+    cid = connect_ok(client)
+    _, unknown = bind(client, cid ^ 1)
+    assert code(unknown) == 400
+    _, first = bind(client, cid, port=41001)
+    assert first.cls == MessageClass.SUCCESS
+    _, again = bind(client, cid, port=41002)
+    assert code(again) == 400
+
+
+def test_connection_bind_with_other_credentials_is_441() -> None:
+    client = tcp_client()
+    permit(client)
+    cid = connect_ok(client)
+    _, response = bind(client, cid, user="bob")
+    assert code(response) == 441
+
+
+def test_connection_bind_over_udp_is_400() -> None:
+    client = tcp_client()
+    permit(client)
+    cid = connect_ok(client)
+    data = Client(client.server, five(UDP, port=41003))
+    data.nonce = client.nonce
+    assert code(data.request(Method.CONNECTION_BIND, (Attr.CONNECTION_ID, cid))) == 400
+
+
+def test_connection_bind_without_auth_is_401() -> None:
+    client = tcp_client()
+    permit(client)
+    cid = connect_ok(client)
+    data = Client(client.server, five(TCP, port=41004))
+    msg = data.build(Method.CONNECTION_BIND, [(Attr.CONNECTION_ID, cid)], auth=False)
+    (response,) = data.responses(data.send_raw(msg.encode()))
+    assert code(response) == 401
+
+
+def test_incoming_peer_needs_a_permission() -> None:
+    client = tcp_client()
+    alloc_id = next(iter(client.server.allocations.values())).id
+    assert client.server.peer_accepted(alloc_id, PEER, T0) is None
+    permit(client)
+    cid = client.server.peer_accepted(alloc_id, PEER, T0)
+    assert cid is not None
+    (attempt,) = [
+        m for m in client.responses(client.pump()) if m.method == Method.CONNECTION_ATTEMPT
+    ]
+    assert attempt.cls == MessageClass.INDICATION
+    assert attempt.get_int(Attr.CONNECTION_ID) == cid
+    assert attempt.get_address(Attr.XOR_PEER_ADDRESS) == PEER
+    _, response = bind(client, cid)
+    assert response.cls == MessageClass.SUCCESS
+
+
+def test_incoming_private_peer_refused_without_allow_flag() -> None:
+    client = tcp_client(allow_peers=())
+    alloc_id = next(iter(client.server.allocations.values())).id
+    assert client.server.peer_accepted(alloc_id, ("10.0.0.5", 1234), T0) is None
+
+
+def test_connection_limits_give_508_and_refuse_incoming() -> None:
+    client = tcp_client(max_connections_per_allocation=1)
+    permit(client)
+    connect_ok(client)
+    response = client.request(Method.CONNECT, (Attr.XOR_PEER_ADDRESS, ("127.0.0.1", 6001)))
+    assert code(response) == 508
+    alloc_id = next(iter(client.server.allocations.values())).id
+    assert client.server.peer_accepted(alloc_id, ("127.0.0.1", 6002), T0) is None
+
+
+def test_pending_connection_limit() -> None:
+    client = tcp_client(max_pending_connections=1)
+    permit(client)
+    cid = connect_ok(client)
+    response = client.request(Method.CONNECT, (Attr.XOR_PEER_ADDRESS, ("127.0.0.1", 6001)))
+    assert code(response) == 508
+    bind(client, cid)  # bound connections are no longer pending
+    connect_ok(client, ("127.0.0.1", 6001))
+
+
+def test_connection_ids_are_unpredictable() -> None:
+    client = tcp_client()
+    permit(client)
+    ids = [connect_ok(client, ("127.0.0.1", 7000 + i)) for i in range(20)]
+    assert len(set(ids)) == 20
+    steps = {b - a for a, b in zip(ids, ids[1:], strict=False)}
+    assert len(steps) > 1  # not a counter
+
+
+def test_teardown_closes_every_connection_of_the_allocation() -> None:
+    """RFC 6062 §5.5: the control connection closing ends the allocation and its connections."""
+    client = tcp_client()
+    permit(client)
+    pending = connect_ok(client)
+    bound = connect_ok(client, ("127.0.0.1", 6001))
+    bind(client, bound)
+    client.server.client_closed(client.five, T0 + 1)
+    out = client.pump()
+    assert ClosePeerConnection(pending) in out and ClosePeerConnection(bound) in out
+    assert any(isinstance(o, CloseRelay) for o in out)
+    assert not client.server.connections
+
+
+def test_refresh_zero_also_tears_down_connections() -> None:
+    client = tcp_client()
+    permit(client)
+    cid = connect_ok(client)
+    client.request(Method.REFRESH, (Attr.LIFETIME, 0))
+    assert ClosePeerConnection(cid) in client.outputs
+
+
+def test_closed_bridge_frees_the_peer_for_a_new_connect() -> None:
+    client = tcp_client()
+    permit(client)
+    cid = connect_ok(client)
+    bind(client, cid)
+    client.server.connection_closed(cid, T0)
+    client.pump()
+    connect_ok(client)
+
+
+def test_tcp_allocate_answer_is_sent_on_the_control_connection() -> None:
+    client = Client(make_server(), five(TCP))
+    response = client.allocate((Attr.REQUESTED_TRANSPORT, PROTO_TCP))
+    assert response.cls == MessageClass.SUCCESS
+    assert all(o.five == client.five for o in client.outputs if isinstance(o, SendToClient))
