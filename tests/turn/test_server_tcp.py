@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 
 from delshare.stun.constants import PROTO_TCP, Attr, MessageClass, Method
@@ -243,7 +245,7 @@ def test_connection_ids_are_unpredictable() -> None:
     permit(client)
     ids = [connect_ok(client, ("127.0.0.1", 7000 + i)) for i in range(20)]
     assert len(set(ids)) == 20
-    steps = {b - a for a, b in zip(ids, ids[1:], strict=False)}
+    steps = {b - a for a, b in itertools.pairwise(ids)}
     assert len(steps) > 1  # not a counter
 
 
