@@ -26,6 +26,7 @@ asyncio stream I/O.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import enum
 import hashlib
@@ -275,8 +276,142 @@ class RecordDecoder:
         return records
 
 
+class _RecordProtocol(asyncio.BufferedProtocol):
+    """Receives records straight into one preallocated buffer (``recv_into``, no stream copies).
+
+    A record's header and body are read into place, decrypted on arrival and queued; reading
+    pauses while ``_MAX_QUEUED`` records wait for the consumer. Write flow control is tracked
+    for :meth:`RecordChannel.drain`. Connection loss is forwarded to the stream's original
+    protocol so ``StreamWriter.wait_closed`` still works.
+    """
+
+    def __init__(self, opener: RecordOpener, previous: asyncio.BaseProtocol | None) -> None:
+        self._opener = opener
+        self._previous = previous
+        self._header = bytearray(HEADER_SIZE)
+        self._body = bytearray(MAX_PAYLOAD + TAG_SIZE)
+        self._in_body = False
+        self._have = 0
+        self._body_len = 0
+        self._queue: collections.deque[Record] = collections.deque()
+        self._end: LinkError | None = None
+        self._reader_waiter: asyncio.Future[None] | None = None
+        self._drain_waiter: asyncio.Future[None] | None = None
+        self._write_paused = False
+        self._transport: asyncio.Transport | None = None
+        self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        if self._in_body:
+            return memoryview(self._body)[self._have : self._body_len]
+        return memoryview(self._header)[self._have :]
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self._have += nbytes
+        try:
+            if not self._in_body and self._have == HEADER_SIZE:
+                self._body_len = self._opener.parse_header(bytes(self._header))
+                self._in_body, self._have = True, 0
+            elif self._in_body and self._have == self._body_len:
+                body = memoryview(self._body)[: self._body_len]
+                record = self._opener.open(bytes(self._header), body)
+                self._in_body, self._have = False, 0
+                self._deliver(record)
+        except LinkError as exc:
+            self._finish(exc)
+            if self._transport is not None:
+                self._transport.abort()
+
+    def feed(self, data: bytes) -> None:
+        """Push bytes that arrived before this protocol took over the transport."""
+        view = memoryview(data)
+        while view and self._end is None:
+            target = self.get_buffer(-1)
+            n = min(len(target), len(view))
+            target[:n] = view[:n]
+            view = view[n:]
+            self.buffer_updated(n)
+
+    def _deliver(self, record: Record) -> None:
+        if record.kind is RecordKind.CLOSE:
+            self._finish(LinkClosedError("peer closed the link", clean=True))
+            return
+        self._queue.append(record)
+        self._wake_reader()
+        if len(self._queue) >= _MAX_QUEUED and self._transport is not None:
+            self._transport.pause_reading()
+
+    def _finish(self, error: LinkError) -> None:
+        if self._end is None:
+            self._end = error
+        self._wake_reader()
+
+    def _wake_reader(self) -> None:
+        waiter, self._reader_waiter = self._reader_waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def next_record(self) -> Record:
+        while not self._queue:
+            if self._end is not None:
+                raise self._end
+            self._reader_waiter = asyncio.get_running_loop().create_future()
+            await self._reader_waiter
+        record = self._queue.popleft()
+        transport = self._transport
+        if len(self._queue) < _MAX_QUEUED and transport is not None and not transport.is_closing():
+            transport.resume_reading()
+        return record
+
+    def eof_received(self) -> bool:
+        self._finish(LinkClosedError("connection closed without CLOSE record", clean=False))
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        detail = f": {exc}" if exc else ""
+        self._finish(LinkClosedError(f"connection lost{detail}", clean=False))
+        self._write_paused = False
+        self._wake_drain(exc)
+        if not self.closed.done():
+            self.closed.set_result(None)
+        if self._previous is not None:
+            self._previous.connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        self._wake_drain(None)
+
+    def _wake_drain(self, exc: Exception | None) -> None:
+        waiter, self._drain_waiter = self._drain_waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def drain(self) -> None:
+        if self.closed.done():
+            raise LinkClosedError("connection lost", clean=False)
+        if self._write_paused:
+            self._drain_waiter = asyncio.get_running_loop().create_future()
+            await self._drain_waiter
+            if self.closed.done():
+                raise LinkClosedError("connection lost", clean=False)
+
+
+_MAX_QUEUED = 4
+
+
 class RecordChannel:
-    """Authenticated, encrypted records over an asyncio stream pair."""
+    """Authenticated, encrypted records over a connected stream.
+
+    Takes over the stream's transport: after construction, use only the channel (the original
+    reader sees nothing more; ``writer.wait_closed()`` still completes when the link ends).
+    """
 
     def __init__(
         self,
@@ -284,11 +419,24 @@ class RecordChannel:
         writer: asyncio.StreamWriter,
         keys: SessionKeys,
     ) -> None:
-        self._reader = reader
         self._writer = writer
+        transport = writer.transport
+        if not isinstance(transport, asyncio.Transport):
+            raise TypeError("RecordChannel needs a bidirectional transport")
+        self._transport: asyncio.Transport = transport
         self._sealer = RecordSealer(keys.send_key)
-        self._opener = RecordOpener(keys.recv_key)
+        self._protocol = _RecordProtocol(
+            RecordOpener(keys.recv_key), self._transport.get_protocol()
+        )
         self._closed = False
+        buffered = _take_buffered(reader)
+        self._transport.set_protocol(self._protocol)
+        self._protocol.connection_made(self._transport)
+        self._protocol.feed(buffered)
+        if reader.at_eof() or self._transport.is_closing():
+            self._protocol.eof_received()
+        elif not self._transport.is_reading():
+            self._transport.resume_reading()
 
     @property
     def writer(self) -> asyncio.StreamWriter:
@@ -301,58 +449,65 @@ class RecordChannel:
         await self.drain()
 
     def write(self, data: bytes | memoryview, kind: RecordKind = RecordKind.DATA) -> None:
-        """Queue one record without waiting; call :meth:`drain` for back-pressure."""
+        """Queue one record without waiting; call :meth:`drain` for back-pressure.
+
+        ``data`` is encrypted into a new buffer at once, so the caller may reuse it right away.
+        """
         if self._closed:
             raise LinkClosedError("channel already closed", clean=True)
+        if self._protocol.closed.done():
+            raise LinkClosedError("connection lost", clean=False)
         header, ciphertext = self._sealer.seal(kind, data)
-        self._writer.write(header)
-        self._writer.write(ciphertext)
+        self._transport.write(header)
+        self._transport.write(ciphertext)
 
     async def drain(self) -> None:
-        """Wait until the transport's buffer is below its high-water mark."""
-        try:
-            await self._writer.drain()
-        except (ConnectionError, OSError) as exc:
-            raise LinkClosedError(f"connection lost: {exc}", clean=False) from exc
+        """Wait until the transport's write buffer is below its high-water mark."""
+        await self._protocol.drain()
 
     async def send_control(self, data: bytes) -> None:
         """Send one CONTROL record."""
         await self.send(data, RecordKind.CONTROL)
 
     async def recv_record(self) -> Record:
-        """Receive the next DATA or CONTROL record; a CLOSE or EOF raises LinkClosedError."""
-        header = await self._read_exactly(HEADER_SIZE)
-        body = await self._read_exactly(self._opener.parse_header(header))
-        record = self._opener.open(header, body)
-        if record.kind is RecordKind.CLOSE:
-            raise LinkClosedError("peer closed the link", clean=True)
-        return record
+        """Receive the next DATA or CONTROL record.
+
+        Raises LinkClosedError (``clean`` after the peer's CLOSE), RecordIntegrityError or
+        LinkProtocolError; the link is unusable after any of them.
+        """
+        return await self._protocol.next_record()
 
     async def recv(self) -> bytes:
         """Receive the payload of the next record of any kind but CLOSE."""
         return (await self.recv_record()).payload
 
-    async def _read_exactly(self, n: int) -> bytes:
-        try:
-            return await self._reader.readexactly(n)
-        except asyncio.IncompleteReadError as exc:
-            raise LinkClosedError("connection closed without CLOSE record", clean=False) from exc
-        except (ConnectionError, OSError) as exc:
-            raise LinkClosedError(f"connection lost: {exc}", clean=False) from exc
-
-    async def close(self) -> None:
-        """Send an authenticated CLOSE (best effort) and close the stream."""
+    async def close(self, timeout: float = 5.0) -> None:
+        """Send an authenticated CLOSE (best effort), flush, and close the connection."""
         if self._closed:
             return
-        try:
+        with contextlib.suppress(LinkError):
             self.write(b"", RecordKind.CLOSE)
-            self._closed = True
-            await self._writer.drain()
-        except (ConnectionError, OSError, LinkError):
-            pass
-        finally:
-            self._closed = True
-            await abort_stream(self._writer)
+        self._closed = True
+        self._transport.close()
+        try:
+            await asyncio.wait_for(asyncio.shield(self._protocol.closed), timeout)
+        except TimeoutError:
+            self._transport.abort()
+
+    def abort(self) -> None:
+        """Drop the connection at once, without CLOSE (the peer sees a lost link)."""
+        self._closed = True
+        self._transport.abort()
+
+
+def _take_buffered(reader: asyncio.StreamReader) -> bytes:
+    """Bytes the StreamReader received but nobody read yet (CPython keeps them in ``_buffer``)."""
+    buffer = getattr(reader, "_buffer", None)
+    if not isinstance(buffer, bytearray):
+        raise TypeError("RecordChannel needs an asyncio.StreamReader")
+    data = bytes(buffer)
+    buffer.clear()
+    return data
 
 
 async def abort_stream(writer: asyncio.StreamWriter) -> None:
