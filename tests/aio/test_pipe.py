@@ -339,6 +339,18 @@ async def test_mixed_socket_and_stream_endpoints(
     assert stats.path == "stream"
 
 
+@pytest.mark.skipif(not pipe.SPLICE_SUPPORTED, reason="splice path")
+async def test_small_pipe_falls_back_to_copy(
+    listener: socket.socket, cleanup: list[socket.socket], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Past fs.pipe-user-pages-soft, unprivileged pipes cannot grow; simulate by asking for more.
+    monkeypatch.setattr(pipe, "_MIN_PIPE_SIZE", 2 * pipe.PIPE_SIZE)
+    rig = await make_rig("splice", listener)
+    cleanup += [rig.ca, rig.cb]
+    stats = await one_small_exchange(rig, 8)
+    assert stats.path == "copy"
+
+
 async def test_rejects_datagram_sockets() -> None:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp, pytest.raises(TypeError):
         await bridge(udp, udp)

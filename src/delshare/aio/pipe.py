@@ -334,6 +334,22 @@ def _enlarge_pipe(fd: int) -> int:
     return fcntl.fcntl(fd, fcntl.F_GETPIPE_SZ)
 
 
+def _make_direction(
+    loop: asyncio.AbstractEventLoop,
+    src: socket.socket,
+    dst: socket.socket,
+    prefix: bytes,
+    on_end: Callable[[BaseException | None], None],
+) -> _Direction:
+    """A splice direction when the pipe quota allows a useful pipe, else a copy direction."""
+    if SPLICE_SUPPORTED:
+        direction = _SpliceDirection(loop, src, dst, prefix, on_end)
+        if direction.capacity >= _MIN_PIPE_SIZE:
+            return direction
+        direction.close()  # past fs.pipe-user-pages-soft a pipe holds 2 pages: copy instead
+    return _CopyDirection(loop, src, dst, prefix, on_end)
+
+
 async def _bridge_sockets(
     a: socket.socket, b: socket.socket, a_to_b_prefix: bytes, b_to_a_prefix: bytes
 ) -> BridgeStats:
@@ -352,12 +368,11 @@ async def _bridge_sockets(
         else:
             ended.set_exception(exc)
 
-    kind = _SpliceDirection if SPLICE_SUPPORTED else _CopyDirection
     try:
         a.setblocking(False)
         b.setblocking(False)
-        directions.append(kind(loop, a, b, a_to_b_prefix, on_end))
-        directions.append(kind(loop, b, a, b_to_a_prefix, on_end))
+        directions.append(_make_direction(loop, a, b, a_to_b_prefix, on_end))
+        directions.append(_make_direction(loop, b, a, b_to_a_prefix, on_end))
         for direction in directions:
             direction.start()
         reset = await ended
@@ -367,7 +382,8 @@ async def _bridge_sockets(
         a.close()
         b.close()
     ab, ba = directions
-    return BridgeStats(ab.delivered, ba.delivered, reset, max(ab.peak, ba.peak), kind.path)
+    path = "splice" if ab.path == ba.path == "splice" else "copy"
+    return BridgeStats(ab.delivered, ba.delivered, reset, max(ab.peak, ba.peak), path)
 
 
 # --- asyncio streams: one copy task per direction -------------------------------------------------
