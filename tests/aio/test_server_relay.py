@@ -1,0 +1,308 @@
+"""The asyncio TURN server on real loopback sockets (RFC 8656, RFC 6062).
+
+The relay runs in-process (``start_relay``); the client side is written here from the STUN codec
+so each test controls exactly which bytes go where and when.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import socket
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+import pytest
+
+from delshare.aio.server import RelayConfig, RunningRelay, start_relay
+from delshare.stun.constants import PROTO_TCP, PROTO_UDP, Attr, MessageClass, Method
+from delshare.stun.credentials import long_term_key
+from delshare.stun.framing import StreamFramer
+from delshare.stun.message import Message, decode_message
+from delshare.turn.auth import AuthConfig
+from delshare.turn.server_types import ServerConfig
+
+REALM, USER, PASSWORD = "test.realm", "alice", "secret"
+KEY = long_term_key(USER, REALM, PASSWORD)
+HOST = "127.0.0.1"
+STEP = 10.0  # generous bound for any single network step
+
+
+@pytest.fixture
+async def relay() -> AsyncIterator[RunningRelay]:
+    server = ServerConfig(auth=AuthConfig(REALM, {USER: PASSWORD}), allow_peers=("127.0.0.0/8",))
+    running = await start_relay(RelayConfig(server=server, listen=((HOST, 0),)))
+    try:
+        yield running
+    finally:
+        await running.close()
+
+
+@dataclass
+class StunStream:
+    """A TCP connection to the relay speaking STUN, with long-term auth."""
+
+    reader: asyncio.StreamReader
+    writer: asyncio.StreamWriter
+    nonce: str | None = None
+    framer: StreamFramer = field(default_factory=StreamFramer)
+    inbox: list[Message] = field(default_factory=list)
+
+    @classmethod
+    async def open(cls, port: int) -> StunStream:
+        reader, writer = await asyncio.open_connection(HOST, port)
+        return cls(reader, writer)
+
+    async def next_message(self) -> Message:
+        while not self.inbox:
+            data = await asyncio.wait_for(self.reader.read(65536), STEP)
+            assert data, "relay closed the connection"
+            self.inbox += [decode_message(f) for f in self.framer.feed(data)]
+        return self.inbox.pop(0)
+
+    async def request(self, method: int, *attrs: tuple[int, object]) -> Message:
+        for _ in range(2):
+            msg = Message(method, MessageClass.REQUEST)
+            for kind, value in attrs:
+                msg.add(kind, value)
+            if self.nonce:
+                msg.add(Attr.USERNAME, USER).add(Attr.REALM, REALM).add(Attr.NONCE, self.nonce)
+            self.writer.write(msg.encode(KEY if self.nonce else None, fingerprint=True))
+            reply = await self.next_message()
+            while reply.transaction_id != msg.transaction_id:
+                self.inbox.append(reply)  # an indication; keep it for later
+                reply = await self.next_message()
+            if reply.error and reply.error[0] == 401 and self.nonce is None:
+                self.nonce = reply.get_str(Attr.NONCE)
+                continue
+            return reply
+        return reply
+
+    async def indication(self, method: int) -> Message:
+        for i, msg in enumerate(self.inbox):
+            if msg.method == method and msg.cls == MessageClass.INDICATION:
+                return self.inbox.pop(i)
+        while True:
+            msg = await self.next_message()
+            if msg.method == method and msg.cls == MessageClass.INDICATION:
+                return msg
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+async def tcp_allocation(relay: RunningRelay) -> tuple[StunStream, tuple[str, int]]:
+    control = await StunStream.open(relay.turn_port)
+    reply = await control.request(Method.ALLOCATE, (Attr.REQUESTED_TRANSPORT, PROTO_TCP))
+    assert reply.cls == MessageClass.SUCCESS, reply.error
+    relayed = reply.get_address(Attr.XOR_RELAYED_ADDRESS)
+    assert relayed is not None
+    reply = await control.request(Method.CREATE_PERMISSION, (Attr.XOR_PEER_ADDRESS, (HOST, 1)))
+    assert reply.cls == MessageClass.SUCCESS, reply.error
+    return control, relayed
+
+
+async def connection_bind(
+    relay: RunningRelay, control: StunStream, cid: int
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """Open a data connection, bind it, return it positioned after the success response."""
+    data = await StunStream.open(relay.turn_port)
+    data.nonce = control.nonce
+    msg = Message(Method.CONNECTION_BIND, MessageClass.REQUEST).add(Attr.CONNECTION_ID, cid)
+    msg.add(Attr.USERNAME, USER).add(Attr.REALM, REALM).add(Attr.NONCE, control.nonce)
+    data.writer.write(msg.encode(KEY, fingerprint=True))
+    head = await asyncio.wait_for(data.reader.readexactly(20), STEP)
+    body = await asyncio.wait_for(data.reader.readexactly(int.from_bytes(head[2:4], "big")), STEP)
+    reply = decode_message(head + body)
+    assert reply.method == Method.CONNECTION_BIND and reply.cls == MessageClass.SUCCESS, reply.error
+    assert reply.verify_integrity(KEY)
+    return data.reader, data.writer
+
+
+async def incoming_peer(
+    relay: RunningRelay,
+) -> tuple[StunStream, asyncio.StreamReader, asyncio.StreamWriter, int]:
+    """A TCP allocation and a peer that dialled its relayed address; returns the CONNECTION-ID."""
+    control, relayed = await tcp_allocation(relay)
+    peer_reader, peer_writer = await asyncio.open_connection(*relayed)
+    attempt = await control.indication(Method.CONNECTION_ATTEMPT)
+    assert attempt.get_address(Attr.XOR_PEER_ADDRESS) == peer_writer.get_extra_info("sockname")
+    cid = attempt.get_int(Attr.CONNECTION_ID)
+    assert cid is not None
+    return control, peer_reader, peer_writer, cid
+
+
+async def read_all(reader: asyncio.StreamReader, size: int) -> bytes:
+    return await asyncio.wait_for(reader.readexactly(size), STEP * 3)
+
+
+async def test_early_peer_data_is_held_and_delivered_in_order(relay: RunningRelay) -> None:
+    """4 MiB sent by the peer before ConnectionBind all arrive, in order, after it (issue 2)."""
+    control, peer_reader, peer_writer, cid = await incoming_peer(relay)
+    payload = os.urandom(4 << 20)
+
+    async def send() -> None:
+        peer_writer.write(payload)
+        await peer_writer.drain()
+
+    sender = asyncio.create_task(send())
+    await asyncio.sleep(0.3)  # let the peer push what the kernel will take before the bind
+    client_reader, client_writer = await connection_bind(relay, control, cid)
+    received = await read_all(client_reader, len(payload))
+    await asyncio.wait_for(sender, STEP)
+    assert hashlib.sha256(received).digest() == hashlib.sha256(payload).digest()
+    client_writer.write(b"reply")
+    assert await read_all(peer_reader, 5) == b"reply"
+    for closable in (client_writer, peer_writer):
+        closable.close()
+    control.close()
+
+
+async def test_early_peer_eof_is_delivered_after_the_data(relay: RunningRelay) -> None:
+    """A FIN the peer sent before the bind reaches the client after the bytes (coturn #761)."""
+    control, _peer_reader, peer_writer, cid = await incoming_peer(relay)
+    peer_writer.write(b"early bytes")
+    peer_writer.write_eof()
+    await peer_writer.drain()
+    client_reader, client_writer = await connection_bind(relay, control, cid)
+    assert await asyncio.wait_for(client_reader.read(), STEP) == b"early bytes"
+    client_writer.close()
+    peer_writer.close()
+    control.close()
+
+
+async def test_half_close_propagates_both_ways(relay: RunningRelay) -> None:
+    control, peer_reader, peer_writer, cid = await incoming_peer(relay)
+    client_reader, client_writer = await connection_bind(relay, control, cid)
+    # peer → client, then the peer's FIN; the other direction stays open
+    peer_writer.write(b"peer data")
+    peer_writer.write_eof()
+    assert await asyncio.wait_for(client_reader.read(), STEP) == b"peer data"
+    tail = os.urandom(1 << 20)
+    client_writer.write(tail)
+    client_writer.write_eof()
+    got = await asyncio.wait_for(peer_reader.read(), STEP * 3)  # reads until the FIN
+    assert got == tail
+    client_writer.close()
+    peer_writer.close()
+    control.close()
+
+
+async def test_closing_the_control_connection_closes_data_connections(
+    relay: RunningRelay,
+) -> None:
+    """RFC 6062 §5.5: the allocation ends with its control connection, and so do its pipes."""
+    control, peer_reader, peer_writer, cid = await incoming_peer(relay)
+    client_reader, client_writer = await connection_bind(relay, control, cid)
+    control.close()
+    assert await asyncio.wait_for(client_reader.read(), STEP) == b""
+    with pytest.raises((ConnectionError, asyncio.IncompleteReadError)):
+        await asyncio.wait_for(peer_reader.readexactly(1), STEP)
+    for closable in (client_writer, peer_writer):
+        closable.close()
+
+
+async def test_closing_the_client_data_connection_closes_the_peer(relay: RunningRelay) -> None:
+    control, peer_reader, peer_writer, cid = await incoming_peer(relay)
+    client_reader, client_writer = await connection_bind(relay, control, cid)
+    client_writer.write(b"bye")
+    client_writer.close()
+    assert await asyncio.wait_for(peer_reader.read(), STEP) == b"bye"
+    peer_writer.close()
+    control.close()
+
+
+async def test_unbound_peer_connection_closes_after_bind_timeout() -> None:
+    server = ServerConfig(
+        auth=AuthConfig(REALM, {USER: PASSWORD}), allow_peers=("127.0.0.0/8",), bind_timeout=0.3
+    )
+    running = await start_relay(RelayConfig(server=server, listen=((HOST, 0),)))
+    try:
+        control, peer_reader, peer_writer, _cid = await incoming_peer(running)
+        assert await asyncio.wait_for(peer_reader.read(), STEP) == b""
+        peer_writer.close()
+        control.close()
+    finally:
+        await running.close()
+
+
+async def test_refused_incoming_peer_is_closed(relay: RunningRelay) -> None:
+    control = await StunStream.open(relay.turn_port)
+    reply = await control.request(Method.ALLOCATE, (Attr.REQUESTED_TRANSPORT, PROTO_TCP))
+    relayed = reply.get_address(Attr.XOR_RELAYED_ADDRESS)
+    assert relayed is not None
+    reader, writer = await asyncio.open_connection(*relayed)  # no permission installed
+    with pytest.raises((ConnectionError, asyncio.IncompleteReadError)):
+        await asyncio.wait_for(reader.readexactly(1), STEP)
+    writer.close()
+    control.close()
+
+
+async def test_connect_comes_from_the_relayed_address(relay: RunningRelay) -> None:
+    """RFC 6062 §5.2: the outgoing connection is bound to the relayed transport address."""
+    accepted: asyncio.Queue[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = asyncio.Queue()
+
+    async def on_peer(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        await accepted.put((r, w))
+
+    peer_server = await asyncio.start_server(on_peer, HOST, 0)
+    peer_address = peer_server.sockets[0].getsockname()[:2]
+    control, relayed = await tcp_allocation(relay)
+    reply = await control.request(Method.CONNECT, (Attr.XOR_PEER_ADDRESS, peer_address))
+    assert reply.cls == MessageClass.SUCCESS, reply.error
+    peer_reader, peer_writer = await asyncio.wait_for(accepted.get(), STEP)
+    assert peer_writer.get_extra_info("peername")[:2] == relayed
+    cid = reply.get_int(Attr.CONNECTION_ID)
+    assert cid is not None
+    client_reader, client_writer = await connection_bind(relay, control, cid)
+    client_writer.write(b"ping")
+    assert await read_all(peer_reader, 4) == b"ping"
+    peer_writer.write(b"pong")
+    assert await read_all(client_reader, 4) == b"pong"
+    again = await control.request(Method.CONNECT, (Attr.XOR_PEER_ADDRESS, peer_address))
+    assert again.error is not None and again.error[0] == 446
+    for closable in (client_writer, peer_writer, control):
+        closable.close()
+    peer_server.close()
+
+
+async def test_connect_to_a_closed_port_is_447(relay: RunningRelay) -> None:
+    with socket.socket() as probe:
+        probe.bind((HOST, 0))
+        closed_port = probe.getsockname()[1]
+    control, _ = await tcp_allocation(relay)
+    reply = await control.request(Method.CONNECT, (Attr.XOR_PEER_ADDRESS, (HOST, closed_port)))
+    assert reply.error is not None and reply.error[0] == 447
+    control.close()
+
+
+async def test_udp_relay_send_and_data_indications(relay: RunningRelay) -> None:
+    loop = asyncio.get_running_loop()
+    peer = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    peer.bind((HOST, 0))
+    peer.setblocking(False)
+    control = await StunStream.open(relay.turn_port)
+    try:
+        reply = await control.request(Method.ALLOCATE, (Attr.REQUESTED_TRANSPORT, PROTO_UDP))
+        relayed = reply.get_address(Attr.XOR_RELAYED_ADDRESS)
+        assert relayed is not None
+        peer_addr = peer.getsockname()
+        await control.request(Method.CREATE_PERMISSION, (Attr.XOR_PEER_ADDRESS, peer_addr))
+        send = Message(Method.SEND, MessageClass.INDICATION)
+        send.add(Attr.XOR_PEER_ADDRESS, peer_addr).add(Attr.DATA, b"to peer")
+        control.writer.write(send.encode())
+        data, source = await asyncio.wait_for(loop.sock_recvfrom(peer, 100), STEP)
+        assert (data, source[:2]) == (b"to peer", relayed)
+        await loop.sock_sendto(peer, b"to client", relayed)
+        indication = await control.indication(Method.DATA)
+        assert indication.get(Attr.DATA) == b"to client"
+    finally:
+        peer.close()
+        control.close()
+
+
+async def test_busy_port_raises_oserror(relay: RunningRelay) -> None:
+    server = ServerConfig(auth=AuthConfig(REALM, {USER: PASSWORD}))
+    with pytest.raises(OSError):
+        await start_relay(RelayConfig(server=server, listen=((HOST, relay.turn_port),)))
