@@ -205,7 +205,7 @@ async def test_closing_the_control_connection_closes_data_connections(
 
 async def test_closing_the_client_data_connection_closes_the_peer(relay: RunningRelay) -> None:
     control, peer_reader, peer_writer, cid = await incoming_peer(relay)
-    client_reader, client_writer = await connection_bind(relay, control, cid)
+    _client_reader, client_writer = await connection_bind(relay, control, cid)
     client_writer.write(b"bye")
     client_writer.close()
     assert await asyncio.wait_for(peer_reader.read(), STEP) == b"bye"
