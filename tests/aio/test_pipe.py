@@ -10,6 +10,7 @@ import asyncio
 import hashlib
 import random
 import socket
+import ssl
 import struct
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -19,6 +20,7 @@ import pytest
 
 from delshare.aio import pipe
 from delshare.aio.pipe import BridgeStats, Endpoint, bridge
+from tests.support.tlscert import make_self_signed
 
 MODES = ["splice", "copy", "stream"]
 MiB = 1 << 20
@@ -349,6 +351,90 @@ async def test_small_pipe_falls_back_to_copy(
     cleanup += [rig.ca, rig.cb]
     stats = await one_small_exchange(rig, 8)
     assert stats.path == "copy"
+
+
+Stream = tuple[asyncio.StreamReader, asyncio.StreamWriter]
+
+
+@pytest.fixture(scope="module")
+def tls_contexts(tmp_path_factory: pytest.TempPathFactory) -> tuple[ssl.SSLContext, ...]:
+    files = make_self_signed(tmp_path_factory.mktemp("tls"))
+    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server.load_cert_chain(files.cert, files.key)
+    client = ssl.create_default_context(cafile=str(files.cert))
+    return server, client
+
+
+async def tls_connection(
+    listener: socket.socket, contexts: tuple[ssl.SSLContext, ...]
+) -> tuple[Stream, Stream]:
+    """A TLS connection on loopback: (client streams, server streams)."""
+    accepted: asyncio.Queue[Stream] = asyncio.Queue()
+
+    async def on_client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await accepted.put((reader, writer))
+
+    server = await asyncio.start_server(on_client, sock=listener, ssl=contexts[0])
+    client = await asyncio.open_connection(
+        *listener.getsockname(), ssl=contexts[1], server_hostname="localhost"
+    )
+    served = await accepted.get()
+    server.close()
+    return client, served
+
+
+async def stream_to_eof(reader: asyncio.StreamReader) -> tuple[int, str]:
+    data = await reader.read()
+    return len(data), sha(data)
+
+
+async def test_tls_client_to_tcp_peer_both_ways(
+    tls_contexts: tuple[ssl.SSLContext, ...], cleanup: list[socket.socket]
+) -> None:
+    """TLS has no half-close: the peer's FIN ends the TLS side after a full flush."""
+    with (
+        socket.create_server(("127.0.0.1", 0)) as tls_listener,
+        socket.create_server(("127.0.0.1", 0)) as tcp_listener,
+    ):
+        (cr, cw), served = await tls_connection(tls_listener, tls_contexts)
+        cb, sb = tcp_connection(tcp_listener, None)
+    cleanup.append(cb)
+    there, back = random.Random(9).randbytes(3 * MiB), random.Random(10).randbytes(2 * MiB + 3)
+    task = asyncio.create_task(bridge(served, sb, a_to_b_prefix=b"P"))
+    cw.write(there)
+    await cw.drain()
+    assert await recv_exactly(cb, len(there) + 1) == b"P" + there
+    _, at_a, at_b = await asyncio.gather(send_all(cb, back), stream_to_eof(cr), recv_to_eof(cb))
+    assert at_a == (len(back), sha(back))
+    assert at_b == (0, sha(b""))
+    assert await task == BridgeStats(len(there) + 1, len(back))
+    cw.close()
+
+
+async def test_tls_sender_closing_loses_no_tail(
+    tls_contexts: tuple[ssl.SSLContext, ...], cleanup: list[socket.socket]
+) -> None:
+    with (
+        socket.create_server(("127.0.0.1", 0)) as tls_listener,
+        socket.create_server(("127.0.0.1", 0)) as tcp_listener,
+    ):
+        (_, cw), served = await tls_connection(tls_listener, tls_contexts)
+        cb, sb = tcp_connection(tcp_listener, None)
+    cleanup.append(cb)
+    data = random.Random(11).randbytes(8 * MiB)
+    task = asyncio.create_task(bridge(served, sb))
+
+    async def send_and_close() -> None:
+        cw.write(data)
+        cw.close()  # close_notify after the last record
+        await cw.wait_closed()
+
+    _, at_b = await asyncio.gather(send_and_close(), recv_to_eof(cb))
+    assert at_b == (len(data), sha(data))
+    cb.close()
+    stats = await task
+    assert stats == BridgeStats(len(data), 0)
+    assert stats.path == "stream"
 
 
 async def test_rejects_datagram_sockets() -> None:
