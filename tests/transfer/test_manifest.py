@@ -1,0 +1,162 @@
+"""Manifest building, path safety and display names."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from delshare.transfer.errors import ManifestError, UnsafePathError
+from delshare.transfer.manifest import (
+    Entry,
+    Manifest,
+    build_manifest,
+    check_rel_path,
+    display_name,
+    safe_destination,
+)
+
+HOSTILE = [
+    "",
+    "/etc/passwd",
+    "../x",
+    "a/../../x",
+    "a/./b",
+    "a//b",
+    "a/",
+    "..",
+    "a\\..\\b",
+    "C:evil",
+    "c:/windows/x",
+    "CON",
+    "nul.txt",
+    "dir/com1",
+    "LPT9.log",
+    "a\x00b",
+    "a\nb",
+    "a\x1b[31mred",
+    "trailing.",
+    "trailing ",
+    "x" * 256,
+]
+
+
+@pytest.mark.parametrize("name", HOSTILE)
+def test_hostile_names_are_refused(tmp_path: Path, name: str) -> None:
+    with pytest.raises(UnsafePathError):
+        safe_destination(tmp_path, name)
+
+
+@pytest.mark.parametrize(
+    "name", ["a", "a/b/c.txt", "ünïcødé/名前.txt", "console/x", "COM10", "..a", "a..b"]
+)
+def test_ordinary_names_are_accepted(tmp_path: Path, name: str) -> None:
+    assert safe_destination(tmp_path, name) == tmp_path.resolve().joinpath(*name.split("/"))
+
+
+def test_path_through_existing_symlink_is_refused(tmp_path: Path) -> None:
+    out, outside = tmp_path / "out", tmp_path / "outside"
+    out.mkdir()
+    outside.mkdir()
+    (out / "link").symlink_to(outside)
+    with pytest.raises(UnsafePathError):
+        safe_destination(out, "link/x")
+    with pytest.raises(UnsafePathError):
+        safe_destination(out, "link")
+
+
+def test_path_through_a_file_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(UnsafePathError):
+        safe_destination(tmp_path, "f/x")
+
+
+def test_output_dir_may_itself_be_a_symlink(tmp_path: Path) -> None:
+    (tmp_path / "real").mkdir()
+    (tmp_path / "alias").symlink_to(tmp_path / "real")
+    assert safe_destination(tmp_path / "alias", "x") == (tmp_path / "real" / "x").resolve()
+
+
+component = st.one_of(
+    st.sampled_from(["..", ".", "", "CON", "nul", "a", "b.txt", "\\", "C:", "x/y"]),
+    st.text(min_size=0, max_size=12),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(parts=st.lists(component, min_size=1, max_size=6), lead=st.sampled_from(["", "/", "./"]))
+def test_safe_destination_never_leaves_output_dir(
+    tmp_path_factory: pytest.TempPathFactory, parts: list[str], lead: str
+) -> None:
+    out = tmp_path_factory.getbasetemp() / "hypo-out"
+    out.mkdir(exist_ok=True)
+    if not (out / "escape").is_symlink():
+        (out / "escape").symlink_to("/")
+    rel = lead + "/".join(parts)
+    try:
+        result = safe_destination(out, rel)
+    except UnsafePathError:
+        return
+    root = os.path.realpath(out)
+    assert os.path.commonpath([root, os.path.realpath(result)]) == root
+    assert result != Path(root)
+
+
+def test_display_name_strips_escapes_and_controls() -> None:
+    assert display_name("\x1b[2J\x1b]0;title\x07evil\x1b[31m.txt") == "evil.txt"
+    assert display_name("a\nb\rc\x07") == "a?b?c?"
+    assert display_name("x\u202egnp.exe") == "xgnp.exe"
+    assert display_name("fine name.txt") == "fine name.txt"
+
+
+def test_build_manifest_walks_sorted_and_skips_symlinks(tmp_path: Path) -> None:
+    root = tmp_path / "tree"
+    (root / "b" / "deep").mkdir(parents=True)
+    (root / "a.txt").write_bytes(b"aa")
+    (root / "b" / "deep" / "z").write_bytes(b"")
+    (root / "empty").mkdir()
+    (root / "link").symlink_to("/etc")
+    (root / "b" / "filelink").symlink_to(root / "a.txt")
+    built = build_manifest([root])
+    paths = [e.path for e in built.manifest.entries]
+    assert paths == ["tree", "tree/a.txt", "tree/b", "tree/b/deep", "tree/b/deep/z", "tree/empty"]
+    assert sorted(built.skipped) == ["tree/b/filelink", "tree/link"]
+    assert built.manifest.total_bytes == 2
+    assert built.sources[1] == root / "a.txt"
+
+
+def test_build_manifest_refuses_duplicate_top_level_names(tmp_path: Path) -> None:
+    for folder in ("one", "two"):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "same.txt").write_text(folder)
+    with pytest.raises(ManifestError):
+        build_manifest([tmp_path / "one" / "same.txt", tmp_path / "two" / "same.txt"])
+
+
+def test_manifest_validation_catches_structure_problems() -> None:
+    orphan = Manifest((Entry("a/b", "file"),))
+    with pytest.raises(ManifestError):
+        orphan.validate()
+    duplicate = Manifest((Entry("a", "file"), Entry("a", "file")))
+    with pytest.raises(ManifestError):
+        duplicate.validate()
+    clash = Manifest((Entry("a", "file"), Entry("a.part", "file")))
+    with pytest.raises(ManifestError):
+        clash.validate()
+    Manifest((Entry("a", "dir"), Entry("a/b", "file"))).validate()
+
+
+def test_entry_from_wire_masks_special_mode_bits() -> None:
+    entry = Entry.from_wire({"path": "x", "kind": "file", "size": 1, "mode": 0o4755, "mtime_ns": 5})
+    assert entry.mode == 0o755
+    with pytest.raises(ManifestError):
+        Entry.from_wire({"path": "x", "kind": "file", "size": -1})
+    with pytest.raises(UnsafePathError):
+        Entry.from_wire({"path": "../x", "kind": "file"})
+
+
+def test_check_rel_path_returns_components() -> None:
+    assert check_rel_path("a/b/c") == ("a", "b", "c")

@@ -1,0 +1,205 @@
+"""End-to-end transfers over real loopback sockets: files, trees, conflicts, hostile offers."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from delshare.link.records import RecordChannel
+from delshare.transfer.errors import (
+    DeclinedError,
+    DestinationExistsError,
+    ManifestError,
+    RefusedByPeerError,
+    UnsafePathError,
+)
+from delshare.transfer.manifest import Entry, Manifest, build_manifest
+from delshare.transfer.protocol import Offer, Reject, recv_message, send_message
+from delshare.transfer.receiver import ReceiveStats, receive_files
+from delshare.transfer.sender import SendStats, send_files
+
+from .conftest import channel_pair, random_file, sha256_file, tree_files
+
+
+async def transfer(
+    sources: list[Path], out: Path, **options: Any
+) -> tuple[SendStats, ReceiveStats]:
+    sender, receiver = await channel_pair()
+    built = build_manifest(sources)
+    try:
+        sent, received = await asyncio.gather(
+            send_files(sender, built), receive_files(receiver, out, **options)
+        )
+    finally:
+        await sender.close()
+        await receiver.close()
+    return sent, received
+
+
+async def transfer_expecting(
+    sources: list[Path], out: Path, error: type[Exception], **options: Any
+) -> None:
+    sender, receiver = await channel_pair()
+    try:
+        results = await asyncio.gather(
+            send_files(sender, build_manifest(sources)),
+            receive_files(receiver, out, **options),
+            return_exceptions=True,
+        )
+    finally:
+        await sender.close()
+        await receiver.close()
+    assert isinstance(results[0], RefusedByPeerError), results
+    assert isinstance(results[1], error), results
+
+
+@pytest.fixture
+def out(tmp_path: Path) -> Path:
+    path = tmp_path / "out"
+    path.mkdir()
+    return path
+
+
+async def test_single_file_arrives_identical(tmp_path: Path, out: Path) -> None:
+    source = random_file(tmp_path / "src" / "blob.bin", 3 * 1024 * 1024 + 17)
+    os.chmod(source, 0o4640)
+    progress: list[tuple[int, int, int]] = []
+    sender, receiver = await channel_pair()
+    sent, received = await asyncio.gather(
+        send_files(sender, build_manifest([source])),
+        receive_files(receiver, out, progress_cb=lambda *a: progress.append(a)),
+    )
+    await sender.close()
+    await receiver.close()
+    final = out / "blob.bin"
+    assert sha256_file(final) == sha256_file(source)
+    assert sent.bytes_sent == received.bytes_received == source.stat().st_size
+    assert final.stat().st_mtime_ns == source.stat().st_mtime_ns
+    assert final.stat().st_mode & 0o7777 == 0o640  # setuid dropped
+    assert not list(out.glob("*.part*"))
+    assert progress[-1] == (0, source.stat().st_size, source.stat().st_size)
+
+
+async def test_folder_tree_arrives_identical(tmp_path: Path, out: Path) -> None:
+    root = tmp_path / "src" / "Fötø-album"
+    random_file(root / "a" / "b" / "c" / "deep.bin", 200_000)
+    random_file(root / "日本語" / "ファイル.txt", 5_000)
+    random_file(root / "big.bin", 2 * 1024 * 1024 + 1)
+    (root / "empty.txt").write_bytes(b"")
+    (root / "empty-dir" / "nested-empty").mkdir(parents=True)
+    single = random_file(tmp_path / "src" / "solo file.dat", 1234)
+    sent, received = await transfer([root, single], out)
+    assert tree_files(out / "Fötø-album") == tree_files(root)
+    assert sha256_file(out / "solo file.dat") == sha256_file(single)
+    assert (out / "Fötø-album" / "empty-dir" / "nested-empty").is_dir()
+    assert sent.files_sent == 5
+    assert len(received.files) == 5
+
+
+async def test_existing_file_is_not_overwritten_without_flag(tmp_path: Path, out: Path) -> None:
+    source = random_file(tmp_path / "src" / "report.txt", 1000)
+    (out / "report.txt").write_bytes(b"precious")
+    await transfer_expecting([source], out, DestinationExistsError)
+    assert (out / "report.txt").read_bytes() == b"precious"
+    assert sorted(p.name for p in out.iterdir()) == ["report.txt"]
+
+
+async def test_overwrite_replaces_existing_file(tmp_path: Path, out: Path) -> None:
+    source = random_file(tmp_path / "src" / "report.txt", 1000)
+    (out / "report.txt").write_bytes(b"old")
+    await transfer([source], out, overwrite=True)
+    assert sha256_file(out / "report.txt") == sha256_file(source)
+
+
+async def test_rename_keeps_both(tmp_path: Path, out: Path) -> None:
+    source = random_file(tmp_path / "src" / "photo.jpg", 1000)
+    (out / "photo.jpg").write_bytes(b"mine")
+    (out / "photo (1).jpg").write_bytes(b"mine too")
+    _, received = await transfer([source], out, rename=True)
+    assert (out / "photo.jpg").read_bytes() == b"mine"
+    assert (out / "photo (1).jpg").read_bytes() == b"mine too"
+    assert sha256_file(out / "photo (2).jpg") == sha256_file(source)
+    assert received.files[0].destination == (out / "photo (2).jpg").resolve()
+
+
+async def test_already_received_file_is_skipped(tmp_path: Path, out: Path) -> None:
+    source = random_file(tmp_path / "src" / "same.bin", 100_000)
+    await transfer([source], out)
+    sent, received = await transfer([source], out)
+    assert sent.bytes_sent == 0 and sent.files_skipped == 1
+    assert received.files[0].skipped
+
+
+async def test_declined_offer_writes_nothing(tmp_path: Path, out: Path) -> None:
+    source = random_file(tmp_path / "src" / "x.bin", 1000)
+    seen: list[Manifest] = []
+
+    async def no(manifest: Manifest) -> bool:
+        seen.append(manifest)
+        return False
+
+    await transfer_expecting([source], out, DeclinedError, confirm=no)
+    assert [e.path for e in seen[0].entries] == ["x.bin"]
+    assert not list(out.iterdir())
+
+
+async def offer_raw(
+    entries: list[Entry], out: Path, **options: Any
+) -> tuple[object, BaseException | object]:
+    """Send a hand-made (possibly hostile) offer; return (sender's reply, receiver's outcome)."""
+    sender, receiver = await channel_pair()
+
+    async def hostile_sender(channel: RecordChannel) -> object:
+        await send_message(channel, Offer(Manifest(tuple(entries))))
+        return await recv_message(channel)
+
+    try:
+        reply, outcome = await asyncio.gather(
+            hostile_sender(sender), receive_files(receiver, out, **options), return_exceptions=True
+        )
+    finally:
+        await sender.close()
+        await receiver.close()
+    return reply, outcome
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["../x", "/etc/x", "a/../../x", "a\\..\\x", "NUL", "dir/aux.txt", "C:x", "x\x1b[2J"],
+)
+async def test_hostile_manifest_is_rejected_and_nothing_written(
+    tmp_path: Path, out: Path, path: str
+) -> None:
+    entries = [Entry("dir", "dir"), Entry(path, "file", 3)]
+    reply, outcome = await offer_raw(entries, out)
+    assert isinstance(reply, Reject)
+    assert isinstance(outcome, ManifestError)
+    assert not list(out.iterdir())
+    assert not (tmp_path / "x").exists()
+
+
+async def test_symlink_escape_through_existing_link_is_rejected(tmp_path: Path, out: Path) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (out / "docs").symlink_to(outside)
+    reply, outcome = await offer_raw([Entry("docs", "dir"), Entry("docs/evil", "file", 3)], out)
+    assert isinstance(reply, Reject)
+    assert isinstance(outcome, UnsafePathError)
+    assert not list(outside.iterdir())
+
+
+async def test_symlinked_part_file_is_not_followed(tmp_path: Path, out: Path) -> None:
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"keep")
+    (out / "f.part").symlink_to(victim)
+    reply, outcome = await offer_raw([Entry("f", "file", 3)], out)
+    assert isinstance(reply, Reject)
+    assert isinstance(outcome, DestinationExistsError)  # a .part that is not ours
+    reply, outcome = await offer_raw([Entry("f", "file", 3)], out, overwrite=True)
+    assert isinstance(reply, Reject)
+    assert isinstance(outcome, UnsafePathError)
+    assert victim.read_bytes() == b"keep"
