@@ -1,0 +1,1 @@
+"""Network-namespace lab: real NATs (nftables masquerade) for end-to-end scenarios."""
