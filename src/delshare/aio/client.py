@@ -46,6 +46,7 @@ log = logging.getLogger(__name__)
 
 CONNECT_TIMEOUT = 10.0  # opening a TCP/TLS connection to the server
 REST_TTL = 86400  # lifetime of credentials derived from a shared secret
+MAX_EARLY_EVENTS = 64  # indications that arrive before the allocation object exists
 
 SslArg = _ssl.SSLContext | bool | None
 
@@ -106,6 +107,7 @@ class TurnClient:
         self._waiters: dict[bytes, asyncio.Future[Message]] = {}
         self._timer: asyncio.TimerHandle | None = None
         self._error: DelshareError | None = None
+        self._early: list[ConnectionAttempted | PeerDataReceived] = []
 
     # -- connection -----------------------------------------------------------------------
 
@@ -209,20 +211,21 @@ class TurnClient:
             raise ValueError("TCP allocations need a TCP or TLS control connection (RFC 6062)")
         response = await self._allocate(PROTO_TCP, lifetime)
         allocation = TcpAllocation(self, response, lifetime)
-        self.allocation = allocation
+        self._adopt(allocation)
         return allocation
 
     async def allocate_udp(self, lifetime: int | None = None) -> UdpAllocation:
         """Allocate a UDP relayed address (RFC 8656 §7.1)."""
         response = await self._allocate(PROTO_UDP, lifetime)
         allocation = UdpAllocation(self, response, lifetime)
-        self.allocation = allocation
+        self._adopt(allocation)
         return allocation
 
     async def _allocate(self, protocol: int, lifetime: int | None) -> Message:
         """Allocate, following one 300 Try Alternate to ALTERNATE-SERVER (RFC 8656 §7.4)."""
         if self.allocation is not None and not self.allocation.closed:
             raise AllocationError("ALLOCATE", 437, "this client already has an allocation")
+        self._early.clear()
         attrs: list[tuple[int, AttrValue]] = [(Attr.REQUESTED_TRANSPORT, protocol)]
         if lifetime is not None:
             attrs.append((Attr.LIFETIME, lifetime))
@@ -275,10 +278,25 @@ class TurnClient:
                 future.set_result(event.response)
             else:
                 future.set_exception(event.error)
-        elif isinstance(event, ConnectionAttempted) and isinstance(self.allocation, TcpAllocation):
-            self.allocation._connection_attempted(event)
-        elif isinstance(event, PeerDataReceived) and isinstance(self.allocation, UdpAllocation):
-            self.allocation._data_received(event)
+        elif isinstance(event, ConnectionAttempted | PeerDataReceived):
+            self._allocation_event(event)
+
+    def _allocation_event(self, event: ConnectionAttempted | PeerDataReceived) -> None:
+        """Hand over to the allocation; keep early ones (same read as the Allocate response)."""
+        allocation = self.allocation
+        if allocation is None or allocation.closed:
+            if len(self._early) < MAX_EARLY_EVENTS:
+                self._early.append(event)
+        elif isinstance(event, ConnectionAttempted) and isinstance(allocation, TcpAllocation):
+            allocation._connection_attempted(event)
+        elif isinstance(event, PeerDataReceived) and isinstance(allocation, UdpAllocation):
+            allocation._data_received(event)
+
+    def _adopt(self, allocation: _Allocation) -> None:
+        self.allocation = allocation
+        early, self._early = self._early, []
+        for event in early:
+            self._allocation_event(event)
 
     def _rearm(self) -> None:
         deadline = self.core.get_timer()
