@@ -92,6 +92,13 @@ class OneLineErrors(click.Command):
             exc.ctx = None
             raise
 
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except click.UsageError as exc:
+            exc.ctx = None
+            raise
+
 
 @click.command("relay", cls=OneLineErrors, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
@@ -228,12 +235,13 @@ def _where(host: str, port: int) -> str:
 async def _serve(opts: dict[str, Any]) -> None:
     turn: RunningRelay | None = None
     rendezvous = None
+    stop = _stop_on_signal()
     try:
         if not opts["no_turn"]:
             turn = await _start_turn(relay_config(opts))
         if not opts["no_rendezvous"]:
             rendezvous = await _start_rendezvous(opts["rendezvous_listen"] or DEFAULT_RENDEZVOUS)
-        await _wait_for_signal()
+        await stop.wait()
     finally:
         if rendezvous is not None:
             rendezvous.close()
@@ -265,10 +273,11 @@ async def _start_rendezvous(address: Address) -> Any:
     return server
 
 
-async def _wait_for_signal() -> None:
+def _stop_on_signal() -> asyncio.Event:
+    """An event set by SIGINT or SIGTERM (installed before anything listens)."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
+    return stop
