@@ -306,3 +306,41 @@ async def test_busy_port_raises_oserror(relay: RunningRelay) -> None:
     server = ServerConfig(auth=AuthConfig(REALM, {USER: PASSWORD}))
     with pytest.raises(OSError):
         await start_relay(RelayConfig(server=server, listen=((HOST, relay.turn_port),)))
+
+
+async def test_ipv6_tcp_relay_with_incoming_peer() -> None:
+    """IPv6 listener, REQUESTED-ADDRESS-FAMILY IPv6, a peer dialling the [::1] relayed address."""
+    if not socket.has_ipv6:
+        pytest.skip("no IPv6")
+    server = ServerConfig(auth=AuthConfig(REALM, {USER: PASSWORD}), allow_peers=("::1/128",))
+    try:
+        running = await start_relay(RelayConfig(server=server, listen=(("::1", 0),)))
+    except OSError:
+        pytest.skip("::1 not available")
+    try:
+        reader, writer = await asyncio.open_connection("::1", running.turn_port)
+        control = StunStream(reader, writer)
+        reply = await control.request(
+            Method.ALLOCATE,
+            (Attr.REQUESTED_TRANSPORT, PROTO_TCP),
+            (Attr.REQUESTED_ADDRESS_FAMILY, 2),
+        )
+        relayed = reply.get_address(Attr.XOR_RELAYED_ADDRESS)
+        assert relayed is not None and relayed[0] == "::1"
+        await control.request(Method.CREATE_PERMISSION, (Attr.XOR_PEER_ADDRESS, ("::1", 1)))
+        _peer_reader, peer_writer = await asyncio.open_connection(*relayed)
+        attempt = await control.indication(Method.CONNECTION_ATTEMPT)
+        cid = attempt.get_int(Attr.CONNECTION_ID)
+        assert cid is not None
+        data_reader, data_writer = await asyncio.open_connection("::1", running.turn_port)
+        msg = Message(Method.CONNECTION_BIND, MessageClass.REQUEST).add(Attr.CONNECTION_ID, cid)
+        msg.add(Attr.USERNAME, USER).add(Attr.REALM, REALM).add(Attr.NONCE, control.nonce)
+        data_writer.write(msg.encode(KEY))
+        head = await asyncio.wait_for(data_reader.readexactly(20), STEP)
+        await data_reader.readexactly(int.from_bytes(head[2:4], "big"))
+        peer_writer.write(b"six")
+        assert await read_all(data_reader, 3) == b"six"
+        for closable in (peer_writer, data_writer, writer):
+            closable.close()
+    finally:
+        await running.close()
