@@ -76,6 +76,15 @@ def flip_byte(path: Path, offset: int) -> None:
         f.write(bytes([byte[0] ^ 0xFF]))
 
 
+def append(path: Path, data: bytes) -> None:
+    with open(path, "ab") as f:
+        f.write(data)
+
+
+def read(path: Path) -> bytes:
+    return path.read_bytes()
+
+
 @pytest.fixture
 def setup(tmp_path: Path) -> tuple[Path, Path]:
     out = tmp_path / "out"
@@ -163,8 +172,7 @@ async def test_folder_resume_skips_finished_files(
 async def test_source_changed_after_manifest_is_refused(setup: tuple[Path, Path]) -> None:
     source, out = setup
     built = build_manifest([source])
-    with open(source, "ab") as f:
-        f.write(b"more")
+    append(source, b"more")
     sender, receiver = await channel_pair()
     sent, received = await asyncio.gather(
         send_files(sender, built), receive_files(receiver, out), return_exceptions=True
@@ -182,7 +190,7 @@ async def lying_sender(channel: RecordChannel, source: Path) -> Any:
     await send_message(channel, Offer(built.manifest, CHUNK))
     assert isinstance(await recv_message(channel), Accept)
     await send_message(channel, FileBegin(0, 0))
-    data = source.read_bytes()
+    data = read(source)
     for start in range(0, len(data), 1 << 20):
         await channel.send(data[start : start + (1 << 20)])
     await send_message(channel, FileEnd(0, hashlib.sha256(b"not it").digest()))
