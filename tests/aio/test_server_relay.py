@@ -10,6 +10,7 @@ import asyncio
 import hashlib
 import os
 import socket
+import urllib.request
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
@@ -342,5 +343,38 @@ async def test_ipv6_tcp_relay_with_incoming_peer() -> None:
         assert await read_all(data_reader, 3) == b"six"
         for closable in (peer_writer, data_writer, writer):
             closable.close()
+    finally:
+        await running.close()
+
+
+async def test_metrics_exporter_counts_allocations_and_bytes() -> None:
+    server = ServerConfig(auth=AuthConfig(REALM, {USER: PASSWORD}), allow_peers=("127.0.0.0/8",))
+    config = RelayConfig(server=server, listen=((HOST, 0),), metrics_listen=(HOST, 0))
+    running = await start_relay(config)
+    try:
+        control, peer_reader, peer_writer, cid = await incoming_peer(running)
+        client_reader, client_writer = await connection_bind(running, control, cid)
+        peer_writer.write(b"x" * 1000)
+        await read_all(client_reader, 1000)
+        client_writer.close()
+        peer_writer.close()
+        assert await asyncio.wait_for(peer_reader.read(), STEP) == b""
+        url = f"http://{HOST}:{running.server.metrics_port}/metrics"
+
+        def scrape() -> str:
+            with urllib.request.urlopen(url, timeout=STEP) as response:
+                return str(response.read().decode())
+
+        text = ""
+        for _ in range(100):  # the bridge reports its bytes when it ends
+            text = await asyncio.to_thread(scrape)
+            if 'delshare_relay_bytes_total{relay="tcp"} 1000.0' in text:
+                break
+            await asyncio.sleep(0.05)
+        assert "delshare_relay_allocations 1.0" in text
+        assert 'delshare_relay_allocations_created_total{transport="tcp"} 1.0' in text
+        assert 'delshare_relay_bytes_total{relay="tcp"} 1000.0' in text
+        assert 'delshare_relay_error_responses_total{code="401"}' in text
+        control.close()
     finally:
         await running.close()

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from delshare.aio.pipe import bridge
+from delshare.aio.relay_metrics import RelayMetrics
 from delshare.aio.relay_sockets import (
     PortPool,
     UdpEndpoint,
@@ -81,6 +82,7 @@ class RelayConfig:
     min_port: int = 49152
     max_port: int = 65535
     optional_listen: tuple[Address, ...] = field(default=())  # tried, skipped if unavailable
+    metrics_listen: Address | None = None  # Prometheus exporter
 
 
 @dataclass
@@ -114,6 +116,8 @@ class RelayServer:
         self.ports = PortPool(config.min_port, config.max_port)
         self.addresses: list[tuple[str, Address]] = []
         self.bytes_relayed = 0
+        self.metrics = RelayMetrics()
+        self.metrics_port: int | None = None
         self._loop = asyncio.get_running_loop()
         self._udp_listeners: dict[Address, UdpEndpoint] = {}
         self._tcp_listeners: list[socket.socket] = []
@@ -140,6 +144,8 @@ class RelayServer:
                     log.warning("not listening on %s:%d: %s", host, port, exc.strerror or exc)
             for host, port in self.config.tls_listen:
                 await self._listen_tls(host, port)
+            if self.config.metrics_listen is not None:
+                self.metrics_port = self.metrics.serve(*self.config.metrics_listen)
         except BaseException:
             await self.close()
             raise
@@ -199,6 +205,7 @@ class RelayServer:
         for server in self._servers:
             with contextlib.suppress(Exception):
                 await server.wait_closed()
+        self.metrics.close()
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         task = asyncio.ensure_future(coro)
@@ -278,14 +285,17 @@ class RelayServer:
         link.task = asyncio.current_task()
         reason = "closed"
         try:
+            stun_bytes = client.take_output() + response
             stats = await bridge(
                 client.endpoint,
                 peer_sock,
                 a_to_b_prefix=client.leftover,
-                b_to_a_prefix=client.take_output() + response,
+                b_to_a_prefix=stun_bytes,
             )
-            self.bytes_relayed += stats.a_to_b + stats.b_to_a
-            reason = f"closed ({stats.a_to_b} bytes up, {stats.b_to_a} down)"
+            down = max(0, stats.b_to_a - len(stun_bytes))
+            self.bytes_relayed += stats.a_to_b + down
+            self.metrics.relayed("tcp", stats.a_to_b + down)
+            reason = f"closed ({stats.a_to_b} bytes up, {down} down)"
         except OSError as exc:
             reason = f"failed: {exc}"
         finally:
@@ -348,6 +358,7 @@ class RelayServer:
             if relay is not None and relay.udp is not None:
                 relay.udp.sendto(out.data, out.peer)
                 self.bytes_relayed += len(out.data)
+                self.metrics.relayed("udp", len(out.data))
         elif isinstance(out, OpenRelay):
             self._open_relay(out)
         elif isinstance(out, CloseRelay):
@@ -361,6 +372,7 @@ class RelayServer:
         elif isinstance(out, ClosePeerConnection):
             self._close_link(out.conn_id)
         else:
+            self.metrics.observe(out)
             _log_event(out)
 
     def _send_to_client(self, out: SendToClient) -> None:
@@ -419,6 +431,8 @@ class RelayServer:
 
     def _peer_datagram_handler(self, alloc_id: int) -> Callable[[bytes, Address], None]:
         def on_datagram(data: bytes, peer: Address) -> None:
+            self.bytes_relayed += len(data)
+            self.metrics.relayed("udp", len(data))
             self.core.receive_peer_datagram(alloc_id, peer, data, time.time())
             self._flush()
 

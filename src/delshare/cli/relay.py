@@ -167,6 +167,12 @@ class OneLineErrors(click.Command):
     help=f"Rendezvous (pairing) WebSocket service address. Default "
     f"{DEFAULT_RENDEZVOUS[0]}:{DEFAULT_RENDEZVOUS[1]}.",
 )
+@click.option(
+    "--metrics-listen",
+    callback=_hostport,
+    metavar="HOST:PORT",
+    help="Serve Prometheus metrics (allocations, connections, bytes relayed, errors) here.",
+)
 @click.option("--no-turn", is_flag=True, help="Run only the rendezvous service.")
 @click.option("--no-rendezvous", is_flag=True, help="Run only the TURN server.")
 @click.option("-v", "--verbose", is_flag=True, help="Log every STUN message (debug level).")
@@ -225,6 +231,7 @@ def relay_config(opts: dict[str, Any]) -> RelayConfig:
         key=opts["key"],
         min_port=opts["min_port"],
         max_port=opts["max_port"],
+        metrics_listen=opts["metrics_listen"],
     )
 
 
@@ -258,6 +265,9 @@ async def _start_turn(config: RelayConfig) -> RunningRelay:
         raise OSError(exc.errno, f"cannot listen on {where}: {exc.strerror or exc}") from exc
     for kind, address in running.addresses:
         log.info("TURN listening on %s %s", kind, _where(*address))
+    if running.server.metrics_port is not None and config.metrics_listen is not None:
+        where = _where(config.metrics_listen[0], running.server.metrics_port)
+        log.info("metrics on http://%s/metrics", where)
     return running
 
 
