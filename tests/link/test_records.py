@@ -208,6 +208,26 @@ async def test_records_sent_during_handshake_are_not_lost() -> None:
     await channel.close()
 
 
+async def test_many_records_buffered_before_takeover_arrive_in_order() -> None:
+    """More records than the channel's ring arrive while the handshake is still finishing."""
+    a, b = await stream_pair()
+    reader, writer = a
+
+    async def eager_peer() -> None:
+        state = Handshake(KEY, "initiator")
+        writer.write(state.hello())
+        confirm = state.receive_hello(await reader.readexactly(HELLO_SIZE))
+        keys = state.receive_confirm(await reader.readexactly(CONFIRM_SIZE))
+        sealer = RecordSealer(keys.send_key)
+        records = [b"".join(sealer.seal(RecordKind.DATA, bytes([i]) * 9_000)) for i in range(40)]
+        writer.write(confirm + b"".join(records))
+
+    _, channel = await asyncio.gather(eager_peer(), handshake(*b, KEY, "responder", timeout=10))
+    for i in range(40):
+        assert await channel.recv() == bytes([i]) * 9_000
+    await channel.close()
+
+
 def test_sessions_get_distinct_keys() -> None:
     """Fresh nonces: two links with the same PAKE key never share AEAD keys."""
     keys = []

@@ -34,7 +34,7 @@ import hmac
 import os
 import struct
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, NoReturn
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
@@ -226,6 +226,18 @@ class RecordSealer:
         self._counter += 1
         return header, ciphertext
 
+    def seal_into(self, kind: RecordKind, payload: bytes | memoryview, out: memoryview) -> int:
+        """Write header and ciphertext of one record into ``out``; return the bytes used."""
+        if len(payload) > MAX_PAYLOAD:
+            raise ValueError(f"record payload {len(payload)} > {MAX_PAYLOAD}")
+        size = HEADER_SIZE + len(payload) + TAG_SIZE
+        header = _HEADER.pack(kind, len(payload) + TAG_SIZE)
+        out[:HEADER_SIZE] = header
+        nonce = _nonce(self._counter)
+        self._aead.encrypt_into(nonce, payload, header, out[HEADER_SIZE:size])
+        self._counter += 1
+        return size
+
 
 class RecordOpener:
     """Parses headers and decrypts incoming records, in order."""
@@ -253,6 +265,18 @@ class RecordOpener:
         self._counter += 1
         return Record(RecordKind(header[0]), payload)
 
+    def open_into(self, header: bytes, ciphertext: memoryview, out: memoryview) -> RecordKind:
+        """Decrypt one record into ``out[: len(ciphertext) - TAG_SIZE]``; return its kind."""
+        size = len(ciphertext) - TAG_SIZE
+        if len(out) < size:
+            raise ValueError(f"buffer of {len(out)} bytes cannot hold a {size}-byte record")
+        try:
+            self._aead.decrypt_into(_nonce(self._counter), ciphertext, header, out[:size])
+        except InvalidTag:
+            raise RecordIntegrityError("record failed authentication") from None
+        self._counter += 1
+        return RecordKind(header[0])
+
 
 class RecordDecoder:
     """Buffering decoder for any split of the byte stream (used by tests and slow paths)."""
@@ -277,23 +301,28 @@ class RecordDecoder:
 
 
 class _RecordProtocol(asyncio.BufferedProtocol):
-    """Receives records straight into one preallocated buffer (``recv_into``, no stream copies).
+    """Receives records straight into a ring of preallocated buffers (``recv_into``, no copies).
 
-    A record's header and body are read into place, decrypted on arrival and queued; reading
-    pauses while ``_MAX_QUEUED`` records wait for the consumer. Write flow control is tracked
-    for :meth:`RecordChannel.drain`. Connection loss is forwarded to the stream's original
-    protocol so ``StreamWriter.wait_closed`` still works.
+    Each record's header and ciphertext are read into place and queued; decryption happens when
+    the consumer takes the record (into its own buffer with :meth:`RecordChannel.recv_into`).
+    Reading pauses while all ``_RING`` ciphertext buffers wait for the consumer. Write flow
+    control is tracked for :meth:`RecordChannel.drain`. Connection loss is forwarded to the
+    stream's original protocol so ``StreamWriter.wait_closed`` still completes.
     """
 
     def __init__(self, opener: RecordOpener, previous: asyncio.BaseProtocol | None) -> None:
-        self._opener = opener
+        self.opener = opener
         self._previous = previous
         self._header = bytearray(HEADER_SIZE)
-        self._body = bytearray(MAX_PAYLOAD + TAG_SIZE)
+        self._bodies = [memoryview(bytearray(MAX_PAYLOAD + TAG_SIZE)) for _ in range(_RING)]
+        self._free: collections.deque[int] = collections.deque(range(1, _RING))
+        self._current: int | None = 0
         self._in_body = False
         self._have = 0
         self._body_len = 0
-        self._queue: collections.deque[Record] = collections.deque()
+        self._queue: collections.deque[tuple[bytes, int, int]] = collections.deque()
+        self._backlog = bytearray()
+        self._broken = False
         self._end: LinkError | None = None
         self._reader_waiter: asyncio.Future[None] | None = None
         self._drain_waiter: asyncio.Future[None] | None = None
@@ -306,66 +335,92 @@ class _RecordProtocol(asyncio.BufferedProtocol):
         self._transport = transport
 
     def get_buffer(self, sizehint: int) -> memoryview:
-        if self._in_body:
-            return memoryview(self._body)[self._have : self._body_len]
+        if self._in_body and self._current is not None:
+            return self._bodies[self._current][self._have : self._body_len]
         return memoryview(self._header)[self._have :]
 
     def buffer_updated(self, nbytes: int) -> None:
         self._have += nbytes
         try:
             if not self._in_body and self._have == HEADER_SIZE:
-                self._body_len = self._opener.parse_header(bytes(self._header))
+                self._body_len = self.opener.parse_header(bytes(self._header))
                 self._in_body, self._have = True, 0
             elif self._in_body and self._have == self._body_len:
-                body = memoryview(self._body)[: self._body_len]
-                record = self._opener.open(bytes(self._header), body)
+                self._queue.append((bytes(self._header), self._take_body(), self._body_len))
                 self._in_body, self._have = False, 0
-                self._deliver(record)
+                self._wake_reader()
         except LinkError as exc:
-            self._finish(exc)
+            self._broken = True
+            self._end = exc
+            self._wake_reader()
             if self._transport is not None:
                 self._transport.abort()
 
-    def feed(self, data: bytes) -> None:
-        """Push bytes that arrived before this protocol took over the transport."""
-        view = memoryview(data)
-        while view and self._end is None:
-            target = self.get_buffer(-1)
-            n = min(len(target), len(view))
-            target[:n] = view[:n]
-            view = view[n:]
-            self.buffer_updated(n)
-
-    def _deliver(self, record: Record) -> None:
-        if record.kind is RecordKind.CLOSE:
-            self._finish(LinkClosedError("peer closed the link", clean=True))
-            return
-        self._queue.append(record)
-        self._wake_reader()
-        if len(self._queue) >= _MAX_QUEUED and self._transport is not None:
+    def _take_body(self) -> int:
+        assert self._current is not None
+        full, self._current = self._current, self._free.popleft() if self._free else None
+        if self._current is None and self._transport is not None:
             self._transport.pause_reading()
+        return full
+
+    def release(self, index: int) -> None:
+        """The consumer is done with ciphertext buffer ``index``."""
+        if self._current is not None:
+            self._free.append(index)
+            return
+        self._current = index
+        self._drain_backlog()
+        transport = self._transport
+        if self.backlogged or transport is None or transport.is_closing():
+            return
+        transport.resume_reading()
+
+    @property
+    def backlogged(self) -> bool:
+        """Bytes from before the takeover still wait for a free buffer (keep reading paused)."""
+        return bool(self._backlog)
+
+    def feed(self, data: bytes) -> None:
+        """Queue bytes that arrived before this protocol took over the transport."""
+        self._backlog += data
+        self._drain_backlog()
+
+    def _drain_backlog(self) -> None:
+        while self._backlog and not self._broken and self._current is not None:
+            target = self.get_buffer(-1)
+            n = min(len(target), len(self._backlog))
+            target[:n] = self._backlog[:n]
+            del self._backlog[:n]
+            self.buffer_updated(n)
 
     def _finish(self, error: LinkError) -> None:
         if self._end is None:
             self._end = error
         self._wake_reader()
 
+    def stop(self, error: LinkError, *, abort: bool) -> None:
+        """End reading: later reads raise ``error``; ``abort`` drops the connection too."""
+        self._end = error
+        self._broken = True
+        self._backlog.clear()
+        self._queue.clear()
+        if abort and self._transport is not None:
+            self._transport.abort()
+
     def _wake_reader(self) -> None:
         waiter, self._reader_waiter = self._reader_waiter, None
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
-    async def next_record(self) -> Record:
+    async def next_ciphertext(self) -> tuple[bytes, memoryview, int]:
+        """The next queued record: (header, its ciphertext, buffer index to release)."""
         while not self._queue:
-            if self._end is not None:
+            if self._end is not None and not self._backlog:
                 raise self._end
             self._reader_waiter = asyncio.get_running_loop().create_future()
             await self._reader_waiter
-        record = self._queue.popleft()
-        transport = self._transport
-        if len(self._queue) < _MAX_QUEUED and transport is not None and not transport.is_closing():
-            transport.resume_reading()
-        return record
+        header, index, length = self._queue.popleft()
+        return header, self._bodies[index][:length], index
 
     def eof_received(self) -> bool:
         self._finish(LinkClosedError("connection closed without CLOSE record", clean=False))
@@ -375,7 +430,7 @@ class _RecordProtocol(asyncio.BufferedProtocol):
         detail = f": {exc}" if exc else ""
         self._finish(LinkClosedError(f"connection lost{detail}", clean=False))
         self._write_paused = False
-        self._wake_drain(exc)
+        self._wake_drain()
         if not self.closed.done():
             self.closed.set_result(None)
         if self._previous is not None:
@@ -386,9 +441,9 @@ class _RecordProtocol(asyncio.BufferedProtocol):
 
     def resume_writing(self) -> None:
         self._write_paused = False
-        self._wake_drain(None)
+        self._wake_drain()
 
-    def _wake_drain(self, exc: Exception | None) -> None:
+    def _wake_drain(self) -> None:
         waiter, self._drain_waiter = self._drain_waiter, None
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
@@ -403,7 +458,9 @@ class _RecordProtocol(asyncio.BufferedProtocol):
                 raise LinkClosedError("connection lost", clean=False)
 
 
-_MAX_QUEUED = 4
+_RING = 4
+_RING_MIN = 64 << 10
+_OUT_RING = 3
 
 
 class RecordChannel:
@@ -429,12 +486,19 @@ class RecordChannel:
             RecordOpener(keys.recv_key), self._transport.get_protocol()
         )
         self._closed = False
+        record_size = HEADER_SIZE + MAX_PAYLOAD + TAG_SIZE
+        self._out = [memoryview(bytearray(record_size)) for _ in range(_OUT_RING)]
+        self._out_end = [0] * len(self._out)
+        self._out_next = 0
+        self._written = 0
         buffered = _take_buffered(reader)
         self._transport.set_protocol(self._protocol)
         self._protocol.connection_made(self._transport)
         self._protocol.feed(buffered)
         if reader.at_eof() or self._transport.is_closing():
             self._protocol.eof_received()
+        elif self._protocol.backlogged:
+            self._transport.pause_reading()
         elif not self._transport.is_reading():
             self._transport.resume_reading()
 
@@ -451,15 +515,28 @@ class RecordChannel:
     def write(self, data: bytes | memoryview, kind: RecordKind = RecordKind.DATA) -> None:
         """Queue one record without waiting; call :meth:`drain` for back-pressure.
 
-        ``data`` is encrypted into a new buffer at once, so the caller may reuse it right away.
+        ``data`` is encrypted at once, so the caller may reuse its buffer right away. Big records
+        are sealed into a small ring of output buffers, each reused only once the transport has
+        handed all of its bytes to the kernel (asyncio may keep a view of unsent data).
         """
         if self._closed:
             raise LinkClosedError("channel already closed", clean=True)
         if self._protocol.closed.done():
             raise LinkClosedError("connection lost", clean=False)
-        header, ciphertext = self._sealer.seal(kind, data)
-        self._transport.write(header)
-        self._transport.write(ciphertext)
+        slot = self._out_next
+        flushed = self._written - self._transport.get_write_buffer_size()
+        if len(data) >= _RING_MIN and flushed >= self._out_end[slot]:
+            size = self._sealer.seal_into(kind, data, self._out[slot])
+            self._transport.write(self._out[slot][:size])
+            self._out_end[slot] = self._written + size
+            self._out_next = (slot + 1) % len(self._out)
+        else:
+            header, ciphertext = self._sealer.seal(kind, data)
+            size = len(header) + len(ciphertext)
+            self._transport.write(header + ciphertext if len(data) < _RING_MIN else header)
+            if len(data) >= _RING_MIN:
+                self._transport.write(ciphertext)
+        self._written += size
 
     async def drain(self) -> None:
         """Wait until the transport's write buffer is below its high-water mark."""
@@ -475,7 +552,39 @@ class RecordChannel:
         Raises LinkClosedError (``clean`` after the peer's CLOSE), RecordIntegrityError or
         LinkProtocolError; the link is unusable after any of them.
         """
-        return await self._protocol.next_record()
+        header, ciphertext, index = await self._protocol.next_ciphertext()
+        try:
+            record = self._protocol.opener.open(header, ciphertext)
+        except LinkError as exc:
+            self._protocol.stop(exc, abort=True)
+            raise
+        finally:
+            self._protocol.release(index)
+        if record.kind is RecordKind.CLOSE:
+            self._peer_closed()
+        return record
+
+    async def recv_into(self, buffer: memoryview) -> tuple[RecordKind, int]:
+        """Receive the next record, decrypting it into ``buffer``; return (kind, length).
+
+        ``buffer`` must hold ``MAX_PAYLOAD`` bytes. Same errors as :meth:`recv_record`.
+        """
+        header, ciphertext, index = await self._protocol.next_ciphertext()
+        try:
+            kind = self._protocol.opener.open_into(header, ciphertext, buffer)
+        except LinkError as exc:
+            self._protocol.stop(exc, abort=True)
+            raise
+        finally:
+            self._protocol.release(index)
+        if kind is RecordKind.CLOSE:
+            self._peer_closed()
+        return kind, len(ciphertext) - TAG_SIZE
+
+    def _peer_closed(self) -> NoReturn:
+        error = LinkClosedError("peer closed the link", clean=True)
+        self._protocol.stop(error, abort=False)
+        raise error
 
     async def recv(self) -> bytes:
         """Receive the payload of the next record of any kind but CLOSE."""
