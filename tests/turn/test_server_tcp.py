@@ -9,6 +9,7 @@ import pytest
 from delshare.stun.constants import PROTO_TCP, Attr, MessageClass, Method
 from delshare.stun.message import Message
 from delshare.turn.peerfilter import PeerFilter
+from delshare.turn.server_state import ConnectionState, IllegalTransition, TcpConnection
 from delshare.turn.server_types import (
     TCP,
     UDP,
@@ -286,3 +287,13 @@ def test_tcp_allocate_answer_is_sent_on_the_control_connection() -> None:
     response = client.allocate((Attr.REQUESTED_TRANSPORT, PROTO_TCP))
     assert response.cls == MessageClass.SUCCESS
     assert all(o.five == client.five for o in client.outputs if isinstance(o, SendToClient))
+
+
+def test_connection_life_cycle_is_a_transition_table() -> None:
+    conn = TcpConnection(1, 1, PEER, ConnectionState.CONNECTING, 0.0, incoming=False)
+    with pytest.raises(IllegalTransition):
+        conn.move(ConnectionState.BOUND)  # must connect first
+    conn.move(ConnectionState.PENDING)
+    conn.move(ConnectionState.BOUND)
+    with pytest.raises(IllegalTransition):
+        conn.move(ConnectionState.PENDING)

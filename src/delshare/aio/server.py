@@ -332,7 +332,14 @@ class RelayServer:
         """RFC 6062 §5.3: peers dial the relayed address; refused ones are closed at once."""
         assert relay.listener is not None
         while True:
-            sock, addr = await self._loop.sock_accept(relay.listener)
+            try:
+                sock, addr = await self._loop.sock_accept(relay.listener)
+            except OSError as exc:  # e.g. EMFILE: keep the allocation, retry shortly
+                if relay.listener.fileno() < 0:
+                    return
+                log.warning("relay %s:%d accept failed: %s", *relay.bind_address, exc)
+                await asyncio.sleep(0.1)
+                continue
             conn_id = self.core.peer_accepted(relay.alloc_id, addr[:2], time.time())
             if conn_id is None:
                 sock.close()

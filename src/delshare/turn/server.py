@@ -572,7 +572,7 @@ class TurnServer:
             self._outputs.append(ClosePeerConnection(conn_id))
             return
         alloc = self._by_id[conn.alloc_id]
-        conn.state = ConnectionState.PENDING
+        conn.move(ConnectionState.PENDING)
         conn.deadline = now + self.config.bind_timeout
         self._at(conn.deadline, "conn", conn.id)
         assert conn.request is not None
@@ -638,7 +638,7 @@ class TurnServer:
         alloc = self._by_id[conn.alloc_id]
         if creds.username != alloc.username:
             raise StunProtocolError(441, "Wrong Credentials")
-        conn.state = ConnectionState.BOUND
+        conn.move(ConnectionState.BOUND)
         conn.data_five = five
         response = self._encode(msg, success_response(msg), creds)
         self._outputs.append(BindDataConnection(conn.id, five, response))

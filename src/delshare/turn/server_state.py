@@ -104,6 +104,18 @@ class Allocation:
         self.peer_channels[peer] = number
 
 
+# RFC 6062 connection life cycle as data (h11 style): the only legal moves.
+CONNECTION_TRANSITIONS: dict[ConnectionState, frozenset[ConnectionState]] = {
+    ConnectionState.CONNECTING: frozenset({ConnectionState.PENDING}),  # §5.2 connect succeeded
+    ConnectionState.PENDING: frozenset({ConnectionState.BOUND}),  # §5.4 ConnectionBind
+    ConnectionState.BOUND: frozenset(),
+}
+
+
+class IllegalTransition(RuntimeError):
+    """A connection was asked to move to a state its life cycle does not allow."""
+
+
 @dataclass
 class TcpConnection:
     """An RFC 6062 connection between the relayed address and one peer."""
@@ -117,6 +129,12 @@ class TcpConnection:
     request: Message | None = None
     creds: Credentials | None = None
     data_five: FiveTuple | None = None
+
+    def move(self, to: ConnectionState) -> None:
+        """Change state along ``CONNECTION_TRANSITIONS``; anything else is a bug."""
+        if to not in CONNECTION_TRANSITIONS[self.state]:
+            raise IllegalTransition(f"connection {self.id:08x}: {self.state.name} -> {to.name}")
+        self.state = to
 
 
 @dataclass
