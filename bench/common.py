@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -53,7 +54,9 @@ def free_port(kind: int = socket.SOCK_STREAM) -> int:
         return int(s.getsockname()[1])
 
 
-def wait_port(port: int, timeout: float = 10.0, proc: subprocess.Popen[bytes] | None = None) -> None:
+def wait_port(
+    port: int, timeout: float = 10.0, proc: subprocess.Popen[bytes] | None = None
+) -> None:
     """Wait until something accepts TCP on 127.0.0.1:port (bounded by ``timeout``)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -83,7 +86,8 @@ def rss_kib(pid: int) -> int:
 
 def tree_pids(pid: int) -> list[int]:
     """The process and its descendants (servers may fork workers)."""
-    out, todo = [], [pid]
+    out: list[int] = []
+    todo = [pid]
     while todo and len(out) < 256:
         p = todo.pop()
         out.append(p)
@@ -99,10 +103,8 @@ def tree_cpu(pid: int) -> float:
     """CPU seconds of a process tree (children still alive included)."""
     total = 0.0
     for p in tree_pids(pid):
-        try:
+        with contextlib.suppress(OSError):
             total += cpu_seconds(p)
-        except OSError:
-            pass
     return total
 
 
@@ -110,10 +112,8 @@ def tree_rss(pid: int) -> int:
     """Summed VmRSS (KiB) of a process tree."""
     total = 0
     for p in tree_pids(pid):
-        try:
+        with contextlib.suppress(OSError):
             total += rss_kib(p)
-        except OSError:
-            pass
     return total
 
 
@@ -121,7 +121,11 @@ class Child:
     """A subprocess we started; stopped by its PID only (SIGTERM, then SIGKILL)."""
 
     def __init__(
-        self, argv: Sequence[str], *, log: Path, env: dict[str, str] | None = None,
+        self,
+        argv: Sequence[str],
+        *,
+        log: Path,
+        env: dict[str, str] | None = None,
         cwd: Path | None = None,
     ) -> None:
         self.argv = list(argv)
@@ -129,7 +133,11 @@ class Child:
         log.parent.mkdir(parents=True, exist_ok=True)
         self._logf = log.open("wb")
         self.proc = subprocess.Popen(
-            self.argv, stdout=self._logf, stderr=subprocess.STDOUT, env=env, cwd=cwd,
+            self.argv,
+            stdout=self._logf,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=cwd,
             start_new_session=True,
         )
         self.pid = self.proc.pid

@@ -127,10 +127,10 @@ class MiniTurn:
             if err is None:
                 return answer
             if err[0] not in (401, 438):
-                raise TurnFailed(f"{msg.method_name()} failed: {err[0]} {err[1]}")
+                raise TurnFailed(f"{msg.method_name} failed: {err[0]} {err[1]}")
             self.creds.learn(answer)
             msg = Message(msg.method, msg.cls, attributes=list(msg.attributes))
-        raise TurnFailed(f"{msg.method_name()}: authentication failed")
+        raise TurnFailed(f"{msg.method_name}: authentication failed")
 
     def allocate(self, transport: int = TCP, lifetime: int = 600) -> Address:
         """Allocate a relayed address (RFC 8656 §7.1; TCP per RFC 6062 §4.1)."""
@@ -156,8 +156,9 @@ class MiniTurn:
 
     def connect(self, peer: Address) -> int:
         """Connect: the server dials the peer and answers with CONNECTION-ID (RFC 6062 §4.3)."""
-        answer = self.request(Message(Method.CONNECT, MessageClass.REQUEST).add(
-            Attr.XOR_PEER_ADDRESS, peer))
+        answer = self.request(
+            Message(Method.CONNECT, MessageClass.REQUEST).add(Attr.XOR_PEER_ADDRESS, peer)
+        )
         cid = answer.get_int(Attr.CONNECTION_ID)
         if cid is None:
             raise TurnFailed("Connect success without CONNECTION-ID")

@@ -15,10 +15,9 @@ import threading
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
-from delshare.aio.client import connect_turn  # ImportError while not built: caller falls back
-
 from bench.servers import PASSWORD, USER
 from bench.turnclients import Address, TcpStream, UdpChannel
+from delshare.aio.client import connect_turn  # ImportError while not built: caller falls back
 
 T = TypeVar("T")
 TIMEOUT = 30.0
@@ -64,11 +63,13 @@ class OursBackend:
             try:
                 alloc = await client.allocate_tcp()
                 await alloc.permit(peer[0])
-                reader, writer = await alloc.connect(peer)
+                _reader, writer = await alloc.connect(peer)
             except BaseException:
                 await client.close()
                 raise
-            writer.transport.pause_reading()
+            transport = writer.transport
+            assert isinstance(transport, asyncio.ReadTransport)
+            transport.pause_reading()
             return client, writer, _dup(writer.transport)
 
         client, writer, raw = self._run(go())

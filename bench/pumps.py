@@ -8,6 +8,7 @@ a CRC-32 of everything (zlib, ~4 GB/s), so a lost or altered byte shows up.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import threading
 import time
@@ -46,13 +47,13 @@ def send_all(sock: socket.socket, total: int, block: int = BLOCK) -> None:
         n = min(left, block)
         sock.sendall(view[:n])
         left -= n
-    try:
+    with contextlib.suppress(OSError):
         sock.shutdown(socket.SHUT_WR)
-    except OSError:
-        pass
 
 
-def receive_all(sock: socket.socket, total: int, idle: float, deadline: float) -> tuple[int, int, float]:
+def receive_all(
+    sock: socket.socket, total: int, idle: float, deadline: float
+) -> tuple[int, int, float]:
     """Read until ``total`` bytes, EOF, ``idle`` seconds of silence or ``deadline``."""
     buf = bytearray(BLOCK)
     view, got, crc, done_at = memoryview(buf), 0, 0, 0.0
@@ -70,8 +71,9 @@ def receive_all(sock: socket.socket, total: int, idle: float, deadline: float) -
     return got, crc, done_at
 
 
-def pump_stream(sender: socket.socket, receiver: socket.socket, total: int,
-                max_seconds: float) -> StreamResult:
+def pump_stream(
+    sender: socket.socket, receiver: socket.socket, total: int, max_seconds: float
+) -> StreamResult:
     """One stream: a thread receives, this thread sends; time from first send to last byte."""
     out: list[tuple[int, int, float]] = []
     deadline = time.monotonic() + max_seconds
@@ -80,10 +82,8 @@ def pump_stream(sender: socket.socket, receiver: socket.socket, total: int,
     )
     thread.start()
     start = time.perf_counter()
-    try:
+    with contextlib.suppress(OSError):
         send_all(sender, total)
-    except OSError:
-        pass
     thread.join(max_seconds + 15.0)
     got, crc, done_at = out[0] if out else (0, 0, start)
     ok = got == total and crc == expected_crc(total)
@@ -99,6 +99,7 @@ def plain_pair() -> tuple[socket.socket, socket.socket]:
 
 
 # ---- many streams at once (case 2) -----------------------------------------------------------
+
 
 async def _send_async(sock: socket.socket, total: int, block: int) -> None:
     loop = asyncio.get_running_loop()
@@ -123,8 +124,12 @@ async def _recv_async(sock: socket.socket, total: int, block: int) -> int:
     return got
 
 
-async def _many(pairs: list[tuple[socket.socket, socket.socket]], per_stream: int,
-                max_seconds: float, block: int) -> tuple[float, int]:
+async def _many(
+    pairs: list[tuple[socket.socket, socket.socket]],
+    per_stream: int,
+    max_seconds: float,
+    block: int,
+) -> tuple[float, int]:
     for a, b in pairs:
         a.setblocking(False)
         b.setblocking(False)
@@ -140,11 +145,16 @@ async def _many(pairs: list[tuple[socket.socket, socket.socket]], per_stream: in
     return elapsed, got
 
 
-def pump_many(pairs: list[tuple[socket.socket, socket.socket]], per_stream: int,
-              max_seconds: float, block: int = 64 << 10) -> tuple[float, int]:
+def pump_many(
+    pairs: list[tuple[socket.socket, socket.socket]],
+    per_stream: int,
+    max_seconds: float,
+    block: int = 64 << 10,
+) -> tuple[float, int]:
     """Push ``per_stream`` bytes through every pair at once; (seconds, bytes received)."""
     try:
         import uvloop
+
         loop: asyncio.AbstractEventLoop = uvloop.new_event_loop()
     except ImportError:
         loop = asyncio.new_event_loop()
@@ -156,8 +166,10 @@ def pump_many(pairs: list[tuple[socket.socket, socket.socket]], per_stream: int,
 
 # ---- UDP flood (case 4) ----------------------------------------------------------------------
 
-def udp_flood(sock: socket.socket, frame: bytes, peer: socket.socket, seconds: float,
-              max_packets: int) -> tuple[int, int, float]:
+
+def udp_flood(
+    sock: socket.socket, frame: bytes, peer: socket.socket, seconds: float, max_packets: int
+) -> tuple[int, int, float]:
     """Send ``frame`` for ``seconds``; count what reaches ``peer``. (sent, received, seconds)."""
     got = [0]
     stop = threading.Event()

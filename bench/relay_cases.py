@@ -11,7 +11,7 @@ from contextlib import contextmanager
 
 from bench.common import MiB, NotAvailable, Row
 from bench.config import Config
-from bench.pumps import plain_pair, pump_many, pump_stream, udp_flood
+from bench.pumps import StreamResult, plain_pair, pump_many, pump_stream, udp_flood
 from bench.servers import Server, start_coturn, start_delshare_relay
 from bench.turnclients import backend
 
@@ -42,6 +42,7 @@ def _listener() -> socket.socket:
 
 # ---- case 1 ------------------------------------------------------------------------------------
 
+
 def case1(cfg: Config) -> list[Row]:
     """One big stream: plain loopback, then through a TCP allocation on each server."""
     size = f"{cfg.stream_bytes // MiB} MiB"
@@ -49,7 +50,8 @@ def case1(cfg: Config) -> list[Row]:
     for _ in range(cfg.reps):
         a, b = plain_pair()
         res = pump_stream(a, b, cfg.stream_bytes, cfg.stream_max_s)
-        a.close(), b.close()
+        a.close()
+        b.close()
         _record_stream(plain, res, cfg.stream_bytes)
     rows = [plain]
     for name, starter in SERVERS:
@@ -65,7 +67,7 @@ def case1(cfg: Config) -> list[Row]:
     return rows
 
 
-def _relay_stream(server: Server, cfg: Config):  # type: ignore[no-untyped-def]
+def _relay_stream(server: Server, cfg: Config) -> StreamResult:
     client = backend()
     with _listener() as lst:
         stream = client.open_stream(server.addr, lst.getsockname())
@@ -77,7 +79,7 @@ def _relay_stream(server: Server, cfg: Config):  # type: ignore[no-untyped-def]
         stream.close()
 
 
-def _record_stream(row: Row, res, total: int) -> None:  # type: ignore[no-untyped-def]
+def _record_stream(row: Row, res: StreamResult, total: int) -> None:
     row.values.append(res.received / res.seconds / 1e6)
     row.extra.setdefault("lost_bytes", []).append(total - res.received)
     row.extra.setdefault("crc_ok", []).append(1.0 if res.crc_ok else 0.0)
@@ -85,12 +87,17 @@ def _record_stream(row: Row, res, total: int) -> None:  # type: ignore[no-untype
 
 # ---- case 2 ------------------------------------------------------------------------------------
 
+
 def case2(cfg: Config) -> list[Row]:
     """Many simultaneous relayed streams: aggregate MB/s, server RSS and CPU."""
     rows = []
     for name, starter in SERVERS:
-        row = Row("2 many streams", name, f"{cfg.many_streams} streams x "
-                  f"{cfg.many_bytes_each // 1024} KiB", "MB/s")
+        row = Row(
+            "2 many streams",
+            name,
+            f"{cfg.many_streams} streams x {cfg.many_bytes_each // 1024} KiB",
+            "MB/s",
+        )
         rows.append(row)
         try:
             for _ in range(cfg.reps):
@@ -150,33 +157,46 @@ def _sample_rss(server: Server, peak: list[int], stop: threading.Event) -> None:
 
 # ---- case 3 ------------------------------------------------------------------------------------
 
+
 def case3(cfg: Config) -> list[Row]:
     """Authenticated TCP allocations per second, each on a fresh control connection."""
     rows = []
     for name, starter in SERVERS:
-        row = Row("3 allocation rate", name, f"{cfg.allocs} allocs, "
-                  f"{cfg.alloc_threads} threads", "allocs/s")
+        row = Row(
+            "3 allocation rate",
+            name,
+            f"{cfg.allocs} allocs, {cfg.alloc_threads} threads",
+            "allocs/s",
+        )
         rows.append(row)
         try:
             with running(starter) as server:
                 row.note = server.note
-                client = backend()
-                client.allocate_once(server.addr)  # warm-up, and fail early
+                backend().allocate_once(server.addr)  # warm-up, and fail early
                 for _ in range(cfg.reps):
-                    cpu0 = server.child.cpu()
-                    start = time.perf_counter()
-                    with ThreadPoolExecutor(cfg.alloc_threads) as pool:
-                        list(pool.map(lambda _: client.allocate_once(server.addr),
-                                      range(cfg.allocs)))
-                    row.values.append(cfg.allocs / (time.perf_counter() - start))
-                    row.extra.setdefault("server_cpu_ms_per_alloc", []).append(
-                        (server.child.cpu() - cpu0) * 1000 / cfg.allocs)
+                    _alloc_rate_once(server, cfg, row)
         except Exception as exc:
             _unavailable([row], f"{type(exc).__name__}: {exc}")
     return rows
 
 
+def _alloc_rate_once(server: Server, cfg: Config, row: Row) -> None:
+    client = backend()
+
+    def one(_: int) -> None:
+        client.allocate_once(server.addr)
+
+    cpu0 = server.child.cpu()
+    start = time.perf_counter()
+    with ThreadPoolExecutor(cfg.alloc_threads) as pool:
+        list(pool.map(one, range(cfg.allocs)))
+    row.values.append(cfg.allocs / (time.perf_counter() - start))
+    cpu_ms = (server.child.cpu() - cpu0) * 1000 / cfg.allocs
+    row.extra.setdefault("server_cpu_ms_per_alloc", []).append(cpu_ms)
+
+
 # ---- case 4 ------------------------------------------------------------------------------------
+
 
 def case4(cfg: Config) -> list[Row]:
     """UDP allocation with a channel: ChannelData packets per second that reach the peer."""
@@ -201,8 +221,13 @@ def _udp_once(server: Server, cfg: Config, row: Row) -> None:
     chan = backend().open_udp_channel(server.addr, peer.getsockname())
     try:
         cpu0 = server.child.cpu()
-        sent, got, seconds = udp_flood(chan.sock, chan.frame(bytes(cfg.udp_payload)), peer,
-                                       cfg.udp_seconds, cfg.udp_max_packets)
+        sent, got, seconds = udp_flood(
+            chan.sock,
+            chan.frame(bytes(cfg.udp_payload)),
+            peer,
+            cfg.udp_seconds,
+            cfg.udp_max_packets,
+        )
         cpu = server.child.cpu() - cpu0
     finally:
         chan.close()

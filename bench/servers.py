@@ -37,7 +37,9 @@ def coturn_version() -> str:
     if exe is None:
         raise NotAvailable("coturn's turnserver is not on PATH (apt-get install coturn)")
     out = subprocess.run([exe, "--version"], capture_output=True, text=True, timeout=10)
-    return (out.stdout or out.stderr).strip().splitlines()[-1] if (out.stdout or out.stderr) else "?"
+    return (
+        (out.stdout or out.stderr).strip().splitlines()[-1] if (out.stdout or out.stderr) else "?"
+    )
 
 
 def start_coturn(tag: str = "coturn") -> Server:
@@ -47,14 +49,34 @@ def start_coturn(tag: str = "coturn") -> Server:
     rundir = OUT_DIR / "run" / tag
     rundir.mkdir(parents=True, exist_ok=True)
     argv = [
-        "turnserver", "-n", "--no-cli", "--no-tls", "--no-dtls",
-        "--listening-ip=127.0.0.1", "--relay-ip=127.0.0.1", f"--listening-port={port}",
-        "--lt-cred-mech", f"--user={USER}:{PASSWORD}", f"--realm={REALM}",
-        "--allow-loopback-peers", "--total-quota=0", "--user-quota=0", "--max-bps=0",
-        "--bps-capacity=0", "--min-port=20000", "--max-port=29999", "--stale-nonce=0",
-        "--channel-lifetime=600", "--permission-lifetime=300", "--max-allocate-lifetime=3600",
-        f"--pidfile={rundir / 'turnserver.pid'}", f"--log-file={rundir / 'turn.log'}",
-        "--simple-log", "--no-stdout-log", "--userdb", str(rundir / "turndb"),
+        "turnserver",
+        "-n",
+        "--no-cli",
+        "--no-tls",
+        "--no-dtls",
+        "--listening-ip=127.0.0.1",
+        "--relay-ip=127.0.0.1",
+        f"--listening-port={port}",
+        "--lt-cred-mech",
+        f"--user={USER}:{PASSWORD}",
+        f"--realm={REALM}",
+        "--allow-loopback-peers",
+        "--total-quota=0",
+        "--user-quota=0",
+        "--max-bps=0",
+        "--bps-capacity=0",
+        "--min-port=20000",
+        "--max-port=29999",
+        "--stale-nonce=0",
+        "--channel-lifetime=600",
+        "--permission-lifetime=300",
+        "--max-allocate-lifetime=3600",
+        f"--pidfile={rundir / 'turnserver.pid'}",
+        f"--log-file={rundir / 'turn.log'}",
+        "--simple-log",
+        "--no-stdout-log",
+        "--userdb",
+        str(rundir / "turndb"),
     ]
     child = Child(argv, log=rundir / "stdout.log", cwd=rundir)
     try:
@@ -79,7 +101,9 @@ def _relay_help() -> str:
     try:
         out = subprocess.run(
             [*delshare_cmd(), "relay", "--help"],
-            capture_output=True, text=True, timeout=30,
+            capture_output=True,
+            text=True,
+            timeout=30,
         )
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise NotAvailable(f"delshare relay: {exc}") from None
@@ -106,9 +130,16 @@ def start_delshare_relay(tag: str = "delshare", rendezvous_port: int | None = No
     port = free_port()
     rundir = OUT_DIR / "run" / tag
     argv = [
-        *delshare_cmd(), "relay",
-        "--listen", f"127.0.0.1:{port}", "--user", f"{USER}:{PASSWORD}", "--realm", REALM,
-        "--allow-peer", "127.0.0.0/8",
+        *delshare_cmd(),
+        "relay",
+        "--listen",
+        f"127.0.0.1:{port}",
+        "--user",
+        f"{USER}:{PASSWORD}",
+        "--realm",
+        REALM,
+        "--allow-peer",
+        "127.0.0.0/8",
     ]
     for flag, value in _GENEROUS.items():
         if flag in known:

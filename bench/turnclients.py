@@ -12,6 +12,7 @@ import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
+from typing import Protocol
 
 from bench.miniturn import TCP, UDP, MiniTurn, channel_frame
 from bench.servers import PASSWORD, USER
@@ -38,6 +39,16 @@ class UdpChannel:
 
     def frame(self, payload: bytes) -> bytes:
         return channel_frame(self.channel, payload)
+
+
+class Backend(Protocol):
+    """What the relay cases need from a TURN client."""
+
+    name: str
+
+    def open_stream(self, server: Address, peer: Address) -> TcpStream: ...
+    def allocate_once(self, server: Address) -> None: ...
+    def open_udp_channel(self, server: Address, peer: Address) -> UdpChannel: ...
 
 
 class MiniBackend:
@@ -83,7 +94,7 @@ class MiniBackend:
 
 
 @cache
-def backend() -> MiniBackend:
+def backend() -> Backend:
     """Our asyncio client when it is there, else the bench's own (BENCH_CLIENT=mini forces it)."""
     if os.environ.get("BENCH_CLIENT") == "mini":
         return MiniBackend()

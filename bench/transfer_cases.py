@@ -1,0 +1,329 @@
+"""Cases 5 and 6: file transfer and time to first byte, ours against magic-wormhole.
+
+Each transfer launches the sending and the receiving command at the same moment and waits for
+both to exit: wall time, MB/s (file size / wall), and the CPU seconds both commands used
+(``RUSAGE_CHILDREN`` delta; the long-lived servers are not reaped during a run). The received
+file is checked (size and SHA-256) outside the timed part.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import ExitStack, contextmanager, suppress
+from dataclasses import dataclass, replace
+from functools import cache
+from pathlib import Path
+
+from bench.common import OUT_DIR, MiB, NotAvailable, Row, free_port
+from bench.config import Config
+from bench.servers import PASSWORD, USER, Server, delshare_cmd, start_delshare_relay
+from bench.wormhole import WormholeServers, start_wormhole_servers, wormhole_cmd
+
+DATA_DIR = OUT_DIR / "data"
+RX_DIR = OUT_DIR / "rx"
+_WORDS = ("acorn", "adult", "agent", "alarm", "album")
+
+
+@dataclass
+class Transfer:
+    """One run of a sender and a receiver."""
+
+    wall: float
+    cpu: float
+    ok: bool
+    why: str = ""
+
+
+# ---- files -------------------------------------------------------------------------------------
+
+
+def test_file(size: int) -> Path:
+    """Random bytes of ``size`` (kept between runs in bench/out/data)."""
+    path = DATA_DIR / f"random-{size}.bin"
+    if path.exists() and path.stat().st_size == size:
+        return path
+    DATA_DIR.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    with tmp.open("wb") as out:
+        left = size
+        while left > 0:
+            n = min(left, 4 * MiB)
+            out.write(os.urandom(n))
+            left -= n
+    tmp.replace(path)
+    return path
+
+
+@cache
+def sha256_of(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(4 * MiB):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _fresh_dir(name: str) -> Path:
+    path = RX_DIR / name
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True)
+    return path
+
+
+def _received_ok(src: Path, out_dir: Path) -> tuple[bool, str]:
+    got = out_dir / src.name
+    if not got.exists():
+        return False, f"no file {got.name} in the output folder"
+    if got.stat().st_size != src.stat().st_size:
+        return False, f"size {got.stat().st_size} != {src.stat().st_size}"
+    if sha256_of.__wrapped__(got) != sha256_of(src):
+        return False, "SHA-256 differs"
+    return True, ""
+
+
+# ---- running a pair of commands ----------------------------------------------------------------
+
+
+def _children_cpu() -> float:
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
+
+
+def _kill(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        with suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(5.0)
+
+
+def run_pair(
+    send: Sequence[str],
+    recv: Sequence[str],
+    *,
+    recv_cwd: Path,
+    log_dir: Path,
+    timeout: float,
+    env: dict[str, str] | None = None,
+) -> tuple[float, float, str]:
+    """Start both commands at once, wait for both; (wall, cpu, error text or "")."""
+    log_dir.mkdir(parents=True, exist_ok=True)
+    cpu0 = _children_cpu()
+    with (log_dir / "send.log").open("wb") as slog, (log_dir / "recv.log").open("wb") as rlog:
+        start = time.perf_counter()
+        procs = [
+            subprocess.Popen(
+                list(send),
+                stdout=slog,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=env,
+                start_new_session=True,
+            ),
+            subprocess.Popen(
+                list(recv),
+                stdout=rlog,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=env,
+                cwd=recv_cwd,
+                start_new_session=True,
+            ),
+        ]
+        deadline = start + timeout
+        try:
+            for proc in procs:
+                proc.wait(max(0.1, deadline - time.perf_counter()))
+        except subprocess.TimeoutExpired:
+            pass
+        wall = time.perf_counter() - start
+        for proc in procs:
+            _kill(proc)
+    cpu = _children_cpu() - cpu0
+    codes = [p.returncode for p in procs]
+    if wall >= timeout:
+        return wall, cpu, f"timed out after {timeout:.0f} s"
+    if any(codes):
+        tail = (log_dir / ("send.log" if codes[0] else "recv.log")).read_text(errors="replace")
+        last = " | ".join(tail.strip().splitlines()[-3:])[-300:]
+        return wall, cpu, f"exit codes {codes}: {last}"
+    return wall, cpu, ""
+
+
+# ---- the variants ------------------------------------------------------------------------------
+
+Runner = Callable[[Path, int, Config], Transfer]
+
+
+def _transfer(
+    send: Sequence[str], recv: Sequence[str], src: Path, name: str, cfg: Config
+) -> Transfer:
+    out = _fresh_dir(name)
+    wall, cpu, err = run_pair(
+        send, recv, recv_cwd=out, log_dir=OUT_DIR / "logs" / name, timeout=cfg.transfer_max_s
+    )
+    if err:
+        return Transfer(wall, cpu, False, err)
+    ok, why = _received_ok(src, out)
+    return Transfer(wall, cpu, ok, why)
+
+
+def plain_copy(src: Path, n: int, cfg: Config) -> Transfer:
+    """The limit: one plain loopback TCP socket, sendfile(2) on one side."""
+    port = free_port()
+    out = _fresh_dir("plain")
+    py = [sys.executable, "-m", "bench.plaincopy"]
+    wall, cpu, err = run_pair(
+        [*py, "send", str(port), str(src)],
+        [*py, "recv", str(port), str(out / src.name)],
+        recv_cwd=out,
+        log_dir=OUT_DIR / "logs" / "plain",
+        timeout=cfg.transfer_max_s,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)},
+    )
+    if err:
+        return Transfer(wall, cpu, False, err)
+    ok, why = _received_ok(src, out)
+    return Transfer(wall, cpu, ok, why)
+
+
+def ours_args(server: Server, rendezvous: int, relayed: bool) -> list[str]:
+    args = ["--rendezvous", f"ws://127.0.0.1:{rendezvous}"]
+    if relayed:
+        args += [
+            "--turn",
+            f"turn:127.0.0.1:{server.port}?transport=tcp",
+            "--turn-user",
+            USER,
+            "--turn-password",
+            PASSWORD,
+            "--relay-only",
+        ]
+    else:
+        args += ["--direct-only"]
+    return args
+
+
+def ours(server: Server, rendezvous: int, relayed: bool) -> Runner:
+    def run(src: Path, n: int, cfg: Config) -> Transfer:
+        code = f"{100 + n}-{_WORDS[n % 5]}-{_WORDS[(n + 2) % 5]}"
+        common = ours_args(server, rendezvous, relayed)
+        name = "ours-relay" if relayed else "ours-direct"
+        send = [*delshare_cmd(), "send", "--code", code, *common, str(src)]
+        recv = [*delshare_cmd(), "receive", "--yes", "--output", str(RX_DIR / name), *common, code]
+        return _transfer(send, recv, src, name, cfg)
+
+    return run
+
+
+def wormhole(servers: WormholeServers, relayed: bool) -> Runner:
+    def run(src: Path, n: int, cfg: Config) -> Transfer:
+        code = f"{200 + n}-{_WORDS[n % 5]}-{_WORDS[(n + 3) % 5]}"
+        base = wormhole_cmd(servers)
+        listen = ["--no-listen"] if relayed else []
+        name = "wormhole-relay" if relayed else "wormhole-direct"
+        send = [*base, "send", "--hide-progress", "--no-qr", *listen, "--code", code, str(src)]
+        recv = [*base, "receive", "--hide-progress", *listen, "--accept-file", code]
+        return _transfer(send, recv, src, name, cfg)
+
+    return run
+
+
+@contextmanager
+def _ours_servers() -> Iterator[tuple[Server, int]]:
+    rendezvous = free_port()
+    server = start_delshare_relay("delshare-transfer", rendezvous_port=rendezvous)
+    try:
+        yield server, rendezvous
+    finally:
+        server.stop()
+
+
+def _variants(stack: ExitStack, rows: dict[str, Row]) -> list[tuple[str, Runner]]:
+    """Start what each variant needs; a variant whose servers fail gets a note, not a crash."""
+    out: list[tuple[str, Runner]] = []
+    try:
+        server, rendezvous = stack.enter_context(_ours_servers())
+        out += [
+            ("ours direct", ours(server, rendezvous, False)),
+            ("ours via TURN relay", ours(server, rendezvous, True)),
+        ]
+    except NotAvailable as exc:
+        for key in ("ours direct", "ours via TURN relay"):
+            rows[key].note = f"not available: {exc}"
+    try:
+        wh = stack.enter_context(start_wormhole_servers())
+        out += [
+            ("wormhole direct", wormhole(wh, False)),
+            ("wormhole via transit relay", wormhole(wh, True)),
+        ]
+    except NotAvailable as exc:
+        for key in ("wormhole direct", "wormhole via transit relay"):
+            rows[key].note = f"not available: {exc}"
+    return out
+
+
+VARIANTS5 = [
+    "plain socket copy",
+    "ours direct",
+    "ours via TURN relay",
+    "wormhole direct",
+    "wormhole via transit relay",
+]
+
+
+def case5(cfg: Config) -> list[Row]:
+    """File transfer of ``cfg.file_bytes``: MB/s over the whole command wall time, and CPU."""
+    src = test_file(cfg.file_bytes)
+    sha256_of(src)
+    metric = f"{cfg.file_bytes // MiB} MiB file"
+    rows = {v: Row("5 file transfer", v, metric, "MB/s") for v in VARIANTS5}
+    with ExitStack() as stack:
+        runners = [("plain socket copy", plain_copy), *_variants(stack, rows)]
+        for rep in range(cfg.reps):
+            for name, runner in runners:
+                _record(rows[name], runner, src, rep, cfg, mbps=True)
+    return list(rows.values())
+
+
+VARIANTS6 = ["ours direct", "ours via TURN relay", "wormhole direct", "wormhole via transit relay"]
+
+
+def case6(cfg: Config) -> list[Row]:
+    """A tiny file: seconds from launching both commands to both finishing."""
+    src = test_file(1024)
+    cfg = replace(cfg, transfer_max_s=cfg.ttfb_max_s)
+    rows = {
+        v: Row("6 time to first byte", v, "1 KiB file, both commands", "s", higher_is_better=False)
+        for v in VARIANTS6
+    }
+    with ExitStack() as stack:
+        runners = _variants(stack, rows)
+        for rep in range(cfg.ttfb_reps):
+            for name, runner in runners:
+                _record(rows[name], runner, src, 50 + rep, cfg, mbps=False)
+    return list(rows.values())
+
+
+def _record(row: Row, runner: Runner, src: Path, rep: int, cfg: Config, *, mbps: bool) -> None:
+    if row.note.startswith(("failed", "not available")) and not row.values:
+        return  # it failed once already: do not spend the time bound again
+    try:
+        res = runner(src, rep, cfg)
+    except (NotAvailable, OSError) as exc:
+        row.note = f"failed: {exc}"
+        return
+    if not res.ok:
+        row.note = f"failed: {res.why}"
+        return
+    size = src.stat().st_size
+    row.values.append(size / res.wall / 1e6 if mbps else res.wall)
+    row.extra.setdefault("wall_s", []).append(res.wall)
+    row.extra.setdefault("cpu_s", []).append(res.cpu)
