@@ -12,6 +12,7 @@ import contextlib
 import logging
 import signal
 import sys
+from collections.abc import Coroutine
 from typing import Any
 
 import click
@@ -192,12 +193,23 @@ def relay(**opts: Any) -> None:
     if not opts["verbose"]:
         logging.getLogger("websockets").setLevel(logging.WARNING)
     try:
-        asyncio.run(_serve(opts))
+        _run(_serve(opts))
     except KeyboardInterrupt:
         pass
     except OSError as exc:
         click.echo(f"delshare relay: {exc.strerror or exc}", err=True)
         sys.exit(1)
+
+
+def _run(main: Coroutine[Any, Any, None]) -> None:
+    """asyncio.run, on uvloop when it is installed (the ``fast`` extra)."""
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(main)
+        return
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(main)
 
 
 def relay_config(opts: dict[str, Any]) -> RelayConfig:
