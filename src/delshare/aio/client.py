@@ -57,11 +57,10 @@ class _StreamControl(asyncio.Protocol):
     def __init__(self, client: TurnClient) -> None:
         self._client = client
         self._framer = StreamFramer()
-        self.transport: asyncio.Transport | None = None
+        self.transport: asyncio.BaseTransport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = transport  # not always an asyncio.Transport subclass (uvloop)
 
     def data_received(self, data: bytes) -> None:
         try:

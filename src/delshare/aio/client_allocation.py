@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import weakref
 from typing import TYPE_CHECKING, NamedTuple
 
 from delshare.errors import DelshareError, TransactionTimeout
@@ -177,7 +176,10 @@ class TcpAllocation(_Allocation):
         super().__init__(client, response, lifetime)
         self._accepted: asyncio.Queue[RelayedStream | None] = asyncio.Queue(ACCEPT_BACKLOG)
         self._binds: set[asyncio.Task[None]] = set()
-        self._writers: weakref.WeakSet[asyncio.StreamWriter] = weakref.WeakSet()
+        # Strong references: a StreamWriter closes its socket when garbage-collected, and an
+        # app that keeps only the reader (``reader, _, peer = await accept()``) must still get
+        # its bytes. Closed ones are pruned on each new bind.
+        self._writers: set[asyncio.StreamWriter] = set()
 
     async def accept(self) -> RelayedStream:
         """The next incoming stream (ConnectionAttempt → ConnectionBind, RFC 6062 §5.3-5.4)."""
@@ -246,6 +248,7 @@ class TcpAllocation(_Allocation):
         if self.closed:
             writer.close()
             raise TurnConnectionError("TURN allocation closed")
+        self._writers = {w for w in self._writers if not w.transport.is_closing()}
         self._writers.add(writer)
         return reader, writer
 
