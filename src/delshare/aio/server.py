@@ -403,7 +403,12 @@ class RelayServer:
 
     def _open_relay(self, out: OpenRelay) -> None:
         now = time.time()
-        host = out.reserved[0] if out.reserved else self._relay_host(out)
+        try:
+            host = out.reserved[0] if out.reserved else self._relay_host(out)
+        except OSError as exc:  # no route back to the client
+            log.warning("no relay address for %s: %s", out.five.client[0], exc)
+            self.core.relay_failed(out.alloc_id, now)
+            return
         if host is None:
             self.core.relay_failed(out.alloc_id, now, 440, "Address Family not Supported")
             return
