@@ -378,3 +378,19 @@ async def test_metrics_exporter_counts_allocations_and_bytes() -> None:
         control.close()
     finally:
         await running.close()
+
+
+async def test_idle_connection_without_allocation_is_closed() -> None:
+    server = ServerConfig(auth=AuthConfig(REALM, {USER: PASSWORD}), allow_peers=("127.0.0.0/8",))
+    config = RelayConfig(server=server, listen=((HOST, 0),), idle_timeout=0.2)
+    running = await start_relay(config)
+    try:
+        idle_reader, idle_writer = await asyncio.open_connection(HOST, running.turn_port)
+        control, _ = await tcp_allocation(running)
+        assert await asyncio.wait_for(idle_reader.read(), STEP) == b""
+        reply = await control.request(Method.REFRESH)  # the allocated one is still served
+        assert reply.cls == MessageClass.SUCCESS
+        idle_writer.close()
+        control.close()
+    finally:
+        await running.close()

@@ -83,6 +83,7 @@ class RelayConfig:
     max_port: int = 65535
     optional_listen: tuple[Address, ...] = field(default=())  # tried, skipped if unavailable
     metrics_listen: Address | None = None  # Prometheus exporter
+    idle_timeout: float = 120.0  # close TCP/TLS connections idle this long without allocation
 
 
 @dataclass
@@ -256,7 +257,9 @@ class RelayServer:
         self._clients[client.five] = client
         try:
             with contextlib.suppress(OSError, StunDecodeError, ssl.SSLError):
-                await client.read_frames()
+                await client.read_frames(lambda: self._idle_timeout(client.five))
+        except Exception:  # a bug must cost one connection, not the server
+            log.exception("connection %s:%d failed", *client.five.client)
         finally:
             self._clients.pop(client.five, None)
             if client.bind is None:
@@ -265,6 +268,10 @@ class RelayServer:
                 self._flush()
         if client.bind is not None:
             await self._run_data_connection(client)
+
+    def _idle_timeout(self, five: FiveTuple) -> float | None:
+        """Connections without an allocation may idle only so long (binding, probing)."""
+        return None if five in self.core.allocations else self.config.idle_timeout
 
     def _on_frame(self, client: ClientConnection, frame: bytes) -> None:
         self.core.receive(client.five, frame, time.time())

@@ -50,11 +50,17 @@ class ClientConnection:
             return await self._loop.sock_recv(self.endpoint, READ_SIZE)
         return await self.endpoint[0].read(READ_SIZE)
 
-    async def read_frames(self) -> None:
-        """Feed frames to the core until EOF, a framing error, or a ConnectionBind success."""
+    async def read_frames(self, idle_timeout: Callable[[], float | None] = lambda: None) -> None:
+        """Feed frames to the core until EOF, a framing error, or a ConnectionBind success.
+
+        ``idle_timeout()`` bounds each wait for bytes (None: unbounded); running out ends it.
+        """
         buffer = bytearray()
         while True:
-            data = await self._recv()
+            try:
+                data = await asyncio.wait_for(self._recv(), idle_timeout())
+            except TimeoutError:
+                return
             if not data:
                 return
             buffer += data
