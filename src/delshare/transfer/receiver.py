@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from delshare.link.records import LinkClosedError, RecordChannel, RecordKind
+from delshare.link.records import MAX_PAYLOAD, LinkClosedError, RecordChannel, RecordKind
 from delshare.transfer.errors import (
     DeclinedError,
     DestinationExistsError,
@@ -67,7 +67,7 @@ from delshare.transfer.resume import (
 
 __all__ = ["ReceiveStats", "ReceivedFile", "receive_files"]
 
-_RING = 4
+_RING = 6
 _MAX_RENAME = 1000
 _FILE_MODE_MASK = 0o755
 Confirm = Callable[[Manifest], Awaitable[bool]]
@@ -127,7 +127,10 @@ async def receive_files(
     if not os.path.isdir(out):  # noqa: ASYNC240 (one stat, before any network wait)
         raise OutputDirError(f"output folder {display_name(str(out))!r} does not exist")
     try:
-        with concurrent.futures.ThreadPoolExecutor(1, "delshare-recv") as pool:
+        with (
+            concurrent.futures.ThreadPoolExecutor(1, "delshare-write") as pool,
+            concurrent.futures.ThreadPoolExecutor(1, "delshare-hash") as hasher,
+        ):
             offer = await _receive_offer(channel)
             targets = await _plan_or_reject(channel, pool, out, offer, overwrite, rename)
             if confirm is not None and not await confirm(offer.manifest):
@@ -135,7 +138,7 @@ async def receive_files(
                 raise DeclinedError("offer declined")
             await asyncio.get_running_loop().run_in_executor(pool, _make_dirs, targets)
             await send_message(channel, _accept_for(targets))
-            session = _ReceiveSession(channel, pool, targets, overwrite, progress_cb)
+            session = _ReceiveSession(channel, (pool, hasher), targets, overwrite, progress_cb)
             return await session.run()
     except LinkClosedError as exc:
         raise TransferInterruptedError(f"link lost while receiving: {exc}") from exc
@@ -294,19 +297,21 @@ class _ReceiveSession:
     def __init__(
         self,
         channel: RecordChannel,
-        pool: concurrent.futures.Executor,
+        pools: tuple[concurrent.futures.Executor, concurrent.futures.Executor],
         targets: list[_Target],
         overwrite: bool,
         progress_cb: ProgressCallback | None,
     ) -> None:
         self._channel = channel
-        self._pool = pool
+        self._pool, self._hasher = pools
+        self._writer = self._pool
         self._targets = targets
         self._overwrite = overwrite
         self._progress = ProgressThrottle(progress_cb)
         self._bytes = 0
         self._total_done = sum(t.entry.size for t in targets if t.skip)
         self._resumed: dict[int, int] = {}
+        self._buffers = [memoryview(bytearray(MAX_PAYLOAD)) for _ in range(_RING)]
 
     async def run(self) -> ReceiveStats:
         try:
@@ -366,33 +371,53 @@ class _ReceiveSession:
         self._progress.update(target.index, target.entry.size, self._total_done, final=True)
 
     async def _receive_body(self, target: _Target, fd: int, offset: int, hasher: Any) -> FileEnd:
-        """Write DATA records until the file's FileEnd; return it."""
-        pending: deque[asyncio.Future[None]] = deque()
+        """Decrypt DATA records into the buffer ring; write and hash them in two workers."""
+        pending: deque[tuple[_Jobs, memoryview]] = deque()
+        free = list(self._buffers)
         assembler = MessageAssembler()
         size = target.entry.size
         try:
             while True:
-                record = await self._channel.recv_record()
-                if record.kind is RecordKind.CONTROL:
-                    message = assembler.feed(record.payload)
+                if not free:
+                    jobs, done = pending.popleft()
+                    await _finished(jobs)
+                    free.append(done)
+                buffer = free.pop()
+                kind, length = await self._channel.recv_into(buffer)
+                if kind is RecordKind.CONTROL:
+                    free.append(buffer)
+                    message = assembler.feed(bytes(buffer[:length]))
                     if message is not None:
                         break
                     continue
-                offset += len(record.payload)
+                offset += length
                 if offset > size:
                     raise PeerProtocolError(f"{display_name(target.entry.path)}: too much data")
-                pending.append(
-                    asyncio.wrap_future(self._pool.submit(_write_hash, fd, record.payload, hasher))
+                data = buffer[:length]
+                jobs = (
+                    self._writer.submit(_write_all, fd, data),
+                    self._hasher.submit(hasher.update, data),
                 )
-                if len(pending) >= _RING:
-                    await pending.popleft()
-                self._bytes += len(record.payload)
-                self._total_done += len(record.payload)
+                pending.append((jobs, buffer))
+                self._bytes += length
+                self._total_done += length
                 self._progress.update(target.index, offset, self._total_done)
+            for jobs, _ in pending:
+                await _finished(jobs)
         finally:
-            for future in pending:
-                await asyncio.shield(future)
+            concurrent.futures.wait([job for jobs, _ in pending for job in jobs])
         return _expect_end(message, target, offset)
+
+
+_Jobs = tuple["concurrent.futures.Future[None]", "concurrent.futures.Future[None]"]
+
+
+async def _finished(jobs: _Jobs) -> None:
+    for job in jobs:
+        if job.done():
+            job.result()
+        else:
+            await asyncio.wrap_future(job)
 
 
 def _expect_end(message: object, target: _Target, received: int) -> FileEnd:
@@ -438,12 +463,10 @@ def _write_new(path: Path, target: _Target) -> None:
     write_sidecar(path, target.entry, target.chunk)
 
 
-def _write_hash(fd: int, data: bytes, hasher: Any) -> None:
-    """Append a record's bytes to the .part and hash them; runs in the worker thread."""
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
-    hasher.update(data)
+def _write_all(fd: int, data: memoryview) -> None:
+    """Append a record's bytes to the .part; runs in the writer thread."""
+    while data:
+        data = data[os.write(fd, data) :]
 
 
 def _discard_part(target: _Target, fd: int) -> None:

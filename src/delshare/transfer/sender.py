@@ -43,7 +43,7 @@ from delshare.transfer.resume import verify_prefix
 
 __all__ = ["SendStats", "send_files"]
 
-_RING = 4
+_RING = 6
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,8 +71,11 @@ async def send_files(
     try:
         await send_message(channel, Offer(manifest.manifest, chunk))
         accept = _expect_accept(await recv_message(channel), manifest)
-        with concurrent.futures.ThreadPoolExecutor(1, "delshare-send") as pool:
-            session = _SendSession(channel, manifest, accept, chunk, pool, progress_cb)
+        with (
+            concurrent.futures.ThreadPoolExecutor(1, "delshare-read") as reader,
+            concurrent.futures.ThreadPoolExecutor(1, "delshare-hash") as hasher,
+        ):
+            session = _SendSession(channel, manifest, accept, chunk, (reader, hasher), progress_cb)
             return await session.run()
     except LinkClosedError as exc:
         raise TransferInterruptedError(f"link lost while sending: {exc}") from exc
@@ -97,7 +100,7 @@ class _SendSession:
         manifest: BuiltManifest,
         accept: Accept,
         chunk: int,
-        pool: concurrent.futures.Executor,
+        pools: tuple[concurrent.futures.Executor, concurrent.futures.Executor],
         progress_cb: ProgressCallback | None,
     ) -> None:
         self._channel = channel
@@ -105,7 +108,8 @@ class _SendSession:
         self._skip = set(accept.skip)
         self._resume = {r.index: r for r in accept.resume}
         self._chunk = chunk
-        self._pool = pool
+        self._reader, self._hasher = pools
+        self._buffers = [memoryview(bytearray(MAX_PAYLOAD)) for _ in range(_RING)]
         self._progress = ProgressThrottle(progress_cb)
         self._total_done = 0
         self._bytes_sent = 0
@@ -174,48 +178,80 @@ class _SendSession:
             return 0
         loop = asyncio.get_running_loop()
         offset = await loop.run_in_executor(
-            self._pool, verify_prefix, f, entry.size, offer.offset, offer.chunks, self._chunk, whole
+            self._reader,
+            verify_prefix,
+            f,
+            entry.size,
+            offer.offset,
+            offer.chunks,
+            self._chunk,
+            whole,
         )
         self._resumed_at[index] = offset
         return offset
 
     async def _pump(self, f: IO[bytes], index: int, entry: Entry, offset: int, whole: Any) -> None:
-        """Read-and-hash in the worker, encrypt-and-send here, ``_RING`` buffers in flight."""
+        """Read in one worker, hash in another, encrypt and send here; ``_RING`` buffers cycle.
+
+        Hashing and encryption only read a buffer, so they run at the same time; a buffer is
+        reused once its hash is done (the channel copies what it sends while encrypting).
+        """
         remaining = entry.size - offset
-        pending: deque[tuple[concurrent.futures.Future[int], memoryview, int]] = deque()
-        free = [memoryview(bytearray(MAX_PAYLOAD)) for _ in range(_RING)]
+        reads: deque[tuple[concurrent.futures.Future[int], memoryview, int]] = deque()
+        hashes: deque[tuple[concurrent.futures.Future[None], memoryview]] = deque()
+        free = list(self._buffers)
         try:
-            while remaining or pending:
+            while remaining or reads:
                 while free and remaining:
                     want = min(MAX_PAYLOAD, remaining)
                     buf = free.pop()
-                    pending.append((self._pool.submit(_read_hash, f, buf[:want], whole), buf, want))
+                    reads.append((self._reader.submit(_read_full, f, buf[:want]), buf, want))
                     remaining -= want
-                future, buf, want = pending.popleft()
+                future, buf, want = reads.popleft()
                 got = await asyncio.wrap_future(future)
                 if got != want:
                     raise SourceChangedError(f"{display_name(entry.path)} shrank while sending")
+                hashes.append((self._hasher.submit(whole.update, buf[:got]), buf))
                 self._check_peer()
                 self._channel.write(buf[:got])
-                free.append(buf)
                 self._bytes_sent += got
                 self._total_done += got
                 offset += got
                 await self._channel.drain()
+                await _reclaim(hashes, free, wait=not reads and not free)
                 self._progress.update(index, offset, self._total_done)
+            await _reclaim(hashes, free, wait=True, all_=True)
         finally:
-            concurrent.futures.wait([p[0] for p in pending])
+            unfinished: list[concurrent.futures.Future[Any]] = [r[0] for r in reads]
+            concurrent.futures.wait(unfinished + [h[0] for h in hashes])
 
 
-def _read_hash(f: IO[bytes], buf: memoryview, whole: Any) -> int:
-    """Fill ``buf`` from the file (short only at EOF) and hash it; runs in the worker thread."""
+async def _reclaim(
+    hashes: deque[tuple[concurrent.futures.Future[None], memoryview]],
+    free: list[memoryview],
+    *,
+    wait: bool,
+    all_: bool = False,
+) -> None:
+    """Return buffers whose hashing finished; with ``wait``, wait for at least one (or all)."""
+    while hashes and (hashes[0][0].done() or wait):
+        future, buf = hashes.popleft()
+        if future.done():
+            future.result()  # re-raise a hashing error
+        else:
+            await asyncio.wrap_future(future)
+        free.append(buf)
+        wait = all_
+
+
+def _read_full(f: IO[bytes], buf: memoryview) -> int:
+    """Fill ``buf`` from the file (short only at EOF); runs in the reader thread."""
     got = 0
     while got < len(buf):
         n = f.readinto(buf[got:])  # type: ignore[attr-defined]
         if not n:
             break
         got += n
-    whole.update(buf[:got])
     return got
 
 
