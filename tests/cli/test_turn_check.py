@@ -7,6 +7,7 @@ from __future__ import annotations
 import subprocess
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -18,6 +19,7 @@ from tests.interop.test_client_turn import (
     Server,
     start_coturn,
     start_server,
+    start_tls_server,
 )
 from tests.support.ports import free_port
 
@@ -99,3 +101,17 @@ def test_udp_uri_is_a_usage_error() -> None:
     done = turn_check("turn:127.0.0.1:3478?transport=udp", "-u", USER, "-p", PASSWORD)
     assert done.returncode == 2
     assert "transport=tcp" in done.stderr and "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_passes_over_tls_with_a_private_ca(kind: str, tmp_path: Path) -> None:
+    running, cert = start_tls_server(kind, tmp_path)
+    try:
+        uri = running.uri("tls")
+        done = turn_check(uri, "-u", USER, "-p", PASSWORD, "--ca", str(cert), "--size", "1")
+        untrusted = turn_check(uri, "-u", USER, "-p", PASSWORD, "--size", "1")
+    finally:
+        running.stop()
+    assert done.returncode == 0, done.stdout + done.stderr
+    line = assert_one_line_failure(untrusted, "connect")
+    assert "certificate" in line.lower()

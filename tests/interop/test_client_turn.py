@@ -15,6 +15,7 @@ import hashlib
 import os
 import shutil
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -30,6 +31,7 @@ from delshare.errors import DelshareError
 from delshare.turn.client_errors import AuthenticationError, PeerConnectError
 from tests.support.coturn import start_turnserver
 from tests.support.ports import free_port
+from tests.support.tlscert import make_self_signed
 
 USER, PASSWORD, REALM, SECRET = "user", "pass", "del.test", "s3cret"
 MIB = 1 << 20
@@ -119,6 +121,7 @@ def start_delshare_relay(
     stale_nonce: int | None = None,
     max_lifetime: int | None = None,
     no_tcp_relay: bool = False,
+    extra: tuple[str, ...] | list[str] = (),
 ) -> Server:
     help_text = delshare_skip()
     port = free_port("both")
@@ -135,6 +138,7 @@ def start_delshare_relay(
         argv.append(str(max_lifetime))
     if no_tcp_relay:
         argv.append(_relay_option(help_text, "--no-tcp-relay"))
+    argv += extra
     process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     _wait_listening(process, port)
     return Server("delshare", "127.0.0.1", port, lambda: _stop(process))
@@ -153,6 +157,17 @@ def _wait_listening(process: subprocess.Popen[bytes], port: int) -> None:
             time.sleep(0.05)
     _stop(process)
     raise RuntimeError("delshare relay did not start listening")
+
+
+def _wait_port(port: int) -> None:
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on 127.0.0.1:{port}")
 
 
 def _stop(process: subprocess.Popen[bytes]) -> None:
@@ -272,6 +287,8 @@ async def test_tcp_allocation_reports_relayed_and_mapped_address(server: Server)
         assert allocation.relayed_address[0] == "127.0.0.1"
         assert allocation.relayed_address[1] not in (0, server.port)
         assert allocation.lifetime > 0
+        # RFC 8489 §9.2.4: SHA-256 when offered (ours offers it, coturn 4.6 does not)
+        assert client.core.auth.sha256 is (server.kind == "delshare")
 
 
 async def test_incoming_stream_delivers_early_bytes_first(server: Server) -> None:
@@ -444,13 +461,11 @@ async def test_allocation_refreshes_itself_over_a_short_lifetime(kind: str) -> N
         running.stop()
 
 
-@pytest.mark.coturn
-async def test_tls_control_and_data_connections(tmp_path: Path) -> None:
-    import ssl
-
-    running = start_coturn(tls=True)
+@pytest.mark.parametrize("kind", KINDS)
+async def test_tls_control_and_data_connections(kind: str, tmp_path: Path) -> None:
+    running, cert = start_tls_server(kind, tmp_path)
     try:
-        context = ssl.create_default_context(cafile=str(_coturn_cert(running)))
+        context = ssl.create_default_context(cafile=str(cert))
         client = await connect_turn(running.uri("tls"), USER, PASSWORD, ssl=context)
         async with client, Listener() as listener, asyncio.timeout(STEP):
             allocation = await client.allocate_tcp()
@@ -468,10 +483,21 @@ async def test_tls_control_and_data_connections(tmp_path: Path) -> None:
         running.stop()
 
 
-def _coturn_cert(server: Server) -> Path:
-    stop = server.stop_fn
-    owner = getattr(stop, "__self__", None)
-    return Path(owner.workdir) / "tls" / "server.crt"  # type: ignore[union-attr]
+def start_tls_server(kind: str, tmp_path: Path) -> tuple[Server, Path]:
+    """A server with a TLS listener and the certificate that verifies it."""
+    if kind == "coturn":
+        running = start_coturn(tls=True)
+        owner = getattr(running.stop_fn, "__self__", None)
+        return running, Path(owner.workdir) / "tls" / "server.crt"  # type: ignore[union-attr]
+    files = make_self_signed(tmp_path / "tls")
+    tls_port = free_port("tcp")
+    running = start_delshare_relay(
+        extra=["--tls-listen", f"127.0.0.1:{tls_port}", "--cert", str(files.cert), "--key",
+               str(files.key)],
+    )  # fmt: skip
+    running.tls_port = tls_port
+    _wait_port(tls_port)
+    return running, files.cert
 
 
 def test_streams_work_under_uvloop(server: Server) -> None:

@@ -326,8 +326,13 @@ class TurnClient:
 
 
 def _reason(exc: OSError | TimeoutError) -> str:
+    """A short human reason for a failed connect, TLS failures included."""
     if isinstance(exc, TimeoutError):
         return "timed out"
+    if isinstance(exc, _ssl.SSLCertVerificationError):
+        return f"TLS certificate not trusted: {exc.verify_message}"
+    if isinstance(exc, _ssl.SSLError):
+        return f"TLS failed: {exc.reason or exc}"
     return os.strerror(exc.errno) if exc.errno else str(exc)
 
 
