@@ -1,0 +1,128 @@
+"""Wire messages: round trips, validation, and fragmentation of big control messages."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from delshare.transfer.errors import ManifestError, PeerProtocolError, TransferError
+from delshare.transfer.manifest import Entry, Manifest
+from delshare.transfer.protocol import (
+    Accept,
+    Done,
+    ErrorMessage,
+    FileBegin,
+    FileEnd,
+    Message,
+    MessageAssembler,
+    Offer,
+    Reject,
+    ResumeOffer,
+    decode_message,
+    encode_message,
+    fragment_message,
+    recv_message,
+    send_message,
+)
+
+from .conftest import channel_pair
+
+DIGEST = hashlib.sha256(b"x").digest()
+MANIFEST = Manifest(
+    (Entry("d", "dir", 0, 0o755, 1), Entry("d/f.txt", "file", 10, 0o644, 2), Entry("e", "file"))
+)
+MESSAGES: list[Message] = [
+    Offer(MANIFEST, 1 << 20),
+    Accept((ResumeOffer(1, 5, (DIGEST,)),), (2,)),
+    Accept(),
+    Reject("no thanks"),
+    FileBegin(1, 4096),
+    FileEnd(1, DIGEST),
+    Done(),
+    ErrorMessage("disk full"),
+]
+
+
+@pytest.mark.parametrize("message", MESSAGES, ids=lambda m: type(m).__name__)
+def test_messages_round_trip(message: Message) -> None:
+    assert decode_message(encode_message(message)) == message
+
+
+def test_wire_form_is_versioned_json() -> None:
+    obj = json.loads(encode_message(Offer(MANIFEST, 1 << 20)))
+    assert obj["v"] == 1 and obj["type"] == "offer" and obj["total"] == 10
+    assert obj["entries"][1] == {
+        "path": "d/f.txt",
+        "kind": "file",
+        "size": 10,
+        "mode": 0o644,
+        "mtime_ns": 2,
+    }
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"not json",
+        b"[]",
+        b'{"v":2,"type":"done"}',
+        b'{"v":1,"type":"nope"}',
+        b'{"v":1,"type":"file-begin","index":-1,"offset":0}',
+        b'{"v":1,"type":"file-begin","index":true,"offset":0}',
+        b'{"v":1,"type":"file-end","index":0,"sha256":"zz"}',
+        b'{"v":1,"type":"accept","files":[{"index":0,"offset":1,"chunks":"x"}]}',
+        b'{"v":1,"type":"offer","chunk":1,"total":0,"entries":[]}',
+    ],
+)
+def test_malformed_messages_raise_protocol_errors(raw: bytes) -> None:
+    with pytest.raises(PeerProtocolError):
+        decode_message(raw)
+
+
+def test_offer_total_must_match_entries() -> None:
+    obj = json.loads(encode_message(Offer(MANIFEST, 1 << 20)))
+    obj["total"] = 11
+    with pytest.raises(ManifestError):
+        decode_message(json.dumps(obj).encode())
+
+
+@settings(max_examples=100, deadline=None)
+@given(raw=st.binary(max_size=200))
+def test_random_bytes_raise_only_transfer_errors(raw: bytes) -> None:
+    with contextlib.suppress(TransferError):
+        decode_message(raw)
+
+
+def test_fragments_reassemble() -> None:
+    message = Reject("x" * 900)
+    pieces = fragment_message(message, max_payload=20)
+    assert len(pieces) > 40
+    assembler = MessageAssembler()
+    results = [assembler.feed(p) for p in pieces]
+    assert results[:-1] == [None] * (len(pieces) - 1)
+    assert results[-1] == message
+
+
+def test_assembler_bounds_message_size() -> None:
+    assembler = MessageAssembler(max_message=1000)
+    with pytest.raises(PeerProtocolError):
+        for piece in fragment_message(Reject("x" * 5000), max_payload=100):
+            assembler.feed(piece)
+
+
+async def test_big_offer_crosses_the_link_in_fragments() -> None:
+    entries = [Entry("top", "dir")] + [
+        Entry(f"top/{i:06d}-{'n' * 80}", "file") for i in range(20_000)
+    ]
+    offer = Offer(Manifest(tuple(entries)), 1 << 20)
+    assert len(encode_message(offer)) > 2 << 20
+    sender, receiver = await channel_pair()
+    await send_message(sender, offer)
+    assert await recv_message(receiver) == offer
+    await sender.close()
+    await receiver.close()
