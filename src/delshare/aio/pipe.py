@@ -16,15 +16,20 @@ data until the kernel says EAGAIN (bounded by ``_MAX_ROUNDS``) to amortise loop 
 ``asyncio`` stream pairs (TLS, or anything that is not a raw socket) use one copy task per
 direction with ``STREAM_CHUNK`` reads and ``drain()`` for the same back-pressure.
 
-Closing (RFC 6062 §5.5, and the lesson of relays that lose a stream's tail):
+Closing (RFC 6062 §5.5, and the lesson of relays that lose the tail of a stream):
 
 - On EOF from a source, the direction first writes out everything buffered, then shuts down the
   destination's write half (``SHUT_WR`` / ``write_eof``); the other direction keeps flowing.
 - Sockets are closed only once both directions have seen EOF, so their receive queues are empty
-  and ``close()`` is a graceful FIN after the kernel has sent every queued byte (``SO_LINGER`` is
-  left off; a close with unread data would turn into a RST that discards the send queue).
-- A reset or other socket error on either side tears both down and returns the stats with
-  ``reset=True``; cancellation closes both and re-raises ``CancelledError``.
+  and ``close()`` is a graceful FIN after the kernel has sent every queued byte. ``SO_LINGER`` is
+  left off: a close with unread data turns into a RST that discards the send queue.
+- A reset (any socket error) on one side S is a teardown, but not a reason to lose bytes that side
+  S sent before it failed: the direction *from* S keeps reading what S's kernel still queues
+  (after a RST, Linux still hands out queued data), delivers it to the other side O, then FIN.
+  The direction *into* S becomes a sink that reads and discards O's bytes, so that O's receive
+  queue stays empty, until O's kernel has had every byte acknowledged (``SIOCOUTQ`` = 0), O
+  closes, or ``LINGER_TIMEOUT`` passes. Then both are closed and the stats say ``reset=True``.
+- Cancellation closes both at once and re-raises ``CancelledError``.
 """
 
 from __future__ import annotations
@@ -34,13 +39,14 @@ import contextlib
 import os
 import socket
 import ssl
+import struct
 import sys
-from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TypeAlias
 
 if sys.platform == "linux":
     import fcntl
+    import termios
 
     SPLICE_SUPPORTED: bool = hasattr(os, "splice")
     _SPLICE_FLAGS = os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK if SPLICE_SUPPORTED else 0
@@ -49,6 +55,7 @@ else:  # pragma: no cover - exercised only off Linux
 
 __all__ = [
     "COPY_CHUNK",
+    "LINGER_TIMEOUT",
     "PIPE_SIZE",
     "SPLICE_SUPPORTED",
     "STREAM_CHUNK",
@@ -58,6 +65,7 @@ __all__ = [
 ]
 
 Endpoint: TypeAlias = socket.socket | tuple[asyncio.StreamReader, asyncio.StreamWriter]
+_Stream: TypeAlias = tuple[asyncio.StreamReader, asyncio.StreamWriter]
 
 PIPE_SIZE = 1 << 20
 """Requested capacity of each splice pipe (the kernel may grant less: ``pipe-user-pages-soft``)."""
@@ -65,8 +73,12 @@ COPY_CHUNK = 256 << 10
 """Buffer per direction when sockets are copied through user space."""
 STREAM_CHUNK = 256 << 10
 """Read size and write-buffer high-water mark per direction for stream endpoints."""
+LINGER_TIMEOUT = 5.0
+"""After a reset, the longest the surviving side gets to take in the bytes still owed to it."""
+_LINGER_POLL = 0.02  # seconds between SIOCOUTQ checks while lingering (teardown only)
 _MIN_PIPE_SIZE = 64 << 10
 _MAX_ROUNDS = 16  # fill/drain rounds per callback, so one busy bridge cannot starve the loop
+_SINK_CHUNK = 64 << 10
 
 
 @dataclass
@@ -92,20 +104,24 @@ async def bridge(
 
     The prefixes are written before anything read from the other side (e.g. bytes read past a
     STUN frame, RFC 6062 §5.3). The bridge owns the endpoints: it makes sockets non-blocking and
-    closes everything when it returns or is cancelled.
+    closes everything when it returns or is cancelled. A reset on either side ends the bridge
+    (RFC 6062 §5.5) with ``reset=True`` after the other side got every byte owed to it.
     """
     _check_endpoint(a)
     _check_endpoint(b)
     if isinstance(a, socket.socket) and isinstance(b, socket.socket):
-        return await _bridge_sockets(a, b, a_to_b_prefix, b_to_a_prefix)
+        return await _SocketBridge(a, b, a_to_b_prefix, b_to_a_prefix).run()
+    streams: list[_Stream] = []
     try:
-        sa = await _as_stream(a)
-        sb = await _as_stream(b)
+        for endpoint in (a, b):
+            streams.append(await _as_stream(endpoint))
     except BaseException:
-        _close_endpoint(a)
-        _close_endpoint(b)
+        for stream in streams:
+            stream[1].transport.abort()
+        for endpoint in (a, b)[len(streams) :]:
+            _close_endpoint(endpoint)
         raise
-    return await _bridge_streams(sa, sb, a_to_b_prefix, b_to_a_prefix)
+    return await _StreamBridge(streams[0], streams[1], a_to_b_prefix, b_to_a_prefix).run()
 
 
 def _check_endpoint(endpoint: Endpoint) -> None:
@@ -115,7 +131,7 @@ def _check_endpoint(endpoint: Endpoint) -> None:
         raise TypeError(f"bridge needs a stream socket, got {endpoint.type!r}")
 
 
-async def _as_stream(endpoint: Endpoint) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+async def _as_stream(endpoint: Endpoint) -> _Stream:
     if isinstance(endpoint, socket.socket):
         return await asyncio.open_connection(sock=endpoint, limit=STREAM_CHUNK)
     return endpoint
@@ -128,32 +144,43 @@ def _close_endpoint(endpoint: Endpoint) -> None:
         endpoint[1].transport.abort()
 
 
+def _unsent(fd: int) -> int:
+    """Bytes in a TCP socket's send queue not yet acknowledged by the peer (Linux ``SIOCOUTQ``)."""
+    if sys.platform != "linux":  # pragma: no cover - no portable equivalent
+        return 0
+    try:
+        queued: int = struct.unpack("i", fcntl.ioctl(fd, termios.TIOCOUTQ, bytes(4)))[0]
+    except OSError:
+        return 0
+    return queued
+
+
 # --- raw sockets: readiness callbacks -----------------------------------------------------------
 
 
 class _Direction:
-    """One way of a socket bridge: source socket → bounded buffer → destination socket."""
+    """One way of a socket bridge: source socket → bounded buffer → destination socket.
+
+    States: flowing → (source EOF, buffer flushed) → destination shut down → finished; or, once
+    the destination has failed, a sink that discards the source until EOF or the linger ends.
+    """
 
     path = ""
 
     def __init__(
-        self,
-        loop: asyncio.AbstractEventLoop,
-        src: socket.socket,
-        dst: socket.socket,
-        prefix: bytes,
-        on_end: Callable[[BaseException | None], None],
+        self, owner: _SocketBridge, src: socket.socket, dst: socket.socket, prefix: bytes
     ) -> None:
-        self._loop = loop
-        self._src = src
-        self._dst = dst
+        self._owner = owner
+        self._loop = owner.loop
+        self.src = src
+        self.dst = dst
         self._src_fd = src.fileno()
         self._dst_fd = dst.fileno()
         self._prefix = memoryview(prefix)
-        self._on_end = on_end
         self.buffered = 0
         self.delivered = 0
         self.peak = 0
+        self.sink = False
         self.finished = False
         self._eof = False
         self._reading = False
@@ -164,9 +191,23 @@ class _Direction:
         self._pump()
 
     def close(self) -> None:
-        """Stop watching both sockets (they are closed by the bridge)."""
+        """Stop watching both sockets (the bridge closes them)."""
         self._closed = True
         self._watch(read=False, write=False)
+
+    def become_sink(self) -> None:
+        """The destination failed: from now on read the source and discard it."""
+        if self.finished or self.sink:
+            return
+        self.sink = True
+        self._prefix = memoryview(b"")
+        self._watch(read=False, write=False)
+        self._settle()
+
+    def end(self) -> None:
+        self.finished = True
+        self._watch(read=False, write=False)
+        self._owner.direction_ended()
 
     # The subclass moves bytes: each returns how many moved, 0 when the kernel says EAGAIN.
     def _room(self) -> int:
@@ -179,18 +220,18 @@ class _Direction:
         raise NotImplementedError
 
     def _pump(self) -> None:
-        if self._closed:
+        if self._closed or self.finished:
             return
         try:
-            self._move()
-            pending = bool(self._prefix) or self.buffered > 0
-            if self._eof and not pending:
-                self._finish()
+            if self.sink:
+                self._discard()
             else:
-                self._watch(read=not pending, write=pending)
-        except Exception as exc:
-            self.close()
-            self._on_end(exc)
+                self._move()
+            self._settle()
+        except OSError:  # writing to, or shutting down, the destination failed
+            self._owner.socket_failed(self.dst)
+        except Exception as exc:  # a bug: end the bridge with it
+            self._owner.crashed(exc)
 
     def _move(self) -> None:
         for _ in range(_MAX_ROUNDS):
@@ -199,25 +240,55 @@ class _Direction:
             got = put = 0
             room = self._room()
             if not self._eof and room > 0:
-                got = self._fill(room)
-                self.peak = max(self.peak, self.buffered)
+                got = self._read_source(room)
             if self.buffered:
                 put = self._drain()
             if not got and not put:
                 return
 
+    def _read_source(self, room: int) -> int:
+        try:
+            got = self._fill(room)
+        except OSError:  # the source failed: deliver what was read before it, then FIN
+            self._eof = True
+            self._owner.socket_failed(self.src)
+            return 0
+        self.peak = max(self.peak, self.buffered)
+        return got
+
     def _send_prefix(self) -> bool:
         with contextlib.suppress(BlockingIOError):
-            sent = self._dst.send(self._prefix)
+            sent = self.dst.send(self._prefix)
             self._prefix = self._prefix[sent:]
             self.delivered += sent
         return not self._prefix
 
-    def _finish(self) -> None:
-        self._watch(read=False, write=False)
-        self._dst.shutdown(socket.SHUT_WR)
-        self.finished = True
-        self._on_end(None)
+    def _discard(self) -> None:
+        scratch = bytearray(_SINK_CHUNK)
+        for _ in range(_MAX_ROUNDS):
+            try:
+                if self.src.recv_into(scratch) == 0:
+                    self._eof = True
+                    return
+            except BlockingIOError:
+                return
+            except OSError:
+                self._eof = True
+                self._owner.socket_failed(self.src)
+                return
+
+    def _settle(self) -> None:
+        """Watch what the state needs next, or finish (shutting down the destination)."""
+        if self.finished:
+            return
+        pending = bool(self._prefix) or (self.buffered > 0 and not self.sink)
+        if self._eof and not pending:
+            self._watch(read=False, write=False)
+            if not self.sink:
+                self.dst.shutdown(socket.SHUT_WR)
+            self.end()
+        else:
+            self._watch(read=not pending, write=pending)
 
     def _watch(self, *, read: bool, write: bool) -> None:
         if read != self._reading:
@@ -240,14 +311,9 @@ class _CopyDirection(_Direction):
     path = "copy"
 
     def __init__(
-        self,
-        loop: asyncio.AbstractEventLoop,
-        src: socket.socket,
-        dst: socket.socket,
-        prefix: bytes,
-        on_end: Callable[[BaseException | None], None],
+        self, owner: _SocketBridge, src: socket.socket, dst: socket.socket, prefix: bytes
     ) -> None:
-        super().__init__(loop, src, dst, prefix, on_end)
+        super().__init__(owner, src, dst, prefix)
         self._view = memoryview(bytearray(COPY_CHUNK))
         self._start = 0
 
@@ -257,7 +323,7 @@ class _CopyDirection(_Direction):
     def _fill(self, room: int) -> int:
         end = self._start + self.buffered
         try:
-            got = self._src.recv_into(self._view[end:])
+            got = self.src.recv_into(self._view[end:])
         except BlockingIOError:
             return 0
         if got == 0:
@@ -267,7 +333,7 @@ class _CopyDirection(_Direction):
 
     def _drain(self) -> int:
         try:
-            put = self._dst.send(self._view[self._start : self._start + self.buffered])
+            put = self.dst.send(self._view[self._start : self._start + self.buffered])
         except BlockingIOError:
             return 0
         self.buffered -= put
@@ -282,23 +348,25 @@ class _SpliceDirection(_Direction):
     path = "splice"
 
     def __init__(
-        self,
-        loop: asyncio.AbstractEventLoop,
-        src: socket.socket,
-        dst: socket.socket,
-        prefix: bytes,
-        on_end: Callable[[BaseException | None], None],
+        self, owner: _SocketBridge, src: socket.socket, dst: socket.socket, prefix: bytes
     ) -> None:
-        super().__init__(loop, src, dst, prefix, on_end)
+        super().__init__(owner, src, dst, prefix)
         self._pipe_r, self._pipe_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        self.capacity = _enlarge_pipe(self._pipe_w)
+        try:
+            self.capacity = _enlarge_pipe(self._pipe_w)
+        except BaseException:
+            self._close_pipe()
+            raise
 
     def close(self) -> None:
         was_closed = self._closed
         super().close()
         if not was_closed:
-            os.close(self._pipe_r)
-            os.close(self._pipe_w)
+            self._close_pipe()
+
+    def _close_pipe(self) -> None:
+        os.close(self._pipe_r)
+        os.close(self._pipe_w)
 
     def _room(self) -> int:
         return self.capacity - self.buffered
@@ -335,123 +403,237 @@ def _enlarge_pipe(fd: int) -> int:
 
 
 def _make_direction(
-    loop: asyncio.AbstractEventLoop,
-    src: socket.socket,
-    dst: socket.socket,
-    prefix: bytes,
-    on_end: Callable[[BaseException | None], None],
+    owner: _SocketBridge, src: socket.socket, dst: socket.socket, prefix: bytes
 ) -> _Direction:
     """A splice direction when the pipe quota allows a useful pipe, else a copy direction."""
     if SPLICE_SUPPORTED:
-        direction = _SpliceDirection(loop, src, dst, prefix, on_end)
+        direction = _SpliceDirection(owner, src, dst, prefix)
         if direction.capacity >= _MIN_PIPE_SIZE:
             return direction
         direction.close()  # past fs.pipe-user-pages-soft a pipe holds 2 pages: copy instead
-    return _CopyDirection(loop, src, dst, prefix, on_end)
+    return _CopyDirection(owner, src, dst, prefix)
 
 
-async def _bridge_sockets(
-    a: socket.socket, b: socket.socket, a_to_b_prefix: bytes, b_to_a_prefix: bytes
-) -> BridgeStats:
-    loop = asyncio.get_running_loop()
-    ended: asyncio.Future[bool] = loop.create_future()
-    directions: list[_Direction] = []
+class _SocketBridge:
+    """Two directions over two raw sockets, and the teardown rules between them."""
 
-    def on_end(exc: BaseException | None) -> None:
-        if ended.done():
-            return
-        if exc is None:
-            if all(d.finished for d in directions):
-                ended.set_result(False)
-        elif isinstance(exc, OSError):
-            ended.set_result(True)
-        else:
-            ended.set_exception(exc)
+    def __init__(
+        self, a: socket.socket, b: socket.socket, a_to_b_prefix: bytes, b_to_a_prefix: bytes
+    ) -> None:
+        self.loop = asyncio.get_running_loop()
+        self._sockets = (a, b)
+        self._prefixes = (a_to_b_prefix, b_to_a_prefix)
+        self._ended: asyncio.Future[None] = self.loop.create_future()
+        self._directions: list[_Direction] = []
+        self._failed: set[socket.socket] = set()
+        self._linger_deadline = 0.0
+        self._timer: asyncio.Handle | None = None
 
-    try:
-        a.setblocking(False)
-        b.setblocking(False)
-        directions.append(_make_direction(loop, a, b, a_to_b_prefix, on_end))
-        directions.append(_make_direction(loop, b, a, b_to_a_prefix, on_end))
-        for direction in directions:
-            direction.start()
-        reset = await ended
-    finally:
-        for direction in directions:
+    async def run(self) -> BridgeStats:
+        a, b = self._sockets
+        try:
+            a.setblocking(False)
+            b.setblocking(False)
+            self._directions.append(_make_direction(self, a, b, self._prefixes[0]))
+            self._directions.append(_make_direction(self, b, a, self._prefixes[1]))
+            for direction in self._directions:
+                direction.start()
+            await self._ended
+        finally:
+            self._teardown()
+        ab, ba = self._directions
+        path = "splice" if ab.path == ba.path == "splice" else "copy"
+        peak = max(ab.peak, ba.peak)
+        return BridgeStats(ab.delivered, ba.delivered, bool(self._failed), peak, path)
+
+    def _teardown(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        for direction in self._directions:
             direction.close()
-        a.close()
-        b.close()
-    ab, ba = directions
-    path = "splice" if ab.path == ba.path == "splice" else "copy"
-    return BridgeStats(ab.delivered, ba.delivered, reset, max(ab.peak, ba.peak), path)
+        for sock in self._sockets:
+            sock.close()
+
+    def direction_ended(self) -> None:
+        if all(d.finished for d in self._directions) and not self._ended.done():
+            self._ended.set_result(None)
+
+    def crashed(self, exc: Exception) -> None:
+        if not self._ended.done():
+            self._ended.set_exception(exc)
+
+    def socket_failed(self, sock: socket.socket) -> None:
+        """RFC 6062 §5.5 teardown, without dropping what the other side is still owed."""
+        first = not self._failed
+        self._failed.add(sock)
+        for direction in self._directions:
+            if direction.dst is sock:
+                direction.become_sink()
+        if first:
+            self._linger_deadline = self.loop.time() + LINGER_TIMEOUT
+            self._timer = self.loop.call_soon(self._linger)
+
+    def _linger(self) -> None:
+        """End sinks once their source's peer has acknowledged all it is owed, or time is up."""
+        self._timer = None
+        if self._ended.done():
+            return
+        if self.loop.time() >= self._linger_deadline:
+            self._ended.set_result(None)
+            return
+        for sink in [d for d in self._directions if d.sink and not d.finished]:
+            owed = [d for d in self._directions if d.dst is sink.src]
+            if all(d.finished or d.sink for d in owed) and _unsent(sink.src.fileno()) == 0:
+                sink.end()
+        if not self._ended.done():
+            self._timer = self.loop.call_later(_LINGER_POLL, self._linger)
 
 
 # --- asyncio streams: one copy task per direction -------------------------------------------------
 
 
+class _DestinationFailed(Exception):
+    pass
+
+
 @dataclass
-class _StreamCounter:
+class _StreamDirection:
+    reader: asyncio.StreamReader
+    writer: asyncio.StreamWriter
+    prefix: bytes
     delivered: int = 0
     peak: int = 0
+    sink: bool = False
+    finished: bool = False
 
 
-async def _copy_stream(
-    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, prefix: bytes, count: _StreamCounter
-) -> None:
-    """Copy until EOF, then half-close ``writer`` (or close it if it cannot, e.g. TLS)."""
-    writer.transport.set_write_buffer_limits(high=STREAM_CHUNK)
-    if prefix:
-        writer.write(prefix)
-        count.delivered += len(prefix)
-        await writer.drain()
-    while data := await reader.read(STREAM_CHUNK):
-        writer.write(data)
-        count.delivered += len(data)
-        count.peak = max(count.peak, writer.transport.get_write_buffer_size())
-        await writer.drain()
-    if writer.can_write_eof():
-        writer.write_eof()
-    else:
-        # No half-close on this transport: a graceful close flushes, then ends the other way too.
-        writer.close()
+class _StreamBridge:
+    """Two copy tasks over asyncio streams, with the same teardown rules as ``_SocketBridge``."""
 
+    def __init__(self, a: _Stream, b: _Stream, a_to_b_prefix: bytes, b_to_a_prefix: bytes) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._writers = (a[1], b[1])
+        self._directions = (
+            _StreamDirection(a[0], b[1], a_to_b_prefix),
+            _StreamDirection(b[0], a[1], b_to_a_prefix),
+        )
+        self._tasks: dict[int, asyncio.Task[None]] = {}
+        self._failed: set[asyncio.StreamWriter] = set()
+        self._failure: asyncio.Future[None] = self._loop.create_future()
+        self._linger_deadline = 0.0
 
-async def _bridge_streams(
-    a: tuple[asyncio.StreamReader, asyncio.StreamWriter],
-    b: tuple[asyncio.StreamReader, asyncio.StreamWriter],
-    a_to_b_prefix: bytes,
-    b_to_a_prefix: bytes,
-) -> BridgeStats:
-    ab, ba = _StreamCounter(), _StreamCounter()
-    tasks = [
-        asyncio.ensure_future(_copy_stream(a[0], b[1], a_to_b_prefix, ab)),
-        asyncio.ensure_future(_copy_stream(b[0], a[1], b_to_a_prefix, ba)),
-    ]
-    reset = True
-    try:
-        await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
-        reset = _stream_failure(tasks)
-    finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        for _, writer in (a, b):
-            if reset:
-                writer.transport.abort()
+    async def run(self) -> BridgeStats:
+        for i, d in enumerate(self._directions):
+            self._tasks[i] = asyncio.ensure_future(self._run_direction(d))
+        clean = False
+        try:
+            clean = await self._wait()
+        finally:
+            for task in self._tasks.values():
+                task.cancel()
+            for writer in self._writers:
+                if clean and writer not in self._failed:
+                    writer.close()  # graceful: the transport flushes its buffer before closing
+                else:
+                    writer.transport.abort()
+            await asyncio.gather(*self._tasks.values(), return_exceptions=True)
+        ab, ba = self._directions
+        peak = max(ab.peak, ba.peak)
+        return BridgeStats(ab.delivered, ba.delivered, bool(self._failed), peak, "stream")
+
+    async def _wait(self) -> bool:
+        """Wait for both directions; after a failure, for at most ``LINGER_TIMEOUT``."""
+        while pending := {t for t in self._tasks.values() if not t.done()}:
+            if self._failed:
+                timeout = max(0.0, self._linger_deadline - self._loop.time())
+                done, _ = await asyncio.wait(
+                    pending, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+                )
+                if not done:
+                    return False
             else:
-                writer.close()  # graceful: the transport flushes its buffer before closing
-    return BridgeStats(ab.delivered, ba.delivered, reset, max(ab.peak, ba.peak), "stream")
+                waiters: set[asyncio.Future[None]] = {*pending, self._failure}
+                await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+            for task in self._tasks.values():
+                if task.done():
+                    task.result()  # re-raise a bug
+        return True
 
+    def _source_of(self, d: _StreamDirection) -> asyncio.StreamWriter:
+        return self._writers[0] if d.writer is self._writers[1] else self._writers[1]
 
-def _stream_failure(tasks: Sequence[asyncio.Future[None]]) -> bool:
-    """True if a copy task ended on a socket error; re-raise anything else (a bug)."""
-    failed = False
-    for task in tasks:
-        if not task.done():
-            continue
-        exc = task.exception()
-        if isinstance(exc, OSError):
-            failed = True
-        elif exc is not None:
-            raise exc
-    return failed
+    def _socket_failed(self, writer: asyncio.StreamWriter) -> None:
+        """RFC 6062 §5.5 teardown: the direction into ``writer`` turns into a sink."""
+        if writer in self._failed:
+            return
+        if not self._failed:
+            self._linger_deadline = self._loop.time() + LINGER_TIMEOUT
+            self._failure.set_result(None)
+        self._failed.add(writer)
+        for i, d in enumerate(self._directions):
+            if d.writer is not writer or d.finished or d.sink:
+                continue
+            d.sink = True
+            if self._tasks[i] is not asyncio.current_task():
+                self._tasks[i].cancel()
+                self._tasks[i] = asyncio.ensure_future(self._discard(d))
+
+    async def _run_direction(self, d: _StreamDirection) -> None:
+        try:
+            await self._copy(d)
+        except _DestinationFailed:
+            self._socket_failed(d.writer)
+            await self._discard(d)
+
+    async def _copy(self, d: _StreamDirection) -> None:
+        """Copy until EOF, then half-close (or close, where the transport cannot, e.g. TLS)."""
+        try:
+            d.writer.transport.set_write_buffer_limits(high=STREAM_CHUNK)
+            await self._write(d, d.prefix)
+            while True:
+                try:
+                    data = await d.reader.read(STREAM_CHUNK)
+                except OSError:  # the source failed: deliver what came before, then FIN
+                    self._socket_failed(self._source_of(d))
+                    data = b""
+                if not data:
+                    break
+                await self._write(d, data)
+            if d.writer.can_write_eof():
+                d.writer.write_eof()
+            else:  # graceful close flushes, then also ends the direction reading this transport
+                d.writer.close()
+            d.finished = True
+        except OSError as exc:
+            raise _DestinationFailed from exc
+
+    @staticmethod
+    async def _write(d: _StreamDirection, data: bytes) -> None:
+        if not data:
+            return
+        d.writer.write(data)
+        d.delivered += len(data)
+        d.peak = max(d.peak, d.writer.transport.get_write_buffer_size())
+        await d.writer.drain()
+
+    async def _discard(self, d: _StreamDirection) -> None:
+        """Read and drop the source until it ends or has been sent all it is owed."""
+        source = self._source_of(d)
+        owed = next(o for o in self._directions if o.writer is source)
+        while not (owed.sink or self._flushed(owed)):
+            try:
+                data = await asyncio.wait_for(d.reader.read(STREAM_CHUNK), _LINGER_POLL)
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            if not data:
+                return
+
+    @staticmethod
+    def _flushed(owed: _StreamDirection) -> bool:
+        """Has the direction finished and the peer acknowledged every byte of it?"""
+        if not owed.finished or owed.writer.transport.get_write_buffer_size():
+            return False
+        sock = owed.writer.get_extra_info("socket")
+        return sock is None or _unsent(sock.fileno()) == 0
