@@ -615,3 +615,21 @@ def test_client_closed_on_stream_deletes_the_allocation() -> None:
     client.server.client_closed(client.five, T0)
     assert any(isinstance(o, CloseRelay) for o in client.pump())
     assert not client.server.allocations
+
+
+def test_per_ip_quota_is_486() -> None:
+    server = make_server(max_allocations_per_ip=1)
+    assert code(Client(server, five(port=1)).allocate()) is None
+    assert code(Client(server, five(port=2), user="bob").allocate()) == 486
+    assert code(Client(server, five(port=3, host="203.0.113.6"), user="bob").allocate()) is None
+
+
+def test_requests_over_the_rate_are_dropped_until_tokens_refill() -> None:
+    server = make_server(request_rate=1.0, request_burst=3)
+    client = Client(server, five())
+    answered = [client.request(Method.BINDING, auth=False).cls for _ in range(5)]
+    assert answered.count(MessageClass.SUCCESS) == 3
+    other = Client(server, five(host="203.0.113.9"))
+    assert other.request(Method.BINDING, auth=False).cls == MessageClass.SUCCESS
+    later = client.request(Method.BINDING, auth=False, now=T0 + 2)
+    assert later.cls == MessageClass.SUCCESS

@@ -58,7 +58,7 @@ class RelayMetrics:
             self._bound.discard(event.conn_id)
             self.connections.dec()
         elif isinstance(event, RequestRefused):
-            self.errors.labels(str(event.code)).inc()
+            self.errors.labels(str(event.code) if event.code else "dropped").inc()
 
     def relayed(self, kind: str, count: int) -> None:
         """Add ``count`` bytes to the ``kind`` (udp/tcp) counter."""

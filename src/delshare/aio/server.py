@@ -546,7 +546,7 @@ def _log_event(event: Output) -> None:
     elif isinstance(event, PermissionCreated):
         log.debug("allocation %d: permission for %s", event.alloc_id, event.peer_ip)
     elif isinstance(event, RequestRefused):
-        level = logging.DEBUG if event.code in (401, 438) else logging.INFO
+        level = logging.DEBUG if event.code in (0, 401, 438) else logging.INFO  # 0: dropped
         log.log(level, "%s from %s:%d refused: %d %s", event.method, *event.five.client,
                 event.code, event.reason)  # fmt: skip
     elif isinstance(event, RequestAnswered):

@@ -153,6 +153,11 @@ class OneLineErrors(click.Command):
               help="Allocations in total (beyond: 508).")  # fmt: skip
 @click.option("--max-allocations-per-user", type=click.IntRange(1), default=100,
               show_default=True, help="Allocations per username (beyond: 486).")  # fmt: skip
+@click.option("--max-allocations-per-ip", type=click.IntRange(1), default=500,
+              show_default=True, help="Allocations per client IP (beyond: 486).")  # fmt: skip
+@click.option("--max-request-rate", type=click.FloatRange(0), default=1000.0, show_default=True,
+              help="STUN requests per second per client IP, bursts up to 4x; over it requests "
+              "are dropped. 0 disables.")  # fmt: skip
 @click.option("--max-connections-per-allocation", type=click.IntRange(1), default=64,
               show_default=True, help="RFC 6062 connections per TCP allocation.")  # fmt: skip
 @click.option("--max-pending-connections", type=click.IntRange(1), default=256,
@@ -229,6 +234,9 @@ def relay_config(opts: dict[str, Any]) -> RelayConfig:
         relay_ip6=opts["relay_ip6"],
         max_allocations=opts["max_allocations"],
         max_allocations_per_user=opts["max_allocations_per_user"],
+        max_allocations_per_ip=opts["max_allocations_per_ip"],
+        request_rate=opts["max_request_rate"],
+        request_burst=max(1, int(opts["max_request_rate"] * 4)),
         max_connections_per_allocation=opts["max_connections_per_allocation"],
         max_pending_connections=opts["max_pending_connections"],
         max_lifetime=opts["max_lifetime"],

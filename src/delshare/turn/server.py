@@ -39,6 +39,7 @@ from delshare.stun.framing import ChannelData
 from delshare.stun.message import Message, decode_message, error_response, success_response
 from delshare.turn.auth import Authenticator, ChallengeRequired, Credentials
 from delshare.turn.peerfilter import PeerFilter
+from delshare.turn.ratelimit import RateLimiter
 from delshare.turn.server_state import (
     Allocation,
     AllocationState,
@@ -101,6 +102,8 @@ class TurnServer:
         self._by_id: dict[int, Allocation] = {}
         self._reservations: dict[bytes, Reservation] = {}
         self._per_user: Counter[str] = Counter()
+        self._per_ip: Counter[str] = Counter()
+        self._rate = RateLimiter(config.request_rate, config.request_burst)
         self._outputs: list[Output] = []
         self._timers: list[tuple[float, int, str, object]] = []
         self._ids = itertools.count(1)
@@ -194,7 +197,13 @@ class TurnServer:
             self._delete_allocation(alloc, "control connection closed")
 
     def _handle_request(self, five: FiveTuple, msg: Message, now: float) -> None:
-        """The one dispatch point: run the handler, turn refusals into error responses."""
+        """The one dispatch point: run the handler, turn refusals into error responses.
+
+        Requests over the per-IP rate are dropped unanswered (a UDP client retransmits).
+        """
+        if not self._rate.allow(five.client[0], now):
+            self._outputs.append(RequestRefused(five, msg.method_name, 0, "rate limited"))
+            return
         creds: Credentials | None = None
         try:
             if msg.method == Method.BINDING:
@@ -256,7 +265,7 @@ class TurnServer:
         if token is not None and (even is not None or requested_family is not None):
             raise StunProtocolError(400, "RESERVATION-TOKEN with EVEN-PORT or address family")
         family = self._relay_family(five, requested_family)
-        self._check_allocation_quota(creds.username)
+        self._check_allocation_quota(creds.username, five.client[0])
         reserved = self._take_reservation(token, now) if isinstance(token, bytes) else None
         if reserved is not None:
             family = reserved.family
@@ -267,6 +276,7 @@ class TurnServer:
         self.allocations[five] = alloc
         self._by_id[alloc.id] = alloc
         self._per_user[creds.username] += 1
+        self._per_ip[five.client[0]] += 1
         self._outputs.append(
             OpenRelay(
                 alloc.id,
@@ -314,9 +324,11 @@ class TurnServer:
             raise StunProtocolError(440, "Address Family not Supported")
         return family
 
-    def _check_allocation_quota(self, username: str) -> None:
+    def _check_allocation_quota(self, username: str, client_ip: str) -> None:
         if self._per_user[username] >= self.config.max_allocations_per_user:
             raise StunProtocolError(486, "Allocation Quota Reached")
+        if self._per_ip[client_ip] >= self.config.max_allocations_per_ip:
+            raise StunProtocolError(486, "Allocation Quota Reached for this address")
         if len(self.allocations) >= self.config.max_allocations:
             raise StunProtocolError(508, "Insufficient Capacity")
 
@@ -667,6 +679,9 @@ class TurnServer:
         self._per_user[alloc.username] -= 1
         if self._per_user[alloc.username] <= 0:
             del self._per_user[alloc.username]
+        self._per_ip[alloc.five.client[0]] -= 1
+        if self._per_ip[alloc.five.client[0]] <= 0:
+            del self._per_ip[alloc.five.client[0]]
 
     def _delete_allocation(self, alloc: Allocation, reason: str) -> None:
         """Close the relay and every data connection of the allocation (RFC 6062 §5.5)."""

@@ -40,6 +40,9 @@ class ServerConfig:
     relay_ip6: str | None = None  # same for IPv6 relays
     max_allocations: int = 1000
     max_allocations_per_user: int = 100
+    max_allocations_per_ip: int = 500
+    request_rate: float = 1000.0  # requests per second per client IP (0: unlimited)
+    request_burst: int = 4000
     max_connections_per_allocation: int = 64
     max_pending_connections: int = 256
     max_permissions_per_allocation: int = 256
