@@ -171,8 +171,8 @@ def test_tls_tcp_relay(outcomes: dict[str, Outcome]) -> None:
 def test_tls_udp_relay_loses_at_most_one_per_session(outcomes: dict[str, Outcome]) -> None:
     """``-S -t -y`` to the TLS port: UDP allocations over TLS.
 
-    coturn 4.6.1: sent=40 received=36 lost=4 every run (one message per session: the tool
-    leaves the last TLS record unread), about 15 s. So only "at most one per session" holds.
+    coturn 4.6.1: sent=40 received=36 or 37, lost=4 or 3, every run (the tool seems to leave
+    the last TLS record unread), about 15 s. So only "at most one lost per session" holds.
     """
     result = _result(outcomes, "tls-udp-relay")
     assert result.sent_messages == CLIENTS * MESSAGES
