@@ -23,7 +23,7 @@ import os
 import ssl as _ssl
 import time
 from types import TracebackType
-from typing import Any
+from typing import Any, Self
 
 from delshare.aio.client_allocation import TcpAllocation, UdpAllocation, _Allocation
 from delshare.errors import DelshareError, StunDecodeError
@@ -66,13 +66,16 @@ class _StreamControl(asyncio.Protocol):
         try:
             frames = self._framer.feed(data)
         except StunDecodeError as exc:
-            self._client._lost(TurnConnectionError(f"server sent garbage: {exc}"))
+            self._client._lost(TurnConnectionError(f"server sent garbage: {exc}"), self.transport)
+            if self.transport is not None:
+                self.transport.close()
             return
         for frame in frames:
             self._client._frame_received(frame)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._client._lost(TurnConnectionError(f"connection to TURN server lost ({exc or 'EOF'})"))
+        error = TurnConnectionError(f"connection to TURN server lost ({exc or 'EOF'})")
+        self._client._lost(error, self.transport)
 
 
 class _DatagramControl(asyncio.DatagramProtocol):
@@ -80,6 +83,10 @@ class _DatagramControl(asyncio.DatagramProtocol):
 
     def __init__(self, client: TurnClient) -> None:
         self._client = client
+        self.transport: asyncio.BaseTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
 
     def datagram_received(self, data: bytes, addr: tuple[Any, ...]) -> None:
         self._client._frame_received(data)
@@ -88,7 +95,7 @@ class _DatagramControl(asyncio.DatagramProtocol):
         log.debug("UDP error from TURN server: %s", exc)  # ICMP; retransmission copes
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._client._lost(TurnConnectionError("UDP socket closed"))
+        self._client._lost(TurnConnectionError("UDP socket closed"), self.transport)
 
 
 class TurnClient:
@@ -155,7 +162,7 @@ class TurnClient:
             self._transport.close()
         self._lost(TurnConnectionError("client closed"))
 
-    async def __aenter__(self) -> TurnClient:
+    async def __aenter__(self) -> Self:
         return self
 
     async def __aexit__(
@@ -310,8 +317,14 @@ class TurnClient:
         self.core.handle_timer(self._loop.time())
         self._pump()
 
-    def _lost(self, error: DelshareError) -> None:
-        """The control connection is gone: fail requests, end the allocation (RFC 6062 §5.5)."""
+    def _lost(self, error: DelshareError, transport: asyncio.BaseTransport | None = None) -> None:
+        """The control connection is gone: fail requests, end the allocation (RFC 6062 §5.5).
+
+        ``transport`` names the connection that reported it; a report from one we already
+        replaced (after a 300 redirect) is ignored.
+        """
+        if transport is not None and transport is not self._transport:
+            return
         if self._transport is None and self._error is not None:
             return
         self._transport, self._error = None, error

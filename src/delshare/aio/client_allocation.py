@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, NamedTuple, Self
 
 from delshare.errors import DelshareError, TransactionTimeout
 from delshare.stun.attributes import Address, AttrValue
@@ -107,7 +107,7 @@ class _Allocation:
                 async with asyncio.timeout(2.0):
                     await self._client.request(Method.REFRESH, [(Attr.LIFETIME, 0)])
 
-    async def __aenter__(self) -> _Allocation:
+    async def __aenter__(self) -> Self:
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
