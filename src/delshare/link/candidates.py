@@ -100,7 +100,11 @@ def parse_candidates(obj: object) -> list[Candidate]:
 
 
 def format_address(host: str, port: int) -> str:
-    """``1.2.3.4:5`` or ``[::1]:5``."""
+    """``1.2.3.4:5`` or ``[::1]:5``; IPv4-mapped IPv6 addresses are shown as IPv4."""
+    with contextlib.suppress(ValueError):
+        ip = ipaddress.ip_address(host.split("%", 1)[0])
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+            host = str(ip.ipv4_mapped)
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 

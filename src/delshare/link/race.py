@@ -264,8 +264,8 @@ class _Racer:
                 reader, writer, self.config.key, self.config.role, self.config.handshake_timeout
             )
             path = await self._agree(channel, view)
-        except (LinkError, OSError, ValueError) as exc:
-            self.errors.append(f"{view.kind} {view.address}: {exc}")
+        except Exception as exc:  # LinkError, OSError, or anything odd: this path failed
+            self.errors.append(f"{view.kind} {view.address}: {exc or type(exc).__name__}")
             await abort_stream(writer)
             return False
         if path.kind == "relay" and self.config.mode == "direct":

@@ -1,0 +1,157 @@
+"""From a paired channel to one authenticated link: gather, exchange, permit, race.
+
+Theory of operation. After pairing, each side gathers its candidates (listener + host addresses
+unless relay-only; a TURN TCP allocation unless direct-only; the server-reflexive address when a
+TURN server is configured), sends them through the encrypted paired channel as
+``{"t": "candidates", "v": 1, "mode": ..., "candidates": [...]}`` and reads the peer's. Each side
+then permits the peer's IPs on its allocation and sends ``{"t": "ready"}``; racing starts only
+after the peer's ``ready``, so no relayed dial hits an allocation whose permission is not there
+yet. The race (:func:`delshare.link.race.race`) runs with a key derived from the PAKE key for
+this purpose only. What is not used by the winning link is closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from dataclasses import dataclass
+from typing import Any
+
+from delshare.errors import PairingError
+from delshare.link.candidates import (
+    Candidate,
+    CandidateError,
+    Listener,
+    host_addresses,
+    host_candidates,
+    parse_candidates,
+    start_listener,
+)
+from delshare.link.race import LocalEndpoints, Mode, RaceConfig, RacedLink, combine_modes, race
+from delshare.link.records import Role
+from delshare.link.relay import TurnRelay, TurnSettings, open_relay, reflexive_address
+from delshare.pairing import PairedChannel, derive_key
+
+__all__ = ["LINK_KEY_PURPOSE", "ConnectOptions", "Connection", "connect_peer"]
+
+LINK_KEY_PURPOSE = b"delshare/link/v1"
+PROTOCOL_VERSION = 1
+_MODES: tuple[Mode, ...] = ("any", "direct", "relay")
+
+
+@dataclass(frozen=True)
+class ConnectOptions:
+    """How to reach the peer: TURN server, forced path, race timings."""
+
+    turn: TurnSettings | None = None
+    mode: Mode = "any"
+    relay_delay: float = 0.25
+    total_timeout: float = 30.0
+
+
+@dataclass
+class Connection:
+    """The winning link and what must stay open while it is used."""
+
+    link: RacedLink
+    relay: TurnRelay | None = None
+
+    async def close(self) -> None:
+        """Close the link, then the allocation it may run through."""
+        await self.link.channel.close()
+        if self.relay is not None:
+            await self.relay.close()
+
+
+@dataclass
+class _Gathered:
+    listener: Listener | None
+    relay: TurnRelay | None
+    candidates: list[Candidate]
+
+    async def close(self) -> None:
+        if self.listener is not None:
+            self.listener.close()
+        if self.relay is not None:
+            await self.relay.close()
+
+
+async def _gather(options: ConnectOptions) -> _Gathered:
+    """Listener and host candidates, allocation, server-reflexive address, as the mode allows."""
+    listener = await start_listener() if options.mode != "relay" else None
+    gathered = _Gathered(listener, None, [])
+    try:
+        if listener is not None:
+            addresses = host_addresses()
+            gathered.candidates += host_candidates(addresses, listener.port, ipv6=listener.ipv6)
+        if options.turn is not None and options.mode != "direct":
+            gathered.relay = await open_relay(options.turn)
+            gathered.candidates += gathered.relay.candidates()
+        elif options.turn is not None:
+            reflexive = await reflexive_address(options.turn)
+            gathered.candidates += [reflexive] if reflexive is not None else []
+    except BaseException:
+        await gathered.close()
+        raise
+    return gathered
+
+
+def _candidates_message(gathered: _Gathered, mode: Mode) -> dict[str, object]:
+    return {
+        "t": "candidates",
+        "v": PROTOCOL_VERSION,
+        "mode": mode,
+        "candidates": [c.to_wire() for c in gathered.candidates],
+    }
+
+
+def _parse_peer(message: dict[str, Any]) -> tuple[Mode, list[Candidate]]:
+    if message.get("t") != "candidates":
+        raise PairingError("peer sent something else than its candidates")
+    mode = message.get("mode", "any")
+    if mode not in _MODES:
+        raise PairingError(f"peer asks for an unknown link mode {mode!r}")
+    try:
+        return mode, parse_candidates(message.get("candidates"))
+    except CandidateError as exc:
+        raise PairingError(f"bad candidates from peer: {exc}") from exc
+
+
+async def _expect(paired: PairedChannel, kind: str) -> dict[str, Any]:
+    message = await paired.receive()
+    if message.get("t") == "error":
+        raise PairingError(f"peer gave up: {message.get('reason', '?')}")
+    if message.get("t") != kind:
+        raise PairingError(f"expected {kind!r} from peer, got {message.get('t')!r}")
+    return message
+
+
+async def connect_peer(paired: PairedChannel, role: Role, options: ConnectOptions) -> Connection:
+    """Exchange candidates over ``paired`` and race to one authenticated link."""
+    gathered = await _gather(options)
+    winner: RacedLink | None = None
+    try:
+        await paired.send(_candidates_message(gathered, options.mode))
+        peer_mode, peer = _parse_peer(await _expect(paired, "candidates"))
+        mode = combine_modes(options.mode, peer_mode)
+        if gathered.relay is not None and mode != "direct":
+            await gathered.relay.permit(sorted({c.host for c in peer}))
+        await paired.send({"t": "ready"})
+        await _expect(paired, "ready")
+        config = RaceConfig(
+            key=derive_key(paired.key, LINK_KEY_PURPOSE),
+            role=role,
+            mode=mode,
+            relay_delay=options.relay_delay,
+            total_timeout=options.total_timeout,
+        )
+        local = LocalEndpoints(gathered.listener, gathered.relay if mode != "direct" else None)
+        winner = await race(config, local, peer)
+    finally:
+        if gathered.listener is not None:
+            gathered.listener.close()
+        if (winner is None or winner.path.kind == "direct") and gathered.relay is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.shield(gathered.relay.close())
+            gathered.relay = None
+    return Connection(winner, gathered.relay)

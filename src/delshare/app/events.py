@@ -1,0 +1,110 @@
+"""What a send or receive run reports to its user interface, as frozen past-tense events.
+
+The app layer (:mod:`delshare.app.send`, :mod:`delshare.app.receive`) emits these through a
+``Reporter`` callable; :mod:`delshare.cli.ui` renders them as text, a rich progress display or
+JSON lines. Names in events are already made safe to print (control characters stripped).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+__all__ = [
+    "CodeAllocated",
+    "Event",
+    "FileVerified",
+    "NoticeIssued",
+    "OfferReceived",
+    "PeerConnected",
+    "ProgressUpdated",
+    "Reporter",
+    "TransferFinished",
+    "TransferStarted",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class CodeAllocated:
+    """The sender's pairing code, to pass to the receiver."""
+
+    code: str
+
+
+@dataclass(frozen=True, slots=True)
+class PeerConnected:
+    """The race picked a link: ``kind`` direct or relay, ``address`` peer or TURN server."""
+
+    kind: str
+    address: str
+
+    @property
+    def line(self) -> str:
+        return f"connected: {self.kind} {self.address}"
+
+
+@dataclass(frozen=True, slots=True)
+class OfferReceived:
+    """The receiver got an offer of ``files`` files in ``total`` bytes."""
+
+    files: int
+    total: int
+    names: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class TransferStarted:
+    """Data starts flowing: each file's manifest index, printable name and size, in order."""
+
+    indexes: tuple[int, ...]
+    names: tuple[str, ...]
+    sizes: tuple[int, ...]
+    direction: str  # "send" or "receive"
+
+
+@dataclass(frozen=True, slots=True)
+class ProgressUpdated:
+    """``file_done`` bytes of file ``index`` (manifest order) and ``total_done`` overall."""
+
+    index: int
+    file_done: int
+    total_done: int
+
+
+@dataclass(frozen=True, slots=True)
+class FileVerified:
+    """A file's whole-content SHA-256 matched on arrival (or was sent with this hash)."""
+
+    name: str
+    size: int
+    sha256: str
+
+
+@dataclass(frozen=True, slots=True)
+class TransferFinished:
+    """Everything arrived: counts, bytes moved over the link in this run, elapsed seconds."""
+
+    files: int
+    total: int
+    moved: int
+    seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class NoticeIssued:
+    """A one-line remark for the user (e.g. a skipped symlink); not shown in quiet mode."""
+
+    text: str
+
+
+Event = (
+    CodeAllocated
+    | PeerConnected
+    | OfferReceived
+    | TransferStarted
+    | ProgressUpdated
+    | FileVerified
+    | TransferFinished
+    | NoticeIssued
+)
+Reporter = Callable[[Event], None]

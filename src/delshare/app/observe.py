@@ -1,0 +1,65 @@
+"""Let the app see the transfer's ``file-end`` messages as they pass over a record channel.
+
+The transfer layer verifies every file against the SHA-256 its sender declares in ``file-end``
+(:mod:`delshare.transfer.protocol`); the app prints that hash once the whole transfer is
+confirmed. Watching the CONTROL records on their way avoids hashing every file a second time.
+The channel's ``write``, ``recv_record`` and ``recv_into`` are wrapped on this one instance, so
+everything else about the channel stays exactly as the link layer made it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from delshare.errors import DelshareError
+from delshare.link.records import Record, RecordChannel, RecordKind
+from delshare.transfer.protocol import FileEnd, MessageAssembler
+
+__all__ = ["observe_file_ends"]
+
+FileEndHook = Callable[[int, bytes], None]
+
+
+def _watcher(hook: FileEndHook) -> Callable[[bytes | memoryview], None]:
+    assembler = MessageAssembler()
+
+    def watch(payload: bytes | memoryview) -> None:
+        try:
+            message = assembler.feed(bytes(payload))
+        except DelshareError:
+            return  # the transfer layer reports malformed messages itself
+        if isinstance(message, FileEnd):
+            hook(message.index, message.sha256)
+
+    return watch
+
+
+def observe_file_ends(channel: RecordChannel, hook: FileEndHook) -> RecordChannel:
+    """Call ``hook(index, sha256)`` for every file-end sent or received on ``channel``."""
+    watch_sent, watch_received = _watcher(hook), _watcher(hook)
+    write, recv_record = channel.write, channel.recv_record
+
+    def observed_write(data: bytes | memoryview, kind: RecordKind = RecordKind.DATA) -> None:
+        if kind is RecordKind.CONTROL:
+            watch_sent(data)
+        write(data, kind)
+
+    async def observed_recv_record() -> Record:
+        record = await recv_record()
+        if record.kind is RecordKind.CONTROL:
+            watch_received(record.payload)
+        return record
+
+    channel.write = observed_write  # type: ignore[method-assign]
+    channel.recv_record = observed_recv_record  # type: ignore[method-assign]
+    recv_into = getattr(channel, "recv_into", None)
+    if recv_into is not None:
+
+        async def observed_recv_into(buffer: memoryview) -> tuple[RecordKind, int]:
+            kind, length = await recv_into(buffer)
+            if kind is RecordKind.CONTROL:
+                watch_received(buffer[:length])
+            return kind, length
+
+        channel.recv_into = observed_recv_into  # type: ignore[attr-defined,method-assign,unused-ignore]
+    return channel

@@ -1,0 +1,119 @@
+"""``delshare receive CODE``: pair, connect, confirm the offer, receive safely, report hashes."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from delshare.app.common import SessionOptions, UsageProblem, progress_reporter
+from delshare.app.connect import connect_peer
+from delshare.app.events import OfferReceived, PeerConnected, Reporter, TransferFinished
+from delshare.app.observe import observe_file_ends
+from delshare.app.send import report_hashes, started
+from delshare.errors import PairingError
+from delshare.pairing import pair, parse_code
+from delshare.transfer.manifest import Manifest, display_name
+from delshare.transfer.receiver import ReceiveStats, receive_files
+
+__all__ = ["Ask", "ReceiveOptions", "run_receive"]
+
+Ask = Callable[[OfferReceived], Awaitable[bool]]
+"""Asks the user whether to accept an offer (not called with ``--yes``)."""
+
+
+@dataclass(frozen=True)
+class ReceiveOptions:
+    """Where files go and what may happen to existing ones."""
+
+    output: str = "."
+    overwrite: bool = False
+    rename: bool = False
+    yes: bool = False
+
+
+def _sha256_file(path: str) -> bytes:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            digest.update(block)
+    return digest.digest()
+
+
+async def _hash_missing(manifest: Manifest, stats: ReceiveStats, hashes: dict[int, bytes]) -> None:
+    """Hash from disk any received file whose ``file-end`` the observer did not see."""
+    index_of = {e.path: i for i, e in enumerate(manifest.entries)}
+    loop = asyncio.get_running_loop()
+    for received in stats.files:
+        index = index_of.get(received.path)
+        if index is not None and index not in hashes and not received.skipped:
+            hashes[index] = await loop.run_in_executor(
+                None, _sha256_file, str(received.destination)
+            )
+
+
+def _offer_event(manifest: Manifest) -> OfferReceived:
+    names = tuple(display_name(e.path) for e in manifest.entries if "/" not in e.path)
+    return OfferReceived(manifest.file_count, manifest.total_bytes, names)
+
+
+async def run_receive(
+    code: str,
+    session: SessionOptions,
+    options: ReceiveOptions,
+    report: Reporter,
+    ask: Ask,
+) -> None:
+    """Receive what the holder of ``code`` offers into ``options.output``.
+
+    Raises UsageProblem before contacting anyone, then PairingError, LinkError, TransferError.
+    """
+    if not os.path.isdir(options.output):  # noqa: ASYNC240 (one stat before any wait)
+        raise UsageProblem(f"output folder {display_name(options.output)!r} does not exist")
+    try:
+        parsed = parse_code(code)
+    except PairingError as exc:
+        raise UsageProblem(f"bad code: {exc}") from exc
+    async with await pair(
+        session.rendezvous, parsed, "receiver", timeout=session.pair_timeout
+    ) as p:
+        connection = await connect_peer(p, "receiver", session.connect)
+    try:
+        path = connection.link.path
+        report(PeerConnected(path.kind, path.address))
+        hashes: dict[int, bytes] = {}
+        channel = observe_file_ends(connection.link.channel, hashes.__setitem__)
+        offered: list[Manifest] = []
+
+        async def confirm(manifest: Manifest) -> bool:
+            offered.append(manifest)
+            event = _offer_event(manifest)
+            report(event)
+            if not options.yes and not await ask(event):
+                return False
+            report(started(manifest, "receive"))
+            return True
+
+        begin = time.monotonic()
+        stats = await receive_files(
+            channel,
+            options.output,
+            overwrite=options.overwrite,
+            rename=options.rename,
+            confirm=confirm,
+            progress_cb=progress_reporter(report),
+        )
+        manifest = offered[0]
+        await _hash_missing(manifest, stats, hashes)
+        report_hashes(manifest, hashes, report)
+        elapsed = time.monotonic() - begin
+        report(
+            TransferFinished(
+                manifest.file_count, manifest.total_bytes, stats.bytes_received, elapsed
+            )
+        )
+    finally:
+        await connection.close()

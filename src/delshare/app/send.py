@@ -1,0 +1,99 @@
+"""``delshare send``: build the manifest, pair with a code, connect, send, report the hashes."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+
+from delshare.app.common import SessionOptions, UsageProblem, progress_reporter
+from delshare.app.connect import Connection, connect_peer
+from delshare.app.events import (
+    CodeAllocated,
+    FileVerified,
+    NoticeIssued,
+    PeerConnected,
+    Reporter,
+    TransferFinished,
+    TransferStarted,
+)
+from delshare.app.observe import observe_file_ends
+from delshare.errors import PairingError
+from delshare.pairing import generate_code, pair, parse_code
+from delshare.transfer.errors import ManifestError
+from delshare.transfer.manifest import BuiltManifest, Manifest, build_manifest, display_name
+from delshare.transfer.sender import send_files
+
+__all__ = ["run_send"]
+
+
+def _build(paths: Sequence[str]) -> BuiltManifest:
+    if not paths:
+        raise UsageProblem("nothing to send: give at least one file or folder")
+    try:
+        return build_manifest(paths)
+    except ManifestError as exc:
+        raise UsageProblem(str(exc)) from exc
+
+
+def _checked_code(code: str | None) -> str:
+    if code is None:
+        return generate_code()
+    try:
+        return str(parse_code(code))
+    except PairingError as exc:
+        raise UsageProblem(f"bad code: {exc}") from exc
+
+
+def started(manifest: Manifest, direction: str) -> TransferStarted:
+    """The progress display's plan: printable names and sizes of the files, in order."""
+    files = [(i, e) for i, e in enumerate(manifest.entries) if e.kind == "file"]
+    return TransferStarted(
+        tuple(i for i, _ in files),
+        tuple(display_name(e.path) for _, e in files),
+        tuple(e.size for _, e in files),
+        direction,
+    )
+
+
+def report_hashes(manifest: Manifest, hashes: dict[int, bytes], report: Reporter) -> None:
+    """One ``FileVerified`` per file whose ``file-end`` passed (manifest order)."""
+    for index, entry in enumerate(manifest.entries):
+        if index in hashes:
+            report(FileVerified(display_name(entry.path), entry.size, hashes[index].hex()))
+
+
+async def run_send(
+    paths: Sequence[str], code: str | None, options: SessionOptions, report: Reporter
+) -> None:
+    """Send ``paths`` to whoever types the code; return once the receiver confirmed every file.
+
+    Raises UsageProblem before anything is sent, PairingError, LinkError or TransferError later.
+    """
+    built = _build(paths)
+    for skipped in built.skipped:
+        report(NoticeIssued(f"skipping {display_name(skipped)} (not a regular file or folder)"))
+    code = _checked_code(code)
+    report(CodeAllocated(code))
+    async with await pair(options.rendezvous, code, "sender", timeout=options.pair_timeout) as p:
+        connection = await connect_peer(p, "sender", options.connect)
+    try:
+        await _transfer(connection, built, report)
+    finally:
+        await connection.close()
+
+
+async def _transfer(connection: Connection, built: BuiltManifest, report: Reporter) -> None:
+    path = connection.link.path
+    report(PeerConnected(path.kind, path.address))
+    hashes: dict[int, bytes] = {}
+    channel = observe_file_ends(connection.link.channel, hashes.__setitem__)
+    report(started(built.manifest, "send"))
+    begin = time.monotonic()
+    stats = await send_files(channel, built, progress_reporter(report))
+    report_hashes(built.manifest, hashes, report)
+    manifest = built.manifest
+    report(
+        TransferFinished(
+            manifest.file_count, manifest.total_bytes, stats.bytes_sent, time.monotonic() - begin
+        )
+    )

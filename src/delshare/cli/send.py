@@ -1,0 +1,176 @@
+"""``delshare send PATH...``: share files and folders with whoever types the printed code.
+
+Also home of what ``send`` and ``receive`` share on the command line: the rendezvous and TURN
+options (each with a ``DELSHARE_*`` variable) and :func:`run_app`, which runs a coroutine and
+maps its outcome to the documented exit codes: 0 done, 1 failed, 2 usage, 3 refused (by the
+peer, or declined here), 4 interrupted (Ctrl-C, SIGTERM).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+from collections.abc import Callable, Coroutine
+from typing import Any, TypeVar
+
+import click
+
+from delshare.app.common import (
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_USAGE,
+    SessionOptions,
+    UsageProblem,
+    exit_code_for,
+)
+from delshare.app.connect import ConnectOptions
+from delshare.app.send import run_send
+from delshare.cli.ui import Ui, pick_style
+from delshare.errors import DelshareError
+from delshare.link.race import Mode
+from delshare.link.relay import TurnSettings
+from delshare.turn.uri import TurnUriError, parse_turn_uri
+
+__all__ = ["link_options", "run_app", "send", "session_options"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+SENDER_WAIT = 900.0  # how long the sender waits for the receiver to show up, per step
+
+
+def link_options(f: F) -> F:
+    """``--rendezvous``, ``--turn*``, ``--direct-only``/``--relay-only``, ``--json``."""
+    decorators = [
+        click.option(
+            "--rendezvous",
+            envvar="DELSHARE_RENDEZVOUS",
+            metavar="URL",
+            help="Rendezvous server, e.g. ws://relay.example:4000 [DELSHARE_RENDEZVOUS]",
+        ),
+        click.option(
+            "--turn",
+            envvar="DELSHARE_TURN",
+            metavar="URI",
+            help="TURN server for relaying, e.g. turn:relay.example:3478 [DELSHARE_TURN]",
+        ),
+        click.option(
+            "--turn-user",
+            envvar="DELSHARE_TURN_USER",
+            metavar="NAME",
+            help="TURN username [DELSHARE_TURN_USER]",
+        ),
+        click.option(
+            "--turn-password",
+            envvar="DELSHARE_TURN_PASSWORD",
+            metavar="PASSWORD",
+            help="TURN password [DELSHARE_TURN_PASSWORD]",
+        ),
+        click.option(
+            "--turn-secret",
+            envvar="DELSHARE_TURN_SECRET",
+            metavar="SECRET",
+            help="TURN REST shared secret (instead of a password) [DELSHARE_TURN_SECRET]",
+        ),
+        click.option("--direct-only", is_flag=True, help="Never relay; fail if no direct path."),
+        click.option("--relay-only", is_flag=True, help="Always go through a TURN relay."),
+        click.option("--json", "json_output", is_flag=True, help="One JSON event per line."),
+    ]
+    for decorator in reversed(decorators):
+        f = decorator(f)
+    return f
+
+
+def _turn_settings(
+    turn: str | None, user: str | None, password: str | None, secret: str | None
+) -> TurnSettings | None:
+    if not turn:
+        return None
+    try:
+        parse_turn_uri(turn)
+    except TurnUriError as exc:
+        raise UsageProblem(str(exc)) from exc
+    if secret is None and (user is None or password is None):
+        raise UsageProblem("--turn needs --turn-user and --turn-password, or --turn-secret")
+    return TurnSettings(turn, user, password, secret)
+
+
+def session_options(kwargs: dict[str, Any], pair_timeout: float) -> SessionOptions:
+    """Validate the shared options; UsageProblem on contradictions or missing servers."""
+    if kwargs["direct_only"] and kwargs["relay_only"]:
+        raise UsageProblem("--direct-only and --relay-only exclude each other")
+    rendezvous = kwargs["rendezvous"]
+    if not rendezvous:
+        raise UsageProblem(
+            "no rendezvous server: pass --rendezvous ws://HOST:PORT or set DELSHARE_RENDEZVOUS"
+        )
+    mode: Mode = "direct" if kwargs["direct_only"] else "relay" if kwargs["relay_only"] else "any"
+    turn = _turn_settings(
+        kwargs["turn"], kwargs["turn_user"], kwargs["turn_password"], kwargs["turn_secret"]
+    )
+    return SessionOptions(rendezvous, ConnectOptions(turn=turn, mode=mode), pair_timeout)
+
+
+def _event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    if os.environ.get("DELSHARE_LOOP", "asyncio") != "uvloop":
+        return None
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
+    return factory
+
+
+async def _with_sigterm(coro: Coroutine[Any, Any, None]) -> None:
+    """Run ``coro``; SIGTERM cancels it like Ctrl-C does."""
+    task = asyncio.current_task()
+    loop = asyncio.get_running_loop()
+    with contextlib.suppress(NotImplementedError, RuntimeError):
+        loop.add_signal_handler(signal.SIGTERM, task.cancel if task else lambda: None)
+    await coro
+
+
+def run_app(make: Callable[[], Coroutine[Any, Any, None]], ui: Ui) -> int:
+    """Run the app coroutine; one line and an exit code for every failure."""
+    try:
+        with asyncio.Runner(loop_factory=_event_loop_factory()) as runner:
+            runner.run(_with_sigterm(make()))
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        ui.error("interrupted", EXIT_INTERRUPTED)
+        return EXIT_INTERRUPTED
+    except DelshareError as exc:
+        code = exit_code_for(exc)
+        ui.error(str(exc) or type(exc).__name__, code)
+        return code
+    except OSError as exc:
+        ui.error(f"{exc.strerror or exc}", 1)
+        return 1
+    except Exception as exc:  # a bug: still one line (DELSHARE_DEBUG=1 shows the traceback)
+        if os.environ.get("DELSHARE_DEBUG"):
+            raise
+        ui.error(f"internal error: {type(exc).__name__}: {exc}", 1)
+        return 1
+    finally:
+        ui.close()
+    return EXIT_OK
+
+
+@click.command()
+@click.argument("paths", nargs=-1, type=click.Path())
+@click.option(
+    "--code",
+    envvar="DELSHARE_CODE",
+    metavar="CODE",
+    help="Use this code instead of a random one [DELSHARE_CODE]",
+)
+@link_options
+def send(paths: tuple[str, ...], code: str | None, **kwargs: Any) -> None:
+    """Send files and folders; prints a code for `delshare receive`."""
+    ui = Ui(pick_style(kwargs["json_output"]))
+    try:
+        options = session_options(kwargs, SENDER_WAIT)
+    except UsageProblem as exc:
+        ui.error(str(exc), EXIT_USAGE)
+        raise SystemExit(EXIT_USAGE) from None
+    raise SystemExit(run_app(lambda: run_send(paths, code, options, ui), ui))

@@ -1,0 +1,221 @@
+"""How ``send`` and ``receive`` talk to people and scripts.
+
+Three renderings of the same :mod:`delshare.app.events`:
+
+- ``rich``: on a terminal, a total bar and a per-file bar with rate and ETA, plus the key lines;
+- ``plain``: when stdout is not a terminal, only the key lines (``code: ...``,
+  ``connected: direct|relay ...``, ``verified: sha256 <hex> <name>``, ``done: ...``);
+- ``json``: one JSON object per line and per event (``--json``), errors included.
+
+Errors are one line on stderr (or a JSON ``error`` event), never a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import IO, Literal
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
+
+from delshare.app.events import (
+    CodeAllocated,
+    Event,
+    FileVerified,
+    NoticeIssued,
+    OfferReceived,
+    PeerConnected,
+    ProgressUpdated,
+    TransferFinished,
+    TransferStarted,
+)
+
+__all__ = ["Style", "Ui", "human_size", "pick_style"]
+
+Style = Literal["rich", "plain", "json"]
+
+
+def human_size(n: float) -> str:
+    """``1.5 MiB``-style sizes."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError("unreachable")
+
+
+def pick_style(json_output: bool, stream: IO[str] | None = None) -> Style:
+    """JSON if asked, rich on a terminal, plain otherwise."""
+    if json_output:
+        return "json"
+    return "rich" if (stream or sys.stdout).isatty() else "plain"
+
+
+def key_line(event: Event) -> str | None:
+    """The plain-text line for events that scripts and tests rely on, else None."""
+    match event:
+        case CodeAllocated(code):
+            return f"code: {code}"
+        case PeerConnected():
+            return event.line
+        case FileVerified(name, _size, sha256):
+            return f"verified: sha256 {sha256} {name}"
+        case TransferFinished(files, total, moved, seconds):
+            rate = moved / seconds / 1e6 if seconds > 0 else 0.0
+            return (
+                f"done: {files} file{'s' * (files != 1)}, {total} bytes, "
+                f"{moved} moved in {seconds:.2f} s ({rate:.1f} MB/s)"
+            )
+    return None
+
+
+def json_object(event: Event) -> dict[str, object]:
+    """The ``--json`` form of an event."""
+    name = {
+        CodeAllocated: "code",
+        PeerConnected: "connected",
+        OfferReceived: "offer",
+        TransferStarted: "started",
+        ProgressUpdated: "progress",
+        FileVerified: "verified",
+        TransferFinished: "done",
+        NoticeIssued: "notice",
+    }[type(event)]
+    fields = {k: getattr(event, k) for k in event.__slots__}
+    return {"event": name, **{k: list(v) if isinstance(v, tuple) else v for k, v in fields.items()}}
+
+
+class Ui:
+    """Renders events in one style; call it with each event, ``close()`` at the end."""
+
+    def __init__(self, style: Style, *, out: IO[str] | None = None, label: str = "") -> None:
+        self.style = style
+        self._out = out or sys.stdout
+        self._label = label
+        self._console = Console(file=self._out, highlight=False) if style == "rich" else None
+        self._progress: Progress | None = None
+        self._total_task: TaskID | None = None
+        self._file_task: TaskID | None = None
+        self._plan: TransferStarted | None = None
+        self._current = -1
+
+    def __call__(self, event: Event) -> None:
+        if self.style == "json":
+            self._write(json.dumps(json_object(event), ensure_ascii=False))
+        elif self.style == "plain":
+            line = key_line(event)
+            if line is not None:
+                self._write(line)
+        else:
+            self._rich(event)
+
+    def _write(self, line: str) -> None:
+        self._out.write(f"{self._label}{line}\n")
+        self._out.flush()
+
+    def print(self, text: str) -> None:
+        """A line for people (rich only; plain and JSON stay quiet)."""
+        if self._console is not None:
+            target = self._progress.console if self._progress is not None else self._console
+            target.print(f"{self._label}{text}", markup=False)
+
+    def _rich(self, event: Event) -> None:
+        match event:
+            case CodeAllocated(code):
+                self.print(f"code: {code}")
+                self.print(f"On the other device run:  delshare receive {code}")
+            case OfferReceived(files, total, names):
+                shown = ", ".join(names[:3]) + (" ..." if len(names) > 3 else "")
+                self.print(f"offer: {files} file{'s' * (files != 1)}, {human_size(total)}: {shown}")
+            case TransferStarted():
+                self._start_bars(event)
+            case ProgressUpdated(index, file_done, total_done):
+                self._advance(index, file_done, total_done)
+            case TransferFinished():
+                self._stop_bars()
+                self.print(key_line(event) or "")
+            case NoticeIssued(text):
+                self.print(text)
+            case _:
+                line = key_line(event)
+                if line is not None:
+                    self.print(line)
+
+    def _start_bars(self, plan: TransferStarted) -> None:
+        assert self._console is not None
+        self._plan = plan
+        self._progress = Progress(
+            TextColumn("{task.description}", markup=False),
+            BarColumn(),
+            DownloadColumn(binary_units=True),
+            TransferSpeedColumn(),
+            TimeRemainingColumn(),
+            console=self._console,
+            transient=False,
+        )
+        verb = "sending" if plan.direction == "send" else "receiving"
+        self._total_task = self._progress.add_task(
+            f"{self._label}{verb} {len(plan.names)} file(s)", total=max(sum(plan.sizes), 1)
+        )
+        self._progress.start()
+
+    def _advance(self, index: int, file_done: int, total_done: int) -> None:
+        if self._progress is None or self._plan is None or self._total_task is None:
+            return
+        position = self._file_position(index)
+        if position is not None and position != self._current:
+            self._switch_file(position)
+        if self._file_task is not None:
+            self._progress.update(self._file_task, completed=file_done)
+        self._progress.update(self._total_task, completed=total_done)
+
+    def _file_position(self, index: int) -> int | None:
+        """Manifest index -> position among files (directories have no bar)."""
+        assert self._plan is not None
+        try:
+            return self._plan.indexes.index(index)
+        except ValueError:
+            return None
+
+    def _switch_file(self, position: int) -> None:
+        assert self._progress is not None and self._plan is not None
+        if self._file_task is not None:
+            self._progress.remove_task(self._file_task)
+        self._current = position
+        name = self._plan.names[position]
+        short = name if len(name) <= 40 else "..." + name[-37:]
+        self._file_task = self._progress.add_task(
+            f"{self._label}  {short}", total=max(self._plan.sizes[position], 1)
+        )
+
+    def _stop_bars(self) -> None:
+        if self._progress is not None:
+            if self._total_task is not None:
+                task = self._progress.tasks[0]
+                self._progress.update(self._total_task, completed=task.total)
+            if self._file_task is not None:
+                self._progress.remove_task(self._file_task)
+                self._file_task = None
+            self._progress.stop()
+            self._progress = None
+
+    def error(self, message: str, exit_code: int) -> None:
+        """One clear line: stderr for people, an ``error`` event for ``--json``."""
+        self._stop_bars()
+        if self.style == "json":
+            self._write(json.dumps({"event": "error", "message": message, "exit_code": exit_code}))
+        else:
+            sys.stderr.write(f"{self._label}error: {message}\n")
+            sys.stderr.flush()
+
+    def close(self) -> None:
+        self._stop_bars()

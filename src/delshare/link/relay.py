@@ -1,0 +1,109 @@
+"""Our relayed and server-reflexive candidates: a TURN TCP allocation seen by the race.
+
+:func:`open_relay` opens a control connection to the configured TURN server
+(:func:`delshare.aio.client.connect_turn`), allocates a TCP relayed address (RFC 6062 §5.1) and
+wraps it as the :class:`delshare.link.race.RelayAllocation` the race dials and accepts through.
+:func:`reflexive_address` only asks the server for our server-reflexive address (RFC 8489 §3),
+for sides that will not relay.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+from delshare.aio.client import TurnClient, connect_turn
+from delshare.aio.client_allocation import TcpAllocation
+from delshare.errors import DelshareError
+from delshare.link.candidates import Candidate, format_address
+from delshare.link.race import Stream
+from delshare.turn.uri import parse_turn_uri
+
+__all__ = ["TurnRelay", "TurnSettings", "open_relay", "reflexive_address"]
+
+SETUP_TIMEOUT = 15.0
+
+
+@dataclass(frozen=True)
+class TurnSettings:
+    """Where the TURN server is and how to authenticate (password or REST shared secret)."""
+
+    uri: str
+    username: str | None = None
+    password: str | None = None
+    secret: str | None = None
+
+    @property
+    def label(self) -> str:
+        """``host:port`` of the server, as printed in ``connected: relay ...``."""
+        parsed = parse_turn_uri(self.uri)
+        return format_address(parsed.host, parsed.port)
+
+
+async def _connect(settings: TurnSettings) -> TurnClient:
+    return await connect_turn(
+        settings.uri, settings.username, settings.password, secret=settings.secret
+    )
+
+
+class TurnRelay:
+    """A TCP allocation plus its control connection; closing it ends both (RFC 6062 §5.5)."""
+
+    def __init__(self, client: TurnClient, allocation: TcpAllocation, server: str) -> None:
+        self._client = client
+        self._allocation = allocation
+        self._server = server
+
+    @property
+    def server(self) -> str:
+        return self._server
+
+    def candidates(self) -> list[Candidate]:
+        """Our relayed candidate and, when the server told us, our server-reflexive one."""
+        host, port = self._allocation.relayed_address
+        found = [Candidate("relay", host, port, self._server)]
+        mapped = self._allocation.mapped_address
+        if mapped is not None:
+            found.insert(0, Candidate("srflx", mapped[0], mapped[1]))
+        return found
+
+    async def permit(self, ips: list[str]) -> None:
+        """Let these peer IPs reach our relayed address (RFC 8656 §9)."""
+        if ips:
+            await self._allocation.permit(*ips)
+
+    async def connect(self, peer: tuple[str, int]) -> Stream:
+        return await self._allocation.connect(peer)
+
+    async def accept(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, tuple[str, int]]:
+        reader, writer, peer = await self._allocation.accept()
+        return reader, writer, peer
+
+    async def close(self) -> None:
+        await self._client.close()
+
+
+async def open_relay(settings: TurnSettings) -> TurnRelay:
+    """Allocate a TCP relayed address on the configured server (RFC 6062 §5.1)."""
+    async with asyncio.timeout(SETUP_TIMEOUT):
+        client = await _connect(settings)
+        try:
+            allocation = await client.allocate_tcp()
+        except BaseException:
+            await client.close()
+            raise
+    return TurnRelay(client, allocation, settings.label)
+
+
+async def reflexive_address(settings: TurnSettings) -> Candidate | None:
+    """Our server-reflexive address by STUN Binding over TCP, or None if the server is silent."""
+    try:
+        async with asyncio.timeout(SETUP_TIMEOUT):
+            client = await _connect(settings)
+            try:
+                host, port = await client.binding()
+            finally:
+                await client.close()
+    except (DelshareError, OSError, TimeoutError):
+        return None
+    return Candidate("srflx", host, port)
