@@ -53,9 +53,10 @@ class Server:
     tls_port: int | None = None
 
     def uri(self, transport: str = "tcp") -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
         if transport == "tls":
-            return f"turns:{self.host}:{self.tls_port}?transport=tcp"
-        return f"turn:{self.host}:{self.port}?transport={transport}"
+            return f"turns:{host}:{self.tls_port}?transport=tcp"
+        return f"turn:{host}:{self.port}?transport={transport}"
 
     def stop(self) -> None:
         self.stop_fn()  # type: ignore[operator]
@@ -93,6 +94,7 @@ def start_coturn(
     max_lifetime: int | None = None,
     no_tcp_relay: bool = False,
     tls: bool = False,
+    host: str = "127.0.0.1",
 ) -> Server:
     coturn_skip()
     extra: list[str] = []
@@ -103,7 +105,7 @@ def start_coturn(
     users = () if secret else ((USER, PASSWORD),)
     server = start_turnserver(
         users=users, realm=REALM, auth_secret=secret, no_tcp_relay=no_tcp_relay, tls=tls,
-        extra=extra,
+        extra=extra, host=host,
     )  # fmt: skip
     return Server("coturn", server.host, server.port, server.stop, server.tls_port)
 
@@ -122,13 +124,15 @@ def start_delshare_relay(
     max_lifetime: int | None = None,
     no_tcp_relay: bool = False,
     extra: tuple[str, ...] | list[str] = (),
+    host: str = "127.0.0.1",
 ) -> Server:
     help_text = delshare_skip()
-    port = free_port("both")
+    port = free_port("both", host)
+    v6 = ":" in host
     argv = [
         sys.executable, "-c", "from delshare.cli.main import main; main()", "relay",
-        "--listen", f"127.0.0.1:{port}", "--realm", REALM, "--allow-peer", "127.0.0.0/8",
-        "--no-rendezvous",
+        "--listen", f"[{host}]:{port}" if v6 else f"{host}:{port}", "--realm", REALM,
+        "--allow-peer", "::1/128" if v6 else "127.0.0.0/8", "--no-rendezvous",
     ]  # fmt: skip
     argv += ["--auth-secret", secret] if secret else ["--user", f"{USER}:{PASSWORD}"]
     if stale_nonce is not None:
@@ -140,18 +144,18 @@ def start_delshare_relay(
         argv.append(_relay_option(help_text, "--no-tcp-relay"))
     argv += extra
     process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _wait_listening(process, port)
-    return Server("delshare", "127.0.0.1", port, lambda: _stop(process))
+    _wait_listening(process, port, host)
+    return Server("delshare", host, port, lambda: _stop(process))
 
 
-def _wait_listening(process: subprocess.Popen[bytes], port: int) -> None:
+def _wait_listening(process: subprocess.Popen[bytes], port: int, host: str = "127.0.0.1") -> None:
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         if process.poll() is not None:
             err = process.stderr.read().decode(errors="replace") if process.stderr else ""
             raise RuntimeError(f"delshare relay exited {process.returncode}: {err[-2000:]}")
         try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            socket.create_connection((host, port), timeout=0.5).close()
             return
         except OSError:
             time.sleep(0.05)
@@ -498,6 +502,41 @@ def start_tls_server(kind: str, tmp_path: Path) -> tuple[Server, Path]:
     running.tls_port = tls_port
     _wait_port(tls_port)
     return running, files.cert
+
+
+@pytest.mark.parametrize("kind", KINDS)
+async def test_ipv6_tcp_allocation_with_both_stream_directions(kind: str) -> None:
+    running = start_server(kind, host="::1")
+    try:
+        client = await open_client(running)
+        async with client, asyncio.timeout(STEP):
+            allocation = await client.allocate_tcp(family=6)
+            assert allocation.relayed_address[0] == "::1"
+            assert allocation.mapped_address == client.local_address
+            await allocation.permit("::1")
+            _, peer_writer = await asyncio.open_connection(*allocation.relayed_address)
+            peer_writer.write(b"v6 in")
+            reader, _writer, peer = await allocation.accept()
+            assert await reader.readexactly(5) == b"v6 in" and peer[0] == "::1"
+            server = await asyncio.start_server(_echo, "::1", 0)
+            try:
+                out_reader, out_writer = await allocation.connect(("::1", _port(server)))
+                out_writer.write(b"v6 out")
+                assert await out_reader.readexactly(6) == b"v6 out"
+            finally:
+                server.close()
+            peer_writer.close()
+    finally:
+        running.stop()
+
+
+async def _echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    writer.write(await reader.read(100))
+    await writer.drain()
+
+
+def _port(server: asyncio.Server) -> int:
+    return int(server.sockets[0].getsockname()[1])
 
 
 def test_streams_work_under_uvloop(server: Server) -> None:

@@ -28,7 +28,7 @@ from typing import Any, Self
 from delshare.aio.client_allocation import TcpAllocation, UdpAllocation, _Allocation
 from delshare.errors import DelshareError, StunDecodeError
 from delshare.stun.attributes import Address, AttrValue
-from delshare.stun.constants import PROTO_TCP, PROTO_UDP, Attr, Method
+from delshare.stun.constants import FAMILY_IPV4, FAMILY_IPV6, PROTO_TCP, PROTO_UDP, Attr, Method
 from delshare.stun.credentials import rest_credentials
 from delshare.stun.framing import StreamFramer
 from delshare.stun.message import Message
@@ -211,23 +211,31 @@ class TurnClient:
 
     # -- allocations ----------------------------------------------------------------------
 
-    async def allocate_tcp(self, lifetime: int | None = None) -> TcpAllocation:
-        """Allocate a TCP relayed address (RFC 6062 §5.1); needs a TCP/TLS control connection."""
+    async def allocate_tcp(
+        self, lifetime: int | None = None, family: int | None = None
+    ) -> TcpAllocation:
+        """Allocate a TCP relayed address (RFC 6062 §5.1); needs a TCP/TLS control connection.
+
+        ``family`` 4 or 6 asks for that address family (REQUESTED-ADDRESS-FAMILY, RFC 8656
+        §7.1); by default the server picks (usually IPv4).
+        """
         if not self.uri.stream:
             raise ValueError("TCP allocations need a TCP or TLS control connection (RFC 6062)")
-        response = await self._allocate(PROTO_TCP, lifetime)
+        response = await self._allocate(PROTO_TCP, lifetime, family)
         allocation = TcpAllocation(self, response, lifetime)
         self._adopt(allocation)
         return allocation
 
-    async def allocate_udp(self, lifetime: int | None = None) -> UdpAllocation:
-        """Allocate a UDP relayed address (RFC 8656 §7.1)."""
-        response = await self._allocate(PROTO_UDP, lifetime)
+    async def allocate_udp(
+        self, lifetime: int | None = None, family: int | None = None
+    ) -> UdpAllocation:
+        """Allocate a UDP relayed address (RFC 8656 §7.1); ``family`` as for ``allocate_tcp``."""
+        response = await self._allocate(PROTO_UDP, lifetime, family)
         allocation = UdpAllocation(self, response, lifetime)
         self._adopt(allocation)
         return allocation
 
-    async def _allocate(self, protocol: int, lifetime: int | None) -> Message:
+    async def _allocate(self, protocol: int, lifetime: int | None, family: int | None) -> Message:
         """Allocate, following one 300 Try Alternate to ALTERNATE-SERVER (RFC 8656 §7.4)."""
         if self.allocation is not None and not self.allocation.closed:
             raise AllocationError("ALLOCATE", 437, "this client already has an allocation")
@@ -235,6 +243,12 @@ class TurnClient:
         attrs: list[tuple[int, AttrValue]] = [(Attr.REQUESTED_TRANSPORT, protocol)]
         if lifetime is not None:
             attrs.append((Attr.LIFETIME, lifetime))
+        if family is not None:
+            if family not in (4, 6):
+                raise ValueError("family must be 4 or 6")
+            attrs.append(
+                (Attr.REQUESTED_ADDRESS_FAMILY, FAMILY_IPV4 if family == 4 else FAMILY_IPV6)
+            )
         try:
             return await self.request(Method.ALLOCATE, attrs)
         except TryAlternateError as exc:
