@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from delshare.aio.client import TurnClient, connect_turn
+from delshare.aio.client import TurnClient, connect_turn, stun_binding
 from delshare.aio.client_allocation import TcpAllocation
 from delshare.errors import DelshareError
 from delshare.turn.client_errors import AuthenticationError, PeerConnectError
@@ -556,3 +556,9 @@ def test_streams_work_under_uvloop(server: Server) -> None:
             return await reader.readexactly(2) + await far_reader.readexactly(3)
 
     assert uvloop.run(scenario()) == b"inout"
+
+
+@pytest.mark.parametrize("transport", ["udp", "tcp"])
+async def test_stun_binding_helper_reports_our_address(server: Server, transport: str) -> None:
+    reflexive = await stun_binding(server.uri(transport))
+    assert reflexive[0] == "127.0.0.1" and reflexive[1] > 0

@@ -25,7 +25,7 @@ import time
 from types import TracebackType
 from typing import Any, Self
 
-from delshare.aio.client_allocation import TcpAllocation, UdpAllocation, _Allocation
+from delshare.aio.client_allocation import RelayedStream, TcpAllocation, UdpAllocation, _Allocation
 from delshare.errors import DelshareError, StunDecodeError
 from delshare.stun.attributes import Address, AttrValue
 from delshare.stun.constants import FAMILY_IPV4, FAMILY_IPV6, PROTO_TCP, PROTO_UDP, Attr, Method
@@ -41,6 +41,15 @@ from delshare.turn.client import (
 )
 from delshare.turn.client_errors import AllocationError, TryAlternateError, TurnConnectionError
 from delshare.turn.uri import TurnUri, parse_turn_uri
+
+__all__ = [
+    "RelayedStream",
+    "TcpAllocation",
+    "TurnClient",
+    "UdpAllocation",
+    "connect_turn",
+    "stun_binding",
+]
 
 log = logging.getLogger(__name__)
 
@@ -392,3 +401,19 @@ async def connect_turn(
     client = TurnClient(parsed, username or "", password or "", ssl)
     await client._open(parsed.host, parsed.port, timeout)
     return client
+
+
+async def stun_binding(uri: str | TurnUri, *, timeout: float = CONNECT_TIMEOUT) -> Address:
+    """The server-reflexive address seen by a TURN/STUN server (RFC 8489 Binding, no auth).
+
+    Opens a control connection of the URI's transport, asks once, closes. Over TCP the port is
+    that of this short-lived connection; the IP is what the app usually needs.
+    """
+    client = await connect_turn(uri, timeout=timeout)
+    try:
+        async with asyncio.timeout(timeout):
+            return await client.binding()
+    except TimeoutError as exc:
+        raise TurnConnectionError("STUN Binding timed out") from exc
+    finally:
+        await client.close()
