@@ -197,6 +197,30 @@ async def lying_sender(channel: RecordChannel, source: Path) -> Any:
     return await recv_message(channel)
 
 
+async def null_hash_sender(channel: RecordChannel, source: Path) -> Any:
+    """Claims to have waived the whole-file hash although the receiver asked for it."""
+    await send_message(channel, Offer(build_manifest([source]).manifest, CHUNK))
+    assert isinstance(await recv_message(channel), Accept)
+    await send_message(channel, FileBegin(0, 0))
+    await channel.send(read(source))
+    await send_message(channel, FileEnd(0, None))
+    return await recv_message(channel)
+
+
+async def test_missing_hash_is_refused_when_verifying(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    source = random_file(tmp_path / "src" / "small.bin", 1000)
+    sender, receiver = await channel_pair()
+    reply, received = await asyncio.gather(
+        null_hash_sender(sender, source), receive_files(receiver, out), return_exceptions=True
+    )
+    await sender.close()
+    await receiver.close()
+    assert isinstance(received, IntegrityError), received
+    assert isinstance(reply, ErrorMessage)
+
+
 async def test_hash_mismatch_is_detected_and_part_removed(setup: tuple[Path, Path]) -> None:
     source, out = setup
     sender, receiver = await channel_pair()

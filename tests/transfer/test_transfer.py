@@ -104,6 +104,13 @@ async def test_folder_tree_arrives_identical(tmp_path: Path, out: Path) -> None:
     assert len(received.files) == 5
 
 
+async def test_transfer_without_whole_file_hash(tmp_path: Path, out: Path) -> None:
+    source = random_file(tmp_path / "src" / "fast.bin", 2 * 1024 * 1024 + 5)
+    sent, _ = await transfer([source], out, verify=False)
+    assert sent.bytes_sent == source.stat().st_size
+    assert sha256_file(out / "fast.bin") == sha256_file(source)
+
+
 async def test_existing_file_is_not_overwritten_without_flag(tmp_path: Path, out: Path) -> None:
     source = random_file(tmp_path / "src" / "report.txt", 1000)
     (out / "report.txt").write_bytes(b"precious")

@@ -5,11 +5,11 @@ Theory of operation (S = sender, R = receiver)::
     S -> R  offer       {"v":1,"type":"offer","chunk":C,"total":T,"entries":[{path,kind,size,
                           mode,mtime_ns}...]}
     R -> S  accept      {"v":1,"type":"accept","files":[{"index":i,"offset":n,"chunks":[hex...]}],
-                          "skip":[i...]}           or   reject {"v":1,"type":"reject","reason":...}
+                          "skip":[i...],"verify":true}   or   reject {"v":1,"type":"reject",...}
     for every file i not skipped, in manifest order:
     S -> R  file-begin  {"v":1,"type":"file-begin","index":i,"offset":o}
     S -> R  DATA records: the file's bytes from offset o to its size (up to 1 MiB each)
-    S -> R  file-end    {"v":1,"type":"file-end","index":i,"sha256":hex of the whole file}
+    S -> R  file-end    {"v":1,"type":"file-end","index":i,"sha256":hex of the whole file|null}
     S -> R  done
     R -> S  done        after every file is verified, synced and renamed into place
     either  error       {"v":1,"type":"error","reason":...} aborts the transfer
@@ -19,6 +19,12 @@ size and mtime), ``accept`` carries the .part length ``offset`` and the SHA-256 
 chunk of it (the last may be short). The sender hashes its source the same way and resumes at the
 end of the longest matching run of chunks; ``file-begin.offset`` tells the receiver where to cut
 the .part. ``skip`` lists files already complete at the destination (same size and mtime).
+
+Integrity: every record is AEAD-authenticated in order, so bytes cannot be altered, dropped or
+reordered in transit; resumed prefixes are checked chunk by chunk. On top, each file-end carries
+the whole-file SHA-256 that the receiver recomputes, unless its accept said ``"verify": false``
+(then ``sha256`` is null and neither side hashes the data: two SHA-256 passes are most of the
+CPU cost of a transfer).
 
 Control framing: a message is UTF-8 JSON split over CONTROL records; each record's payload starts
 with ``+`` (more follows) or ``.`` (last fragment). A message is bounded by ``MAX_MESSAGE``.
@@ -80,10 +86,15 @@ class ResumeOffer:
 
 @dataclass(frozen=True, slots=True)
 class Accept:
-    """The receiver takes the offer; ``resume`` and ``skip`` refer to manifest indexes."""
+    """The receiver takes the offer; ``resume`` and ``skip`` refer to manifest indexes.
+
+    ``verify`` False waives the whole-file SHA-256 (the sender then sends ``"sha256": null``);
+    records stay AEAD-authenticated and resumed prefixes stay chunk-verified.
+    """
 
     resume: tuple[ResumeOffer, ...] = ()
     skip: tuple[int, ...] = ()
+    verify: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,10 +114,10 @@ class FileBegin:
 
 @dataclass(frozen=True, slots=True)
 class FileEnd:
-    """File ``index`` is complete; ``sha256`` is the digest of the whole file."""
+    """File ``index`` is complete; ``sha256`` is the digest of the whole file (None if waived)."""
 
     index: int
-    sha256: bytes
+    sha256: bytes | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,15 +143,16 @@ def encode_message(message: Message) -> bytes:
             entries = [e.to_wire() for e in manifest.entries]
             body = {"type": "offer", "chunk": chunk, "total": manifest.total_bytes}
             body["entries"] = entries
-        case Accept(resume, skip):
+        case Accept(resume, skip, verify):
             body = {"type": "accept", "files": [_resume_wire(r) for r in resume]}
             body["skip"] = list(skip)
+            body["verify"] = verify
         case Reject(reason):
             body = {"type": "reject", "reason": reason}
         case FileBegin(index, offset):
             body = {"type": "file-begin", "index": index, "offset": offset}
         case FileEnd(index, digest):
-            body = {"type": "file-end", "index": index, "sha256": digest.hex()}
+            body = {"type": "file-end", "index": index, "sha256": digest and digest.hex()}
         case Done():
             body = {"type": "done"}
         case ErrorMessage(reason):
@@ -193,6 +205,10 @@ def _digest(value: object) -> bytes:
         raise PeerProtocolError("bad SHA-256 hex digest") from None
 
 
+def _optional_digest(value: object) -> bytes | None:
+    return None if value is None else _digest(value)
+
+
 def _list(obj: dict[str, Any], key: str) -> list[Any]:
     value = obj.get(key, [])
     if not isinstance(value, list) or len(value) > MAX_ENTRIES:
@@ -222,7 +238,10 @@ def _decode_accept(obj: dict[str, Any]) -> Accept:
     skip = _list(obj, "skip")
     if not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in skip):
         raise PeerProtocolError("bad skip list in accept")
-    return Accept(resume, tuple(skip))
+    verify = obj.get("verify", True)
+    if not isinstance(verify, bool):
+        raise PeerProtocolError("bad verify flag in accept")
+    return Accept(resume, tuple(skip), verify)
 
 
 _DECODERS: dict[str, Any] = {
@@ -230,7 +249,7 @@ _DECODERS: dict[str, Any] = {
     "accept": _decode_accept,
     "reject": lambda o: Reject(_str(o, "reason")),
     "file-begin": lambda o: FileBegin(_int(o, "index"), _int(o, "offset")),
-    "file-end": lambda o: FileEnd(_int(o, "index"), _digest(o.get("sha256"))),
+    "file-end": lambda o: FileEnd(_int(o, "index"), _optional_digest(o.get("sha256"))),
     "done": lambda o: Done(),
     "error": lambda o: ErrorMessage(_str(o, "reason")),
 }

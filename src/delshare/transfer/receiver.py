@@ -116,12 +116,14 @@ async def receive_files(
     rename: bool = False,
     confirm: Confirm | None = None,
     progress_cb: ProgressCallback | None = None,
+    verify: bool = True,
 ) -> ReceiveStats:
     """Receive one offer into ``output_dir``; return once every file is verified and in place.
 
     Raises ManifestError/UnsafePathError (hostile offer), DestinationExistsError,
     InsufficientSpaceError, DeclinedError (``confirm`` said no) — all after rejecting the offer and
     writing nothing — and IntegrityError, RefusedByPeerError, TransferInterruptedError later on.
+    ``verify=False`` waives the whole-file SHA-256 on both sides (see the protocol module).
     """
     out = Path(output_dir)
     if not os.path.isdir(out):  # noqa: ASYNC240 (one stat, before any network wait)
@@ -137,8 +139,9 @@ async def receive_files(
                 await _reject(channel, "declined by the receiver")
                 raise DeclinedError("offer declined")
             await asyncio.get_running_loop().run_in_executor(pool, _make_dirs, targets)
-            await send_message(channel, _accept_for(targets))
-            session = _ReceiveSession(channel, (pool, hasher), targets, overwrite, progress_cb)
+            await send_message(channel, _accept_for(targets, verify))
+            progress = ProgressThrottle(progress_cb)
+            session = _ReceiveSession(channel, (pool, hasher), targets, progress, overwrite, verify)
             return await session.run()
     except LinkClosedError as exc:
         raise TransferInterruptedError(f"link lost while receiving: {exc}") from exc
@@ -284,13 +287,13 @@ def _make_dirs(targets: list[_Target]) -> None:
         folder.mkdir(mode=0o700, parents=True, exist_ok=True)
 
 
-def _accept_for(targets: list[_Target]) -> Accept:
+def _accept_for(targets: list[_Target], verify: bool) -> Accept:
     resume = tuple(
         ResumeOffer(t.index, t.state.length, t.state.chunks)
         for t in targets
         if t.state is not None and t.state.length
     )
-    return Accept(resume, tuple(t.index for t in targets if t.skip))
+    return Accept(resume, tuple(t.index for t in targets if t.skip), verify)
 
 
 class _ReceiveSession:
@@ -299,18 +302,20 @@ class _ReceiveSession:
         channel: RecordChannel,
         pools: tuple[concurrent.futures.Executor, concurrent.futures.Executor],
         targets: list[_Target],
+        progress: ProgressThrottle,
         overwrite: bool,
-        progress_cb: ProgressCallback | None,
+        verify: bool,
     ) -> None:
         self._channel = channel
         self._pool, self._hasher = pools
         self._writer = self._pool
         self._targets = targets
         self._overwrite = overwrite
-        self._progress = ProgressThrottle(progress_cb)
+        self._progress = progress
         self._bytes = 0
         self._total_done = sum(t.entry.size for t in targets if t.skip)
         self._resumed: dict[int, int] = {}
+        self._verify = verify
         self._buffers = [memoryview(bytearray(MAX_PAYLOAD)) for _ in range(_RING)]
 
     async def run(self) -> ReceiveStats:
@@ -364,7 +369,7 @@ class _ReceiveSession:
         except BaseException:
             await loop.run_in_executor(self._pool, os.close, fd)
             raise
-        if hasher.digest() != end.sha256:
+        if self._verify and (end.sha256 is None or hasher.digest() != end.sha256):
             await loop.run_in_executor(self._pool, _discard_part, target, fd)
             raise IntegrityError(f"{display_name(target.entry.path)}: SHA-256 mismatch")
         await loop.run_in_executor(self._pool, _install, target, fd, self._overwrite)
@@ -394,10 +399,9 @@ class _ReceiveSession:
                 if offset > size:
                     raise PeerProtocolError(f"{display_name(target.entry.path)}: too much data")
                 data = buffer[:length]
-                jobs = (
-                    self._writer.submit(_write_all, fd, data),
-                    self._hasher.submit(hasher.update, data),
-                )
+                jobs = [self._writer.submit(_write_all, fd, data)]
+                if self._verify:
+                    jobs.append(self._hasher.submit(hasher.update, data))
                 pending.append((jobs, buffer))
                 self._bytes += length
                 self._total_done += length
@@ -409,7 +413,7 @@ class _ReceiveSession:
         return _expect_end(message, target, offset)
 
 
-_Jobs = tuple["concurrent.futures.Future[None]", "concurrent.futures.Future[None]"]
+_Jobs = list["concurrent.futures.Future[None]"]
 
 
 async def _finished(jobs: _Jobs) -> None:

@@ -106,6 +106,7 @@ class _SendSession:
         self._channel = channel
         self._built = manifest
         self._skip = set(accept.skip)
+        self._verify = accept.verify
         self._resume = {r.index: r for r in accept.resume}
         self._chunk = chunk
         self._reader, self._hasher = pools
@@ -169,7 +170,8 @@ class _SendSession:
             self._total_done += offset
             await self._pump(f, index, entry, offset, whole)
             _check_unchanged(f, entry, source.name)
-        await send_message(self._channel, FileEnd(index, whole.digest()))
+        digest = whole.digest() if self._verify else None
+        await send_message(self._channel, FileEnd(index, digest))
         self._progress.update(index, entry.size, self._total_done, final=True)
 
     async def _resume_offset(self, f: IO[bytes], index: int, entry: Entry, whole: Any) -> int:
@@ -211,9 +213,12 @@ class _SendSession:
                 got = await asyncio.wrap_future(future)
                 if got != want:
                     raise SourceChangedError(f"{display_name(entry.path)} shrank while sending")
-                hashes.append((self._hasher.submit(whole.update, buf[:got]), buf))
                 self._check_peer()
                 self._channel.write(buf[:got])
+                if self._verify:
+                    hashes.append((self._hasher.submit(whole.update, buf[:got]), buf))
+                else:
+                    free.append(buf)
                 self._bytes_sent += got
                 self._total_done += got
                 offset += got
