@@ -196,23 +196,31 @@ class _Racer:
             self.relay_go.set()
 
     async def _start_relayed(self) -> None:
+        """Relayed attempts, one relay hop before two: dialling the peer's relayed address and
+        Connects to its other candidates first, a Connect to its relayed address (both
+        allocations in the path) one ``relay_delay`` later."""
         allocation = self.local.allocation
         if allocation is not None:
             self.spawn(self._accept_relayed(allocation))
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.relay_go.wait(), self.config.relay_delay)
-        for candidate in self.peer:
-            if candidate.kind == "relay":
-                path = LinkPath("relay", candidate.server or str(candidate))
-                self.spawn(self._attempt(self._dial(candidate), path, False))
-        if allocation is not None:
-            targets = self.peer if self.config.mode == "any" else self._relay_candidates()
-            for candidate in targets:
-                path = LinkPath("relay", allocation.server)
-                self.spawn(self._attempt(self._alloc_connect(allocation, candidate), path, False))
+        relayed = [c for c in self.peer if c.kind == "relay"]
+        for candidate in relayed:
+            path = LinkPath("relay", candidate.server or str(candidate))
+            self.spawn(self._attempt(self._dial(candidate), path, False))
+        if allocation is None:
+            return
+        others = [c for c in self.peer if c.kind != "relay"] if self.config.mode == "any" else []
+        for candidate in others:
+            self._spawn_alloc_connect(allocation, candidate)
+        if relayed or others:
+            await asyncio.sleep(self.config.relay_delay)
+        for candidate in relayed:
+            self._spawn_alloc_connect(allocation, candidate)
 
-    def _relay_candidates(self) -> list[Candidate]:
-        return [c for c in self.peer if c.kind == "relay"]
+    def _spawn_alloc_connect(self, allocation: RelayAllocation, candidate: Candidate) -> None:
+        path = LinkPath("relay", allocation.server)
+        self.spawn(self._attempt(self._alloc_connect(allocation, candidate), path, False))
 
     async def _dial(self, candidate: Candidate) -> Stream:
         async with asyncio.timeout(self.config.connect_timeout):
