@@ -6,6 +6,9 @@ Sender and receiver run in their own processes; this process only relays. Topolo
     bridged: sender ──TCP──▶ [bridge in this process] ──TCP──▶ receiver
 
 Throughput = bytes / (receiver's EOF time - sender's first send), both on CLOCK_MONOTONIC.
+Plain and bridged trials are interleaved so that load from elsewhere on the host hits both.
+Also printed: CPU seconds per GiB of the endpoints (sender + receiver) and of the relay, and the
+ratio a CPU-bound host could reach at best, endpoints_plain / (endpoints_bridged + relay).
 
     python bench/pipe_bench.py                      # 1 GiB, splice path, 3 trials each
     python bench/pipe_bench.py --paths splice copy stream --size-mib 256 --uvloop
@@ -22,56 +25,84 @@ import socket
 import statistics
 import time
 from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
 from multiprocessing.queues import Queue
 from typing import Any
 
 from delshare.aio import pipe
 
 CHUNK = 1 << 20
+GIB = 1 << 30
+Runner = Callable[[Coroutine[Any, Any, pipe.BridgeStats]], pipe.BridgeStats]
 
 
-def run_receiver(ports: Queue[Any], results: Queue[Any]) -> None:
-    """Accept one connection, read to EOF, report (bytes, monotonic time at EOF)."""
+@dataclass(frozen=True)
+class Trial:
+    gbps: float
+    endpoint_cpu: float  # sender + receiver, CPU s per GiB
+    relay_cpu: float = 0.0  # this process, CPU s per GiB
+
+
+def cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def pin(cpus: set[int] | None) -> None:
+    if cpus is not None:
+        os.sched_setaffinity(0, cpus)
+
+
+def run_receiver(ports: Queue[Any], results: Queue[Any], cpus: set[int] | None) -> None:
+    """Accept one connection, read to EOF; report bytes, EOF time and CPU used."""
+    pin(cpus)
     with socket.create_server(("127.0.0.1", 0)) as server:
         ports.put(server.getsockname()[1])
         conn, _ = server.accept()
     buf = bytearray(CHUNK)
     total = 0
+    cpu = cpu_seconds()
     with conn:
         while n := conn.recv_into(buf):
             total += n
-    results.put(("received", total, time.monotonic()))
+    results.put(("received", total, time.monotonic(), cpu_seconds() - cpu))
 
 
-def run_sender(port: int, size: int, results: Queue[Any]) -> None:
-    """Connect, send ``size`` bytes in 1 MiB writes, close; report the start time."""
+def run_sender(port: int, size: int, results: Queue[Any], cpus: set[int] | None) -> None:
+    """Connect, send ``size`` bytes in 1 MiB writes, close; report start time and CPU used."""
+    pin(cpus)
     data = memoryview(bytes(CHUNK))
     with socket.create_connection(("127.0.0.1", port)) as conn:
+        cpu = cpu_seconds()
         start = time.monotonic()
         left = size
         while left:
             conn.sendall(data[: min(left, CHUNK)])
             left -= min(left, CHUNK)
-    results.put(("started", start))
+    results.put(("started", start, cpu_seconds() - cpu))
 
 
-def collect(results: Queue[Any], size: int) -> float:
-    """Wait for both reports; return GB/s."""
+def collect(results: Queue[Any], size: int, relay_cpu: float = 0.0) -> Trial:
     got: dict[str, tuple[Any, ...]] = {}
     while len(got) < 2:
         item = results.get(timeout=300)
         got[item[0]] = item[1:]
-    received, end = got["received"]
+    received, end, receiver_cpu = got["received"]
+    start, sender_cpu = got["started"]
     assert received == size, f"receiver got {received} of {size} bytes"
-    start: float = got["started"][0]
-    return size / (float(end) - start) / 1e9
+    per_gib = GIB / size
+    return Trial(
+        gbps=size / (float(end) - float(start)) / 1e9,
+        endpoint_cpu=(float(sender_cpu) + float(receiver_cpu)) * per_gib,
+        relay_cpu=relay_cpu * per_gib,
+    )
 
 
-def trial_plain(ctx: Any, size: int) -> float:
+def trial_plain(ctx: Any, size: int, cpus: set[int] | None) -> Trial:
     ports, results = ctx.Queue(), ctx.Queue()
-    receiver = ctx.Process(target=run_receiver, args=(ports, results))
+    receiver = ctx.Process(target=run_receiver, args=(ports, results, cpus))
     receiver.start()
-    sender = ctx.Process(target=run_sender, args=(ports.get(timeout=30), size, results))
+    sender = ctx.Process(target=run_sender, args=(ports.get(timeout=30), size, results, cpus))
     sender.start()
     try:
         return collect(results, size)
@@ -80,33 +111,26 @@ def trial_plain(ctx: Any, size: int) -> float:
         receiver.join(30)
 
 
-def trial_bridged(
-    ctx: Any, size: int, path: str, runner: Callable[[Coroutine[Any, Any, Any]], Any]
-) -> tuple[float, float]:
-    """Return (GB/s, CPU seconds this relaying process spent per GiB)."""
+def trial_bridged(ctx: Any, size: int, path: str, runner: Runner, cpus: set[int] | None) -> Trial:
     ports, results = ctx.Queue(), ctx.Queue()
-    receiver = ctx.Process(target=run_receiver, args=(ports, results))
+    receiver = ctx.Process(target=run_receiver, args=(ports, results, cpus))
     receiver.start()
     peer = socket.create_connection(("127.0.0.1", ports.get(timeout=30)))
     with socket.create_server(("127.0.0.1", 0)) as server:
-        sender = ctx.Process(target=run_sender, args=(server.getsockname()[1], size, results))
+        port = server.getsockname()[1]
+        sender = ctx.Process(target=run_sender, args=(port, size, results, cpus))
         sender.start()
         client, _ = server.accept()
-    pipe.SPLICE_SUPPORTED = path == "splice" and splice_available
+    pipe.SPLICE_SUPPORTED = path == "splice" and SPLICE_AVAILABLE
     try:
-        cpu_before = cpu_seconds()
+        cpu = cpu_seconds()
         stats = runner(relay(client, peer, path))
-        cpu = (cpu_seconds() - cpu_before) * (1 << 30) / size
+        cpu = cpu_seconds() - cpu
         assert stats.a_to_b == size and stats.path == path, stats
-        return collect(results, size), cpu
+        return collect(results, size, cpu)
     finally:
         sender.join(30)
         receiver.join(30)
-
-
-def cpu_seconds() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
 
 
 async def relay(client: socket.socket, peer: socket.socket, path: str) -> pipe.BridgeStats:
@@ -117,54 +141,77 @@ async def relay(client: socket.socket, peer: socket.socket, path: str) -> pipe.B
     return await pipe.bridge(client, peer)
 
 
-splice_available = pipe.SPLICE_SUPPORTED
+SPLICE_AVAILABLE = pipe.SPLICE_SUPPORTED
+
+
+def median(trials: list[Trial], field: str) -> float:
+    return statistics.median(float(getattr(t, field)) for t in trials)
+
+
+def report(plain: list[Trial], bridged: dict[str, list[Trial]], header: str, loop: str) -> None:
+    base = median(plain, "gbps")
+    plain_cpu = median(plain, "endpoint_cpu")
+    print(header)
+    print(
+        f"{'plain loopback TCP':<26}{base:6.2f} GB/s  {fmt(plain)}  endpoints {plain_cpu:.2f} s/GiB"
+    )
+    for path, runs in bridged.items():
+        speed, relay_cpu = median(runs, "gbps"), median(runs, "relay_cpu")
+        endpoint_cpu = median(runs, "endpoint_cpu")
+        ceiling = plain_cpu / (endpoint_cpu + relay_cpu)
+        print(
+            f"{f'bridge {path} ({loop})':<26}{speed:6.2f} GB/s  {fmt(runs)}"
+            f"  ratio {speed / base:5.1%}"
+            f"  endpoints {endpoint_cpu:.2f} + relay {relay_cpu:.2f} s/GiB"
+            f"  (CPU-bound ceiling {ceiling:.0%})"
+        )
+
+
+def fmt(runs: list[Trial]) -> str:
+    return "[" + " ".join(f"{r.gbps:.2f}" for r in runs) + "]"
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--size-mib", type=int, default=1024)
     parser.add_argument("--trials", type=int, default=3)
     parser.add_argument(
         "--paths",
         nargs="+",
-        default=["splice" if splice_available else "copy"],
+        default=["splice" if SPLICE_AVAILABLE else "copy"],
         choices=["splice", "copy", "stream"],
     )
     parser.add_argument("--uvloop", action="store_true", help="run the bridge on uvloop")
+    parser.add_argument(
+        "--pin",
+        action="store_true",
+        help="sender and receiver on CPU 0, the relay on CPU 1 (a relay host has its own cores)",
+    )
     args = parser.parse_args()
     size = args.size_mib * CHUNK
     ctx = mp.get_context("spawn")
-    runner: Callable[[Coroutine[Any, Any, Any]], Any] = asyncio.run
+    runner: Runner = asyncio.run
     if args.uvloop:
         import uvloop
 
         runner = uvloop.run
-    # Interleave the runs so that load from elsewhere on the host hits both sides alike.
-    plain: list[float] = []
-    bridged: dict[str, list[tuple[float, float]]] = {path: [] for path in args.paths}
+    endpoint_cpus: set[int] | None = None
+    if args.pin:
+        endpoint_cpus = {0}
+        os.sched_setaffinity(0, {1})
+    plain: list[Trial] = []
+    bridged: dict[str, list[Trial]] = {path: [] for path in args.paths}
     for _ in range(args.trials):
-        plain.append(trial_plain(ctx, size))
+        plain.append(trial_plain(ctx, size, endpoint_cpus))
         for path in args.paths:
-            bridged[path].append(trial_bridged(ctx, size, path, runner))
-    base = statistics.median(plain)
-    loop_name = "uvloop" if args.uvloop else "asyncio"
-    print(
-        f"size {args.size_mib} MiB, {args.trials} trials, {os.cpu_count()} CPUs;"
+            bridged[path].append(trial_bridged(ctx, size, path, runner, endpoint_cpus))
+    load = os.getloadavg()[0]
+    header = (
+        f"size {args.size_mib} MiB, {args.trials} trials, {os.cpu_count()} CPUs, load {load:.1f}"
+        f"{', endpoints pinned to CPU 0, relay to CPU 1' if args.pin else ''};"
         " median GB/s (1e9 B/s) [all trials]"
     )
-    print(f"{'plain loopback TCP':<26}{base:6.2f} GB/s   {fmt(plain)}")
-    for path, runs in bridged.items():
-        speed = statistics.median(r[0] for r in runs)
-        cpu = statistics.median(r[1] for r in runs)
-        label = f"bridge {path} ({loop_name})"
-        print(
-            f"{label:<26}{speed:6.2f} GB/s   {fmt([r[0] for r in runs])}"
-            f"   ratio {speed / base:5.1%}   relay CPU {cpu:.2f} s/GiB"
-        )
-
-
-def fmt(runs: list[float]) -> str:
-    return "[" + " ".join(f"{r:.2f}" for r in runs) + "]"
+    report(plain, bridged, header, "uvloop" if args.uvloop else "asyncio")
 
 
 if __name__ == "__main__":

@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import subprocess
+import sys
 import threading
 import time
 import zlib
@@ -134,7 +136,7 @@ async def _many(
         a.setblocking(False)
         b.setblocking(False)
     start = time.perf_counter()
-    senders = [asyncio.ensure_future(_send_async(a, per_stream, block)) for a, _ in pairs]
+    senders = [asyncio.ensure_future(_send_async(a, per_stream, BLOCK)) for a, _ in pairs]
     receivers = [asyncio.ensure_future(_recv_async(b, per_stream, block)) for _, b in pairs]
     done, pending = await asyncio.wait(receivers, timeout=max_seconds)
     elapsed = time.perf_counter() - start
@@ -149,7 +151,7 @@ def pump_many(
     pairs: list[tuple[socket.socket, socket.socket]],
     per_stream: int,
     max_seconds: float,
-    block: int = 64 << 10,
+    block: int = 256 << 10,
 ) -> tuple[float, int]:
     """Push ``per_stream`` bytes through every pair at once; (seconds, bytes received)."""
     try:
@@ -167,38 +169,58 @@ def pump_many(
 # ---- UDP flood (case 4) ----------------------------------------------------------------------
 
 
+_COUNTER = """
+import socket, sys, time
+sock = socket.socket(fileno=int(sys.argv[1]))
+sock.settimeout(0.5)
+buf = bytearray(2048)
+got, deadline = 0, time.monotonic() + float(sys.argv[2])
+print("ready", flush=True)
+while time.monotonic() < deadline:
+    try:
+        sock.recv_into(buf)
+    except TimeoutError:
+        if got:
+            break
+        continue
+    got += 1
+print(got, flush=True)
+"""
+
+
 def udp_flood(
     sock: socket.socket, frame: bytes, peer: socket.socket, seconds: float, max_packets: int
 ) -> tuple[int, int, float]:
-    """Send ``frame`` for ``seconds``; count what reaches ``peer``. (sent, received, seconds)."""
-    got = [0]
-    stop = threading.Event()
+    """Send ``frame`` for ``seconds``; count what reaches ``peer``. (sent, received, seconds).
 
-    def receive() -> None:
-        peer.settimeout(0.5)
-        while True:
-            try:
-                peer.recv(2048)
-            except (TimeoutError, OSError):
-                if stop.is_set():
-                    return
-                continue
-            got[0] += 1
-
-    thread = threading.Thread(target=receive, daemon=True)
-    thread.start()
-    sent, start = 0, time.perf_counter()
-    end = start + seconds
-    while sent < max_packets:
-        for _ in range(256):
-            try:
-                sock.send(frame)
-                sent += 1
-            except (BlockingIOError, ConnectionRefusedError):
-                pass
-        if time.perf_counter() >= end:
-            break
-    elapsed = time.perf_counter() - start
-    stop.set()
-    thread.join(5.0)
-    return sent, got[0], elapsed
+    The peer's counter runs in its own process (no GIL shared with the sender); it stops after
+    0.5 s of silence once packets have arrived, or at its own deadline.
+    """
+    counter = subprocess.Popen(
+        [sys.executable, "-c", _COUNTER, str(peer.fileno()), str(seconds + 20.0)],
+        pass_fds=(peer.fileno(),),
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert counter.stdout is not None
+        counter.stdout.readline()  # "ready"
+        sent, start = 0, time.perf_counter()
+        end = start + seconds
+        while sent < max_packets:
+            for _ in range(256):
+                try:
+                    sock.send(frame)
+                    sent += 1
+                except (BlockingIOError, ConnectionRefusedError):
+                    pass
+            if time.perf_counter() >= end:
+                break
+        elapsed = time.perf_counter() - start
+        out, _ = counter.communicate(timeout=seconds + 25.0)
+        got = int(out.split()[-1])
+    finally:
+        if counter.poll() is None:
+            counter.kill()
+            counter.wait(5.0)
+    return sent, got, elapsed

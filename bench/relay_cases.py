@@ -61,7 +61,9 @@ def case1(cfg: Config) -> list[Row]:
             with running(starter) as server:
                 row.note = server.note
                 for _ in range(cfg.reps):
+                    cpu0 = server.child.cpu()
                     _record_stream(row, _relay_stream(server, cfg), cfg.stream_bytes)
+                    row.extra.setdefault("server_cpu_s", []).append(server.child.cpu() - cpu0)
         except (NotAvailable, OSError, Exception) as exc:  # keep going: report, don't crash
             _unavailable([row], f"{type(exc).__name__}: {exc}")
     return rows
@@ -90,7 +92,21 @@ def _record_stream(row: Row, res: StreamResult, total: int) -> None:
 
 def case2(cfg: Config) -> list[Row]:
     """Many simultaneous relayed streams: aggregate MB/s, server RSS and CPU."""
-    rows = []
+    workload = f"{cfg.many_streams} streams x {cfg.many_bytes_each // 1024} KiB"
+    plain = Row("2 many streams", "plain loopback", workload, "MB/s")
+    for _ in range(cfg.reps):
+        pairs = [plain_pair() for _ in range(cfg.many_streams)]
+        try:
+            seconds, got = pump_many(pairs, cfg.many_bytes_each, cfg.many_max_s)
+        finally:
+            for a, b in pairs:
+                a.close()
+                b.close()
+        plain.values.append(got / seconds / 1e6)
+        plain.extra.setdefault("lost_bytes", []).append(
+            cfg.many_streams * cfg.many_bytes_each - got
+        )
+    rows = [plain]
     for name, starter in SERVERS:
         row = Row(
             "2 many streams",
@@ -193,6 +209,8 @@ def _alloc_rate_once(server: Server, cfg: Config, row: Row) -> None:
     row.values.append(cfg.allocs / (time.perf_counter() - start))
     cpu_ms = (server.child.cpu() - cpu0) * 1000 / cfg.allocs
     row.extra.setdefault("server_cpu_ms_per_alloc", []).append(cpu_ms)
+    # what one saturated server core could do (the client is the bottleneck on 2 cores)
+    row.extra.setdefault("allocs_per_server_cpu_s", []).append(1000 / max(cpu_ms, 1e-3))
 
 
 # ---- case 4 ------------------------------------------------------------------------------------

@@ -16,7 +16,8 @@ from bench.common import REPO_DIR, Row, fmt
 REFS: dict[tuple[str, str], list[tuple[str, str]]] = {
     ("1", "coturn"): [("/plain", "plain loopback")],
     ("1", "ours"): [("/coturn", "coturn"), ("/plain", "plain loopback")],
-    ("2", "ours"): [("/coturn", "coturn")],
+    ("2", "coturn"): [("/plain", "plain loopback")],
+    ("2", "ours"): [("/coturn", "coturn"), ("/plain", "plain loopback")],
     ("3", "ours"): [("/coturn", "coturn")],
     ("4", "ours"): [("/coturn", "coturn")],
     ("5", "ours direct"): [("/wormhole", "wormhole direct"), ("/plain", "plain socket copy")],
@@ -179,6 +180,7 @@ def machine() -> dict[str, str]:
         "uvloop": uv,
         "git": _cmd(["git", "-C", str(REPO_DIR), "rev-parse", "--short", "HEAD"]),
         "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+        "load average at start": " ".join(f"{x:.2f}" for x in os.getloadavg()),
     }
 
 

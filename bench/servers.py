@@ -116,6 +116,8 @@ def _relay_help() -> str:
 _GENEROUS = {
     "--max-allocations": "100000",
     "--max-allocations-per-user": "100000",
+    "--max-allocations-per-ip": "100000",
+    "--max-request-rate": "0",
     "--max-connections-per-allocation": "1000",
     "--max-pending-connections": "10000",
     "--relay-ip": "127.0.0.1",

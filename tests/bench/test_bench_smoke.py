@@ -23,7 +23,7 @@ WORMHOLE_READY = (REPO / "bench" / ".venv-wormhole" / "bin" / "wormhole").exists
 
 EXPECTED = {
     "1": ["plain loopback", "coturn", "ours"],
-    "2": ["coturn", "ours"],
+    "2": ["plain loopback", "coturn", "ours"],
     "3": ["coturn", "ours"],
     "4": ["coturn", "ours"],
     "5": [
