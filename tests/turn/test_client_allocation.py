@@ -44,3 +44,10 @@ def test_channels_are_numbered_from_0x4000_and_renewed_with_their_permission() -
     assert schedule.channel_for(peer_b) == 0x4001
     assert schedule.due(240).permissions == ("192.0.2.1",)  # ChannelBind installs one (§12.2)
     assert schedule.due(540).channels == ((0x4000, peer_a),)
+
+
+def test_forgotten_channel_is_no_longer_renewed() -> None:
+    schedule = AllocationSchedule(3600, now=0)
+    schedule.channel_bound(0x4000, ("192.0.2.1", 5000), now=0)
+    schedule.forget_channel(0x4000)
+    assert schedule.due(1000).channels == ()

@@ -17,7 +17,7 @@ import contextlib
 import logging
 from typing import TYPE_CHECKING, NamedTuple, Self
 
-from delshare.errors import DelshareError, TransactionTimeout
+from delshare.errors import DelshareError, TransactionError, TransactionTimeout
 from delshare.stun.attributes import Address, AttrValue
 from delshare.stun.constants import DEFAULT_LIFETIME, HEADER_LENGTH, Attr, Method
 from delshare.stun.framing import ChannelData
@@ -86,12 +86,17 @@ class _Allocation:
         self._schedule.forget_permission(ip)
 
     async def refresh(self, lifetime: int | None = None) -> int:
-        """Refresh now; return the granted lifetime (RFC 8656 §7.3)."""
+        """Refresh now; return the granted lifetime (RFC 8656 §7.3). Lifetime 0 is ``close()``."""
         attrs: list[tuple[int, AttrValue]] = []
         if lifetime is not None:
             attrs.append((Attr.LIFETIME, lifetime))
+        if lifetime == 0:
+            await self.close()
+            return 0
         response = await self._client.request(Method.REFRESH, attrs)
-        granted = response.get_int(Attr.LIFETIME) or 0
+        granted = response.get_int(Attr.LIFETIME)
+        if not granted:  # LIFETIME is mandatory in the response (§7.3); keep ours if absent
+            granted = self.lifetime
         self.lifetime = granted
         self._schedule.refreshed(granted, self._loop.time())
         self.refreshes += 1
@@ -135,19 +140,33 @@ class _Allocation:
             except (AllocationError, TurnConnectionError) as exc:
                 log.warning("TURN allocation lost: %s", exc)
                 self._shut_down()
-            except DelshareError as exc:
+            except DelshareError as exc:  # a timeout: try again soon, until expiry
                 if self._loop.time() >= self._schedule.expires:
                     self._shut_down()
                 log.warning("TURN renewal failed, retrying: %s", exc)
                 await asyncio.sleep(RETRY_DELAY)
 
     async def _renew(self, due: RenewalsDue) -> None:
+        """Refresh, then permissions, then channels; a refused permission or channel is dropped."""
         if due.refresh:
             await self.refresh(self._requested_lifetime)
         if due.permissions:
-            await self._create_permission(due.permissions)
+            try:
+                await self._create_permission(due.permissions)
+            except TransactionError as exc:
+                log.warning("TURN permission renewal refused, dropping it: %s", exc)
+                for ip in due.permissions:
+                    self._schedule.forget_permission(ip)
         for channel, peer in due.channels:
-            await self._channel_bind(channel, peer)
+            try:
+                await self._channel_bind(channel, peer)
+            except TransactionError as exc:
+                log.warning("TURN channel renewal refused, dropping it: %s", exc)
+                self._schedule.forget_channel(channel)
+                self._channel_dropped(channel)
+
+    def _channel_dropped(self, channel: int) -> None:
+        """A channel will lapse; UDP allocations stop sending on it."""
 
     async def _channel_bind(self, channel: int, peer: Address) -> None:
         attrs: list[tuple[int, AttrValue]] = [
@@ -350,6 +369,9 @@ class UdpAllocation(_Allocation):
             self._received.put_nowait(None)
             raise TurnConnectionError("TURN allocation closed")
         return item
+
+    def _channel_dropped(self, channel: int) -> None:
+        self._channels = {peer: ch for peer, ch in self._channels.items() if ch != channel}
 
     def _data_received(self, event: PeerDataReceived) -> None:
         with contextlib.suppress(asyncio.QueueFull):  # UDP semantics: drop when nobody reads

@@ -74,6 +74,10 @@ class AllocationSchedule:
         channel, self._next_channel = self._next_channel, self._next_channel + 1
         return channel
 
+    def forget_channel(self, channel: int) -> None:
+        """Stop renewing ``channel``; it lapses within 600 s (RFC 8656 §12)."""
+        self.channels.pop(channel, None)
+
     def channel_bound(self, channel: int, peer: Address, now: float) -> None:
         """ChannelBind succeeded; it also installs a permission for the peer's IP (§12.2)."""
         self.channels[channel] = (peer, now + renew_after(CHANNEL_LIFETIME))
