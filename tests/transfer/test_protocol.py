@@ -43,6 +43,7 @@ MESSAGES: list[Message] = [
     Reject("no thanks"),
     FileBegin(1, 4096),
     FileEnd(1, DIGEST),
+    FileEnd(2, b""),
     Done(),
     ErrorMessage("disk full"),
 ]

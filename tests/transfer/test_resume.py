@@ -203,7 +203,7 @@ async def null_hash_sender(channel: RecordChannel, source: Path) -> Any:
     assert isinstance(await recv_message(channel), Accept)
     await send_message(channel, FileBegin(0, 0))
     await channel.send(read(source))
-    await send_message(channel, FileEnd(0, None))
+    await send_message(channel, FileEnd(0, b""))
     return await recv_message(channel)
 
 

@@ -114,10 +114,10 @@ class FileBegin:
 
 @dataclass(frozen=True, slots=True)
 class FileEnd:
-    """File ``index`` is complete; ``sha256`` is the digest of the whole file (None if waived)."""
+    """File ``index`` is complete; ``sha256`` is the whole file's digest (``b""`` if waived)."""
 
     index: int
-    sha256: bytes | None
+    sha256: bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,7 +152,7 @@ def encode_message(message: Message) -> bytes:
         case FileBegin(index, offset):
             body = {"type": "file-begin", "index": index, "offset": offset}
         case FileEnd(index, digest):
-            body = {"type": "file-end", "index": index, "sha256": digest and digest.hex()}
+            body = {"type": "file-end", "index": index, "sha256": digest.hex() or None}
         case Done():
             body = {"type": "done"}
         case ErrorMessage(reason):
@@ -205,8 +205,8 @@ def _digest(value: object) -> bytes:
         raise PeerProtocolError("bad SHA-256 hex digest") from None
 
 
-def _optional_digest(value: object) -> bytes | None:
-    return None if value is None else _digest(value)
+def _optional_digest(value: object) -> bytes:
+    return b"" if value is None else _digest(value)
 
 
 def _list(obj: dict[str, Any], key: str) -> list[Any]:

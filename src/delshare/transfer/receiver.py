@@ -369,7 +369,7 @@ class _ReceiveSession:
         except BaseException:
             await loop.run_in_executor(self._pool, os.close, fd)
             raise
-        if self._verify and (end.sha256 is None or hasher.digest() != end.sha256):
+        if self._verify and hasher.digest() != end.sha256:
             await loop.run_in_executor(self._pool, _discard_part, target, fd)
             raise IntegrityError(f"{display_name(target.entry.path)}: SHA-256 mismatch")
         await loop.run_in_executor(self._pool, _install, target, fd, self._overwrite)

@@ -170,7 +170,7 @@ class _SendSession:
             self._total_done += offset
             await self._pump(f, index, entry, offset, whole)
             _check_unchanged(f, entry, source.name)
-        digest = whole.digest() if self._verify else None
+        digest = whole.digest() if self._verify else b""
         await send_message(self._channel, FileEnd(index, digest))
         self._progress.update(index, entry.size, self._total_done, final=True)
 
