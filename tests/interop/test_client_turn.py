@@ -308,6 +308,9 @@ async def test_incoming_stream_delivers_early_bytes_first(server: Server) -> Non
             writer.write(b"reply")
             assert await peer_reader.readexactly(5) == b"reply"
         assert peer == peer_writer.get_extra_info("sockname")[:2]
+        # the app's stream sits directly on the data connection's socket: no pump in between
+        assert writer.get_extra_info("peername")[:2] == client.server_address
+        assert isinstance(writer.get_extra_info("socket").fileno(), int)
         peer_writer.close()
 
 
