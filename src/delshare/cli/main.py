@@ -23,6 +23,10 @@ from delshare.cli.send import send  # noqa: E402
 cli.add_command(send)
 cli.add_command(receive)
 
+from delshare.cli.demo import demo  # noqa: E402
+
+cli.add_command(demo)
+
 from delshare.cli.relay import relay  # noqa: E402
 
 cli.add_command(relay)

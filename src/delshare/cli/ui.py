@@ -99,9 +99,9 @@ class Ui:
 
     def __init__(self, style: Style, *, out: IO[str] | None = None, label: str = "") -> None:
         self.style = style
-        self._out = out or sys.stdout
+        self._out_override = out
         self._label = label
-        self._console = Console(file=self._out, highlight=False) if style == "rich" else None
+        self._console = Console(file=out, highlight=False) if style == "rich" else None
         self._progress: Progress | None = None
         self._total_task: TaskID | None = None
         self._file_task: TaskID | None = None
@@ -117,6 +117,11 @@ class Ui:
                 self._write(line)
         else:
             self._rich(event)
+
+    @property
+    def _out(self) -> IO[str]:
+        # Looked up at each write: a live rich display elsewhere may have redirected stdout.
+        return self._out_override or sys.stdout
 
     def _write(self, line: str) -> None:
         self._out.write(f"{self._label}{line}\n")
