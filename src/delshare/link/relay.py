@@ -10,6 +10,7 @@ for sides that will not relay.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 from dataclasses import dataclass
 
 from delshare.aio.client import TurnClient, connect_turn
@@ -67,10 +68,22 @@ class TurnRelay:
             found.insert(0, Candidate("srflx", mapped[0], mapped[1]))
         return found
 
-    async def permit(self, ips: list[str]) -> None:
-        """Let these peer IPs reach our relayed address (RFC 8656 §9)."""
-        if ips:
-            await self._allocation.permit(*ips)
+    async def permit(self, ips: list[str]) -> list[str]:
+        """Let these peer IPs reach our relayed address (RFC 8656 §9); return those refused.
+
+        One CreatePermission per IP: a server may refuse some (403 for a private address it
+        will not relay to, 443 for the other address family) and the rest must still work.
+        """
+        family = ipaddress.ip_address(self._allocation.relayed_address[0]).version
+        usable = [ip for ip in ips if ipaddress.ip_address(ip).version == family]
+        results = await asyncio.gather(
+            *(self._allocation.permit(ip) for ip in usable), return_exceptions=True
+        )
+        for result in results:
+            if isinstance(result, BaseException) and not isinstance(result, Exception):
+                raise result
+        refused = [ip for ip, r in zip(usable, results, strict=True) if isinstance(r, Exception)]
+        return refused + [ip for ip in ips if ip not in usable]
 
     async def connect(self, peer: tuple[str, int]) -> Stream:
         return await self._allocation.connect(peer)
