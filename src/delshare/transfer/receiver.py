@@ -67,7 +67,8 @@ from delshare.transfer.resume import (
 
 __all__ = ["ReceiveStats", "ReceivedFile", "receive_files"]
 
-_RING = 6
+_RING = 3
+_UNIT = 4 * MAX_PAYLOAD
 _MAX_RENAME = 1000
 _FILE_MODE_MASK = 0o755
 Confirm = Callable[[Manifest], Awaitable[bool]]
@@ -316,7 +317,7 @@ class _ReceiveSession:
         self._total_done = sum(t.entry.size for t in targets if t.skip)
         self._resumed: dict[int, int] = {}
         self._verify = verify
-        self._buffers = [memoryview(bytearray(MAX_PAYLOAD)) for _ in range(_RING)]
+        self._buffers = [memoryview(bytearray(_UNIT)) for _ in range(_RING)]
 
     async def run(self) -> ReceiveStats:
         try:
@@ -376,41 +377,58 @@ class _ReceiveSession:
         self._progress.update(target.index, target.entry.size, self._total_done, final=True)
 
     async def _receive_body(self, target: _Target, fd: int, offset: int, hasher: Any) -> FileEnd:
-        """Decrypt DATA records into the buffer ring; write and hash them in two workers."""
+        """Decrypt DATA records into ``_UNIT``-byte units; write and hash full units in workers.
+
+        Units hold several records so that threads hand off rarely; a unit is reused once both
+        its write and its hash are done. A partly filled unit is written out on any exit.
+        """
         pending: deque[tuple[_Jobs, memoryview]] = deque()
         free = list(self._buffers)
         assembler = MessageAssembler()
         size = target.entry.size
+        unit, fill = free.pop(), 0
         try:
             while True:
-                if not free:
-                    jobs, done = pending.popleft()
-                    await _finished(jobs)
-                    free.append(done)
-                buffer = free.pop()
-                kind, length = await self._channel.recv_into(buffer)
+                if fill + MAX_PAYLOAD > len(unit):
+                    pending.append((self._flush(fd, unit[:fill], hasher), unit))
+                    fill = 0
+                    unit = await _next_unit(free, pending)
+                kind, length = await self._channel.recv_into(unit[fill : fill + MAX_PAYLOAD])
                 if kind is RecordKind.CONTROL:
-                    free.append(buffer)
-                    message = assembler.feed(bytes(buffer[:length]))
+                    message = assembler.feed(bytes(unit[fill : fill + length]))
                     if message is not None:
                         break
                     continue
                 offset += length
                 if offset > size:
                     raise PeerProtocolError(f"{display_name(target.entry.path)}: too much data")
-                data = buffer[:length]
-                jobs = [self._writer.submit(_write_all, fd, data)]
-                if self._verify:
-                    jobs.append(self._hasher.submit(hasher.update, data))
-                pending.append((jobs, buffer))
+                fill += length
                 self._bytes += length
                 self._total_done += length
                 self._progress.update(target.index, offset, self._total_done)
-            for jobs, _ in pending:
-                await _finished(jobs)
-        finally:
+        finally:  # authenticated bytes reach the .part even if the link broke mid-unit
+            if fill:
+                pending.append((self._flush(fd, unit[:fill], hasher), unit))
             concurrent.futures.wait([job for jobs, _ in pending for job in jobs])
+        for jobs, _ in pending:
+            await _finished(jobs)
         return _expect_end(message, target, offset)
+
+    def _flush(self, fd: int, data: memoryview, hasher: Any) -> _Jobs:
+        jobs = [self._writer.submit(_write_all, fd, data)]
+        if self._verify:
+            jobs.append(self._hasher.submit(hasher.update, data))
+        return jobs
+
+
+async def _next_unit(
+    free: list[memoryview], pending: deque[tuple[_Jobs, memoryview]]
+) -> memoryview:
+    if not free:
+        jobs, unit = pending.popleft()
+        await _finished(jobs)
+        free.append(unit)
+    return free.pop()
 
 
 _Jobs = list["concurrent.futures.Future[None]"]

@@ -43,7 +43,8 @@ from delshare.transfer.resume import verify_prefix
 
 __all__ = ["SendStats", "send_files"]
 
-_RING = 6
+_RING = 3
+_UNIT = 4 * MAX_PAYLOAD
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,7 +111,7 @@ class _SendSession:
         self._resume = {r.index: r for r in accept.resume}
         self._chunk = chunk
         self._reader, self._hasher = pools
-        self._buffers = [memoryview(bytearray(MAX_PAYLOAD)) for _ in range(_RING)]
+        self._buffers = [memoryview(bytearray(_UNIT)) for _ in range(_RING)]
         self._progress = ProgressThrottle(progress_cb)
         self._total_done = 0
         self._bytes_sent = 0
@@ -193,10 +194,11 @@ class _SendSession:
         return offset
 
     async def _pump(self, f: IO[bytes], index: int, entry: Entry, offset: int, whole: Any) -> None:
-        """Read in one worker, hash in another, encrypt and send here; ``_RING`` buffers cycle.
+        """Read in one worker, hash in another, encrypt and send here; ``_RING`` units cycle.
 
-        Hashing and encryption only read a buffer, so they run at the same time; a buffer is
-        reused once its hash is done (the channel copies what it sends while encrypting).
+        A unit is ``_UNIT`` bytes (several records), so threads hand off rarely. Hashing and
+        encryption only read a unit, so they run at the same time; a unit is reused once its
+        hash is done (the channel copies what it sends while encrypting).
         """
         remaining = entry.size - offset
         reads: deque[tuple[concurrent.futures.Future[int], memoryview, int]] = deque()
@@ -205,7 +207,7 @@ class _SendSession:
         try:
             while remaining or reads:
                 while free and remaining:
-                    want = min(MAX_PAYLOAD, remaining)
+                    want = min(_UNIT, remaining)
                     buf = free.pop()
                     reads.append((self._reader.submit(_read_full, f, buf[:want]), buf, want))
                     remaining -= want
@@ -213,22 +215,28 @@ class _SendSession:
                 got = await asyncio.wrap_future(future)
                 if got != want:
                     raise SourceChangedError(f"{display_name(entry.path)} shrank while sending")
-                self._check_peer()
-                self._channel.write(buf[:got])
                 if self._verify:
                     hashes.append((self._hasher.submit(whole.update, buf[:got]), buf))
-                else:
+                unit = buf[:got]
+                for start in range(0, got, MAX_PAYLOAD):
+                    record = unit[start : start + MAX_PAYLOAD]
+                    offset = await self._send_record(index, record, offset)
+                if not self._verify:
                     free.append(buf)
-                self._bytes_sent += got
-                self._total_done += got
-                offset += got
-                await self._channel.drain()
                 await _reclaim(hashes, free, wait=not reads and not free)
-                self._progress.update(index, offset, self._total_done)
             await _reclaim(hashes, free, wait=True, all_=True)
         finally:
             unfinished: list[concurrent.futures.Future[Any]] = [r[0] for r in reads]
             concurrent.futures.wait(unfinished + [h[0] for h in hashes])
+
+    async def _send_record(self, index: int, data: memoryview, offset: int) -> int:
+        self._check_peer()
+        self._channel.write(data)
+        self._bytes_sent += len(data)
+        self._total_done += len(data)
+        await self._channel.drain()
+        self._progress.update(index, offset + len(data), self._total_done)
+        return offset + len(data)
 
 
 async def _reclaim(
