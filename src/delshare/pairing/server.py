@@ -1,9 +1,13 @@
-"""The rendezvous server: WebSocket adapter around a ``MailboxStore``.
+"""The rendezvous server: WebSocket adapter around a ``MailboxBackend``.
 
-One handler per connection decodes ``wire`` frames, applies them to the store with the loop clock
-and turns the store's events into frames for the right connections. A refusal is answered with an
-``error`` frame and the connection is closed. A sweeper task expires old mailboxes (telling
-their clients) and no connection lives longer than ``max_age`` plus a grace period.
+One handler per connection decodes ``wire`` frames and applies them to the backend; the backend
+hands back events for this node's connections through a ``Deliver`` callback, which turns them
+into frames. A refusal is answered with an ``error`` frame and the connection is closed. No
+connection lives longer than ``max_age`` plus a grace period.
+
+Two backends: ``LocalBackend`` puts a sans-IO ``MailboxStore`` (the in-memory ``MailboxTable``)
+on the loop clock and sweeps expired mailboxes; ``RedisBackend`` (``redis_backend``) keeps the
+mailboxes in Redis so that independent nodes share them.
 """
 
 from __future__ import annotations
@@ -12,8 +16,9 @@ import asyncio
 import contextlib
 import itertools
 import socket
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from types import TracebackType
+from typing import Protocol
 
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
@@ -34,22 +39,84 @@ from delshare.pairing.mailbox import (
 SWEEP_INTERVAL = 1.0
 CONNECTION_GRACE = 5.0  # a connection may outlive its mailbox's max_age by this much
 
+Deliver = Callable[[list[Event]], Awaitable[None]]
+
+
+class MailboxBackend(Protocol):
+    """Where the mailboxes live, as the server sees them.
+
+    ``open``/``add`` raise ``PairingError`` (the reason to answer); events for this node's clients,
+    whenever they happen, go to the ``deliver`` callback given to ``start``. ``close`` is
+    idempotent and never raises.
+    """
+
+    limits: MailboxLimits
+
+    async def start(self, deliver: Deliver) -> None: ...
+    async def open(self, client: ClientId, nameplate: str) -> None: ...
+    async def add(self, client: ClientId, body: str) -> None: ...
+    async def close(self, client: ClientId) -> None: ...
+    async def aclose(self) -> None: ...
+
+
+class LocalBackend:
+    """A sans-IO ``MailboxStore`` on the loop clock, with a task that sweeps expired mailboxes."""
+
+    def __init__(self, store: MailboxStore, sweep_interval: float = SWEEP_INTERVAL) -> None:
+        self.store = store
+        self.limits = store.limits
+        self._sweep_interval = sweep_interval
+        self._deliver: Deliver | None = None
+        self._sweeper: asyncio.Task[None] | None = None
+
+    async def start(self, deliver: Deliver) -> None:
+        self._deliver = deliver
+        self._sweeper = asyncio.create_task(self._sweep())
+
+    async def open(self, client: ClientId, nameplate: str) -> None:
+        await self._emit(self.store.open(client, nameplate, self._now()))
+
+    async def add(self, client: ClientId, body: str) -> None:
+        await self._emit(self.store.add(client, body, self._now()))
+
+    async def close(self, client: ClientId) -> None:
+        await self._emit(self.store.close(client, self._now()))
+
+    async def aclose(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
+
+    async def _emit(self, events: list[Event]) -> None:
+        if events and self._deliver is not None:
+            await self._deliver(events)
+
+    async def _sweep(self) -> None:
+        while True:
+            deadline = self.store.next_expiry()
+            delay = self._sweep_interval if deadline is None else deadline - self._now()
+            await asyncio.sleep(min(max(delay, 0.0), self._sweep_interval))
+            await self._emit(self.store.expire(self._now()))
+
+    @staticmethod
+    def _now() -> float:
+        return asyncio.get_running_loop().time()
+
 
 class RendezvousServer:
     """A running rendezvous server; ``port``, ``sockets``, ``close()``, ``wait_closed()``."""
 
-    def __init__(self, store: MailboxStore, sweep_interval: float = SWEEP_INTERVAL) -> None:
-        self.store = store
-        self._sweep_interval = sweep_interval
+    def __init__(self, backend: MailboxBackend) -> None:
+        self.backend = backend
         self._ids = itertools.count(1)
         self._connections: dict[ClientId, ServerConnection] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._server: Server | None = None
-        self._sweeper: asyncio.Task[None] | None = None
+        self._backend_closed = False
 
     def _start(self, server: Server) -> None:
         self._server = server
-        self._sweeper = asyncio.create_task(self._sweep())
 
     @property
     def sockets(self) -> Iterable[socket.socket]:
@@ -62,17 +129,17 @@ class RendezvousServer:
         return int(next(iter(self.sockets)).getsockname()[1])
 
     def close(self) -> None:
-        if self._sweeper is not None:
-            self._sweeper.cancel()
+        """Stop listening and close every connection (their mailbox sides are closed too)."""
         if self._server is not None:
             self._server.close()
 
     async def wait_closed(self) -> None:
+        """Wait until every handler returned, then release the backend."""
         if self._server is not None:
             await self._server.wait_closed()
-        if self._sweeper is not None:
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._sweeper
+        if not self._backend_closed:
+            self._backend_closed = True
+            await self.backend.aclose()
 
     async def __aenter__(self) -> RendezvousServer:
         return self
@@ -86,16 +153,12 @@ class RendezvousServer:
         self.close()
         await self.wait_closed()
 
-    @staticmethod
-    def _now() -> float:
-        return asyncio.get_running_loop().time()
-
     async def handle(self, connection: ServerConnection) -> None:
         """Serve one client connection until it closes, errs or grows too old."""
         client = next(self._ids)
         self._connections[client] = connection
         try:
-            async with asyncio.timeout(self.store.limits.max_age + CONNECTION_GRACE):
+            async with asyncio.timeout(self.backend.limits.max_age + CONNECTION_GRACE):
                 async for frame in connection:
                     await self._dispatch(client, frame)
         except PairingError as exc:
@@ -105,15 +168,14 @@ class RendezvousServer:
             pass
         finally:
             del self._connections[client]
-            await self._deliver(self.store.close(client, self._now()))
+            await self.backend.close(client)
 
     async def _dispatch(self, client: ClientId, frame: str | bytes) -> None:
         match wire.decode_client(frame):
             case wire.OpenMessage(nameplate):
-                events = self.store.open(client, nameplate, self._now())
+                await self.backend.open(client, nameplate)
             case wire.AddMessage(body):
-                events = self.store.add(client, body, self._now())
-        await self._deliver(events)
+                await self.backend.add(client, body)
 
     async def _deliver(self, events: list[Event]) -> None:
         for event in events:
@@ -140,13 +202,6 @@ class RendezvousServer:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _sweep(self) -> None:
-        while True:
-            deadline = self.store.next_expiry()
-            delay = self._sweep_interval if deadline is None else deadline - self._now()
-            await asyncio.sleep(min(max(delay, 0.0), self._sweep_interval))
-            await self._deliver(self.store.expire(self._now()))
-
 
 async def serve_rendezvous(
     host: str = "127.0.0.1",
@@ -154,17 +209,40 @@ async def serve_rendezvous(
     *,
     limits: MailboxLimits | None = None,
     store: MailboxStore | None = None,
+    redis_url: str | None = None,
     sweep_interval: float = SWEEP_INTERVAL,
 ) -> RendezvousServer:
     """Start a rendezvous server on ``host``:``port`` (0 picks a free port).
 
-    ``store`` defaults to an in-memory ``MailboxTable(limits)``.
+    Mailboxes live in ``store`` (default: an in-memory ``MailboxTable(limits)``), or, with
+    ``redis_url`` (e.g. ``redis://127.0.0.1:6379/0``), in Redis, shared by every node started
+    with the same URL. ``sweep_interval`` bounds how late expiry (and, with Redis, a crashed
+    node's clients) is noticed.
     """
-    rendezvous = RendezvousServer(
-        store if store is not None else MailboxTable(limits), sweep_interval
-    )
-    server = await serve(
-        rendezvous.handle, host, port, max_size=wire.MAX_FRAME, compression=None, max_queue=16
-    )
+    backend = _backend(limits, store, redis_url, sweep_interval)
+    rendezvous = RendezvousServer(backend)
+    await backend.start(rendezvous._deliver)
+    try:
+        server = await serve(
+            rendezvous.handle, host, port, max_size=wire.MAX_FRAME, compression=None, max_queue=16
+        )
+    except BaseException:
+        await backend.aclose()
+        raise
     rendezvous._start(server)
     return rendezvous
+
+
+def _backend(
+    limits: MailboxLimits | None,
+    store: MailboxStore | None,
+    redis_url: str | None,
+    sweep_interval: float,
+) -> MailboxBackend:
+    if redis_url is None:
+        return LocalBackend(store if store is not None else MailboxTable(limits), sweep_interval)
+    if store is not None:
+        raise ValueError("give either store or redis_url, not both")
+    from delshare.pairing.redis_backend import RedisBackend  # redis is an optional dependency
+
+    return RedisBackend(redis_url, limits or MailboxLimits(), heartbeat=sweep_interval)
