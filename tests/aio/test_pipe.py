@@ -277,20 +277,50 @@ async def test_slow_reader_bounds_buffering(
     assert 0 < stats.peak_buffered <= BOUND[mode]
 
 
+def reset(sock: socket.socket) -> None:
+    """Close with SO_LINGER 0: the kernel sends RST instead of FIN."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.close()
+
+
+@pytest.mark.parametrize("side", ["a", "b"])
 async def test_reset_on_one_side_closes_the_other(
-    mode: str, listener: socket.socket, cleanup: list[socket.socket]
+    mode: str, listener: socket.socket, cleanup: list[socket.socket], side: str
 ) -> None:
     rig = await make_rig(mode, listener)
-    cleanup += [rig.cb]
+    resetter, survivor = (rig.ca, rig.cb) if side == "a" else (rig.cb, rig.ca)
+    cleanup.append(survivor)
     task = asyncio.create_task(bridge(rig.a, rig.b))
-    await asyncio.get_running_loop().sock_sendall(rig.ca, b"ping")
-    assert await recv_exactly(rig.cb, 4) == b"ping"
-    rig.ca.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    rig.ca.close()  # RST
+    await asyncio.get_running_loop().sock_sendall(resetter, b"ping")
+    assert await recv_exactly(survivor, 4) == b"ping"
+    reset(resetter)
     stats = await task
     assert stats.reset
-    assert stats.a_to_b == 4
-    assert await eof_or_reset(rig.cb)
+    assert (stats.a_to_b, stats.b_to_a) == ((4, 0) if side == "a" else (0, 4))
+    assert await eof_or_reset(survivor)
+    assert [s.fileno() for s in rig.raw] == [-1, -1]
+
+
+async def test_linger_after_reset_is_bounded(
+    mode: str,
+    listener: socket.socket,
+    cleanup: list[socket.socket],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Once a reset is seen, a surviving peer that never reads cannot keep the bridge alive.
+
+    (A reset is seen when the relay next touches that socket; here, relaying cb's bytes to a.)
+    """
+    monkeypatch.setattr(pipe, "LINGER_TIMEOUT", 0.2)
+    rig = await make_rig(mode, listener, bufsize=64 * 1024)
+    cleanup.append(rig.cb)
+    task = asyncio.create_task(bridge(rig.a, rig.b))
+    await push_until_stalled(rig.ca)  # cb never reads: the relay holds bytes owed to it
+    reset(rig.ca)
+    rig.cb.send(b"wake")
+    async with asyncio.timeout(30):
+        stats = await task
+    assert stats.reset
     assert [s.fileno() for s in rig.raw] == [-1, -1]
 
 

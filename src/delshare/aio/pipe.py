@@ -105,7 +105,9 @@ async def bridge(
     The prefixes are written before anything read from the other side (e.g. bytes read past a
     STUN frame, RFC 6062 §5.3). The bridge owns the endpoints: it makes sockets non-blocking and
     closes everything when it returns or is cancelled. A reset on either side ends the bridge
-    (RFC 6062 §5.5) with ``reset=True`` after the other side got every byte owed to it.
+    (RFC 6062 §5.5) with ``reset=True`` after the other side got every byte owed to it (bounded
+    by ``LINGER_TIMEOUT``). A reset is noticed when the bridge next reads or writes that socket,
+    so a bridge stalled on a peer that never reads waits as TCP would: cancel it to end it.
     """
     _check_endpoint(a)
     _check_endpoint(b)
