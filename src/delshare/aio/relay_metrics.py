@@ -6,9 +6,12 @@ The server feeds every core event to ``RelayMetrics.observe`` and reports relaye
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
 
 from delshare.stun.constants import PROTO_TCP
 from delshare.turn.server_types import (
@@ -34,9 +37,8 @@ class RelayMetrics:
         self.connections = Gauge(
             "delshare_relay_tcp_connections", "Bound RFC 6062 connections", registry=reg
         )
-        self.bytes_relayed = Counter(
-            "delshare_relay_bytes", "Bytes relayed", ["relay"], registry=reg
-        )
+        self.bytes = {"udp": 0, "tcp": 0}  # plain ints: the per-datagram path stays lock-free
+        reg.register(_BytesCollector(self.bytes))
         self.errors = Counter(
             "delshare_relay_error_responses", "Error responses sent", ["code"], registry=reg
         )
@@ -62,8 +64,7 @@ class RelayMetrics:
 
     def relayed(self, kind: str, count: int) -> None:
         """Add ``count`` bytes to the ``kind`` (udp/tcp) counter."""
-        if count:
-            self.bytes_relayed.labels(kind).inc(count)
+        self.bytes[kind] += count
 
     def serve(self, host: str, port: int) -> int:
         """Start the HTTP exporter; returns the bound port."""
@@ -75,3 +76,16 @@ class RelayMetrics:
             self._server.shutdown()
             self._server.server_close()
             self._server = None
+
+
+class _BytesCollector(Collector):
+    """Exposes the relayed-byte totals, read at scrape time."""
+
+    def __init__(self, totals: dict[str, int]) -> None:
+        self._totals = totals
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        family = CounterMetricFamily("delshare_relay_bytes", "Bytes relayed", labels=["relay"])
+        for kind, total in sorted(self._totals.items()):
+            family.add_metric([kind], float(total))
+        yield family

@@ -131,31 +131,40 @@ class UdpEndpoint:
         loop: asyncio.AbstractEventLoop,
         sock: socket.socket,
         on_datagram: Callable[[bytes, Address], None],
+        on_batch_end: Callable[[], None] | None = None,
     ) -> None:
         self.loop = loop
         self.sock = sock
         self.address: Address = sock.getsockname()[:2]
         self._on_datagram = on_datagram
+        self._on_batch_end = on_batch_end
         self.sent = 0
         self.received = 0
         sock.setblocking(False)
         loop.add_reader(sock.fileno(), self._readable)
 
     def _readable(self) -> None:
-        for _ in range(UDP_BATCH):
-            try:
-                data, addr = self.sock.recvfrom(UDP_RECV_SIZE)
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError:
-                continue  # e.g. ICMP port unreachable reported on a later recv
-            self.received += len(data)
-            self._on_datagram(data, addr[:2])
+        """Read up to ``UDP_BATCH`` datagrams, then let the owner act on them all at once."""
+        try:
+            for _ in range(UDP_BATCH):
+                try:
+                    data, addr = self.sock.recvfrom(UDP_RECV_SIZE)
+                except (BlockingIOError, InterruptedError):
+                    return
+                except OSError:
+                    continue  # e.g. ICMP port unreachable reported on a later recv
+                self.received += len(data)
+                self._on_datagram(data, addr[:2])
+        finally:
+            if self._on_batch_end is not None:
+                self._on_batch_end()
 
     def sendto(self, data: bytes, addr: Address) -> None:
         """Best effort, like UDP itself: a full send buffer drops the datagram."""
-        with contextlib.suppress(OSError):
+        try:
             self.sent += self.sock.sendto(data, addr)
+        except OSError:
+            return
 
     def close(self) -> None:
         if self.sock.fileno() >= 0:

@@ -166,7 +166,7 @@ class RelayServer:
             udp.close()
             raise
         self._tcp_listeners.append(tcp)
-        endpoint = UdpEndpoint(self._loop, udp, self._client_datagram_handler(bound))
+        endpoint = UdpEndpoint(self._loop, udp, self._client_datagram_handler(bound), self._flush)
         self._udp_listeners[bound] = endpoint
         self._spawn(self._accept_loop(tcp))
         self.addresses += [(UDP, bound), (TCP, bound)]
@@ -219,7 +219,6 @@ class RelayServer:
     def _client_datagram_handler(self, server: Address) -> Callable[[bytes, Address], None]:
         def on_datagram(data: bytes, client: Address) -> None:
             self.core.receive(FiveTuple(UDP, client, server), data, time.time())
-            self._flush()
 
         return on_datagram
 
@@ -433,7 +432,8 @@ class RelayServer:
             relay.listener = sock
             relay.accept_task = self._spawn(self._accept_peers(relay))
         else:
-            relay.udp = UdpEndpoint(self._loop, sock, self._peer_datagram_handler(out.alloc_id))
+            handler = self._peer_datagram_handler(out.alloc_id)
+            relay.udp = UdpEndpoint(self._loop, sock, handler, self._flush)
         self._relays[out.alloc_id] = relay
         reserved = (host, bound[1] + 1) if held is not None else None
         self.core.relay_opened(out.alloc_id, bound, now, reserved)
@@ -453,7 +453,6 @@ class RelayServer:
             self.bytes_relayed += len(data)
             self.metrics.relayed("udp", len(data))
             self.core.receive_peer_datagram(alloc_id, peer, data, time.time())
-            self._flush()
 
         return on_datagram
 

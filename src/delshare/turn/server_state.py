@@ -9,6 +9,7 @@ BOUND (bytes flow through the adapter, §5.4).
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from dataclasses import dataclass, field
 from enum import Enum
@@ -19,8 +20,12 @@ from delshare.turn.auth import Credentials
 from delshare.turn.server_types import FiveTuple
 
 
+@functools.lru_cache(maxsize=8192)
 def canonical_ip(host: str) -> str:
-    """One spelling per IP, so permissions match whatever form the peer address took."""
+    """One spelling per IP, so permissions match whatever form the peer address took.
+
+    Cached: it sits on the per-datagram path of UDP relays.
+    """
     try:
         return str(ipaddress.ip_address(host))
     except ValueError:
@@ -75,7 +80,9 @@ class Allocation:
 
     def has_permission(self, peer_ip: str, now: float) -> bool:
         """RFC 8656 §9: permissions are per IP, port ignored."""
-        expires = self.permissions.get(canonical_ip(peer_ip))
+        expires = self.permissions.get(peer_ip)  # kernel-given addresses are canonical
+        if expires is None:
+            expires = self.permissions.get(canonical_ip(peer_ip))
         return expires is not None and expires > now
 
     def add_permission(self, peer_ip: str, until: float) -> None:
