@@ -110,6 +110,7 @@ def test_display_name_strips_escapes_and_controls() -> None:
     assert display_name("a\nb\rc\x07") == "a?b?c?"
     assert display_name("x\u202egnp.exe") == "xgnp.exe"
     assert display_name("fine name.txt") == "fine name.txt"
+    assert display_name("bad\udcff.txt") == "bad?.txt"
 
 
 def test_build_manifest_walks_sorted_and_skips_symlinks(tmp_path: Path) -> None:

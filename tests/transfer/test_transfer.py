@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,7 @@ from delshare.link.records import RecordChannel
 from delshare.transfer.errors import (
     DeclinedError,
     DestinationExistsError,
+    InsufficientSpaceError,
     ManifestError,
     RefusedByPeerError,
     UnsafePathError,
@@ -143,6 +145,20 @@ async def test_already_received_file_is_skipped(tmp_path: Path, out: Path) -> No
     sent, received = await transfer([source], out)
     assert sent.bytes_sent == 0 and sent.files_skipped == 1
     assert received.files[0].skipped
+
+
+async def test_offer_bigger_than_free_space_is_rejected(
+    tmp_path: Path, out: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    source = random_file(tmp_path / "src" / "huge.bin", 10_000)
+    real = shutil.disk_usage
+
+    def tiny_disk(path: str | os.PathLike[str]) -> Any:
+        return real(path)._replace(free=9_999)
+
+    monkeypatch.setattr(shutil, "disk_usage", tiny_disk)
+    await transfer_expecting([source], out, InsufficientSpaceError)
+    assert names(out) == []
 
 
 async def test_declined_offer_writes_nothing(tmp_path: Path, out: Path) -> None:

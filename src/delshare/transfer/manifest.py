@@ -199,8 +199,10 @@ def safe_destination(output_dir: Path, rel_path: str) -> Path:
 
 
 def display_name(name: str) -> str:
-    """A name safe to print: ANSI escapes, bidi overrides and control characters removed."""
-    cleaned = _BIDI.sub("", _ANSI.sub("", name))
+    """A name safe to print: ANSI escapes, bidi overrides, control characters and undecodable
+    bytes (surrogate escapes) removed or replaced."""
+    printable = name.encode("utf-8", "replace").decode("utf-8")
+    cleaned = _BIDI.sub("", _ANSI.sub("", printable))
     return _CONTROL.sub("?", cleaned)
 
 
