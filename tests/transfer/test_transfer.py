@@ -230,3 +230,12 @@ async def test_symlinked_part_file_is_not_followed(tmp_path: Path, out: Path) ->
     assert isinstance(reply, Reject)
     assert isinstance(outcome, UnsafePathError)
     assert victim.read_bytes() == b"keep"
+
+
+def test_transfer_under_uvloop(tmp_path: Path, out: Path) -> None:
+    """The channel takes over uvloop transports too (they are not asyncio.Transport subclasses)."""
+    uvloop = pytest.importorskip("uvloop")
+    source = random_file(tmp_path / "src" / "uv.bin", 5 * 1024 * 1024 + 3)
+    sent, received = uvloop.run(transfer([source], out))
+    assert sent.bytes_sent == received.bytes_received == 5 * 1024 * 1024 + 3
+    assert sha256_file(out / "uv.bin") == sha256_file(source)

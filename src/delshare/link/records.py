@@ -34,7 +34,7 @@ import hmac
 import os
 import struct
 from dataclasses import dataclass
-from typing import Literal, NoReturn
+from typing import Literal, NoReturn, cast
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
@@ -331,8 +331,7 @@ class _RecordProtocol(asyncio.BufferedProtocol):
         self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
+        self._transport = cast(asyncio.Transport, transport)
 
     def get_buffer(self, sizehint: int) -> memoryview:
         if self._in_body and self._current is not None:
@@ -459,6 +458,7 @@ class _RecordProtocol(asyncio.BufferedProtocol):
 
 
 _RING = 4
+_TRANSPORT_API = ("set_protocol", "pause_reading", "resume_reading", "is_reading", "abort")
 _RING_MIN = 64 << 10
 _OUT_RING = 3
 
@@ -478,9 +478,9 @@ class RecordChannel:
     ) -> None:
         self._writer = writer
         transport = writer.transport
-        if not isinstance(transport, asyncio.Transport):
-            raise TypeError("RecordChannel needs a bidirectional transport")
-        self._transport: asyncio.Transport = transport
+        if not all(hasattr(transport, name) for name in _TRANSPORT_API):
+            raise TypeError("RecordChannel needs a bidirectional stream transport")
+        self._transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
         self._sealer = RecordSealer(keys.send_key)
         self._protocol = _RecordProtocol(
             RecordOpener(keys.recv_key), self._transport.get_protocol()
