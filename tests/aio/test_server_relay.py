@@ -394,3 +394,22 @@ async def test_idle_connection_without_allocation_is_closed() -> None:
         control.close()
     finally:
         await running.close()
+
+
+async def test_client_bytes_right_behind_connection_bind_reach_the_peer(
+    relay: RunningRelay,
+) -> None:
+    """Bytes in the same segment as ConnectionBind are relay data, not STUN (RFC 6062 §5.4)."""
+    control, peer_reader, peer_writer, cid = await incoming_peer(relay)
+    reader, writer = await asyncio.open_connection(HOST, relay.turn_port)
+    msg = Message(Method.CONNECTION_BIND, MessageClass.REQUEST).add(Attr.CONNECTION_ID, cid)
+    msg.add(Attr.USERNAME, USER).add(Attr.REALM, REALM).add(Attr.NONCE, control.nonce)
+    trailing = b"\x00\x01\x00\x00" + os.urandom(3000)  # looks like a STUN header, is not
+    writer.write(msg.encode(KEY) + trailing)
+    assert await read_all(peer_reader, len(trailing)) == trailing
+    head = await asyncio.wait_for(reader.readexactly(20), STEP)
+    body = await reader.readexactly(int.from_bytes(head[2:4], "big"))
+    assert decode_message(head + body).cls == MessageClass.SUCCESS
+    for closable in (writer, peer_writer):
+        closable.close()
+    control.close()
