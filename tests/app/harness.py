@@ -183,9 +183,11 @@ def start(
     )
 
 
-def finish(process: subprocess.Popen[str], timeout: float = RUN_TIMEOUT) -> Outcome:
+def finish(
+    process: subprocess.Popen[str], timeout: float = RUN_TIMEOUT, input_text: str | None = None
+) -> Outcome:
     try:
-        out, err = process.communicate(timeout=timeout)
+        out, err = process.communicate(input_text, timeout=timeout)
     except subprocess.TimeoutExpired:
         process.kill()
         out, err = process.communicate()

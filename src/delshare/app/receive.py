@@ -15,7 +15,9 @@ from delshare.app.events import OfferReceived, PeerConnected, Reporter, Transfer
 from delshare.app.observe import observe_file_ends
 from delshare.app.send import report_hashes, started
 from delshare.errors import PairingError
+from delshare.link.records import RecordChannel
 from delshare.pairing import pair, parse_code
+from delshare.transfer.errors import DestinationExistsError
 from delshare.transfer.manifest import Manifest, display_name
 from delshare.transfer.receiver import ReceiveStats, receive_files
 
@@ -53,6 +55,25 @@ async def _hash_missing(manifest: Manifest, stats: ReceiveStats, hashes: dict[in
             hashes[index] = await loop.run_in_executor(
                 None, _sha256_file, str(received.destination)
             )
+
+
+async def _receive(
+    channel: RecordChannel,
+    options: ReceiveOptions,
+    confirm: Callable[[Manifest], Awaitable[bool]],
+    report: Reporter,
+) -> ReceiveStats:
+    try:
+        return await receive_files(
+            channel,
+            options.output,
+            overwrite=options.overwrite,
+            rename=options.rename,
+            confirm=confirm,
+            progress_cb=progress_reporter(report),
+        )
+    except DestinationExistsError as exc:
+        raise DestinationExistsError(f"{exc} (use --overwrite or --rename)") from exc
 
 
 def _offer_event(manifest: Manifest) -> OfferReceived:
@@ -98,14 +119,7 @@ async def run_receive(
             return True
 
         begin = time.monotonic()
-        stats = await receive_files(
-            channel,
-            options.output,
-            overwrite=options.overwrite,
-            rename=options.rename,
-            confirm=confirm,
-            progress_cb=progress_reporter(report),
-        )
+        stats = await _receive(channel, options, confirm, report)
         manifest = offered[0]
         await _hash_missing(manifest, stats, hashes)
         report_hashes(manifest, hashes, report)
