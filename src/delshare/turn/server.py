@@ -370,6 +370,7 @@ class TurnServer:
         response = success_response(alloc.request, *attrs)
         alloc.allocate_response = self._encode(alloc.request, response, alloc.creds)
         self._outputs.append(SendToClient(alloc.five, alloc.allocate_response))
+        self._outputs.append(RequestAnswered(alloc.five, alloc.request.method_name))
         self._outputs.append(
             AllocationCreated(
                 alloc.id, alloc.five, alloc.username, alloc.relayed, alloc.transport, alloc.lifetime
@@ -654,6 +655,7 @@ class TurnServer:
         conn.data_five = five
         response = self._encode(msg, success_response(msg), creds)
         self._outputs.append(BindDataConnection(conn.id, five, response))
+        self._outputs.append(RequestAnswered(five, msg.method_name))
         self._outputs.append(ConnectionBound(conn.id, alloc.id))
 
     def connection_closed(self, conn_id: int, now: float, reason: str = "closed") -> None:
