@@ -4,8 +4,9 @@ Run: ``python -m delshare.transfer.benchmark SOURCE_FILE OUTPUT_DIR [ROUNDS]``. 
 SOURCE_FILE once with a plain blocking socket loop (reader process: ``readinto`` + ``sendall``;
 writer process: ``recv_into`` + ``write`` + ``fsync``) and once with ``send_files`` /
 ``receive_files`` over a handshaken RecordChannel, sender and receiver in separate processes.
-It prints MB/s, the ratio, and each side's CPU seconds. ``--no-hash`` is a what-if that replaces
-the whole-file SHA-256 with a no-op to show its cost; it is not a product mode.
+It prints MB/s, the ratio, and each side's CPU seconds. ``--no-verify`` receives with
+``verify=False`` (no whole-file SHA-256 on either side); ``--uvloop`` runs both DEL sides on
+uvloop.
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 from delshare.link.records import handshake
@@ -37,17 +37,6 @@ class Run:
     rate: float
     receiver_cpu: float
     sender_cpu: float
-
-
-class _NoHash:
-    def update(self, data: Any) -> None:
-        pass
-
-    def digest(self) -> bytes:
-        return bytes(32)
-
-    def copy(self) -> _NoHash:
-        return self
 
 
 def _cpu() -> float:
@@ -103,6 +92,10 @@ def plain_copy(source: Path, destination: Path) -> Run:
     return _timed(receive, send)
 
 
+_run: Any = asyncio.run
+_options: dict[str, Any] = {}
+
+
 def del_copy(source: Path, output_dir: Path) -> Run:
     """DEL: handshake, then send_files / receive_files of ``source`` into ``output_dir``."""
 
@@ -115,19 +108,24 @@ def del_copy(source: Path, output_dir: Path) -> Run:
     async def receiver(connection: socket.socket) -> int:
         reader, writer = await asyncio.open_connection(sock=connection)
         channel = await handshake(reader, writer, _KEY, "receiver")
-        stats = await receiver_module.receive_files(channel, output_dir, overwrite=True)
+        stats = await receiver_module.receive_files(channel, output_dir, overwrite=True, **_options)
         await channel.close()
         return stats.bytes_received
 
-    return _timed(lambda c: asyncio.run(receiver(c)), lambda p: asyncio.run(sender(p)))
+    return _timed(lambda c: _run(receiver(c)), lambda p: _run(sender(p)))
 
 
 def main(argv: list[str]) -> None:
     """Alternate plain and DEL copies for a few rounds; print per-round and median figures."""
-    if "--no-hash" in argv:
-        argv = [a for a in argv if a != "--no-hash"]
-        for module in (sender_module, receiver_module):
-            setattr(module, "hashlib", SimpleNamespace(sha256=_NoHash))  # noqa: B010
+    global _run
+    if "--uvloop" in argv:
+        argv = [a for a in argv if a != "--uvloop"]
+        import uvloop
+
+        _run = uvloop.run
+    if "--no-verify" in argv:
+        argv = [a for a in argv if a != "--no-verify"]
+        _options["verify"] = False
     source, output_dir = Path(argv[0]), Path(argv[1])
     rounds = int(argv[2]) if len(argv) > 2 else 3
     output_dir.mkdir(parents=True, exist_ok=True)
