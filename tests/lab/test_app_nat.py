@@ -1,0 +1,106 @@
+"""The real-NAT lab: ``delshare send``/``receive`` between namespaces (issue 4 acceptance).
+
+``nat_lab``: Alice and Bob are each behind their own masquerading NAT, so no direct TCP path
+exists between them (inbound is dropped); ``delshare relay`` runs in the public namespace. With
+no path flags at all the race must end on the TURN TCP relay, and the file must arrive intact.
+``lan_lab``: both on one LAN, the same commands must connect directly.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.app.harness import DELSHARE, TURN_PASSWORD, TURN_USER, Outcome, env_for, sha256_file
+from tests.lab.netns import PUB_ADDR, Lab
+
+pytestmark = pytest.mark.netns
+
+TURN_PORT, RENDEZVOUS_PORT = 3478, 4000
+SIZE = 24 << 20
+
+
+def _start_relay(lab: Lab, log: Path) -> subprocess.Popen[bytes]:
+    with log.open("wb") as out:
+        relay = lab.run(
+            "pub",
+            [DELSHARE, "relay", "--listen", f"{PUB_ADDR}:{TURN_PORT}",
+             "--rendezvous-listen", f"{PUB_ADDR}:{RENDEZVOUS_PORT}",
+             "--user", f"{TURN_USER}:{TURN_PASSWORD}", "--allow-peer", "203.0.113.0/24"],
+            stdout=out, stderr=out,
+        )  # fmt: skip
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        text = log.read_text(errors="replace")
+        if "TURN listening" in text and "rendezvous listening" in text:
+            return relay
+        if relay.poll() is not None:
+            break
+        time.sleep(0.05)
+    raise RuntimeError(f"relay did not start: {log.read_text(errors='replace')[-2000:]}")
+
+
+@pytest.fixture
+def payload(tmp_path: Path) -> Path:
+    path = tmp_path / "payload.bin"
+    path.write_bytes(os.urandom(SIZE))
+    return path
+
+
+def _transfer(lab: Lab, tmp_path: Path, payload: Path) -> tuple[Outcome, Outcome, Path]:
+    """Relay in pub, ``send`` in alice, ``receive`` in bob, no path flags."""
+    _start_relay(lab, tmp_path / "relay.log")
+    env = env_for(f"ws://{PUB_ADDR}:{RENDEZVOUS_PORT}", f"turn:{PUB_ADDR}:{TURN_PORT}")
+    out = tmp_path / "out"
+    out.mkdir()
+    pipes = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, "text": True, "env": env}
+    sender = lab.run(
+        "alice", [DELSHARE, "send", str(payload), "--code", "21-guitar-orbit"], **pipes
+    )
+    receiver = lab.run("bob", [DELSHARE, "receive", "21-guitar-orbit", "-o", str(out), "--yes"],
+                       **pipes)  # fmt: skip
+    outcomes = []
+    for process in (receiver, sender):
+        try:
+            stdout, stderr = process.communicate(timeout=90)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            stdout, stderr = process.communicate()
+        outcomes.append(Outcome(process.returncode, stdout, stderr))
+    received, sent = outcomes
+    return sent, received, out
+
+
+def _check_arrived(sent: Outcome, received: Outcome, out: Path, payload: Path) -> None:
+    assert received.returncode == 0, received.stdout + received.stderr
+    assert sent.returncode == 0, sent.stdout + sent.stderr
+    digest = sha256_file(payload)
+    assert sha256_file(out / payload.name) == digest
+    assert received.line("verified: ") == f"verified: sha256 {digest} {payload.name}"
+
+
+def test_behind_two_nats_the_link_goes_through_the_turn_tcp_relay(
+    nat_lab: Lab, tmp_path: Path, payload: Path
+) -> None:
+    direct = nat_lab.python(
+        "alice",
+        "import socket\n"
+        "try:\n socket.create_connection(('10.0.2.2', 9), timeout=1); print('reached')\n"
+        "except OSError as exc: print('blocked', exc)",
+    )
+    assert direct.stdout.startswith("blocked")  # no route into Bob's LAN
+    sent, received, out = _transfer(nat_lab, tmp_path, payload)
+    _check_arrived(sent, received, out, payload)
+    for outcome in (sent, received):
+        assert outcome.line("connected: ") == f"connected: relay {PUB_ADDR}:{TURN_PORT}"
+
+
+def test_on_one_lan_the_link_is_direct(lan_lab: Lab, tmp_path: Path, payload: Path) -> None:
+    sent, received, out = _transfer(lan_lab, tmp_path, payload)
+    _check_arrived(sent, received, out, payload)
+    assert sent.line("connected: ").startswith("connected: direct 10.0.1.3:")
+    assert received.line("connected: ").startswith("connected: direct 10.0.1.2:")
