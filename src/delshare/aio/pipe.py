@@ -30,6 +30,11 @@ Closing (RFC 6062 §5.5, and the lesson of relays that lose the tail of a stream
   queue stays empty, until O's kernel has had every byte acknowledged (``SIOCOUTQ`` = 0), O
   closes, or ``LINGER_TIMEOUT`` passes. Then both are closed and the stats say ``reset=True``.
 - Cancellation closes both at once and re-raises ``CancelledError``.
+
+Limits: a splice bridge holds 6 fds (2 sockets, 2 pipes), so size ``RLIMIT_NOFILE`` for the
+number of relays; pipes past ``fs.pipe-user-pages-soft`` cannot grow and those directions copy
+instead. With asyncio streams the reset rescue is best effort: a ``StreamReader`` whose
+transport fails raises at once and drops what it had buffered.
 """
 
 from __future__ import annotations
@@ -316,13 +321,15 @@ class _CopyDirection(_Direction):
         self, owner: _SocketBridge, src: socket.socket, dst: socket.socket, prefix: bytes
     ) -> None:
         super().__init__(owner, src, dst, prefix)
-        self._view = memoryview(bytearray(COPY_CHUNK))
+        self._view = memoryview(b"")  # allocated on first use: idle bridges stay small
         self._start = 0
 
     def _room(self) -> int:
         return COPY_CHUNK - self._start - self.buffered
 
     def _fill(self, room: int) -> int:
+        if not self._view:
+            self._view = memoryview(bytearray(COPY_CHUNK))
         end = self._start + self.buffered
         try:
             got = self.src.recv_into(self._view[end:])
