@@ -325,7 +325,7 @@ class _RecordProtocol(asyncio.BufferedProtocol):
         self._broken = False
         self._end: LinkError | None = None
         self._reader_waiter: asyncio.Future[None] | None = None
-        self._drain_waiter: asyncio.Future[None] | None = None
+        self._drain_waiters: list[asyncio.Future[None]] = []
         self._write_paused = False
         self._transport: asyncio.Transport | None = None
         self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -443,16 +443,18 @@ class _RecordProtocol(asyncio.BufferedProtocol):
         self._wake_drain()
 
     def _wake_drain(self) -> None:
-        waiter, self._drain_waiter = self._drain_waiter, None
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+        waiters, self._drain_waiters = self._drain_waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
 
     async def drain(self) -> None:
         if self.closed.done():
             raise LinkClosedError("connection lost", clean=False)
         if self._write_paused:
-            self._drain_waiter = asyncio.get_running_loop().create_future()
-            await self._drain_waiter
+            waiter = asyncio.get_running_loop().create_future()
+            self._drain_waiters.append(waiter)
+            await waiter
             if self.closed.done():
                 raise LinkClosedError("connection lost", clean=False)
 
@@ -530,12 +532,10 @@ class RecordChannel:
             self._transport.write(self._out[slot][:size])
             self._out_end[slot] = self._written + size
             self._out_next = (slot + 1) % len(self._out)
-        else:
+        else:  # small record, or the ring slot still has unsent bytes
             header, ciphertext = self._sealer.seal(kind, data)
             size = len(header) + len(ciphertext)
-            self._transport.write(header + ciphertext if len(data) < _RING_MIN else header)
-            if len(data) >= _RING_MIN:
-                self._transport.write(ciphertext)
+            self._transport.write(header + ciphertext)
         self._written += size
 
     async def drain(self) -> None:
