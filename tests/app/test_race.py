@@ -1,0 +1,218 @@
+"""Candidates and the connection race over real loopback sockets and an in-process relay."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+from collections.abc import AsyncIterator
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from delshare.aio.server import RelayConfig, RunningRelay, start_relay
+from delshare.link.candidates import (
+    Candidate,
+    CandidateError,
+    host_addresses,
+    host_candidates,
+    parse_candidates,
+    start_listener,
+)
+from delshare.link.race import (
+    LinkPath,
+    LocalEndpoints,
+    Mode,
+    NoPathError,
+    RaceConfig,
+    RacedLink,
+    combine_modes,
+    race,
+)
+from delshare.link.records import LinkError
+from delshare.link.relay import TurnRelay, TurnSettings, open_relay
+from delshare.turn.auth import AuthConfig
+from delshare.turn.server_types import ServerConfig
+
+USER, PASSWORD = "racer", "pw-for-racing"
+
+
+def test_host_addresses_include_loopback() -> None:
+    assert "127.0.0.1" in host_addresses()
+
+
+def test_candidate_wire_round_trip() -> None:
+    for candidate in (
+        Candidate("host", "127.0.0.1", 4000),
+        Candidate("srflx", "2001:db8::1", 1),
+        Candidate("relay", "203.0.113.5", 50000, "203.0.113.5:3478"),
+    ):
+        assert Candidate.from_wire(candidate.to_wire()) == candidate
+
+
+@pytest.mark.parametrize(
+    "wire",
+    [
+        {"kind": "host", "host": "example.com", "port": 1},
+        {"kind": "host", "host": "0.0.0.0", "port": 1},
+        {"kind": "host", "host": "224.0.0.1", "port": 1},
+        {"kind": "host", "host": "127.0.0.1", "port": 0},
+        {"kind": "host", "host": "127.0.0.1", "port": 70000},
+        {"kind": "host", "host": "127.0.0.1", "port": True},
+        {"kind": "peer", "host": "127.0.0.1", "port": 1},
+        ["host", "127.0.0.1", 1],
+    ],
+)
+def test_bad_candidates_are_refused(wire: object) -> None:
+    with pytest.raises(CandidateError):
+        Candidate.from_wire(wire)
+
+
+def test_candidate_list_is_bounded_and_deduplicated() -> None:
+    one = {"kind": "host", "host": "127.0.0.1", "port": 9}
+    assert parse_candidates([one, one]) == [Candidate("host", "127.0.0.1", 9)]
+    with pytest.raises(CandidateError):
+        parse_candidates([one] * 65)
+
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(),
+    lambda inner: st.lists(inner) | st.dictionaries(st.text(), inner),
+    max_leaves=8,
+)
+
+
+@given(JSON)
+def test_any_json_parses_or_raises_candidate_error(obj: object) -> None:
+    with contextlib.suppress(CandidateError):
+        parse_candidates(obj)
+
+
+@pytest.mark.parametrize(
+    ("ours", "theirs", "both"),
+    [("any", "any", "any"), ("any", "relay", "relay"), ("direct", "any", "direct"),
+     ("relay", "relay", "relay")],
+)  # fmt: skip
+def test_combine_modes(ours: Mode, theirs: Mode, both: Mode) -> None:
+    assert combine_modes(ours, theirs) == both
+
+
+def test_direct_only_and_relay_only_cannot_meet() -> None:
+    with pytest.raises(LinkError):
+        combine_modes("direct", "relay")
+
+
+def test_a_relayed_view_wins_over_a_direct_one() -> None:
+    direct, relay = LinkPath("direct", "127.0.0.1:5"), LinkPath("relay", "turn:3478")
+    assert direct.merged(relay) == relay
+    assert relay.merged(direct) == relay
+    assert direct.merged(LinkPath("direct", "other")) == direct
+    assert relay.line() == "connected: relay turn:3478"
+
+
+async def _race_both(
+    key_a: bytes, key_b: bytes, a: LocalEndpoints, b: LocalEndpoints,
+    cand_a: list[Candidate], cand_b: list[Candidate], mode: Mode = "any",
+    relay_delay: float = 0.25, total: float = 10.0,
+) -> tuple[RacedLink, RacedLink]:  # fmt: skip
+    sender = RaceConfig(key_a, "sender", mode, relay_delay=relay_delay, total_timeout=total)
+    receiver = RaceConfig(key_b, "receiver", mode, relay_delay=relay_delay, total_timeout=total)
+    return await asyncio.gather(race(sender, a, cand_b), race(receiver, b, cand_a))
+
+
+async def _exchange(a: RacedLink, b: RacedLink) -> None:
+    await a.channel.send(b"ping")
+    assert await b.channel.recv() == b"ping"
+    await b.channel.send(b"pong")
+    assert await a.channel.recv() == b"pong"
+    await a.channel.close()
+    await b.channel.close()
+
+
+async def test_direct_race_on_loopback() -> None:
+    key = os.urandom(32)
+    la, lb = await start_listener(), await start_listener()
+    try:
+        ca = host_candidates(["127.0.0.1"], la.port, ipv6=la.ipv6)
+        cb = host_candidates(["127.0.0.1", "::1"], lb.port, ipv6=lb.ipv6)
+        a, b = await _race_both(key, key, LocalEndpoints(la), LocalEndpoints(lb), ca, cb)
+        assert a.path.kind == b.path.kind == "direct"
+        await _exchange(a, b)
+    finally:
+        la.close()
+        lb.close()
+
+
+async def test_a_wrong_key_never_connects() -> None:
+    la, lb = await start_listener(), await start_listener()
+    try:
+        ca = host_candidates(["127.0.0.1"], la.port, ipv6=la.ipv6)
+        cb = host_candidates(["127.0.0.1"], lb.port, ipv6=lb.ipv6)
+        with pytest.raises(NoPathError, match="could not connect"):
+            await _race_both(os.urandom(32), os.urandom(32), LocalEndpoints(la),
+                             LocalEndpoints(lb), ca, cb, total=2.0)  # fmt: skip
+    finally:
+        la.close()
+        lb.close()
+
+
+@pytest.fixture
+async def turn_server() -> AsyncIterator[RunningRelay]:
+    server = ServerConfig(auth=AuthConfig("race.test", {USER: PASSWORD}),
+                          allow_peers=("127.0.0.0/8",))  # fmt: skip
+    running = await start_relay(RelayConfig(server=server, listen=(("127.0.0.1", 0),)))
+    yield running
+    await running.close()
+
+
+@pytest.fixture
+async def relays(turn_server: RunningRelay) -> AsyncIterator[tuple[TurnRelay, TurnRelay]]:
+    settings = TurnSettings(f"turn:127.0.0.1:{turn_server.turn_port}?transport=tcp", USER,
+                            PASSWORD)  # fmt: skip
+    a, b = await open_relay(settings), await open_relay(settings)
+    yield a, b
+    await a.close()
+    await b.close()
+
+
+async def test_relay_only_race_through_turn(
+    relays: tuple[TurnRelay, TurnRelay], turn_server: RunningRelay
+) -> None:
+    a, b = relays
+    ca, cb = a.candidates(), b.candidates()
+    assert [c.kind for c in ca] == ["srflx", "relay"]
+    assert await a.permit([c.host for c in cb]) == []
+    assert await b.permit([c.host for c in ca]) == []
+    key = os.urandom(32)
+    la, lb = LocalEndpoints(allocation=a), LocalEndpoints(allocation=b)
+    x, y = await _race_both(key, key, la, lb, ca, cb, mode="relay")
+    server = f"127.0.0.1:{turn_server.turn_port}"
+    assert x.path == y.path == LinkPath("relay", server)
+    await _exchange(x, y)
+
+
+async def test_direct_wins_when_relay_is_late(relays: tuple[TurnRelay, TurnRelay]) -> None:
+    a, b = relays
+    la, lb = await start_listener(), await start_listener()
+    try:
+        ca = host_candidates(["127.0.0.1"], la.port, ipv6=la.ipv6) + a.candidates()
+        cb = host_candidates(["127.0.0.1"], lb.port, ipv6=lb.ipv6) + b.candidates()
+        await a.permit([c.host for c in cb])
+        await b.permit([c.host for c in ca])
+        key = os.urandom(32)
+        x, y = await _race_both(key, key, LocalEndpoints(la, a), LocalEndpoints(lb, b), ca, cb,
+                                relay_delay=5.0)  # fmt: skip
+        assert x.path.kind == y.path.kind == "direct"
+        await _exchange(x, y)
+    finally:
+        la.close()
+        lb.close()
+
+
+async def test_permission_refusals_are_reported_not_raised(
+    relays: tuple[TurnRelay, TurnRelay],
+) -> None:
+    a, _ = relays
+    refused = await a.permit(["127.0.0.1", "10.1.2.3", "::1"])
+    assert refused == ["10.1.2.3", "::1"]  # not an allowed peer; other address family
