@@ -228,6 +228,18 @@ async def test_many_records_buffered_before_takeover_arrive_in_order() -> None:
     await channel.close()
 
 
+async def test_big_records_written_without_draining_arrive_intact() -> None:
+    """Many big records queued at once: output ring slots are reused only once flushed."""
+    a, b = await linked()
+    payloads = [bytes([i]) * MAX_PAYLOAD for i in range(12)]
+    for payload in payloads:
+        a.write(memoryview(bytearray(payload)))
+    for payload in payloads:
+        assert await b.recv() == payload
+    await a.close()
+    await b.close()
+
+
 def test_sessions_get_distinct_keys() -> None:
     """Fresh nonces: two links with the same PAKE key never share AEAD keys."""
     keys = []
