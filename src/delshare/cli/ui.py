@@ -106,6 +106,7 @@ class Ui:
         self._total_task: TaskID | None = None
         self._file_task: TaskID | None = None
         self._plan: TransferStarted | None = None
+        self._positions: dict[int, int] = {}
         self._current = -1
 
     def __call__(self, event: Event) -> None:
@@ -131,7 +132,7 @@ class Ui:
         """A line for people (rich only; plain and JSON stay quiet)."""
         if self._console is not None:
             target = self._progress.console if self._progress is not None else self._console
-            target.print(f"{self._label}{text}", markup=False)
+            target.print(f"{self._label}{text}", markup=False, soft_wrap=True)
 
     def _rich(self, event: Event) -> None:
         match event:
@@ -145,7 +146,7 @@ class Ui:
                 self._start_bars(event)
             case ProgressUpdated(index, file_done, total_done):
                 self._advance(index, file_done, total_done)
-            case TransferFinished():
+            case TransferFinished() | FileVerified():
                 self._stop_bars()
                 self.print(key_line(event) or "")
             case NoticeIssued(text):
@@ -158,6 +159,7 @@ class Ui:
     def _start_bars(self, plan: TransferStarted) -> None:
         assert self._console is not None
         self._plan = plan
+        self._positions = {index: position for position, index in enumerate(plan.indexes)}
         self._progress = Progress(
             TextColumn("{task.description}", markup=False),
             BarColumn(),
@@ -185,11 +187,7 @@ class Ui:
 
     def _file_position(self, index: int) -> int | None:
         """Manifest index -> position among files (directories have no bar)."""
-        assert self._plan is not None
-        try:
-            return self._plan.indexes.index(index)
-        except ValueError:
-            return None
+        return self._positions.get(index)
 
     def _switch_file(self, position: int) -> None:
         assert self._progress is not None and self._plan is not None
