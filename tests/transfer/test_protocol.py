@@ -10,7 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from delshare.transfer.errors import ManifestError, PeerProtocolError, TransferError
+from delshare.errors import TransferError
+from delshare.transfer.errors import ManifestError, PeerProtocolError
 from delshare.transfer.manifest import Entry, Manifest
 from delshare.transfer.protocol import (
     Accept,

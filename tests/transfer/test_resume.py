@@ -12,7 +12,6 @@ import hashlib
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -29,6 +28,7 @@ from delshare.transfer.protocol import (
     ErrorMessage,
     FileBegin,
     FileEnd,
+    Message,
     Offer,
     recv_message,
     send_message,
@@ -184,7 +184,7 @@ async def test_source_changed_after_manifest_is_refused(setup: tuple[Path, Path]
     assert not (out / "blob.bin").exists()
 
 
-async def lying_sender(channel: RecordChannel, source: Path) -> Any:
+async def lying_sender(channel: RecordChannel, source: Path) -> Message:
     """Sends a file with a wrong whole-file SHA-256 in file-end."""
     built = build_manifest([source])
     await send_message(channel, Offer(built.manifest, CHUNK))
@@ -197,7 +197,7 @@ async def lying_sender(channel: RecordChannel, source: Path) -> Any:
     return await recv_message(channel)
 
 
-async def null_hash_sender(channel: RecordChannel, source: Path) -> Any:
+async def null_hash_sender(channel: RecordChannel, source: Path) -> Message:
     """Claims to have waived the whole-file hash although the receiver asked for it."""
     await send_message(channel, Offer(build_manifest([source]).manifest, CHUNK))
     assert isinstance(await recv_message(channel), Accept)
