@@ -232,9 +232,13 @@ class RelayServer:
                 log.warning("accept failed: %s", exc)
                 await asyncio.sleep(0.1)
                 continue
-            sock.setblocking(False)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            five = FiveTuple(TCP, sock.getpeername()[:2], sock.getsockname()[:2])
+            try:
+                sock.setblocking(False)
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                five = FiveTuple(TCP, sock.getpeername()[:2], sock.getsockname()[:2])
+            except OSError:  # gone before we looked (ENOTCONN)
+                sock.close()
+                continue
             self._spawn(self._serve_client(ClientConnection(five, sock, self._on_frame)))
 
     async def _on_tls_client(
