@@ -246,6 +246,9 @@ class RelayServer:
     ) -> None:
         peer = writer.get_extra_info("peername")
         local = writer.get_extra_info("sockname")
+        if peer is None or local is None:  # gone during the handshake
+            writer.close()
+            return
         five = FiveTuple(TLS, (peer[0], peer[1]), (local[0], local[1]))
         client = ClientConnection(five, (reader, writer), self._on_frame)
         task = asyncio.current_task()
