@@ -41,11 +41,16 @@ class Trial:
     gbps: float
     endpoint_cpu: float  # sender + receiver, CPU s per GiB
     relay_cpu: float = 0.0  # this process, CPU s per GiB
+    relay_user: float = 0.0  # the part of relay_cpu spent in user space (Python)
 
 
 def cpu_seconds() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
+
+
+def user_seconds() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_utime
 
 
 def pin(cpus: set[int] | None) -> None:
@@ -82,7 +87,9 @@ def run_sender(port: int, size: int, results: Queue[Any], cpus: set[int] | None)
     results.put(("started", start, cpu_seconds() - cpu))
 
 
-def collect(results: Queue[Any], size: int, relay_cpu: float = 0.0) -> Trial:
+def collect(
+    results: Queue[Any], size: int, relay_cpu: float = 0.0, relay_user: float = 0.0
+) -> Trial:
     got: dict[str, tuple[Any, ...]] = {}
     while len(got) < 2:
         item = results.get(timeout=300)
@@ -95,6 +102,7 @@ def collect(results: Queue[Any], size: int, relay_cpu: float = 0.0) -> Trial:
         gbps=size / (float(end) - float(start)) / 1e9,
         endpoint_cpu=(float(sender_cpu) + float(receiver_cpu)) * per_gib,
         relay_cpu=relay_cpu * per_gib,
+        relay_user=relay_user * per_gib,
     )
 
 
@@ -123,11 +131,11 @@ def trial_bridged(ctx: Any, size: int, path: str, runner: Runner, cpus: set[int]
         client, _ = server.accept()
     pipe.SPLICE_SUPPORTED = path == "splice" and SPLICE_AVAILABLE
     try:
-        cpu = cpu_seconds()
+        cpu, user = cpu_seconds(), user_seconds()
         stats = runner(relay(client, peer, path))
-        cpu = cpu_seconds() - cpu
+        cpu, user = cpu_seconds() - cpu, user_seconds() - user
         assert stats.a_to_b == size and stats.path == path, stats
-        return collect(results, size, cpu)
+        return collect(results, size, cpu, user)
     finally:
         sender.join(30)
         receiver.join(30)
@@ -162,7 +170,8 @@ def report(plain: list[Trial], bridged: dict[str, list[Trial]], header: str, loo
         print(
             f"{f'bridge {path} ({loop})':<26}{speed:6.2f} GB/s  {fmt(runs)}"
             f"  ratio {speed / base:5.1%}"
-            f"  endpoints {endpoint_cpu:.2f} + relay {relay_cpu:.2f} s/GiB"
+            f"  endpoints {endpoint_cpu:.2f} + relay {relay_cpu:.2f}"
+            f" (user {median(runs, 'relay_user'):.2f}) s/GiB"
             f"  (CPU-bound ceiling {ceiling:.0%})"
         )
 
