@@ -30,6 +30,7 @@ from tests.app.harness import (
     start_relay_process,
     stop,
 )
+from tests.support.ports import free_port
 
 
 @pytest.fixture(scope="module")
@@ -220,3 +221,21 @@ def _assert_nothing_written(tmp_path: Path, out: Path, outside: Path) -> None:
     assert [p.name for p in out.iterdir()] == ["link"]
     assert not (tmp_path / "x").exists()
     assert not Path("/tmp/delshare-abs-x").exists()
+
+
+def test_unusable_turn_server_falls_back_to_direct_unless_relay_only(
+    relay: RelayProcess, small: Path, tmp_path: Path
+) -> None:
+    dead = free_port("tcp")
+    env = env_for(relay.rendezvous, f"turn:127.0.0.1:{dead}?transport=tcp")
+    (tmp_path / "out").mkdir()
+    sent, received = run_pair([small], tmp_path / "out", env, code="18-guitar-orbit",
+                              receive_flags=("--yes",))  # fmt: skip
+    assert (sent.returncode, received.returncode) == (0, 0), sent.stderr + received.stderr
+    assert received.line("connected: ").startswith("connected: direct ")
+    assert "note: TURN server 127.0.0.1:" in received.stderr
+    sender = start(["send", str(small), "--code", "19-guitar-orbit", "--relay-only"], env)
+    receiver = start(["receive", "19-guitar-orbit", "-o", str(tmp_path), "--relay-only"], env)
+    received, sent = finish(receiver, 60), finish(sender, 60)
+    assert (sent.returncode, received.returncode) == (1, 1)
+    assert "TURN server 127.0.0.1:" in _one_clean_line(received.stderr)

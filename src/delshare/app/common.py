@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from delshare.app.connect import ConnectOptions
-from delshare.app.events import ProgressUpdated, Reporter
+from delshare.app.events import NoticeIssued, ProgressUpdated, Reporter
 from delshare.errors import DelshareError
 from delshare.transfer.progress import ProgressCallback
 
-__all__ = ["SessionOptions", "UsageProblem", "progress_reporter"]
+__all__ = [
+    "SessionOptions",
+    "UsageProblem",
+    "exit_code_for",
+    "notice_reporter",
+    "progress_reporter",
+]
 
 
 class UsageProblem(DelshareError):
@@ -23,6 +30,15 @@ class SessionOptions:
     rendezvous: str
     connect: ConnectOptions
     pair_timeout: float = 30.0
+
+
+def notice_reporter(report: Reporter) -> Callable[[str], None]:
+    """Adapt a plain-text notice callback to ``NoticeIssued`` events."""
+
+    def notice(text: str) -> None:
+        report(NoticeIssued(text))
+
+    return notice
 
 
 def progress_reporter(report: Reporter) -> ProgressCallback:

@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from delshare.errors import PairingError
+from delshare.errors import DelshareError, PairingError
 from delshare.link.candidates import (
     Candidate,
     CandidateError,
@@ -28,11 +29,19 @@ from delshare.link.candidates import (
     start_listener,
 )
 from delshare.link.race import LocalEndpoints, Mode, RaceConfig, RacedLink, combine_modes, race
-from delshare.link.records import Role
+from delshare.link.records import LinkError, Role
 from delshare.link.relay import TurnRelay, TurnSettings, open_relay, reflexive_address
 from delshare.pairing import PairedChannel, derive_key
 
-__all__ = ["LINK_KEY_PURPOSE", "ConnectOptions", "Connection", "connect_peer"]
+__all__ = [
+    "LINK_KEY_PURPOSE",
+    "ConnectOptions",
+    "Connection",
+    "Gathered",
+    "connect_peer",
+    "gather",
+    "race_gathered",
+]
 
 LINK_KEY_PURPOSE = b"delshare/link/v1"
 PROTOCOL_VERSION = 1
@@ -64,7 +73,9 @@ class Connection:
 
 
 @dataclass
-class _Gathered:
+class Gathered:
+    """Our endpoints and the candidates that describe them, before racing."""
+
     listener: Listener | None
     relay: TurnRelay | None
     candidates: list[Candidate]
@@ -76,17 +87,28 @@ class _Gathered:
             await self.relay.close()
 
 
-async def _gather(options: ConnectOptions) -> _Gathered:
-    """Listener and host candidates, allocation, server-reflexive address, as the mode allows."""
+Notice = Callable[[str], None]
+
+
+def _ignore(text: str) -> None:
+    pass
+
+
+async def gather(options: ConnectOptions, notice: Notice = _ignore) -> Gathered:
+    """Listener and host candidates, allocation, server-reflexive address, as the mode allows.
+
+    Without ``--relay-only`` an unusable TURN server is reported through ``notice`` and the
+    session goes on with direct paths only.
+    """
     listener = await start_listener() if options.mode != "relay" else None
-    gathered = _Gathered(listener, None, [])
+    gathered = Gathered(listener, None, [])
     try:
         if listener is not None:
             addresses = host_addresses()
             gathered.candidates += host_candidates(addresses, listener.port, ipv6=listener.ipv6)
         if options.turn is not None and options.mode != "direct":
-            gathered.relay = await open_relay(options.turn)
-            gathered.candidates += gathered.relay.candidates()
+            gathered.relay = await _open_relay(options.turn, options.mode == "relay", notice)
+            gathered.candidates += gathered.relay.candidates() if gathered.relay else []
         elif options.turn is not None:
             reflexive = await reflexive_address(options.turn)
             gathered.candidates += [reflexive] if reflexive is not None else []
@@ -96,7 +118,17 @@ async def _gather(options: ConnectOptions) -> _Gathered:
     return gathered
 
 
-def _candidates_message(gathered: _Gathered, mode: Mode) -> dict[str, object]:
+async def _open_relay(settings: TurnSettings, required: bool, notice: Notice) -> TurnRelay | None:
+    try:
+        return await open_relay(settings)
+    except (DelshareError, OSError, TimeoutError) as exc:
+        if required:
+            raise LinkError(f"TURN server {settings.label}: {exc or 'timed out'}") from exc
+        notice(f"TURN server {settings.label} unusable, trying direct paths only: {exc}")
+        return None
+
+
+def _candidates_message(gathered: Gathered, mode: Mode) -> dict[str, object]:
     return {
         "t": "candidates",
         "v": PROTOCOL_VERSION,
@@ -126,20 +158,23 @@ async def _expect(paired: PairedChannel, kind: str) -> dict[str, Any]:
     return message
 
 
-async def connect_peer(paired: PairedChannel, role: Role, options: ConnectOptions) -> Connection:
-    """Exchange candidates over ``paired`` and race to one authenticated link."""
-    gathered = await _gather(options)
+async def race_gathered(
+    gathered: Gathered,
+    key: bytes,
+    role: Role,
+    mode: Mode,
+    peer: list[Candidate],
+    options: ConnectOptions,
+) -> Connection:
+    """Race from ``gathered`` to ``peer`` with ``key`` (already purpose-derived).
+
+    Consumes ``gathered``: the listener always closes, the allocation stays open only when the
+    winning link is relayed. Also the entry point for flows without pairing (tickets, LAN).
+    """
     winner: RacedLink | None = None
     try:
-        await paired.send(_candidates_message(gathered, options.mode))
-        peer_mode, peer = _parse_peer(await _expect(paired, "candidates"))
-        mode = combine_modes(options.mode, peer_mode)
-        if gathered.relay is not None and mode != "direct":
-            await gathered.relay.permit(sorted({c.host for c in peer}))
-        await paired.send({"t": "ready"})
-        await _expect(paired, "ready")
         config = RaceConfig(
-            key=derive_key(paired.key, LINK_KEY_PURPOSE),
+            key=key,
             role=role,
             mode=mode,
             relay_delay=options.relay_delay,
@@ -155,3 +190,23 @@ async def connect_peer(paired: PairedChannel, role: Role, options: ConnectOption
                 await asyncio.shield(gathered.relay.close())
             gathered.relay = None
     return Connection(winner, gathered.relay)
+
+
+async def connect_peer(
+    paired: PairedChannel, role: Role, options: ConnectOptions, notice: Notice = _ignore
+) -> Connection:
+    """Exchange candidates over ``paired`` and race to one authenticated link."""
+    gathered = await gather(options, notice)
+    try:
+        await paired.send(_candidates_message(gathered, options.mode))
+        peer_mode, peer = _parse_peer(await _expect(paired, "candidates"))
+        mode = combine_modes(options.mode, peer_mode)
+        if gathered.relay is not None and mode != "direct":
+            await gathered.relay.permit(sorted({c.host for c in peer}))
+        await paired.send({"t": "ready"})
+        await _expect(paired, "ready")
+    except BaseException:
+        await gathered.close()
+        raise
+    key = derive_key(paired.key, LINK_KEY_PURPOSE)
+    return await race_gathered(gathered, key, role, mode, peer, options)

@@ -9,7 +9,12 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from delshare.app.common import SessionOptions, UsageProblem, progress_reporter
+from delshare.app.common import (
+    SessionOptions,
+    UsageProblem,
+    notice_reporter,
+    progress_reporter,
+)
 from delshare.app.connect import connect_peer
 from delshare.app.events import OfferReceived, PeerConnected, Reporter, TransferFinished
 from delshare.app.observe import observe_file_ends
@@ -101,7 +106,7 @@ async def run_receive(
     async with await pair(
         session.rendezvous, parsed, "receiver", timeout=session.pair_timeout
     ) as p:
-        connection = await connect_peer(p, "receiver", session.connect)
+        connection = await connect_peer(p, "receiver", session.connect, notice_reporter(report))
     try:
         path = connection.link.path
         report(PeerConnected(path.kind, path.address))

@@ -5,7 +5,12 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 
-from delshare.app.common import SessionOptions, UsageProblem, progress_reporter
+from delshare.app.common import (
+    SessionOptions,
+    UsageProblem,
+    notice_reporter,
+    progress_reporter,
+)
 from delshare.app.connect import Connection, connect_peer
 from delshare.app.events import (
     CodeAllocated,
@@ -75,7 +80,7 @@ async def run_send(
     code = _checked_code(code)
     report(CodeAllocated(code))
     async with await pair(options.rendezvous, code, "sender", timeout=options.pair_timeout) as p:
-        connection = await connect_peer(p, "sender", options.connect)
+        connection = await connect_peer(p, "sender", options.connect, notice_reporter(report))
     try:
         await _transfer(connection, built, report)
     finally:

@@ -4,7 +4,8 @@ Three renderings of the same :mod:`delshare.app.events`:
 
 - ``rich``: on a terminal, a total bar and a per-file bar with rate and ETA, plus the key lines;
 - ``plain``: when stdout is not a terminal, only the key lines (``code: ...``,
-  ``connected: direct|relay ...``, ``verified: sha256 <hex> <name>``, ``done: ...``);
+  ``connected: direct|relay ...``, ``verified: sha256 <hex> <name>``, ``done: ...``), and
+  notices as ``note: ...`` on stderr;
 - ``json``: one JSON object per line and per event (``--json``), errors included.
 
 Errors are one line on stderr (or a JSON ``error`` event), never a traceback.
@@ -116,6 +117,8 @@ class Ui:
             line = key_line(event)
             if line is not None:
                 self._write(line)
+            elif isinstance(event, NoticeIssued):
+                sys.stderr.write(f"{self._label}note: {event.text}\n")
         else:
             self._rich(event)
 
