@@ -7,8 +7,10 @@ Sender and receiver run in their own processes; this process only relays. Topolo
 
 Throughput = bytes / (receiver's EOF time - sender's first send), both on CLOCK_MONOTONIC.
 Plain and bridged trials are interleaved so that load from elsewhere on the host hits both.
-Also printed: CPU seconds per GiB of the endpoints (sender + receiver) and of the relay, and the
-ratio a CPU-bound host could reach at best, endpoints_plain / (endpoints_bridged + relay).
+The reference in the same run is a minimal C relay that splices the same way (compiled with
+``cc`` at start; skipped without a compiler). Also printed: CPU seconds per GiB of the endpoints
+(sender + receiver) and of the relay, and the ratio a CPU-bound host could reach at best,
+endpoints_plain / (endpoints_bridged + relay).
 
     python bench/pipe_bench.py                      # 1 GiB, splice path, 3 trials each
     python bench/pipe_bench.py --paths splice copy stream --size-mib 256 --uvloop
@@ -21,12 +23,16 @@ import asyncio
 import multiprocessing as mp
 import os
 import resource
+import shutil
 import socket
 import statistics
+import subprocess
+import tempfile
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from multiprocessing.queues import Queue
+from pathlib import Path
 from typing import Any
 
 from delshare.aio import pipe
@@ -141,6 +147,73 @@ def trial_bridged(ctx: Any, size: int, path: str, runner: Runner, cpus: set[int]
         receiver.join(30)
 
 
+# The reference: the smallest C relay that splices the same way (blocking, one direction).
+C_RELAY = r"""
+#define _GNU_SOURCE
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/socket.h>
+#include <unistd.h>
+int main(int argc, char **argv) {
+    struct sockaddr_in la = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    struct sockaddr_in ra = la;
+    ra.sin_port = htons(atoi(argv[1]));
+    socklen_t len = sizeof la;
+    int l = socket(AF_INET, SOCK_STREAM, 0), b = socket(AF_INET, SOCK_STREAM, 0), p[2];
+    if (bind(l, (void *)&la, len) || listen(l, 1) || getsockname(l, (void *)&la, &len)) return 1;
+    printf("%d\n", ntohs(la.sin_port));
+    fflush(stdout);
+    if (connect(b, (void *)&ra, sizeof ra)) return 1;
+    int a = accept(l, 0, 0);
+    if (a < 0 || pipe(p)) return 1;
+    fcntl(p[1], F_SETPIPE_SZ, 1 << 20);
+    for (ssize_t n; (n = splice(a, 0, p[1], 0, 1 << 20, SPLICE_F_MOVE)) > 0;)
+        for (ssize_t m; n > 0; n -= m)
+            if ((m = splice(p[0], 0, b, 0, n, SPLICE_F_MOVE)) <= 0) return 2;
+    shutdown(b, SHUT_WR);
+    return 0;
+}
+"""
+
+
+def build_c_relay(directory: Path) -> Path | None:
+    """Compile the C reference relay, if this host has a C compiler and splice."""
+    compiler = shutil.which("cc") or shutil.which("gcc")
+    if compiler is None or not SPLICE_AVAILABLE:
+        return None
+    source, binary = directory / "relay.c", directory / "relay"
+    source.write_text(C_RELAY)
+    subprocess.run([compiler, "-O2", "-o", str(binary), str(source)], check=True)
+    return binary
+
+
+def children_cpu() -> tuple[float, float]:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime, usage.ru_utime
+
+
+def trial_c_relay(ctx: Any, size: int, binary: Path, cpus: set[int] | None) -> Trial:
+    ports, results = ctx.Queue(), ctx.Queue()
+    receiver = ctx.Process(target=run_receiver, args=(ports, results, cpus))
+    receiver.start()
+    cpu, user = children_cpu()
+    command = [str(binary), str(ports.get(timeout=30))]
+    with subprocess.Popen(command, stdout=subprocess.PIPE, text=True) as relay_process:
+        assert relay_process.stdout is not None
+        port = int(relay_process.stdout.readline())
+        sender = ctx.Process(target=run_sender, args=(port, size, results, cpus))
+        sender.start()
+        assert relay_process.wait(300) == 0
+    cpu_after, user_after = children_cpu()  # before joining sender/receiver: the relay only
+    try:
+        return collect(results, size, cpu_after - cpu, user_after - user)
+    finally:
+        sender.join(30)
+        receiver.join(30)
+
+
 async def relay(client: socket.socket, peer: socket.socket, path: str) -> pipe.BridgeStats:
     if path == "stream":
         a = await asyncio.open_connection(sock=client, limit=pipe.STREAM_CHUNK)
@@ -156,19 +229,19 @@ def median(trials: list[Trial], field: str) -> float:
     return statistics.median(float(getattr(t, field)) for t in trials)
 
 
-def report(plain: list[Trial], bridged: dict[str, list[Trial]], header: str, loop: str) -> None:
+def report(plain: list[Trial], relayed: dict[str, list[Trial]], header: str) -> None:
     base = median(plain, "gbps")
     plain_cpu = median(plain, "endpoint_cpu")
     print(header)
     print(
         f"{'plain loopback TCP':<26}{base:6.2f} GB/s  {fmt(plain)}  endpoints {plain_cpu:.2f} s/GiB"
     )
-    for path, runs in bridged.items():
+    for label, runs in relayed.items():
         speed, relay_cpu = median(runs, "gbps"), median(runs, "relay_cpu")
         endpoint_cpu = median(runs, "endpoint_cpu")
         ceiling = plain_cpu / (endpoint_cpu + relay_cpu)
         print(
-            f"{f'bridge {path} ({loop})':<26}{speed:6.2f} GB/s  {fmt(runs)}"
+            f"{label:<26}{speed:6.2f} GB/s  {fmt(runs)}"
             f"  ratio {speed / base:5.1%}"
             f"  endpoints {endpoint_cpu:.2f} + relay {relay_cpu:.2f}"
             f" (user {median(runs, 'relay_user'):.2f}) s/GiB"
@@ -192,6 +265,9 @@ def main() -> None:
     )
     parser.add_argument("--uvloop", action="store_true", help="run the bridge on uvloop")
     parser.add_argument(
+        "--no-c-relay", action="store_true", help="skip the C splice relay used as reference"
+    )
+    parser.add_argument(
         "--pin",
         action="store_true",
         help="sender and receiver on CPU 0, the relay on CPU 1 (a relay host has its own cores)",
@@ -208,19 +284,29 @@ def main() -> None:
     if args.pin:
         endpoint_cpus = {0}
         os.sched_setaffinity(0, {1})
-    plain: list[Trial] = []
-    bridged: dict[str, list[Trial]] = {path: [] for path in args.paths}
-    for _ in range(args.trials):
-        plain.append(trial_plain(ctx, size, endpoint_cpus))
-        for path in args.paths:
-            bridged[path].append(trial_bridged(ctx, size, path, runner, endpoint_cpus))
+    loop = "uvloop" if args.uvloop else "asyncio"
+    with tempfile.TemporaryDirectory() as tmp:
+        c_relay = None if args.no_c_relay else build_c_relay(Path(tmp))
+        plain: list[Trial] = []
+        relayed: dict[str, list[Trial]] = {f"bridge {p} ({loop})": [] for p in args.paths}
+        if c_relay is not None:
+            relayed["C splice relay (ref)"] = []
+        for _ in range(args.trials):
+            plain.append(trial_plain(ctx, size, endpoint_cpus))
+            for path in args.paths:
+                trial = trial_bridged(ctx, size, path, runner, endpoint_cpus)
+                relayed[f"bridge {path} ({loop})"].append(trial)
+            if c_relay is not None:
+                relayed["C splice relay (ref)"].append(
+                    trial_c_relay(ctx, size, c_relay, endpoint_cpus)
+                )
     load = os.getloadavg()[0]
     header = (
         f"size {args.size_mib} MiB, {args.trials} trials, {os.cpu_count()} CPUs, load {load:.1f}"
         f"{', endpoints pinned to CPU 0, relay to CPU 1' if args.pin else ''};"
         " median GB/s (1e9 B/s) [all trials]"
     )
-    report(plain, bridged, header, "uvloop" if args.uvloop else "asyncio")
+    report(plain, relayed, header)
 
 
 if __name__ == "__main__":
