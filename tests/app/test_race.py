@@ -216,3 +216,10 @@ async def test_permission_refusals_are_reported_not_raised(
     a, _ = relays
     refused = await a.permit(["127.0.0.1", "10.1.2.3", "::1"])
     assert refused == ["10.1.2.3", "::1"]  # not an allowed peer; other address family
+
+
+async def test_relay_only_without_any_relay_fails_at_once() -> None:
+    config = RaceConfig(os.urandom(32), "sender", "relay", total_timeout=60.0)
+    with pytest.raises(NoPathError, match="no relayed path"):
+        await asyncio.wait_for(race(config, LocalEndpoints(), [Candidate("host", "127.0.0.1", 9)]),
+                               5)  # fmt: skip

@@ -176,6 +176,16 @@ class _Racer:
     def direct(self) -> bool:
         return self.config.mode != "relay"
 
+    def anything_to_try(self) -> bool:
+        """False when no attempt could ever succeed (e.g. relay-only and no relay anywhere)."""
+        direct = self.config.mode != "relay" and (
+            self.local.listener is not None or any(c.kind != "relay" for c in self.peer)
+        )
+        relay = self.config.mode != "direct" and (
+            self.local.allocation is not None or any(c.kind == "relay" for c in self.peer)
+        )
+        return direct or relay
+
     def spawn(self, coro: Awaitable[object]) -> None:
         task = asyncio.ensure_future(coro)
         self.tasks.add(task)
@@ -312,6 +322,8 @@ async def race(config: RaceConfig, local: LocalEndpoints, peer: Iterable[Candida
     Raises :class:`NoPathError` when nothing authenticates within ``config.total_timeout``.
     """
     racer = _Racer(config, local, list(peer))
+    if not racer.anything_to_try():
+        raise NoPathError(f"no {_MODE_WORDS[config.mode]}path to try: configure a TURN server")
     winner: RecordChannel | None = None
     try:
         racer.start()
@@ -324,6 +336,9 @@ async def race(config: RaceConfig, local: LocalEndpoints, peer: Iterable[Candida
     finally:
         await racer.finish(winner)
     return RacedLink(winner, path)
+
+
+_MODE_WORDS = {"any": "", "direct": "direct ", "relay": "relayed "}
 
 
 def _no_path_message(errors: list[str], timeout: float) -> str:
