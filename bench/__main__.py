@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 from dataclasses import replace
 
-from bench import relay_cases, transfer_cases
+from bench import profile, relay_cases, transfer_cases
 from bench.common import OUT_DIR, NotAvailable, Row
 from bench.config import FULL, QUICK, Config
 from bench.report import dump, machine, table, targets_table
@@ -47,6 +47,13 @@ def _parser() -> argparse.ArgumentParser:
         type=int,
         default=argparse.SUPPRESS,
         help="repetitions per measurement (default 3, quick 1)",
+    )
+    common.add_argument(
+        "--profile",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="py-spy profiles of our server and commands into bench/out/profiles/ "
+        "(wall times of profiled transfers include py-spy)",
     )
     common.add_argument(
         "--no-install",
@@ -86,10 +93,12 @@ def main(argv: list[str]) -> int:
         print(ensure_venv(install=True))
         return 0
     meta = _meta(cfg, argv, install)
+    if getattr(args, "profile", False):
+        meta["profile"] = "py-spy" if profile.enable() else "py-spy not installed: no profiles"
     for key, value in meta.items():
         print(f"# {key}: {value}", flush=True)
     rows: list[Row] = []
-    started = time.monotonic()
+    started, wall_start = time.monotonic(), time.time()
     for case in CASES[args.what]:
         t0 = time.monotonic()
         rows += case(cfg)
@@ -106,6 +115,9 @@ def main(argv: list[str]) -> int:
     stamp = time.strftime("%Y%m%d-%H%M%S")
     for name in (f"results-{stamp}.json", "results-latest.json"):
         dump(OUT_DIR / name, rows, meta)
+    profile.detach_all()
+    for path in profile.outputs_since(wall_start):
+        print("\n" + profile.summary(path))
     print(f"\n# json: {OUT_DIR / f'results-{stamp}.json'}  ({meta['seconds']} s)")
     return 0
 

@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 
+from bench import profile
 from bench.common import MiB, NotAvailable, Row
 from bench.config import Config
 from bench.pumps import StreamResult, plain_pair, pump_many, pump_stream, udp_flood
@@ -20,8 +21,10 @@ SERVERS: list[tuple[str, Starter]] = [("coturn", start_coturn), ("ours", start_d
 
 
 @contextmanager
-def running(starter: Starter) -> Iterator[Server]:
+def running(starter: Starter, tag: str = "") -> Iterator[Server]:
     server = starter()
+    if server.name == "delshare" and tag:
+        profile.attach(server.child.pid, f"relay-{tag}")
     try:
         yield server
     finally:
@@ -58,7 +61,7 @@ def case1(cfg: Config) -> list[Row]:
         row = Row("1 tcp relay, 1 stream", name, f"{size} stream", "MB/s")
         rows.append(row)
         try:
-            with running(starter) as server:
+            with running(starter, "case1-stream") as server:
                 row.note = server.note
                 for _ in range(cfg.reps):
                     cpu0 = server.child.cpu()
@@ -116,8 +119,9 @@ def case2(cfg: Config) -> list[Row]:
         )
         rows.append(row)
         try:
-            for _ in range(cfg.reps):
-                with running(starter) as server:  # fresh server each time: clean RSS baseline
+            for rep in range(cfg.reps):
+                # a fresh server each time: a clean RSS baseline
+                with running(starter, f"case2-many-rep{rep}") as server:
                     row.note = server.note
                     _many_once(server, cfg, row)
         except Exception as exc:
@@ -186,7 +190,7 @@ def case3(cfg: Config) -> list[Row]:
         )
         rows.append(row)
         try:
-            with running(starter) as server:
+            with running(starter, "case3-allocs") as server:
                 row.note = server.note
                 backend().allocate_once(server.addr)  # warm-up, and fail early
                 for _ in range(cfg.reps):
@@ -223,7 +227,7 @@ def case4(cfg: Config) -> list[Row]:
         row = Row("4 udp relay", name, f"{cfg.udp_payload} B ChannelData", "kpps")
         rows.append(row)
         try:
-            with running(starter) as server:
+            with running(starter, "case4-udp") as server:
                 row.note = server.note
                 for _ in range(cfg.reps):
                     _udp_once(server, cfg, row)

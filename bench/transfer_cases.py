@@ -9,6 +9,7 @@ file is checked (size and SHA-256) outside the timed part.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import os
 import resource
 import shutil
@@ -22,6 +23,7 @@ from dataclasses import dataclass, replace
 from functools import cache
 from pathlib import Path
 
+from bench import profile
 from bench.common import OUT_DIR, MiB, NotAvailable, Row, free_port
 from bench.config import Config
 from bench.servers import PASSWORD, USER, Server, delshare_cmd, start_delshare_relay
@@ -30,6 +32,13 @@ from bench.wormhole import WormholeServers, start_wormhole_servers, wormhole_cmd
 DATA_DIR = OUT_DIR / "data"
 RX_DIR = OUT_DIR / "rx"
 _WORDS = ("acorn", "adult", "agent", "alarm", "album")
+_NAMEPLATES = itertools.count(101)
+
+
+def _fresh_code() -> str:
+    """A code never used before in this run: a reused nameplate can meet a stale mailbox."""
+    n = next(_NAMEPLATES)
+    return f"{n}-{_WORDS[n % 5]}-{_WORDS[(n * 7 + 1) % 5]}"
 
 
 @dataclass
@@ -169,10 +178,20 @@ def _transfer(
     wall, cpu, err = run_pair(
         send, recv, recv_cwd=out, log_dir=OUT_DIR / "logs" / name, timeout=cfg.transfer_max_s
     )
+    if not err:
+        _, err = _received_ok(src, out)
     if err:
-        return Transfer(wall, cpu, False, err)
-    ok, why = _received_ok(src, out)
-    return Transfer(wall, cpu, ok, why)
+        kept = _keep_logs(name)
+        return Transfer(wall, cpu, False, f"{err} (logs: {kept})")
+    return Transfer(wall, cpu, True)
+
+
+def _keep_logs(name: str) -> Path:
+    """Copy a failed run's logs aside (the next run of the variant overwrites them)."""
+    src = OUT_DIR / "logs" / name
+    dst = OUT_DIR / "logs" / f"failed-{name}-{time.strftime('%H%M%S')}"
+    shutil.copytree(src, dst, dirs_exist_ok=True)
+    return dst.relative_to(OUT_DIR)
 
 
 def plain_copy(src: Path, n: int, cfg: Config) -> Transfer:
@@ -213,11 +232,15 @@ def ours_args(server: Server, rendezvous: int, relayed: bool) -> list[str]:
 
 def ours(server: Server, rendezvous: int, relayed: bool) -> Runner:
     def run(src: Path, n: int, cfg: Config) -> Transfer:
-        code = f"{100 + n}-{_WORDS[n % 5]}-{_WORDS[(n + 2) % 5]}"
+        code = _fresh_code()
         common = ours_args(server, rendezvous, relayed)
         name = "ours-relay" if relayed else "ours-direct"
-        send = [*delshare_cmd(), "send", "--code", code, *common, str(src)]
-        recv = [*delshare_cmd(), "receive", "--yes", "--output", str(RX_DIR / name), *common, code]
+        tag = f"{name}-{src.stat().st_size}-{code.split('-')[0]}"
+        send = profile.wrap(
+            [*delshare_cmd(), "send", "--code", code, *common, str(src)], f"{tag}-send"
+        )
+        recv = [*delshare_cmd(), "receive", "--yes", "--output", str(RX_DIR / name), *common]
+        recv = profile.wrap([*recv, code], f"{tag}-recv")
         return _transfer(send, recv, src, name, cfg)
 
     return run
@@ -225,7 +248,7 @@ def ours(server: Server, rendezvous: int, relayed: bool) -> Runner:
 
 def wormhole(servers: WormholeServers, relayed: bool) -> Runner:
     def run(src: Path, n: int, cfg: Config) -> Transfer:
-        code = f"{200 + n}-{_WORDS[n % 5]}-{_WORDS[(n + 3) % 5]}"
+        code = _fresh_code()
         base = wormhole_cmd(servers)
         listen = ["--no-listen"] if relayed else []
         name = "wormhole-relay" if relayed else "wormhole-direct"
