@@ -10,7 +10,7 @@ import click
 from delshare.app.common import EXIT_USAGE, UsageProblem
 from delshare.app.events import OfferReceived
 from delshare.app.receive import ReceiveOptions, run_receive
-from delshare.cli.send import link_options, run_app, session_options
+from delshare.cli.send import EXIT_CODES_HELP, link_options, run_app, session_options
 from delshare.cli.ui import Ui, human_size, pick_style
 
 __all__ = ["receive"]
@@ -33,7 +33,7 @@ def _asker(ui: Ui) -> Any:
     return ask
 
 
-@click.command()
+@click.command(epilog=EXIT_CODES_HELP)
 @click.argument("code", required=False, envvar="DELSHARE_CODE")
 @click.option(
     "-o",

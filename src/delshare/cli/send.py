@@ -37,6 +37,10 @@ __all__ = ["link_options", "run_app", "send", "session_options"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 SENDER_WAIT = 900.0  # how long the sender waits for the receiver to show up, per step
+EXIT_CODES_HELP = (
+    "Exit codes: 0 done, 1 failed, 2 usage error, 3 refused (by the peer or declined), "
+    "4 interrupted."
+)
 
 
 def link_options(f: F) -> F:
@@ -156,7 +160,7 @@ def run_app(make: Callable[[], Coroutine[Any, Any, None]], ui: Ui) -> int:
     return EXIT_OK
 
 
-@click.command()
+@click.command(epilog=EXIT_CODES_HELP)
 @click.argument("paths", nargs=-1, type=click.Path())
 @click.option(
     "--code",
@@ -166,7 +170,11 @@ def run_app(make: Callable[[], Coroutine[Any, Any, None]], ui: Ui) -> int:
 )
 @link_options
 def send(paths: tuple[str, ...], code: str | None, **kwargs: Any) -> None:
-    """Send files and folders; prints a code for `delshare receive`."""
+    """Send files and folders; prints a code for `delshare receive`.
+
+    Prints `code: CODE`, then `connected: direct ADDRESS` or `connected: relay TURN-SERVER`,
+    one `verified: sha256 HEX NAME` line per file and a `done:` line.
+    """
     ui = Ui(pick_style(kwargs["json_output"]))
     try:
         options = session_options(kwargs, SENDER_WAIT)
