@@ -223,3 +223,20 @@ async def test_relay_only_without_any_relay_fails_at_once() -> None:
     with pytest.raises(NoPathError, match="no relayed path"):
         await asyncio.wait_for(race(config, LocalEndpoints(), [Candidate("host", "127.0.0.1", 9)]),
                                5)  # fmt: skip
+
+
+@pytest.mark.parametrize("relayed_side", ["sender", "receiver"])
+async def test_peer_dials_the_relayed_address_of_the_only_allocation(
+    relays: tuple[TurnRelay, TurnRelay], turn_server: RunningRelay, relayed_side: str
+) -> None:
+    """Only one side allocates: the other dials its relayed address (RFC 6062 §5.3)."""
+    relay, _ = relays
+    assert await relay.permit(["127.0.0.1"]) == []
+    with_relay, without = LocalEndpoints(allocation=relay), LocalEndpoints()
+    key = os.urandom(32)
+    if relayed_side == "sender":
+        x, y = await _race_both(key, key, with_relay, without, relay.candidates(), [], "relay")
+    else:
+        x, y = await _race_both(key, key, without, with_relay, [], relay.candidates(), "relay")
+    assert x.path == y.path == LinkPath("relay", f"127.0.0.1:{turn_server.turn_port}")
+    await _exchange(x, y)
