@@ -22,7 +22,8 @@ from pathlib import Path
 
 from tests.support.ports import free_port
 
-DELSHARE = shutil.which("delshare") or str(Path(sys.executable).parent / "delshare")
+_NEXT_TO_PYTHON = Path(sys.executable).parent / "delshare"  # not a pyenv shim: faster start
+DELSHARE = str(_NEXT_TO_PYTHON) if _NEXT_TO_PYTHON.exists() else shutil.which("delshare") or ""
 TURN_USER, TURN_PASSWORD = "alice", "s3cret-pass"
 RUN_TIMEOUT = 90.0
 
