@@ -19,6 +19,7 @@ __all__ = [
     "PeerConnected",
     "ProgressUpdated",
     "Reporter",
+    "ResumeStarted",
     "TransferFinished",
     "TransferStarted",
 ]
@@ -63,6 +64,15 @@ class TransferStarted:
 
 
 @dataclass(frozen=True, slots=True)
+class ResumeStarted:
+    """File ``name`` continues at byte ``offset`` of ``size`` (a verified ``.part`` prefix)."""
+
+    name: str
+    offset: int
+    size: int
+
+
+@dataclass(frozen=True, slots=True)
 class ProgressUpdated:
     """``file_done`` bytes of file ``index`` (manifest order) and ``total_done`` overall."""
 
@@ -102,6 +112,7 @@ Event = (
     | PeerConnected
     | OfferReceived
     | TransferStarted
+    | ResumeStarted
     | ProgressUpdated
     | FileVerified
     | TransferFinished

@@ -1,8 +1,9 @@
-"""Let the app see the transfer's ``file-end`` messages as they pass over a record channel.
+"""Let the app see the transfer's ``file-begin``/``file-end`` messages on a record channel.
 
 The transfer layer verifies every file against the SHA-256 its sender declares in ``file-end``
 (:mod:`delshare.transfer.protocol`); the app prints that hash once the whole transfer is
 confirmed. Watching the CONTROL records on their way avoids hashing every file a second time.
+``file-begin`` tells where a resumed file continues, for the ``resuming at N of M`` line.
 The channel's ``write``, ``recv_record`` and ``recv_into`` are wrapped on this one instance, so
 everything else about the channel stays exactly as the link layer made it.
 """
@@ -13,14 +14,19 @@ from collections.abc import Callable
 
 from delshare.errors import DelshareError
 from delshare.link.records import Record, RecordChannel, RecordKind
-from delshare.transfer.protocol import FileEnd, MessageAssembler
+from delshare.transfer.protocol import FileBegin, FileEnd, MessageAssembler
 
 __all__ = ["observe_file_ends"]
 
 FileEndHook = Callable[[int, bytes], None]
+FileBeginHook = Callable[[int, int], None]
 
 
-def _watcher(hook: FileEndHook) -> Callable[[bytes | memoryview], None]:
+def _no_begin(index: int, offset: int) -> None:
+    pass
+
+
+def _watcher(on_end: FileEndHook, on_begin: FileBeginHook) -> Callable[[bytes | memoryview], None]:
     assembler = MessageAssembler()
 
     def watch(payload: bytes | memoryview) -> None:
@@ -29,14 +35,19 @@ def _watcher(hook: FileEndHook) -> Callable[[bytes | memoryview], None]:
         except DelshareError:
             return  # the transfer layer reports malformed messages itself
         if isinstance(message, FileEnd):
-            hook(message.index, message.sha256)
+            on_end(message.index, message.sha256)
+        elif isinstance(message, FileBegin):
+            on_begin(message.index, message.offset)
 
     return watch
 
 
-def observe_file_ends(channel: RecordChannel, hook: FileEndHook) -> RecordChannel:
-    """Call ``hook(index, sha256)`` for every file-end sent or received on ``channel``."""
-    watch_sent, watch_received = _watcher(hook), _watcher(hook)
+def observe_file_ends(
+    channel: RecordChannel, hook: FileEndHook, on_begin: FileBeginHook = _no_begin
+) -> RecordChannel:
+    """Call ``hook(index, sha256)`` for every file-end sent or received on ``channel``, and
+    ``on_begin(index, offset)`` for every file-begin."""
+    watch_sent, watch_received = _watcher(hook, on_begin), _watcher(hook, on_begin)
     write, recv_record = channel.write, channel.recv_record
 
     def observed_write(data: bytes | memoryview, kind: RecordKind = RecordKind.DATA) -> None:

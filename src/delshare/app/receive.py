@@ -16,7 +16,13 @@ from delshare.app.common import (
     progress_reporter,
 )
 from delshare.app.connect import connect_peer
-from delshare.app.events import OfferReceived, PeerConnected, Reporter, TransferFinished
+from delshare.app.events import (
+    OfferReceived,
+    PeerConnected,
+    Reporter,
+    ResumeStarted,
+    TransferFinished,
+)
 from delshare.app.observe import observe_file_ends
 from delshare.app.send import report_hashes, started
 from delshare.errors import PairingError
@@ -111,8 +117,16 @@ async def run_receive(
         path = connection.link.path
         report(PeerConnected(path.kind, path.address))
         hashes: dict[int, bytes] = {}
-        channel = observe_file_ends(connection.link.channel, hashes.__setitem__)
         offered: list[Manifest] = []
+
+        def resumed(index: int, offset: int) -> None:
+            entry = (
+                offered[0].entries[index] if offered and index < len(offered[0].entries) else None
+            )
+            if entry is not None and offset > 0:
+                report(ResumeStarted(display_name(entry.path), offset, entry.size))
+
+        channel = observe_file_ends(connection.link.channel, hashes.__setitem__, resumed)
 
         async def confirm(manifest: Manifest) -> bool:
             offered.append(manifest)

@@ -36,6 +36,7 @@ from delshare.app.events import (
     OfferReceived,
     PeerConnected,
     ProgressUpdated,
+    ResumeStarted,
     TransferFinished,
     TransferStarted,
 )
@@ -70,6 +71,8 @@ def key_line(event: Event) -> str | None:
             return event.line
         case FileVerified(name, _size, sha256):
             return f"verified: sha256 {sha256} {name}"
+        case ResumeStarted(name, offset, size):
+            return f"resuming at {offset} of {size} {name}"
         case TransferFinished(files, total, moved, seconds):
             rate = moved / seconds / 1e6 if seconds > 0 else 0.0
             return (
@@ -86,6 +89,7 @@ def json_object(event: Event) -> dict[str, object]:
         PeerConnected: "connected",
         OfferReceived: "offer",
         TransferStarted: "started",
+        ResumeStarted: "resuming",
         ProgressUpdated: "progress",
         FileVerified: "verified",
         TransferFinished: "done",
