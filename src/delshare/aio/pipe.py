@@ -116,7 +116,7 @@ async def bridge(
     """
     _check_endpoint(a)
     _check_endpoint(b)
-    if isinstance(a, socket.socket) and isinstance(b, socket.socket):
+    if isinstance(a, socket.socket) and isinstance(b, socket.socket) and _loop_watches_fds():
         return await _SocketBridge(a, b, a_to_b_prefix, b_to_a_prefix).run()
     streams: list[_Stream] = []
     try:
@@ -129,6 +129,12 @@ async def bridge(
             _close_endpoint(endpoint)
         raise
     return await _StreamBridge(streams[0], streams[1], a_to_b_prefix, b_to_a_prefix).run()
+
+
+def _loop_watches_fds() -> bool:
+    """False on Windows' proactor loop, which has no ``add_reader``: use streams there."""
+    proactor = getattr(asyncio, "ProactorEventLoop", None)
+    return proactor is None or not isinstance(asyncio.get_running_loop(), proactor)
 
 
 def _check_endpoint(endpoint: Endpoint) -> None:
