@@ -91,7 +91,7 @@ class BridgeStats:
     """What a finished bridge moved; equality compares only the byte counts."""
 
     a_to_b: int
-    """Bytes delivered from a to b, prefix included."""
+    """Bytes delivered from a to b, prefix included (handed to b's kernel, or its transport)."""
     b_to_a: int
     """Bytes delivered from b to a, prefix included."""
     reset: bool = field(default=False, compare=False)
