@@ -239,4 +239,6 @@ async def test_peer_dials_the_relayed_address_of_the_only_allocation(
     else:
         x, y = await _race_both(key, key, without, with_relay, [], relay.candidates(), "relay")
     assert x.path == y.path == LinkPath("relay", f"127.0.0.1:{turn_server.turn_port}")
+    owner, dialer = (x, y) if relayed_side == "sender" else (y, x)
+    assert owner.via_own_allocation and not dialer.via_own_allocation
     await _exchange(x, y)

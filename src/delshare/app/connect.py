@@ -169,7 +169,7 @@ async def race_gathered(
     """Race from ``gathered`` to ``peer`` with ``key`` (already purpose-derived).
 
     Consumes ``gathered``: the listener always closes, the allocation stays open only when the
-    winning link is relayed. Also the entry point for flows without pairing (tickets, LAN).
+    winning link runs through it. Also the entry point for flows without pairing (tickets, LAN).
     """
     winner: RacedLink | None = None
     try:
@@ -185,7 +185,7 @@ async def race_gathered(
     finally:
         if gathered.listener is not None:
             gathered.listener.close()
-        if (winner is None or winner.path.kind == "direct") and gathered.relay is not None:
+        if (winner is None or not winner.via_own_allocation) and gathered.relay is not None:
             with contextlib.suppress(Exception):
                 await asyncio.shield(gathered.relay.close())
             gathered.relay = None

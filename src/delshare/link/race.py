@@ -134,6 +134,8 @@ class RacedLink:
 
     channel: RecordChannel
     path: LinkPath
+    via_own_allocation: bool = False
+    """Whether the link runs through our own TURN allocation (which must then stay open)."""
 
 
 def combine_modes(ours: Mode, theirs: Mode) -> Mode:
@@ -169,6 +171,7 @@ class _Racer:
     errors: list[str] = field(default_factory=list)
     relay_go: asyncio.Event = field(default_factory=asyncio.Event)
     writers: set[asyncio.StreamWriter] = field(default_factory=set)
+    own_relayed: set[asyncio.StreamWriter] = field(default_factory=set)
     tasks: set[asyncio.Task[object]] = field(default_factory=set)
     direct_pending: int = 0
 
@@ -238,7 +241,9 @@ class _Racer:
 
     async def _alloc_connect(self, allocation: RelayAllocation, candidate: Candidate) -> Stream:
         async with asyncio.timeout(self.config.connect_timeout):
-            return await allocation.connect(candidate.address)
+            reader, writer = await allocation.connect(candidate.address)
+        self.own_relayed.add(writer)
+        return reader, writer
 
     async def _accept_direct(self, listener: Listener) -> None:
         while True:
@@ -254,6 +259,7 @@ class _Racer:
             except (OSError, LinkError, EOFError) as exc:
                 self.errors.append(f"relay accept: {exc}")
                 return
+            self.own_relayed.add(writer)
             self.spawn(self._authenticate(reader, writer, LinkPath("relay", allocation.server)))
 
     async def _attempt(self, connect: Awaitable[Stream], path: LinkPath, direct: bool) -> None:
@@ -335,7 +341,7 @@ async def race(config: RaceConfig, local: LocalEndpoints, peer: Iterable[Candida
         raise NoPathError(_no_path_message(racer.errors, config.total_timeout)) from None
     finally:
         await racer.finish(winner)
-    return RacedLink(winner, path)
+    return RacedLink(winner, path, winner.writer in racer.own_relayed)
 
 
 _MODE_WORDS = {"any": "", "direct": "direct ", "relay": "relayed "}
