@@ -127,3 +127,19 @@ def test_folder_tree(
     assert (tmp_path / tree.name / "empty.txt").stat().st_size == 0
     verified = [line for line in received.stdout.splitlines() if line.startswith("verified: ")]
     assert len(verified) == 5  # one per file, the empty one included
+
+
+def test_relay_only_with_a_rest_shared_secret(workdir: Path, tree: Path, tmp_path: Path) -> None:
+    """``DELSHARE_TURN_SECRET`` (TURN REST credentials) instead of a user and password."""
+    relay = start_relay_process(workdir, extra=["--auth-secret", "rest-secret-of-the-test"])
+    try:
+        env = env_for(relay.rendezvous, relay.turn)
+        for name in ("DELSHARE_TURN_USER", "DELSHARE_TURN_PASSWORD"):
+            del env[name]
+        env["DELSHARE_TURN_SECRET"] = "rest-secret-of-the-test"
+        sent, received = run_pair([tree], tmp_path, env, ["--relay-only"], code="22-guitar-orbit")
+    finally:
+        stop(relay.process)
+    assert (sent.returncode, received.returncode) == (0, 0), sent.stderr + received.stderr
+    assert received.line("connected: ") == f"connected: relay 127.0.0.1:{relay.turn_port}"
+    assert tree_digest(tmp_path / tree.name) == tree_digest(tree)

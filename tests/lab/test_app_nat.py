@@ -104,3 +104,11 @@ def test_on_one_lan_the_link_is_direct(lan_lab: Lab, tmp_path: Path, payload: Pa
     _check_arrived(sent, received, out, payload)
     assert sent.line("connected: ").startswith("connected: direct 10.0.1.3:")
     assert received.line("connected: ").startswith("connected: direct 10.0.1.2:")
+
+
+def test_behind_symmetric_nats_the_relay_still_works(
+    symmetric_nat_lab: Lab, tmp_path: Path, payload: Path
+) -> None:
+    sent, received, out = _transfer(symmetric_nat_lab, tmp_path, payload)
+    _check_arrived(sent, received, out, payload)
+    assert received.line("connected: ") == f"connected: relay {PUB_ADDR}:{TURN_PORT}"
