@@ -222,10 +222,6 @@ def relay_config(opts: dict[str, Any]) -> RelayConfig:
     users: dict[str, str] = dict(opts["users"])
     if not users and not opts["auth_secret"]:
         users = {DEMO_USER[0]: DEMO_USER[1]}
-        log.warning(
-            "no --user and no --auth-secret: using the demo user %s:%s — anyone can relay",
-            *DEMO_USER,
-        )
     auth = AuthConfig(opts["realm"], users, opts["auth_secret"], float(opts["nonce_lifetime"]))
     server = ServerConfig(
         auth=auth,
@@ -266,6 +262,13 @@ async def _serve(opts: dict[str, Any]) -> None:
     try:
         if not opts["no_turn"]:
             turn = await _start_turn(relay_config(opts))
+            if dict(turn.core.config.auth.users) == {DEMO_USER[0]: DEMO_USER[1]}:
+                log.warning(
+                    "no --user and no --auth-secret: demo user %s:%s in realm %s — anyone "
+                    "who knows it can relay through this server",
+                    *DEMO_USER,
+                    turn.core.config.auth.realm,
+                )
         if not opts["no_rendezvous"]:
             rendezvous = await _start_rendezvous(opts["rendezvous_listen"] or DEFAULT_RENDEZVOUS)
         await stop.wait()
