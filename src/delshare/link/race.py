@@ -256,8 +256,8 @@ class _Racer:
         while True:
             try:
                 reader, writer, _peer = await allocation.accept()
-            except (OSError, LinkError, EOFError) as exc:
-                self.errors.append(f"relay accept: {exc}")
+            except Exception as exc:  # the allocation ended (TURN client error) or the socket
+                self.errors.append(f"relay accept: {exc or type(exc).__name__}")
                 return
             self.own_relayed.add(writer)
             self.spawn(self._authenticate(reader, writer, LinkPath("relay", allocation.server)))
@@ -269,10 +269,11 @@ class _Racer:
             self._failed(f"{path.kind} {path.address}: {exc or type(exc).__name__}", direct)
             return
         if not await self._authenticate(reader, writer, path):
-            self._failed(f"{path.kind} {path.address}: handshake failed", direct)
+            self._failed(None, direct)  # _authenticate recorded why
 
-    def _failed(self, message: str, direct: bool) -> None:
-        self.errors.append(message)
+    def _failed(self, message: str | None, direct: bool) -> None:
+        if message is not None:
+            self.errors.append(message)
         if direct:
             self.direct_pending -= 1
             if self.direct_pending <= 0:
