@@ -47,19 +47,32 @@ READY_TIMEOUT = 20.0
 class Relay:
     port: int
     tls_port: int
+    port6: int | None  # the [::1] listener, when this host has IPv6 loopback
     process: subprocess.Popen[bytes]
     log: Path
 
 
-def relay_argv(port: int, tls_port: int, cert: Path, key: Path) -> list[str]:
+def _ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as probe:
+            probe.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+def relay_argv(port: int, tls_port: int, port6: int | None, cert: Path, key: Path) -> list[str]:
     code = "from delshare.cli.main import main; main()"
-    return [
+    argv = [
         sys.executable, "-c", code, "relay", "--no-rendezvous",
         "--listen", f"{HOST}:{port}", "--tls-listen", f"{HOST}:{tls_port}",
         "--cert", str(cert), "--key", str(key),
         "--user", f"{USER}:{PASSWORD}", "--auth-secret", SECRET,
-        "--allow-peer", "127.0.0.0/8", "--realm", "interop.test",
+        "--allow-peer", "127.0.0.0/8", "--allow-peer", "::1/128", "--realm", "interop.test",
     ]  # fmt: skip
+    if port6 is not None:
+        argv += ["--listen", f"[::1]:{port6}"]
+    return argv
 
 
 def _accepts(port: int) -> bool:
@@ -85,10 +98,11 @@ def relay() -> Iterator[Relay]:
     with tempfile.TemporaryDirectory() as tmp:
         files = make_self_signed(Path(tmp))
         port, tls_port = free_port("both"), free_port("tcp")
+        port6 = free_port("both", "::1") if _ipv6_loopback() else None
         log = Path(tmp) / "relay.log"
         with log.open("wb") as out:
             process = subprocess.Popen(
-                relay_argv(port, tls_port, files.cert, files.key),
+                relay_argv(port, tls_port, port6, files.cert, files.key),
                 stdin=subprocess.DEVNULL, stdout=out, stderr=out,
             )  # fmt: skip
         deadline = time.monotonic() + READY_TIMEOUT
@@ -97,7 +111,7 @@ def relay() -> Iterator[Relay]:
                 assert process.poll() is None, log.read_text()
                 assert time.monotonic() < deadline, "relay did not start"
                 time.sleep(0.05)
-            yield Relay(port, tls_port, process, log)
+            yield Relay(port, tls_port, port6, process, log)
         finally:
             stop(process)
 
@@ -115,11 +129,14 @@ def _attempt(job: Callable[[], UclientResult]) -> Outcome:
 def _jobs(relay: Relay, peer: tuple[str, int]) -> dict[str, Callable[[], UclientResult]]:
     def job(
         flags: tuple[str, ...], *, tls: bool = False, clients: int = 4, messages: int = 100,
-        rest: bool = False, echo: bool = False,
+        rest: bool = False, echo: bool = False, ipv6: bool = False,
     ) -> Callable[[], UclientResult]:  # fmt: skip
         def run() -> UclientResult:
+            if ipv6 and relay.port6 is None:
+                raise UclientFailed("no IPv6 loopback", flags, None, "")
+            host, port = ("::1", relay.port6) if ipv6 and relay.port6 else (HOST, relay.port)
             return run_uclient(
-                HOST, relay.tls_port if tls else relay.port, mode_flags=flags,
+                host, relay.tls_port if tls else port, mode_flags=flags,
                 user=USER, password=None if rest else PASSWORD, secret=SECRET if rest else None,
                 clients=clients, messages=messages, peer=peer if echo else None,
                 timeout=60, retries=1,
@@ -138,6 +155,8 @@ def _jobs(relay: Relay, peer: tuple[str, int]) -> dict[str, Callable[[], Uclient
         "rest-udp-relay": job(("-y",), rest=True),
         "udp-peer": job((), echo=True, messages=50),
         "tcp-peer": job(("-t",), echo=True, messages=50),
+        "ipv6-tcp-relay": job(("-T", "-y", "-x"), ipv6=True),
+        "ipv6-udp-relay": job(("-y", "-x"), ipv6=True),
     }
 
 
@@ -221,3 +240,11 @@ def test_wrong_password_is_refused(relay: Relay) -> None:
             HOST, relay.port, mode_flags=("-T", "-y"), user=USER, password="wrong",
             clients=2, messages=5, timeout=30,
         )  # fmt: skip
+
+
+@pytest.mark.parametrize("name", ["ipv6-tcp-relay", "ipv6-udp-relay"])
+def test_ipv6_relays(outcomes: dict[str, Future[Outcome]], relay: Relay, name: str) -> None:
+    """-x over [::1]: IPv6 relayed addresses (REQUESTED-ADDRESS-FAMILY), TCP and UDP relays."""
+    if relay.port6 is None:
+        pytest.skip("no IPv6 loopback")
+    assert check(outcomes, name, relay).lost_messages == 0
