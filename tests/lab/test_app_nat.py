@@ -51,10 +51,14 @@ def payload(tmp_path: Path) -> Path:
     return path
 
 
-def _transfer(lab: Lab, tmp_path: Path, payload: Path) -> tuple[Outcome, Outcome, Path]:
+def _transfer(
+    lab: Lab, tmp_path: Path, payload: Path, *, receiver_turn: bool = True
+) -> tuple[Outcome, Outcome, Path]:
     """Relay in pub, ``send`` in alice, ``receive`` in bob, no path flags."""
     _start_relay(lab, tmp_path / "relay.log")
-    env = env_for(f"ws://{PUB_ADDR}:{RENDEZVOUS_PORT}", f"turn:{PUB_ADDR}:{TURN_PORT}")
+    rendezvous = f"ws://{PUB_ADDR}:{RENDEZVOUS_PORT}"
+    env = env_for(rendezvous, f"turn:{PUB_ADDR}:{TURN_PORT}")
+    receiver_env = env if receiver_turn else env_for(rendezvous)
     out = tmp_path / "out"
     out.mkdir()
     pipes = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, "text": True, "env": env}
@@ -62,7 +66,7 @@ def _transfer(lab: Lab, tmp_path: Path, payload: Path) -> tuple[Outcome, Outcome
         "alice", [DELSHARE, "send", str(payload), "--code", "21-guitar-orbit"], **pipes
     )
     receiver = lab.run("bob", [DELSHARE, "receive", "21-guitar-orbit", "-o", str(out), "--yes"],
-                       **pipes)  # fmt: skip
+                       **{**pipes, "env": receiver_env})  # fmt: skip
     outcomes = []
     for process in (receiver, sender):
         try:
@@ -110,5 +114,12 @@ def test_behind_symmetric_nats_the_relay_still_works(
     symmetric_nat_lab: Lab, tmp_path: Path, payload: Path
 ) -> None:
     sent, received, out = _transfer(symmetric_nat_lab, tmp_path, payload)
+    _check_arrived(sent, received, out, payload)
+    assert received.line("connected: ") == f"connected: relay {PUB_ADDR}:{TURN_PORT}"
+
+
+def test_only_the_sender_has_turn_credentials(nat_lab: Lab, tmp_path: Path, payload: Path) -> None:
+    """Bob has no TURN server configured: he learns his public address from Alice's server."""
+    sent, received, out = _transfer(nat_lab, tmp_path, payload, receiver_turn=False)
     _check_arrived(sent, received, out, payload)
     assert received.line("connected: ") == f"connected: relay {PUB_ADDR}:{TURN_PORT}"

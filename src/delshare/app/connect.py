@@ -3,11 +3,14 @@
 Theory of operation. After pairing, each side gathers its candidates (listener + host addresses
 unless relay-only; a TURN TCP allocation unless direct-only; the server-reflexive address when a
 TURN server is configured), sends them through the encrypted paired channel as
-``{"t": "candidates", "v": 1, "mode": ..., "candidates": [...]}`` and reads the peer's. Each side
-then permits the peer's IPs on its allocation and sends ``{"t": "ready"}``; racing starts only
-after the peer's ``ready``, so no relayed dial hits an allocation whose permission is not there
-yet. The race (:func:`delshare.link.race.race`) runs with a key derived from the PAKE key for
-this purpose only. What is not used by the winning link is closed.
+``{"t": "candidates", "v": 1, "mode": ..., "candidates": [...]}`` and reads the peer's. A side
+without a TURN server of its own learns its public address from the peer's TURN server (STUN
+Binding needs no credentials) and sends it as ``{"t": "reflexive", "candidates": [...]}``
+(empty otherwise), so a peer can permit it. Each side then permits the peer's IPs on its
+allocation and sends ``{"t": "ready"}``; racing starts only after the peer's ``ready``, so no
+relayed dial hits an allocation whose permission is not there yet. The race
+(:func:`delshare.link.race.race`) runs with a key derived from the PAKE key for this purpose
+only. What is not used by the winning link is closed.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from delshare.aio.client import stun_binding
 from delshare.errors import DelshareError, PairingError
 from delshare.link.candidates import (
     Candidate,
@@ -45,6 +49,7 @@ __all__ = [
 
 LINK_KEY_PURPOSE = b"delshare/link/v1"
 PROTOCOL_VERSION = 1
+REFLEXIVE_TIMEOUT = 5.0
 _MODES: tuple[Mode, ...] = ("any", "direct", "relay")
 
 
@@ -149,6 +154,31 @@ def _parse_peer(message: dict[str, Any]) -> tuple[Mode, list[Candidate]]:
         raise PairingError(f"bad candidates from peer: {exc}") from exc
 
 
+async def _reflexive_from_peer_server(
+    gathered: Gathered, peer: list[Candidate], mode: Mode
+) -> list[Candidate]:
+    """Without a TURN server of our own, ask the peer's (STUN Binding, no credentials) which
+    public address we have, so the peer can permit it on its allocation (RFC 8656 §9)."""
+    if mode == "direct" or any(c.kind == "srflx" for c in gathered.candidates):
+        return []
+    server = next((c.server for c in peer if c.kind == "relay" and c.server), None)
+    if server is None:
+        return []
+    try:
+        host, port = await stun_binding(f"turn:{server}?transport=tcp", timeout=REFLEXIVE_TIMEOUT)
+    except (DelshareError, OSError, TimeoutError):
+        return []
+    return [Candidate("srflx", host, port)]
+
+
+def _parse_reflexive(message: dict[str, Any], known: list[Candidate]) -> list[Candidate]:
+    try:
+        found = parse_candidates(message.get("candidates"))
+    except CandidateError as exc:
+        raise PairingError(f"bad candidates from peer: {exc}") from exc
+    return [c for c in found if c.kind == "srflx" and c not in known][:4]
+
+
 async def _expect(paired: PairedChannel, kind: str) -> dict[str, Any]:
     message = await paired.receive()
     if message.get("t") == "error":
@@ -201,6 +231,9 @@ async def connect_peer(
         await paired.send(_candidates_message(gathered, options.mode))
         peer_mode, peer = _parse_peer(await _expect(paired, "candidates"))
         mode = combine_modes(options.mode, peer_mode)
+        learned = await _reflexive_from_peer_server(gathered, peer, mode)
+        await paired.send({"t": "reflexive", "candidates": [c.to_wire() for c in learned]})
+        peer += _parse_reflexive(await _expect(paired, "reflexive"), peer)
         if gathered.relay is not None and mode != "direct":
             await gathered.relay.permit(sorted({c.host for c in peer}))
         await paired.send({"t": "ready"})
