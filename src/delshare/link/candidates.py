@@ -165,6 +165,14 @@ def _getifaddrs() -> list[str]:
     return found
 
 
+def _resolver_addresses() -> list[str]:
+    try:
+        infos = socket.getaddrinfo(socket.gethostname(), None, proto=socket.IPPROTO_TCP)
+    except OSError:
+        return []
+    return [str(info[4][0]).split("%", 1)[0] for info in infos]
+
+
 def _usable(address: str) -> bool:
     ip = ipaddress.ip_address(address)
     # Link-local IPv6 needs the peer's scope id, which it cannot know.
@@ -175,9 +183,8 @@ def host_addresses() -> list[str]:
     """Every usable local interface address, IPv4 first, loopback included."""
     try:
         found = _getifaddrs()
-    except (OSError, AttributeError, TypeError):
-        found = []
-    found += ["127.0.0.1"] if not found else []
+    except (OSError, AttributeError, TypeError):  # no getifaddrs (Windows): ask the resolver
+        found = ["127.0.0.1", "::1", *_resolver_addresses()]
     unique = dict.fromkeys(ipaddress.ip_address(a).compressed for a in found if _usable(a))
     return sorted(unique, key=lambda a: ipaddress.ip_address(a).version)
 
