@@ -155,6 +155,7 @@ def _jobs(relay: Relay, peer: tuple[str, int]) -> dict[str, Callable[[], Uclient
         "rest-udp-relay": job(("-y",), rest=True),
         "udp-peer": job((), echo=True, messages=50),
         "tcp-peer": job(("-t",), echo=True, messages=50),
+        "udp-relay-dont-fragment": job(("-g", "-y")),
         "ipv6-tcp-relay": job(("-T", "-y", "-x"), ipv6=True),
         "ipv6-udp-relay": job(("-y", "-x"), ipv6=True),
     }
@@ -211,6 +212,11 @@ def test_tls_tcp_relay(outcomes: dict[str, Future[Outcome]], relay: Relay) -> No
 def test_tls_udp_relay(outcomes: dict[str, Future[Outcome]], relay: Relay) -> None:
     """-S -t -y: TLS control connection, UDP relay (coturn itself loses one message here)."""
     assert check(outcomes, "tls-udp-relay", relay).lost_messages == 0
+
+
+def test_udp_relay_with_dont_fragment(outcomes: dict[str, Future[Outcome]], relay: Relay) -> None:
+    """-g: DONT-FRAGMENT in Allocate is honoured (DF set on the relay socket), not refused."""
+    assert check(outcomes, "udp-relay-dont-fragment", relay).lost_messages == 0
 
 
 def test_rest_credentials_tcp_relay(outcomes: dict[str, Future[Outcome]], relay: Relay) -> None:

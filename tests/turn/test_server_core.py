@@ -351,8 +351,16 @@ def test_tcp_allocation_refuses_udp_only_attributes(attr: tuple[int, object]) ->
     assert code(client.allocate((Attr.REQUESTED_TRANSPORT, PROTO_TCP), attr)) == 400
 
 
-def test_dont_fragment_on_udp_is_420() -> None:
+def test_dont_fragment_is_passed_to_the_adapter() -> None:
     client = Client(make_server(), five())
+    response = client.allocate((Attr.REQUESTED_TRANSPORT, PROTO_UDP), (Attr.DONT_FRAGMENT, True))
+    assert response.cls == MessageClass.SUCCESS
+    (command,) = [o for o in client.outputs if isinstance(o, OpenRelay)]
+    assert command.dont_fragment
+
+
+def test_dont_fragment_without_support_is_420() -> None:
+    client = Client(make_server(dont_fragment=False), five())
     response = client.allocate((Attr.REQUESTED_TRANSPORT, PROTO_UDP), (Attr.DONT_FRAGMENT, True))
     assert code(response) == 420
     assert response.get(Attr.UNKNOWN_ATTRIBUTES) == (Attr.DONT_FRAGMENT,)

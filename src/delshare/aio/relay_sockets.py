@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import random
 import socket
+import sys
 from collections.abc import Callable
 
 from delshare.stun.attributes import Address
@@ -55,6 +56,22 @@ def new_socket(host: str, kind: socket.SocketKind) -> socket.socket:
         with contextlib.suppress(OSError):
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
     return sock
+
+
+def set_dont_fragment(sock: socket.socket) -> None:
+    """Set DF on a UDP relay socket (DONT-FRAGMENT, RFC 8656 §18.8) where the OS allows it."""
+    if sock.family == socket.AF_INET6:
+        option = getattr(socket, "IPV6_DONTFRAG", None)
+        if option is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_IPV6, option, 1)
+        return
+    linux = sys.platform == "linux"  # <linux/in.h> values; Python does not export them
+    discover = getattr(socket, "IP_MTU_DISCOVER", 10 if linux else None)
+    do = getattr(socket, "IP_PMTUDISC_DO", 2 if linux else None)
+    if discover is not None and do is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_IP, discover, do)
 
 
 class PortPool:

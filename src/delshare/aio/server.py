@@ -33,6 +33,7 @@ from delshare.aio.relay_sockets import (
     is_unspecified,
     new_socket,
     route_source,
+    set_dont_fragment,
     wildcard,
 )
 from delshare.aio.server_conn import ClientConnection
@@ -439,6 +440,8 @@ class RelayServer:
             relay.listener = sock
             relay.accept_task = self._spawn(self._accept_peers(relay))
         else:
+            if out.dont_fragment:
+                set_dont_fragment(sock)
             handler = self._peer_datagram_handler(out.alloc_id)
             relay.udp = UdpEndpoint(self._loop, sock, handler, self._flush)
         self._relays[out.alloc_id] = relay

@@ -286,6 +286,7 @@ class TurnServer:
                 even_port=even is not None,
                 reserve_next=bool(even),
                 reserved=None if reserved is None else reserved.address,
+                dont_fragment=msg.has(Attr.DONT_FRAGMENT),
             )
         )
         return None
@@ -310,7 +311,7 @@ class TurnServer:
             for attr in (Attr.DONT_FRAGMENT, Attr.EVEN_PORT, Attr.RESERVATION_TOKEN):
                 if msg.has(attr):
                     raise StunProtocolError(400, f"{attr.name} not allowed with TCP relays")
-        elif msg.has(Attr.DONT_FRAGMENT):
+        elif msg.has(Attr.DONT_FRAGMENT) and not self.config.dont_fragment:
             unknown = (Attr.UNKNOWN_ATTRIBUTES, (int(Attr.DONT_FRAGMENT),))
             raise Refused(420, "Unknown Attribute", unknown)
         return transport

@@ -52,6 +52,7 @@ class ServerConfig:
     bind_timeout: float = 30.0  # RFC 6062 §5.3, §5.4
     reservation_lifetime: float = 30.0  # RFC 8656 §14.9 "about 30 seconds"
     ipv6_relays: bool = True
+    dont_fragment: bool = True  # the adapter can set DF on UDP relays (RFC 8656 §7.2, §18.8)
 
 
 # -- commands to the adapter --------------------------------------------------------------------
@@ -81,6 +82,7 @@ class OpenRelay:
     ``even_port``: the port must be even (EVEN-PORT, RFC 8656 §7.2); ``reserve_next``: also hold
     port + 1 for a later RESERVATION-TOKEN; ``reserved``: use this held address instead.
     ``family`` is 4 or 6; ``transport`` is 17 (UDP) or 6 (TCP, RFC 6062: listen on it).
+    ``dont_fragment``: send the relayed datagrams with DF set (DONT-FRAGMENT, RFC 8656 §18.8).
     """
 
     alloc_id: int
@@ -90,6 +92,7 @@ class OpenRelay:
     even_port: bool = False
     reserve_next: bool = False
     reserved: Address | None = None
+    dont_fragment: bool = False
 
 
 @dataclass(frozen=True)
