@@ -587,9 +587,24 @@ class RunningRelay:
     async def close(self) -> None:
         await self.server.close()
 
+    async def __aenter__(self) -> RunningRelay:
+        return self
+
+    async def __aexit__(self, *_exc: object) -> None:
+        await self.close()
+
 
 async def start_relay(config: RelayConfig) -> RunningRelay:
-    """Bind the listeners of ``config`` and start serving; raises OSError if a port is busy."""
+    """Bind the listeners of ``config`` and start serving; raises OSError if a port is busy.
+
+    Example::
+
+        auth = AuthConfig("del.local", {"del": "del"})
+        config = RelayConfig(ServerConfig(auth, allow_peers=("127.0.0.0/8",)),
+                             listen=(("127.0.0.1", 0),))
+        async with await start_relay(config) as relay:
+            print("TURN on port", relay.turn_port)
+    """
     server = RelayServer(config)
     await server.start()
     return RunningRelay(server, list(server.addresses))
