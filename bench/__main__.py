@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+import traceback
 from collections.abc import Callable
 from dataclasses import replace
 
@@ -101,7 +102,11 @@ def main(argv: list[str]) -> int:
     started, wall_start = time.monotonic(), time.time()
     for case in CASES[args.what]:
         t0 = time.monotonic()
-        rows += case(cfg)
+        try:
+            rows += case(cfg)
+        except Exception:  # a bench bug must not hide the other cases' numbers
+            traceback.print_exc()
+            print(f"# {case.__name__} crashed; its rows are missing", flush=True)
         print(
             f"# {case.__doc__.splitlines()[0] if case.__doc__ else case.__name__} "
             f"({time.monotonic() - t0:.1f} s)",

@@ -29,6 +29,7 @@ REFS: dict[tuple[str, str], list[tuple[str, str]]] = {
     ("5", "wormhole via transit relay"): [("/plain", "plain socket copy")],
     ("6", "ours direct"): [("wormhole/ours", "wormhole direct")],
     ("6", "ours via TURN relay"): [("wormhole/ours", "wormhole via transit relay")],
+    ("6", "ours startup (send --help)"): [("wormhole/ours", "wormhole startup (send --help)")],
 }
 
 

@@ -16,6 +16,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager, suppress
@@ -27,7 +28,7 @@ from bench import profile
 from bench.common import OUT_DIR, MiB, NotAvailable, Row, free_port
 from bench.config import Config
 from bench.servers import PASSWORD, USER, Server, delshare_cmd, start_delshare_relay
-from bench.wormhole import WormholeServers, start_wormhole_servers, wormhole_cmd
+from bench.wormhole import BIN, WormholeServers, start_wormhole_servers, wormhole_cmd
 
 DATA_DIR = OUT_DIR / "data"
 RX_DIR = OUT_DIR / "rx"
@@ -49,6 +50,7 @@ class Transfer:
     cpu: float
     ok: bool
     why: str = ""
+    connected: float | None = None  # when the receiver said it was connected to the sender
 
 
 # ---- files -------------------------------------------------------------------------------------
@@ -113,6 +115,19 @@ def _kill(proc: subprocess.Popen[bytes]) -> None:
         proc.wait(5.0)
 
 
+def _log_lines(
+    proc: subprocess.Popen[bytes], log: Path, start: float, mark: bytes, marks: dict[str, float]
+) -> None:
+    """Copy a command's output to its log, each line stamped; note when ``mark`` first shows."""
+    assert proc.stdout is not None
+    with log.open("wb") as out:
+        for line in proc.stdout:
+            now = time.perf_counter() - start
+            if mark and mark in line and "connected" not in marks:
+                marks["connected"] = now
+            out.write(f"[{now:7.3f}] ".encode() + line)
+
+
 def run_pair(
     send: Sequence[str],
     recv: Sequence[str],
@@ -121,49 +136,47 @@ def run_pair(
     log_dir: Path,
     timeout: float,
     env: dict[str, str] | None = None,
-) -> tuple[float, float, str]:
-    """Start both commands at once, wait for both; (wall, cpu, error text or "")."""
+    mark: bytes = b"",
+) -> tuple[float, float, str, dict[str, float]]:
+    """Start both commands at once, wait for both; (wall, cpu, error or "", marks).
+
+    ``marks["connected"]`` is when the receiver first printed a line containing ``mark``.
+    """
     log_dir.mkdir(parents=True, exist_ok=True)
+    env = {**(env or os.environ), "PYTHONUNBUFFERED": "1"}
+    marks: dict[str, float] = {}
     cpu0 = _children_cpu()
-    with (log_dir / "send.log").open("wb") as slog, (log_dir / "recv.log").open("wb") as rlog:
-        start = time.perf_counter()
-        procs = [
-            subprocess.Popen(
-                list(send),
-                stdout=slog,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                env=env,
-                start_new_session=True,
-            ),
-            subprocess.Popen(
-                list(recv),
-                stdout=rlog,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                env=env,
-                cwd=recv_cwd,
-                start_new_session=True,
-            ),
-        ]
-        deadline = start + timeout
-        try:
-            for proc in procs:
-                proc.wait(max(0.1, deadline - time.perf_counter()))
-        except subprocess.TimeoutExpired:
-            pass
-        wall = time.perf_counter() - start
+    start = time.perf_counter()
+    procs, readers = [], []
+    for argv, cwd, name, m in ((send, None, "send", b""), (recv, recv_cwd, "recv", mark)):
+        proc = subprocess.Popen(
+            list(argv), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL, env=env, cwd=cwd, start_new_session=True,
+        )  # fmt: skip
+        procs.append(proc)
+        reader = threading.Thread(
+            target=_log_lines, args=(proc, log_dir / f"{name}.log", start, m, marks), daemon=True
+        )
+        reader.start()
+        readers.append(reader)
+    deadline = start + timeout
+    with suppress(subprocess.TimeoutExpired):
         for proc in procs:
-            _kill(proc)
+            proc.wait(max(0.1, deadline - time.perf_counter()))
+    wall = time.perf_counter() - start
+    for proc in procs:
+        _kill(proc)
+    for reader in readers:
+        reader.join(5.0)
     cpu = _children_cpu() - cpu0
     codes = [p.returncode for p in procs]
     if wall >= timeout:
-        return wall, cpu, f"timed out after {timeout:.0f} s"
+        return wall, cpu, f"timed out after {timeout:.0f} s", marks
     if any(codes):
         tail = (log_dir / ("send.log" if codes[0] else "recv.log")).read_text(errors="replace")
-        last = " | ".join(tail.strip().splitlines()[-3:])[-300:]
-        return wall, cpu, f"exit codes {codes}: {last}"
-    return wall, cpu, ""
+        last = " / ".join(tail.strip().splitlines()[-3:])[-300:]
+        return wall, cpu, f"exit codes {codes}: {last}", marks
+    return wall, cpu, "", marks
 
 
 # ---- the variants ------------------------------------------------------------------------------
@@ -172,18 +185,19 @@ Runner = Callable[[Path, int, Config], Transfer]
 
 
 def _transfer(
-    send: Sequence[str], recv: Sequence[str], src: Path, name: str, cfg: Config
+    send: Sequence[str], recv: Sequence[str], src: Path, name: str, cfg: Config, mark: bytes
 ) -> Transfer:
     out = _fresh_dir(name)
-    wall, cpu, err = run_pair(
-        send, recv, recv_cwd=out, log_dir=OUT_DIR / "logs" / name, timeout=cfg.transfer_max_s
+    log_dir = OUT_DIR / "logs" / name
+    wall, cpu, err, marks = run_pair(
+        send, recv, recv_cwd=out, log_dir=log_dir, timeout=cfg.transfer_max_s, mark=mark
     )
     if not err:
         _, err = _received_ok(src, out)
     if err:
         kept = _keep_logs(name)
         return Transfer(wall, cpu, False, f"{err} (logs: {kept})")
-    return Transfer(wall, cpu, True)
+    return Transfer(wall, cpu, True, connected=marks.get("connected"))
 
 
 def _keep_logs(name: str) -> Path:
@@ -199,7 +213,7 @@ def plain_copy(src: Path, n: int, cfg: Config) -> Transfer:
     port = free_port()
     out = _fresh_dir("plain")
     py = [sys.executable, "-m", "bench.plaincopy"]
-    wall, cpu, err = run_pair(
+    wall, cpu, err, _ = run_pair(
         [*py, "send", str(port), str(src)],
         [*py, "recv", str(port), str(out / src.name)],
         recv_cwd=out,
@@ -241,7 +255,7 @@ def ours(server: Server, rendezvous: int, relayed: bool) -> Runner:
         )
         recv = [*delshare_cmd(), "receive", "--yes", "--output", str(RX_DIR / name), *common]
         recv = profile.wrap([*recv, code], f"{tag}-recv")
-        return _transfer(send, recv, src, name, cfg)
+        return _transfer(send, recv, src, name, cfg, b"connected:")
 
     return run
 
@@ -254,7 +268,7 @@ def wormhole(servers: WormholeServers, relayed: bool) -> Runner:
         name = "wormhole-relay" if relayed else "wormhole-direct"
         send = [*base, "send", "--hide-progress", "--no-qr", *listen, "--code", code, str(src)]
         recv = [*base, "receive", "--hide-progress", *listen, "--accept-file", code]
-        return _transfer(send, recv, src, name, cfg)
+        return _transfer(send, recv, src, name, cfg, b"Receiving (")
 
     return run
 
@@ -317,6 +331,18 @@ def case5(cfg: Config) -> list[Row]:
 
 
 VARIANTS6 = ["ours direct", "ours via TURN relay", "wormhole direct", "wormhole via transit relay"]
+STARTUP6 = ["ours startup (send --help)", "wormhole startup (send --help)"]
+
+
+def _startup(argv: list[str], row: Row, reps: int) -> None:
+    """Interpreter start + imports of one command: the floor under its time to first byte."""
+    for _ in range(reps):
+        start = time.perf_counter()
+        done = subprocess.run(argv, capture_output=True, timeout=60)
+        if done.returncode != 0:
+            row.note = f"failed: exit code {done.returncode}"
+            return
+        row.values.append(time.perf_counter() - start)
 
 
 def case6(cfg: Config) -> list[Row]:
@@ -327,6 +353,15 @@ def case6(cfg: Config) -> list[Row]:
         v: Row("6 time to first byte", v, "1 KiB file, both commands", "s", higher_is_better=False)
         for v in VARIANTS6
     }
+    for v in STARTUP6:
+        rows[v] = Row(
+            "6 time to first byte", v, "one process, no transfer", "s", higher_is_better=False
+        )
+    _startup([*delshare_cmd(), "send", "--help"], rows[STARTUP6[0]], cfg.ttfb_reps)
+    if (BIN / "wormhole").exists():
+        _startup([str(BIN / "wormhole"), "send", "--help"], rows[STARTUP6[1]], cfg.ttfb_reps)
+    else:
+        rows[STARTUP6[1]].note = "not available: no bench/.venv-wormhole"
     with ExitStack() as stack:
         runners = _variants(stack, rows)
         for rep in range(cfg.ttfb_reps):
@@ -350,3 +385,5 @@ def _record(row: Row, runner: Runner, src: Path, rep: int, cfg: Config, *, mbps:
     row.values.append(size / res.wall / 1e6 if mbps else res.wall)
     row.extra.setdefault("wall_s", []).append(res.wall)
     row.extra.setdefault("cpu_s", []).append(res.cpu)
+    if res.connected is not None:
+        row.extra.setdefault("connected_s", []).append(res.connected)

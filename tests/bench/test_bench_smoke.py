@@ -33,7 +33,14 @@ EXPECTED = {
         "wormhole direct",
         "wormhole via transit relay",
     ],
-    "6": ["ours direct", "ours via TURN relay", "wormhole direct", "wormhole via transit relay"],
+    "6": [
+        "ours direct",
+        "ours via TURN relay",
+        "wormhole direct",
+        "wormhole via transit relay",
+        "ours startup (send --help)",
+        "wormhole startup (send --help)",
+    ],
 }
 TARGETS = 12
 NUMBER = re.compile(r"^-?[\d,]+(\.\d+)?(e-?\d+)?$")
