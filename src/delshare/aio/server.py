@@ -153,19 +153,15 @@ class RelayServer:
             raise
 
     def _listen_plain(self, host: str, port: int) -> None:
-        tcp = new_socket(host, socket.SOCK_STREAM)
-        udp = new_socket(host, socket.SOCK_DGRAM)
-        try:
-            tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            tcp.bind((host, port))
-            bound: Address = tcp.getsockname()[:2]
-            udp.bind(bound)
-            tcp.listen(512)
-            tcp.setblocking(False)
-        except OSError:
-            tcp.close()
-            udp.close()
-            raise
+        """UDP and TCP on the same port; port 0 picks one free for both (a few tries)."""
+        for attempt in range(16):
+            try:
+                tcp, udp = _bind_pair(host, port)
+                break
+            except OSError:
+                if port != 0 or attempt == 15:
+                    raise
+        bound: Address = tcp.getsockname()[:2]
         self._tcp_listeners.append(tcp)
         endpoint = UdpEndpoint(self._loop, udp, self._client_datagram_handler(bound), self._flush)
         self._udp_listeners[bound] = endpoint
@@ -522,6 +518,23 @@ class RelayServer:
         self._timer_at = None
         self.core.handle_timer(time.time())
         self._flush()
+
+
+def _bind_pair(host: str, port: int) -> tuple[socket.socket, socket.socket]:
+    """A listening TCP socket and a UDP socket on the same address."""
+    tcp = new_socket(host, socket.SOCK_STREAM)
+    udp = new_socket(host, socket.SOCK_DGRAM)
+    try:
+        tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        tcp.bind((host, port))
+        udp.bind(tcp.getsockname()[:2])
+        tcp.listen(512)
+        tcp.setblocking(False)
+    except OSError:
+        tcp.close()
+        udp.close()
+        raise
+    return tcp, udp
 
 
 def _log_event(event: Output) -> None:
