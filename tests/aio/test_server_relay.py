@@ -413,3 +413,32 @@ async def test_client_bytes_right_behind_connection_bind_reach_the_peer(
     for closable in (writer, peer_writer):
         closable.close()
     control.close()
+
+
+async def test_unbound_peer_is_held_back_by_flow_control(relay: RunningRelay) -> None:
+    """Before ConnectionBind the relay reads nothing: a 64 MiB peer stalls (kernel buffers
+    fill, TCP flow control pushes back) instead of growing the relay's memory; after the bind
+    every byte arrives in order."""
+    control, _peer_reader, peer_writer, cid = await incoming_peer(relay)
+    block = os.urandom(1 << 20)
+
+    async def send() -> None:
+        for _ in range(64):
+            peer_writer.write(block)
+            await peer_writer.drain()
+        peer_writer.write_eof()
+
+    sender = asyncio.create_task(send())
+    await asyncio.sleep(0.5)
+    assert not sender.done()  # held back: nobody reads the peer connection yet
+    client_reader, client_writer = await connection_bind(relay, control, cid)
+    digest, total = hashlib.sha256(), 0
+    while chunk := await asyncio.wait_for(client_reader.read(1 << 20), STEP):
+        digest.update(chunk)
+        total += len(chunk)
+    await asyncio.wait_for(sender, STEP)
+    assert total == 64 << 20
+    assert digest.digest() == hashlib.sha256(block * 64).digest()
+    for closable in (client_writer, peer_writer):
+        closable.close()
+    control.close()
