@@ -14,6 +14,7 @@ secret, from the TURN REST scheme (username ``<expiry>:<id>``). MACs compare in 
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import hmac
 from collections.abc import Mapping
@@ -144,7 +145,7 @@ class Authenticator:
         password = self._password(username, now)
         if password is None:
             raise self.challenge(now)
-        key = long_term_key(username, realm, password, algorithm)
+        key = _cached_key(username, realm, password, algorithm)
         if not request.verify_integrity(key):
             raise self.challenge(now)
         return Credentials(username, key, request.uses_sha256_integrity)
@@ -175,3 +176,9 @@ class Authenticator:
         if self.config.secret is not None and not rest_username_expired(username, now):
             return rest_password(self.config.secret, username)
         return None
+
+
+@functools.lru_cache(maxsize=4096)
+def _cached_key(username: str, realm: str, password: str, algorithm: int) -> bytes:
+    """Long-term keys are pure functions of their inputs; SASLprep + hash once per user."""
+    return long_term_key(username, realm, password, algorithm)
