@@ -382,7 +382,7 @@ async def test_metrics_exporter_counts_allocations_and_bytes() -> None:
 
 async def test_idle_connection_without_allocation_is_closed() -> None:
     server = ServerConfig(auth=AuthConfig(REALM, {USER: PASSWORD}), allow_peers=("127.0.0.0/8",))
-    config = RelayConfig(server=server, listen=((HOST, 0),), idle_timeout=0.2)
+    config = RelayConfig(server=server, listen=((HOST, 0),), idle_timeout=1.0)
     running = await start_relay(config)
     try:
         idle_reader, idle_writer = await asyncio.open_connection(HOST, running.turn_port)
