@@ -88,7 +88,7 @@ def main(argv: list[str]) -> int:
     quick = getattr(args, "quick", False)
     cfg = QUICK if quick else FULL
     if getattr(args, "reps", None):
-        cfg = replace(cfg, reps=args.reps, ttfb_reps=max(args.reps, 1))
+        cfg = replace(cfg, reps=args.reps, transfer_reps=args.reps, ttfb_reps=args.reps)
     install = not quick and not getattr(args, "no_install", False)
     if args.what == "setup":
         print(ensure_venv(install=True))

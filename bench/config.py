@@ -24,6 +24,7 @@ class Config:
     udp_max_packets: int
     udp_payload: int
     file_bytes: int  # case 5
+    transfer_reps: int
     transfer_max_s: float
     ttfb_reps: int  # case 6
     ttfb_max_s: float
@@ -31,7 +32,7 @@ class Config:
 
 FULL = Config(
     quick=False,
-    reps=3,
+    reps=5,
     stream_bytes=GiB,
     stream_max_s=60.0,
     many_streams=500,
@@ -43,6 +44,7 @@ FULL = Config(
     udp_max_packets=3_000_000,
     udp_payload=100,
     file_bytes=GiB,
+    transfer_reps=3,
     transfer_max_s=120.0,
     ttfb_reps=5,
     ttfb_max_s=30.0,
@@ -62,6 +64,7 @@ QUICK = Config(
     udp_max_packets=50_000,
     udp_payload=100,
     file_bytes=4 * MiB,
+    transfer_reps=1,
     transfer_max_s=8.0,
     ttfb_reps=1,
     ttfb_max_s=8.0,

@@ -7,7 +7,8 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
+from functools import partial
 
 from bench import profile
 from bench.common import MiB, NotAvailable, Row
@@ -43,33 +44,84 @@ def _listener() -> socket.socket:
     return lst
 
 
+# ---- interleaved repetitions -------------------------------------------------------------------
+
+Once = Callable[[Server, Row], None]
+
+
+def _failed(row: Row) -> bool:
+    return "not available" in row.note or "failed" in row.note
+
+
+def _start(stack: ExitStack, starter: Starter, tag: str, row: Row) -> Server | None:
+    try:
+        server = stack.enter_context(running(starter, tag))
+    except Exception as exc:  # keep going: the row says why
+        _unavailable([row], f"{type(exc).__name__}: {exc}")
+        return None
+    row.note = server.note
+    return server
+
+
+def _run_once(once: Once, server: Server, row: Row) -> None:
+    try:
+        once(server, row)
+    except Exception as exc:  # keep going: the row says why
+        _unavailable([row], f"{type(exc).__name__}: {exc}")
+
+
+def _interleaved(
+    case: str,
+    workload: str,
+    cfg: Config,
+    tag: str,
+    once: Once,
+    plain: Callable[[Row], None] | None = None,
+    fresh: bool = False,
+) -> list[Row]:
+    """Repetition k of every variant runs before repetition k+1 of any: load drifts hit all."""
+    rows = [Row(case, "plain loopback", workload, "MB/s")] if plain else []
+    variants = [(starter, Row(case, name, workload, "MB/s")) for name, starter in SERVERS]
+    rows += [row for _, row in variants]
+    with ExitStack() as stack:
+        servers = {} if fresh else {id(r): _start(stack, s, tag, r) for s, r in variants}
+        for rep in range(cfg.reps):
+            if plain is not None:
+                plain(rows[0])
+            for starter, row in variants:
+                if _failed(row):
+                    continue
+                with ExitStack() as rep_stack:
+                    if fresh:
+                        server = _start(rep_stack, starter, f"{tag}-rep{rep}", row)
+                    else:
+                        server = servers[id(row)]
+                    if server is not None:
+                        _run_once(once, server, row)
+    return rows
+
+
 # ---- case 1 ------------------------------------------------------------------------------------
 
 
 def case1(cfg: Config) -> list[Row]:
     """One big stream: plain loopback, then through a TCP allocation on each server."""
-    size = f"{cfg.stream_bytes // MiB} MiB"
-    plain = Row("1 tcp relay, 1 stream", "plain loopback", f"{size} stream", "MB/s")
-    for _ in range(cfg.reps):
+
+    def plain(row: Row) -> None:
         a, b = plain_pair()
-        res = pump_stream(a, b, cfg.stream_bytes, cfg.stream_max_s)
-        a.close()
-        b.close()
-        _record_stream(plain, res, cfg.stream_bytes)
-    rows = [plain]
-    for name, starter in SERVERS:
-        row = Row("1 tcp relay, 1 stream", name, f"{size} stream", "MB/s")
-        rows.append(row)
         try:
-            with running(starter, "case1-stream") as server:
-                row.note = server.note
-                for _ in range(cfg.reps):
-                    cpu0 = server.child.cpu()
-                    _record_stream(row, _relay_stream(server, cfg), cfg.stream_bytes)
-                    row.extra.setdefault("server_cpu_s", []).append(server.child.cpu() - cpu0)
-        except (NotAvailable, OSError, Exception) as exc:  # keep going: report, don't crash
-            _unavailable([row], f"{type(exc).__name__}: {exc}")
-    return rows
+            _record_stream(row, pump_stream(a, b, cfg.stream_bytes, cfg.stream_max_s), cfg)
+        finally:
+            a.close()
+            b.close()
+
+    def once(server: Server, row: Row) -> None:
+        cpu0 = server.child.cpu()
+        _record_stream(row, _relay_stream(server, cfg), cfg)
+        row.extra.setdefault("server_cpu_s", []).append(server.child.cpu() - cpu0)
+
+    workload = f"{cfg.stream_bytes // MiB} MiB stream"
+    return _interleaved("1 tcp relay, 1 stream", workload, cfg, "case1-stream", once, plain)
 
 
 def _relay_stream(server: Server, cfg: Config) -> StreamResult:
@@ -84,9 +136,9 @@ def _relay_stream(server: Server, cfg: Config) -> StreamResult:
         stream.close()
 
 
-def _record_stream(row: Row, res: StreamResult, total: int) -> None:
+def _record_stream(row: Row, res: StreamResult, cfg: Config) -> None:
     row.values.append(res.received / res.seconds / 1e6)
-    row.extra.setdefault("lost_bytes", []).append(total - res.received)
+    row.extra.setdefault("lost_bytes", []).append(cfg.stream_bytes - res.received)
     row.extra.setdefault("crc_ok", []).append(1.0 if res.crc_ok else 0.0)
 
 
@@ -95,9 +147,8 @@ def _record_stream(row: Row, res: StreamResult, total: int) -> None:
 
 def case2(cfg: Config) -> list[Row]:
     """Many simultaneous relayed streams: aggregate MB/s, server RSS and CPU."""
-    workload = f"{cfg.many_streams} streams x {cfg.many_bytes_each // 1024} KiB"
-    plain = Row("2 many streams", "plain loopback", workload, "MB/s")
-    for _ in range(cfg.reps):
+
+    def plain(row: Row) -> None:
         pairs = [plain_pair() for _ in range(cfg.many_streams)]
         try:
             seconds, got = pump_many(pairs, cfg.many_bytes_each, cfg.many_max_s)
@@ -105,31 +156,17 @@ def case2(cfg: Config) -> list[Row]:
             for a, b in pairs:
                 a.close()
                 b.close()
-        plain.values.append(got / seconds / 1e6)
-        plain.extra.setdefault("lost_bytes", []).append(
-            cfg.many_streams * cfg.many_bytes_each - got
-        )
-    rows = [plain]
-    for name, starter in SERVERS:
-        row = Row(
-            "2 many streams",
-            name,
-            f"{cfg.many_streams} streams x {cfg.many_bytes_each // 1024} KiB",
-            "MB/s",
-        )
-        rows.append(row)
-        try:
-            for rep in range(cfg.reps):
-                # a fresh server each time: a clean RSS baseline
-                with running(starter, f"case2-many-rep{rep}") as server:
-                    row.note = server.note
-                    _many_once(server, cfg, row)
-        except Exception as exc:
-            _unavailable([row], f"{type(exc).__name__}: {exc}")
-    return rows
+        row.values.append(got / seconds / 1e6)
+        row.extra.setdefault("lost_bytes", []).append(cfg.many_streams * cfg.many_bytes_each - got)
+
+    workload = f"{cfg.many_streams} streams x {cfg.many_bytes_each // 1024} KiB"
+    # a fresh server for every repetition: a clean RSS baseline
+    return _interleaved(
+        "2 many streams", workload, cfg, "case2-many", partial(_many_once, cfg=cfg), plain, True
+    )
 
 
-def _many_once(server: Server, cfg: Config, row: Row) -> None:
+def _many_once(server: Server, row: Row, *, cfg: Config) -> None:
     client = backend()
     time.sleep(0.2)
     rss0 = server.child.rss()
@@ -180,28 +217,18 @@ def _sample_rss(server: Server, peak: list[int], stop: threading.Event) -> None:
 
 def case3(cfg: Config) -> list[Row]:
     """Authenticated TCP allocations per second, each on a fresh control connection."""
-    rows = []
-    for name, starter in SERVERS:
-        row = Row(
-            "3 allocation rate",
-            name,
-            f"{cfg.allocs} allocs, {cfg.alloc_threads} threads",
-            "allocs/s",
-        )
-        rows.append(row)
-        try:
-            with running(starter, "case3-allocs") as server:
-                row.note = server.note
-                backend().allocate_once(server.addr)  # warm-up, and fail early
-                for _ in range(cfg.reps):
-                    _alloc_rate_once(server, cfg, row)
-        except Exception as exc:
-            _unavailable([row], f"{type(exc).__name__}: {exc}")
+    workload = f"{cfg.allocs} allocs, {cfg.alloc_threads} threads"
+    rows = _interleaved(
+        "3 allocation rate", workload, cfg, "case3-allocs", partial(_alloc_rate_once, cfg=cfg)
+    )
+    for row in rows:
+        row.unit = "allocs/s"
     return rows
 
 
-def _alloc_rate_once(server: Server, cfg: Config, row: Row) -> None:
+def _alloc_rate_once(server: Server, row: Row, *, cfg: Config) -> None:
     client = backend()
+    client.allocate_once(server.addr)  # warm-up, and fail early
 
     def one(_: int) -> None:
         client.allocate_once(server.addr)
@@ -222,21 +249,14 @@ def _alloc_rate_once(server: Server, cfg: Config, row: Row) -> None:
 
 def case4(cfg: Config) -> list[Row]:
     """UDP allocation with a channel: ChannelData packets per second that reach the peer."""
-    rows = []
-    for name, starter in SERVERS:
-        row = Row("4 udp relay", name, f"{cfg.udp_payload} B ChannelData", "kpps")
-        rows.append(row)
-        try:
-            with running(starter, "case4-udp") as server:
-                row.note = server.note
-                for _ in range(cfg.reps):
-                    _udp_once(server, cfg, row)
-        except Exception as exc:
-            _unavailable([row], f"{type(exc).__name__}: {exc}")
+    workload = f"{cfg.udp_payload} B ChannelData"
+    rows = _interleaved("4 udp relay", workload, cfg, "case4-udp", partial(_udp_once, cfg=cfg))
+    for row in rows:
+        row.unit = "kpps"
     return rows
 
 
-def _udp_once(server: Server, cfg: Config, row: Row) -> None:
+def _udp_once(server: Server, row: Row, *, cfg: Config) -> None:
     peer = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     peer.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
     peer.bind(("127.0.0.1", 0))

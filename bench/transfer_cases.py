@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass, replace
-from functools import cache
+from functools import cache, partial
 from pathlib import Path
 
 from bench import profile
@@ -208,14 +208,15 @@ def _keep_logs(name: str) -> Path:
     return dst.relative_to(OUT_DIR)
 
 
-def plain_copy(src: Path, n: int, cfg: Config) -> Transfer:
+def plain_copy(src: Path, n: int, cfg: Config, fsync: bool = False) -> Transfer:
     """The limit: one plain loopback TCP socket, sendfile(2) on one side."""
     port = free_port()
     out = _fresh_dir("plain")
+    mode = "recv-fsync" if fsync else "recv"
     py = [sys.executable, "-m", "bench.plaincopy"]
     wall, cpu, err, _ = run_pair(
         [*py, "send", str(port), str(src)],
-        [*py, "recv", str(port), str(out / src.name)],
+        [*py, mode, str(port), str(out / src.name)],
         recv_cwd=out,
         log_dir=OUT_DIR / "logs" / "plain",
         timeout=cfg.transfer_max_s,
@@ -309,6 +310,7 @@ def _variants(stack: ExitStack, rows: dict[str, Row]) -> list[tuple[str, Runner]
 
 VARIANTS5 = [
     "plain socket copy",
+    "plain socket copy + fsync",
     "ours direct",
     "ours via TURN relay",
     "wormhole direct",
@@ -323,8 +325,12 @@ def case5(cfg: Config) -> list[Row]:
     metric = f"{cfg.file_bytes // MiB} MiB file"
     rows = {v: Row("5 file transfer", v, metric, "MB/s") for v in VARIANTS5}
     with ExitStack() as stack:
-        runners = [("plain socket copy", plain_copy), *_variants(stack, rows)]
-        for rep in range(cfg.reps):
+        runners: list[tuple[str, Runner]] = [
+            ("plain socket copy", plain_copy),
+            ("plain socket copy + fsync", partial(plain_copy, fsync=True)),
+            *_variants(stack, rows),
+        ]
+        for rep in range(cfg.transfer_reps):
             for name, runner in runners:
                 _record(rows[name], runner, src, rep, cfg, mbps=True)
     return list(rows.values())
