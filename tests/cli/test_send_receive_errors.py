@@ -80,14 +80,6 @@ def test_usage_errors_exit_2(
     assert needle in _one_clean_line(outcome.stderr)
 
 
-def test_no_rendezvous_is_a_usage_error(small: Path) -> None:
-    env = env_for("")
-    del env["DELSHARE_RENDEZVOUS"]
-    outcome = finish(start(["send", str(small)], env), timeout=30)
-    assert outcome.returncode == 2
-    assert "rendezvous" in _one_clean_line(outcome.stderr)
-
-
 def test_wrong_code_fails_both_sides_with_one_line(
     env: dict[str, str], small: Path, tmp_path: Path
 ) -> None:

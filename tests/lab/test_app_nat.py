@@ -67,16 +67,17 @@ def _transfer(
     )
     receiver = lab.run("bob", [DELSHARE, "receive", "21-guitar-orbit", "-o", str(out), "--yes"],
                        **{**pipes, "env": receiver_env})  # fmt: skip
-    outcomes = []
-    for process in (receiver, sender):
-        try:
-            stdout, stderr = process.communicate(timeout=90)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            stdout, stderr = process.communicate()
-        outcomes.append(Outcome(process.returncode, stdout, stderr))
-    received, sent = outcomes
+    received, sent = (_finish(p) for p in (receiver, sender))
     return sent, received, out
+
+
+def _finish(process: subprocess.Popen[str]) -> Outcome:
+    try:
+        stdout, stderr = process.communicate(timeout=90)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        stdout, stderr = process.communicate()
+    return Outcome(process.returncode, stdout, stderr)
 
 
 def _check_arrived(sent: Outcome, received: Outcome, out: Path, payload: Path) -> None:
@@ -123,3 +124,20 @@ def test_only_the_sender_has_turn_credentials(nat_lab: Lab, tmp_path: Path, payl
     sent, received, out = _transfer(nat_lab, tmp_path, payload, receiver_turn=False)
     _check_arrived(sent, received, out, payload)
     assert received.line("connected: ") == f"connected: relay {PUB_ADDR}:{TURN_PORT}"
+
+
+def test_lan_mode_needs_no_server(lan_lab: Lab, tmp_path: Path, payload: Path) -> None:
+    """No rendezvous configured: the sender serves one and announces the nameplate."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DELSHARE_")}
+    out = tmp_path / "out"
+    out.mkdir()
+    pipes = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, "text": True, "env": env}
+    sender = lan_lab.run("alice", [DELSHARE, "send", str(payload), "--code", "23-guitar-orbit"],
+                         **pipes)  # fmt: skip
+    receiver = lan_lab.run("bob", [DELSHARE, "receive", "23-guitar-orbit", "-o", str(out), "-y"],
+                           **pipes)  # fmt: skip
+    received, sent = (_finish(p) for p in (receiver, sender))
+    _check_arrived(sent, received, out, payload)
+    assert "announcing code 23 on the local network" in sent.stderr
+    assert "found the sender on the local network: ws://10.0.1.2:" in received.stderr
+    assert received.line("connected: ").startswith("connected: direct 10.0.1.2:")

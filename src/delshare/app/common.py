@@ -25,9 +25,9 @@ class UsageProblem(DelshareError):
 
 @dataclass(frozen=True)
 class SessionOptions:
-    """Rendezvous server, link options and how long to wait for the peer to show up."""
+    """Rendezvous server (None: LAN mode), link options, how long to wait for the peer."""
 
-    rendezvous: str
+    rendezvous: str | None
     connect: ConnectOptions
     pair_timeout: float = 30.0
 

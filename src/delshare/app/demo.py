@@ -95,7 +95,8 @@ async def run_demo(
     try:
         turn_uri = f"turn:127.0.0.1:{turn.turn_port}?transport=tcp"
         connect = ConnectOptions(turn=TurnSettings(turn_uri, user, password), mode="relay")
-        session = SessionOptions(f"ws://127.0.0.1:{rendezvous.port}", connect)
+        rendezvous_url = f"ws://127.0.0.1:{rendezvous.port}"
+        session = SessionOptions(rendezvous_url, connect)
         with tempfile.TemporaryDirectory(prefix="delshare-demo-") as tmp:
             source, out = Path(tmp) / "demo.bin", Path(tmp) / "received"
             out.mkdir()
@@ -110,7 +111,7 @@ async def run_demo(
             got = await loop.run_in_executor(None, _sha256, out / "demo.bin")
         if got != expected:
             raise TransferError(f"received file differs: sha256 {got} != {expected}")
-        return DemoResult(size, got, f"127.0.0.1:{turn.turn_port}", session.rendezvous)
+        return DemoResult(size, got, f"127.0.0.1:{turn.turn_port}", rendezvous_url)
     finally:
         rendezvous.close()
         await rendezvous.wait_closed()

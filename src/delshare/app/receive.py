@@ -17,12 +17,14 @@ from delshare.app.common import (
 )
 from delshare.app.connect import connect_peer
 from delshare.app.events import (
+    NoticeIssued,
     OfferReceived,
     PeerConnected,
     Reporter,
     ResumeStarted,
     TransferFinished,
 )
+from delshare.app.lan import find_lan_rendezvous
 from delshare.app.observe import observe_file_ends
 from delshare.app.send import report_hashes, started
 from delshare.errors import PairingError
@@ -109,9 +111,11 @@ async def run_receive(
         parsed = parse_code(code)
     except PairingError as exc:
         raise UsageProblem(f"bad code: {exc}") from exc
-    async with await pair(
-        session.rendezvous, parsed, "receiver", timeout=session.pair_timeout
-    ) as p:
+    rendezvous = session.rendezvous
+    if rendezvous is None:
+        rendezvous = await find_lan_rendezvous(parsed.nameplate, session.pair_timeout)
+        report(NoticeIssued(f"found the sender on the local network: {rendezvous}"))
+    async with await pair(rendezvous, parsed, "receiver", timeout=session.pair_timeout) as p:
         connection = await connect_peer(p, "receiver", session.connect, notice_reporter(report))
     try:
         path = connection.link.path

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Sequence
 
@@ -21,6 +22,7 @@ from delshare.app.events import (
     TransferFinished,
     TransferStarted,
 )
+from delshare.app.lan import lan_rendezvous
 from delshare.app.observe import observe_file_ends
 from delshare.errors import PairingError
 from delshare.pairing import generate_code, pair, parse_code
@@ -79,8 +81,18 @@ async def run_send(
         report(NoticeIssued(f"skipping {display_name(skipped)} (not a regular file or folder)"))
     code = _checked_code(code)
     report(CodeAllocated(code))
-    async with await pair(options.rendezvous, code, "sender", timeout=options.pair_timeout) as p:
-        connection = await connect_peer(p, "sender", options.connect, notice_reporter(report))
+    async with contextlib.AsyncExitStack() as stack:
+        rendezvous = options.rendezvous
+        if rendezvous is None:
+            nameplate = parse_code(code).nameplate
+            rendezvous = await stack.enter_async_context(lan_rendezvous(nameplate))
+            report(NoticeIssued(f"no rendezvous server set: announcing code {nameplate} on the "
+                                "local network"))  # fmt: skip
+        paired = await pair(rendezvous, code, "sender", timeout=options.pair_timeout)
+        async with paired:
+            connection = await connect_peer(
+                paired, "sender", options.connect, notice_reporter(report)
+            )
     try:
         await _transfer(connection, built, report)
     finally:

@@ -50,7 +50,8 @@ def link_options(f: F) -> F:
             "--rendezvous",
             envvar="DELSHARE_RENDEZVOUS",
             metavar="URL",
-            help="Rendezvous server, e.g. ws://relay.example:4000 [DELSHARE_RENDEZVOUS]",
+            help="Rendezvous server, e.g. ws://relay.example:4000; without one the sender "
+            "serves it and announces the code number on the local network [DELSHARE_RENDEZVOUS]",
         ),
         click.option(
             "--turn",
@@ -103,11 +104,7 @@ def session_options(kwargs: dict[str, Any], pair_timeout: float) -> SessionOptio
     """Validate the shared options; UsageProblem on contradictions or missing servers."""
     if kwargs["direct_only"] and kwargs["relay_only"]:
         raise UsageProblem("--direct-only and --relay-only exclude each other")
-    rendezvous = kwargs["rendezvous"]
-    if not rendezvous:
-        raise UsageProblem(
-            "no rendezvous server: pass --rendezvous ws://HOST:PORT or set DELSHARE_RENDEZVOUS"
-        )
+    rendezvous = kwargs["rendezvous"] or None  # None: zero-config LAN mode
     mode: Mode = "direct" if kwargs["direct_only"] else "relay" if kwargs["relay_only"] else "any"
     turn = _turn_settings(
         kwargs["turn"], kwargs["turn_user"], kwargs["turn_password"], kwargs["turn_secret"]
