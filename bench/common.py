@@ -70,6 +70,19 @@ def wait_port(
     raise NotAvailable(f"nothing listens on 127.0.0.1:{port} after {timeout} s")
 
 
+def host_cpu() -> tuple[int, int]:
+    """(busy, total) jiffies of all cores, from /proc/stat."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    return sum(fields) - idle, sum(fields)
+
+
+def host_busy_cores(before: tuple[int, int], after: tuple[int, int]) -> float:
+    """How many cores were busy on average between two ``host_cpu()`` readings."""
+    busy, total = after[0] - before[0], after[1] - before[1]
+    return (os.cpu_count() or 1) * busy / max(total, 1)
+
+
 def cpu_seconds(pid: int) -> float:
     """utime + stime of a process (and its reaped children), from /proc/PID/stat."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()

@@ -18,6 +18,8 @@ import zlib
 from dataclasses import dataclass
 from functools import cache
 
+from bench.common import host_busy_cores, host_cpu
+
 BLOCK = 1 << 20
 _PATTERN = bytes((i * 131 + 7) % 251 for i in range(BLOCK))
 
@@ -40,6 +42,7 @@ class StreamResult:
     seconds: float
     received: int
     crc_ok: bool
+    host_busy_cores: float = 0.0  # all processes on the machine, during the stream
 
 
 def send_all(sock: socket.socket, total: int, block: int = BLOCK) -> None:
@@ -83,13 +86,14 @@ def pump_stream(
         target=lambda: out.append(receive_all(receiver, total, 10.0, deadline)), daemon=True
     )
     thread.start()
-    start = time.perf_counter()
+    start, host0 = time.perf_counter(), host_cpu()
     with contextlib.suppress(OSError):
         send_all(sender, total)
     thread.join(max_seconds + 15.0)
+    busy = host_busy_cores(host0, host_cpu())
     got, crc, done_at = out[0] if out else (0, 0, start)
     ok = got == total and crc == expected_crc(total)
-    return StreamResult(max(done_at - start, 1e-9), got, ok)
+    return StreamResult(max(done_at - start, 1e-9), got, ok, busy)
 
 
 def plain_pair() -> tuple[socket.socket, socket.socket]:

@@ -140,6 +140,7 @@ def _record_stream(row: Row, res: StreamResult, cfg: Config) -> None:
     row.values.append(res.received / res.seconds / 1e6)
     row.extra.setdefault("lost_bytes", []).append(cfg.stream_bytes - res.received)
     row.extra.setdefault("crc_ok", []).append(1.0 if res.crc_ok else 0.0)
+    row.extra.setdefault("host_busy_cores", []).append(res.host_busy_cores)
 
 
 # ---- case 2 ------------------------------------------------------------------------------------
