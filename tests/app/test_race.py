@@ -242,3 +242,11 @@ async def test_peer_dials_the_relayed_address_of_the_only_allocation(
     owner, dialer = (x, y) if relayed_side == "sender" else (y, x)
     assert owner.via_own_allocation and not dialer.via_own_allocation
     await _exchange(x, y)
+
+
+def test_a_named_turn_server_wins_over_a_bare_relayed_address() -> None:
+    bare = LinkPath("relay", "203.0.113.1:50000", labelled=False)
+    named = LinkPath("relay", "203.0.113.1:3478")
+    assert bare.merged(named) == named
+    assert named.merged(bare) == named
+    assert bare.merged(LinkPath("direct", "x")) == bare

@@ -15,7 +15,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.app.harness import DELSHARE, TURN_PASSWORD, TURN_USER, Outcome, env_for, sha256_file
+from tests.app.harness import (
+    DELSHARE,
+    TURN_PASSWORD,
+    TURN_USER,
+    Outcome,
+    env_for,
+    sha256_file,
+)
 from tests.lab.netns import PUB_ADDR, Lab
 
 pytestmark = pytest.mark.netns
@@ -141,3 +148,45 @@ def test_lan_mode_needs_no_server(lan_lab: Lab, tmp_path: Path, payload: Path) -
     assert "announcing code 23 on the local network" in sent.stderr
     assert "found the sender on the local network: ws://10.0.1.2:" in received.stderr
     assert received.line("connected: ").startswith("connected: direct 10.0.1.2:")
+
+
+def _ticket_transfer(
+    lab: Lab, tmp_path: Path, payload: Path, listen_flags: list[str]
+) -> tuple[Outcome, Outcome, Path]:
+    """``receive --listen`` in bob prints a ticket; ``send --to TICKET`` in alice uses it."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DELSHARE_")}
+    out = tmp_path / "out"
+    out.mkdir()
+    pipes = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, "text": True, "env": env}
+    receiver = lab.run("bob", [DELSHARE, "receive", "--listen", "-o", str(out), "-y",
+                               *listen_flags], **pipes)  # fmt: skip
+    assert receiver.stdout is not None
+    first = receiver.stdout.readline()
+    assert first.startswith("ticket: del1"), first + (
+        receiver.stderr.read() if receiver.stderr else ""
+    )
+    ticket = first.split()[1]
+    sender = lab.run("alice", [DELSHARE, "send", str(payload)], **{**pipes, "env": {
+        **env, "DELSHARE_TICKET": ticket}})  # fmt: skip
+    received, sent = (_finish(p) for p in (receiver, sender))
+    received = Outcome(received.returncode, first + received.stdout, received.stderr)
+    return sent, received, out
+
+
+def test_manual_ticket_flow_direct_on_a_lan(lan_lab: Lab, tmp_path: Path, payload: Path) -> None:
+    sent, received, out = _ticket_transfer(lan_lab, tmp_path, payload, [])
+    _check_arrived(sent, received, out, payload)
+    assert sent.line("connected: ").startswith("connected: direct 10.0.1.3:")
+
+
+def test_manual_ticket_flow_through_the_relay_with_permit(
+    nat_lab: Lab, tmp_path: Path, payload: Path
+) -> None:
+    _start_relay(nat_lab, tmp_path / "relay.log")
+    turn = ["--turn", f"turn:{PUB_ADDR}:{TURN_PORT}", "--turn-user", TURN_USER,
+            "--turn-password", TURN_PASSWORD]  # fmt: skip
+    permit = ["--permit", nat_lab.public_addr("alice")]
+    sent, received, out = _ticket_transfer(nat_lab, tmp_path, payload, [*turn, *permit])
+    _check_arrived(sent, received, out, payload)
+    assert received.line("connected: ") == f"connected: relay {PUB_ADDR}:{TURN_PORT}"
+    assert sent.line("connected: ") == f"connected: relay {PUB_ADDR}:{TURN_PORT}"

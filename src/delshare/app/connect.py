@@ -99,13 +99,16 @@ def _ignore(text: str) -> None:
     pass
 
 
-async def gather(options: ConnectOptions, notice: Notice = _ignore) -> Gathered:
+async def gather(
+    options: ConnectOptions, notice: Notice = _ignore, *, listen: bool = True
+) -> Gathered:
     """Listener and host candidates, allocation, server-reflexive address, as the mode allows.
 
     Without ``--relay-only`` an unusable TURN server is reported through ``notice`` and the
-    session goes on with direct paths only.
+    session goes on with direct paths only. ``listen=False``: no listener (a side that only
+    dials, e.g. ``send --to``).
     """
-    listener = await start_listener() if options.mode != "relay" else None
+    listener = await start_listener() if options.mode != "relay" and listen else None
     gathered = Gathered(listener, None, [])
     try:
         if listener is not None:

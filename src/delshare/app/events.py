@@ -20,6 +20,7 @@ __all__ = [
     "ProgressUpdated",
     "Reporter",
     "ResumeStarted",
+    "TicketIssued",
     "TransferFinished",
     "TransferStarted",
 ]
@@ -30,6 +31,13 @@ class CodeAllocated:
     """The sender's pairing code, to pass to the receiver."""
 
     code: str
+
+
+@dataclass(frozen=True, slots=True)
+class TicketIssued:
+    """``receive --listen``: the one-token ticket to pass to ``send --to``."""
+
+    ticket: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,6 +117,7 @@ class NoticeIssued:
 
 Event = (
     CodeAllocated
+    | TicketIssued
     | PeerConnected
     | OfferReceived
     | TransferStarted

@@ -15,7 +15,7 @@ from delshare.app.common import (
     notice_reporter,
     progress_reporter,
 )
-from delshare.app.connect import connect_peer
+from delshare.app.connect import Connection, connect_peer
 from delshare.app.events import (
     NoticeIssued,
     OfferReceived,
@@ -34,7 +34,7 @@ from delshare.transfer.errors import DestinationExistsError
 from delshare.transfer.manifest import Manifest, display_name
 from delshare.transfer.receiver import ReceiveStats, receive_files
 
-__all__ = ["Ask", "ReceiveOptions", "run_receive"]
+__all__ = ["Ask", "ReceiveOptions", "check_output", "receive_over", "run_receive"]
 
 Ask = Callable[[OfferReceived], Awaitable[bool]]
 """Asks the user whether to accept an offer (not called with ``--yes``)."""
@@ -94,6 +94,12 @@ def _offer_event(manifest: Manifest) -> OfferReceived:
     return OfferReceived(manifest.file_count, manifest.total_bytes, names)
 
 
+def check_output(options: ReceiveOptions) -> None:
+    """UsageProblem unless the output folder exists (checked before contacting anyone)."""
+    if not os.path.isdir(options.output):
+        raise UsageProblem(f"output folder {display_name(options.output)!r} does not exist")
+
+
 async def run_receive(
     code: str,
     session: SessionOptions,
@@ -105,8 +111,7 @@ async def run_receive(
 
     Raises UsageProblem before contacting anyone, then PairingError, LinkError, TransferError.
     """
-    if not os.path.isdir(options.output):  # noqa: ASYNC240 (one stat before any wait)
-        raise UsageProblem(f"output folder {display_name(options.output)!r} does not exist")
+    check_output(options)
     try:
         parsed = parse_code(code)
     except PairingError as exc:
@@ -117,6 +122,13 @@ async def run_receive(
         report(NoticeIssued(f"found the sender on the local network: {rendezvous}"))
     async with await pair(rendezvous, parsed, "receiver", timeout=session.pair_timeout) as p:
         connection = await connect_peer(p, "receiver", session.connect, notice_reporter(report))
+    await receive_over(connection, options, report, ask)
+
+
+async def receive_over(
+    connection: Connection, options: ReceiveOptions, report: Reporter, ask: Ask
+) -> None:
+    """Report the path, receive one offer over the connection's link, report hashes; close."""
     try:
         path = connection.link.path
         report(PeerConnected(path.kind, path.address))

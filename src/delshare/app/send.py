@@ -30,10 +30,11 @@ from delshare.transfer.errors import ManifestError
 from delshare.transfer.manifest import BuiltManifest, Manifest, build_manifest, display_name
 from delshare.transfer.sender import send_files
 
-__all__ = ["run_send"]
+__all__ = ["build", "run_send", "send_over"]
 
 
-def _build(paths: Sequence[str]) -> BuiltManifest:
+def build(paths: Sequence[str]) -> BuiltManifest:
+    """The manifest of what to send; UsageProblem if the inputs cannot be sent."""
     if not paths:
         raise UsageProblem("nothing to send: give at least one file or folder")
     try:
@@ -76,7 +77,7 @@ async def run_send(
 
     Raises UsageProblem before anything is sent, PairingError, LinkError or TransferError later.
     """
-    built = _build(paths)
+    built = build(paths)
     for skipped in built.skipped:
         report(NoticeIssued(f"skipping {display_name(skipped)} (not a regular file or folder)"))
     code = _checked_code(code)
@@ -94,12 +95,13 @@ async def run_send(
                 paired, "sender", options.connect, notice_reporter(report)
             )
     try:
-        await _transfer(connection, built, report)
+        await send_over(connection, built, report)
     finally:
         await connection.close()
 
 
-async def _transfer(connection: Connection, built: BuiltManifest, report: Reporter) -> None:
+async def send_over(connection: Connection, built: BuiltManifest, report: Reporter) -> None:
+    """Report the path, send ``built`` over the connection's link, report the hashes."""
     path = connection.link.path
     report(PeerConnected(path.kind, path.address))
     hashes: dict[int, bytes] = {}

@@ -26,6 +26,7 @@ from delshare.app.common import (
     exit_code_for,
 )
 from delshare.app.connect import ConnectOptions
+from delshare.app.manual import run_send_to
 from delshare.app.send import run_send
 from delshare.cli.ui import Ui, pick_style
 from delshare.errors import DelshareError
@@ -165,17 +166,29 @@ def run_app(make: Callable[[], Coroutine[Any, Any, None]], ui: Ui) -> int:
     metavar="CODE",
     help="Use this code instead of a random one [DELSHARE_CODE]",
 )
+@click.option(
+    "--to",
+    "ticket",
+    envvar="DELSHARE_TICKET",
+    metavar="TICKET",
+    help="Send to the receiver that printed this ticket (`receive --listen`) [DELSHARE_TICKET]",
+)
 @link_options
-def send(paths: tuple[str, ...], code: str | None, **kwargs: Any) -> None:
+def send(paths: tuple[str, ...], code: str | None, ticket: str | None, **kwargs: Any) -> None:
     """Send files and folders; prints a code for `delshare receive`.
 
     Prints `code: CODE`, then `connected: direct ADDRESS` or `connected: relay TURN-SERVER`,
-    one `verified: sha256 HEX NAME` line per file and a `done:` line.
+    one `verified: sha256 HEX NAME` line per file and a `done:` line. With `--to TICKET` no
+    code and no rendezvous are used.
     """
     ui = Ui(pick_style(kwargs["json_output"]))
     try:
+        if code and ticket:
+            raise UsageProblem("--code and --to exclude each other")
         options = session_options(kwargs, SENDER_WAIT)
     except UsageProblem as exc:
         ui.error(str(exc), EXIT_USAGE)
         raise SystemExit(EXIT_USAGE) from None
+    if ticket:
+        raise SystemExit(run_app(lambda: run_send_to(paths, ticket, options, ui), ui))
     raise SystemExit(run_app(lambda: run_send(paths, code, options, ui), ui))

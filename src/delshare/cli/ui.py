@@ -37,6 +37,7 @@ from delshare.app.events import (
     PeerConnected,
     ProgressUpdated,
     ResumeStarted,
+    TicketIssued,
     TransferFinished,
     TransferStarted,
 )
@@ -67,6 +68,8 @@ def key_line(event: Event) -> str | None:
     match event:
         case CodeAllocated(code):
             return f"code: {code}"
+        case TicketIssued(ticket):
+            return f"ticket: {ticket}"
         case PeerConnected():
             return event.line
         case FileVerified(name, _size, sha256):
@@ -86,6 +89,7 @@ def json_object(event: Event) -> dict[str, object]:
     """The ``--json`` form of an event."""
     name = {
         CodeAllocated: "code",
+        TicketIssued: "ticket",
         PeerConnected: "connected",
         OfferReceived: "offer",
         TransferStarted: "started",

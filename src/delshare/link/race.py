@@ -79,6 +79,8 @@ class LinkPath:
 
     kind: Literal["direct", "relay"]
     address: str
+    labelled: bool = field(default=True, compare=False)
+    """False for a relayed path known only by its relayed address, not by its TURN server."""
 
     def line(self) -> str:
         """The one line both sides print, e.g. ``connected: relay 203.0.113.5:3478``."""
@@ -97,8 +99,9 @@ class LinkPath:
         return cls(obj["kind"], address)
 
     def merged(self, peer: LinkPath) -> LinkPath:
-        """Our view corrected by the peer's: relayed if either side used a relay."""
-        if self.kind == "relay" or peer.kind == "direct":
+        """Our view corrected by the peer's: relayed if either side used a relay; a named TURN
+        server rather than a bare relayed address."""
+        if (self.kind == "relay" and self.labelled) or peer.kind == "direct":
             return self
         return peer
 
@@ -219,7 +222,7 @@ class _Racer:
             await asyncio.wait_for(self.relay_go.wait(), self.config.relay_delay)
         relayed = [c for c in self.peer if c.kind == "relay"]
         for candidate in relayed:
-            path = LinkPath("relay", candidate.server or str(candidate))
+            path = LinkPath("relay", candidate.server or str(candidate), bool(candidate.server))
             self.spawn(self._attempt(self._dial(candidate), path, False))
         if allocation is None:
             return

@@ -1,0 +1,81 @@
+"""The manual flow: ``receive --listen`` prints a ticket, ``send --to TICKET`` connects to it.
+
+No rendezvous and no code: the ticket (:mod:`delshare.link.ticket`) carries the receiver's
+candidates and a one-time key. The receiver gathers as usual (listener, TURN allocation),
+permits the ``--permit`` IPs on its allocation (it cannot learn the sender's address any other
+way), prints ``ticket: ...`` and waits for the sender's race; the sender races to the ticket's
+addresses. Both prove knowledge of the ticket key in the record handshake.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import replace
+
+from delshare.app.common import SessionOptions, UsageProblem, notice_reporter
+from delshare.app.connect import LINK_KEY_PURPOSE, Gathered, gather, race_gathered
+from delshare.app.events import NoticeIssued, Reporter, TicketIssued
+from delshare.app.receive import Ask, ReceiveOptions, check_output, receive_over
+from delshare.app.send import build, send_over
+from delshare.errors import PairingError
+from delshare.link.candidates import Candidate, CandidateError
+from delshare.link.ticket import MAX_ADDRESSES, Ticket, TicketAddress, parse_ticket
+from delshare.pairing import derive_key
+
+__all__ = ["LISTEN_WAIT", "run_listen", "run_send_to"]
+
+LISTEN_WAIT = 3600.0  # how long ``receive --listen`` waits for the sender
+
+
+def _ticket_for(gathered: Gathered) -> Ticket:
+    addresses = [TicketAddress(c.kind, c.host, c.port) for c in gathered.candidates]
+    return Ticket(tuple(addresses[:MAX_ADDRESSES]))
+
+
+async def run_listen(
+    session: SessionOptions,
+    options: ReceiveOptions,
+    permit: Sequence[str],
+    report: Reporter,
+    ask: Ask,
+) -> None:
+    """Print a ticket, wait for the sender holding it, receive its offer."""
+    check_output(options)
+    gathered = await gather(session.connect, notice_reporter(report))
+    try:
+        if permit and gathered.relay is None:
+            raise UsageProblem("--permit needs a TURN server (--turn) to permit on")
+        if gathered.relay is not None and permit:
+            for ip in await gathered.relay.permit(list(permit)):
+                report(NoticeIssued(f"the TURN server refused a permission for {ip}"))
+        ticket = _ticket_for(gathered)
+    except BaseException:
+        await gathered.close()
+        raise
+    report(TicketIssued(ticket.encode()))
+    key = derive_key(ticket.key, LINK_KEY_PURPOSE)
+    connect = replace(session.connect, total_timeout=LISTEN_WAIT)
+    connection = await race_gathered(gathered, key, "receiver", connect.mode, [], connect)
+    await receive_over(connection, options, report, ask)
+
+
+async def run_send_to(paths: Sequence[str], ticket_text: str, session: SessionOptions,
+                      report: Reporter) -> None:  # fmt: skip
+    """Send ``paths`` to the receiver that printed ``ticket_text``."""
+    built = build(paths)
+    try:
+        ticket = parse_ticket(ticket_text)
+    except PairingError as exc:
+        raise UsageProblem(str(exc)) from exc
+    try:
+        peer = [Candidate.from_wire(vars(a)) for a in ticket.addresses]
+    except CandidateError as exc:
+        raise UsageProblem(f"bad ticket: {exc}") from exc
+    options = session.connect
+    gathered = await gather(options, notice_reporter(report), listen=False)
+    key = derive_key(ticket.key, LINK_KEY_PURPOSE)
+    connection = await race_gathered(gathered, key, "sender", options.mode, peer, options)
+    try:
+        await send_over(connection, built, report)
+    finally:
+        await connection.close()
