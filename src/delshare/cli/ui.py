@@ -150,6 +150,9 @@ class Ui:
             case CodeAllocated(code):
                 self.print(f"code: {code}")
                 self.print(f"On the other device run:  delshare receive {code}")
+            case TicketIssued(ticket):
+                self.print(f"ticket: {ticket}")
+                self.print("On the sending device run:  delshare send PATH... --to TICKET")
             case OfferReceived(files, total, names):
                 shown = ", ".join(names[:3]) + (" ..." if len(names) > 3 else "")
                 self.print(f"offer: {files} file{'s' * (files != 1)}, {human_size(total)}: {shown}")
