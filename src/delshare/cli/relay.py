@@ -162,9 +162,9 @@ class OneLineErrors(click.Command):
               show_default=True, help="RFC 6062 connections per TCP allocation.")  # fmt: skip
 @click.option("--max-pending-connections", type=click.IntRange(1), default=256,
               show_default=True, help="RFC 6062 connections not yet bound, in total.")  # fmt: skip
-@click.option("--max-lifetime", type=click.IntRange(60), default=3600, show_default=True,
-              help="Longest allocation lifetime in seconds.")  # fmt: skip
-@click.option("--nonce-lifetime", type=click.IntRange(10), default=600, show_default=True,
+@click.option("--max-lifetime", type=click.IntRange(1), default=3600, show_default=True,
+              help="Longest allocation lifetime, seconds (short ones are for tests).")  # fmt: skip
+@click.option("--nonce-lifetime", type=click.IntRange(1), default=600, show_default=True,
               help="Seconds before a nonce goes stale (438).")  # fmt: skip
 @click.option(
     "--rendezvous-listen",
