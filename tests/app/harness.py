@@ -192,7 +192,7 @@ def finish(
     except subprocess.TimeoutExpired:
         process.kill()
         out, err = process.communicate()
-        raise AssertionError(f"{process.args} timed out:\n{out}\n{err}") from None
+        raise AssertionError(f"{process.args!r} timed out:\n{out}\n{err}") from None
     return Outcome(process.returncode, out, err)
 
 

@@ -127,7 +127,7 @@ def test_code_from_environment_and_json_events(
     receiver = start(["receive", "-o", str(out), "--yes", "--json"], env)
     received, sent = finish(receiver, 60), finish(sender, 60)
     assert (sent.returncode, received.returncode) == (0, 0), sent.stderr + received.stderr
-    assert "13-guitar-orbit" not in " ".join(map(str, receiver.args))
+    assert "13-guitar-orbit" not in repr(receiver.args)
     events = [json.loads(line) for line in received.stdout.splitlines()]
     kinds = [e["event"] for e in events]
     assert kinds[0] == "connected" and kinds[-1] == "done"
