@@ -231,3 +231,23 @@ def test_unusable_turn_server_falls_back_to_direct_unless_relay_only(
     received, sent = finish(receiver, 60), finish(sender, 60)
     assert (sent.returncode, received.returncode) == (1, 1)
     assert "TURN server 127.0.0.1:" in _one_clean_line(received.stderr)
+
+
+def test_interrupt_at_the_confirmation_prompt_exits_4(
+    env: dict[str, str], small: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    sender = start(["send", str(small), "--code", "24-guitar-orbit"], env)
+    receiver = start(["receive", "24-guitar-orbit", "-o", str(out)], env, stdin=subprocess.PIPE)
+    assert receiver.stdout is not None
+    assert receiver.stdout.readline().startswith("connected: ")
+    time.sleep(0.5)  # the offer arrives and the prompt blocks on stdin; the signal works anyway
+    receiver.send_signal(signal.SIGINT)
+    receiver.wait(15)  # stdin stays open: only the interrupt can end it
+    received = finish(receiver, 5)
+    finish(sender, 30)
+    assert received.returncode == 4
+    assert received.stderr.rstrip().endswith("error: interrupted")
+    assert "Traceback" not in received.stderr
+    assert list(out.iterdir()) == []

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
+import os
+import sys
+import threading
 from typing import Any
 
 import click
@@ -11,7 +15,7 @@ import click
 from delshare.app.common import EXIT_USAGE, UsageProblem
 from delshare.app.events import OfferReceived
 from delshare.app.manual import run_listen
-from delshare.app.receive import ReceiveOptions, run_receive
+from delshare.app.receive import Ask, ReceiveOptions, run_receive
 from delshare.cli.send import EXIT_CODES_HELP, link_options, run_app, session_options
 from delshare.cli.ui import Ui, human_size, pick_style
 
@@ -20,17 +24,41 @@ __all__ = ["receive"]
 RECEIVER_WAIT = 30.0
 
 
-def _asker(ui: Ui) -> Any:
+def _settle(future: asyncio.Future[bool], value: bool) -> None:
+    if not future.done():
+        future.set_result(value)
+
+
+def _read_answer() -> bool:
+    """One line from fd 0, unbuffered: a thread blocked here holds no lock at exit."""
+    line = b""
+    while not line.endswith(b"\n"):
+        try:
+            chunk = os.read(0, 1)
+        except OSError:
+            return False
+        if not chunk:
+            break
+        line += chunk
+    return line.strip().lower() in (b"y", b"yes")
+
+
+def _asker(ui: Ui) -> Ask:
     async def ask(offer: OfferReceived) -> bool:
-        question = f"Accept {offer.files} file(s), {human_size(offer.total)}?"
+        question = f"Accept {offer.files} file(s), {human_size(offer.total)}? [y/N]: "
+        loop = asyncio.get_running_loop()
+        answer: asyncio.Future[bool] = loop.create_future()
 
-        def prompt() -> bool:
-            try:
-                return bool(click.confirm(question, default=False, err=True))
-            except click.Abort:
-                return False
+        def prompt() -> None:
+            sys.stderr.write(question)
+            sys.stderr.flush()
+            result = _read_answer()
+            with contextlib.suppress(RuntimeError):  # the loop is gone (interrupted)
+                loop.call_soon_threadsafe(_settle, answer, result)
 
-        return await asyncio.get_running_loop().run_in_executor(None, prompt)
+        # A daemon thread, not the loop's executor: Ctrl-C must not wait for a blocked stdin.
+        threading.Thread(target=prompt, name="delshare-confirm", daemon=True).start()
+        return await answer
 
     return ask
 
