@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.timeout(300)  # the whole quick run happens in the first test's setup
+
 REPO = Path(__file__).resolve().parents[2]
 WORMHOLE_READY = (REPO / "bench" / ".venv-wormhole" / "bin" / "wormhole").exists()
 
