@@ -5,7 +5,6 @@ from __future__ import annotations
 import click
 
 from delshare.app.common import EXIT_OK
-from delshare.app.demo import run_demo
 from delshare.cli.send import run_app
 from delshare.cli.ui import Ui, human_size, pick_style
 
@@ -26,6 +25,8 @@ def demo(size: int) -> None:
     receiver = Ui(pick_style(False), label="receive: ")
     sender = Ui("plain", label="send:    ")
     result_lines: list[str] = []
+
+    from delshare.app.demo import run_demo  # the embedded relay: loaded only for the demo
 
     async def main() -> None:
         receiver.print(
