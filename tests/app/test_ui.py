@@ -90,3 +90,14 @@ def test_rich_shows_bars_and_key_lines() -> None:
 )
 def test_human_size(size: int, text: str) -> None:
     assert human_size(size) == text
+
+
+def test_rich_lists_a_bounded_number_of_hashes() -> None:
+    out = io.StringIO()
+    ui = Ui("rich", out=out)
+    for n in range(25):
+        ui(FileVerified(f"f{n}", 1, HEX))
+    ui(TransferFinished(25, 25, 25, 1.0))
+    text = out.getvalue()
+    assert text.count("verified: sha256") == 20
+    assert "verified: 5 more file(s)" in text

@@ -45,6 +45,7 @@ from delshare.app.events import (
 __all__ = ["Style", "Ui", "human_size", "pick_style"]
 
 Style = Literal["rich", "plain", "json"]
+RICH_VERIFIED_LINES = 20  # on a terminal; plain and JSON output list every file
 
 
 def human_size(n: float) -> str:
@@ -117,6 +118,7 @@ class Ui:
         self._plan: TransferStarted | None = None
         self._positions: dict[int, int] = {}
         self._current = -1
+        self._verified = 0
 
     def __call__(self, event: Event) -> None:
         if self.style == "json":
@@ -160,8 +162,16 @@ class Ui:
                 self._start_bars(event)
             case ProgressUpdated(index, file_done, total_done):
                 self._advance(index, file_done, total_done)
-            case TransferFinished() | FileVerified():
+            case FileVerified():
                 self._stop_bars()
+                self._verified += 1
+                if self._verified <= RICH_VERIFIED_LINES:
+                    self.print(key_line(event) or "")
+            case TransferFinished():
+                self._stop_bars()
+                hidden = self._verified - RICH_VERIFIED_LINES
+                if hidden > 0:
+                    self.print(f"verified: {hidden} more file(s) (--json lists every hash)")
                 self.print(key_line(event) or "")
             case NoticeIssued(text):
                 self.print(text)
