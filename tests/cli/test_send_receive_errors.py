@@ -251,3 +251,13 @@ def test_interrupt_at_the_confirmation_prompt_exits_4(
     assert received.stderr.rstrip().endswith("error: interrupted")
     assert "Traceback" not in received.stderr
     assert list(out.iterdir()) == []
+
+
+def test_a_broken_relay_only_setup_fails_before_any_receiver(
+    relay: RelayProcess, small: Path
+) -> None:
+    """Gathering runs alongside pairing: a dead TURN server is reported without a peer."""
+    env = env_for(relay.rendezvous, f"turn:127.0.0.1:{free_port('tcp')}?transport=tcp")
+    outcome = finish(start(["send", str(small), "--relay-only"], env), 30)
+    assert outcome.returncode == 1
+    assert "TURN server 127.0.0.1:" in _one_clean_line(outcome.stderr)

@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from delshare.aio.client import stun_binding
 from delshare.errors import DelshareError, PairingError
@@ -44,9 +44,11 @@ __all__ = [
     "Gathered",
     "connect_peer",
     "gather",
+    "pair_and_gather",
     "race_gathered",
 ]
 
+T = TypeVar("T")
 LINK_KEY_PURPOSE = b"delshare/link/v1"
 PROTOCOL_VERSION = 1
 REFLEXIVE_TIMEOUT = 5.0
@@ -225,11 +227,45 @@ async def race_gathered(
     return Connection(winner, gathered.relay)
 
 
+async def pair_and_gather(
+    pairing: Awaitable[PairedChannel], options: ConnectOptions, notice: Notice = _ignore
+) -> tuple[PairedChannel, Gathered]:
+    """Pair and gather at the same time (the TURN allocation takes round trips too).
+
+    If either fails, the other is cancelled or closed and the failure is raised at once.
+    """
+    pairing_task = asyncio.ensure_future(pairing)
+    gathering = asyncio.ensure_future(gather(options, notice))
+    try:
+        await asyncio.wait({pairing_task, gathering}, return_when=asyncio.FIRST_EXCEPTION)
+        return await pairing_task, await gathering
+    except BaseException:
+        await _discard(pairing_task, lambda paired: paired.close())
+        await _discard(gathering, lambda gathered: gathered.close())
+        raise
+
+
+async def _discard(task: asyncio.Future[T], close: Callable[[T], Awaitable[None]]) -> None:
+    """Cancel ``task``, or close what it produced."""
+    task.cancel()
+    with contextlib.suppress(BaseException):
+        result = await task
+        await close(result)
+
+
 async def connect_peer(
-    paired: PairedChannel, role: Role, options: ConnectOptions, notice: Notice = _ignore
+    paired: PairedChannel,
+    role: Role,
+    options: ConnectOptions,
+    notice: Notice = _ignore,
+    gathered: Gathered | None = None,
 ) -> Connection:
-    """Exchange candidates over ``paired`` and race to one authenticated link."""
-    gathered = await gather(options, notice)
+    """Exchange candidates over ``paired`` and race to one authenticated link.
+
+    ``gathered``: endpoints from :func:`pair_and_gather`; gathered here when missing.
+    """
+    if gathered is None:
+        gathered = await gather(options, notice)
     try:
         await paired.send(_candidates_message(gathered, options.mode))
         peer_mode, peer = _parse_peer(await _expect(paired, "candidates"))

@@ -15,7 +15,7 @@ from delshare.app.common import (
     notice_reporter,
     progress_reporter,
 )
-from delshare.app.connect import Connection, connect_peer
+from delshare.app.connect import Connection, connect_peer, pair_and_gather
 from delshare.app.events import (
     NoticeIssued,
     OfferReceived,
@@ -120,8 +120,11 @@ async def run_receive(
     if rendezvous is None:
         rendezvous = await find_lan_rendezvous(parsed.nameplate, session.pair_timeout)
         report(NoticeIssued(f"found the sender on the local network: {rendezvous}"))
-    async with await pair(rendezvous, parsed, "receiver", timeout=session.pair_timeout) as p:
-        connection = await connect_peer(p, "receiver", session.connect, notice_reporter(report))
+    notice = notice_reporter(report)
+    pairing = pair(rendezvous, parsed, "receiver", timeout=session.pair_timeout)
+    paired, gathered = await pair_and_gather(pairing, session.connect, notice)
+    async with paired:
+        connection = await connect_peer(paired, "receiver", session.connect, notice, gathered)
     await receive_over(connection, options, report, ask)
 
 

@@ -12,7 +12,7 @@ from delshare.app.common import (
     notice_reporter,
     progress_reporter,
 )
-from delshare.app.connect import Connection, connect_peer
+from delshare.app.connect import Connection, connect_peer, pair_and_gather
 from delshare.app.events import (
     CodeAllocated,
     FileVerified,
@@ -89,11 +89,11 @@ async def run_send(
             rendezvous = await stack.enter_async_context(lan_rendezvous(nameplate))
             report(NoticeIssued(f"no rendezvous server set: announcing code {nameplate} on the "
                                 "local network"))  # fmt: skip
-        paired = await pair(rendezvous, code, "sender", timeout=options.pair_timeout)
+        notice = notice_reporter(report)
+        pairing = pair(rendezvous, code, "sender", timeout=options.pair_timeout)
+        paired, gathered = await pair_and_gather(pairing, options.connect, notice)
         async with paired:
-            connection = await connect_peer(
-                paired, "sender", options.connect, notice_reporter(report)
-            )
+            connection = await connect_peer(paired, "sender", options.connect, notice, gathered)
     try:
         await send_over(connection, built, report)
     finally:
