@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import time
+from asyncio.subprocess import PIPE
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 
 import pytest
@@ -32,10 +33,14 @@ BEAT = 0.2  # node heartbeat in these tests: a crashed node's sides lapse after 
 
 NODE_SCRIPT = """
 import asyncio, sys
+from delshare.pairing.mailbox import MailboxLimits
 from delshare.pairing.server import serve_rendezvous
 
 async def main():
-    server = await serve_rendezvous("127.0.0.1", 0, redis_url=sys.argv[1], sweep_interval=0.2)
+    limits = MailboxLimits(max_age=float(sys.argv[2]))
+    server = await serve_rendezvous(
+        "127.0.0.1", 0, limits=limits, redis_url=sys.argv[1], sweep_interval=0.2
+    )
     print(server.port, flush=True)
     await asyncio.sleep(60)
 
@@ -101,7 +106,7 @@ async def node(redis_url: str, db: Redis) -> AsyncIterator[Node]:
     yield start
     for server in started:
         server.close()
-        await server.wait_closed()
+        await asyncio.wait_for(server.wait_closed(), WAIT)
     assert await db.keys("del:*") == []  # closed nodes leave nothing behind
 
 
@@ -126,7 +131,8 @@ def _exists(db: Redis, key: str, wanted: bool = True) -> Callable[[], Awaitable[
 
 
 async def _mailbox_keys(db: Redis) -> list[str]:
-    return sorted(k for k in await db.keys("del:*") if not k.startswith("del:node:"))
+    keys = [str(key) for key in await db.keys("del:*")]
+    return sorted(key for key in keys if not key.startswith("del:node:"))
 
 
 async def _pair_across(a: RendezvousServer, b: RendezvousServer) -> tuple[object, object]:
@@ -272,28 +278,35 @@ async def test_node_restart_mid_wait_leaves_a_clean_mailbox(node: Node, db: Redi
         assert await sender.receive() == {"after": "restart"}
 
 
+Crashable = Callable[[float], Awaitable[tuple[asyncio.subprocess.Process, str]]]
+
+
 @pytest.fixture
-async def crashing_node(redis_url: str) -> AsyncIterator[tuple[asyncio.subprocess.Process, int]]:
-    """A node in its own process, to be killed with SIGKILL (no clean-up runs)."""
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-c", NODE_SCRIPT, redis_url, stdout=asyncio.subprocess.PIPE
-    )
-    try:
+async def crashing_node(redis_url: str) -> AsyncIterator[Crashable]:
+    """Nodes in their own processes, to be killed with SIGKILL (no clean-up runs)."""
+    processes: list[asyncio.subprocess.Process] = []
+
+    async def start(max_age: float = 600.0) -> tuple[asyncio.subprocess.Process, str]:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", NODE_SCRIPT, redis_url, str(max_age), stdout=PIPE
+        )
+        processes.append(process)
         assert process.stdout is not None
         line = await asyncio.wait_for(process.stdout.readline(), WAIT)
-        yield process, int(line)
-    finally:
+        return process, f"ws://127.0.0.1:{int(line)}"
+
+    yield start
+    for process in processes:
         if process.returncode is None:
             process.kill()
         await process.wait()
 
 
 async def test_crashed_node_frees_its_waiting_side_and_tells_its_peer(
-    node: Node, db: Redis, crashing_node: tuple[asyncio.subprocess.Process, int]
+    node: Node, db: Redis, crashing_node: Crashable
 ) -> None:
-    process, port = crashing_node
+    process, doomed = await crashing_node(600.0)
     a, b = await node(), await node()
-    doomed = f"ws://127.0.0.1:{port}"
     async with connect(doomed, proxy=None) as lone, connect(doomed, proxy=None) as paired:
         # a lone side that already left a (garbage) PAKE message, and one side of a pair
         await lone.send(wire.encode(wire.OpenMessage("7")))
@@ -311,6 +324,45 @@ async def test_crashed_node_frees_its_waiting_side_and_tells_its_peer(
     assert isinstance(sender, PairedChannel) and isinstance(receiver, PairedChannel)
     await sender.close()
     await receiver.close()
+
+
+async def test_redis_forgets_an_abandoned_mailbox_on_its_own(
+    db: Redis, crashing_node: Crashable
+) -> None:
+    """Nobody is left to close the mailbox: only the keys' expiry removes it."""
+    process, doomed = await crashing_node(0.8)
+    async with connect(doomed, proxy=None) as lone:
+        await lone.send(wire.encode(wire.OpenMessage("6")))
+        await _add(lone, "buffered")
+        await _until(_exists(db, "del:mb:6:in2"))
+        process.kill()
+        await process.wait()
+    assert "del:mb:6" in await _mailbox_keys(db)
+
+    async def forgotten() -> bool:
+        return await _mailbox_keys(db) == []
+
+    await _until(forgotten)
+
+
+async def test_protocol_misuse_is_refused(node: Node) -> None:
+    a = await node()
+    async with connect(_url(a), proxy=None) as raw:
+        await _add(raw, "x")
+        assert await _next(raw) == wire.ErrorMessage("open a mailbox first")
+    async with await _open(a, "7") as raw:
+        await raw.send(wire.encode(wire.OpenMessage("8")))
+        assert await _next(raw) == wire.ErrorMessage("mailbox already open on this connection")
+
+
+async def test_both_peers_on_the_same_side_are_told(node: Node) -> None:
+    a, b = await node(), await node()
+    results = await asyncio.gather(
+        pair(_url(a), CODE, "sender", timeout=WAIT),
+        pair(_url(b), CODE, "sender", timeout=WAIT),
+        return_exceptions=True,
+    )
+    assert all(isinstance(r, PairingError) and "both peers" in str(r) for r in results), results
 
 
 async def test_unreachable_redis_fails_at_start() -> None:

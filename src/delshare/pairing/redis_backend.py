@@ -53,6 +53,7 @@ log = logging.getLogger(__name__)
 DEFAULT_PREFIX = "del:"
 MIN_LEASE = 1.0  # seconds; a node stalled longer than its lease loses its clients' sides
 BEAT_BATCH = 200  # members renewed per script call
+REDIS_TIMEOUT = 5.0  # seconds to connect, and for a reply beyond a command's own blocking time
 
 _LUA_COMMON = """
 local function now_ms()
@@ -242,7 +243,13 @@ class RedisBackend:
         heartbeat: float = 1.0,
     ) -> None:
         self.limits = limits or MailboxLimits()
-        self._redis: Redis = Redis.from_url(url, decode_responses=True)
+        # Bounded socket waits; the longest command is a read blocked for at most a heartbeat.
+        self._redis: Redis = Redis.from_url(
+            url,
+            decode_responses=True,
+            socket_connect_timeout=REDIS_TIMEOUT,
+            socket_timeout=heartbeat + REDIS_TIMEOUT,
+        )
         self._prefix = prefix
         self._heartbeat = heartbeat
         self._lease_ms = int(max(3 * heartbeat, MIN_LEASE) * 1000)
@@ -251,6 +258,7 @@ class RedisBackend:
         self._members: dict[ClientId, _Member] = {}
         self._deliver: Deliver | None = None
         self._reader: asyncio.Task[None] | None = None
+        self._closing = False
         self._open = self._script(_OPEN)
         self._add = self._script(_ADD)
         self._close = self._script(_CLOSE)
@@ -272,15 +280,28 @@ class RedisBackend:
 
     async def aclose(self) -> None:
         """Stop reading and release Redis (the server closed every client before)."""
-        tasks = [m.writer for m in self._members.values() if m.writer is not None]
+        self._closing = True
+        writers = [m.writer for m in self._members.values() if m.writer is not None]
+        for writer in writers:
+            writer.cancel()
+        await asyncio.gather(*writers, return_exceptions=True)
         if self._reader is not None:
-            tasks.append(self._reader)
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+            await self._stop_reader(self._reader)
         with contextlib.suppress(RedisError):
             await self._redis.delete(self._wake_key)
         await self._redis.aclose()
+
+    async def _stop_reader(self, reader: asyncio.Task[None]) -> None:
+        # Wake the blocking read rather than cancel it: redis-py can lose a cancellation that
+        # lands mid-command (redis/redis-py#2028); the reader checks ``_closing`` every turn.
+        with contextlib.suppress(RedisError):
+            await self._wake()
+        with contextlib.suppress(TimeoutError, RedisError):
+            await asyncio.wait_for(reader, self._heartbeat + REDIS_TIMEOUT)
+
+    async def _wake(self) -> None:
+        """Make the reader's blocking read return (it then rereads the inbox list)."""
+        await self._redis.xadd(self._wake_key, {"w": "1"}, maxlen=1)
 
     async def open(self, client: ClientId, nameplate: str) -> None:
         """Claim a side of ``nameplate``'s mailbox (atomically: a third client is refused)."""
@@ -302,7 +323,7 @@ class RedisBackend:
         member = _Member(keys, str(rest[0]), int(side), deadline)
         member.writer = asyncio.create_task(self._write(client, member.outbox))
         self._members[client] = member
-        await self._run_command(self._redis.xadd(self._wake_key, {"w": "1"}, maxlen=1))
+        await self._run_command(self._wake())
 
     async def add(self, client: ClientId, body: str) -> None:
         """Put ``body`` in the other side's inbox, within the mailbox's limits."""
@@ -368,7 +389,7 @@ class RedisBackend:
     async def _read_forever(self) -> None:
         loop = asyncio.get_running_loop()
         next_beat = loop.time() + self._heartbeat
-        while True:
+        while not self._closing:
             try:
                 await self._read_once()
                 self._expire_due(loop.time())
