@@ -54,26 +54,33 @@ def _free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-@pytest.fixture(scope="module")
-def redis_url() -> Iterator[str]:
-    """A throwaway redis-server, killed by PID at the end."""
+def _start_redis(port: int) -> subprocess.Popen[bytes]:
+    """A throwaway redis-server on 127.0.0.1:``port``, answering PING; kill it by PID."""
     import redis
 
-    port = _free_port()
     command = ["redis-server", "--port", str(port), "--bind", "127.0.0.1"]
     command += ["--save", "", "--appendonly", "no"]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    probe = redis.Redis(host="127.0.0.1", port=port)
     try:
-        probe = redis.Redis(host="127.0.0.1", port=port)
         for _ in range(250):
             try:
                 probe.ping()
-                break
+                return process
             except redis.ConnectionError:
                 time.sleep(0.02)
-        else:
-            pytest.fail("redis-server did not start")
+        process.kill()
+        process.wait()
+        pytest.fail("redis-server did not start")
+    finally:
         probe.close()
+
+
+@pytest.fixture(scope="module")
+def redis_url() -> Iterator[str]:
+    port = _free_port()
+    process = _start_redis(port)
+    try:
         yield f"redis://127.0.0.1:{port}/0"
     finally:
         process.kill()
@@ -363,6 +370,30 @@ async def test_both_peers_on_the_same_side_are_told(node: Node) -> None:
         return_exceptions=True,
     )
     assert all(isinstance(r, PairingError) and "both peers" in str(r) for r in results), results
+
+
+async def test_redis_outage_refuses_cleanly_and_nodes_recover() -> None:
+    port = _free_port()
+    url = f"redis://127.0.0.1:{port}/0"
+    process = _start_redis(port)
+    try:
+        limits = MailboxLimits()
+        a = await serve_rendezvous(limits=limits, redis_url=url, sweep_interval=BEAT)
+        b = await serve_rendezvous(limits=limits, redis_url=url, sweep_interval=BEAT)
+        async with a, b:
+            process.kill()
+            process.wait()
+            async with await _open(a, "4") as raw:
+                assert await _next(raw) == wire.ErrorMessage("rendezvous store unavailable")
+            process = _start_redis(port)
+            sender, receiver = await _pair_across(a, b)
+            assert isinstance(sender, PairedChannel) and isinstance(receiver, PairedChannel)
+            async with sender, receiver:
+                await sender.send({"back": True})
+                assert await receiver.receive() == {"back": True}
+    finally:
+        process.kill()
+        process.wait()
 
 
 async def test_unreachable_redis_fails_at_start() -> None:

@@ -244,8 +244,10 @@ class RedisBackend:
     ) -> None:
         self.limits = limits or MailboxLimits()
         # Bounded socket waits; the longest command is a read blocked for at most a heartbeat.
+        # RESP2 pins the shape of XREAD replies across redis-py versions.
         self._redis: Redis = Redis.from_url(
             url,
+            protocol=2,
             decode_responses=True,
             socket_connect_timeout=REDIS_TIMEOUT,
             socket_timeout=heartbeat + REDIS_TIMEOUT,
