@@ -237,8 +237,12 @@ async def pair_and_gather(
     pairing_task = asyncio.ensure_future(pairing)
     gathering = asyncio.ensure_future(gather(options, notice))
     try:
-        await asyncio.wait({pairing_task, gathering}, return_when=asyncio.FIRST_EXCEPTION)
-        return await pairing_task, await gathering
+        done, _ = await asyncio.wait({pairing_task, gathering}, return_when=asyncio.FIRST_EXCEPTION)
+        for task in done:
+            failure = task.exception()
+            if failure is not None:
+                raise failure
+        return pairing_task.result(), gathering.result()
     except BaseException:
         await _discard(pairing_task, lambda paired: paired.close())
         await _discard(gathering, lambda gathered: gathered.close())
