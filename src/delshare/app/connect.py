@@ -1,16 +1,16 @@
 """From a paired channel to one authenticated link: gather, exchange, permit, race.
 
-Theory of operation. After pairing, each side gathers its candidates (listener + host addresses
-unless relay-only; a TURN TCP allocation unless direct-only; the server-reflexive address when a
-TURN server is configured), sends them through the encrypted paired channel as
-``{"t": "candidates", "v": 1, "mode": ..., "candidates": [...]}`` and reads the peer's. A side
-without a TURN server of its own learns its public address from the peer's TURN server (STUN
-Binding needs no credentials) and sends it as ``{"t": "reflexive", "candidates": [...]}``
-(empty otherwise), so a peer can permit it. Each side then permits the peer's IPs on its
-allocation and sends ``{"t": "ready"}``; racing starts only after the peer's ``ready``, so no
-relayed dial hits an allocation whose permission is not there yet. The race
-(:func:`delshare.link.race.race`) runs with a key derived from the PAKE key for this purpose
-only. What is not used by the winning link is closed.
+Theory of operation. While pairing (:func:`pair_and_gather`), each side gathers its candidates:
+listener + host addresses unless relay-only, a TURN TCP allocation unless direct-only, the
+server-reflexive address when a TURN server is configured. Once paired, each side sends them
+through the encrypted paired channel as ``{"t": "candidates", "v": 1, "mode": ...,
+"candidates": [...]}`` and reads the peer's. A side without a TURN server of its own learns its
+public address from the peer's TURN server (STUN Binding needs no credentials) and sends it as
+``{"t": "reflexive", "candidates": [...]}`` (empty otherwise), so the peer can permit it. Each
+side then permits the peer's IPs on its allocation and sends ``{"t": "ready"}``; racing starts
+only after the peer's ``ready``, so no relayed dial hits an allocation whose permission is not
+there yet. The race (:func:`delshare.link.race.race`) runs with a key derived from the PAKE key
+for this purpose only. What the winning link does not use is closed.
 """
 
 from __future__ import annotations
