@@ -401,6 +401,9 @@ class RedisBackend:
             except RedisError as exc:
                 log.warning("rendezvous: Redis read failed, retrying: %s", exc)
                 await asyncio.sleep(self._heartbeat)
+            except Exception:  # a bug here must not stop this node's relaying for good
+                log.exception("rendezvous: reader failed, retrying")
+                await asyncio.sleep(self._heartbeat)
 
     async def _read_once(self) -> None:
         """One blocking read over the wake stream and every inbox this node reads."""
