@@ -3,19 +3,17 @@
 from __future__ import annotations
 
 import asyncio
-import shutil
-import socket
-import subprocess
 import sys
-import time
 from asyncio.subprocess import PIPE
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 
 import pytest
 
-pytest.importorskip("redis")
-if shutil.which("redis-server") is None:
-    pytest.skip("redis-server is not installed", allow_module_level=True)
+from tests.support.ports import free_port
+from tests.support.redis_server import redis_missing, start_redis
+
+if redis_missing():
+    pytest.skip(str(redis_missing()), allow_module_level=True)
 
 from redis.asyncio import Redis
 from websockets.asyncio.client import ClientConnection, connect
@@ -48,40 +46,11 @@ asyncio.run(main())
 """
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def _start_redis(port: int) -> subprocess.Popen[bytes]:
-    """A throwaway redis-server on 127.0.0.1:``port``, answering PING; kill it by PID."""
-    import redis
-
-    command = ["redis-server", "--port", str(port), "--bind", "127.0.0.1"]
-    command += ["--save", "", "--appendonly", "no"]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    probe = redis.Redis(host="127.0.0.1", port=port)
-    try:
-        for _ in range(250):
-            try:
-                probe.ping()
-                return process
-            except redis.ConnectionError:
-                time.sleep(0.02)
-        process.kill()
-        process.wait()
-        pytest.fail("redis-server did not start")
-    finally:
-        probe.close()
-
-
 @pytest.fixture(scope="module")
 def redis_url() -> Iterator[str]:
-    port = _free_port()
-    process = _start_redis(port)
+    process, url = start_redis()
     try:
-        yield f"redis://127.0.0.1:{port}/0"
+        yield url
     finally:
         process.kill()
         process.wait()
@@ -373,9 +342,8 @@ async def test_both_peers_on_the_same_side_are_told(node: Node) -> None:
 
 
 async def test_redis_outage_refuses_cleanly_and_nodes_recover() -> None:
-    port = _free_port()
-    url = f"redis://127.0.0.1:{port}/0"
-    process = _start_redis(port)
+    port = free_port("tcp")
+    process, url = start_redis(port)
     try:
         limits = MailboxLimits()
         a = await serve_rendezvous(limits=limits, redis_url=url, sweep_interval=BEAT)
@@ -385,7 +353,7 @@ async def test_redis_outage_refuses_cleanly_and_nodes_recover() -> None:
             process.wait()
             async with await _open(a, "4") as raw:
                 assert await _next(raw) == wire.ErrorMessage("rendezvous store unavailable")
-            process = _start_redis(port)
+            process, _ = start_redis(port)
             sender, receiver = await _pair_across(a, b)
             assert isinstance(sender, PairedChannel) and isinstance(receiver, PairedChannel)
             async with sender, receiver:
@@ -398,7 +366,7 @@ async def test_redis_outage_refuses_cleanly_and_nodes_recover() -> None:
 
 async def test_unreachable_redis_fails_at_start() -> None:
     with pytest.raises(PairingError, match="Redis"):
-        await serve_rendezvous(redis_url=f"redis://127.0.0.1:{_free_port()}/0")
+        await serve_rendezvous(redis_url=f"redis://127.0.0.1:{free_port('tcp')}/0")
 
 
 async def test_store_and_redis_url_together_are_refused(redis_url: str) -> None:

@@ -18,6 +18,7 @@ from typing import Any
 import click
 
 from delshare.aio.server import RelayConfig, RunningRelay, start_relay
+from delshare.errors import DelshareError
 from delshare.stun.attributes import Address
 from delshare.turn.auth import AuthConfig
 from delshare.turn.peerfilter import parse_cidr
@@ -174,6 +175,13 @@ class OneLineErrors(click.Command):
     f"{DEFAULT_RENDEZVOUS[0]}:{DEFAULT_RENDEZVOUS[1]}.",
 )
 @click.option(
+    "--rendezvous-redis",
+    metavar="URL",
+    envvar="DELSHARE_RENDEZVOUS_REDIS",
+    help="Keep rendezvous mailboxes in Redis (redis://HOST:PORT/DB) so several relay nodes "
+    "share them.",
+)
+@click.option(
     "--metrics-listen",
     callback=_hostport,
     metavar="HOST:PORT",
@@ -203,6 +211,9 @@ def relay(**opts: Any) -> None:
         pass
     except OSError as exc:
         click.echo(f"delshare relay: {exc.strerror or exc}", err=True)
+        sys.exit(1)
+    except DelshareError as exc:
+        click.echo(f"delshare relay: {exc}", err=True)
         sys.exit(1)
 
 
@@ -270,7 +281,9 @@ async def _serve(opts: dict[str, Any]) -> None:
                     turn.core.config.auth.realm,
                 )
         if not opts["no_rendezvous"]:
-            rendezvous = await _start_rendezvous(opts["rendezvous_listen"] or DEFAULT_RENDEZVOUS)
+            rendezvous = await _start_rendezvous(
+                opts["rendezvous_listen"] or DEFAULT_RENDEZVOUS, opts["rendezvous_redis"]
+            )
         await stop.wait()
     finally:
         if rendezvous is not None:
@@ -294,11 +307,11 @@ async def _start_turn(config: RelayConfig) -> RunningRelay:
     return running
 
 
-async def _start_rendezvous(address: Address) -> Any:
+async def _start_rendezvous(address: Address, redis_url: str | None) -> Any:
     from delshare.pairing.server import serve_rendezvous
 
     try:
-        server = await serve_rendezvous(*address)
+        server = await serve_rendezvous(*address, redis_url=redis_url)
     except OSError as exc:
         where = _where(*address)
         raise OSError(exc.errno, f"cannot listen on {where}: {exc.strerror or exc}") from exc
