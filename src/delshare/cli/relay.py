@@ -133,6 +133,8 @@ class OneLineErrors(click.Command):
 @click.option(
     "--auth-secret",
     metavar="SECRET",
+    envvar="DELSHARE_RELAY_AUTH_SECRET",
+    show_envvar=True,
     help="TURN REST shared secret (coturn's use-auth-secret): username '<expiry>:<id>', "
     "password base64(HMAC-SHA1(SECRET, username)).",
 )
