@@ -44,9 +44,9 @@ FULL = Config(
     udp_max_packets=3_000_000,
     udp_payload=100,
     file_bytes=GiB,
-    transfer_reps=3,
+    transfer_reps=5,
     transfer_max_s=120.0,
-    ttfb_reps=5,
+    ttfb_reps=7,
     ttfb_max_s=30.0,
 )
 
