@@ -102,11 +102,22 @@ class RelayProcess:
 
 
 def start_relay_process(
-    workdir: Path, *, turn: bool = True, rendezvous: bool = True, extra: Sequence[str] = ()
+    workdir: Path,
+    *,
+    turn: bool = True,
+    rendezvous: bool = True,
+    extra: Sequence[str] = (),
+    ports: tuple[int | None, int | None] | None = None,
 ) -> RelayProcess:
-    """``delshare relay`` on free loopback ports, loopback peers allowed."""
-    turn_port = free_port("both") if turn else None
-    rendezvous_port = free_port("tcp") if rendezvous else None
+    """``delshare relay`` on free loopback ports, loopback peers allowed.
+
+    ``ports`` (turn, rendezvous) reuses given ports, e.g. to restart a relay in place.
+    """
+    if ports is not None:
+        turn_port, rendezvous_port = ports
+    else:
+        turn_port = free_port("both") if turn else None
+        rendezvous_port = free_port("tcp") if rendezvous else None
     argv = [
         DELSHARE,
         "relay",
@@ -123,11 +134,11 @@ def start_relay_process(
         else ["--no-rendezvous"]
     )
     log = workdir / f"relay-{turn_port}-{rendezvous_port}.log"
-    with log.open("wb") as out:
+    with log.open("ab") as out:
         process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out)
-    ports = [p for p in (turn_port, rendezvous_port) if p is not None]
+    listening = [p for p in (turn_port, rendezvous_port) if p is not None]
     try:
-        wait_listening(process, ports, log=log)
+        wait_listening(process, listening, log=log)
     except BaseException:
         stop(process)
         raise

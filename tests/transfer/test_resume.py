@@ -109,6 +109,21 @@ async def test_broken_link_resumes_from_verified_prefix(
     assert sorted(os.listdir(out)) == ["blob.bin"]
 
 
+async def test_bytes_sent_counts_what_went_over_the_link(
+    setup: tuple[Path, Path], proxy_factory: Callable[[int], CuttingProxy]
+) -> None:
+    """``bytes_sent`` (the CLI's ``moved``) is file bytes written to the link, not the file size."""
+    source, out = setup
+    await broken_run([source], out, proxy_factory(3 * 1024 * 1024))
+    have = part_size(out / "blob.bin")
+    counter = proxy_factory(1 << 62)  # forwards everything, counting sender->receiver bytes
+    sent, received = await run([source], out, counter)
+    assert isinstance(sent, SendStats) and isinstance(received, ReceiveStats)
+    assert sent.bytes_sent == SIZE - have == received.bytes_received
+    framing = 4096  # handshake, offer, file-begin/end, done; 21 bytes per DATA record
+    assert sent.bytes_sent < counter.forwarded < sent.bytes_sent + framing
+
+
 async def test_flipped_byte_in_part_is_repaired(
     setup: tuple[Path, Path], proxy_factory: Callable[[int], CuttingProxy]
 ) -> None:
