@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import pty
+import select
 import signal
 import subprocess
 import time
@@ -22,6 +25,7 @@ from delshare.transfer.manifest import Entry, Manifest
 from delshare.transfer.protocol import Offer, Reject, recv_message, send_message
 from tests.app.harness import (
     DELSHARE,
+    Outcome,
     RelayProcess,
     env_for,
     finish,
@@ -145,8 +149,11 @@ def test_existing_file_is_kept_unless_overwrite_or_rename(
     out = tmp_path / "out"
     out.mkdir()
     (out / "small.txt").write_text("mine\n")
-    _, received = run_pair([small], out, env, code="14-guitar-orbit")
-    assert received.returncode != 0 and "Traceback" not in received.stderr
+    sent, received = run_pair([small], out, env, code="14-guitar-orbit")  # stdin: not a tty
+    assert received.returncode == 1
+    line = _one_clean_line(received.stderr)
+    assert line == "error: small.txt already exists (use --overwrite or --rename)"
+    assert sent.returncode == 3
     assert (out / "small.txt").read_text() == "mine\n"
     _, received = run_pair(
         [small], out, env, code="15-guitar-orbit", receive_flags=("--yes", "--rename")
@@ -159,6 +166,91 @@ def test_existing_file_is_kept_unless_overwrite_or_rename(
     )
     assert received.returncode == 0, received.stderr
     assert (out / "small.txt").read_text() == "hello\n"
+
+
+def _read_until(fd: int, marker: bytes, timeout: float) -> bytes:
+    """Read a pty master until ``marker`` shows up (bounded); return what was read."""
+    seen = b""
+    deadline = time.monotonic() + timeout
+    while marker not in seen:
+        left = deadline - time.monotonic()
+        if left <= 0 or not select.select([fd], [], [], left)[0]:
+            raise AssertionError(f"no {marker!r} on the terminal: {seen!r}")
+        try:
+            chunk = os.read(fd, 4096)
+        except OSError:  # EIO: the child closed the terminal
+            chunk = b""
+        if not chunk:
+            raise AssertionError(f"terminal closed before {marker!r}: {seen!r}")
+        seen += chunk
+    return seen
+
+
+def _receive_on_terminal(
+    code: str, out: Path, env: dict[str, str], answer: str
+) -> tuple[Outcome, str]:
+    """``delshare receive`` with stdin and stderr on a pty; answer its overwrite question."""
+    master, slave = pty.openpty()
+    try:
+        receiver = subprocess.Popen(
+            [DELSHARE, "receive", code, "-o", str(out), "--yes"],
+            env=env,
+            stdin=slave,
+            stdout=subprocess.PIPE,
+            stderr=slave,
+            text=True,
+        )
+        os.close(slave)
+        slave = -1
+        try:
+            seen = _read_until(master, b"Overwrite? [y/N]: ", 60)
+            os.write(master, answer.encode() + b"\n")
+            outcome = finish(receiver, 60)
+        finally:
+            if receiver.poll() is None:
+                receiver.kill()
+                receiver.wait(5)
+        while select.select([master], [], [], 0.5)[0]:  # the rest of stderr
+            try:
+                chunk = os.read(master, 4096)
+            except OSError:
+                break
+            if not chunk:
+                break
+            seen += chunk
+    finally:
+        os.close(master)
+        if slave >= 0:
+            os.close(slave)
+    return outcome, seen.decode(errors="replace").replace("\r\n", "\n")
+
+
+@pytest.mark.parametrize("answer", ["y", "n"])
+def test_existing_file_on_a_terminal_asks_before_overwriting(
+    env: dict[str, str], small: Path, tmp_path: Path, answer: str
+) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "small.txt").write_text("mine\n")
+    code = f"{25 + (answer == 'n')}-guitar-orbit"
+    sender = start(["send", str(small), "--code", code], env)
+    try:
+        received, terminal = _receive_on_terminal(code, out, env, answer)
+    finally:
+        sent = finish(sender, 30)
+    assert "small.txt already exists. Overwrite? [y/N]: " in terminal
+    assert "Traceback" not in terminal
+    if answer == "y":
+        assert (received.returncode, sent.returncode) == (0, 0), terminal + sent.stderr
+        assert (out / "small.txt").read_text() == "hello\n"
+        assert received.line("verified: sha256 ")
+    else:
+        assert (received.returncode, sent.returncode) == (1, 3), terminal + sent.stderr
+        assert terminal.rstrip().endswith(
+            "error: small.txt already exists (use --overwrite or --rename)"
+        )
+        assert (out / "small.txt").read_text() == "mine\n"
+    assert sorted(p.name for p in out.iterdir()) == ["small.txt"]
 
 
 async def _hostile_sender(rendezvous: str, code: str, entries: tuple[Entry, ...]) -> object:

@@ -128,6 +128,44 @@ async def test_overwrite_replaces_existing_file(tmp_path: Path, out: Path) -> No
     assert sha256_file(out / "report.txt") == sha256_file(source)
 
 
+@pytest.mark.parametrize("agree", [True, False])
+async def test_existing_files_are_replaced_only_if_the_user_agrees(
+    tmp_path: Path, out: Path, agree: bool
+) -> None:
+    folder = tmp_path / "src" / "docs"
+    for name in ("a.txt", "b.txt", "c.txt"):
+        random_file(folder / name, 1000)
+    (out / "docs").mkdir()
+    for name in ("a.txt", "c.txt"):
+        (out / "docs" / name).write_bytes(b"mine")
+    asked: list[tuple[str, ...]] = []
+
+    async def ask_overwrite(names: tuple[str, ...]) -> bool:
+        asked.append(names)
+        return agree
+
+    if agree:
+        _, received = await transfer([folder], out, ask_overwrite=ask_overwrite)
+        assert tree_files(out / "docs") == tree_files(folder)
+        assert not any(f.skipped for f in received.files)
+    else:
+        await transfer_expecting([folder], out, DestinationExistsError, ask_overwrite=ask_overwrite)
+        assert (out / "docs" / "a.txt").read_bytes() == b"mine"
+        assert names(out / "docs") == ["a.txt", "c.txt"]
+    assert asked == [("docs/a.txt", "docs/c.txt")]
+
+
+async def test_overwrite_question_is_not_asked_with_rename(tmp_path: Path, out: Path) -> None:
+    source = random_file(tmp_path / "src" / "photo.jpg", 1000)
+    (out / "photo.jpg").write_bytes(b"mine")
+
+    async def ask_overwrite(names: tuple[str, ...]) -> bool:
+        raise AssertionError("asked although --rename was given")
+
+    await transfer([source], out, rename=True, ask_overwrite=ask_overwrite)
+    assert (out / "photo.jpg").read_bytes() == b"mine"
+
+
 async def test_rename_keeps_both(tmp_path: Path, out: Path) -> None:
     source = random_file(tmp_path / "src" / "photo.jpg", 1000)
     (out / "photo.jpg").write_bytes(b"mine")

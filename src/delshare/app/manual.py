@@ -15,7 +15,7 @@ from dataclasses import replace
 from delshare.app.common import SessionOptions, UsageProblem, notice_reporter
 from delshare.app.connect import LINK_KEY_PURPOSE, Gathered, gather, race_gathered
 from delshare.app.events import NoticeIssued, Reporter, TicketIssued
-from delshare.app.receive import Ask, ReceiveOptions, check_output, receive_over
+from delshare.app.receive import Ask, AskOverwrite, ReceiveOptions, check_output, receive_over
 from delshare.app.send import build, send_over
 from delshare.errors import PairingError
 from delshare.link.candidates import Candidate, CandidateError
@@ -38,6 +38,7 @@ async def run_listen(
     permit: Sequence[str],
     report: Reporter,
     ask: Ask,
+    ask_overwrite: AskOverwrite | None = None,
 ) -> None:
     """Print a ticket, wait for the sender holding it, receive its offer."""
     check_output(options)
@@ -56,7 +57,7 @@ async def run_listen(
     key = derive_key(ticket.key, LINK_KEY_PURPOSE)
     connect = replace(session.connect, total_timeout=LISTEN_WAIT)
     connection = await race_gathered(gathered, key, "receiver", connect.mode, [], connect)
-    await receive_over(connection, options, report, ask)
+    await receive_over(connection, options, report, ask, ask_overwrite)
 
 
 async def run_send_to(paths: Sequence[str], ticket_text: str, session: SessionOptions,

@@ -32,9 +32,16 @@ from delshare.link.records import RecordChannel
 from delshare.pairing import pair, parse_code
 from delshare.transfer.errors import DestinationExistsError
 from delshare.transfer.manifest import Manifest, display_name
-from delshare.transfer.receiver import ReceiveStats, receive_files
+from delshare.transfer.receiver import AskOverwrite, ReceiveStats, receive_files
 
-__all__ = ["Ask", "ReceiveOptions", "check_output", "receive_over", "run_receive"]
+__all__ = [
+    "Ask",
+    "AskOverwrite",
+    "ReceiveOptions",
+    "check_output",
+    "receive_over",
+    "run_receive",
+]
 
 Ask = Callable[[OfferReceived], Awaitable[bool]]
 """Asks the user whether to accept an offer (not called with ``--yes``)."""
@@ -75,6 +82,7 @@ async def _receive(
     options: ReceiveOptions,
     confirm: Callable[[Manifest], Awaitable[bool]],
     report: Reporter,
+    ask_overwrite: AskOverwrite | None,
 ) -> ReceiveStats:
     try:
         return await receive_files(
@@ -84,6 +92,7 @@ async def _receive(
             rename=options.rename,
             confirm=confirm,
             progress_cb=progress_reporter(report),
+            ask_overwrite=ask_overwrite,
         )
     except DestinationExistsError as exc:
         raise DestinationExistsError(f"{exc} (use --overwrite or --rename)") from exc
@@ -106,9 +115,12 @@ async def run_receive(
     options: ReceiveOptions,
     report: Reporter,
     ask: Ask,
+    ask_overwrite: AskOverwrite | None = None,
 ) -> None:
     """Receive what the holder of ``code`` offers into ``options.output``.
 
+    ``ask_overwrite`` (None: never asked, existing files fail the offer) decides whether to
+    replace offered files that exist, unless ``options`` says overwrite or rename.
     Raises UsageProblem before contacting anyone, then PairingError, LinkError, TransferError.
     """
     check_output(options)
@@ -125,11 +137,15 @@ async def run_receive(
     paired, gathered = await pair_and_gather(pairing, session.connect, notice)
     async with paired:
         connection = await connect_peer(paired, "receiver", session.connect, notice, gathered)
-    await receive_over(connection, options, report, ask)
+    await receive_over(connection, options, report, ask, ask_overwrite)
 
 
 async def receive_over(
-    connection: Connection, options: ReceiveOptions, report: Reporter, ask: Ask
+    connection: Connection,
+    options: ReceiveOptions,
+    report: Reporter,
+    ask: Ask,
+    ask_overwrite: AskOverwrite | None = None,
 ) -> None:
     """Report the path, receive one offer over the connection's link, report hashes; close."""
     try:
@@ -157,7 +173,7 @@ async def receive_over(
             return True
 
         begin = time.monotonic()
-        stats = await _receive(channel, options, confirm, report)
+        stats = await _receive(channel, options, confirm, report, ask_overwrite)
         manifest = offered[0]
         await _hash_missing(manifest, stats, hashes)
         report_hashes(manifest, hashes, report)

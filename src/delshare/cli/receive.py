@@ -15,7 +15,7 @@ import click
 from delshare.app.common import EXIT_USAGE, UsageProblem
 from delshare.app.events import OfferReceived
 from delshare.app.manual import run_listen
-from delshare.app.receive import Ask, ReceiveOptions, run_receive
+from delshare.app.receive import Ask, AskOverwrite, ReceiveOptions, run_receive
 from delshare.cli.send import EXIT_CODES_HELP, link_options, run_app, session_options
 from delshare.cli.ui import Ui, human_size, pick_style
 
@@ -43,24 +43,41 @@ def _read_answer() -> bool:
     return line.strip().lower() in (b"y", b"yes")
 
 
+async def _prompt(question: str) -> bool:
+    """Ask a yes/no question on stderr, read the answer from stdin (no means no)."""
+    loop = asyncio.get_running_loop()
+    answer: asyncio.Future[bool] = loop.create_future()
+
+    def prompt() -> None:
+        sys.stderr.write(question)
+        sys.stderr.flush()
+        result = _read_answer()
+        with contextlib.suppress(RuntimeError):  # the loop is gone (interrupted)
+            loop.call_soon_threadsafe(_settle, answer, result)
+
+    # A daemon thread, not the loop's executor: Ctrl-C must not wait for a blocked stdin.
+    threading.Thread(target=prompt, name="delshare-confirm", daemon=True).start()
+    return await answer
+
+
 def _asker(ui: Ui) -> Ask:
     async def ask(offer: OfferReceived) -> bool:
-        question = f"Accept {offer.files} file(s), {human_size(offer.total)}? [y/N]: "
-        loop = asyncio.get_running_loop()
-        answer: asyncio.Future[bool] = loop.create_future()
-
-        def prompt() -> None:
-            sys.stderr.write(question)
-            sys.stderr.flush()
-            result = _read_answer()
-            with contextlib.suppress(RuntimeError):  # the loop is gone (interrupted)
-                loop.call_soon_threadsafe(_settle, answer, result)
-
-        # A daemon thread, not the loop's executor: Ctrl-C must not wait for a blocked stdin.
-        threading.Thread(target=prompt, name="delshare-confirm", daemon=True).start()
-        return await answer
+        return await _prompt(f"Accept {offer.files} file(s), {human_size(offer.total)}? [y/N]: ")
 
     return ask
+
+
+def _overwrite_asker() -> AskOverwrite | None:
+    """On a terminal, ask before replacing existing files; otherwise never (the offer fails)."""
+    if not sys.stdin.isatty():
+        return None
+
+    async def ask_overwrite(names: tuple[str, ...]) -> bool:
+        shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+        verb = "exists" if len(names) == 1 else "exist"
+        return await _prompt(f"{shown} already {verb}. Overwrite? [y/N]: ")
+
+    return ask_overwrite
 
 
 @click.command(epilog=EXIT_CODES_HELP)
@@ -73,9 +90,18 @@ def _asker(ui: Ui) -> Ask:
     type=click.Path(file_okay=False),
     help="Folder to receive into (default: the current folder).",
 )
-@click.option("--overwrite", is_flag=True, help="Replace existing files of the same name.")
+@click.option(
+    "--overwrite",
+    is_flag=True,
+    help="Replace existing files of the same name (without it: ask on a terminal, else fail).",
+)
 @click.option("--rename", is_flag=True, help="Keep existing files; add a number to new names.")
-@click.option("-y", "--yes", is_flag=True, help="Accept the offer without asking.")
+@click.option(
+    "-y",
+    "--yes",
+    is_flag=True,
+    help="Accept the offer without asking (existing files are still kept unless you agree).",
+)
 @click.option(
     "--listen",
     is_flag=True,
@@ -116,11 +142,15 @@ def receive(
         ui.error(str(exc), EXIT_USAGE)
         raise SystemExit(EXIT_USAGE) from None
     options = ReceiveOptions(output, overwrite, rename, yes)
-    ask = _asker(ui)
+    ask, ask_overwrite = _asker(ui), _overwrite_asker()
     if listen:
-        raise SystemExit(run_app(lambda: run_listen(session, options, permit, ui, ask), ui))
+        raise SystemExit(
+            run_app(lambda: run_listen(session, options, permit, ui, ask, ask_overwrite), ui)
+        )
     assert code is not None
-    raise SystemExit(run_app(lambda: run_receive(code, session, options, ui, ask), ui))
+    raise SystemExit(
+        run_app(lambda: run_receive(code, session, options, ui, ask, ask_overwrite), ui)
+    )
 
 
 def _check_ip(text: str) -> None:

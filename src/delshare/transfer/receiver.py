@@ -65,13 +65,15 @@ from delshare.transfer.resume import (
     write_sidecar,
 )
 
-__all__ = ["ReceiveStats", "ReceivedFile", "receive_files"]
+__all__ = ["AskOverwrite", "ReceiveStats", "ReceivedFile", "existing_files", "receive_files"]
 
 _RING = 3
 _UNIT = 4 * MAX_PAYLOAD
 _MAX_RENAME = 1000
 _FILE_MODE_MASK = 0o755
 Confirm = Callable[[Manifest], Awaitable[bool]]
+AskOverwrite = Callable[[tuple[str, ...]], Awaitable[bool]]
+"""Asked with the printable names of offered files that exist: replace them?"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,6 +120,7 @@ async def receive_files(
     confirm: Confirm | None = None,
     progress_cb: ProgressCallback | None = None,
     verify: bool = True,
+    ask_overwrite: AskOverwrite | None = None,
 ) -> ReceiveStats:
     """Receive one offer into ``output_dir``; return once every file is verified and in place.
 
@@ -125,6 +128,9 @@ async def receive_files(
     InsufficientSpaceError, DeclinedError (``confirm`` said no) — all after rejecting the offer and
     writing nothing — and IntegrityError, RefusedByPeerError, TransferInterruptedError later on.
     ``verify=False`` waives the whole-file SHA-256 on both sides (see the protocol module).
+    Without ``overwrite`` or ``rename``, ``ask_overwrite`` (if given) is asked once with the
+    printable names of the offered files that already exist; yes replaces them as ``overwrite``
+    would, no raises DestinationExistsError.
     """
     out = Path(output_dir)
     if not os.path.isdir(out):  # noqa: ASYNC240 (one stat, before any network wait)
@@ -135,7 +141,8 @@ async def receive_files(
             concurrent.futures.ThreadPoolExecutor(1, "delshare-hash") as hasher,
         ):
             offer = await _receive_offer(channel)
-            targets = await _plan_or_reject(channel, pool, out, offer, overwrite, rename)
+            policy = _Policy(overwrite, rename, ask_overwrite)
+            targets, overwrite = await _plan_or_reject(channel, pool, out, offer, policy)
             if confirm is not None and not await confirm(offer.manifest):
                 await _reject(channel, "declined by the receiver")
                 raise DeclinedError("offer declined")
@@ -166,19 +173,41 @@ async def _reject(channel: RecordChannel, reason: str) -> None:
         await send_message(channel, Reject(reason))
 
 
+@dataclass(frozen=True, slots=True)
+class _Policy:
+    """What may happen to existing destination files."""
+
+    overwrite: bool
+    rename: bool
+    ask: AskOverwrite | None
+
+
 async def _plan_or_reject(
     channel: RecordChannel,
     pool: concurrent.futures.Executor,
     out: Path,
     offer: Offer,
-    overwrite: bool,
-    rename: bool,
-) -> list[_Target]:
+    policy: _Policy,
+) -> tuple[list[_Target], bool]:
+    """Plan every destination (asking before replacing files); return it and ``overwrite``."""
     loop = asyncio.get_running_loop()
+    manifest, chunk, rename = offer.manifest, offer.chunk, policy.rename
     try:
-        targets = await loop.run_in_executor(
-            pool, plan_targets, out, offer.manifest, offer.chunk, overwrite, rename
-        )
+        try:
+            targets = await loop.run_in_executor(
+                pool, plan_targets, out, manifest, chunk, policy.overwrite, rename
+            )
+            overwrite = policy.overwrite
+        except DestinationExistsError:
+            if policy.overwrite or rename or policy.ask is None:
+                raise
+            names = await loop.run_in_executor(pool, existing_files, out, manifest)
+            if not names or not await policy.ask(tuple(display_name(n) for n in names)):
+                raise
+            targets = await loop.run_in_executor(
+                pool, plan_targets, out, manifest, chunk, True, False
+            )
+            overwrite = True
         _check_space(out, targets)
     except (ManifestError, DestinationExistsError, InsufficientSpaceError) as exc:
         await _reject(channel, str(exc))
@@ -186,7 +215,18 @@ async def _plan_or_reject(
     except OSError as exc:
         await _reject(channel, "receiver cannot prepare the output folder")
         raise LocalIOError(f"cannot prepare output folder: {exc}") from exc
-    return targets
+    return targets, overwrite
+
+
+def existing_files(out: Path, manifest: Manifest) -> list[str]:
+    """Offered files whose destination holds something else (what ``overwrite`` replaces)."""
+    names = []
+    for entry in manifest.entries:
+        if entry.kind == "file":
+            final = safe_destination(out, entry.path)
+            if _taken(final, False) and not _already_received(final, entry):
+                names.append(entry.path)
+    return names
 
 
 def plan_targets(
