@@ -3,7 +3,8 @@
 Also home of what ``send`` and ``receive`` share on the command line: the rendezvous and TURN
 options (each with a ``DELSHARE_*`` variable) and :func:`run_app`, which runs a coroutine and
 maps its outcome to the documented exit codes: 0 done, 1 failed, 2 usage, 3 refused (by the
-peer, or declined here), 4 interrupted (Ctrl-C, SIGTERM).
+peer, or declined here), 4 interrupted (Ctrl-C, SIGTERM). It runs on uvloop when installed;
+``DELSHARE_LOOP=asyncio`` selects the standard event loop instead.
 """
 
 from __future__ import annotations
@@ -114,7 +115,9 @@ def session_options(kwargs: dict[str, Any], pair_timeout: float) -> SessionOptio
 
 
 def _event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
-    if os.environ.get("DELSHARE_LOOP", "asyncio") != "uvloop":
+    """uvloop when installed (the ``fast`` extra: cheaper socket I/O), unless
+    ``DELSHARE_LOOP=asyncio`` asks for the standard loop; None means the standard loop."""
+    if os.environ.get("DELSHARE_LOOP", "").strip().lower() == "asyncio":
         return None
     try:
         import uvloop
