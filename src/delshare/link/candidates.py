@@ -22,6 +22,7 @@ import contextlib
 import ctypes
 import ctypes.util
 import ipaddress
+import os
 import socket
 import sys
 from collections.abc import Iterable
@@ -180,7 +181,14 @@ def _usable(address: str) -> bool:
 
 
 def host_addresses() -> list[str]:
-    """Every usable local interface address, IPv4 first, loopback included."""
+    """Every usable local interface address, IPv4 first, loopback included.
+
+    ``DELSHARE_HOST_ADDRESSES`` (comma-separated IPs) replaces the gathered list: for hosts that
+    must advertise only some interfaces, and for tests that must stay on loopback.
+    """
+    chosen = os.environ.get("DELSHARE_HOST_ADDRESSES", "").strip()
+    if chosen:
+        return [ipaddress.ip_address(a.strip()).compressed for a in chosen.split(",") if a.strip()]
     try:
         found = _getifaddrs()
     except (OSError, AttributeError, TypeError):  # no getifaddrs (Windows): ask the resolver
