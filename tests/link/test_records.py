@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import itertools
 import os
+import socket
 
 import pytest
 from hypothesis import given, settings
@@ -14,8 +15,11 @@ from hypothesis import strategies as st
 from delshare.link.records import (
     CONFIRM_SIZE,
     HELLO_SIZE,
+    KEEPALIVE_COUNT,
+    KEEPALIVE_IDLE,
     MAX_PAYLOAD,
     TAG_SIZE,
+    USER_TIMEOUT_MS,
     Handshake,
     LinkAuthError,
     LinkClosedError,
@@ -236,6 +240,20 @@ async def test_big_records_written_without_draining_arrive_intact() -> None:
         a.write(memoryview(bytearray(payload)))
     for payload in payloads:
         assert await b.recv() == payload
+    await a.close()
+    await b.close()
+
+
+@pytest.mark.skipif(not hasattr(socket, "TCP_USER_TIMEOUT"), reason="Linux socket options")
+async def test_link_sockets_detect_a_silently_dead_peer() -> None:
+    """Keepalive probes and a user timeout are set on both ends of the link."""
+    a, b = await linked()
+    for channel in (a, b):
+        sock = channel.writer.get_extra_info("socket")
+        assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE) == KEEPALIVE_IDLE
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT) == KEEPALIVE_COUNT
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT) == USER_TIMEOUT_MS
     await a.close()
     await b.close()
 

@@ -32,6 +32,7 @@ import enum
 import hashlib
 import hmac
 import os
+import socket
 import struct
 from dataclasses import dataclass
 from typing import Literal, NoReturn, cast
@@ -460,6 +461,8 @@ class _RecordProtocol(asyncio.BufferedProtocol):
 
 
 _RING = 4
+KEEPALIVE_IDLE, KEEPALIVE_INTERVAL, KEEPALIVE_COUNT = 20, 5, 4  # seconds, seconds, probes
+USER_TIMEOUT_MS = 60_000
 _TRANSPORT_API = ("set_protocol", "pause_reading", "resume_reading", "is_reading", "abort")
 _RING_MIN = 64 << 10
 _OUT_RING = 3
@@ -494,6 +497,7 @@ class RecordChannel:
         self._out_next = 0
         self._written = 0
         buffered = _take_buffered(reader)
+        _detect_dead_peer(self._transport)
         self._transport.set_protocol(self._protocol)
         self._protocol.connection_made(self._transport)
         self._protocol.feed(buffered)
@@ -607,6 +611,30 @@ class RecordChannel:
         """Drop the connection at once, without CLOSE (the peer sees a lost link)."""
         self._closed = True
         self._transport.abort()
+
+
+def _detect_dead_peer(transport: asyncio.Transport) -> None:
+    """TCP keepalive and a user timeout, so a link that silently stops (a NAT mapping or a
+    network gone, no FIN or RST) fails in about a minute instead of hanging both ends:
+    keepalive probes catch an idle one, ``TCP_USER_TIMEOUT`` (RFC 5482) data left unacknowledged.
+    A peer that is merely slow still acknowledges, so it is never cut off."""
+    sock = transport.get_extra_info("socket")
+    if sock is None or sock.type != socket.SOCK_STREAM:
+        return
+    if sock.family not in (socket.AF_INET, socket.AF_INET6):
+        return
+    options = [(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)]
+    for name, value in (
+        ("TCP_KEEPIDLE", KEEPALIVE_IDLE),
+        ("TCP_KEEPINTVL", KEEPALIVE_INTERVAL),
+        ("TCP_KEEPCNT", KEEPALIVE_COUNT),
+        ("TCP_USER_TIMEOUT", USER_TIMEOUT_MS),
+    ):
+        if hasattr(socket, name):  # Linux has all; others keep their defaults
+            options.append((socket.IPPROTO_TCP, getattr(socket, name), value))
+    for level, option, value in options:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(level, option, value)
 
 
 def _take_buffered(reader: asyncio.StreamReader) -> bytes:
