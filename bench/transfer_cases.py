@@ -188,12 +188,18 @@ Runner = Callable[[Path, int, Config], Transfer]
 
 
 def _transfer(
-    send: Sequence[str], recv: Sequence[str], src: Path, name: str, cfg: Config, mark: bytes
+    send: Sequence[str],
+    recv: Sequence[str],
+    src: Path,
+    name: str,
+    cfg: Config,
+    mark: bytes,
+    env: dict[str, str] | None = None,
 ) -> Transfer:
     out = _fresh_dir(name)
     log_dir = OUT_DIR / "logs" / name
     wall, cpu, err, marks = run_pair(
-        send, recv, recv_cwd=out, log_dir=log_dir, timeout=cfg.transfer_max_s, mark=mark
+        send, recv, recv_cwd=out, log_dir=log_dir, timeout=cfg.transfer_max_s, mark=mark, env=env
     )
     if not err:
         _, err = _received_ok(src, out)
@@ -261,7 +267,9 @@ def ours(server: Server, rendezvous: int, relayed: bool) -> Runner:
         )
         recv = [*delshare_cmd(), "receive", "--yes", "--output", str(RX_DIR / name), *common]
         recv = profile.wrap([*recv, code], f"{tag}-recv")
-        return _transfer(send, recv, src, name, cfg, b"connected:")
+        # our candidates: loopback only, so "direct" stays on 127.0.0.1
+        env = {**os.environ, "DELSHARE_HOST_ADDRESSES": "127.0.0.1"}
+        return _transfer(send, recv, src, name, cfg, b"connected:", env)
 
     return run
 
