@@ -123,7 +123,7 @@ def _interrupt(
     finally:
         pair.kill_all()
     for outcome in (sent, received):  # a survivor fails with one line, never a traceback
-        assert outcome.returncode in (1, -signal.SIGKILL), outcome
+        assert outcome.returncode in (1, 4, -signal.SIGKILL), outcome
         assert "Traceback" not in outcome.stderr
     return sent, received
 
@@ -167,9 +167,11 @@ def _check_resumed(run: Rerun, kept: int, out: Path, source_sha: str) -> None:
     assert f" {SIZE - run.resumed_at} moved " in receiver_done
 
 
-def _sigkill(pick: Callable[[Pair], subprocess.Popen[Any]]) -> Callable[[Pair], None]:
+def _signal(
+    pick: Callable[[Pair], subprocess.Popen[Any]], signum: int = signal.SIGKILL
+) -> Callable[[Pair], None]:
     def kill(pair: Pair) -> None:
-        pick(pair).send_signal(signal.SIGKILL)
+        pick(pair).send_signal(signum)
 
     return kill
 
@@ -186,7 +188,7 @@ def test_rerun_after_killed_sender_resumes(
     env = env_for(relay.rendezvous, relay.turn)
     flags = ["--relay-only"]
     sent, received = _interrupt(
-        source, out, env, "40-guitar-orbit", flags, _sigkill(lambda p: p.sender)
+        source, out, env, "40-guitar-orbit", flags, _signal(lambda p: p.sender)
     )
     assert sent.returncode == -signal.SIGKILL
     assert received.returncode == 1, received.stderr
@@ -200,12 +202,27 @@ def test_rerun_after_killed_receiver_resumes(
     relay: RelayProcess, source: Path, source_sha: str, out: Path, path: str
 ) -> None:
     env = env_for(relay.rendezvous, relay.turn)
-    kill = _sigkill(lambda p: p.receiver)
+    kill = _signal(lambda p: p.receiver)
     sent, received = _interrupt(source, out, env, "42-guitar-orbit", [path], kill)
     assert received.returncode == -signal.SIGKILL
     assert sent.returncode == 1, sent.stdout + sent.stderr
     kept = _kept(out)
     run = _rerun(source, out, env, "43-guitar-orbit", [path])
+    _check_resumed(run, kept, out, source_sha)
+
+
+def test_rerun_after_interrupted_receiver_resumes(
+    relay: RelayProcess, source: Path, source_sha: str, out: Path
+) -> None:
+    """Ctrl-C keeps the .part (everything authenticated so far is written out) for the re-run."""
+    env = env_for(relay.rendezvous, relay.turn)
+    interrupt = _signal(lambda p: p.receiver, signal.SIGINT)
+    sent, received = _interrupt(source, out, env, "48-guitar-orbit", ["--direct-only"], interrupt)
+    assert received.returncode == 4, received.stderr
+    assert received.stderr.rstrip().endswith("error: interrupted")
+    assert sent.returncode == 1, sent.stdout + sent.stderr
+    kept = _kept(out)
+    run = _rerun(source, out, env, "49-guitar-orbit", ["--direct-only"])
     _check_resumed(run, kept, out, source_sha)
 
 
@@ -217,7 +234,7 @@ def test_rerun_after_relay_restart_resumes(
     env = env_for(relay.rendezvous, relay.turn)
     flags = ["--relay-only"]
     try:
-        kill = _sigkill(lambda _pair: relay.process)
+        kill = _signal(lambda _pair: relay.process)
         sent, received = _interrupt(source, out, env, "44-guitar-orbit", flags, kill)
         relay.process.wait(5)
         assert (sent.returncode, received.returncode) == (1, 1), sent.stderr + received.stderr
@@ -234,7 +251,7 @@ def test_flipped_byte_in_part_prefix_is_resent(
 ) -> None:
     env = env_for(relay.rendezvous, relay.turn)
     flags = ["--direct-only"]
-    kill = _sigkill(lambda p: p.sender)
+    kill = _signal(lambda p: p.sender)
     _interrupt(source, out, env, "46-guitar-orbit", flags, kill)
     kept = _kept(out)
     bad = 3 * DEFAULT_CHUNK + 12345  # inside the 4th chunk of the prefix
