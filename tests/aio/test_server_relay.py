@@ -442,3 +442,24 @@ async def test_unbound_peer_is_held_back_by_flow_control(relay: RunningRelay) ->
     for closable in (client_writer, peer_writer):
         closable.close()
     control.close()
+
+
+async def test_bytes_are_counted_when_the_allocation_ends_mid_stream() -> None:
+    """RFC 6062 §5.5 teardown cancels the bridge; what it moved still reaches the counters."""
+    server = ServerConfig(auth=AuthConfig(REALM, {USER: PASSWORD}), allow_peers=("127.0.0.0/8",))
+    running = await start_relay(RelayConfig(server=server, listen=((HOST, 0),)))
+    try:
+        control, peer_reader, peer_writer, cid = await incoming_peer(running)
+        client_reader, _client_writer = await connection_bind(running, control, cid)
+        peer_writer.write(b"y" * 1500)
+        await read_all(client_reader, 1500)
+        control.close()  # the allocation ends while both data connections are still open
+        assert await asyncio.wait_for(peer_reader.read(), STEP) == b""
+        for _ in range(100):
+            if running.server.bytes_relayed == 1500:
+                break
+            await asyncio.sleep(0.05)
+        assert running.server.bytes_relayed == 1500
+        peer_writer.close()
+    finally:
+        await running.close()

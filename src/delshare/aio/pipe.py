@@ -103,7 +103,12 @@ class BridgeStats:
 
 
 async def bridge(
-    a: Endpoint, b: Endpoint, *, a_to_b_prefix: bytes = b"", b_to_a_prefix: bytes = b""
+    a: Endpoint,
+    b: Endpoint,
+    *,
+    a_to_b_prefix: bytes = b"",
+    b_to_a_prefix: bytes = b"",
+    stats: BridgeStats | None = None,
 ) -> BridgeStats:
     """Move bytes both ways between ``a`` and ``b`` until both directions end; close both.
 
@@ -113,11 +118,12 @@ async def bridge(
     (RFC 6062 §5.5) with ``reset=True`` after the other side got every byte owed to it (bounded
     by ``LINGER_TIMEOUT``). A reset is noticed when the bridge next reads or writes that socket,
     so a bridge stalled on a peer that never reads waits as TCP would: cancel it to end it.
+    ``stats``, when given, is filled in as the bridge ends, even when it is cancelled.
     """
     _check_endpoint(a)
     _check_endpoint(b)
     if isinstance(a, socket.socket) and isinstance(b, socket.socket) and _loop_watches_fds():
-        return await _SocketBridge(a, b, a_to_b_prefix, b_to_a_prefix).run()
+        return await _run_reporting(_SocketBridge(a, b, a_to_b_prefix, b_to_a_prefix), stats)
     streams: list[_Stream] = []
     try:
         for endpoint in (a, b):
@@ -128,7 +134,20 @@ async def bridge(
         for endpoint in (a, b)[len(streams) :]:
             _close_endpoint(endpoint)
         raise
-    return await _StreamBridge(streams[0], streams[1], a_to_b_prefix, b_to_a_prefix).run()
+    runner = _StreamBridge(streams[0], streams[1], a_to_b_prefix, b_to_a_prefix)
+    return await _run_reporting(runner, stats)
+
+
+async def _run_reporting(
+    runner: _SocketBridge | _StreamBridge, out: BridgeStats | None
+) -> BridgeStats:
+    try:
+        return await runner.run()
+    finally:
+        if out is not None:
+            done = runner.snapshot()
+            out.a_to_b, out.b_to_a, out.reset = done.a_to_b, done.b_to_a, done.reset
+            out.peak_buffered, out.path = done.peak_buffered, done.path
 
 
 def _loop_watches_fds() -> bool:
@@ -456,6 +475,12 @@ class _SocketBridge:
             await self._ended
         finally:
             self._teardown()
+        return self.snapshot()
+
+    def snapshot(self) -> BridgeStats:
+        """What has been moved so far."""
+        if len(self._directions) < 2:
+            return BridgeStats(0, 0, bool(self._failed))
         ab, ba = self._directions
         path = "splice" if ab.path == ba.path == "splice" else "copy"
         peak = max(ab.peak, ba.peak)
@@ -552,6 +577,10 @@ class _StreamBridge:
                 else:
                     writer.transport.abort()
             await asyncio.gather(*self._tasks.values(), return_exceptions=True)
+        return self.snapshot()
+
+    def snapshot(self) -> BridgeStats:
+        """What has been moved so far."""
         ab, ba = self._directions
         peak = max(ab.peak, ba.peak)
         return BridgeStats(ab.delivered, ba.delivered, bool(self._failed), peak, "stream")

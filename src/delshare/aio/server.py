@@ -23,7 +23,7 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
-from delshare.aio.pipe import bridge
+from delshare.aio.pipe import BridgeStats, bridge
 from delshare.aio.relay_metrics import RelayMetrics
 from delshare.aio.relay_sockets import (
     PortPool,
@@ -293,22 +293,25 @@ class RelayServer:
         peer_sock, link.sock = link.sock, None
         link.client = client
         link.task = asyncio.current_task()
-        reason = "closed"
+        reason = "closed by allocation teardown"
+        stats = BridgeStats(0, 0)
+        stun_bytes = client.take_output() + response
         try:
-            stun_bytes = client.take_output() + response
-            stats = await bridge(
+            await bridge(
                 client.endpoint,
                 peer_sock,
                 a_to_b_prefix=client.leftover,
                 b_to_a_prefix=stun_bytes,
+                stats=stats,
             )
-            down = max(0, stats.b_to_a - len(stun_bytes))
-            self.bytes_relayed += stats.a_to_b + down
-            self.metrics.relayed("tcp", stats.a_to_b + down)
-            reason = f"closed ({stats.a_to_b} bytes up, {down} down)"
+            reason = "closed"
         except OSError as exc:
             reason = f"failed: {exc}"
         finally:
+            down = max(0, stats.b_to_a - len(stun_bytes))
+            self.bytes_relayed += stats.a_to_b + down
+            self.metrics.relayed("tcp", stats.a_to_b + down)
+            reason += f" ({stats.a_to_b} bytes up, {down} down)"
             self._links.pop(conn_id, None)
             self.core.connection_closed(conn_id, time.time(), reason)
             self._flush()
