@@ -13,7 +13,7 @@ import traceback
 from collections.abc import Callable
 from dataclasses import replace
 
-from bench import profile, relay_cases, transfer_cases
+from bench import netns, profile, relay_cases, transfer_cases
 from bench.common import OUT_DIR, NotAvailable, Row
 from bench.config import FULL, QUICK, Config
 from bench.report import dump, machine, table, targets_table
@@ -93,7 +93,8 @@ def main(argv: list[str]) -> int:
     if args.what == "setup":
         print(ensure_venv(install=True))
         return 0
-    meta = _meta(cfg, argv, install)
+    meta = _meta(cfg, argv, install)  # may pip-install wormhole: before leaving the network
+    meta["network"] = netns.enter_private_network()
     if getattr(args, "profile", False):
         meta["profile"] = "py-spy" if profile.enable() else "py-spy not installed: no profiles"
     for key, value in meta.items():

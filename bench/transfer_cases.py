@@ -24,7 +24,7 @@ from dataclasses import dataclass, replace
 from functools import cache, partial
 from pathlib import Path
 
-from bench import profile
+from bench import netns, profile
 from bench.common import OUT_DIR, MiB, NotAvailable, Row, free_port
 from bench.config import Config
 from bench.servers import PASSWORD, USER, Server, delshare_cmd, start_delshare_relay
@@ -276,6 +276,8 @@ def ours(server: Server, rendezvous: int, relayed: bool) -> Runner:
 
 def wormhole(servers: WormholeServers, relayed: bool) -> Runner:
     def run(src: Path, n: int, cfg: Config) -> Transfer:
+        if not relayed and not netns.is_private():
+            raise NotAvailable("needs a private network namespace (root): its hints name eth0")
         code = _fresh_code()
         base = wormhole_cmd(servers)
         listen = ["--no-listen"] if relayed else []
