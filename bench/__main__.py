@@ -93,8 +93,14 @@ def main(argv: list[str]) -> int:
     if args.what == "setup":
         print(ensure_venv(install=True))
         return 0
-    meta = _meta(cfg, argv, install)  # may pip-install wormhole: before leaving the network
-    meta["network"] = netns.enter_private_network()
+    if install:  # pip needs the network: install before leaving it
+        try:
+            ensure_venv(install=True)
+        except Exception as exc:  # the wormhole rows will say why
+            print(f"# wormhole install failed: {exc}", flush=True)
+    netns.reexec_in_private_network(argv)
+    meta = _meta(cfg, argv, install)
+    meta["network"] = netns.describe()
     if getattr(args, "profile", False):
         meta["profile"] = "py-spy" if profile.enable() else "py-spy not installed: no profiles"
     for key, value in meta.items():
