@@ -1,6 +1,6 @@
 """Loopback throughput: DEL's encrypted transfer vs a plain Python socket copy of the same file.
 
-Run: ``python -m delshare.transfer.benchmark SOURCE_FILE OUTPUT_DIR [ROUNDS]``. Each round copies
+Run: ``python -m bench.transfer_micro SOURCE_FILE OUTPUT_DIR [ROUNDS]``. Each round copies
 SOURCE_FILE once with a plain blocking socket loop (reader process: ``readinto`` + ``sendall``;
 writer process: ``recv_into`` + ``write`` + ``fsync``) and once with ``send_files`` /
 ``receive_files`` over a handshaken RecordChannel, sender and receiver in separate processes.
@@ -126,6 +126,9 @@ def main(argv: list[str]) -> None:
     if "--no-verify" in argv:
         argv = [a for a in argv if a != "--no-verify"]
         _options["verify"] = False
+    if len(argv) < 2 or argv[0] in ("-h", "--help"):
+        print(__doc__)
+        raise SystemExit(2)
     source, output_dir = Path(argv[0]), Path(argv[1])
     rounds = int(argv[2]) if len(argv) > 2 else 3
     output_dir.mkdir(parents=True, exist_ok=True)
