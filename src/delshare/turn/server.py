@@ -25,6 +25,7 @@ from collections.abc import Callable
 from delshare.errors import StunDecodeError, StunProtocolError
 from delshare.stun.attributes import Address
 from delshare.stun.constants import (
+    CHANNEL_LIFETIME,
     CHANNEL_MIN,
     FAMILY_IPV4,
     FAMILY_IPV6,
@@ -73,7 +74,6 @@ from delshare.turn.server_types import (
     ServerConfig,
 )
 
-CHANNEL_LIFETIME = 600.0  # RFC 8656 §12
 # RFC 8656 §12 narrowed channels to 0x4000-0x4FFF; RFC 5766 clients (coturn's uclient) still pick
 # up to 0x7FFF, and the stream framing (first bits 01) covers the whole range, so accept it.
 COMPAT_CHANNEL_MAX = 0x7FFF

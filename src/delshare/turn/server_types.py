@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 from delshare.stun.attributes import Address
+from delshare.stun.constants import CONNECT_TIMEOUT, CONNECTION_BIND_TIMEOUT, DEFAULT_LIFETIME
 from delshare.turn.auth import AuthConfig
 
 UDP = "udp"
@@ -46,10 +47,10 @@ class ServerConfig:
     max_connections_per_allocation: int = 64
     max_pending_connections: int = 256
     max_permissions_per_allocation: int = 256
-    default_lifetime: int = 600  # RFC 8656 §3.2
+    default_lifetime: int = DEFAULT_LIFETIME  # RFC 8656 §3.2
     max_lifetime: int = 3600  # RFC 8656 §3.2 "typically 3600"
-    connect_timeout: float = 30.0  # RFC 6062 §5.2
-    bind_timeout: float = 30.0  # RFC 6062 §5.3, §5.4
+    connect_timeout: float = CONNECT_TIMEOUT  # RFC 6062 §5.2
+    bind_timeout: float = CONNECTION_BIND_TIMEOUT  # RFC 6062 §5.3, §5.4
     reservation_lifetime: float = 30.0  # RFC 8656 §14.9 "about 30 seconds"
     ipv6_relays: bool = True
     dont_fragment: bool = True  # the adapter can set DF on UDP relays (RFC 8656 §7.2, §18.8)
