@@ -44,9 +44,6 @@ What uclient does (coturn 4.6.1, read from its source and measured here):
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import hmac
 import os
 import re
 import shutil
@@ -61,6 +58,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Literal, Self
 
+from delshare.stun.credentials import rest_credentials as delshare_rest_credentials
 from tests.support.ports import free_port
 from tests.support.tlscert import make_self_signed
 
@@ -123,11 +121,9 @@ def rest_credentials(secret: str, user: str = "user", *, ttl: int = 3600) -> tup
     """TURN REST API credentials: ``(f"{expiry}:{user}", base64(HMAC-SHA1(secret, username)))``.
 
     The scheme of draft-uberti-behave-turn-rest-00 §2.2, as coturn's ``--use-auth-secret``
-    checks it.
+    checks it. This is DEL's own implementation, so coturn accepting it checks our code.
     """
-    username = f"{int(time.time()) + ttl}:{user}"
-    digest = hmac.new(secret.encode(), username.encode(), hashlib.sha1).digest()
-    return username, base64.b64encode(digest).decode()
+    return delshare_rest_credentials(secret, time.time(), ttl, user)
 
 
 @dataclass
