@@ -43,8 +43,8 @@ def test_key_lines() -> None:
         "code: 7-guitar-orbit",
         "connected: relay 203.0.113.1:3478",
         "resuming at 4096 of 1048576 dir/a",
-        f"verified: sha256 {HEX} dir/a",
-        f"verified: sha256 {HEX} dir/b",
+        f"verified: blake3 {HEX} dir/a",
+        f"verified: blake3 {HEX} dir/b",
         "done: 2 files, 3145728 bytes, 3145728 moved in 1.50 s (2.1 MB/s)",
     ]
 
@@ -99,5 +99,5 @@ def test_rich_lists_a_bounded_number_of_hashes() -> None:
         ui(FileVerified(f"f{n}", 1, HEX))
     ui(TransferFinished(25, 25, 25, 1.0))
     text = out.getvalue()
-    assert text.count("verified: sha256") == 20
+    assert text.count("verified: blake3") == 20
     assert "verified: 5 more file(s)" in text

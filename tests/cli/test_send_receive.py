@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from blake3 import blake3
 
 from tests.app.harness import (
     TURN_PASSWORD,
@@ -106,10 +107,10 @@ def test_200_mib_file(
     assert sent.returncode == 0, sent.stderr
     for outcome in (sent, received):
         assert outcome.line("connected: ").startswith(_expected_path(flag))
-    expected = sha256_file(big_file)
-    assert sha256_file(tmp_path / "big.bin") == expected
-    assert received.line("verified: ") == f"verified: sha256 {expected} big.bin"
-    assert sent.line("verified: ") == f"verified: sha256 {expected} big.bin"
+    assert sha256_file(tmp_path / "big.bin") == sha256_file(big_file)
+    expected = blake3(big_file.read_bytes()).hexdigest()
+    assert received.line("verified: ") == f"verified: blake3 {expected} big.bin"
+    assert sent.line("verified: ") == f"verified: blake3 {expected} big.bin"
     assert not [p for p in tmp_path.iterdir() if p.name != "big.bin"]  # no .part left
 
 

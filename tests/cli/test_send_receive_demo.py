@@ -16,6 +16,6 @@ def test_demo_relays_through_embedded_turn_and_verifies() -> None:
     connected = [line for line in lines if "connected: " in line]
     assert len(connected) == 2
     assert all(re.search(r"connected: relay 127\.0\.0\.1:\d+$", line) for line in connected)
-    hashes = {m.group(1) for line in lines if (m := re.search(r"sha256 ([0-9a-f]{64})", line))}
+    hashes = {m.group(1) for line in lines if (m := re.search(r"blake3 ([0-9a-f]{64})", line))}
     assert len(hashes) == 1  # sender, receiver and the final check agree
-    assert lines[-1].startswith("demo: verified: sha256 ")
+    assert lines[-1].startswith("demo: verified: blake3 ")

@@ -243,7 +243,7 @@ def test_existing_file_on_a_terminal_asks_before_overwriting(
     if answer == "y":
         assert (received.returncode, sent.returncode) == (0, 0), terminal + sent.stderr
         assert (out / "small.txt").read_text() == "hello\n"
-        assert received.line("verified: sha256 ")
+        assert received.line("verified: blake3 ")
     else:
         assert (received.returncode, sent.returncode) == (1, 3), terminal + sent.stderr
         assert terminal.rstrip().endswith(

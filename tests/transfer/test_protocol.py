@@ -57,7 +57,7 @@ def test_messages_round_trip(message: Message) -> None:
 
 def test_wire_form_is_versioned_json() -> None:
     obj = json.loads(encode_message(Offer(MANIFEST, 1 << 20)))
-    assert obj["v"] == 1 and obj["type"] == "offer" and obj["total"] == 10
+    assert obj["v"] == 2 and obj["type"] == "offer" and obj["total"] == 10
     assert obj["entries"][1] == {
         "path": "d/f.txt",
         "kind": "file",
@@ -72,13 +72,13 @@ def test_wire_form_is_versioned_json() -> None:
     [
         b"not json",
         b"[]",
-        b'{"v":2,"type":"done"}',
-        b'{"v":1,"type":"nope"}',
-        b'{"v":1,"type":"file-begin","index":-1,"offset":0}',
-        b'{"v":1,"type":"file-begin","index":true,"offset":0}',
-        b'{"v":1,"type":"file-end","index":0,"sha256":"zz"}',
-        b'{"v":1,"type":"accept","files":[{"index":0,"offset":1,"chunks":"x"}]}',
-        b'{"v":1,"type":"offer","chunk":1,"total":0,"entries":[]}',
+        b'{"v":1,"type":"done"}',  # a version-1 (SHA-256) peer
+        b'{"v":2,"type":"nope"}',
+        b'{"v":2,"type":"file-begin","index":-1,"offset":0}',
+        b'{"v":2,"type":"file-begin","index":true,"offset":0}',
+        b'{"v":2,"type":"file-end","index":0,"blake3":"zz"}',
+        b'{"v":2,"type":"accept","files":[{"index":0,"offset":1,"chunks":"x"}]}',
+        b'{"v":2,"type":"offer","chunk":1,"total":0,"entries":[]}',
     ],
 )
 def test_malformed_messages_raise_protocol_errors(raw: bytes) -> None:

@@ -3,13 +3,13 @@
 Starts the relay (TURN with RFC 6062 TCP allocations, plus the rendezvous service) in-process on
 free loopback ports, writes a file of random bytes, then runs the sender and the receiver in one
 event loop with ``--relay-only``: the bytes go sender → TURN server → receiver over TCP, exactly
-as between two NATed machines. Finally the received file's SHA-256 is compared with the source.
+as between two NATed machines. Finally the received file's BLAKE3 digest is compared with the
+source.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import os
 import secrets
 import tempfile
@@ -27,6 +27,7 @@ from delshare.app.send import run_send
 from delshare.errors import TransferError
 from delshare.link.relay import TurnSettings
 from delshare.pairing import generate_code, serve_rendezvous
+from delshare.transfer.digest import hash_file, new_hasher
 from delshare.turn.auth import AuthConfig
 from delshare.turn.server_types import ServerConfig
 
@@ -40,13 +41,13 @@ class DemoResult:
     """What the demo moved and the hash both ends agree on."""
 
     size: int
-    sha256: str
+    blake3: str
     turn: str
     rendezvous: str
 
 
 def _random_file(path: Path, size: int) -> str:
-    digest = hashlib.sha256()
+    digest = new_hasher()
     with path.open("wb") as f:
         left = size
         while left:
@@ -54,14 +55,6 @@ def _random_file(path: Path, size: int) -> str:
             f.write(block)
             digest.update(block)
             left -= len(block)
-    return digest.hexdigest()
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while block := f.read(1 << 20):
-            digest.update(block)
     return digest.hexdigest()
 
 
@@ -108,9 +101,9 @@ async def run_demo(
                 run_send([str(source)], code, session, send_report),
                 run_receive(code, session, receive, receive_report, _never_asked),
             )
-            got = await loop.run_in_executor(None, _sha256, out / "demo.bin")
+            got = (await loop.run_in_executor(None, hash_file, out / "demo.bin")).hex()
         if got != expected:
-            raise TransferError(f"received file differs: sha256 {got} != {expected}")
+            raise TransferError(f"received file differs: blake3 {got} != {expected}")
         return DemoResult(size, got, f"127.0.0.1:{turn.turn_port}", rendezvous_url)
     finally:
         rendezvous.close()

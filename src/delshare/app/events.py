@@ -91,11 +91,11 @@ class ProgressUpdated:
 
 @dataclass(frozen=True, slots=True)
 class FileVerified:
-    """A file's whole-content SHA-256 matched on arrival (or was sent with this hash)."""
+    """A file's whole-content BLAKE3 digest matched on arrival (or was sent with this hash)."""
 
     name: str
     size: int
-    sha256: str
+    blake3: str
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,6 +1,6 @@
 """Let the app see the transfer's ``file-begin``/``file-end`` messages on a record channel.
 
-The transfer layer verifies every file against the SHA-256 its sender declares in ``file-end``
+The transfer layer verifies every file against the BLAKE3 digest its sender declares in ``file-end``
 (:mod:`delshare.transfer.protocol`); the app prints that hash once the whole transfer is
 confirmed. Watching the CONTROL records on their way avoids hashing every file a second time.
 ``file-begin`` tells where a resumed file continues, for the ``resuming at N of M`` line.
@@ -35,7 +35,7 @@ def _watcher(on_end: FileEndHook, on_begin: FileBeginHook) -> Callable[[bytes | 
         except DelshareError:
             return  # the transfer layer reports malformed messages itself
         if isinstance(message, FileEnd):
-            on_end(message.index, message.sha256)
+            on_end(message.index, message.digest)
         elif isinstance(message, FileBegin):
             on_begin(message.index, message.offset)
 
@@ -45,7 +45,7 @@ def _watcher(on_end: FileEndHook, on_begin: FileBeginHook) -> Callable[[bytes | 
 def observe_file_ends(
     channel: RecordChannel, hook: FileEndHook, on_begin: FileBeginHook = _no_begin
 ) -> RecordChannel:
-    """Call ``hook(index, sha256)`` for every file-end sent or received on ``channel``, and
+    """Call ``hook(index, digest)`` for every file-end sent or received on ``channel``, and
     ``on_begin(index, offset)`` for every file-begin."""
     watch_sent, watch_received = _watcher(hook, on_begin), _watcher(hook, on_begin)
     write, recv_record = channel.write, channel.recv_record

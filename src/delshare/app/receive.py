@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import os
 import time
 from collections.abc import Awaitable, Callable
@@ -30,6 +29,7 @@ from delshare.app.send import report_hashes, started
 from delshare.errors import PairingError
 from delshare.link.records import RecordChannel
 from delshare.pairing import pair, parse_code
+from delshare.transfer.digest import hash_file
 from delshare.transfer.errors import DestinationExistsError
 from delshare.transfer.manifest import Manifest, display_name
 from delshare.transfer.receiver import AskOverwrite, ReceiveStats, receive_files
@@ -57,14 +57,6 @@ class ReceiveOptions:
     yes: bool = False
 
 
-def _sha256_file(path: str) -> bytes:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            digest.update(block)
-    return digest.digest()
-
-
 async def _hash_missing(manifest: Manifest, stats: ReceiveStats, hashes: dict[int, bytes]) -> None:
     """Hash from disk any received file whose ``file-end`` the observer did not see."""
     index_of = {e.path: i for i, e in enumerate(manifest.entries)}
@@ -72,9 +64,7 @@ async def _hash_missing(manifest: Manifest, stats: ReceiveStats, hashes: dict[in
     for received in stats.files:
         index = index_of.get(received.path)
         if index is not None and index not in hashes and not received.skipped:
-            hashes[index] = await loop.run_in_executor(
-                None, _sha256_file, str(received.destination)
-            )
+            hashes[index] = await loop.run_in_executor(None, hash_file, str(received.destination))
 
 
 async def _receive(

@@ -35,7 +35,7 @@ def demo(size: int) -> None:
         )
         result = await run_demo(size << 20, sender, receiver)
         result_lines.append(f"demo: TURN server {result.turn}, rendezvous {result.rendezvous}")
-        result_lines.append(f"demo: verified: sha256 {result.sha256} (source = received)")
+        result_lines.append(f"demo: verified: blake3 {result.blake3} (source = received)")
 
     code = run_app(main, receiver)
     for line in result_lines:

@@ -181,7 +181,7 @@ def send(paths: tuple[str, ...], code: str | None, ticket: str | None, **kwargs:
     """Send files and folders; prints a code for `delshare receive`.
 
     Prints `code: CODE`, then `connected: direct ADDRESS` or `connected: relay TURN-SERVER`,
-    one `verified: sha256 HEX NAME` line per file and a `done:` line. With `--to TICKET` no
+    one `verified: blake3 HEX NAME` line per file and a `done:` line. With `--to TICKET` no
     code and no rendezvous are used.
     """
     ui = Ui(pick_style(kwargs["json_output"]))

@@ -4,7 +4,7 @@ Three renderings of the same :mod:`delshare.app.events`:
 
 - ``rich``: on a terminal, a total bar and a per-file bar with rate and ETA, plus the key lines;
 - ``plain``: when stdout is not a terminal, only the key lines (``code: ...``,
-  ``connected: direct|relay ...``, ``verified: sha256 <hex> <name>``, ``done: ...``), and
+  ``connected: direct|relay ...``, ``verified: blake3 <hex> <name>``, ``done: ...``), and
   notices as ``note: ...`` on stderr;
 - ``json``: one JSON object per line and per event (``--json``), errors included.
 
@@ -73,8 +73,8 @@ def key_line(event: Event) -> str | None:
             return f"ticket: {ticket}"
         case PeerConnected():
             return event.line
-        case FileVerified(name, _size, sha256):
-            return f"verified: sha256 {sha256} {name}"
+        case FileVerified(name, _size, digest):
+            return f"verified: blake3 {digest} {name}"
         case ResumeStarted(name, offset, size):
             return f"resuming at {offset} of {size} {name}"
         case TransferFinished(files, total, moved, seconds):

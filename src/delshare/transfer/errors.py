@@ -52,7 +52,7 @@ class RefusedByPeerError(TransferError):
 
 
 class IntegrityError(TransferError):
-    """A received file's SHA-256 did not match the sender's."""
+    """A received file's content hash did not match the sender's."""
 
 
 class SourceChangedError(TransferError):

@@ -4,7 +4,7 @@ Theory of operation: the offer is validated (paths, duplicates, bounds) and plan
 through :func:`safe_destination`, conflicts, ``.part`` prefixes to resume, free space) before
 anything is written; a hostile or impossible offer is rejected with nothing on disk. Each file
 is written to ``NAME.part`` next to a ``NAME.part.json`` sidecar naming the source's size and
-mtime, hashed as it arrives, checked against the sender's SHA-256, fsynced, given its mode
+mtime, hashed as it arrives, checked against the sender's BLAKE3 digest, fsynced, given its mode
 (``& 0o755``: no setuid/setgid/sticky, no group/other write) and mtime, then renamed into place
 (never over an existing file unless ``overwrite``). A broken link leaves the .part for resume;
 a .part whose sidecar names another source version (size or mtime changed) starts over from 0.
@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
-import hashlib
 import os
 import shutil
 import stat
@@ -28,9 +27,9 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from delshare.link.records import MAX_PAYLOAD, LinkClosedError, RecordChannel, RecordKind
+from delshare.transfer.digest import Hasher, new_hasher
 from delshare.transfer.errors import (
     DeclinedError,
     DestinationExistsError,
@@ -130,7 +129,7 @@ async def receive_files(
     Raises ManifestError/UnsafePathError (hostile offer), DestinationExistsError,
     InsufficientSpaceError, DeclinedError (``confirm`` said no) — all after rejecting the offer and
     writing nothing — and IntegrityError, RefusedByPeerError, TransferInterruptedError later on.
-    ``verify=False`` waives the whole-file SHA-256 on both sides (see the protocol module).
+    ``verify=False`` waives the whole-file digest on both sides (see the protocol module).
     Without ``overwrite`` or ``rename``, ``ask_overwrite`` (if given) is asked once with the
     printable names of the offered files that already exist; yes replaces them as ``overwrite``
     would, no raises DestinationExistsError.
@@ -409,13 +408,13 @@ class _ReceiveSession:
         except BaseException:
             await loop.run_in_executor(self._pool, os.close, fd)
             raise
-        if self._verify and hasher.digest() != end.sha256:
+        if self._verify and hasher.digest() != end.digest:
             await loop.run_in_executor(self._pool, _discard_part, target, fd)
-            raise IntegrityError(f"{display_name(target.entry.path)}: SHA-256 mismatch")
+            raise IntegrityError(f"{display_name(target.entry.path)}: content hash mismatch")
         await loop.run_in_executor(self._pool, _install, target, fd, self._overwrite)
         self._progress.update(target.index, target.entry.size, self._total_done, final=True)
 
-    async def _receive_body(self, target: _Target, fd: int, offset: int, hasher: Any) -> FileEnd:
+    async def _receive_body(self, target: _Target, fd: int, offset: int, hasher: Hasher) -> FileEnd:
         """Decrypt DATA records into ``_UNIT``-byte units; write and hash full units in workers.
 
         Units hold several records so that threads hand off rarely; a unit is reused once both
@@ -453,7 +452,7 @@ class _ReceiveSession:
             await _finished(jobs)
         return _expect_end(message, target, offset)
 
-    def _flush(self, fd: int, data: memoryview, hasher: Any) -> _Jobs:
+    def _flush(self, fd: int, data: memoryview, hasher: Hasher) -> _Jobs:
         return [self._pool.submit(_write_unit, fd, data, hasher if self._verify else None)]
 
 
@@ -493,9 +492,9 @@ async def _abort(channel: RecordChannel, reason: str) -> None:
         await send_message(channel, ErrorMessage(reason))
 
 
-def _hasher_for(target: _Target, offset: int) -> Any:
+def _hasher_for(target: _Target, offset: int) -> Hasher:
     if offset == 0:
-        return hashlib.sha256()
+        return new_hasher()
     if target.state is None or offset > target.state.length:
         raise PeerProtocolError(f"resume offset {offset} beyond the offered .part")
     return target.state.hasher_at(offset)
@@ -521,7 +520,7 @@ def _write_new(path: Path, target: _Target) -> None:
     write_sidecar(path, target.entry, target.chunk)
 
 
-def _write_unit(fd: int, data: memoryview, hasher: Any | None) -> None:
+def _write_unit(fd: int, data: memoryview, hasher: Hasher | None) -> None:
     """Append a unit to the .part, hashing each piece while cached; runs in the writer thread."""
     for start in range(0, len(data), _PIECE):
         piece = data[start : start + _PIECE]

@@ -1,7 +1,7 @@
 """Resume bookkeeping: ``.part`` sidecars, chunk hashes of a prefix, and verifying them.
 
 The receiver hashes its ``.part`` prefix in ``chunk``-byte pieces and keeps the running whole-file
-SHA-256 state at every piece boundary, so whatever offset the sender picks it continues hashing
+BLAKE3 state at every piece boundary, so whatever offset the sender picks it continues hashing
 without re-reading. The sender hashes the same pieces of its source and resumes after the longest
 matching run (:func:`verify_prefix`).
 """
@@ -9,13 +9,13 @@ matching run (:func:`verify_prefix`).
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO
 
+from delshare.transfer.digest import Hasher, digest_of, new_hasher
 from delshare.transfer.errors import PeerProtocolError
 from delshare.transfer.manifest import Entry
 
@@ -37,10 +37,10 @@ class PartState:
 
     length: int
     chunks: tuple[bytes, ...]
-    states: dict[int, Any]  # offset -> hashlib sha256 object positioned at that offset
+    states: dict[int, Hasher]  # offset -> whole-file hasher positioned at that offset
 
-    def hasher_at(self, offset: int) -> Any:
-        """A copy of the running SHA-256 after ``offset`` bytes (a chunk boundary or the end)."""
+    def hasher_at(self, offset: int) -> Hasher:
+        """The running whole-file hash after ``offset`` bytes (a chunk boundary or the end)."""
         state = self.states.get(offset)
         if state is None:
             raise PeerProtocolError(f"resume offset {offset} is not a chunk boundary")
@@ -54,13 +54,13 @@ def _read_exact(f: IO[bytes], size: int) -> bytes:
 
 def hash_part(path: Path, chunk: int) -> PartState:
     """Hash an existing .part file chunk by chunk (runs in a worker thread)."""
-    whole = hashlib.sha256()
-    states: dict[int, Any] = {0: whole.copy()}
+    whole = new_hasher()
+    states: dict[int, Hasher] = {0: whole.copy()}
     chunks: list[bytes] = []
     offset = 0
     with open(path, "rb") as f:
         while True:
-            piece = hashlib.sha256()
+            piece = new_hasher()
             done = 0
             while done < chunk and (data := _read_exact(f, min(_READ, chunk - done))):
                 piece.update(data)
@@ -77,7 +77,7 @@ def hash_part(path: Path, chunk: int) -> PartState:
 
 
 def verify_prefix(
-    f: IO[bytes], size: int, offered: int, chunks: tuple[bytes, ...], chunk: int, whole: Any
+    f: IO[bytes], size: int, offered: int, chunks: tuple[bytes, ...], chunk: int, whole: Hasher
 ) -> int:
     """Compare the receiver's chunk digests with the source; return the offset to resume at.
 
@@ -92,7 +92,7 @@ def verify_prefix(
             break
         f.seek(matched)
         data = _read_exact(f, length)
-        if len(data) != length or hashlib.sha256(data).digest() != digest:
+        if len(data) != length or digest_of(data) != digest:
             break
         whole.update(data)
         matched += length

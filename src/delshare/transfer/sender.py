@@ -1,7 +1,7 @@
 """Send a manifest's files over a RecordChannel (protocol in :mod:`delshare.transfer.protocol`).
 
 Speed: one worker thread reads the source into a small ring of preallocated units and updates
-the whole-file SHA-256 piece by piece, each piece right after reading it while it is still in
+the whole-file BLAKE3 digest piece by piece, each piece right after reading it while it is still in
 that core's cache (both release the GIL); meanwhile the event loop encrypts the previous unit
 and writes it to the socket, so reading, hashing and sending overlap on two cores. (Hashing in a
 separate thread made every byte cross cores once more: measurably slower.)
@@ -12,13 +12,13 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
-import hashlib
 import os
 from collections import deque
 from dataclasses import dataclass, field
-from typing import IO, Any
+from typing import IO
 
 from delshare.link.records import MAX_PAYLOAD, LinkClosedError, RecordChannel
+from delshare.transfer.digest import Hasher, new_hasher
 from delshare.transfer.errors import (
     PeerProtocolError,
     RefusedByPeerError,
@@ -165,7 +165,7 @@ class _SendSession:
         source = self._built.sources[index]
         with open(source, "rb", buffering=0) as f:  # noqa: ASYNC230 (open is cheap)
             _check_unchanged(f, entry, source.name)
-            whole = hashlib.sha256()
+            whole = new_hasher()
             offset = await self._resume_offset(f, index, entry, whole)
             await send_message(self._channel, FileBegin(index, offset))
             self._total_done += offset
@@ -175,7 +175,7 @@ class _SendSession:
         await send_message(self._channel, FileEnd(index, digest))
         self._progress.update(index, entry.size, self._total_done, final=True)
 
-    async def _resume_offset(self, f: IO[bytes], index: int, entry: Entry, whole: Any) -> int:
+    async def _resume_offset(self, f: IO[bytes], index: int, entry: Entry, whole: Hasher) -> int:
         offer: ResumeOffer | None = self._resume.get(index)
         if offer is None:
             return 0
@@ -193,7 +193,9 @@ class _SendSession:
         self._resumed_at[index] = offset
         return offset
 
-    async def _pump(self, f: IO[bytes], index: int, entry: Entry, offset: int, whole: Any) -> None:
+    async def _pump(
+        self, f: IO[bytes], index: int, entry: Entry, offset: int, whole: Hasher
+    ) -> None:
         """Read and hash in the worker, encrypt and send here; ``_RING`` units cycle.
 
         A unit is ``_UNIT`` bytes (several records), so threads hand off rarely; a unit is
@@ -233,7 +235,7 @@ class _SendSession:
         return offset + len(data)
 
 
-def _read_unit(f: IO[bytes], buf: memoryview, whole: Any | None) -> int:
+def _read_unit(f: IO[bytes], buf: memoryview, whole: Hasher | None) -> int:
     """Fill ``buf`` from the file, hashing each piece while cached; runs in the reader thread."""
     got = 0
     for start in range(0, len(buf), _PIECE):
