@@ -16,6 +16,7 @@ from delshare.app.common import EXIT_USAGE, UsageProblem
 from delshare.app.events import OfferReceived
 from delshare.app.manual import run_listen
 from delshare.app.receive import Ask, AskOverwrite, ReceiveOptions, run_receive
+from delshare.cli.main import Finished
 from delshare.cli.send import EXIT_CODES_HELP, link_options, run_app, session_options
 from delshare.cli.ui import Ui, human_size, pick_style
 
@@ -144,13 +145,11 @@ def receive(
     options = ReceiveOptions(output, overwrite, rename, yes)
     ask, ask_overwrite = _asker(ui), _overwrite_asker()
     if listen:
-        raise SystemExit(
+        raise Finished(
             run_app(lambda: run_listen(session, options, permit, ui, ask, ask_overwrite), ui)
         )
     assert code is not None
-    raise SystemExit(
-        run_app(lambda: run_receive(code, session, options, ui, ask, ask_overwrite), ui)
-    )
+    raise Finished(run_app(lambda: run_receive(code, session, options, ui, ask, ask_overwrite), ui))
 
 
 def _check_ip(text: str) -> None:

@@ -29,6 +29,7 @@ from delshare.app.common import (
 from delshare.app.connect import ConnectOptions
 from delshare.app.manual import run_send_to
 from delshare.app.send import run_send
+from delshare.cli.main import Finished
 from delshare.cli.ui import Ui, pick_style
 from delshare.errors import DelshareError
 from delshare.link.race import Mode
@@ -193,5 +194,5 @@ def send(paths: tuple[str, ...], code: str | None, ticket: str | None, **kwargs:
         ui.error(str(exc), EXIT_USAGE)
         raise SystemExit(EXIT_USAGE) from None
     if ticket:
-        raise SystemExit(run_app(lambda: run_send_to(paths, ticket, options, ui), ui))
-    raise SystemExit(run_app(lambda: run_send(paths, code, options, ui), ui))
+        raise Finished(run_app(lambda: run_send_to(paths, ticket, options, ui), ui))
+    raise Finished(run_app(lambda: run_send(paths, code, options, ui), ui))
