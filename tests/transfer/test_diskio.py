@@ -1,14 +1,15 @@
-"""Preallocation keeps a .part's size honest; the part writer writes every byte in order."""
+"""Preallocation keeps a .part's size honest; direct or buffered, every byte lands in order."""
 
 from __future__ import annotations
 
+import mmap
 import os
 import sys
 from pathlib import Path
 
 import pytest
 
-from delshare.transfer.diskio import WRITEBACK_WINDOW, PartWriter, preallocate
+from delshare.transfer.diskio import ALIGN, WRITEBACK_WINDOW, PartWriter, open_direct, preallocate
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="fallocate(2) is Linux only")
@@ -50,3 +51,48 @@ def test_part_writer_appends_across_writeback_windows(tmp_path: Path) -> None:
     finally:
         os.close(fd)
     assert path.read_bytes() == b"head" + data * 4
+
+
+def _aligned_buffer(data: bytes) -> memoryview:
+    buf = mmap.mmap(-1, len(data))
+    buf[:] = data
+    return memoryview(buf)
+
+
+def _direct_fd_or_skip(fd: int) -> int:
+    direct = open_direct(fd)
+    if direct is None:
+        pytest.skip("no O_DIRECT on this file system")
+    return direct
+
+
+def test_direct_writes_then_a_buffered_tail_give_the_exact_bytes(tmp_path: Path) -> None:
+    path = tmp_path / "d.part"
+    blocks, tail = os.urandom(64 * ALIGN), os.urandom(1000)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT)
+    try:
+        writer = PartWriter(fd, 0, _direct_fd_or_skip(fd))
+        unit = _aligned_buffer(blocks + tail)
+        writer.write(unit[: len(blocks)])  # aligned: goes direct
+        writer.write(unit[len(blocks) :])  # a short tail: buffered
+        writer.close()
+        writer.close()  # idempotent
+        assert os.fstat(fd).st_size == writer.position == len(blocks) + len(tail)
+    finally:
+        os.close(fd)
+    assert path.read_bytes() == blocks + tail
+
+
+def test_an_unaligned_resume_offset_falls_back_to_buffered_writes(tmp_path: Path) -> None:
+    path = tmp_path / "r.part"
+    head, body = b"x" * 777, os.urandom(8 * ALIGN)
+    path.write_bytes(head)
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        writer = PartWriter(fd, len(head), _direct_fd_or_skip(fd))
+        writer.write(_aligned_buffer(body))
+        writer.write(memoryview(bytearray(body)))  # an ordinary (unaligned) buffer too
+        writer.close()
+    finally:
+        os.close(fd)
+    assert path.read_bytes() == head + body + body

@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import mmap
 import os
 import shutil
 import stat
@@ -32,7 +33,7 @@ from pathlib import Path
 
 from delshare.link.records import MAX_PAYLOAD, LinkClosedError, RecordChannel, RecordKind
 from delshare.transfer.digest import Hasher, new_hasher
-from delshare.transfer.diskio import PartWriter, preallocate
+from delshare.transfer.diskio import PartWriter, open_direct, preallocate
 from delshare.transfer.errors import (
     DeclinedError,
     DestinationExistsError,
@@ -71,7 +72,7 @@ from delshare.transfer.resume import (
 
 __all__ = ["AskOverwrite", "ReceiveStats", "ReceivedFile", "existing_files", "receive_files"]
 
-_RING = 3
+_RING = 4
 _UNIT = 4 * MAX_PAYLOAD
 _PIECE = 1 << 20  # write, then hash while cached
 _MAX_RENAME = 1000
@@ -358,7 +359,8 @@ class _ReceiveSession:
         self._total_done = sum(t.entry.size for t in targets if t.skip)
         self._resumed: dict[int, int] = {}
         self._verify = verify
-        self._buffers = [memoryview(bytearray(_UNIT)) for _ in range(_RING)]
+        # page-aligned (mmap) so that whole units can be written with O_DIRECT
+        self._buffers = [memoryview(mmap.mmap(-1, _UNIT)) for _ in range(_RING)]
 
     async def run(self) -> ReceiveStats:
         try:
@@ -406,11 +408,13 @@ class _ReceiveSession:
         self._total_done += offset
         loop = asyncio.get_running_loop()
         fd = await loop.run_in_executor(self._pool, _open_part, target, offset)
+        part = PartWriter(fd, offset, open_direct(fd))
         try:
-            end = await self._receive_body(target, PartWriter(fd, offset), offset, hasher)
+            end = await self._receive_body(target, part, offset, hasher)
         except BaseException:
-            await loop.run_in_executor(self._pool, os.close, fd)
+            await loop.run_in_executor(self._pool, _close_part, part)
             raise
+        part.close()
         if self._verify and hasher.digest() != end.digest:
             await loop.run_in_executor(self._pool, _discard_part, target, fd)
             raise IntegrityError(f"{display_name(target.entry.path)}: content hash mismatch")
@@ -533,6 +537,11 @@ def _write_unit(part: PartWriter, data: memoryview, hasher: Hasher | None) -> No
         part.write(piece)
         if hasher is not None:
             hasher.update(piece)
+
+
+def _close_part(part: PartWriter) -> None:
+    part.close()
+    os.close(part.fd)
 
 
 def _discard_part(target: _Target, fd: int) -> None:
