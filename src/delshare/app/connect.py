@@ -21,7 +21,6 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from delshare.aio.client import stun_binding
 from delshare.errors import DelshareError, PairingError
 from delshare.link.candidates import (
     Candidate,
@@ -169,6 +168,8 @@ async def _reflexive_from_peer_server(
     server = next((c.server for c in peer if c.kind == "relay" and c.server), None)
     if server is None:
         return []
+    from delshare.aio.client import stun_binding  # only with a TURN server: not at start-up
+
     try:
         host, port = await stun_binding(f"turn:{server}?transport=tcp", timeout=REFLEXIVE_TIMEOUT)
     except (DelshareError, OSError, TimeoutError):

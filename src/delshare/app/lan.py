@@ -12,7 +12,6 @@ import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from delshare.pairing import serve_rendezvous
 from delshare.pairing.lan import Announcement, announce, discover
 
 __all__ = ["find_lan_rendezvous", "lan_rendezvous"]
@@ -21,6 +20,8 @@ __all__ = ["find_lan_rendezvous", "lan_rendezvous"]
 @asynccontextmanager
 async def lan_rendezvous(nameplate: str) -> AsyncIterator[str]:
     """Serve a rendezvous and announce ``nameplate`` while inside; yields the local URL."""
+    from delshare.pairing.server import serve_rendezvous  # LAN mode only: not at start-up
+
     server = await serve_rendezvous("0.0.0.0", 0)
     stop = asyncio.Event()
     announcer = asyncio.create_task(announce(Announcement(nameplate, server.port), stop))

@@ -14,7 +14,6 @@ import click
 
 from delshare.app.common import EXIT_USAGE, UsageProblem
 from delshare.app.events import OfferReceived
-from delshare.app.manual import run_listen
 from delshare.app.receive import Ask, AskOverwrite, ReceiveOptions, run_receive
 from delshare.cli.main import Finished
 from delshare.cli.send import EXIT_CODES_HELP, link_options, run_app, session_options
@@ -145,6 +144,8 @@ def receive(
     options = ReceiveOptions(output, overwrite, rename, yes)
     ask, ask_overwrite = _asker(ui), _overwrite_asker()
     if listen:
+        from delshare.app.manual import run_listen  # with --listen only
+
         raise Finished(
             run_app(lambda: run_listen(session, options, permit, ui, ask, ask_overwrite), ui)
         )

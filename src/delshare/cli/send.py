@@ -27,14 +27,12 @@ from delshare.app.common import (
     exit_code_for,
 )
 from delshare.app.connect import ConnectOptions
-from delshare.app.manual import run_send_to
 from delshare.app.send import run_send
 from delshare.cli.main import Finished
 from delshare.cli.ui import Ui, pick_style
 from delshare.errors import DelshareError
 from delshare.link.race import Mode
 from delshare.link.relay import TurnSettings
-from delshare.turn.uri import TurnUriError, parse_turn_uri
 
 __all__ = ["link_options", "run_app", "send", "session_options"]
 
@@ -94,6 +92,8 @@ def _turn_settings(
 ) -> TurnSettings | None:
     if not turn:
         return None
+    from delshare.turn.uri import TurnUriError, parse_turn_uri  # with --turn only
+
     try:
         parse_turn_uri(turn)
     except TurnUriError as exc:
@@ -194,5 +194,7 @@ def send(paths: tuple[str, ...], code: str | None, ticket: str | None, **kwargs:
         ui.error(str(exc), EXIT_USAGE)
         raise SystemExit(EXIT_USAGE) from None
     if ticket:
+        from delshare.app.manual import run_send_to  # with --to only
+
         raise Finished(run_app(lambda: run_send_to(paths, ticket, options, ui), ui))
     raise Finished(run_app(lambda: run_send(paths, code, options, ui), ui))

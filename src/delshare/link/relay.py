@@ -5,6 +5,9 @@
 wraps it as the :class:`delshare.link.race.RelayAllocation` the race dials and accepts through.
 :func:`reflexive_address` only asks the server for our server-reflexive address (RFC 8489 §3),
 for sides that will not relay.
+
+The TURN client (and the STUN codec under it) is imported only when a TURN server is used:
+a direct transfer does not pay for it at start-up.
 """
 
 from __future__ import annotations
@@ -12,13 +15,15 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from delshare.aio.client import TurnClient, connect_turn
-from delshare.aio.client_allocation import TcpAllocation
 from delshare.errors import DelshareError
 from delshare.link.candidates import Candidate, format_address
-from delshare.link.race import Stream
-from delshare.turn.uri import parse_turn_uri
+
+if TYPE_CHECKING:
+    from delshare.aio.client import TurnClient
+    from delshare.aio.client_allocation import TcpAllocation
+    from delshare.link.race import Stream
 
 __all__ = ["TurnRelay", "TurnSettings", "open_relay", "reflexive_address"]
 
@@ -37,11 +42,15 @@ class TurnSettings:
     @property
     def label(self) -> str:
         """``host:port`` of the server, as printed in ``connected: relay ...``."""
+        from delshare.turn.uri import parse_turn_uri
+
         parsed = parse_turn_uri(self.uri)
         return format_address(parsed.host, parsed.port)
 
 
 async def _connect(settings: TurnSettings) -> TurnClient:
+    from delshare.aio.client import connect_turn
+
     return await connect_turn(
         settings.uri, settings.username, settings.password, secret=settings.secret
     )
