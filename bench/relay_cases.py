@@ -13,7 +13,14 @@ from functools import partial
 from bench import profile
 from bench.common import MiB, NotAvailable, Row
 from bench.config import Config
-from bench.pumps import StreamResult, plain_pair, pump_many, pump_stream, udp_flood
+from bench.pumps import (
+    ManyResult,
+    StreamResult,
+    plain_pair,
+    pump_many,
+    pump_stream,
+    udp_flood,
+)
 from bench.servers import Server, start_coturn, start_delshare_relay
 from bench.turnclients import backend
 
@@ -141,6 +148,7 @@ def _record_stream(row: Row, res: StreamResult, cfg: Config) -> None:
     row.extra.setdefault("lost_bytes", []).append(cfg.stream_bytes - res.received)
     row.extra.setdefault("crc_ok", []).append(1.0 if res.crc_ok else 0.0)
     row.extra.setdefault("host_busy_cores", []).append(res.host_busy_cores)
+    row.extra.setdefault("pump_cpu_s", []).append(res.pump_cpu_s)
 
 
 # ---- case 2 ------------------------------------------------------------------------------------
@@ -152,13 +160,12 @@ def case2(cfg: Config) -> list[Row]:
     def plain(row: Row) -> None:
         pairs = [plain_pair() for _ in range(cfg.many_streams)]
         try:
-            seconds, got = pump_many(pairs, cfg.many_bytes_each, cfg.many_max_s)
+            res = pump_many(pairs, cfg.many_bytes_each, cfg.many_max_s)
         finally:
             for a, b in pairs:
                 a.close()
                 b.close()
-        row.values.append(got / seconds / 1e6)
-        row.extra.setdefault("lost_bytes", []).append(cfg.many_streams * cfg.many_bytes_each - got)
+        _record_many(row, res, cfg)
 
     workload = f"{cfg.many_streams} streams x {cfg.many_bytes_each // 1024} KiB"
     # a fresh server for every repetition: a clean RSS baseline
@@ -185,7 +192,7 @@ def _many_once(server: Server, row: Row, *, cfg: Config) -> None:
             stop = threading.Event()
             sampler = threading.Thread(target=_sample_rss, args=(server, peak, stop), daemon=True)
             sampler.start()
-            seconds, got = pump_many(pairs, cfg.many_bytes_each, cfg.many_max_s)
+            res = pump_many(pairs, cfg.many_bytes_each, cfg.many_max_s)
             stop.set()
             sampler.join(2.0)
             cpu2 = server.child.cpu()
@@ -194,13 +201,19 @@ def _many_once(server: Server, row: Row, *, cfg: Config) -> None:
                 stream.close()
             for _, peer in pairs:
                 peer.close()
-    expected = cfg.many_streams * cfg.many_bytes_each
-    row.values.append(got / seconds / 1e6)
-    row.extra.setdefault("lost_bytes", []).append(expected - got)
+    _record_many(row, res, cfg)
     row.extra.setdefault("rss_peak_MiB", []).append(peak[0] / 1024)
     row.extra.setdefault("rss_per_stream_KiB", []).append((peak[0] - rss0) / cfg.many_streams)
     row.extra.setdefault("cpu_s_setup", []).append(cpu1 - cpu0)
     row.extra.setdefault("cpu_s_pump", []).append(cpu2 - cpu1)
+
+
+def _record_many(row: Row, res: ManyResult, cfg: Config) -> None:
+    row.values.append(res.received / res.seconds / 1e6)
+    expected = cfg.many_streams * cfg.many_bytes_each
+    row.extra.setdefault("lost_bytes", []).append(expected - res.received)
+    row.extra.setdefault("crc_ok", []).append(1.0 if res.ok else 0.0)
+    row.extra.setdefault("pump_cpu_s", []).append(res.pump_cpu_s)
 
 
 def _sample_rss(server: Server, peak: list[int], stop: threading.Event) -> None:
