@@ -1,7 +1,8 @@
 """Start-up cost: ``send``/``receive`` load only what a direct transfer with a code needs.
 
 Imports are most of a tiny transfer's time (benchmark case 6), so the TURN client, the STUN
-codec, the rendezvous server and the ticket flow load only when their options are used.
+codec, the rendezvous server and the ticket flow load only when their options are used, and
+the rendezvous client does without the ``websockets`` package.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ NOT_AT_START = (
     "delshare.turn.uri",
     "delshare.pairing.server",
     "delshare.pairing.mailbox",
-    "websockets.asyncio.server",
+    "websockets",  # the rendezvous client has its own small WebSocket
     "delshare.app.manual",
     "delshare.link.ticket",
 )
