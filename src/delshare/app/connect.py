@@ -3,14 +3,18 @@
 Theory of operation. While pairing (:func:`pair_and_gather`), each side gathers its candidates:
 listener + host addresses unless relay-only, a TURN TCP allocation unless direct-only, the
 server-reflexive address when a TURN server is configured. Once paired, each side sends them
-through the encrypted paired channel as ``{"t": "candidates", "v": 1, "mode": ...,
-"candidates": [...]}`` and reads the peer's. A side without a TURN server of its own learns its
-public address from the peer's TURN server (STUN Binding needs no credentials) and sends it as
-``{"t": "reflexive", "candidates": [...]}`` (empty otherwise), so the peer can permit it. Each
-side then permits the peer's IPs on its allocation and sends ``{"t": "ready"}``; racing starts
-only after the peer's ``ready``, so no relayed dial hits an allocation whose permission is not
-there yet. The race (:func:`delshare.link.race.race`) runs with a key derived from the PAKE key
-for this purpose only. What the winning link does not use is closed.
+through the encrypted paired channel as ``{"t": "candidates", "v": 2, "mode": ...,
+"candidates": [...]}`` and reads the peer's. When a relay may be used (the agreed mode allows
+it and either side has a relayed candidate), two more steps follow. A side without a TURN server
+of its own learns its public address from the peer's TURN server (STUN Binding needs no
+credentials) and sends it as ``{"t": "reflexive", "candidates": [...]}`` (empty otherwise), so
+the peer can permit it. Each side then permits the peer's IPs on its allocation and sends
+``{"t": "ready"}``; racing starts only after the peer's ``ready``, so no relayed dial hits an
+allocation whose permission is not there yet. Without a relay both steps would carry nothing,
+so both sides (knowing both lists) skip them: two rendezvous round trips less before the first
+byte. A version 1 peer always takes them, and so do we with it. The race
+(:func:`delshare.link.race.race`) runs with a key derived from the PAKE key for this purpose
+only. What the winning link does not use is closed.
 """
 
 from __future__ import annotations
@@ -49,7 +53,8 @@ __all__ = [
 
 T = TypeVar("T")
 LINK_KEY_PURPOSE = b"delshare/link/v1"
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
+FIRST_SKIPPING_VERSION = 2  # skips reflexive/ready when no relay can be used
 REFLEXIVE_TIMEOUT = 5.0
 _MODES: tuple[Mode, ...] = ("any", "direct", "relay")
 
@@ -146,6 +151,15 @@ def _candidates_message(gathered: Gathered, mode: Mode) -> dict[str, object]:
     }
 
 
+def _relay_setup_needed(
+    peer_version: object, mode: Mode, ours: list[Candidate], peer: list[Candidate]
+) -> bool:
+    """Whether the reflexive and ready steps run; both sides reach the same answer."""
+    if not isinstance(peer_version, int) or peer_version < FIRST_SKIPPING_VERSION:
+        return True
+    return mode != "direct" and any(c.kind == "relay" for c in [*ours, *peer])
+
+
 def _parse_peer(message: dict[str, Any]) -> tuple[Mode, list[Candidate]]:
     if message.get("t") != "candidates":
         raise PairingError("peer sent something else than its candidates")
@@ -192,6 +206,23 @@ async def _expect(paired: PairedChannel, kind: str) -> dict[str, Any]:
     if message.get("t") != kind:
         raise PairingError(f"expected {kind!r} from peer, got {message.get('t')!r}")
     return message
+
+
+async def _prepare_relays(
+    paired: PairedChannel, gathered: Gathered, peer: list[Candidate], mode: Mode
+) -> list[Candidate]:
+    """Swap reflexive addresses, permit the peer on our allocation, wait for the peer's ready.
+
+    Returns the peer's newly learned reflexive candidates.
+    """
+    learned = await _reflexive_from_peer_server(gathered, peer, mode)
+    await paired.send({"t": "reflexive", "candidates": [c.to_wire() for c in learned]})
+    found = _parse_reflexive(await _expect(paired, "reflexive"), peer)
+    if gathered.relay is not None and mode != "direct":
+        await gathered.relay.permit(sorted({c.host for c in [*peer, *found]}))
+    await paired.send({"t": "ready"})
+    await _expect(paired, "ready")
+    return found
 
 
 async def race_gathered(
@@ -273,15 +304,11 @@ async def connect_peer(
         gathered = await gather(options, notice)
     try:
         await paired.send(_candidates_message(gathered, options.mode))
-        peer_mode, peer = _parse_peer(await _expect(paired, "candidates"))
+        message = await _expect(paired, "candidates")
+        peer_mode, peer = _parse_peer(message)
         mode = combine_modes(options.mode, peer_mode)
-        learned = await _reflexive_from_peer_server(gathered, peer, mode)
-        await paired.send({"t": "reflexive", "candidates": [c.to_wire() for c in learned]})
-        peer += _parse_reflexive(await _expect(paired, "reflexive"), peer)
-        if gathered.relay is not None and mode != "direct":
-            await gathered.relay.permit(sorted({c.host for c in peer}))
-        await paired.send({"t": "ready"})
-        await _expect(paired, "ready")
+        if _relay_setup_needed(message.get("v"), mode, gathered.candidates, peer):
+            peer += await _prepare_relays(paired, gathered, peer, mode)
     except BaseException:
         await gathered.close()
         raise
