@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
-import ctypes.util
 import ipaddress
 import os
 import socket
@@ -112,43 +110,31 @@ def format_address(host: str, port: int) -> str:
 # --- interface addresses -------------------------------------------------------------------
 
 
-class _Sockaddr(ctypes.Structure):
-    _fields_ = [("family", ctypes.c_uint16), ("data", ctypes.c_uint8 * 26)]
-
-
-class _Ifaddrs(ctypes.Structure):
-    pass
-
-
-_Ifaddrs._fields_ = [
-    ("next", ctypes.POINTER(_Ifaddrs)),
-    ("name", ctypes.c_char_p),
-    ("flags", ctypes.c_uint),
-    ("addr", ctypes.POINTER(_Sockaddr)),
-    ("netmask", ctypes.c_void_p),
-    ("broadaddr", ctypes.c_void_p),
-    ("data", ctypes.c_void_p),
-]
-
-_IFF_UP = 0x1
-
-
-def _decode_sockaddr(sa: _Sockaddr) -> str | None:
-    raw = bytes(sa.data)
-    family = sa.family
-    if sys.platform != "linux":  # BSD layout: sa_len (1 byte) then sa_family (1 byte)
-        family = sa.family >> 8 if sys.byteorder == "little" else sa.family & 0xFF
-    if family == socket.AF_INET:
-        return socket.inet_ntop(socket.AF_INET, raw[2:6])
-    if family == socket.AF_INET6:
-        return socket.inet_ntop(socket.AF_INET6, raw[6:22])
-    return None
-
-
 def _getifaddrs() -> list[str]:
-    """Addresses of interfaces that are up, via libc ``getifaddrs(3)``."""
-    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
-    head = ctypes.POINTER(_Ifaddrs)()
+    """Addresses of interfaces that are up, via libc ``getifaddrs(3)``.
+
+    ctypes is imported here, not at start-up; libc is reached through the process's own
+    symbols (``dlopen(NULL)``), as ``ctypes.util.find_library`` would spawn ``ldconfig``.
+    """
+    import ctypes
+
+    class Sockaddr(ctypes.Structure):
+        _fields_ = [("family", ctypes.c_uint16), ("data", ctypes.c_uint8 * 26)]
+
+    class Ifaddrs(ctypes.Structure):
+        pass
+
+    Ifaddrs._fields_ = [
+        ("next", ctypes.POINTER(Ifaddrs)),
+        ("name", ctypes.c_char_p),
+        ("flags", ctypes.c_uint),
+        ("addr", ctypes.POINTER(Sockaddr)),
+        ("netmask", ctypes.c_void_p),
+        ("broadaddr", ctypes.c_void_p),
+        ("data", ctypes.c_void_p),
+    ]
+    libc = ctypes.CDLL(None, use_errno=True)
+    head = ctypes.POINTER(Ifaddrs)()
     if libc.getifaddrs(ctypes.byref(head)) != 0:
         raise OSError(ctypes.get_errno(), "getifaddrs failed")
     found: list[str] = []
@@ -157,13 +143,28 @@ def _getifaddrs() -> list[str]:
         while node:
             entry = node.contents
             if entry.addr and entry.flags & _IFF_UP:
-                address = _decode_sockaddr(entry.addr.contents)
+                sa = entry.addr.contents
+                address = _decode_sockaddr(sa.family, bytes(sa.data))
                 if address is not None:
                     found.append(address)
             node = entry.next
     finally:
         libc.freeifaddrs(head)
     return found
+
+
+_IFF_UP = 0x1
+
+
+def _decode_sockaddr(family: int, raw: bytes) -> str | None:
+    """The address in a ``sockaddr`` (family field, then the bytes after it)."""
+    if sys.platform != "linux":  # BSD layout: sa_len (1 byte) then sa_family (1 byte)
+        family = family >> 8 if sys.byteorder == "little" else family & 0xFF
+    if family == socket.AF_INET:
+        return socket.inet_ntop(socket.AF_INET, raw[2:6])
+    if family == socket.AF_INET6:
+        return socket.inet_ntop(socket.AF_INET6, raw[6:22])
+    return None
 
 
 def _resolver_addresses() -> list[str]:
