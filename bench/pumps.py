@@ -9,7 +9,7 @@ limits a benchmark, so the pumps are as light as Python allows:
   bench. They wait for "go" and report their clock readings (``CLOCK_MONOTONIC``) as JSON.
 - Blocks are large (4 MiB for the single stream; the receiver fills each with ``MSG_WAITALL``, so
   one syscall per block) and the many-stream pump is one ``epoll`` loop per side, not an asyncio
-  task per socket.
+  task per socket, woken only when a socket holds a whole block (``SO_RCVLOWAT``).
 - Integrity is a memcmp instead of a CRC: every block of ``block`` bytes is the same
   pseudo-random pattern with its first 8 bytes stamped with (stream number, block number). The
   receiver compares each whole block with the one it must be (``bytearray ==``, ~30 GB/s; CRC-32
@@ -197,11 +197,14 @@ def _send_some(st: _Stream, per_stream: int, buf: bytearray) -> None:
 def receive_many(fds: Sequence[int], per_stream: int, block: int, max_s: float) -> None:
     """Worker: read every socket from one epoll loop into per-stream block buffers.
 
-    Each full block is compared with the one it must be. There is no half-close in this pump
-    (see ``pump_many``), so bytes past ``per_stream`` are not looked for.
+    Each full block is compared with the one it must be. ``SO_RCVLOWAT`` of one block keeps a
+    slow relay's trickle from waking the loop for every small segment. There is no half-close
+    in this pump (see ``pump_many``), so bytes past ``per_stream`` are not looked for.
     """
     streams, ep = _streams(fds, select.EPOLLIN)
     bufs = {fd: bytearray(block) for fd in fds}
+    for st in streams.values():
+        _wake_at(st, min(block, per_stream))
     want = pattern(block)
     _wait_for_go()
     cpu, deadline = _cpu(), time.monotonic() + max_s
@@ -211,6 +214,8 @@ def receive_many(fds: Sequence[int], per_stream: int, block: int, max_s: float) 
             st = streams[fd]
             if _receive_some(st, bufs[fd], per_stream, want):
                 done_at = time.monotonic()
+                if 0 < per_stream - st.done < block:
+                    _wake_at(st, per_stream - st.done)
             if st.done >= per_stream or st.closed:
                 ep.unregister(fd)
                 pending -= 1
@@ -218,6 +223,11 @@ def receive_many(fds: Sequence[int], per_stream: int, block: int, max_s: float) 
     received = sum(st.done for st in streams.values())
     ok = all(st.ok for st in streams.values())
     _report(received=received, ok=ok, done_at=done_at, cpu=_cpu() - cpu)
+
+
+def _wake_at(st: _Stream, size: int) -> None:
+    """Readable only once ``size`` bytes are queued (or at EOF): no wakeup per small segment."""
+    st.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, size)
 
 
 def _receive_some(st: _Stream, buf: bytearray, per_stream: int, want: bytearray) -> int:
