@@ -22,6 +22,7 @@ NOT_AT_START = (
     "websockets",  # the rendezvous client has its own small WebSocket
     "delshare.app.manual",
     "delshare.link.ticket",
+    "delshare.pairing.lan",
 )
 
 

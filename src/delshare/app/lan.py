@@ -3,7 +3,8 @@
 The sender serves the rendezvous on all its IPv4 addresses and announces the code's nameplate
 (never the secret words) by multicast (:mod:`delshare.pairing.lan`) until the receiver paired;
 the receiver listens for that nameplate and dials the announcer. The PAKE still authenticates
-the peer: a spoofed announcement only leads to a failed pairing.
+the peer: a spoofed announcement only leads to a failed pairing. Nothing of it is imported
+until LAN mode is used.
 """
 
 from __future__ import annotations
@@ -12,15 +13,14 @@ import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from delshare.pairing.lan import Announcement, announce, discover
-
 __all__ = ["find_lan_rendezvous", "lan_rendezvous"]
 
 
 @asynccontextmanager
 async def lan_rendezvous(nameplate: str) -> AsyncIterator[str]:
     """Serve a rendezvous and announce ``nameplate`` while inside; yields the local URL."""
-    from delshare.pairing.server import serve_rendezvous  # LAN mode only: not at start-up
+    from delshare.pairing.lan import Announcement, announce  # LAN mode only: not at start-up
+    from delshare.pairing.server import serve_rendezvous
 
     server = await serve_rendezvous("0.0.0.0", 0)
     stop = asyncio.Event()
@@ -36,4 +36,6 @@ async def lan_rendezvous(nameplate: str) -> AsyncIterator[str]:
 
 async def find_lan_rendezvous(nameplate: str, timeout: float) -> str:
     """The rendezvous URL of the sender announcing ``nameplate`` on this network."""
+    from delshare.pairing.lan import discover
+
     return await discover(nameplate, timeout)
