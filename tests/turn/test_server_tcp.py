@@ -241,6 +241,29 @@ def test_pending_connection_limit() -> None:
     connect_ok(client, ("127.0.0.1", 6001))
 
 
+def _unbound(client: Client) -> int:
+    conns = client.server.connections.values()
+    return sum(1 for c in conns if c.state != ConnectionState.BOUND)
+
+
+def test_pending_count_follows_binds_closes_and_teardown() -> None:
+    """The pending count is kept incrementally; it must match a recount after every change."""
+    client = tcp_client()
+    permit(client)
+    cids = [connect_ok(client, ("127.0.0.1", 6100 + i)) for i in range(5)]
+    for i, cid in enumerate(cids[:3]):
+        bind(client, cid, port=41100 + i)
+    assert client.server.pending_connections == _unbound(client) == 2
+    client.server.connection_closed(cids[0], T0)  # a bound one ends
+    client.server.connection_closed(cids[3], T0)  # a pending one ends
+    assert client.server.pending_connections == _unbound(client) == 1
+    connect(client, ("127.0.0.1", 6200))  # connecting counts as pending
+    assert client.server.pending_connections == _unbound(client) == 2
+    client.server.client_closed(client.five, T0 + 1)  # teardown drops bound and pending alike
+    assert client.server.pending_connections == _unbound(client) == 0
+    assert not client.server.connections
+
+
 def test_connection_ids_are_unpredictable() -> None:
     client = tcp_client()
     permit(client)

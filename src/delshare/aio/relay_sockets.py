@@ -13,7 +13,7 @@ import contextlib
 import random
 import socket
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from delshare.stun.attributes import Address
 
@@ -83,14 +83,17 @@ class PortPool:
         self.in_use: set[Address] = set()
         self._held: dict[Address, socket.socket] = {}
 
-    def _candidates(self, even: bool) -> list[int]:
+    def _candidates(self, even: bool) -> Iterator[int]:
+        """Up to ``_BIND_ATTEMPTS`` random ports, drawn lazily: the first one usually binds."""
         ports = range(self.min_port + (even and self.min_port % 2), self.max_port + 1, 1 + even)
         count = len(ports)
         if count <= _BIND_ATTEMPTS:
             picks = list(ports)
             random.shuffle(picks)
-            return picks
-        return [ports[random.randrange(count)] for _ in range(_BIND_ATTEMPTS)]
+            yield from picks
+            return
+        for _ in range(_BIND_ATTEMPTS):
+            yield ports[random.randrange(count)]
 
     def bind(
         self, host: str, kind: socket.SocketKind, *, even: bool = False, reserve_next: bool = False

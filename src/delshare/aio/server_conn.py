@@ -58,7 +58,8 @@ class ClientConnection:
         buffer = bytearray()
         while True:
             try:
-                data = await asyncio.wait_for(self._recv(), idle_timeout())
+                async with asyncio.timeout(idle_timeout()):  # a timer, not a task per read
+                    data = await self._recv()
             except TimeoutError:
                 return
             if not data:

@@ -99,6 +99,7 @@ class TurnServer:
         self.peer_filter = PeerFilter(config.allow_peers)
         self.allocations: dict[FiveTuple, Allocation] = {}
         self.connections: dict[int, TcpConnection] = {}
+        self._bound = 0  # connections in BOUND, so the pending count is O(1)
         self._by_id: dict[int, Allocation] = {}
         self._reservations: dict[bytes, Reservation] = {}
         self._per_user: Counter[str] = Counter()
@@ -131,7 +132,7 @@ class TurnServer:
     @property
     def pending_connections(self) -> int:
         """RFC 6062 connections not yet bound (connecting or awaiting ConnectionBind)."""
-        return sum(1 for c in self.connections.values() if c.state != ConnectionState.BOUND)
+        return len(self.connections) - self._bound
 
     def get_timer(self) -> float | None:
         """The next deadline (it may turn out to have nothing left to do)."""
@@ -653,6 +654,7 @@ class TurnServer:
         if creds.username != alloc.username:
             raise StunProtocolError(441, "Wrong Credentials")
         conn.move(ConnectionState.BOUND)
+        self._bound += 1
         conn.data_five = five
         response = self._encode(msg, success_response(msg), creds)
         self._outputs.append(BindDataConnection(conn.id, five, response))
@@ -667,8 +669,14 @@ class TurnServer:
                 self._answer_connect_failure(conn, "Connection Timeout or Failure")
             self._drop_connection(conn, reason)
 
+    def _forget_connection(self, conn_id: int) -> TcpConnection | None:
+        conn = self.connections.pop(conn_id, None)
+        if conn is not None and conn.state == ConnectionState.BOUND:
+            self._bound -= 1
+        return conn
+
     def _drop_connection(self, conn: TcpConnection, reason: str) -> None:
-        self.connections.pop(conn.id, None)
+        self._forget_connection(conn.id)
         alloc = self._by_id.get(conn.alloc_id)
         if alloc is not None:
             alloc.connections.discard(conn.id)
@@ -689,7 +697,7 @@ class TurnServer:
     def _delete_allocation(self, alloc: Allocation, reason: str) -> None:
         """Close the relay and every data connection of the allocation (RFC 6062 §5.5)."""
         for conn_id in sorted(alloc.connections):
-            conn = self.connections.pop(conn_id, None)
+            conn = self._forget_connection(conn_id)
             if conn is not None:
                 self._outputs.append(ClosePeerConnection(conn_id))
                 self._outputs.append(ConnectionClosed(conn_id, alloc.id, "allocation deleted"))
