@@ -46,10 +46,11 @@ def cli() -> None:
 
 
 class Finished(SystemExit):
-    """A command's work is complete and its output written: leave with ``code`` at once.
+    """A command's work is over and its output written: leave with ``code`` at once.
 
-    ``send`` and ``receive`` raise it once every file is closed (and, on the receiving side,
-    synced and renamed). :func:`main` then skips the interpreter's teardown, which costs tens of
+    ``send`` and ``receive`` raise it when their app has returned, whatever the outcome: the
+    event loop is closed, every file is closed (a received one synced and renamed, or kept as
+    ``.part``). :func:`main` then skips the interpreter's teardown, which costs tens of
     milliseconds with asyncio, cryptography and uvloop loaded: part of a tiny transfer's time.
     Anyone else (e.g. click's test runner) sees a plain ``SystemExit``.
     """
