@@ -286,22 +286,3 @@ async def test_wss_verifies_the_server_certificate(tmp_path: Path) -> None:
         port = next(iter(server.sockets)).getsockname()[1]
         with pytest.raises(ssl.SSLCertVerificationError):
             await connect(f"wss://localhost:{port}", timeout=WAIT, max_size=1024)
-
-
-async def test_close_soon_sends_the_close_frame_now_and_finishes_later() -> None:
-    codes: list[int | None] = []
-
-    async def handler(ws: ServerConnection) -> None:
-        await ws.wait_closed()
-        codes.append(ws.close_code)
-
-    async for url in _serve(handler):
-        client = await connect(url, timeout=WAIT, max_size=1024)
-        client.close_soon()  # not awaited: returns before the server answered
-        with pytest.raises(ConnectionClosed):
-            await client.send("too late")
-        for _ in range(500):
-            if codes:
-                break
-            await asyncio.sleep(0.01)
-    assert codes == [1000]

@@ -89,7 +89,6 @@ class PairedChannel:
         return self._cipher.open(await self._mailbox.next(Phase.SEALED, timeout))
 
     async def close(self) -> None:
-        """Close the rendezvous connection, closing handshake included."""
         await self._mailbox.connection.close()
 
     async def __aenter__(self) -> PairedChannel:
@@ -101,9 +100,7 @@ class PairedChannel:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        """Leave the mailbox at once; the closing handshake finishes in the background, so
-        whatever follows (the transfer) does not wait a round trip to the rendezvous server."""
-        self._mailbox.connection.close_soon()
+        await self.close()
 
 
 async def pair(

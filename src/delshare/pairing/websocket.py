@@ -46,7 +46,6 @@ OP_CLOSE, OP_PING, OP_PONG = 0x8, 0x9, 0xA
 CLOSE_NORMAL, CLOSE_PROTOCOL_ERROR, CLOSE_BAD_DATA, CLOSE_TOO_BIG = 1000, 1002, 1007, 1009  # §7.4.1
 MAX_HEADERS = 16 * 1024
 CLOSE_TIMEOUT = 2.0  # seconds to wait for the server's side of the closing handshake
-_CLOSING: set[asyncio.Task[None]] = set()  # closing handshakes finishing in the background
 
 
 class WebSocketError(PairingError):
@@ -239,18 +238,6 @@ class WebSocket:
                 await asyncio.wait([self._reading], timeout=CLOSE_TIMEOUT)
         finally:
             await self._shut()
-
-    def close_soon(self, code: int = CLOSE_NORMAL) -> None:
-        """Send the close frame now; finish the closing handshake in a background task.
-
-        For a caller that is done with the connection and must not wait a round trip for the
-        server's answer. Nothing else may use the connection afterwards.
-        """
-        if self._closed is None and not self._close_sent:
-            self._send_close(code)
-        task = asyncio.ensure_future(self.close(code))
-        _CLOSING.add(task)
-        task.add_done_callback(_CLOSING.discard)
 
     def _write(self, opcode: int, payload: bytes) -> None:
         self._writer.write(encode_frame(opcode, payload, os.urandom(4)))
