@@ -1,8 +1,7 @@
 """Start-up cost: ``send``/``receive`` load only what a direct transfer with a code needs.
 
 Imports are most of a tiny transfer's time (benchmark case 6), so the TURN client, the STUN
-codec, the rendezvous server and the ticket flow load only when their options are used, and
-the rendezvous client does without the ``websockets`` package.
+codec, the rendezvous server and the ticket flow load only when their options are used.
 """
 
 from __future__ import annotations
@@ -19,7 +18,7 @@ NOT_AT_START = (
     "delshare.turn.uri",
     "delshare.pairing.server",
     "delshare.pairing.mailbox",
-    "websockets",  # the rendezvous client has its own small WebSocket
+    "websockets.asyncio.server",
     "delshare.app.manual",
     "delshare.link.ticket",
     "delshare.pairing.lan",

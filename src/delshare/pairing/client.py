@@ -13,13 +13,15 @@ import asyncio
 from types import TracebackType
 from typing import Any
 
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
+
 from delshare.errors import PairingError
 from delshare.pairing import wire
 from delshare.pairing.cipher import MessageCipher
 from delshare.pairing.codes import Code, parse_code
 from delshare.pairing.envelope import Phase, decode_body, encode_body
 from delshare.pairing.pake import Pake, Side
-from delshare.pairing.websocket import ConnectionClosed, WebSocket, WebSocketError, connect
 
 DEFAULT_TIMEOUT = 30.0
 _SIDE_BYTES = {Side.SENDER: b"s", Side.RECEIVER: b"r"}
@@ -28,7 +30,7 @@ _SIDE_BYTES = {Side.SENDER: b"s", Side.RECEIVER: b"r"}
 class _Mailbox:
     """Our end of a mailbox: add bodies, await the peer's, with timeouts."""
 
-    def __init__(self, connection: WebSocket, timeout: float) -> None:
+    def __init__(self, connection: ClientConnection, timeout: float) -> None:
         self.connection = connection
         self.timeout = timeout
 
@@ -128,11 +130,13 @@ async def pair(
     return PairedChannel(mailbox, key, our_side)
 
 
-async def _connect(url: str, open_timeout: float) -> WebSocket:
+async def _connect(url: str, open_timeout: float) -> ClientConnection:
     try:
-        return await connect(url, timeout=open_timeout, max_size=wire.MAX_FRAME)
-    except (OSError, WebSocketError, TimeoutError) as exc:
-        raise PairingError(f"cannot reach rendezvous server {url}: {exc or 'timed out'}") from exc
+        return await connect(
+            url, open_timeout=open_timeout, proxy=None, compression=None, max_size=wire.MAX_FRAME
+        )
+    except (OSError, InvalidURI, InvalidHandshake, TimeoutError) as exc:
+        raise PairingError(f"cannot reach rendezvous server {url}: {exc}") from exc
 
 
 async def _agree_key(mailbox: _Mailbox, password: bytes, side: Side) -> bytes:
