@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator, Callable
 
 import pytest
 from websockets.asyncio.client import connect
+from websockets.protocol import State
 
 from delshare.errors import PairingError
 from delshare.pairing import wire
@@ -88,6 +89,20 @@ async def test_two_clients_pair_and_exchange_encrypted_dicts(
         assert MARKER.encode() not in seen
         assert b"guitar" not in seen and b"orbit" not in seen
     await _until(lambda: len(table) == 0)  # both closed: the server forgets the mailbox
+
+
+async def test_leaving_the_channel_does_not_wait_for_the_closing_handshake(
+    url: str, table: RecordingTable
+) -> None:
+    sender, receiver = await _pair_both(url)
+    assert isinstance(sender, PairedChannel) and isinstance(receiver, PairedChannel)
+    async with sender:
+        pass
+    connection = sender._mailbox.connection
+    assert connection.state is State.OPEN  # __aexit__ returned without a round trip
+    await _until(lambda: connection.state is State.CLOSED)  # the handshake ends meanwhile
+    await receiver.close()
+    await _until(lambda: len(table) == 0)
 
 
 async def test_wrong_code_fails_cleanly_on_both_sides(url: str) -> None:

@@ -25,6 +25,7 @@ from delshare.pairing.pake import Pake, Side
 
 DEFAULT_TIMEOUT = 30.0
 _SIDE_BYTES = {Side.SENDER: b"s", Side.RECEIVER: b"r"}
+_CLOSING: set[asyncio.Future[None]] = set()  # closing handshakes finishing in the background
 
 
 class _Mailbox:
@@ -91,7 +92,17 @@ class PairedChannel:
         return self._cipher.open(await self._mailbox.next(Phase.SEALED, timeout))
 
     async def close(self) -> None:
+        """Close the rendezvous connection, closing handshake included."""
         await self._mailbox.connection.close()
+
+    def close_soon(self) -> None:
+        """Start closing and return at once; the closing handshake ends in the background.
+
+        What follows (the transfer) then does not wait a round trip to the rendezvous server.
+        """
+        task = asyncio.ensure_future(self.close())
+        _CLOSING.add(task)
+        task.add_done_callback(_CLOSING.discard)
 
     async def __aenter__(self) -> PairedChannel:
         return self
@@ -102,7 +113,7 @@ class PairedChannel:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        await self.close()
+        self.close_soon()
 
 
 async def pair(
