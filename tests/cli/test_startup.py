@@ -1,7 +1,8 @@
 """Start-up cost: ``send``/``receive`` load only what a direct transfer with a code needs.
 
 Imports are most of a tiny transfer's time (benchmark case 6), so the TURN client, the STUN
-codec, the rendezvous server and the ticket flow load only when their options are used.
+codec, the rendezvous server and the ticket flow load only when their options are used, and
+``rich`` only when a terminal shows progress bars.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ NOT_AT_START = (
     "delshare.app.manual",
     "delshare.link.ticket",
     "delshare.pairing.lan",
+    "rich",  # only a terminal's progress bars need it
 )
 
 

@@ -15,18 +15,7 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import IO, Literal
-
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    Progress,
-    TaskID,
-    TextColumn,
-    TimeRemainingColumn,
-    TransferSpeedColumn,
-)
+from typing import IO, TYPE_CHECKING, Literal
 
 from delshare.app.events import (
     CodeAllocated,
@@ -41,6 +30,10 @@ from delshare.app.events import (
     TransferFinished,
     TransferStarted,
 )
+
+if TYPE_CHECKING:  # rich loads only when a terminal shows bars (~25 ms of start-up otherwise)
+    from rich.console import Console
+    from rich.progress import Progress, TaskID
 
 __all__ = ["Style", "Ui", "human_size", "pick_style"]
 
@@ -111,7 +104,11 @@ class Ui:
         self.style = style
         self._out_override = out
         self._label = label
-        self._console = Console(file=out, highlight=False) if style == "rich" else None
+        self._console: Console | None = None
+        if style == "rich":
+            from rich.console import Console
+
+            self._console = Console(file=out, highlight=False)
         self._progress: Progress | None = None
         self._total_task: TaskID | None = None
         self._file_task: TaskID | None = None
@@ -182,6 +179,15 @@ class Ui:
 
     def _start_bars(self, plan: TransferStarted) -> None:
         assert self._console is not None
+        from rich.progress import (
+            BarColumn,
+            DownloadColumn,
+            Progress,
+            TextColumn,
+            TimeRemainingColumn,
+            TransferSpeedColumn,
+        )
+
         self._plan = plan
         self._positions = {index: position for position, index in enumerate(plan.indexes)}
         self._progress = Progress(

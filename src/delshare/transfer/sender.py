@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import mmap
 import os
 from collections import deque
 from dataclasses import dataclass, field
@@ -111,7 +112,11 @@ class _SendSession:
         self._resume = {r.index: r for r in accept.resume}
         self._chunk = chunk
         self._reader = reader
-        self._buffers = [memoryview(bytearray(_UNIT)) for _ in range(_RING)]
+        # units no bigger than the largest file, pages supplied on first touch (mmap)
+        largest = max((e.size for e in manifest.manifest.entries), default=0)
+        unit = max(min(_UNIT, largest), 1)
+        self._unit = unit
+        self._buffers = [memoryview(mmap.mmap(-1, unit)) for _ in range(_RING)]
         self._progress = ProgressThrottle(progress_cb)
         self._total_done = 0
         self._bytes_sent = 0
@@ -208,7 +213,7 @@ class _SendSession:
         try:
             while remaining or reads:
                 while free and remaining:
-                    want = min(_UNIT, remaining)
+                    want = min(self._unit, remaining)
                     buf = free.pop()
                     job = self._reader.submit(_read_unit, f, buf[:want], hasher)
                     reads.append((job, buf, want))
