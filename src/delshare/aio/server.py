@@ -325,6 +325,7 @@ class RelayServer:
             sock.bind(bind_address)
             sock.setblocking(False)
             await self._loop.sock_connect(sock, peer)
+            _no_delay(sock)
             ok = True
         except OSError as exc:
             log.info("connect %s -> %s failed: %s", bind_address, peer, exc)
@@ -358,6 +359,7 @@ class RelayServer:
                 sock.close()
             else:
                 sock.setblocking(False)
+                _no_delay(sock)
                 self._links[conn_id] = _PeerLink(conn_id, relay.alloc_id, sock)
             self._flush()
 
@@ -624,3 +626,10 @@ async def start_relay(config: RelayConfig) -> RunningRelay:
     server = RelayServer(config)
     await server.start()
     return RunningRelay(server, list(server.addresses))
+
+
+def _no_delay(sock: socket.socket) -> None:
+    """No Nagle on a relayed peer connection: the endpoints choose their segments, and a small
+    tail held back until the previous segment's (delayed) ACK stalls a request/response ~40 ms."""
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
