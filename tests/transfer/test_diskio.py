@@ -96,3 +96,16 @@ def test_an_unaligned_resume_offset_falls_back_to_buffered_writes(tmp_path: Path
     finally:
         os.close(fd)
     assert path.read_bytes() == head + body + body
+
+
+def test_one_write_of_blocks_and_a_tail_splits_direct_and_buffered(tmp_path: Path) -> None:
+    path = tmp_path / "s.part"
+    data = os.urandom(16 * ALIGN + 123)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT)
+    try:
+        writer = PartWriter(fd, 0, _direct_fd_or_skip(fd))
+        writer.write(_aligned_buffer(data))
+        writer.close()
+    finally:
+        os.close(fd)
+    assert path.read_bytes() == data

@@ -94,16 +94,25 @@ class PartWriter:
         self._unflushed_from = offset
 
     def write(self, data: memoryview) -> None:
-        """Write all of ``data`` at the current position (blocking; a worker thread calls it)."""
-        if self._direct is not None and _aligned(data, self.position):
+        """Write all of ``data`` at the current position (blocking; a worker thread calls it).
+
+        Whole blocks go direct when the buffer and the position allow; the rest is buffered.
+        """
+        blocks = len(data) - len(data) % ALIGN
+        if self._direct is not None and blocks and _aligned(data[:blocks], self.position):
+            start = self.position
             try:
-                self._write_all(self._direct, data)
+                self._write_all(self._direct, data[:blocks])
                 self._unflushed_from = self.position
-                return
             except OSError as exc:
                 if exc.errno != errno.EINVAL:
                     raise
                 self.close()  # this file system takes no direct I/O: buffered from here on
+            data = data[self.position - start :]
+        if data:
+            self._buffered(data)
+
+    def _buffered(self, data: memoryview) -> None:
         self._write_all(self.fd, data)
         if self.position - self._unflushed_from >= WRITEBACK_WINDOW:
             self._start_writeback()

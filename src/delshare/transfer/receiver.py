@@ -9,12 +9,12 @@ mtime, hashed as it arrives, checked against the sender's BLAKE3 digest, fsynced
 (never over an existing file unless ``overwrite``). A broken link leaves the .part for resume;
 a .part whose sidecar names another source version (size or mtime changed) starts over from 0.
 
-Speed: records are decrypted on the event loop into units of several records; a worker thread
-writes each unit and hashes it piece by piece, each piece right after writing it while it is
-still in that core's cache (both release the GIL). Hashing in a separate thread made every byte
-cross cores once more and cost a third of the throughput on two cores. The rest of each .part is
-preallocated and written back as it goes (:mod:`delshare.transfer.diskio`), so page-cache writes
-stay cheap and the closing fsync has little left to wait for.
+Speed: records are decrypted on the event loop into page-aligned units of several records; one
+worker thread writes each unit (whole blocks with O_DIRECT: the disk reads the buffer, no CPU
+copy; see :mod:`delshare.transfer.diskio`) while another hashes it (BLAKE3, GIL released), so
+the disk, the hash and the network overlap. (With page-cache writes the copy already pulled every
+byte through the CPU and hashing right after it in the same thread was cheaper; with direct I/O
+the writer mostly waits for the disk, and hashing in its thread left the disk idle meanwhile.)
 """
 
 from __future__ import annotations
@@ -74,7 +74,6 @@ __all__ = ["AskOverwrite", "ReceiveStats", "ReceivedFile", "existing_files", "re
 
 _RING = 4
 _UNIT = 4 * MAX_PAYLOAD
-_PIECE = 1 << 20  # write, then hash while cached
 _MAX_RENAME = 1000
 _FILE_MODE_MASK = 0o755
 Confirm = Callable[[Manifest], Awaitable[bool]]
@@ -142,7 +141,10 @@ async def receive_files(
     if not os.path.isdir(out):  # noqa: ASYNC240 (one stat, before any network wait)
         raise OutputDirError(f"output folder {display_name(str(out))!r} does not exist")
     try:
-        with concurrent.futures.ThreadPoolExecutor(1, "delshare-write") as pool:
+        with (
+            concurrent.futures.ThreadPoolExecutor(1, "delshare-write") as pool,
+            concurrent.futures.ThreadPoolExecutor(1, "delshare-hash") as hash_pool,
+        ):
             offer = await _receive_offer(channel)
             policy = _Policy(overwrite, rename, ask_overwrite)
             targets, overwrite = await _plan_or_reject(channel, pool, out, offer, policy)
@@ -152,7 +154,9 @@ async def receive_files(
             await asyncio.get_running_loop().run_in_executor(pool, _make_dirs, targets)
             await send_message(channel, _accept_for(targets, verify))
             progress = ProgressThrottle(progress_cb)
-            session = _ReceiveSession(channel, pool, targets, progress, overwrite, verify)
+            session = _ReceiveSession(
+                channel, pool, hash_pool, targets, progress, overwrite, verify
+            )
             return await session.run()
     except LinkClosedError as exc:
         raise TransferInterruptedError(f"link lost while receiving: {exc}") from exc
@@ -345,6 +349,7 @@ class _ReceiveSession:
         self,
         channel: RecordChannel,
         pool: concurrent.futures.Executor,
+        hash_pool: concurrent.futures.Executor,
         targets: list[_Target],
         progress: ProgressThrottle,
         overwrite: bool,
@@ -352,6 +357,7 @@ class _ReceiveSession:
     ) -> None:
         self._channel = channel
         self._pool = pool
+        self._hash_pool = hash_pool
         self._targets = targets
         self._overwrite = overwrite
         self._progress = progress
@@ -462,7 +468,10 @@ class _ReceiveSession:
         return _expect_end(message, target, offset)
 
     def _flush(self, part: PartWriter, data: memoryview, hasher: Hasher) -> _Jobs:
-        return [self._pool.submit(_write_unit, part, data, hasher if self._verify else None)]
+        jobs = [self._pool.submit(part.write, data)]
+        if self._verify:
+            jobs.append(self._hash_pool.submit(_hash_unit, hasher, data))
+        return jobs
 
 
 async def _next_unit(
@@ -530,18 +539,13 @@ def _write_new(path: Path, target: _Target) -> None:
     write_sidecar(path, target.entry, target.chunk)
 
 
-def _write_unit(part: PartWriter, data: memoryview, hasher: Hasher | None) -> None:
-    """Append a unit to the .part, hashing each piece while cached; runs in the writer thread."""
-    for start in range(0, len(data), _PIECE):
-        piece = data[start : start + _PIECE]
-        part.write(piece)
-        if hasher is not None:
-            hasher.update(piece)
-
-
 def _close_part(part: PartWriter) -> None:
     part.close()
     os.close(part.fd)
+
+
+def _hash_unit(hasher: Hasher, data: memoryview) -> None:
+    hasher.update(data)
 
 
 def _discard_part(target: _Target, fd: int) -> None:
