@@ -151,6 +151,8 @@ def _rerun(source: Path, out: Path, env: dict[str, str], code: str, flags: Seque
     events = [json.loads(line) for line in sent.stdout.splitlines()]
     done = [e for e in events if e["event"] == "done"]
     assert len(done) == 1 and done[0]["total"] == SIZE
+    resuming = [e for e in events if e["event"] == "resuming"]  # the sender says it too
+    assert len(resuming) == 1 and resuming[0]["offset"] == int(match.group(1))
     return Rerun(sent, received, int(match.group(1)), int(done[0]["moved"]))
 
 

@@ -19,6 +19,7 @@ from delshare.app.events import (
     NoticeIssued,
     PeerConnected,
     Reporter,
+    ResumeStarted,
     TransferFinished,
     TransferStarted,
 )
@@ -105,7 +106,13 @@ async def send_over(connection: Connection, built: BuiltManifest, report: Report
     path = connection.link.path
     report(PeerConnected(path.kind, path.address))
     hashes: dict[int, bytes] = {}
-    channel = observe_file_ends(connection.link.channel, hashes.__setitem__)
+    entries = built.manifest.entries
+
+    def resumed(index: int, offset: int) -> None:
+        if offset > 0 and index < len(entries):
+            report(ResumeStarted(display_name(entries[index].path), offset, entries[index].size))
+
+    channel = observe_file_ends(connection.link.channel, hashes.__setitem__, resumed)
     report(started(built.manifest, "send"))
     begin = time.monotonic()
     stats = await send_files(channel, built, progress_reporter(report))
