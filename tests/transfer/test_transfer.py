@@ -17,10 +17,18 @@ from delshare.transfer.errors import (
     InsufficientSpaceError,
     ManifestError,
     RefusedByPeerError,
+    TransferInterruptedError,
     UnsafePathError,
 )
 from delshare.transfer.manifest import Entry, Manifest, build_manifest
-from delshare.transfer.protocol import Offer, Reject, recv_message, send_message
+from delshare.transfer.protocol import (
+    Accept,
+    FileBegin,
+    Offer,
+    Reject,
+    recv_message,
+    send_message,
+)
 from delshare.transfer.receiver import ReceiveStats, receive_files
 from delshare.transfer.sender import SendStats, send_files
 
@@ -277,3 +285,42 @@ def test_transfer_under_uvloop(tmp_path: Path, out: Path) -> None:
     sent, received = uvloop.run(transfer([source], out))
     assert sent.bytes_sent == received.bytes_received == 5 * 1024 * 1024 + 3
     assert sha256_file(out / "uv.bin") == sha256_file(source)
+
+
+async def test_a_receiver_that_stops_reading_fails_the_sender_resumably(tmp_path: Path) -> None:
+    """A zero window never trips TCP's timeouts; the data phase's own watchdog does."""
+    source = tmp_path / "big.bin"
+    with source.open("wb") as f:
+        f.truncate(256 << 20)  # more than every buffer on the way can hold
+    sender, receiver = await channel_pair()
+    try:
+        offer = asyncio.ensure_future(recv_message(receiver))
+        sending = asyncio.ensure_future(
+            send_files(sender, build_manifest([source]), stall_timeout=0.5)
+        )
+        assert isinstance(await offer, Offer)
+        await send_message(receiver, Accept())  # ... and then never reads again
+        with pytest.raises(TransferInterruptedError, match=r"no progress for 0\.5 s"):
+            await asyncio.wait_for(sending, 30)
+    finally:
+        sender.abort()
+        receiver.abort()
+
+
+async def test_a_sender_that_stops_sending_fails_the_receiver_and_keeps_the_part(
+    tmp_path: Path, out: Path
+) -> None:
+    source = random_file(tmp_path / "half.bin", 3 << 20)
+    sender, receiver = await channel_pair()
+    try:
+        receiving = asyncio.ensure_future(receive_files(receiver, out, stall_timeout=0.5))
+        await send_message(sender, Offer(build_manifest([source]).manifest))
+        assert isinstance(await recv_message(sender), Accept)
+        await send_message(sender, FileBegin(0, 0))
+        await sender.send(source.read_bytes()[: 1 << 20])  # one record, then silence
+        with pytest.raises(TransferInterruptedError, match=r"no progress for 0\.5 s"):
+            await asyncio.wait_for(receiving, 30)
+    finally:
+        sender.abort()
+        await receiver.close()
+    assert (out / "half.bin.part").read_bytes() == source.read_bytes()[: 1 << 20]  # resumable

@@ -63,6 +63,11 @@ class TransferInterruptedError(TransferError):
     """The link broke mid-transfer; a later run resumes from the ``.part`` files left behind."""
 
 
+def stalled(seconds: float) -> TransferInterruptedError:
+    """The error for a data phase that moved nothing for ``seconds``."""
+    return TransferInterruptedError(f"no progress for {seconds:g} s: the link stalled")
+
+
 class PeerProtocolError(TransferError):
     """The peer sent a message that breaks the transfer protocol."""
 

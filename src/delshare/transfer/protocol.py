@@ -46,6 +46,7 @@ from delshare.transfer.manifest import MAX_ENTRIES, Entry, Manifest
 __all__ = [
     "DEFAULT_CHUNK",
     "MAX_MESSAGE",
+    "STALL_TIMEOUT",
     "VERSION",
     "Accept",
     "Done",
@@ -64,6 +65,11 @@ __all__ = [
 ]
 
 VERSION = 2
+STALL_TIMEOUT = 60.0
+"""Seconds the data phase may go without a byte moving before either side gives up (resumably).
+
+TCP's own timeouts cannot see this stall: a peer or relay that keeps acknowledging but stops
+reading (a zero window) is kept alive by window probes forever."""
 DEFAULT_CHUNK = 4 << 20
 MIN_CHUNK, MAX_CHUNK = 64 << 10, 64 << 20
 MAX_MESSAGE = 64 << 20

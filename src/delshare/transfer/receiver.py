@@ -45,10 +45,12 @@ from delshare.transfer.errors import (
     PeerProtocolError,
     RefusedByPeerError,
     TransferInterruptedError,
+    stalled,
 )
 from delshare.transfer.manifest import Entry, Manifest, display_name, safe_destination
 from delshare.transfer.progress import ProgressCallback, ProgressThrottle
 from delshare.transfer.protocol import (
+    STALL_TIMEOUT,
     Accept,
     Done,
     ErrorMessage,
@@ -126,6 +128,7 @@ async def receive_files(
     progress_cb: ProgressCallback | None = None,
     verify: bool = True,
     ask_overwrite: AskOverwrite | None = None,
+    stall_timeout: float = STALL_TIMEOUT,
 ) -> ReceiveStats:
     """Receive one offer into ``output_dir``; return once every file is verified and in place.
 
@@ -135,7 +138,8 @@ async def receive_files(
     ``verify=False`` waives the whole-file digest on both sides (see the protocol module).
     Without ``overwrite`` or ``rename``, ``ask_overwrite`` (if given) is asked once with the
     printable names of the offered files that already exist; yes replaces them as ``overwrite``
-    would, no raises DestinationExistsError.
+    would, no raises DestinationExistsError. A sender that moves no data for ``stall_timeout``
+    seconds mid-file is given up on with TransferInterruptedError (the .part stays, resumable).
     """
     out = Path(output_dir)
     if not os.path.isdir(out):  # noqa: ASYNC240 (one stat, before any network wait)
@@ -155,7 +159,7 @@ async def receive_files(
             await send_message(channel, _accept_for(targets, verify))
             progress = ProgressThrottle(progress_cb)
             session = _ReceiveSession(
-                channel, pool, hash_pool, targets, progress, overwrite, verify
+                channel, pool, hash_pool, targets, progress, overwrite, verify, stall_timeout
             )
             return await session.run()
     except LinkClosedError as exc:
@@ -354,8 +358,10 @@ class _ReceiveSession:
         progress: ProgressThrottle,
         overwrite: bool,
         verify: bool,
+        stall_timeout: float,
     ) -> None:
         self._channel = channel
+        self._stall_timeout = stall_timeout
         self._pool = pool
         self._hash_pool = hash_pool
         self._targets = targets
@@ -446,7 +452,7 @@ class _ReceiveSession:
                     pending.append((self._flush(part, unit[:fill], hasher), unit))
                     fill = 0
                     unit = await _next_unit(free, pending)
-                kind, length = await self._channel.recv_into(unit[fill : fill + MAX_PAYLOAD])
+                kind, length = await self._recv_into(unit[fill : fill + MAX_PAYLOAD])
                 if kind is RecordKind.CONTROL:
                     message = assembler.feed(bytes(unit[fill : fill + length]))
                     if message is not None:
@@ -466,6 +472,13 @@ class _ReceiveSession:
         for jobs, _ in pending:
             await _finished(jobs)
         return _expect_end(message, target, offset)
+
+    async def _recv_into(self, buffer: memoryview) -> tuple[RecordKind, int]:
+        try:
+            async with asyncio.timeout(self._stall_timeout):
+                return await self._channel.recv_into(buffer)
+        except TimeoutError:
+            raise stalled(self._stall_timeout) from None
 
     def _flush(self, part: PartWriter, data: memoryview, hasher: Hasher) -> _Jobs:
         jobs = [self._pool.submit(part.write, data)]

@@ -25,11 +25,13 @@ from delshare.transfer.errors import (
     RefusedByPeerError,
     SourceChangedError,
     TransferInterruptedError,
+    stalled,
 )
 from delshare.transfer.manifest import BuiltManifest, Entry, display_name
 from delshare.transfer.progress import ProgressCallback, ProgressThrottle
 from delshare.transfer.protocol import (
     DEFAULT_CHUNK,
+    STALL_TIMEOUT,
     Accept,
     Done,
     ErrorMessage,
@@ -67,17 +69,21 @@ async def send_files(
     progress_cb: ProgressCallback | None = None,
     *,
     chunk: int = DEFAULT_CHUNK,
+    stall_timeout: float = STALL_TIMEOUT,
 ) -> SendStats:
     """Offer ``manifest``, then send what the receiver accepted; return once it confirmed all.
 
     Raises RefusedByPeerError if the peer rejects or aborts, SourceChangedError if a file changed
-    since the manifest was built, TransferInterruptedError if the link breaks (resumable).
+    since the manifest was built, TransferInterruptedError if the link breaks or the receiver
+    takes nothing for ``stall_timeout`` seconds while data waits (resumable).
     """
     try:
         await send_message(channel, Offer(manifest.manifest, chunk))
         accept = _expect_accept(await recv_message(channel), manifest)
         with concurrent.futures.ThreadPoolExecutor(1, "delshare-read") as reader:
-            session = _SendSession(channel, manifest, accept, chunk, reader, progress_cb)
+            session = _SendSession(
+                channel, manifest, accept, chunk, reader, progress_cb, stall_timeout
+            )
             return await session.run()
     except LinkClosedError as exc:
         raise TransferInterruptedError(f"link lost while sending: {exc}") from exc
@@ -104,6 +110,7 @@ class _SendSession:
         chunk: int,
         reader: concurrent.futures.Executor,
         progress_cb: ProgressCallback | None,
+        stall_timeout: float,
     ) -> None:
         self._channel = channel
         self._built = manifest
@@ -121,6 +128,7 @@ class _SendSession:
         self._total_done = 0
         self._bytes_sent = 0
         self._resumed_at: dict[int, int] = {}
+        self._stall_timeout = stall_timeout
         self._peer: asyncio.Task[Message] | None = None
 
     async def run(self) -> SendStats:
@@ -235,7 +243,11 @@ class _SendSession:
         self._channel.write(data)
         self._bytes_sent += len(data)
         self._total_done += len(data)
-        await self._channel.drain()
+        try:
+            async with asyncio.timeout(self._stall_timeout):
+                await self._channel.drain()
+        except TimeoutError:
+            raise stalled(self._stall_timeout) from None
         self._progress.update(index, offset + len(data), self._total_done)
         return offset + len(data)
 
