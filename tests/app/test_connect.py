@@ -8,6 +8,7 @@ out here as it behaved) always takes them, and a version 2 peer takes them with 
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections.abc import AsyncIterator
 
 import pytest
@@ -16,11 +17,13 @@ from delshare.app.connect import (
     LINK_KEY_PURPOSE,
     Connection,
     ConnectOptions,
+    Gathered,
     connect_peer,
     gather,
     race_gathered,
 )
-from delshare.link.candidates import parse_candidates
+from delshare.link.candidates import host_candidates, parse_candidates
+from delshare.link.race import NoPathError
 from delshare.pairing import PairedChannel, derive_key, pair
 from delshare.pairing.mailbox import ClientId, Event, MailboxTable
 from delshare.pairing.server import RendezvousServer, serve_rendezvous
@@ -103,3 +106,32 @@ async def test_a_version_1_peer_gets_every_step(url: str, table: CountingTable) 
     assert seen == ["candidates", "reflexive", "ready"]
     await _exchange(sender, receiver)
     assert sorted(table.added.values()) == [5, 5]
+
+
+def _dead_end() -> Gathered:
+    """Endpoints nobody can reach: no listener, a candidate on a port that refuses."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    return Gathered(None, None, host_candidates(["127.0.0.1"], port, ipv6=False))
+
+
+async def test_with_no_path_both_sides_fail_early_through_the_rendezvous(
+    url: str, table: CountingTable
+) -> None:
+    patient = ConnectOptions(mode="direct", total_timeout=120.0)  # the early end must stop it
+    a, b = await _paired(url)
+    async with a, b:
+        results = await asyncio.wait_for(
+            asyncio.gather(
+                connect_peer(a, "sender", patient, gathered=_dead_end()),
+                connect_peer(b, "receiver", patient, gathered=_dead_end()),
+                return_exceptions=True,
+            ),
+            30,
+        )
+    for result in results:
+        assert isinstance(result, NoPathError), result
+        assert "every attempt failed on both sides" in str(result)
+    # per side: SPAKE2, confirmation, candidates, and the "exhausted" notice
+    assert sorted(table.added.values()) == [4, 4]

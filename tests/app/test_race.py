@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import socket
 from collections.abc import AsyncIterator
 
 import pytest
@@ -21,6 +22,7 @@ from delshare.link.candidates import (
     start_listener,
 )
 from delshare.link.race import (
+    GiveUp,
     LinkPath,
     LocalEndpoints,
     Mode,
@@ -250,3 +252,73 @@ def test_a_named_turn_server_wins_over_a_bare_relayed_address() -> None:
     assert bare.merged(named) == named
     assert named.merged(bare) == named
     assert bare.merged(LinkPath("direct", "x")) == bare
+
+
+def _closed_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _crossed_give_ups() -> tuple[GiveUp, GiveUp]:
+    """What the app does over the rendezvous: each side says it is spent, waits for the other."""
+    spent = (asyncio.Event(), asyncio.Event())
+
+    def side(mine: asyncio.Event, theirs: asyncio.Event) -> GiveUp:
+        async def give_up() -> None:
+            mine.set()
+            await theirs.wait()
+
+        return give_up
+
+    return side(spent[0], spent[1]), side(spent[1], spent[0])
+
+
+async def test_when_every_attempt_fails_on_both_sides_the_race_ends_early() -> None:
+    key, total = os.urandom(32), 60.0  # the early end, not this timeout, must stop the race
+    give_a, give_b = _crossed_give_ups()
+    port_a, port_b = _closed_port(), _closed_port()
+    dead_a = host_candidates(["127.0.0.1"], port_a, ipv6=False)
+    dead_b = host_candidates(["127.0.0.1"], port_b, ipv6=False)
+    sender = RaceConfig(key, "sender", "direct", total_timeout=total)
+    receiver = RaceConfig(key, "receiver", "direct", total_timeout=total)
+    results = await asyncio.wait_for(
+        asyncio.gather(
+            race(sender, LocalEndpoints(), dead_b, give_up=give_a),
+            race(receiver, LocalEndpoints(), dead_a, give_up=give_b),
+            return_exceptions=True,
+        ),
+        20,
+    )
+    for result, dialled in zip(results, (port_b, port_a), strict=True):
+        assert isinstance(result, NoPathError), result
+        assert "every attempt failed on both sides" in str(result)
+        assert f"direct 127.0.0.1:{dialled}:" in str(result)  # says what it tried
+
+
+async def test_a_spent_side_still_takes_the_peer_dialling_in() -> None:
+    key = os.urandom(32)
+    give_a, give_b = _crossed_give_ups()
+    listener = await start_listener()
+    try:
+        own = host_candidates(["127.0.0.1"], listener.port, ipv6=listener.ipv6)
+        sender = RaceConfig(key, "sender", "direct", total_timeout=20)
+        receiver = RaceConfig(key, "receiver", "direct", total_timeout=20)
+        a, b = await asyncio.gather(  # the receiver has nothing to dial: spent at once
+            race(sender, LocalEndpoints(), own, give_up=give_a),
+            race(receiver, LocalEndpoints(listener), [], give_up=give_b),
+        )
+        assert a.path.kind == b.path.kind == "direct"
+        await _exchange(a, b)
+    finally:
+        listener.close()
+
+
+async def test_a_peer_that_never_gives_up_leaves_the_race_to_its_timeout() -> None:
+    async def never() -> None:
+        await asyncio.Event().wait()
+
+    config = RaceConfig(os.urandom(32), "sender", "direct", total_timeout=1.0)
+    dead = host_candidates(["127.0.0.1"], _closed_port(), ipv6=False)
+    with pytest.raises(NoPathError, match="within 1 s"):
+        await race(config, LocalEndpoints(), dead, give_up=never)

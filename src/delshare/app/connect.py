@@ -35,7 +35,15 @@ from delshare.link.candidates import (
     parse_candidates,
     start_listener,
 )
-from delshare.link.race import LocalEndpoints, Mode, RaceConfig, RacedLink, combine_modes, race
+from delshare.link.race import (
+    GiveUp,
+    LocalEndpoints,
+    Mode,
+    RaceConfig,
+    RacedLink,
+    combine_modes,
+    race,
+)
 from delshare.link.records import LinkError, Role
 from delshare.link.relay import TurnRelay, TurnSettings, open_relay, reflexive_address
 from delshare.pairing import PairedChannel, derive_key
@@ -232,11 +240,13 @@ async def race_gathered(
     mode: Mode,
     peer: list[Candidate],
     options: ConnectOptions,
+    give_up: GiveUp | None = None,
 ) -> Connection:
     """Race from ``gathered`` to ``peer`` with ``key`` (already purpose-derived).
 
     Consumes ``gathered``: the listener always closes, the allocation stays open only when the
     winning link runs through it. Also the entry point for flows without pairing (tickets, LAN).
+    ``give_up``: see :func:`delshare.link.race.race`.
     """
     winner: RacedLink | None = None
     try:
@@ -248,7 +258,7 @@ async def race_gathered(
             total_timeout=options.total_timeout,
         )
         local = LocalEndpoints(gathered.listener, gathered.relay if mode != "direct" else None)
-        winner = await race(config, local, peer)
+        winner = await race(config, local, peer, give_up=give_up)
     finally:
         if gathered.listener is not None:
             gathered.listener.close()
@@ -313,4 +323,23 @@ async def connect_peer(
         await gathered.close()
         raise
     key = derive_key(paired.key, LINK_KEY_PURPOSE)
-    return await race_gathered(gathered, key, role, mode, peer, options)
+    return await race_gathered(gathered, key, role, mode, peer, options, _giving_up(paired))
+
+
+def _giving_up(paired: PairedChannel) -> GiveUp:
+    """Tell the peer over the rendezvous that our attempts are spent (``{"t": "exhausted"}``)
+    and return once it says the same. A peer that never says it (an older version, or a
+    rendezvous gone quiet) leaves the race to its total timeout."""
+
+    async def give_up() -> None:
+        try:
+            await paired.send({"t": "exhausted"})
+            while (await paired.receive(timeout=_FOREVER)).get("t") != "exhausted":
+                pass
+        except PairingError:
+            await asyncio.Event().wait()  # no word from the peer: only the timeout ends the race
+
+    return give_up
+
+
+_FOREVER = 24 * 3600.0

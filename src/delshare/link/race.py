@@ -13,6 +13,11 @@ raced stream agrees. Then the receiver reports its view of the path in one CONTR
 (``{"t": "path"}``): only the side that used a relay knows a stream was relayed. The sender
 takes the first link that reached that point and answers ``{"t": "chosen"}`` on it; every other
 stream is closed, which the receiver's pending links see as a closed link.
+
+Giving up early: once every outgoing attempt of ours has failed (and no more are scheduled),
+only the peer's dials can still produce a link. With a ``give_up`` callback (the app tells the
+peer over the rendezvous and waits for the peer to say the same) the race fails as soon as both
+sides are in that state, instead of waiting out ``total_timeout``.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import Awaitable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
@@ -36,6 +41,7 @@ from delshare.link.records import (
 )
 
 __all__ = [
+    "GiveUp",
     "LinkPath",
     "LocalEndpoints",
     "Mode",
@@ -177,6 +183,9 @@ class _Racer:
     own_relayed: set[asyncio.StreamWriter] = field(default_factory=set)
     tasks: set[asyncio.Task[object]] = field(default_factory=set)
     direct_pending: int = 0
+    outgoing: int = 0  # our dials and Connects not yet failed
+    spawning: bool = True  # more outgoing attempts may still be scheduled
+    exhausted: asyncio.Event = field(default_factory=asyncio.Event)
 
     @property
     def direct(self) -> bool:
@@ -201,15 +210,27 @@ class _Racer:
         direct_targets = [c for c in self.peer if c.kind != "relay"] if self.direct else []
         self.direct_pending = len(direct_targets)
         for candidate in direct_targets:
-            self.spawn(
-                self._attempt(self._dial(candidate), LinkPath("direct", str(candidate)), True)
-            )
+            self._spawn_attempt(self._dial(candidate), LinkPath("direct", str(candidate)), True)
         if self.direct and self.local.listener is not None:
             self.spawn(self._accept_direct(self.local.listener))
         if self.config.mode != "direct":
             self.spawn(self._start_relayed())
+        else:
+            self._done_spawning()
         if not direct_targets:
             self.relay_go.set()
+
+    def _spawn_attempt(self, connect: Awaitable[Stream], path: LinkPath, direct: bool) -> None:
+        self.outgoing += 1
+        self.spawn(self._attempt(connect, path, direct))
+
+    def _done_spawning(self) -> None:
+        self.spawning = False
+        self._check_exhausted()
+
+    def _check_exhausted(self) -> None:
+        if not self.spawning and self.outgoing <= 0:
+            self.exhausted.set()
 
     async def _start_relayed(self) -> None:
         """Relayed attempts, one relay hop before two: dialling the peer's relayed address and
@@ -223,8 +244,9 @@ class _Racer:
         relayed = [c for c in self.peer if c.kind == "relay"]
         for candidate in relayed:
             path = LinkPath("relay", candidate.server or str(candidate), bool(candidate.server))
-            self.spawn(self._attempt(self._dial(candidate), path, False))
+            self._spawn_attempt(self._dial(candidate), path, False)
         if allocation is None:
+            self._done_spawning()
             return
         others = [c for c in self.peer if c.kind != "relay"] if self.config.mode == "any" else []
         for candidate in others:
@@ -233,10 +255,11 @@ class _Racer:
             await asyncio.sleep(self.config.relay_delay)
         for candidate in relayed:
             self._spawn_alloc_connect(allocation, candidate)
+        self._done_spawning()
 
     def _spawn_alloc_connect(self, allocation: RelayAllocation, candidate: Candidate) -> None:
         path = LinkPath("relay", allocation.server)
-        self.spawn(self._attempt(self._alloc_connect(allocation, candidate), path, False))
+        self._spawn_attempt(self._alloc_connect(allocation, candidate), path, False)
 
     async def _dial(self, candidate: Candidate) -> Stream:
         async with asyncio.timeout(self.config.connect_timeout):
@@ -281,6 +304,8 @@ class _Racer:
             self.direct_pending -= 1
             if self.direct_pending <= 0:
                 self.relay_go.set()
+        self.outgoing -= 1
+        self._check_exhausted()
 
     async def _authenticate(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, view: LinkPath
@@ -326,10 +351,21 @@ class _Racer:
         )
 
 
-async def race(config: RaceConfig, local: LocalEndpoints, peer: Iterable[Candidate]) -> RacedLink:
+GiveUp = Callable[[], Awaitable[None]]
+"""Called once our outgoing attempts are all spent: tell the peer, return when it is too."""
+
+
+async def race(
+    config: RaceConfig,
+    local: LocalEndpoints,
+    peer: Iterable[Candidate],
+    *,
+    give_up: GiveUp | None = None,
+) -> RacedLink:
     """Race every allowed path to ``peer``; return the chosen authenticated link.
 
-    Raises :class:`NoPathError` when nothing authenticates within ``config.total_timeout``.
+    Raises :class:`NoPathError` when nothing authenticates within ``config.total_timeout``, or
+    as soon as ``give_up`` returns (both sides spent every attempt) when it is given.
     """
     racer = _Racer(config, local, list(peer))
     if not racer.anything_to_try():
@@ -338,7 +374,7 @@ async def race(config: RaceConfig, local: LocalEndpoints, peer: Iterable[Candida
     try:
         racer.start()
         async with asyncio.timeout(config.total_timeout):
-            winner, path = await racer.results.get()
+            winner, path = await _first_link(racer, give_up)
         if config.is_sender:
             await winner.send_control(_control({"t": "chosen", "path": path.to_wire()}))
     except TimeoutError:
@@ -349,6 +385,30 @@ async def race(config: RaceConfig, local: LocalEndpoints, peer: Iterable[Candida
 
 
 _MODE_WORDS = {"any": "", "direct": "direct ", "relay": "relayed "}
+
+
+async def _first_link(racer: _Racer, give_up: GiveUp | None) -> tuple[RecordChannel, LinkPath]:
+    """The first authenticated link; NoPathError once both sides have nothing left to try."""
+    if give_up is None:
+        return await racer.results.get()
+    link = asyncio.ensure_future(racer.results.get())
+    hopeless = asyncio.ensure_future(_both_spent(racer, give_up))
+    try:
+        await asyncio.wait({link, hopeless}, return_when=asyncio.FIRST_COMPLETED)
+        if link.done():
+            return link.result()
+        hopeless.result()  # a failure of give_up itself surfaces here
+        tried = "; ".join(racer.errors[-4:]) or "nothing to try"
+        raise NoPathError(f"no path to the peer: every attempt failed on both sides ({tried})")
+    finally:
+        for task in (link, hopeless):
+            task.cancel()
+        await asyncio.gather(link, hopeless, return_exceptions=True)
+
+
+async def _both_spent(racer: _Racer, give_up: GiveUp) -> None:
+    await racer.exhausted.wait()
+    await give_up()
 
 
 def _no_path_message(errors: list[str], timeout: float) -> str:
