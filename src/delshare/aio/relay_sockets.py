@@ -168,16 +168,20 @@ class UdpEndpoint:
         try:
             for _ in range(UDP_BATCH):
                 try:
-                    data, addr = self.sock.recvfrom(UDP_RECV_SIZE)
+                    data, addr = self._receive()
                 except (BlockingIOError, InterruptedError):
                     return
                 except OSError:
                     continue  # e.g. ICMP port unreachable reported on a later recv
                 self.received += len(data)
-                self._on_datagram(data, addr[:2])
+                self._on_datagram(data, addr)
         finally:
             if self._on_batch_end is not None:
                 self._on_batch_end()
+
+    def _receive(self) -> tuple[bytes, Address]:
+        data, addr = self.sock.recvfrom(UDP_RECV_SIZE)
+        return data, addr[:2]
 
     def sendto(self, data: bytes, addr: Address) -> None:
         """Best effort, like UDP itself: a full send buffer drops the datagram."""

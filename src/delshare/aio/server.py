@@ -37,6 +37,7 @@ from delshare.aio.relay_sockets import (
     wildcard,
 )
 from delshare.aio.server_conn import ClientConnection
+from delshare.aio.udp_listener import udp_listener
 from delshare.errors import StunDecodeError
 from delshare.stun.attributes import Address
 from delshare.stun.constants import PROTO_TCP
@@ -163,7 +164,7 @@ class RelayServer:
                     raise
         bound: Address = tcp.getsockname()[:2]
         self._tcp_listeners.append(tcp)
-        endpoint = UdpEndpoint(self._loop, udp, self._client_datagram_handler(bound), self._flush)
+        endpoint = udp_listener(self._loop, udp, self._client_datagram_handler(bound), self._flush)
         self._udp_listeners[bound] = endpoint
         self._spawn(self._accept_loop(tcp))
         self.addresses += [(UDP, bound), (TCP, bound)]
