@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
-import mmap
 import os
 import sys
 from pathlib import Path
 
 import pytest
 
-from delshare.transfer.diskio import ALIGN, WRITEBACK_WINDOW, PartWriter, open_direct, preallocate
+from delshare.transfer.diskio import (
+    ALIGN,
+    WRITEBACK_WINDOW,
+    PartWriter,
+    aligned_buffer,
+    open_direct,
+    preallocate,
+)
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="fallocate(2) is Linux only")
@@ -54,9 +60,9 @@ def test_part_writer_appends_across_writeback_windows(tmp_path: Path) -> None:
 
 
 def _aligned_buffer(data: bytes) -> memoryview:
-    buf = mmap.mmap(-1, len(data))
+    buf = aligned_buffer(len(data))
     buf[:] = data
-    return memoryview(buf)
+    return buf
 
 
 def _direct_fd_or_skip(fd: int) -> int:

@@ -16,12 +16,20 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
+import mmap
 import os
 import sys
 from collections.abc import Callable
 from typing import cast
 
-__all__ = ["ALIGN", "WRITEBACK_WINDOW", "PartWriter", "open_direct", "preallocate"]
+__all__ = [
+    "ALIGN",
+    "WRITEBACK_WINDOW",
+    "PartWriter",
+    "aligned_buffer",
+    "open_direct",
+    "preallocate",
+]
 
 ALIGN = 4096
 """Direct I/O alignment of buffers, offsets and lengths (covers 512 and 4096-byte sectors)."""
@@ -54,6 +62,12 @@ def preallocate(fd: int, offset: int, length: int) -> bool:
     if _fallocate is None or length <= 0:
         return False
     return bool(_fallocate(fd, _FALLOC_FL_KEEP_SIZE, offset, length) == 0)
+
+
+def aligned_buffer(size: int) -> memoryview:
+    """A writable page-aligned buffer (anonymous mmap) whose pages come zeroed on first touch:
+    fit for ``O_DIRECT``, and free to allocate for a transfer that never fills it."""
+    return memoryview(mmap.mmap(-1, size))
 
 
 def open_direct(fd: int) -> int | None:

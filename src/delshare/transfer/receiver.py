@@ -22,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
-import mmap
 import os
 import shutil
 import stat
@@ -33,7 +32,7 @@ from pathlib import Path
 
 from delshare.link.records import MAX_PAYLOAD, LinkClosedError, RecordChannel, RecordKind
 from delshare.transfer.digest import Hasher, new_hasher
-from delshare.transfer.diskio import PartWriter, open_direct, preallocate
+from delshare.transfer.diskio import PartWriter, aligned_buffer, open_direct, preallocate
 from delshare.transfer.errors import (
     DeclinedError,
     DestinationExistsError,
@@ -371,8 +370,7 @@ class _ReceiveSession:
         self._total_done = sum(t.entry.size for t in targets if t.skip)
         self._resumed: dict[int, int] = {}
         self._verify = verify
-        # page-aligned (mmap) so that whole units can be written with O_DIRECT
-        self._buffers = [memoryview(mmap.mmap(-1, _UNIT)) for _ in range(_RING)]
+        self._buffers = [aligned_buffer(_UNIT) for _ in range(_RING)]  # O_DIRECT-ready
 
     async def run(self) -> ReceiveStats:
         try:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
-import mmap
 import os
 from collections import deque
 from dataclasses import dataclass, field
@@ -20,6 +19,7 @@ from typing import IO
 
 from delshare.link.records import MAX_PAYLOAD, LinkClosedError, RecordChannel
 from delshare.transfer.digest import Hasher, new_hasher
+from delshare.transfer.diskio import aligned_buffer
 from delshare.transfer.errors import (
     PeerProtocolError,
     RefusedByPeerError,
@@ -119,11 +119,11 @@ class _SendSession:
         self._resume = {r.index: r for r in accept.resume}
         self._chunk = chunk
         self._reader = reader
-        # units no bigger than the largest file, pages supplied on first touch (mmap)
+        # units no bigger than the largest file (a 1 KiB send allocates next to nothing)
         largest = max((e.size for e in manifest.manifest.entries), default=0)
         unit = max(min(_UNIT, largest), 1)
         self._unit = unit
-        self._buffers = [memoryview(mmap.mmap(-1, unit)) for _ in range(_RING)]
+        self._buffers = [aligned_buffer(unit) for _ in range(_RING)]
         self._progress = ProgressThrottle(progress_cb)
         self._total_done = 0
         self._bytes_sent = 0
