@@ -35,6 +35,16 @@ def _pair(opened: list[socket.socket]) -> tuple[socket.socket, socket.socket]:
     return a, b
 
 
+def _in_background(forward: Callable[[], None]) -> None:
+    """Run a forwarder on a daemon thread; the test closes the sockets when it is done."""
+
+    def run() -> None:
+        with contextlib.suppress(OSError):
+            forward()
+
+    threading.Thread(target=run, daemon=True).start()
+
+
 def _forwarded(opened: list[socket.socket], damage: Damage) -> tuple[socket.socket, socket.socket]:
     """sender → [thread: read all, damage, write, FIN] → receiver."""
     sender, inner_in = _pair(opened)
@@ -48,11 +58,7 @@ def _forwarded(opened: list[socket.socket], damage: Damage) -> tuple[socket.sock
         inner_out.sendall(damage(data))
         inner_out.shutdown(socket.SHUT_WR)
 
-    def run() -> None:
-        with contextlib.suppress(OSError):  # the test closes the sockets when it is done
-            forward()
-
-    threading.Thread(target=run, daemon=True).start()
+    _in_background(forward)
     return sender, receiver
 
 
@@ -122,11 +128,7 @@ def _streamed(
             done += len(chunk)
         inner_out.shutdown(socket.SHUT_WR)
 
-    def run() -> None:
-        with contextlib.suppress(OSError):  # the test closes the sockets when it is done
-            forward()
-
-    threading.Thread(target=run, daemon=True).start()
+    _in_background(forward)
     return sender, receiver
 
 
