@@ -74,7 +74,8 @@ def normalise(attrs: list[tuple[int, object]]) -> list[tuple[int, object]]:
         if kind in (Attr.XOR_MAPPED_ADDRESS, Attr.XOR_PEER_ADDRESS, Attr.XOR_RELAYED_ADDRESS) or (
             kind == Attr.MAPPED_ADDRESS
         ):
-            host, port = value  # type: ignore[misc]
+            assert isinstance(value, tuple)
+            host, port = value
             value = (str(ipaddress.ip_address(host)), port)
         out.append((kind, value))
     return out

@@ -54,7 +54,7 @@ def only(core: TurnClientCore) -> Message:
 
 
 def events(core: TurnClientCore) -> list[object]:
-    out = []
+    out: list[object] = []
     while (event := core.next_event()) is not None:
         out.append(event)
     return out
@@ -334,7 +334,10 @@ def test_data_indication_and_channel_data_become_peer_data() -> None:
     assert events(core) == [PeerDataReceived(peer, b"hello")]
     _, allocate = authenticated(core)
     core.receive(success_response(allocate).encode(KEY), 0.0)
-    bind_attrs = [(Attr.CHANNEL_NUMBER, 0x4001), (Attr.XOR_PEER_ADDRESS, peer)]
+    bind_attrs: list[tuple[int, object]] = [
+        (Attr.CHANNEL_NUMBER, 0x4001),
+        (Attr.XOR_PEER_ADDRESS, peer),
+    ]
     core.request(Method.CHANNEL_BIND, bind_attrs, 0.0)
     request = only(core)
     core.receive(success_response(request).encode(KEY), 0.0)
