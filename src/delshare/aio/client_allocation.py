@@ -15,7 +15,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import TYPE_CHECKING, NamedTuple, Self
+import ssl as _ssl
+from typing import NamedTuple, Protocol, Self
 
 from delshare.errors import DelshareError, TransactionError, TransactionTimeout
 from delshare.stun.attributes import Address, AttrValue
@@ -31,9 +32,7 @@ from delshare.turn.client import (
 )
 from delshare.turn.client_allocation import AllocationSchedule, RenewalsDue
 from delshare.turn.client_errors import AllocationError, TurnConnectionError
-
-if TYPE_CHECKING:
-    from delshare.aio.client import TurnClient
+from delshare.turn.uri import TurnUri
 
 log = logging.getLogger(__name__)
 
@@ -54,10 +53,34 @@ class RelayedStream(NamedTuple):
     peer: Address
 
 
+class ControlConnection(Protocol):
+    """What an allocation needs from its control connection (``delshare.aio.client.TurnClient``).
+
+    A protocol rather than an import, so that the client module depends on this one and not the
+    other way round.
+    """
+
+    uri: TurnUri
+    core: TurnClientCore
+    ssl: _ssl.SSLContext | None
+    server_address: Address
+
+    @property
+    def closed(self) -> bool: ...
+
+    async def request(
+        self, method: int, attrs: list[tuple[int, AttrValue]], *, authenticate: bool = True
+    ) -> Message: ...
+
+    def send_indication(self, method: int, attrs: list[tuple[int, AttrValue]]) -> None: ...
+
+    def send_raw(self, frame: bytes) -> None: ...
+
+
 class _Allocation:
     """What TCP and UDP allocations share: addresses, lifetime, permissions, keep-alive."""
 
-    def __init__(self, client: TurnClient, response: Message, lifetime: int | None) -> None:
+    def __init__(self, client: ControlConnection, response: Message, lifetime: int | None) -> None:
         relayed = response.get_address(Attr.XOR_RELAYED_ADDRESS)
         if relayed is None:
             raise AllocationError("ALLOCATE", 0, "response without XOR-RELAYED-ADDRESS")
@@ -191,7 +214,7 @@ class _Allocation:
 class TcpAllocation(_Allocation):
     """A TCP relayed address (RFC 6062): accept incoming streams, connect to peers."""
 
-    def __init__(self, client: TurnClient, response: Message, lifetime: int | None) -> None:
+    def __init__(self, client: ControlConnection, response: Message, lifetime: int | None) -> None:
         super().__init__(client, response, lifetime)
         self._accepted: asyncio.Queue[RelayedStream | None] = asyncio.Queue(ACCEPT_BACKLOG)
         self._binds: set[asyncio.Task[None]] = set()
@@ -338,7 +361,7 @@ async def _read_stun(reader: asyncio.StreamReader) -> bytes:
 class UdpAllocation(_Allocation):
     """A UDP relayed address (RFC 8656): datagrams to and from peers, channels."""
 
-    def __init__(self, client: TurnClient, response: Message, lifetime: int | None) -> None:
+    def __init__(self, client: ControlConnection, response: Message, lifetime: int | None) -> None:
         super().__init__(client, response, lifetime)
         self._received: asyncio.Queue[tuple[bytes, Address] | None] = asyncio.Queue(RECV_QUEUE)
         self._channels: dict[Address, int] = {}

@@ -37,6 +37,7 @@ from redis.exceptions import RedisError
 from redis.typing import KeyT, StreamIdT
 
 from delshare.errors import PairingError
+from delshare.pairing.backend import Deliver
 from delshare.pairing.mailbox import (
     MAX_SIDES,
     BodyRelayed,
@@ -46,7 +47,6 @@ from delshare.pairing.mailbox import (
     MailboxLimits,
     PeerLeft,
 )
-from delshare.pairing.server import Deliver
 
 log = logging.getLogger(__name__)
 

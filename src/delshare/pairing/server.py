@@ -16,15 +16,15 @@ import asyncio
 import contextlib
 import itertools
 import socket
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Iterable
 from types import TracebackType
-from typing import Protocol
 
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
 from delshare.errors import PairingError
 from delshare.pairing import wire
+from delshare.pairing.backend import Deliver, MailboxBackend
 from delshare.pairing.mailbox import (
     BodyRelayed,
     ClientId,
@@ -38,25 +38,6 @@ from delshare.pairing.mailbox import (
 
 SWEEP_INTERVAL = 1.0
 CONNECTION_GRACE = 5.0  # a connection may outlive its mailbox's max_age by this much
-
-Deliver = Callable[[list[Event]], Awaitable[None]]
-
-
-class MailboxBackend(Protocol):
-    """Where the mailboxes live, as the server sees them.
-
-    ``open``/``add`` raise ``PairingError`` (the reason to answer); events for this node's clients,
-    whenever they happen, go to the ``deliver`` callback given to ``start``. ``close`` is
-    idempotent and never raises.
-    """
-
-    limits: MailboxLimits
-
-    async def start(self, deliver: Deliver) -> None: ...
-    async def open(self, client: ClientId, nameplate: str) -> None: ...
-    async def add(self, client: ClientId, body: str) -> None: ...
-    async def close(self, client: ClientId) -> None: ...
-    async def aclose(self) -> None: ...
 
 
 class LocalBackend:
