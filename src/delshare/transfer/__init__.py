@@ -1,1 +1,34 @@
+"""Moving files over a link: manifest, sender, receiver, resume, BLAKE3 digests."""
 
+from typing import TYPE_CHECKING
+
+from delshare._exports import lazy_exports
+
+if TYPE_CHECKING:
+    from delshare.transfer.digest import hash_file
+    from delshare.transfer.manifest import Manifest, build_manifest
+    from delshare.transfer.receiver import ReceiveStats, receive_files
+    from delshare.transfer.sender import SendStats, send_files
+
+__all__ = [
+    "Manifest",
+    "ReceiveStats",
+    "SendStats",
+    "build_manifest",
+    "hash_file",
+    "receive_files",
+    "send_files",
+]
+
+__getattr__ = lazy_exports(
+    __name__,
+    {
+        "hash_file": "delshare.transfer.digest",
+        "Manifest": "delshare.transfer.manifest",
+        "build_manifest": "delshare.transfer.manifest",
+        "ReceiveStats": "delshare.transfer.receiver",
+        "receive_files": "delshare.transfer.receiver",
+        "SendStats": "delshare.transfer.sender",
+        "send_files": "delshare.transfer.sender",
+    },
+)
