@@ -135,7 +135,6 @@ def trial_bridged(ctx: Any, size: int, path: str, runner: Runner, cpus: set[int]
         sender = ctx.Process(target=run_sender, args=(port, size, results, cpus))
         sender.start()
         client, _ = server.accept()
-    pipe.SPLICE_SUPPORTED = path == "splice" and SPLICE_AVAILABLE
     try:
         cpu, user = cpu_seconds(), user_seconds()
         stats = runner(relay(client, peer, path))
@@ -219,7 +218,7 @@ async def relay(client: socket.socket, peer: socket.socket, path: str) -> pipe.B
         a = await asyncio.open_connection(sock=client, limit=pipe.STREAM_CHUNK)
         b = await asyncio.open_connection(sock=peer, limit=pipe.STREAM_CHUNK)
         return await pipe.bridge(a, b)
-    return await pipe.bridge(client, peer)
+    return await pipe.bridge(client, peer, tuning=pipe.BridgeTuning(splice=path == "splice"))
 
 
 SPLICE_AVAILABLE = pipe.SPLICE_SUPPORTED

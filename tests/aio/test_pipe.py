@@ -16,13 +16,14 @@ import ssl
 import struct
 import sys
 import termios
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
+from dataclasses import dataclass, replace
+from typing import Any
 
 import pytest
 
 from delshare.aio import pipe
-from delshare.aio.pipe import BridgeStats, Endpoint, bridge
+from delshare.aio.pipe import BridgeStats, BridgeTuning, Endpoint, bridge
 from tests.support.tlscert import make_self_signed
 
 MODES = ["splice", "copy", "stream"]
@@ -38,15 +39,23 @@ class Rig:
     ca: socket.socket
     cb: socket.socket
     raw: tuple[socket.socket, socket.socket]  # the sockets under a and b
+    tuning: BridgeTuning
+
+    def bridge(self, **options: Any) -> Coroutine[Any, Any, BridgeStats]:
+        """``bridge(a, b)`` with this rig's tuning."""
+        return bridge(self.a, self.b, tuning=self.tuning, **options)
+
+
+def tuning_for(mode: str) -> BridgeTuning:
+    """The copy path is the socket path with splice turned off."""
+    return BridgeTuning(splice=mode != "copy")
 
 
 @pytest.fixture(params=MODES)
-def mode(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+def mode(request: pytest.FixtureRequest) -> str:
     chosen: str = request.param
     if chosen == "splice" and not pipe.SPLICE_SUPPORTED:
         pytest.skip("splice needs Linux")
-    if chosen == "copy":
-        monkeypatch.setattr(pipe, "SPLICE_SUPPORTED", False)
     return chosen
 
 
@@ -83,8 +92,8 @@ async def make_rig(mode: str, listener: socket.socket, bufsize: int | None = Non
     if mode == "stream":
         a: Endpoint = await asyncio.open_connection(sock=sa)
         b: Endpoint = await asyncio.open_connection(sock=sb)
-        return Rig(a, b, ca, cb, (sa, sb))
-    return Rig(sa, sb, ca, cb, (sa, sb))
+        return Rig(a, b, ca, cb, (sa, sb), tuning_for(mode))
+    return Rig(sa, sb, ca, cb, (sa, sb), tuning_for(mode))
 
 
 async def send_all(sock: socket.socket, data: bytes, *, then: str = "shutdown") -> None:
@@ -147,7 +156,7 @@ async def test_64_mib_each_way_concurrently(
     cleanup += [rig.ca, rig.cb]
     rng = random.Random(6062)
     there, back = rng.randbytes(64 * MiB), rng.randbytes(64 * MiB)
-    task = asyncio.create_task(bridge(rig.a, rig.b))
+    task = asyncio.create_task(rig.bridge())
     _, _, at_b, at_a = await asyncio.gather(
         send_all(rig.ca, there), send_all(rig.cb, back), recv_to_eof(rig.cb), recv_to_eof(rig.ca)
     )
@@ -167,7 +176,7 @@ async def test_prefixes_arrive_first_and_in_order(
     cleanup += [rig.ca, rig.cb]
     rng = random.Random(prefix_size)
     prefix_a, prefix_b = rng.randbytes(prefix_size), rng.randbytes(prefix_size + 1)
-    task = asyncio.create_task(bridge(rig.a, rig.b, a_to_b_prefix=prefix_a, b_to_a_prefix=prefix_b))
+    task = asyncio.create_task(rig.bridge(a_to_b_prefix=prefix_a, b_to_a_prefix=prefix_b))
     # Each prefix arrives before the other side has sent anything at all.
     got_b, got_a = await asyncio.gather(
         recv_exactly(rig.cb, len(prefix_a)), recv_exactly(rig.ca, len(prefix_b))
@@ -190,7 +199,7 @@ async def test_half_close_keeps_the_other_direction(
     rig = await make_rig(mode, listener)
     cleanup += [rig.ca, rig.cb]
     there, back = random.Random(1).randbytes(MiB + 17), random.Random(2).randbytes(3 * MiB + 5)
-    task = asyncio.create_task(bridge(rig.a, rig.b))
+    task = asyncio.create_task(rig.bridge())
     _, at_b = await asyncio.gather(send_all(rig.ca, there), recv_to_eof(rig.cb))
     assert at_b == (len(there), sha(there))  # all N bytes, then EOF
     assert not task.done()
@@ -229,7 +238,7 @@ async def test_no_tail_loss_when_sender_closes_at_once(
     rig = await make_rig(mode, listener, bufsize)
     cleanup += [rig.cb]
     data = random.Random(3).randbytes(size)
-    task = asyncio.create_task(bridge(rig.a, rig.b))
+    task = asyncio.create_task(rig.bridge())
     _, at_b = await asyncio.gather(send_all(rig.ca, data, then="close"), receive(rig.cb))
     assert at_b == (len(data), sha(data))
     rig.cb.close()
@@ -263,7 +272,7 @@ async def test_slow_reader_bounds_buffering(
 ) -> None:
     rig = await make_rig(mode, listener, bufsize=64 * 1024)
     cleanup += [rig.ca, rig.cb]
-    task = asyncio.create_task(bridge(rig.a, rig.b))
+    task = asyncio.create_task(rig.bridge())
     accepted = await push_until_stalled(rig.ca)  # cb reads nothing meanwhile
     # Kernel buffers (4 sockets x 2 x 64 KiB, plus loopback slack) and one bounded buffer;
     # a bridge that kept reading would take everything offered in that second (GBs).
@@ -289,7 +298,7 @@ async def test_reset_on_one_side_closes_the_other(
     rig = await make_rig(mode, listener)
     resetter, survivor = (rig.ca, rig.cb) if side == "a" else (rig.cb, rig.ca)
     cleanup.append(survivor)
-    task = asyncio.create_task(bridge(rig.a, rig.b))
+    task = asyncio.create_task(rig.bridge())
     await asyncio.get_running_loop().sock_sendall(resetter, b"ping")
     assert await recv_exactly(survivor, 4) == b"ping"
     reset(resetter)
@@ -304,16 +313,15 @@ async def test_linger_after_reset_is_bounded(
     mode: str,
     listener: socket.socket,
     cleanup: list[socket.socket],
-    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Once a reset is seen, a surviving peer that never reads cannot keep the bridge alive.
 
     (A reset is seen when the relay next touches that socket; here, relaying cb's bytes to a.)
     """
-    monkeypatch.setattr(pipe, "LINGER_TIMEOUT", 0.2)
     rig = await make_rig(mode, listener, bufsize=64 * 1024)
+    rig.tuning = replace(rig.tuning, linger=0.2)
     cleanup.append(rig.cb)
-    task = asyncio.create_task(bridge(rig.a, rig.b))
+    task = asyncio.create_task(rig.bridge())
     await push_until_stalled(rig.ca)  # cb never reads: the relay holds bytes owed to it
     reset(rig.ca)
     rig.cb.send(b"wake")
@@ -377,7 +385,7 @@ async def test_tail_survives_client_reset_while_peer_talks(
     if mode == "stream":
         a, b = await asyncio.open_connection(sock=sa), await asyncio.open_connection(sock=sb)
     data = random.Random(12).randbytes(2 * MiB)
-    task = asyncio.create_task(bridge(a, b))
+    task = asyncio.create_task(bridge(a, b, tuning=tuning_for(mode)))
     await asyncio.get_running_loop().sock_sendall(ca, data)
     for _ in range(2000):  # until the client's kernel has handed every byte to the relay
         if unsent(ca) == 0:
@@ -403,7 +411,7 @@ async def test_cancellation_closes_both(
 ) -> None:
     rig = await make_rig(mode, listener)
     cleanup += [rig.ca, rig.cb]
-    task = asyncio.create_task(bridge(rig.a, rig.b))
+    task = asyncio.create_task(rig.bridge())
     await asyncio.get_running_loop().sock_sendall(rig.ca, b"ping")
     assert await recv_exactly(rig.cb, 4) == b"ping"
     task.cancel()
@@ -417,7 +425,7 @@ async def test_cancellation_closes_both(
 async def one_small_exchange(rig: Rig, seed: int) -> BridgeStats:
     rng = random.Random(seed)
     there, back = rng.randbytes(rng.randrange(1, 50_000)), rng.randbytes(rng.randrange(1, 50_000))
-    task = asyncio.create_task(bridge(rig.a, rig.b))
+    task = asyncio.create_task(rig.bridge())
     _, _, at_b, at_a = await asyncio.gather(
         send_all(rig.ca, there), send_all(rig.cb, back), recv_to_eof(rig.cb), recv_to_eof(rig.ca)
     )
@@ -443,17 +451,17 @@ async def test_mixed_socket_and_stream_endpoints(
     rig = await make_rig("splice", listener)
     cleanup += [rig.ca, rig.cb]
     stream_b = await asyncio.open_connection(sock=rig.raw[1])
-    stats = await one_small_exchange(Rig(rig.a, stream_b, rig.ca, rig.cb, rig.raw), 7)
+    stats = await one_small_exchange(replace(rig, b=stream_b), 7)
     assert stats.path == "stream"
 
 
 @pytest.mark.skipif(not pipe.SPLICE_SUPPORTED, reason="splice path")
 async def test_small_pipe_falls_back_to_copy(
-    listener: socket.socket, cleanup: list[socket.socket], monkeypatch: pytest.MonkeyPatch
+    listener: socket.socket, cleanup: list[socket.socket]
 ) -> None:
     # Past fs.pipe-user-pages-soft, unprivileged pipes cannot grow; simulate by asking for more.
-    monkeypatch.setattr(pipe, "_MIN_PIPE_SIZE", 2 * pipe.PIPE_SIZE)
     rig = await make_rig("splice", listener)
+    rig.tuning = replace(rig.tuning, min_pipe_size=2 * pipe.PIPE_SIZE)
     cleanup += [rig.ca, rig.cb]
     stats = await one_small_exchange(rig, 8)
     assert stats.path == "copy"
@@ -557,7 +565,7 @@ def test_splice_path_under_uvloop() -> None:
             rig = await make_rig("splice", server)
         try:
             data = random.Random(4).randbytes(8 * MiB)
-            task = asyncio.create_task(bridge(rig.a, rig.b))
+            task = asyncio.create_task(rig.bridge())
             _, _, at_b, at_a = await asyncio.gather(
                 send_all(rig.ca, data),
                 send_all(rig.cb, data[::-1]),

@@ -65,6 +65,7 @@ __all__ = [
     "SPLICE_SUPPORTED",
     "STREAM_CHUNK",
     "BridgeStats",
+    "BridgeTuning",
     "Endpoint",
     "bridge",
 ]
@@ -84,6 +85,21 @@ _LINGER_POLL = 0.02  # seconds between SIOCOUTQ checks while lingering (teardown
 _MIN_PIPE_SIZE = 64 << 10
 _MAX_ROUNDS = 16  # fill/drain rounds per callback, so one busy bridge cannot starve the loop
 _SINK_CHUNK = 64 << 10
+
+
+@dataclass(frozen=True)
+class BridgeTuning:
+    """How one bridge moves bytes; the defaults are the module's constants."""
+
+    splice: bool = SPLICE_SUPPORTED
+    """Splice socket pairs through pipes where the platform can (else copy through user space)."""
+    linger: float = LINGER_TIMEOUT
+    """After a reset, the longest the surviving side gets to take in the bytes still owed to it."""
+    min_pipe_size: int = _MIN_PIPE_SIZE
+    """A pipe the kernel will not grow this far (``pipe-user-pages-soft``) means copy instead."""
+
+
+DEFAULT_TUNING = BridgeTuning()
 
 
 @dataclass
@@ -109,6 +125,7 @@ async def bridge(
     a_to_b_prefix: bytes = b"",
     b_to_a_prefix: bytes = b"",
     stats: BridgeStats | None = None,
+    tuning: BridgeTuning = DEFAULT_TUNING,
 ) -> BridgeStats:
     """Move bytes both ways between ``a`` and ``b`` until both directions end; close both.
 
@@ -119,11 +136,13 @@ async def bridge(
     by ``LINGER_TIMEOUT``). A reset is noticed when the bridge next reads or writes that socket,
     so a bridge stalled on a peer that never reads waits as TCP would: cancel it to end it.
     ``stats``, when given, is filled in as the bridge ends, even when it is cancelled.
+    ``tuning`` overrides the splice/copy choice and the linger bound for this bridge.
     """
     _check_endpoint(a)
     _check_endpoint(b)
     if isinstance(a, socket.socket) and isinstance(b, socket.socket) and _loop_watches_fds():
-        return await _run_reporting(_SocketBridge(a, b, a_to_b_prefix, b_to_a_prefix), stats)
+        runner = _SocketBridge(a, b, a_to_b_prefix, b_to_a_prefix, tuning)
+        return await _run_reporting(runner, stats)
     streams: list[_Stream] = []
     try:
         for endpoint in (a, b):
@@ -134,8 +153,8 @@ async def bridge(
         for endpoint in (a, b)[len(streams) :]:
             _close_endpoint(endpoint)
         raise
-    runner = _StreamBridge(streams[0], streams[1], a_to_b_prefix, b_to_a_prefix)
-    return await _run_reporting(runner, stats)
+    streamer = _StreamBridge(streams[0], streams[1], a_to_b_prefix, b_to_a_prefix, tuning.linger)
+    return await _run_reporting(streamer, stats)
 
 
 async def _run_reporting(
@@ -387,7 +406,7 @@ class _SpliceDirection(_Direction):
         super().__init__(owner, src, dst, prefix)
         self._pipe_r, self._pipe_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         try:
-            self.capacity = _enlarge_pipe(self._pipe_w)
+            self.capacity = _enlarge_pipe(self._pipe_w, owner.tuning.min_pipe_size)
         except BaseException:
             self._close_pipe()
             raise
@@ -425,10 +444,10 @@ class _SpliceDirection(_Direction):
         return put
 
 
-def _enlarge_pipe(fd: int) -> int:
+def _enlarge_pipe(fd: int, minimum: int) -> int:
     """Grow a pipe towards ``PIPE_SIZE``; unprivileged users past their quota get less."""
     size = PIPE_SIZE
-    while size >= _MIN_PIPE_SIZE:
+    while size >= minimum:
         try:
             return fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, size)
         except OSError:
@@ -440,9 +459,9 @@ def _make_direction(
     owner: _SocketBridge, src: socket.socket, dst: socket.socket, prefix: bytes
 ) -> _Direction:
     """A splice direction when the pipe quota allows a useful pipe, else a copy direction."""
-    if SPLICE_SUPPORTED:
+    if SPLICE_SUPPORTED and owner.tuning.splice:
         direction = _SpliceDirection(owner, src, dst, prefix)
-        if direction.capacity >= _MIN_PIPE_SIZE:
+        if direction.capacity >= owner.tuning.min_pipe_size:
             return direction
         direction.close()  # past fs.pipe-user-pages-soft a pipe holds 2 pages: copy instead
     return _CopyDirection(owner, src, dst, prefix)
@@ -452,9 +471,15 @@ class _SocketBridge:
     """Two directions over two raw sockets, and the teardown rules between them."""
 
     def __init__(
-        self, a: socket.socket, b: socket.socket, a_to_b_prefix: bytes, b_to_a_prefix: bytes
+        self,
+        a: socket.socket,
+        b: socket.socket,
+        a_to_b_prefix: bytes,
+        b_to_a_prefix: bytes,
+        tuning: BridgeTuning,
     ) -> None:
         self.loop = asyncio.get_running_loop()
+        self.tuning = tuning
         self._sockets = (a, b)
         self._prefixes = (a_to_b_prefix, b_to_a_prefix)
         self._ended: asyncio.Future[None] = self.loop.create_future()
@@ -510,7 +535,7 @@ class _SocketBridge:
             if direction.dst is sock:
                 direction.become_sink()
         if first:
-            self._linger_deadline = self.loop.time() + LINGER_TIMEOUT
+            self._linger_deadline = self.loop.time() + self.tuning.linger
             self._timer = self.loop.call_soon(self._linger)
 
     def _linger(self) -> None:
@@ -550,8 +575,11 @@ class _StreamDirection:
 class _StreamBridge:
     """Two copy tasks over asyncio streams, with the same teardown rules as ``_SocketBridge``."""
 
-    def __init__(self, a: _Stream, b: _Stream, a_to_b_prefix: bytes, b_to_a_prefix: bytes) -> None:
+    def __init__(
+        self, a: _Stream, b: _Stream, a_to_b_prefix: bytes, b_to_a_prefix: bytes, linger: float
+    ) -> None:
         self._loop = asyncio.get_running_loop()
+        self._linger_timeout = linger
         self._writers = (a[1], b[1])
         self._directions = (
             _StreamDirection(a[0], b[1], a_to_b_prefix),
@@ -586,7 +614,7 @@ class _StreamBridge:
         return BridgeStats(ab.delivered, ba.delivered, bool(self._failed), peak, "stream")
 
     async def _wait(self) -> bool:
-        """Wait for both directions; after a failure, for at most ``LINGER_TIMEOUT``."""
+        """Wait for both directions; after a failure, for at most the linger bound."""
         while pending := {t for t in self._tasks.values() if not t.done()}:
             if self._failed:
                 timeout = max(0.0, self._linger_deadline - self._loop.time())
@@ -611,7 +639,7 @@ class _StreamBridge:
         if writer in self._failed:
             return
         if not self._failed:
-            self._linger_deadline = self._loop.time() + LINGER_TIMEOUT
+            self._linger_deadline = self._loop.time() + self._linger_timeout
             self._failure.set_result(None)
         self._failed.add(writer)
         for i, d in enumerate(self._directions):
