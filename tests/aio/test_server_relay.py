@@ -7,9 +7,13 @@ so each test controls exactly which bytes go where and when.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import fcntl
 import hashlib
 import os
 import socket
+import struct
+import termios
 import urllib.request
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -28,6 +32,7 @@ REALM, USER, PASSWORD = "test.realm", "alice", "secret"
 KEY = long_term_key(USER, REALM, PASSWORD)
 HOST = "127.0.0.1"
 STEP = 10.0  # generous bound for any single network step
+POLL = 0.01  # seconds between checks of a condition we wait for
 
 
 @pytest.fixture
@@ -415,22 +420,66 @@ async def test_client_bytes_right_behind_connection_bind_reach_the_peer(
     control.close()
 
 
+def kernel_queue(sock: socket.socket, request: int) -> int:
+    """Bytes in one of the kernel's queues of ``sock``: ``termios.TIOCOUTQ`` (sent, not yet
+    acknowledged) or ``termios.FIONREAD`` (received, not yet read)."""
+    queued: int = struct.unpack("i", fcntl.ioctl(sock.fileno(), request, bytes(4)))[0]
+    return queued
+
+
+def own_socket_connected_to(address: tuple[str, int]) -> socket.socket:
+    """A duplicate of this process's TCP socket whose peer is ``address`` (the relay's end)."""
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            sock = socket.socket(fileno=os.dup(int(name)))
+        except OSError:
+            continue  # not a socket (or already gone)
+        with contextlib.suppress(OSError):
+            if sock.type == socket.SOCK_STREAM and sock.getpeername() == address:
+                return sock
+        sock.close()
+    raise AssertionError(f"no socket of this process is connected to {address}")
+
+
 async def test_unbound_peer_is_held_back_by_flow_control(relay: RunningRelay) -> None:
     """Before ConnectionBind the relay reads nothing: a 64 MiB peer stalls (kernel buffers
     fill, TCP flow control pushes back) instead of growing the relay's memory; after the bind
-    every byte arrives in order."""
+    every byte arrives in order.
+
+    No clock: the bytes are counted. Whatever the peer wrote is still in its transport's
+    buffer, its kernel send queue or the relay socket's receive queue until the relay reads
+    (bytes just delivered may be counted twice, received but not yet acknowledged: the sum can
+    only exceed what was written while the relay reads nothing).
+    """
     control, _peer_reader, peer_writer, cid = await incoming_peer(relay)
+    peer = peer_writer.get_extra_info("socket")
+    relay_end = own_socket_connected_to(peer.getsockname())
     block = os.urandom(1 << 20)
+    written = 0
 
     async def send() -> None:
+        nonlocal written
         for _ in range(64):
             peer_writer.write(block)
+            written += len(block)
             await peer_writer.drain()
         peer_writer.write_eof()
 
+    def waiting_in_queues() -> int:
+        return (
+            peer_writer.transport.get_write_buffer_size()
+            + kernel_queue(peer, termios.TIOCOUTQ)
+            + kernel_queue(relay_end, termios.FIONREAD)
+        )
+
     sender = asyncio.create_task(send())
-    await asyncio.sleep(0.5)
-    assert not sender.done()  # held back: nobody reads the peer connection yet
+    for _ in range(int(STEP / POLL)):  # until flow control reaches the peer's own buffer
+        assert waiting_in_queues() >= written, "the relay read from an unbound peer"
+        if peer_writer.transport.get_write_buffer_size():
+            break
+        await asyncio.sleep(POLL)
+    assert peer_writer.transport.get_write_buffer_size() and not sender.done()
+    relay_end.close()
     client_reader, client_writer = await connection_bind(relay, control, cid)
     digest, total = hashlib.sha256(), 0
     while chunk := await asyncio.wait_for(client_reader.read(1 << 20), STEP):
