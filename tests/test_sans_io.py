@@ -1,4 +1,4 @@
-"""The protocol cores never import I/O (STYLE.md: sans-IO core, thin adapters)."""
+"""The protocol cores never import I/O (README.md "Layout": sans-IO cores, asyncio adapters)."""
 
 from __future__ import annotations
 

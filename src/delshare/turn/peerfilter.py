@@ -1,4 +1,4 @@
-"""Which peer addresses a relay may talk to (RFC 8656 §21.3, PROTOCOL.md "Security notes").
+"""Which peer addresses a relay may talk to (RFC 8656 §21.3; docs/protocol.md §5.4).
 
 A relay that connects anywhere is an open proxy into its own network. By default only globally
 routable unicast addresses are allowed: loopback, RFC 1918, 100.64/10, link-local (incl.

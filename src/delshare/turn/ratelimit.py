@@ -1,4 +1,4 @@
-"""Per-source request rate limiting for the TURN server (PROTOCOL.md "Security notes").
+"""Per-source request rate limiting for the TURN server (docs/protocol.md §5.4).
 
 A token bucket per client IP: ``rate`` requests per second with bursts up to ``burst``. The
 table is bounded; when it is full, buckets that have refilled completely are forgotten (they

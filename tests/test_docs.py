@@ -1,0 +1,102 @@
+"""The documents the code points at exist, and docs/protocol.md names the formats as coded.
+
+``docs/protocol.md`` describes every wire format; these checks take the markers and message
+types from the code (constants, and messages encoded by the real encoders) and look for them on
+the page, so a format that changes without its page fails here.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from delshare.app.connect import LINK_KEY_PURPOSE, PROTOCOL_VERSION
+from delshare.link import records, ticket
+from delshare.pairing import envelope, lan, pake, wire
+from delshare.transfer import protocol
+from delshare.transfer.manifest import Manifest
+
+ROOT = Path(__file__).resolve().parents[1]
+PROTOCOL_DOC = (ROOT / "docs" / "protocol.md").read_text(encoding="utf-8")
+CITED = re.compile(r"[A-Za-z0-9_./-]*[A-Za-z0-9_-]\.md\b")
+
+
+def python_files() -> list[Path]:
+    return sorted(p for top in ("src", "tests", "bench") for p in (ROOT / top).rglob("*.py"))
+
+
+def test_every_document_a_source_file_cites_exists() -> None:
+    missing = {
+        f"{path.relative_to(ROOT)}: {name}"
+        for path in python_files()
+        for name in CITED.findall(path.read_text(encoding="utf-8"))
+        if not (ROOT / name).is_file() and not (ROOT / "docs" / name).is_file()
+    }
+    assert not missing
+
+
+def compact(obj: object) -> str:
+    return json.dumps(obj, separators=(",", ":"))
+
+
+@pytest.mark.parametrize(
+    "marker",
+    [
+        records.MAGIC.decode(),
+        LINK_KEY_PURPOSE.decode(),
+        pake.APPID.decode(),
+        ticket.PREFIX,
+        f"{lan.GROUP}:{lan.PORT}",
+        compact({"del": lan.VERSION}).strip("{}"),
+        compact({"v": PROTOCOL_VERSION}).strip("{}"),
+        compact({"v": protocol.VERSION}).strip("{}"),
+        f"{wire.MAX_FRAME // 1024} KiB",
+    ],
+)
+def test_protocol_page_names_the_version_markers(marker: str) -> None:
+    assert marker in PROTOCOL_DOC
+
+
+def test_protocol_page_numbers_record_kinds_and_mailbox_phases() -> None:
+    for kind in records.RecordKind:
+        assert f"`{kind.value}` {kind.name}" in PROTOCOL_DOC
+    for phase in envelope.Phase:
+        assert f"| `{phase.name}` | `0x{phase.value:02x}` |" in PROTOCOL_DOC
+
+
+RENDEZVOUS_MESSAGES = [
+    wire.OpenMessage("7"),
+    wire.AddMessage("b"),
+    wire.RelayMessage("b"),
+    wire.ErrorMessage("r"),
+    wire.CloseMessage("r"),
+]
+TRANSFER_MESSAGES = [
+    protocol.Offer(Manifest(())),
+    protocol.Accept(),
+    protocol.Reject("r"),
+    protocol.FileBegin(0, 0),
+    protocol.FileEnd(0, b""),
+    protocol.Done(),
+    protocol.ErrorMessage("r"),
+]
+
+
+@pytest.mark.parametrize("message", RENDEZVOUS_MESSAGES, ids=lambda m: type(m).__name__)
+def test_protocol_page_lists_every_rendezvous_message(
+    message: wire.ClientMessage | wire.ServerMessage,
+) -> None:
+    fields = json.loads(wire.encode(message))
+    assert compact({"type": fields["type"]}).strip("}") in PROTOCOL_DOC
+
+
+@pytest.mark.parametrize("message", TRANSFER_MESSAGES, ids=lambda m: type(m).__name__)
+def test_protocol_page_lists_every_transfer_message(message: protocol.Message) -> None:
+    fields = json.loads(protocol.encode_message(message))
+    head = compact({"v": fields["v"], "type": fields["type"]}).strip("}")
+    assert head in PROTOCOL_DOC
+    for name in fields:
+        assert f'"{name}"' in PROTOCOL_DOC
