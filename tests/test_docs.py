@@ -100,3 +100,13 @@ def test_protocol_page_lists_every_transfer_message(message: protocol.Message) -
     assert head in PROTOCOL_DOC
     for name in fields:
         assert f'"{name}"' in PROTOCOL_DOC
+
+
+def test_readme_layout_names_every_part_of_the_package() -> None:
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    layout = readme.split("## Layout", 1)[1].split("```")[1]
+    listed = {line.split()[0] for line in layout.splitlines() if line.startswith("  ")}
+    package = ROOT / "src" / "delshare"
+    parts = {f"{p.name}/" for p in package.iterdir() if (p / "__init__.py").is_file()}
+    parts |= {p.name for p in package.glob("*.py") if not p.name.startswith("_")}
+    assert parts == listed

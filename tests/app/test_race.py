@@ -36,6 +36,7 @@ from delshare.link.records import LinkError
 from delshare.link.relay import TurnRelay, TurnSettings, open_relay
 from delshare.turn.auth import AuthConfig
 from delshare.turn.server_types import ServerConfig
+from delshare.turn.uri import parse_turn_uri
 
 USER, PASSWORD = "racer", "pw-for-racing"
 
@@ -170,8 +171,8 @@ async def turn_server() -> AsyncIterator[RunningRelay]:
 
 @pytest.fixture
 async def relays(turn_server: RunningRelay) -> AsyncIterator[tuple[TurnRelay, TurnRelay]]:
-    settings = TurnSettings(f"turn:127.0.0.1:{turn_server.turn_port}?transport=tcp", USER,
-                            PASSWORD)  # fmt: skip
+    uri = parse_turn_uri(f"turn:127.0.0.1:{turn_server.turn_port}?transport=tcp")
+    settings = TurnSettings(uri, USER, PASSWORD)
     a, b = await open_relay(settings), await open_relay(settings)
     yield a, b
     await a.close()

@@ -30,6 +30,7 @@ from delshare.pairing import generate_code, serve_rendezvous
 from delshare.transfer.digest import hash_file, new_hasher
 from delshare.turn.auth import AuthConfig
 from delshare.turn.server_types import ServerConfig
+from delshare.turn.uri import TurnUri
 
 __all__ = ["DemoResult", "run_demo"]
 
@@ -86,7 +87,7 @@ async def run_demo(
     turn = await _start_turn(user, password)
     rendezvous = await serve_rendezvous("127.0.0.1", 0)
     try:
-        turn_uri = f"turn:127.0.0.1:{turn.turn_port}?transport=tcp"
+        turn_uri = TurnUri(secure=False, host="127.0.0.1", port=turn.turn_port, transport="tcp")
         connect = ConnectOptions(turn=TurnSettings(turn_uri, user, password), mode="relay")
         rendezvous_url = f"ws://127.0.0.1:{rendezvous.port}"
         session = SessionOptions(rendezvous_url, connect)

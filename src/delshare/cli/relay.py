@@ -17,6 +17,7 @@ from typing import Any
 
 import click
 
+from delshare.address import format_address, parse_address
 from delshare.aio.server import RelayConfig, RunningRelay, start_relay
 from delshare.errors import DelshareError
 from delshare.stun.attributes import Address
@@ -34,22 +35,9 @@ log = logging.getLogger("delshare.relay")
 
 
 def parse_hostport(text: str, default_port: int | None = None) -> Address:
-    """``HOST:PORT``, ``[V6]:PORT`` or ``V6`` literal with a default port."""
-    text = text.strip()
-    if text.startswith("["):
-        host, _, rest = text[1:].partition("]")
-        port_text = rest[1:] if rest.startswith(":") else ""
-    elif text.count(":") == 1:
-        host, port_text = text.split(":")
-    else:
-        host, port_text = text, ""
-    if not port_text:
-        if default_port is None:
-            raise ValueError(f"{text!r} needs a port (HOST:PORT)")
-        return host, default_port
-    if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
-        raise ValueError(f"bad port in {text!r}")
-    return host or "0.0.0.0", int(port_text)
+    """``HOST:PORT``, ``[V6]:PORT`` or ``V6`` literal with a default port; no host: all IPv4."""
+    host, port = parse_address(text, default_port, allow_zero=True)
+    return host or "0.0.0.0", port
 
 
 def _hostports(
@@ -264,10 +252,6 @@ def relay_config(opts: dict[str, Any]) -> RelayConfig:
     )
 
 
-def _where(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
 async def _serve(opts: dict[str, Any]) -> None:
     turn: RunningRelay | None = None
     rendezvous = None
@@ -299,12 +283,12 @@ async def _start_turn(config: RelayConfig) -> RunningRelay:
     try:
         running = await start_relay(config)
     except OSError as exc:
-        where = ", ".join(_where(*a) for a in config.listen + config.tls_listen)
+        where = ", ".join(format_address(*a) for a in config.listen + config.tls_listen)
         raise OSError(exc.errno, f"cannot listen on {where}: {exc.strerror or exc}") from exc
     for kind, address in running.addresses:
-        log.info("TURN listening on %s %s", kind, _where(*address))
+        log.info("TURN listening on %s %s", kind, format_address(*address))
     if running.server.metrics_port is not None and config.metrics_listen is not None:
-        where = _where(config.metrics_listen[0], running.server.metrics_port)
+        where = format_address(config.metrics_listen[0], running.server.metrics_port)
         log.info("metrics on http://%s/metrics", where)
     return running
 
@@ -315,9 +299,9 @@ async def _start_rendezvous(address: Address, redis_url: str | None) -> Any:
     try:
         server = await serve_rendezvous(*address, redis_url=redis_url)
     except OSError as exc:
-        where = _where(*address)
+        where = format_address(*address)
         raise OSError(exc.errno, f"cannot listen on {where}: {exc.strerror or exc}") from exc
-    log.info("rendezvous listening on ws://%s", _where(address[0], server.port))
+    log.info("rendezvous listening on ws://%s", format_address(address[0], server.port))
     return server
 
 

@@ -95,12 +95,12 @@ def _turn_settings(
     from delshare.turn.uri import TurnUriError, parse_turn_uri  # with --turn only
 
     try:
-        parse_turn_uri(turn)
+        uri = parse_turn_uri(turn)
     except TurnUriError as exc:
         raise UsageProblem(str(exc)) from exc
     if secret is None and (user is None or password is None):
         raise UsageProblem("--turn needs --turn-user and --turn-password, or --turn-secret")
-    return TurnSettings(turn, user, password, secret)
+    return TurnSettings(uri, user, password, secret)
 
 
 def session_options(kwargs: dict[str, Any], pair_timeout: float) -> SessionOptions:

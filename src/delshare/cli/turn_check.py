@@ -19,6 +19,7 @@ from typing import TypeVar
 
 import click
 
+from delshare.address import format_address
 from delshare.aio.client import TurnClient, connect_turn
 from delshare.aio.client_allocation import TcpAllocation
 from delshare.errors import DelshareError
@@ -34,11 +35,6 @@ CHUNK = 1 << 20
 
 class CheckFailed(Exception):
     """A step failed; the message is the one line to print."""
-
-
-def _fmt(address: Address) -> str:
-    host, port = address
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def _describe(exc: BaseException) -> str:
@@ -77,7 +73,7 @@ class Checker:
     async def run(self, connect: Callable[[], Awaitable[TurnClient]]) -> None:
         """All steps; the client is closed at the end whatever happens."""
         client, took = await self.step("connect", connect)
-        self.report("connect", took, _fmt(client.server_address))
+        self.report("connect", took, format_address(*client.server_address))
         try:
             await self.run_allocation(client)
         finally:
@@ -86,9 +82,9 @@ class Checker:
     async def run_allocation(self, client: TurnClient) -> None:
         """Binding, Allocate, permission, both stream paths, throughput."""
         reflexive, took = await self.step("binding", client.binding)
-        self.report("binding", took, f"server-reflexive {_fmt(reflexive)}")
+        self.report("binding", took, f"server-reflexive {format_address(*reflexive)}")
         allocation, took = await self.step("allocate", client.allocate_tcp)
-        self.report("allocate", took, f"relayed {_fmt(allocation.relayed_address)}")
+        self.report("allocate", took, f"relayed {format_address(*allocation.relayed_address)}")
         ips = list(dict.fromkeys([reflexive[0], client.local_address[0]]))
         _, took = await self.step("permission", lambda: allocation.permit(*ips))
         self.report("permission", took, ", ".join(ips))
@@ -114,7 +110,7 @@ class Checker:
             _, took = await self.step("outgoing", lambda: _probe(allocation, (own_ip, port)))
         finally:
             server.close()
-        self.report("outgoing", took, f"Connect → {_fmt((own_ip, port))}")
+        self.report("outgoing", took, f"Connect → {format_address(own_ip, port)}")
 
     async def run_throughput(self, sender: asyncio.StreamWriter, stream: Stream) -> None:
         """Push ``size`` bytes peer → client through the relay and compare SHA-256."""

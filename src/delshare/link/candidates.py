@@ -27,6 +27,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal
 
+from delshare.address import display_address
 from delshare.errors import DelshareError
 
 __all__ = [
@@ -63,7 +64,7 @@ class Candidate:
         return (self.host, self.port)
 
     def __str__(self) -> str:
-        return format_address(self.host, self.port)
+        return display_address(self.host, self.port)
 
     def to_wire(self) -> dict[str, object]:
         wire: dict[str, object] = {"kind": self.kind, "host": self.host, "port": self.port}
@@ -96,15 +97,6 @@ def parse_candidates(obj: object) -> list[Candidate]:
     if not isinstance(obj, list) or len(obj) > MAX_CANDIDATES:
         raise CandidateError(f"candidates must be a list of at most {MAX_CANDIDATES}")
     return list(dict.fromkeys(Candidate.from_wire(item) for item in obj))
-
-
-def format_address(host: str, port: int) -> str:
-    """``1.2.3.4:5`` or ``[::1]:5``; IPv4-mapped IPv6 addresses are shown as IPv4."""
-    with contextlib.suppress(ValueError):
-        ip = ipaddress.ip_address(host.split("%", 1)[0])
-        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-            host = str(ip.ipv4_mapped)
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 # --- interface addresses -------------------------------------------------------------------

@@ -29,7 +29,8 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
-from delshare.link.candidates import Candidate, Listener, format_address
+from delshare.address import display_address
+from delshare.link.candidates import Candidate, Listener
 from delshare.link.records import (
     LinkError,
     LinkProtocolError,
@@ -275,7 +276,7 @@ class _Racer:
         while True:
             reader, writer = await listener.accepted.get()
             peer = writer.get_extra_info("peername")
-            label = format_address(peer[0], peer[1]) if peer else "?"
+            label = display_address(peer[0], peer[1]) if peer else "?"
             self.spawn(self._authenticate(reader, writer, LinkPath("direct", label)))
 
     async def _accept_relayed(self, allocation: RelayAllocation) -> None:

@@ -17,13 +17,15 @@ import ipaddress
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from delshare.address import display_address
 from delshare.errors import DelshareError
-from delshare.link.candidates import Candidate, format_address
+from delshare.link.candidates import Candidate
 
 if TYPE_CHECKING:
     from delshare.aio.client import TurnClient
     from delshare.aio.client_allocation import TcpAllocation
     from delshare.link.race import Stream
+    from delshare.turn.uri import TurnUri
 
 __all__ = ["TurnRelay", "TurnSettings", "open_relay", "reflexive_address"]
 
@@ -32,9 +34,12 @@ SETUP_TIMEOUT = 15.0
 
 @dataclass(frozen=True)
 class TurnSettings:
-    """Where the TURN server is and how to authenticate (password or REST shared secret)."""
+    """Where the TURN server is and how to authenticate (password or REST shared secret).
 
-    uri: str
+    ``uri`` is parsed where the user gave it (``--turn``), once.
+    """
+
+    uri: TurnUri
     username: str | None = None
     password: str | None = None
     secret: str | None = None
@@ -42,10 +47,7 @@ class TurnSettings:
     @property
     def label(self) -> str:
         """``host:port`` of the server, as printed in ``connected: relay ...``."""
-        from delshare.turn.uri import parse_turn_uri
-
-        parsed = parse_turn_uri(self.uri)
-        return format_address(parsed.host, parsed.port)
+        return display_address(self.uri.host, self.uri.port)
 
 
 async def _connect(settings: TurnSettings) -> TurnClient:

@@ -12,10 +12,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from delshare.address import Address as Address
 from delshare.errors import StunDecodeError
 from delshare.stun.constants import FAMILY_IPV4, FAMILY_IPV6, MAGIC_COOKIE, Attr
 
-Address = tuple[str, int]
 AttrValue = Any  # the decoded Python value; its type is given per entry in ATTRIBUTES
 Decoder = Callable[[bytes, bytes], AttrValue]
 Encoder = Callable[[AttrValue, bytes], bytes]

@@ -11,6 +11,7 @@ import ipaddress
 from dataclasses import dataclass
 from urllib.parse import parse_qs
 
+from delshare.address import format_address, parse_port, split_host_port
 from delshare.errors import DelshareError
 from delshare.stun.constants import DEFAULT_PORT, DEFAULT_TLS_PORT
 
@@ -34,9 +35,8 @@ class TurnUri:
         return self.secure or self.transport != "udp"
 
     def __str__(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
         query = f"?transport={self.transport}" if self.transport else ""
-        return f"{'turns' if self.secure else 'turn'}:{host}:{self.port}{query}"
+        return f"{'turns' if self.secure else 'turn'}:{format_address(self.host, self.port)}{query}"
 
 
 def parse_turn_uri(text: str) -> TurnUri:
@@ -55,20 +55,17 @@ def parse_turn_uri(text: str) -> TurnUri:
 
 
 def _split_host_port(hostport: str, secure: bool) -> tuple[str, int]:
-    default = DEFAULT_TLS_PORT if secure else DEFAULT_PORT
-    if hostport.startswith("["):
-        host, bracket, tail = hostport[1:].partition("]")
-        if not bracket:
-            raise TurnUriError(f"unclosed IPv6 literal: {hostport!r}")
+    try:
+        host, port_text, bracketed = split_host_port(hostport)
+    except ValueError as exc:
+        raise TurnUriError(str(exc)) from None
+    if bracketed:
         _check_ipv6(host)
-        port_text = tail.removeprefix(":") if tail.startswith(":") else tail
-        if tail and not tail.startswith(":"):
-            raise TurnUriError(f"junk after IPv6 literal: {hostport!r}")
-    else:
-        host, _, port_text = hostport.partition(":")
+    elif ":" in host:  # RFC 7065 §3: an IPv6 literal must be in brackets
+        raise TurnUriError(f"bad TURN host: {hostport!r}")
     if not host or "@" in host or "/" in host:
         raise TurnUriError(f"bad TURN host: {hostport!r}")
-    return host, _parse_port(port_text, default)
+    return host, _parse_port(port_text, DEFAULT_TLS_PORT if secure else DEFAULT_PORT)
 
 
 def _check_ipv6(host: str) -> None:
@@ -81,9 +78,10 @@ def _check_ipv6(host: str) -> None:
 def _parse_port(text: str, default: int) -> int:
     if not text:
         return default
-    if not text.isdigit() or not 0 < int(text) < 65536:
-        raise TurnUriError(f"bad port: {text!r}")
-    return int(text)
+    try:
+        return parse_port(text)
+    except ValueError as exc:
+        raise TurnUriError(str(exc)) from None
 
 
 def _parse_transport(query: str) -> str | None:
