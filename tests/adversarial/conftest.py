@@ -2,7 +2,8 @@
 
 Quick mode (the default, run by CI) tries each attack with small counts; long mode
 (``DELSHARE_ADVERSARIAL=long python -m pytest -q tests/adversarial``) multiplies the counts so the
-figures in RELIABILITY.md can be reproduced. Every loop stays bounded in count and time in both modes.
+figures in RELIABILITY.md can be reproduced. Every loop stays bounded in count and time in both
+modes.
 """
 
 from __future__ import annotations
