@@ -162,9 +162,11 @@ def test_manifest_validation_catches_structure_problems() -> None:
     duplicate = Manifest((Entry("a", "file"), Entry("a", "file")))
     with pytest.raises(ManifestError):
         duplicate.validate()
-    clash = Manifest((Entry("a", "file"), Entry("a.part", "file")))
-    with pytest.raises(ManifestError):
-        clash.validate()
+    for reserved in (".delshare-0123456789abcdef.part", "d/.delshare-0123456789abcdef.json"):
+        clash = Manifest((Entry("d", "dir"), Entry(reserved, "file")))
+        with pytest.raises(ManifestError, match="reserved for partial files"):
+            clash.validate()
+    Manifest((Entry("a", "file"), Entry("a.part", "file"))).validate()
     Manifest((Entry("a", "dir"), Entry("a/b", "file"))).validate()
 
 

@@ -8,6 +8,7 @@ hostile until :func:`check_rel_path` and :func:`safe_destination` accept them.
 from __future__ import annotations
 
 import os
+import re
 import stat
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ from delshare.transfer.errors import ManifestError, UnsafePathError
 
 __all__ = [
     "MAX_ENTRIES",
+    "TEMP_NAME",
     "BuiltManifest",
     "Entry",
     "Manifest",
@@ -34,6 +36,8 @@ MAX_PATH_BYTES = 4096
 MAX_FILE_SIZE = 1 << 50
 
 Kind = Literal["file", "dir"]
+TEMP_NAME = re.compile(r"\.delshare-[0-9a-f]{16}\.(?:part|json)")
+"""The receiver's temporary names (:func:`delshare.transfer.resume.temp_paths`): not in offers."""
 
 _WINDOWS_DEVICES = frozenset(
     {"CON", "PRN", "AUX", "NUL", "CONIN$", "CONOUT$"}
@@ -98,7 +102,7 @@ class Manifest:
         return sum(1 for e in self.entries if e.kind == "file")
 
     def validate(self) -> None:
-        """Whole-list checks: bounds, duplicates, parents first, ``.part`` name clashes."""
+        """Whole-list checks: bounds, duplicates, parents first, names reserved for .part files."""
         if len(self.entries) > MAX_ENTRIES:
             raise ManifestError(f"manifest has more than {MAX_ENTRIES} entries")
         kinds: dict[str, Kind] = {}
@@ -110,9 +114,8 @@ class Manifest:
                 raise ManifestError(f"{display_name(entry.path)} comes before its folder")
             kinds[entry.path] = entry.kind
         for name in kinds:
-            for suffix in (".part", ".part.json"):
-                if name.endswith(suffix) and name.removesuffix(suffix) in kinds:
-                    raise ManifestError(f"{display_name(name)} clashes with a partial file name")
+            if TEMP_NAME.fullmatch(name.rpartition("/")[2]):
+                raise ManifestError(f"{display_name(name)} is a name reserved for partial files")
 
 
 @dataclass(frozen=True, slots=True)

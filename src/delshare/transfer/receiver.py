@@ -3,11 +3,12 @@
 Theory of operation: the offer is validated (paths, duplicates, bounds) and planned (destinations
 through :func:`safe_destination`, conflicts, ``.part`` prefixes to resume, free space) before
 anything is written; a hostile or impossible offer is rejected with nothing on disk. Each file
-is written to ``NAME.part`` next to a ``NAME.part.json`` sidecar naming the source's size and
-mtime, hashed as it arrives, checked against the sender's BLAKE3 digest, fsynced, given its mode
-(``& 0o755`` and the receiver's umask: no setuid/setgid/sticky, no group/other write) and mtime,
-then renamed into place
-(never over an existing file unless ``overwrite``). A broken link leaves the .part for resume;
+is written to a short hidden ``.delshare-<hex>.part`` next to its final name, with a state file
+naming the final name and the source's size and mtime (so any legal name, up to 255 bytes, can
+be received: :func:`delshare.transfer.resume.temp_paths`), hashed as it arrives, checked against
+the sender's BLAKE3 digest, fsynced, given its mode (``& 0o755`` and the receiver's umask: no
+setuid/setgid/sticky, no group/other write) and mtime, then renamed into place (never over an
+existing file unless ``overwrite``). A broken link leaves the .part for resume;
 a .part whose sidecar names another source version (size or mtime changed) starts over from 0.
 Folders: an existing folder is used as it is (its mode and mtime are never changed: receiving a
 ``Documents`` of mode 0777 into a folder that has one must not open it up); a folder this run
@@ -49,6 +50,7 @@ from delshare.transfer.errors import (
     PeerProtocolError,
     RefusedByPeerError,
     TransferInterruptedError,
+    UnsafePathError,
     stalled,
 )
 from delshare.transfer.manifest import Entry, Manifest, display_name, safe_destination
@@ -73,6 +75,7 @@ from delshare.transfer.resume import (
     read_sidecar,
     remove_quietly,
     sidecar_matches,
+    temp_paths,
     write_sidecar,
 )
 
@@ -279,8 +282,10 @@ def _plan_file(
             raise DestinationExistsError(f"{display_name(rel)} already exists")
         rel = _free_name(out, rel, claimed, overwrite)
         final = safe_destination(out, rel)
-    part = safe_destination(out, rel + ".part")
-    sidecar = safe_destination(out, rel + ".part.json")
+    part, sidecar = temp_paths(final)
+    for temp in (part, sidecar):
+        if temp.is_symlink() or (temp.exists() and not temp.is_file()):
+            raise UnsafePathError(f"{display_name(rel)}: its temporary file is not a plain file")
     return _Target(index, entry, final, part, sidecar)
 
 
@@ -297,8 +302,8 @@ def _already_received(final: Path, entry: Entry) -> bool:
 
 def _taken(final: Path, overwrite: bool) -> bool:
     """Whether writing ``final`` would clobber something not ours."""
-    part = final.with_name(final.name + ".part")
-    foreign_part = part.exists() and read_sidecar(part.with_name(part.name + ".json")) is None
+    part, sidecar = temp_paths(final)
+    foreign_part = part.exists() and read_sidecar(sidecar) is None
     if overwrite:
         return final.is_dir()
     return final.exists() or foreign_part
@@ -322,7 +327,7 @@ def _resume_state(target: _Target, chunk: int) -> PartState | None:
     if not target.part.is_file() or target.part.is_symlink():
         return None
     sidecar = read_sidecar(target.sidecar)
-    if sidecar is None or not sidecar_matches(sidecar, target.entry, chunk):
+    if sidecar is None or not sidecar_matches(sidecar, target.entry, chunk, target.final):
         return None  # another source version (or not ours): start over
     return hash_part(target.part, chunk)
 
@@ -585,7 +590,7 @@ def _open_part(target: _Target, offset: int) -> int:
 def _write_new(path: Path, target: _Target) -> None:
     if path.is_symlink():
         raise LocalIOError(f"{display_name(str(path))} is a symlink")
-    write_sidecar(path, target.entry, target.chunk)
+    write_sidecar(path, target.entry, target.chunk, target.final)
 
 
 def _close_part(part: PartWriter) -> None:
