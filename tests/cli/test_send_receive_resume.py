@@ -24,6 +24,7 @@ from typing import Any
 import pytest
 
 from delshare.transfer.protocol import DEFAULT_CHUNK
+from delshare.transfer.resume import temp_paths
 from tests.app.harness import (
     Outcome,
     RelayProcess,
@@ -117,7 +118,7 @@ def _interrupt(
     """Start a transfer, call ``kill`` half way; return both commands' outcomes."""
     pair = _start_pair(source, out, env, code, flags)
     try:
-        _wait_half_way(pair, out / f"{NAME}.part")
+        _wait_half_way(pair, temp_paths(out / NAME)[0])
         kill(pair)
         sent, received = finish(pair.sender, EXIT_WAIT), finish(pair.receiver, EXIT_WAIT)
     finally:
@@ -163,8 +164,8 @@ def _check_resumed(run: Rerun, kept: int, out: Path, source_sha: str) -> None:
     assert run.moved == SIZE - run.resumed_at
     assert run.moved < 0.55 * SIZE
     assert sha256_file(out / NAME) == source_sha
-    assert not (out / f"{NAME}.part").exists()
-    assert not (out / f"{NAME}.part.json").exists()
+    assert not (temp_paths(out / NAME)[0]).exists()
+    assert not (temp_paths(out / NAME)[1]).exists()
     receiver_done = run.received.line("done: ")
     assert f" {SIZE - run.resumed_at} moved " in receiver_done
 
@@ -179,7 +180,7 @@ def _signal(
 
 
 def _kept(out: Path) -> int:
-    kept = (out / f"{NAME}.part").stat().st_size
+    kept = (temp_paths(out / NAME)[0]).stat().st_size
     assert SIZE // 2 <= kept < SIZE
     return kept
 
@@ -257,7 +258,7 @@ def test_flipped_byte_in_part_prefix_is_resent(
     _interrupt(source, out, env, "46-guitar-orbit", flags, kill)
     kept = _kept(out)
     bad = 3 * DEFAULT_CHUNK + 12345  # inside the 4th chunk of the prefix
-    part = out / f"{NAME}.part"
+    part = temp_paths(out / NAME)[0]
     stat = part.stat()
     with part.open("r+b") as f:
         f.seek(bad)

@@ -38,6 +38,12 @@ HOSTILE = [
     "a\x00b",
     "a\nb",
     "a\x1b[31mred",
+    "evil\u202etxt.exe",
+    "dir\u2066/x",
+    "a\u200fb",
+    "a\u061cb",
+    "a\u2028b",
+    "a\x9bb",
     "trailing.",
     "trailing ",
     "x" * 256,
@@ -51,7 +57,18 @@ def test_hostile_names_are_refused(tmp_path: Path, name: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "name", ["a", "a/b/c.txt", "ünïcødé/名前.txt", "console/x", "COM10", "..a", "a..b"]
+    "name",
+    [
+        "a",
+        "a/b/c.txt",
+        "ünïcødé/名前.txt",
+        "console/x",
+        "COM10",
+        "..a",
+        "a..b",
+        "👨\u200d👩\u200d👧.jpg",
+        "\u0645\u06cc\u200c\u062e\u0648\u0627\u0647\u0645",
+    ],
 )
 def test_ordinary_names_are_accepted(tmp_path: Path, name: str) -> None:
     assert safe_destination(tmp_path, name) == tmp_path.resolve().joinpath(*name.split("/"))
@@ -105,12 +122,13 @@ def test_safe_destination_never_leaves_output_dir(
     assert result != Path(root)
 
 
-def test_display_name_strips_escapes_and_controls() -> None:
-    assert display_name("\x1b[2J\x1b]0;title\x07evil\x1b[31m.txt") == "evil.txt"
-    assert display_name("a\nb\rc\x07") == "a?b?c?"
-    assert display_name("x\u202egnp.exe") == "xgnp.exe"
+def test_display_name_escapes_sequences_and_controls_visibly() -> None:
+    shown = display_name("\x1b[2J\x1b]0;title\x07evil\x1b[31m.txt")
+    assert shown == "\\x1b[2J\\x1b]0;title\\x07evil\\x1b[31m.txt"
+    assert display_name("a\nb\rc\x07") == "a\\x0ab\\x0dc\\x07"
+    assert display_name("x\u202egnp.exe") == "x\\u202egnp.exe"
     assert display_name("fine name.txt") == "fine name.txt"
-    assert display_name("bad\udcff.txt") == "bad?.txt"
+    assert display_name("bad\udcff.txt") == "bad\\udcff.txt"
 
 
 def test_build_manifest_walks_sorted_and_skips_symlinks(tmp_path: Path) -> None:
@@ -144,9 +162,11 @@ def test_manifest_validation_catches_structure_problems() -> None:
     duplicate = Manifest((Entry("a", "file"), Entry("a", "file")))
     with pytest.raises(ManifestError):
         duplicate.validate()
-    clash = Manifest((Entry("a", "file"), Entry("a.part", "file")))
-    with pytest.raises(ManifestError):
-        clash.validate()
+    for reserved in (".delshare-0123456789abcdef.part", "d/.delshare-0123456789abcdef.json"):
+        clash = Manifest((Entry("d", "dir"), Entry(reserved, "file")))
+        with pytest.raises(ManifestError, match="reserved for partial files"):
+            clash.validate()
+    Manifest((Entry("a", "file"), Entry("a.part", "file"))).validate()
     Manifest((Entry("a", "dir"), Entry("a/b", "file"))).validate()
 
 

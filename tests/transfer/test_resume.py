@@ -34,6 +34,7 @@ from delshare.transfer.protocol import (
     send_message,
 )
 from delshare.transfer.receiver import ReceiveStats, receive_files
+from delshare.transfer.resume import temp_paths
 from delshare.transfer.sender import SendStats, send_files
 
 from .conftest import CuttingProxy, channel_pair, random_file, sha256_file
@@ -65,7 +66,7 @@ async def broken_run(sources: list[Path], out: Path, proxy: CuttingProxy) -> Non
 
 
 def part_size(path: Path) -> int:
-    return os.stat(path.with_name(path.name + ".part")).st_size
+    return os.stat(temp_paths(path)[0]).st_size
 
 
 def flip_byte(path: Path, offset: int) -> None:
@@ -130,7 +131,7 @@ async def test_flipped_byte_in_part_is_repaired(
     source, out = setup
     await broken_run([source], out, proxy_factory(3 * 1024 * 1024))
     assert part_size(out / "blob.bin") > 2 * CHUNK
-    flip_byte(out / "blob.bin.part", CHUNK + 10)
+    flip_byte(temp_paths(out / "blob.bin")[0], CHUNK + 10)
     sent, received = await run([source], out)
     assert isinstance(sent, SendStats) and isinstance(received, ReceiveStats)
     assert received.resumed_at == {"blob.bin": CHUNK}

@@ -30,6 +30,7 @@ from delshare.transfer.protocol import (
     send_message,
 )
 from delshare.transfer.receiver import ReceiveStats, receive_files
+from delshare.transfer.resume import temp_paths
 from delshare.transfer.sender import SendStats, send_files
 
 from .conftest import channel_pair, random_file, sha256_file, tree_files
@@ -268,7 +269,7 @@ async def test_symlink_escape_through_existing_link_is_rejected(tmp_path: Path, 
 async def test_symlinked_part_file_is_not_followed(tmp_path: Path, out: Path) -> None:
     victim = tmp_path / "victim"
     victim.write_bytes(b"keep")
-    (out / "f.part").symlink_to(victim)
+    temp_paths(out / "f")[0].symlink_to(victim)
     reply, outcome = await offer_raw([Entry("f", "file", 3)], out)
     assert isinstance(reply, Reject)
     assert isinstance(outcome, DestinationExistsError)  # a .part that is not ours
@@ -323,4 +324,6 @@ async def test_a_sender_that_stops_sending_fails_the_receiver_and_keeps_the_part
     finally:
         sender.abort()
         await receiver.close()
-    assert (out / "half.bin.part").read_bytes() == source.read_bytes()[: 1 << 20]  # resumable
+    assert (
+        temp_paths(out / "half.bin")[0].read_bytes() == source.read_bytes()[: 1 << 20]
+    )  # resumable

@@ -18,6 +18,7 @@ from delshare.app.receive import Ask, AskOverwrite, ReceiveOptions, run_receive
 from delshare.cli.main import Finished
 from delshare.cli.send import EXIT_CODES_HELP, link_options, run_app, session_options
 from delshare.cli.ui import Ui, human_size, pick_style
+from delshare.text import printable
 
 __all__ = ["receive"]
 
@@ -49,7 +50,7 @@ async def _prompt(question: str) -> bool:
     answer: asyncio.Future[bool] = loop.create_future()
 
     def prompt() -> None:
-        sys.stderr.write(question)
+        sys.stderr.write(printable(question))
         sys.stderr.flush()
         result = _read_answer()
         with contextlib.suppress(RuntimeError):  # the loop is gone (interrupted)

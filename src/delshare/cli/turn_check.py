@@ -24,6 +24,7 @@ from delshare.aio.client import TurnClient, connect_turn
 from delshare.aio.client_allocation import TcpAllocation
 from delshare.errors import DelshareError
 from delshare.stun.attributes import Address
+from delshare.text import printable
 from delshare.turn.client_errors import AuthenticationError
 from delshare.turn.uri import TurnUriError, parse_turn_uri
 
@@ -68,7 +69,7 @@ class Checker:
 
     def report(self, name: str, seconds: float, detail: str = "") -> None:
         """Print one step's line."""
-        click.echo(f"  {name:<11} {seconds * 1000:8.1f} ms   {detail}".rstrip())
+        click.echo(printable(f"  {name:<11} {seconds * 1000:8.1f} ms   {detail}".rstrip()))
 
     async def run(self, connect: Callable[[], Awaitable[TurnClient]]) -> None:
         """All steps; the client is closed at the end whatever happens."""
@@ -222,6 +223,6 @@ def turn_check(
     try:
         asyncio.run(Checker(timeout, size << 20).run(connect))
     except CheckFailed as exc:
-        click.echo(f"turn-check: FAILED at {exc}", err=True)
+        click.echo(printable(f"turn-check: FAILED at {exc}"), err=True)
         sys.exit(1)
     click.echo("OK: TCP relay works in both directions")

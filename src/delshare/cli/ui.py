@@ -8,12 +8,13 @@ Three renderings of the same :mod:`delshare.app.events`:
   notices as ``note: ...`` on stderr;
 - ``json``: one JSON object per line and per event (``--json``), errors included.
 
-Errors are one line on stderr (or a JSON ``error`` event), never a traceback.
+Errors are one line on stderr (or a JSON ``error`` event), never a traceback. Every line passes
+:func:`delshare.text.printable` (JSON lines :func:`delshare.text.json_line`) on its way out: text
+from a peer or a server (reasons, names, messages) never reaches the terminal raw.
 """
 
 from __future__ import annotations
 
-import json
 import sys
 from typing import IO, TYPE_CHECKING, Literal
 
@@ -30,6 +31,7 @@ from delshare.app.events import (
     TransferFinished,
     TransferStarted,
 )
+from delshare.text import json_line, printable
 
 if TYPE_CHECKING:  # rich loads only when a terminal shows bars (~25 ms of start-up otherwise)
     from rich.console import Console
@@ -119,13 +121,13 @@ class Ui:
 
     def __call__(self, event: Event) -> None:
         if self.style == "json":
-            self._write(json.dumps(json_object(event), ensure_ascii=False))
+            self._write(json_line(json_object(event)))
         elif self.style == "plain":
             line = key_line(event)
             if line is not None:
                 self._write(line)
             elif isinstance(event, NoticeIssued):
-                sys.stderr.write(f"{self._label}note: {event.text}\n")
+                sys.stderr.write(f"{self._label}note: {printable(event.text)}\n")
         else:
             self._rich(event)
 
@@ -135,14 +137,14 @@ class Ui:
         return self._out_override or sys.stdout
 
     def _write(self, line: str) -> None:
-        self._out.write(f"{self._label}{line}\n")
+        self._out.write(f"{self._label}{printable(line)}\n")
         self._out.flush()
 
     def print(self, text: str) -> None:
         """A line for people (rich only; plain and JSON stay quiet)."""
         if self._console is not None:
             target = self._progress.console if self._progress is not None else self._console
-            target.print(f"{self._label}{text}", markup=False, soft_wrap=True)
+            target.print(f"{self._label}{printable(text)}", markup=False, soft_wrap=True)
 
     def _rich(self, event: Event) -> None:
         match event:
@@ -245,9 +247,9 @@ class Ui:
         """One clear line: stderr for people, an ``error`` event for ``--json``."""
         self._stop_bars()
         if self.style == "json":
-            self._write(json.dumps({"event": "error", "message": message, "exit_code": exit_code}))
+            self._write(json_line({"event": "error", "message": message, "exit_code": exit_code}))
         else:
-            sys.stderr.write(f"{self._label}error: {message}\n")
+            sys.stderr.write(f"{self._label}error: {printable(message)}\n")
             sys.stderr.flush()
 
     def close(self) -> None:

@@ -15,10 +15,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from delshare.text import is_printable, printable
 from delshare.transfer.errors import ManifestError, UnsafePathError
 
 __all__ = [
     "MAX_ENTRIES",
+    "TEMP_NAME",
     "BuiltManifest",
     "Entry",
     "Manifest",
@@ -34,20 +36,13 @@ MAX_PATH_BYTES = 4096
 MAX_FILE_SIZE = 1 << 50
 
 Kind = Literal["file", "dir"]
+TEMP_NAME = re.compile(r"\.delshare-[0-9a-f]{16}\.(?:part|json)")
+"""The receiver's temporary names (:func:`delshare.transfer.resume.temp_paths`): not in offers."""
 
 _WINDOWS_DEVICES = frozenset(
     {"CON", "PRN", "AUX", "NUL", "CONIN$", "CONOUT$"}
     | {f"{port}{n}" for port in ("COM", "LPT") for n in [*"0123456789", "¹", "²", "³"]}
 )
-_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
-_ANSI = re.compile(
-    r"\x1b\[[0-?]*[ -/]*[@-~]"  # CSI ... final byte
-    r"|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?"  # OSC ... BEL or ST
-    r"|\x1b[PX^_][^\x1b]*(?:\x1b\\)?"  # DCS, SOS, PM, APC strings
-    r"|\x1b[@-Z\\-_]"  # other two-byte escapes
-    r"|\x9b[0-?]*[ -/]*[@-~]"  # 8-bit CSI
-)
-_BIDI = re.compile("[\u202a-\u202e\u2066-\u2069\u200e\u200f]")
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,7 +102,7 @@ class Manifest:
         return sum(1 for e in self.entries if e.kind == "file")
 
     def validate(self) -> None:
-        """Whole-list checks: bounds, duplicates, parents first, ``.part`` name clashes."""
+        """Whole-list checks: bounds, duplicates, parents first, names reserved for .part files."""
         if len(self.entries) > MAX_ENTRIES:
             raise ManifestError(f"manifest has more than {MAX_ENTRIES} entries")
         kinds: dict[str, Kind] = {}
@@ -119,9 +114,8 @@ class Manifest:
                 raise ManifestError(f"{display_name(entry.path)} comes before its folder")
             kinds[entry.path] = entry.kind
         for name in kinds:
-            for suffix in (".part", ".part.json"):
-                if name.endswith(suffix) and name.removesuffix(suffix) in kinds:
-                    raise ManifestError(f"{display_name(name)} clashes with a partial file name")
+            if TEMP_NAME.fullmatch(name.rpartition("/")[2]):
+                raise ManifestError(f"{display_name(name)} is a name reserved for partial files")
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,23 +130,25 @@ class BuiltManifest:
 def check_rel_path(rel: str) -> tuple[str, ...]:
     """Return the components of a safe relative POSIX path, or raise UnsafePathError.
 
-    Refused: empty, absolute, backslashes, drive letters or other colons, NUL and control
-    characters, empty / ``.`` / ``..`` components, components ending in a dot or space, Windows
-    device names (``CON``, ``nul.txt``, ``COM1``...), over-long names.
+    Refused: empty, absolute, backslashes, drive letters or other colons, NUL, control and
+    other characters :func:`delshare.text.printable` would escape (bidi overrides and isolates
+    such as U+202E, zero-width and line-separator characters: a name is only accepted if what
+    is shown is exactly what goes to disk), empty / ``.`` / ``..`` components, components ending
+    in a dot or space, Windows device names (``CON``, ``nul.txt``, ``COM1``...), over-long names.
     """
     shown = display_name(rel)
     if not rel or rel.startswith("/"):
-        raise UnsafePathError(f"absolute or empty path {shown!r}")
+        raise UnsafePathError(f"absolute or empty path '{shown}'")
     if "\\" in rel or ":" in rel:
-        raise UnsafePathError(f"backslash or colon in path {shown!r}")
-    if _CONTROL.search(rel) or "\ufffd" in rel:
-        raise UnsafePathError(f"control character in path {shown!r}")
+        raise UnsafePathError(f"backslash or colon in path '{shown}'")
+    if not is_printable(rel) or "\ufffd" in rel:
+        raise UnsafePathError(f"control, bidi or invisible character in path '{shown}'")
     try:
         encoded = rel.encode("utf-8")
     except UnicodeEncodeError:
-        raise UnsafePathError(f"unencodable path {shown!r}") from None
+        raise UnsafePathError(f"unencodable path '{shown}'") from None
     if len(encoded) > MAX_PATH_BYTES:
-        raise UnsafePathError(f"path too long {shown!r}")
+        raise UnsafePathError(f"path too long '{shown}'")
     parts = tuple(rel.split("/"))
     for part in parts:
         _check_component(part, shown)
@@ -161,14 +157,14 @@ def check_rel_path(rel: str) -> tuple[str, ...]:
 
 def _check_component(part: str, shown: str) -> None:
     if part in ("", ".", ".."):
-        raise UnsafePathError(f"empty, '.' or '..' component in {shown!r}")
+        raise UnsafePathError(f"empty, '.' or '..' component in '{shown}'")
     if part.endswith((".", " ")):
-        raise UnsafePathError(f"component ending in dot or space in {shown!r}")
+        raise UnsafePathError(f"component ending in dot or space in '{shown}'")
     if len(part.encode("utf-8")) > MAX_COMPONENT_BYTES:
-        raise UnsafePathError(f"name too long in {shown!r}")
+        raise UnsafePathError(f"name too long in '{shown}'")
     stem = part.split(".", 1)[0].rstrip(" ").upper()
     if stem in _WINDOWS_DEVICES:
-        raise UnsafePathError(f"reserved device name in {shown!r}")
+        raise UnsafePathError(f"reserved device name in '{shown}'")
 
 
 def safe_destination(output_dir: Path, rel_path: str) -> Path:
@@ -187,23 +183,21 @@ def safe_destination(output_dir: Path, rel_path: str) -> Path:
         except FileNotFoundError:
             break
         except OSError as exc:
-            raise UnsafePathError(f"cannot inspect {display_name(rel_path)!r}: {exc}") from exc
+            raise UnsafePathError(f"cannot inspect '{display_name(rel_path)}': {exc}") from exc
         if stat.S_ISLNK(st.st_mode):
-            raise UnsafePathError(f"{display_name(rel_path)!r} passes through a symlink")
+            raise UnsafePathError(f"'{display_name(rel_path)}' passes through a symlink")
         if index < len(parts) - 1 and not stat.S_ISDIR(st.st_mode):
-            raise UnsafePathError(f"{display_name(rel_path)!r} passes through a non-directory")
+            raise UnsafePathError(f"'{display_name(rel_path)}' passes through a non-directory")
     destination = root.joinpath(*parts)
     if os.path.commonpath([root, os.path.realpath(destination)]) != str(root):
-        raise UnsafePathError(f"{display_name(rel_path)!r} resolves outside the output folder")
+        raise UnsafePathError(f"'{display_name(rel_path)}' resolves outside the output folder")
     return destination
 
 
 def display_name(name: str) -> str:
-    """A name safe to print: ANSI escapes, bidi overrides, control characters and undecodable
-    bytes (surrogate escapes) removed or replaced."""
-    printable = name.encode("utf-8", "replace").decode("utf-8")
-    cleaned = _BIDI.sub("", _ANSI.sub("", printable))
-    return _CONTROL.sub("?", cleaned)
+    """A name safe to print (:func:`delshare.text.printable`): escape sequences, control and
+    bidi characters and undecodable bytes are shown as visible ``\\xNN``/``\\uNNNN`` escapes."""
+    return printable(name)
 
 
 def build_manifest(paths: Iterable[str | os.PathLike[str]]) -> BuiltManifest:
@@ -221,14 +215,14 @@ def build_manifest(paths: Iterable[str | os.PathLike[str]]) -> BuiltManifest:
         top = Path(raw)
         name = Path(os.path.abspath(top)).name
         if not name:
-            raise ManifestError(f"cannot send {display_name(str(raw))!r}: no name")
+            raise ManifestError(f"cannot send '{display_name(str(raw))}': no name")
         if name.casefold() in seen:
-            raise ManifestError(f"two inputs are both named {display_name(name)!r}")
+            raise ManifestError(f"two inputs are both named '{display_name(name)}'")
         seen.add(name.casefold())
         try:
             st = os.stat(top)
         except OSError as exc:
-            raise ManifestError(f"cannot read {display_name(str(raw))!r}: {exc}") from exc
+            raise ManifestError(f"cannot read '{display_name(str(raw))}': {exc}") from exc
         for entry, source in _walk(top, name, st, skipped):
             entries.append(entry)
             sources.append(source)
@@ -241,7 +235,7 @@ def _entry(rel: str, st: os.stat_result) -> Entry:
     try:
         check_rel_path(rel)
     except UnsafePathError as exc:
-        raise ManifestError(f"cannot send {display_name(rel)!r}: {exc}") from exc
+        raise ManifestError(f"cannot send '{display_name(rel)}': {exc}") from exc
     if stat.S_ISDIR(st.st_mode):
         return Entry(rel, "dir", 0, st.st_mode & 0o777, st.st_mtime_ns)
     return Entry(rel, "file", st.st_size, st.st_mode & 0o777, st.st_mtime_ns)
@@ -270,4 +264,4 @@ def _sorted_children(path: Path) -> Sequence[os.DirEntry[str]]:
         with os.scandir(path) as it:
             return sorted(it, key=lambda e: e.name)
     except OSError as exc:
-        raise ManifestError(f"cannot list {display_name(str(path))!r}: {exc}") from exc
+        raise ManifestError(f"cannot list '{display_name(str(path))}': {exc}") from exc

@@ -3,11 +3,16 @@
 Theory of operation: the offer is validated (paths, duplicates, bounds) and planned (destinations
 through :func:`safe_destination`, conflicts, ``.part`` prefixes to resume, free space) before
 anything is written; a hostile or impossible offer is rejected with nothing on disk. Each file
-is written to ``NAME.part`` next to a ``NAME.part.json`` sidecar naming the source's size and
-mtime, hashed as it arrives, checked against the sender's BLAKE3 digest, fsynced, given its mode
-(``& 0o755``: no setuid/setgid/sticky, no group/other write) and mtime, then renamed into place
-(never over an existing file unless ``overwrite``). A broken link leaves the .part for resume;
+is written to a short hidden ``.delshare-<hex>.part`` next to its final name, with a state file
+naming the final name and the source's size and mtime (so any legal name, up to 255 bytes, can
+be received: :func:`delshare.transfer.resume.temp_paths`), hashed as it arrives, checked against
+the sender's BLAKE3 digest, fsynced, given its mode (``& 0o755`` and the receiver's umask: no
+setuid/setgid/sticky, no group/other write) and mtime, then renamed into place (never over an
+existing file unless ``overwrite``). A broken link leaves the .part for resume;
 a .part whose sidecar names another source version (size or mtime changed) starts over from 0.
+Folders: an existing folder is used as it is (its mode and mtime are never changed: receiving a
+``Documents`` of mode 0777 into a folder that has one must not open it up); a folder this run
+creates gets the sender's mode masked like a file's (``& 0o755``, the umask), plus ``0o700``.
 
 Speed: records are decrypted on the event loop into page-aligned units of several records; one
 worker thread writes each unit (whole blocks with O_DIRECT: the disk reads the buffer, no CPU
@@ -22,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import functools
 import os
 import shutil
 import stat
@@ -44,6 +50,7 @@ from delshare.transfer.errors import (
     PeerProtocolError,
     RefusedByPeerError,
     TransferInterruptedError,
+    UnsafePathError,
     stalled,
 )
 from delshare.transfer.manifest import Entry, Manifest, display_name, safe_destination
@@ -68,6 +75,7 @@ from delshare.transfer.resume import (
     read_sidecar,
     remove_quietly,
     sidecar_matches,
+    temp_paths,
     write_sidecar,
 )
 
@@ -115,6 +123,7 @@ class _Target:
     chunk: int = 0
     state: PartState | None = None
     skip: bool = False
+    created: bool = False  # a folder this run made (only those get the sender's mode and mtime)
 
 
 async def receive_files(
@@ -273,8 +282,10 @@ def _plan_file(
             raise DestinationExistsError(f"{display_name(rel)} already exists")
         rel = _free_name(out, rel, claimed, overwrite)
         final = safe_destination(out, rel)
-    part = safe_destination(out, rel + ".part")
-    sidecar = safe_destination(out, rel + ".part.json")
+    part, sidecar = temp_paths(final)
+    for temp in (part, sidecar):
+        if temp.is_symlink() or (temp.exists() and not temp.is_file()):
+            raise UnsafePathError(f"{display_name(rel)}: its temporary file is not a plain file")
     return _Target(index, entry, final, part, sidecar)
 
 
@@ -291,8 +302,8 @@ def _already_received(final: Path, entry: Entry) -> bool:
 
 def _taken(final: Path, overwrite: bool) -> bool:
     """Whether writing ``final`` would clobber something not ours."""
-    part = final.with_name(final.name + ".part")
-    foreign_part = part.exists() and read_sidecar(part.with_name(part.name + ".json")) is None
+    part, sidecar = temp_paths(final)
+    foreign_part = part.exists() and read_sidecar(sidecar) is None
     if overwrite:
         return final.is_dir()
     return final.exists() or foreign_part
@@ -316,7 +327,7 @@ def _resume_state(target: _Target, chunk: int) -> PartState | None:
     if not target.part.is_file() or target.part.is_symlink():
         return None
     sidecar = read_sidecar(target.sidecar)
-    if sidecar is None or not sidecar_matches(sidecar, target.entry, chunk):
+    if sidecar is None or not sidecar_matches(sidecar, target.entry, chunk, target.final):
         return None  # another source version (or not ours): start over
     return hash_part(target.part, chunk)
 
@@ -333,9 +344,41 @@ def _check_space(out: Path, targets: list[_Target]) -> None:
 
 
 def _make_dirs(targets: list[_Target]) -> None:
+    """Create the offered folders (parents come first in a manifest); keep existing ones as is."""
     for target in targets:
-        folder = target.final if target.entry.kind == "dir" else target.final.parent
-        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if target.entry.kind != "dir":
+            continue
+        try:
+            os.mkdir(target.final, 0o700)
+        except FileExistsError:
+            if not stat.S_ISDIR(os.lstat(target.final).st_mode):
+                raise LocalIOError(f"{display_name(target.entry.path)} is not a folder") from None
+        else:
+            target.created = True
+
+
+@functools.cache
+def _umask() -> int:
+    """The process umask, read without changing it (``os.umask`` would race other threads)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    return 0o022
+
+
+def file_mode(sender_mode: int) -> int:
+    """A received file's mode: the sender's, without setuid/setgid/sticky, group/other write or
+    what the receiver's umask removes."""
+    return sender_mode & _FILE_MODE_MASK & ~_umask()
+
+
+def folder_mode(sender_mode: int) -> int:
+    """A folder this run created: masked like a file, and always usable by its owner."""
+    return file_mode(sender_mode) | 0o700
 
 
 def _accept_for(targets: list[_Target], verify: bool) -> Accept:
@@ -547,7 +590,7 @@ def _open_part(target: _Target, offset: int) -> int:
 def _write_new(path: Path, target: _Target) -> None:
     if path.is_symlink():
         raise LocalIOError(f"{display_name(str(path))} is a symlink")
-    write_sidecar(path, target.entry, target.chunk)
+    write_sidecar(path, target.entry, target.chunk, target.final)
 
 
 def _close_part(part: PartWriter) -> None:
@@ -568,7 +611,7 @@ def _install(target: _Target, fd: int, overwrite: bool) -> None:
     """fsync, set mode and mtime, rename into place without clobbering, drop the sidecar."""
     try:
         os.fsync(fd)
-        os.fchmod(fd, target.entry.mode & _FILE_MODE_MASK)
+        os.fchmod(fd, file_mode(target.entry.mode))
         os.utime(fd, ns=(target.entry.mtime_ns, target.entry.mtime_ns))
     finally:
         os.close(fd)
@@ -609,8 +652,8 @@ def _fsync_dir(folder: Path) -> None:
 
 
 def _finish_dirs(targets: list[_Target]) -> None:
-    """Apply directory modes and mtimes, deepest first (writing files changed them)."""
+    """Give created folders their mode and mtime, deepest first (writing files changed them)."""
     for target in reversed(targets):
-        if target.entry.kind == "dir":
-            os.chmod(target.final, (target.entry.mode & 0o777) | 0o700)
-            os.utime(target.final, ns=(target.entry.mtime_ns,) * 2)
+        if target.entry.kind == "dir" and target.created:
+            os.chmod(target.final, folder_mode(target.entry.mode))
+            os.utime(target.final, ns=(target.entry.mtime_ns,) * 2, follow_symlinks=False)

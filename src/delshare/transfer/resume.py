@@ -1,4 +1,10 @@
-"""Resume bookkeeping: ``.part`` sidecars, chunk hashes of a prefix, and verifying them.
+"""Resume bookkeeping: temporary names, their state files, chunk hashes of a prefix, verifying them.
+
+A file being received is written to a short hidden temporary file next to its final name,
+``.delshare-<16 hex>.part``, with a state file ``.delshare-<16 hex>.json`` (:func:`temp_paths`);
+the hex is the start of the BLAKE3 hash of the final name, so a re-run finds them again, and the
+state file names the final file and the source version (size, mtime, chunk size) it belongs to.
+Short names matter: ``NAME.part.json`` does not fit a legal 246-255-byte ``NAME``.
 
 The receiver hashes its ``.part`` prefix in ``chunk``-byte pieces and keeps the running whole-file
 BLAKE3 state at every piece boundary, so whatever offset the sender picks it continues hashing
@@ -24,11 +30,19 @@ __all__ = [
     "hash_part",
     "read_sidecar",
     "sidecar_matches",
+    "temp_paths",
     "verify_prefix",
     "write_sidecar",
 ]
 
 _READ = 1 << 20
+
+
+def temp_paths(final: Path) -> tuple[Path, Path]:
+    """The hidden ``.part`` and state file that stand for ``final`` while it is received
+    (names matching :data:`delshare.transfer.manifest.TEMP_NAME`, which offers may not use)."""
+    tag = digest_of(os.fsencode(final.name)).hex()[:16]
+    return final.with_name(f".delshare-{tag}.part"), final.with_name(f".delshare-{tag}.json")
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,9 +114,10 @@ def verify_prefix(
     return matched
 
 
-def _sidecar_body(entry: Entry, chunk: int) -> dict[str, object]:
+def _sidecar_body(entry: Entry, chunk: int, final: Path) -> dict[str, object]:
     return {
-        "v": 1,
+        "v": 2,
+        "final": os.fsdecode(final.name),
         "path": entry.path,
         "size": entry.size,
         "mtime_ns": entry.mtime_ns,
@@ -110,9 +125,9 @@ def _sidecar_body(entry: Entry, chunk: int) -> dict[str, object]:
     }
 
 
-def write_sidecar(path: Path, entry: Entry, chunk: int) -> None:
-    """Record which source a .part belongs to (size and mtime), before writing the .part."""
-    path.write_text(json.dumps(_sidecar_body(entry, chunk)), encoding="utf-8")
+def write_sidecar(path: Path, entry: Entry, chunk: int, final: Path) -> None:
+    """Record which final name and source (size and mtime) a .part belongs to, before writing it."""
+    path.write_text(json.dumps(_sidecar_body(entry, chunk, final)), encoding="utf-8")
 
 
 def read_sidecar(path: Path) -> dict[str, object] | None:
@@ -124,9 +139,9 @@ def read_sidecar(path: Path) -> dict[str, object] | None:
     return obj if isinstance(obj, dict) else None
 
 
-def sidecar_matches(sidecar: dict[str, object], entry: Entry, chunk: int) -> bool:
-    """Whether a .part was written for this very source version and chunk size."""
-    return sidecar == _sidecar_body(entry, chunk)
+def sidecar_matches(sidecar: dict[str, object], entry: Entry, chunk: int, final: Path) -> bool:
+    """Whether a .part was written for this final name, source version and chunk size."""
+    return sidecar == _sidecar_body(entry, chunk, final)
 
 
 def remove_quietly(*paths: Path) -> None:
