@@ -1,12 +1,51 @@
-"""The one exception hierarchy of DEL.
+"""The one exception hierarchy of DEL: every error raised on purpose derives from ``DelshareError``.
 
-- ``DelshareError``: the root; the CLI turns any of these into one line and an exit code.
-- ``StunDecodeError``: bytes that are not a well-formed STUN message or ChannelData frame.
-- ``StunProtocolError``: a request the server must refuse; carries the STUN error code and reason
-  to answer with (RFC 8489 §14.8). Raised by the sans-IO core, caught at one dispatch point.
-- ``TransactionError``: a client transaction ended in an error response; carries code and reason.
-- ``TransactionTimeout``: no response within the RFC 8489 §6.2 retransmission schedule.
-- ``TransferError`` and ``PairingError``: failures of the app layers above TURN.
+The CLI turns any of them into one line and an exit code, never a traceback; adapters translate
+``OSError`` at their boundary. The first classes live here; each layer adds its own under them,
+in the module named on the right. The tree (``tests/test_errors.py`` keeps it true)::
+
+    DelshareError                the root                                    errors
+      StunDecodeError            bytes that are not STUN or ChannelData      errors
+      StunProtocolError          refuse a request: STUN code and reason      errors
+        Refused                  ... with attributes (420 UNKNOWN-ATTRIBUTES)  turn.server
+      ChallengeRequired          answer 401/438 with a fresh REALM and NONCE  turn.auth
+      IllegalTransition          a state machine move its table forbids (a bug)  turn.server_state
+      TransactionError           a client request got an error response      errors
+        AuthenticationError      401 after credentials, or 441              turn.client_errors
+        TryAlternateError        300 with ALTERNATE-SERVER                   turn.client_errors
+        AllocationError          Allocate or Refresh refused                 turn.client_errors
+        PeerConnectError         Connect refused (403, 446, 447)             turn.client_errors
+        ResponseIntegrityError   a response failed MESSAGE-INTEGRITY         turn.client_errors
+      TransactionTimeout         no response in time                         errors
+      TurnConnectionError        TURN server unreachable or connection lost  turn.client_errors
+      TurnUriError               not a TURN URI                              turn.uri
+      PairingError               code, PAKE, rendezvous or ticket failed     errors
+      CandidateError             the peer's candidate list is malformed      link.candidates
+      LinkError                  the encrypted link failed                   link.records
+        LinkAuthError            the peer does not know the key              link.records
+        LinkProtocolError        malformed or oversized record               link.records
+        RecordIntegrityError     a record's AEAD tag did not verify          link.records
+        LinkClosedError          the link ended (cleanly or not)             link.records
+        LinkTimeoutError         the handshake took too long                 link.records
+        NoPathError              no raced path authenticated in time         link.race
+      TransferError              the file transfer failed or was refused     errors
+        ManifestError            the file list cannot be sent or received    transfer.errors
+          UnsafePathError        a path could escape the output folder       transfer.errors
+        DestinationExistsError   a file exists and may not be overwritten    transfer.errors
+        InsufficientSpaceError   no room for the offer                       transfer.errors
+        DeclinedError            the local user declined                     transfer.errors
+        RefusedByPeerError       the peer rejected or aborted                transfer.errors
+        IntegrityError           a file's BLAKE3 digest differs              transfer.errors
+        SourceChangedError       a source changed while being sent           transfer.errors
+        TransferInterruptedError the link broke or stalled; resumable        transfer.errors
+        PeerProtocolError        the peer broke the transfer protocol        transfer.errors
+        OutputDirError           the output folder is missing                transfer.errors
+        LocalIOError             a local read or write failed                transfer.errors
+      UsageProblem               the command line cannot work (exit 2)       app.common
+      CheckFailed                a ``turn-check`` step failed                cli.turn_check
+
+``StunDecodeError``, ``TurnUriError`` are also ``ValueError``; ``TurnConnectionError`` is also
+``ConnectionError``; ``IllegalTransition`` is also ``RuntimeError``.
 """
 
 from __future__ import annotations

@@ -34,7 +34,7 @@ PROBE = b"delshare turn-check probe\n"
 CHUNK = 1 << 20
 
 
-class CheckFailed(Exception):
+class CheckFailed(DelshareError):
     """A step failed; the message is the one line to print."""
 
 
@@ -63,6 +63,8 @@ class Checker:
         try:
             async with asyncio.timeout(self.timeout):
                 result = await action()
+        except CheckFailed:
+            raise
         except (DelshareError, OSError, TimeoutError, asyncio.IncompleteReadError) as exc:
             raise CheckFailed(f"{name}: {_describe(exc)}") from exc
         return result, time.perf_counter() - start

@@ -20,7 +20,7 @@ import hmac
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from delshare.errors import StunProtocolError
+from delshare.errors import DelshareError, StunProtocolError
 from delshare.stun.constants import (
     NONCE_COOKIE,
     PASSWORD_ALGORITHM_MD5,
@@ -66,7 +66,7 @@ class Credentials:
     sha256: bool
 
 
-class ChallengeRequired(Exception):
+class ChallengeRequired(DelshareError):
     """The request must be answered with 401 or 438 plus a fresh challenge (RFC 8489 §9.2.4)."""
 
     def __init__(self, code: int, reason: str, attributes: list[tuple[int, object]]) -> None:

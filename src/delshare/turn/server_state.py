@@ -14,6 +14,7 @@ import ipaddress
 from dataclasses import dataclass, field
 from enum import Enum
 
+from delshare.errors import DelshareError
 from delshare.stun.attributes import Address
 from delshare.stun.message import Message
 from delshare.turn.auth import Credentials
@@ -119,7 +120,7 @@ CONNECTION_TRANSITIONS: dict[ConnectionState, frozenset[ConnectionState]] = {
 }
 
 
-class IllegalTransition(RuntimeError):
+class IllegalTransition(DelshareError, RuntimeError):
     """A connection was asked to move to a state its life cycle does not allow."""
 
 
