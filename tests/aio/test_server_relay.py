@@ -514,22 +514,21 @@ async def test_bytes_are_counted_when_the_allocation_ends_mid_stream() -> None:
         await running.close()
 
 
-def _peer_link_no_delay(relay: RunningRelay, cid: int) -> int:
-    sock = relay.server._links[cid].sock
-    assert sock is not None
-    return sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+def _no_delay_towards(peer: tuple[str, int]) -> int:
+    """TCP_NODELAY on the relay's socket to ``peer`` (found through the kernel, by address)."""
+    with own_socket_connected_to(peer) as sock:
+        return sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
 
 
 async def test_peer_connections_have_no_nagle_delay_both_directions(relay: RunningRelay) -> None:
     """A relay must not hold back a small tail for a delayed ACK (~40 ms per exchange)."""
-    control, _peer_reader, peer_writer, incoming = await incoming_peer(relay)
-    assert _peer_link_no_delay(relay, incoming) == 1
+    control, _peer_reader, peer_writer, _ = await incoming_peer(relay)
+    assert _no_delay_towards(peer_writer.get_extra_info("sockname")) == 1
     peer_server = await asyncio.start_server(lambda r, w: None, HOST, 0)
     peer_address = peer_server.sockets[0].getsockname()[:2]
     reply = await control.request(Method.CONNECT, (Attr.XOR_PEER_ADDRESS, peer_address))
-    outgoing = reply.get_int(Attr.CONNECTION_ID)
-    assert reply.cls == MessageClass.SUCCESS and outgoing is not None
-    assert _peer_link_no_delay(relay, outgoing) == 1
+    assert reply.cls == MessageClass.SUCCESS and reply.get_int(Attr.CONNECTION_ID) is not None
+    assert _no_delay_towards(peer_address) == 1
     for closable in (peer_writer, control):
         closable.close()
     peer_server.close()
