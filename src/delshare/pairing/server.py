@@ -50,6 +50,9 @@ SWEEP_INTERVAL = 1.0
 CONNECTION_GRACE = 5.0  # a connection may outlive its mailbox's max_age by this much
 FRAME_OVERHEAD = 1024  # JSON around a body of max_message_size
 MAX_QUEUE = 4  # frames websockets buffers per connection before it stops reading
+# A refused client may have frames queued: reading stays paused, so its close frame is not seen
+# and the closing handshake waits this long (websockets' default is 10 s).
+CLOSE_TIMEOUT = 2.0
 
 
 class LocalBackend:
@@ -281,6 +284,7 @@ async def serve_rendezvous(
             compression=None,
             max_queue=MAX_QUEUE,
             open_timeout=limits.idle_timeout,
+            close_timeout=CLOSE_TIMEOUT,
         )
     except BaseException:
         await backend.aclose()
