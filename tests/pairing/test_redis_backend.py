@@ -382,3 +382,50 @@ async def test_unreachable_redis_fails_at_start() -> None:
 async def test_store_and_redis_url_together_are_refused(redis_url: str) -> None:
     with pytest.raises(ValueError, match="not both"):
         await serve_rendezvous(store=MailboxTable(), redis_url=redis_url)
+
+
+async def test_a_redis_restart_is_reported_as_lost_state_not_expiry() -> None:
+    """Issue 12 item 6: after Redis lost everything, waiting clients are told so."""
+    port = free_port("tcp")
+    process, url = start_redis(port)
+    try:
+        a = await serve_rendezvous(redis_url=url, sweep_interval=BEAT)
+        async with a:
+            db = Redis.from_url(url, decode_responses=True)
+            waiting = asyncio.create_task(pair(_url(a), CODE, "sender", timeout=WAIT))
+            await _until(_exists(db, "del:mb:7:in2"))
+            await db.aclose()
+            process.kill()
+            process.wait()
+            process, _ = start_redis(port)  # empty: no persistence
+            with pytest.raises(PairingError, match=r"lost its state.*ask for a new code"):
+                await waiting
+            sender, receiver = await _pair_across(a, a)
+            assert isinstance(sender, PairedChannel) and isinstance(receiver, PairedChannel)
+            async with sender, receiver:
+                await sender.send({"after": "loss"})
+                assert await receiver.receive() == {"after": "loss"}
+    finally:
+        process.kill()
+        process.wait()
+
+
+async def test_a_message_after_a_redis_restart_is_refused_as_lost_state() -> None:
+    port = free_port("tcp")
+    process, url = start_redis(port)
+    try:
+        a = await serve_rendezvous(redis_url=url, sweep_interval=5.0)  # no beat meanwhile
+        async with a, await _open(a, "6") as raw:
+            await _add(raw, "before")
+            db = Redis.from_url(url, decode_responses=True)
+            await _until(_exists(db, "del:mb:6:in2"))
+            await db.aclose()
+            process.kill()
+            process.wait()
+            process, _ = start_redis(port)
+            await _add(raw, "after")
+            reply = await _next(raw)
+            assert isinstance(reply, wire.ErrorMessage) and "lost its state" in reply.reason
+    finally:
+        process.kill()
+        process.wait()
