@@ -108,7 +108,8 @@ def _exists(db: Redis, key: str, wanted: bool = True) -> Callable[[], Awaitable[
 
 async def _mailbox_keys(db: Redis) -> list[str]:
     keys = [str(key) for key in await db.keys("del:*")]
-    return sorted(key for key in keys if not key.startswith("del:node:"))
+    nodes = ("del:node:", "del:nodes", "del:capacity")  # live nodes' own keys
+    return sorted(key for key in keys if not key.startswith(nodes))
 
 
 async def _pair_across(a: RendezvousServer, b: RendezvousServer) -> tuple[object, object]:
@@ -172,7 +173,7 @@ async def test_third_client_is_refused_on_either_node(node: Node) -> None:
     assert isinstance(sender, PairedChannel) and isinstance(receiver, PairedChannel)
     async with sender, receiver:
         for server in (a, b):
-            with pytest.raises(PairingError, match="mailbox full"):
+            with pytest.raises(PairingError, match="in use by another sender"):
                 await pair(_url(server), CODE, "sender", timeout=WAIT)
         await sender.send({"still": "works"})
         assert await receiver.receive() == {"still": "works"}
@@ -206,9 +207,11 @@ async def test_bytes_are_bounded_across_nodes(node: Node) -> None:
         assert await _next(second) == wire.ErrorMessage("mailbox byte limit reached")
 
 
-async def test_mailbox_count_is_bounded_across_nodes(node: Node, db: Redis) -> None:
-    limits = MailboxLimits(max_mailboxes=2)
-    a, b = await node(limits), await node(limits)
+async def test_mailbox_count_is_bounded_across_nodes_and_scales_with_them(
+    node: Node, db: Redis
+) -> None:
+    limits = MailboxLimits(max_mailboxes=1)
+    a, b = await node(limits), await node(limits)  # two nodes: two mailboxes in all
 
     async with await _open(a, "1"), await _open(b, "2"):
         await _until(_exists(db, "del:mb:1"))
@@ -231,10 +234,14 @@ async def test_expired_mailbox_closes_both_nodes_and_redis_forgets_it(
         assert await _next(second) == wire.RelayMessage("hello")
         assert await _next(first) == wire.CloseMessage("mailbox expired")
         assert await _next(second) == wire.CloseMessage("mailbox expired")
-    assert await _mailbox_keys(db) == []
+
+    async def forgotten() -> bool:  # the seats' per-address entries go as the sides close
+        return await _mailbox_keys(db) == []
+
+    await _until(forgotten)
     with pytest.raises(PairingError, match="mailbox expired"):
         await pair(_url(a), CODE, "sender", timeout=WAIT)
-    assert await _mailbox_keys(db) == []
+    await _until(forgotten)
 
 
 async def test_node_restart_mid_wait_leaves_a_clean_mailbox(node: Node, db: Redis) -> None:
@@ -331,14 +338,16 @@ async def test_protocol_misuse_is_refused(node: Node) -> None:
         assert await _next(raw) == wire.ErrorMessage("mailbox already open on this connection")
 
 
-async def test_both_peers_on_the_same_side_are_told(node: Node) -> None:
+async def test_a_second_sender_cannot_take_a_held_code_on_any_node(node: Node, db: Redis) -> None:
     a, b = await node(), await node()
-    results = await asyncio.gather(
-        pair(_url(a), CODE, "sender", timeout=WAIT),
-        pair(_url(b), CODE, "sender", timeout=WAIT),
-        return_exceptions=True,
-    )
-    assert all(isinstance(r, PairingError) and "both peers" in str(r) for r in results), results
+    sender = asyncio.create_task(pair(_url(a), CODE, "sender", timeout=WAIT))
+    await _until(_exists(db, "del:mb:7:in2"))
+    with pytest.raises(PairingError, match="in use by another sender"):
+        await pair(_url(b), CODE, "sender", timeout=WAIT)
+    receiver = await pair(_url(b), CODE, "receiver", timeout=WAIT)
+    async with await sender, receiver:
+        await receiver.send({"still": "paired"})
+        assert await (await sender).receive() == {"still": "paired"}
 
 
 async def test_redis_outage_refuses_cleanly_and_nodes_recover() -> None:
@@ -352,7 +361,8 @@ async def test_redis_outage_refuses_cleanly_and_nodes_recover() -> None:
             process.kill()
             process.wait()
             async with await _open(a, "4") as raw:
-                assert await _next(raw) == wire.ErrorMessage("rendezvous store unavailable")
+                refusal = wire.ErrorMessage("rendezvous store unavailable, try again later")
+                assert await _next(raw) == refusal
             process, _ = start_redis(port)
             sender, receiver = await _pair_across(a, b)
             assert isinstance(sender, PairedChannel) and isinstance(receiver, PairedChannel)
@@ -372,3 +382,50 @@ async def test_unreachable_redis_fails_at_start() -> None:
 async def test_store_and_redis_url_together_are_refused(redis_url: str) -> None:
     with pytest.raises(ValueError, match="not both"):
         await serve_rendezvous(store=MailboxTable(), redis_url=redis_url)
+
+
+async def test_a_redis_restart_is_reported_as_lost_state_not_expiry() -> None:
+    """Issue 12 item 6: after Redis lost everything, waiting clients are told so."""
+    port = free_port("tcp")
+    process, url = start_redis(port)
+    try:
+        a = await serve_rendezvous(redis_url=url, sweep_interval=BEAT)
+        async with a:
+            db = Redis.from_url(url, decode_responses=True)
+            waiting = asyncio.create_task(pair(_url(a), CODE, "sender", timeout=WAIT))
+            await _until(_exists(db, "del:mb:7:in2"))
+            await db.aclose()
+            process.kill()
+            process.wait()
+            process, _ = start_redis(port)  # empty: no persistence
+            with pytest.raises(PairingError, match=r"lost its state.*ask for a new code"):
+                await waiting
+            sender, receiver = await _pair_across(a, a)
+            assert isinstance(sender, PairedChannel) and isinstance(receiver, PairedChannel)
+            async with sender, receiver:
+                await sender.send({"after": "loss"})
+                assert await receiver.receive() == {"after": "loss"}
+    finally:
+        process.kill()
+        process.wait()
+
+
+async def test_a_message_after_a_redis_restart_is_refused_as_lost_state() -> None:
+    port = free_port("tcp")
+    process, url = start_redis(port)
+    try:
+        a = await serve_rendezvous(redis_url=url, sweep_interval=5.0)  # no beat meanwhile
+        async with a, await _open(a, "6") as raw:
+            await _add(raw, "before")
+            db = Redis.from_url(url, decode_responses=True)
+            await _until(_exists(db, "del:mb:6:in2"))
+            await db.aclose()
+            process.kill()
+            process.wait()
+            process, _ = start_redis(port)
+            await _add(raw, "after")
+            reply = await _next(raw)
+            assert isinstance(reply, wire.ErrorMessage) and "lost its state" in reply.reason
+    finally:
+        process.kill()
+        process.wait()

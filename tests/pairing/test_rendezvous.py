@@ -13,9 +13,11 @@ from websockets.protocol import State
 
 from delshare.errors import PairingError
 from delshare.pairing import wire
-from delshare.pairing.client import PairedChannel, pair
+from delshare.pairing.client import PairedChannel, _agree_key, _Mailbox, pair
+from delshare.pairing.codes import Code, parse_code
 from delshare.pairing.envelope import Phase, encode_body
 from delshare.pairing.mailbox import ClientId, Event, MailboxLimits, MailboxTable
+from delshare.pairing.pake import Side
 from delshare.pairing.server import RendezvousServer, serve_rendezvous
 
 CODE = "7-guitar-orbit"
@@ -115,19 +117,39 @@ async def test_third_client_on_a_full_mailbox_is_refused(url: str) -> None:
     sender, receiver = await _pair_both(url)
     assert isinstance(sender, PairedChannel) and isinstance(receiver, PairedChannel)
     async with sender, receiver:
-        with pytest.raises(PairingError, match="mailbox full"):
+        with pytest.raises(PairingError, match="in use by another sender"):
             await pair(url, CODE, "sender", timeout=WAIT)
+        with pytest.raises(PairingError, match="in use by another receiver"):
+            await pair(url, CODE, "receiver", timeout=WAIT)
         await sender.send({"still": "works"})
         assert await receiver.receive() == {"still": "works"}
 
 
-async def test_both_peers_on_the_same_side_are_told(url: str) -> None:
-    results = await asyncio.gather(
-        pair(url, CODE, "sender", timeout=WAIT),
-        pair(url, CODE, "sender", timeout=WAIT),
-        return_exceptions=True,
-    )
+async def test_older_clients_on_the_same_side_are_told(url: str) -> None:
+    """Clients that do not name their side get the first free seat; the PAKE tells them."""
+
+    async def legacy(nameplate: str) -> PairedChannel:
+        async with connect(url, proxy=None) as raw:
+            await raw.send(wire.encode(wire.OpenMessage(nameplate)))
+            mailbox = _Mailbox(raw, WAIT)
+            await _agree_key(mailbox, parse_code(CODE).password, Side.SENDER)
+        raise AssertionError("paired")
+
+    results = await asyncio.gather(legacy("7"), legacy("7"), return_exceptions=True)
     assert all(isinstance(r, PairingError) and "both peers" in str(r) for r in results)
+
+
+async def test_a_sender_asks_the_server_for_a_number_and_the_receiver_uses_it(
+    url: str, table: RecordingTable
+) -> None:
+    codes: list[Code] = []
+    sender_task = asyncio.create_task(pair(url, None, "sender", timeout=WAIT, on_code=codes.append))
+    await _until(lambda: bool(codes))
+    assert codes[0].nameplate in table and 1 <= int(codes[0].nameplate) <= 999
+    receiver = await pair(url, str(codes[0]), "receiver", timeout=WAIT)
+    async with await sender_task as sender, receiver:
+        await sender.send({"allocated": True})
+        assert await receiver.receive() == {"allocated": True}
 
 
 async def test_peer_leaving_ends_the_receive(url: str) -> None:

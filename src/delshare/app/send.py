@@ -44,9 +44,7 @@ def build(paths: Sequence[str]) -> BuiltManifest:
         raise UsageProblem(str(exc)) from exc
 
 
-def _checked_code(code: str | None) -> str:
-    if code is None:
-        return generate_code()
+def _checked_code(code: str) -> str:
     try:
         return str(parse_code(code))
     except PairingError as exc:
@@ -81,17 +79,27 @@ async def run_send(
     built = build(paths)
     for skipped in built.skipped:
         report(NoticeIssued(f"skipping {display_name(skipped)} (not a regular file or folder)"))
-    code = _checked_code(code)
-    report(CodeAllocated(code))
+    chosen = None if code is None else _checked_code(code)
+    if chosen is None and options.rendezvous is None:
+        chosen = generate_code()  # our own rendezvous (LAN mode): every number is free
+    if chosen is not None:
+        report(CodeAllocated(chosen))
     async with contextlib.AsyncExitStack() as stack:
         rendezvous = options.rendezvous
         if rendezvous is None:
-            nameplate = parse_code(code).nameplate
+            nameplate = parse_code(chosen or "").nameplate
             rendezvous = await stack.enter_async_context(lan_rendezvous(nameplate))
             report(NoticeIssued(f"no rendezvous server set: announcing code {nameplate} on the "
                                 "local network"))  # fmt: skip
         notice = notice_reporter(report)
-        pairing = pair(rendezvous, code, "sender", timeout=options.pair_timeout)
+        # Without a chosen code the server allocates the number (no one else holds it).
+        pairing = pair(
+            rendezvous,
+            chosen,
+            "sender",
+            timeout=options.pair_timeout,
+            on_code=lambda allocated: report(CodeAllocated(str(allocated))),
+        )
         paired, gathered = await pair_and_gather(pairing, options.connect, notice)
         async with paired:
             connection = await connect_peer(paired, "sender", options.connect, notice, gathered)

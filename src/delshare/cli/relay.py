@@ -171,6 +171,34 @@ class OneLineErrors(click.Command):
     help="Keep rendezvous mailboxes in Redis (redis://HOST:PORT/DB) so several relay nodes "
     "share them.",
 )
+@click.option("--rendezvous-max-mailboxes", type=click.IntRange(1), default=1000,
+              show_default=True, help="Rendezvous mailboxes this node adds to the total (with "
+              "Redis the total is the sum over live nodes).")  # fmt: skip
+@click.option("--rendezvous-max-mailboxes-per-ip", type=click.IntRange(1), default=20,
+              show_default=True, help="Mailbox seats one client address may hold (across "
+              "nodes with Redis; IPv6 counts per /64).")  # fmt: skip
+@click.option("--rendezvous-max-connections-per-ip", type=click.IntRange(1), default=40,
+              show_default=True,
+              help="Rendezvous connections per client address, per node.")  # fmt: skip
+@click.option("--rendezvous-max-message-size", type=click.IntRange(64, 63 * 1024),
+              default=16 * 1024, show_default=True,
+              help="Bytes per rendezvous message.")  # fmt: skip
+@click.option("--rendezvous-max-messages", type=click.IntRange(1), default=64, show_default=True,
+              help="Messages per mailbox over its life.")  # fmt: skip
+@click.option("--rendezvous-max-mailbox-bytes", type=click.IntRange(64), default=64 * 1024,
+              show_default=True, help="Bytes per mailbox over its life.")  # fmt: skip
+@click.option("--rendezvous-max-total-bytes", type=click.IntRange(1024), default=32 * 1024 * 1024,
+              show_default=True, help="Bytes all mailboxes together may hold (the memory "
+              "bound; this node's share of the total with Redis).")  # fmt: skip
+@click.option("--rendezvous-code-lifetime", type=click.FloatRange(0.1), default=600.0,
+              show_default=True, help="Seconds a mailbox (a code) lives.")  # fmt: skip
+@click.option("--rendezvous-max-message-rate", type=click.FloatRange(0), default=20.0,
+              show_default=True, help="Rendezvous messages and new connections per second per "
+              "client address, bursts up to 5x; over it the client is refused. "
+              "0 disables.")  # fmt: skip
+@click.option("--rendezvous-idle-timeout", type=click.FloatRange(0.1), default=10.0,
+              show_default=True, help="Seconds a rendezvous connection may stay without a "
+              "mailbox.")  # fmt: skip
 @click.option(
     "--metrics-listen",
     callback=_hostport,
@@ -267,9 +295,8 @@ async def _serve(opts: dict[str, Any]) -> None:
                     turn.core.config.auth.realm,
                 )
         if not opts["no_rendezvous"]:
-            rendezvous = await _start_rendezvous(
-                opts["rendezvous_listen"] or DEFAULT_RENDEZVOUS, opts["rendezvous_redis"]
-            )
+            registry = turn.server.metrics.registry if turn is not None else None
+            rendezvous = await _start_rendezvous(opts, registry)
         await stop.wait()
     finally:
         if rendezvous is not None:
@@ -293,12 +320,45 @@ async def _start_turn(config: RelayConfig) -> RunningRelay:
     return running
 
 
-async def _start_rendezvous(address: Address, redis_url: str | None) -> Any:
+def rendezvous_limits(opts: dict[str, Any]) -> Any:
+    """The rendezvous bounds from the ``--rendezvous-*`` options (a ``MailboxLimits``)."""
+    from delshare.pairing.mailbox import MailboxLimits
+
+    rate = opts["rendezvous_max_message_rate"]
+    return MailboxLimits(
+        max_mailboxes=opts["rendezvous_max_mailboxes"],
+        max_mailboxes_per_ip=opts["rendezvous_max_mailboxes_per_ip"],
+        max_messages=opts["rendezvous_max_messages"],
+        max_message_size=opts["rendezvous_max_message_size"],
+        max_bytes=opts["rendezvous_max_mailbox_bytes"],
+        max_total_bytes=opts["rendezvous_max_total_bytes"],
+        max_age=opts["rendezvous_code_lifetime"],
+        max_connections_per_ip=opts["rendezvous_max_connections_per_ip"],
+        message_rate=rate,
+        message_burst=max(1, int(rate * 5)),
+        idle_timeout=opts["rendezvous_idle_timeout"],
+    )
+
+
+async def _start_rendezvous(opts: dict[str, Any], registry: Any) -> Any:
+    """Start the rendezvous; its metrics go on the relay's registry, or their own exporter."""
+    from delshare.pairing.metrics import RendezvousMetrics
     from delshare.pairing.server import serve_rendezvous
 
+    address = opts["rendezvous_listen"] or DEFAULT_RENDEZVOUS
+    metrics = RendezvousMetrics(registry)
+    if registry is None and opts["metrics_listen"] is not None:
+        port = metrics.serve(*opts["metrics_listen"])
+        log.info("metrics on http://%s/metrics", format_address(opts["metrics_listen"][0], port))
     try:
-        server = await serve_rendezvous(*address, redis_url=redis_url)
+        server = await serve_rendezvous(
+            *address,
+            limits=rendezvous_limits(opts),
+            redis_url=opts["rendezvous_redis"],
+            metrics=metrics,
+        )
     except OSError as exc:
+        metrics.close()
         where = format_address(*address)
         raise OSError(exc.errno, f"cannot listen on {where}: {exc.strerror or exc}") from exc
     log.info("rendezvous listening on ws://%s", format_address(address[0], server.port))

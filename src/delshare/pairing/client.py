@@ -1,15 +1,18 @@
 """Pair with a peer through the rendezvous server: ``pair(url, code, side)``.
 
-Steps: connect, ``open`` the code's nameplate, exchange SPAKE2 messages and key-confirmation
-MACs through the mailbox (a wrong code fails here, on both sides), then return a
-``PairedChannel`` whose ``send``/``receive`` carry JSON objects sealed by ``MessageCipher``. The
-server only ever sees the nameplate, SPAKE2 messages, MACs and ciphertext. Every wait is bounded
-by ``timeout`` seconds and every failure surfaces as ``PairingError``.
+Steps: connect, ``open`` the code's nameplate (or, for a sender without a code, ``allocate`` a
+fresh number from the server, add secret words drawn here, and hand the code to ``on_code``),
+exchange SPAKE2 messages and key-confirmation MACs through the mailbox (a wrong code fails here,
+on both sides), then return a ``PairedChannel`` whose ``send``/``receive`` carry JSON objects
+sealed by ``MessageCipher``. The server only ever sees the nameplate, SPAKE2 messages, MACs and
+ciphertext. Every wait is bounded by ``timeout`` seconds and every failure surfaces as
+``PairingError``.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from types import TracebackType
 from typing import Any
 
@@ -19,7 +22,7 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 from delshare.errors import PairingError
 from delshare.pairing import wire
 from delshare.pairing.cipher import MessageCipher
-from delshare.pairing.codes import Code, parse_code
+from delshare.pairing.codes import DEFAULT_WORDS, Code, generate_words, parse_code
 from delshare.pairing.envelope import Phase, decode_body, encode_body
 from delshare.pairing.pake import Pake, Side
 
@@ -44,28 +47,43 @@ class _Mailbox:
         except TimeoutError as exc:
             raise PairingError("timed out sending to the rendezvous server") from exc
 
-    async def open(self, nameplate: str) -> None:
-        await self._send(wire.OpenMessage(nameplate))
+    async def open(self, nameplate: str, side: Side) -> None:
+        await self._send(wire.OpenMessage(nameplate, side.value))
+
+    async def allocate(self) -> str:
+        """Ask the server for a fresh code number; the nameplate it gave."""
+        await self._send(wire.AllocateMessage())
+        message = await self._receive(self.timeout)
+        if isinstance(message, wire.AllocatedMessage):
+            return message.nameplate
+        raise PairingError("rendezvous server sent a message before allocating a code")
 
     async def add(self, phase: Phase, payload: bytes) -> None:
         await self._send(wire.AddMessage(encode_body(phase, payload)))
 
     async def next(self, phase: Phase, wait: float | None = None) -> bytes:
         """The payload of the peer's next body, which must be in ``phase``."""
+        message = await self._receive(self.timeout if wait is None else wait)
+        if isinstance(message, wire.RelayMessage):
+            return decode_body(message.body, phase)
+        raise PairingError("rendezvous server sent an unexpected message")
+
+    async def _receive(self, wait: float) -> wire.RelayMessage | wire.AllocatedMessage:
+        """The server's next frame; refusals and closes become PairingError."""
         try:
-            async with asyncio.timeout(self.timeout if wait is None else wait):
+            async with asyncio.timeout(wait):
                 frame = await self.connection.recv()
         except ConnectionClosed as exc:
             raise PairingError("rendezvous connection closed") from exc
         except TimeoutError as exc:
             raise PairingError("timed out waiting for the peer") from exc
         match wire.decode_server(frame):
-            case wire.RelayMessage(body):
-                return decode_body(body, phase)
             case wire.ErrorMessage(reason):
                 raise PairingError(f"rendezvous server refused: {reason}")
             case wire.CloseMessage(reason):
                 raise PairingError(f"mailbox closed: {reason}")
+            case message:
+                return message
 
 
 class PairedChannel:
@@ -118,22 +136,33 @@ class PairedChannel:
 
 async def pair(
     rendezvous_url: str,
-    code: str | Code,
+    code: str | Code | None,
     side: Side | str,
     *,
     timeout: float = DEFAULT_TIMEOUT,
+    on_code: Callable[[Code], None] | None = None,
+    words: int = DEFAULT_WORDS,
 ) -> PairedChannel:
     """Meet the peer holding ``code`` and return the encrypted channel to it.
 
     ``side`` is ``"sender"`` or ``"receiver"``; the two peers must take different sides.
-    ``timeout`` bounds each wait (connect, every message), here and on the channel.
+    ``timeout`` bounds each wait (connect, every message), here and on the channel. A sender
+    may pass ``code=None``: the server then allocates the number, ``words`` secret words are
+    drawn here, and ``on_code`` gets the code to show before the wait for the receiver.
     """
-    parsed = code if isinstance(code, Code) else parse_code(code)
     our_side = Side(side)
+    parsed = code if isinstance(code, Code) or code is None else parse_code(code)
+    if parsed is None and our_side is not Side.SENDER:
+        raise PairingError("only a sender can ask for a new code")
     connection = await _connect(rendezvous_url, timeout)
     try:
         mailbox = _Mailbox(connection, timeout)
-        await mailbox.open(parsed.nameplate)
+        if parsed is None:
+            parsed = Code(await mailbox.allocate(), generate_words(words=words))
+            if on_code is not None:
+                on_code(parsed)
+        else:
+            await mailbox.open(parsed.nameplate, our_side)
         key = await _agree_key(mailbox, parsed.password, our_side)
     except BaseException:
         await connection.close()

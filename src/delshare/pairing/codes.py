@@ -1,8 +1,11 @@
 """Human-typable pairing codes such as ``7-guitar-orbit``.
 
-A code is a *nameplate* (a decimal number 1..999) followed by secret words from the shipped
-wordlist. The nameplate picks the rendezvous mailbox and is the only part ever sent to the
-server in clear; the whole code is the PAKE password, so the server never learns the words.
+A code is a *nameplate* (a decimal number, 1..999 unless the rendezvous is busy) followed by
+secret words from the shipped wordlist. The nameplate picks the rendezvous mailbox and is the
+only part ever sent to the server in clear; the whole code is the PAKE password, so the server
+never learns the words. With a rendezvous server the number is allocated by the server (the
+sender asks for a fresh one); it draws ``nameplate_candidates`` and takes the first free one, so
+short numbers are used first and longer ones only when most short ones are taken.
 """
 
 from __future__ import annotations
@@ -16,7 +19,9 @@ from random import Random
 
 from delshare.errors import PairingError
 
-MAX_NAMEPLATE = 999
+MAX_NAMEPLATE = 999_999  # what a typed code may carry
+SHORT_NAMEPLATE = 999  # what a locally generated code uses
+CANDIDATES_PER_RANGE = 32
 MIN_WORDS = 2
 MAX_WORDS = 8
 DEFAULT_WORDS = 2
@@ -63,9 +68,23 @@ def generate_code(rng: Random = _SYSTEM_RANDOM, words: int = DEFAULT_WORDS) -> s
     """Return a fresh code like ``7-guitar-orbit`` (pass ``rng`` only in tests)."""
     if not MIN_WORDS <= words <= MAX_WORDS:
         raise ValueError(f"words must be in {MIN_WORDS}..{MAX_WORDS}")
-    nameplate = rng.randint(1, MAX_NAMEPLATE)
-    chosen = [rng.choice(wordlist()) for _ in range(words)]
-    return "-".join([str(nameplate), *chosen])
+    nameplate = rng.randint(1, SHORT_NAMEPLATE)
+    return "-".join([str(nameplate), *generate_words(rng, words)])
+
+
+def generate_words(rng: Random = _SYSTEM_RANDOM, words: int = DEFAULT_WORDS) -> tuple[str, ...]:
+    """Fresh secret words for a code whose number the rendezvous server allocated."""
+    if not MIN_WORDS <= words <= MAX_WORDS:
+        raise ValueError(f"words must be in {MIN_WORDS}..{MAX_WORDS}")
+    return tuple(rng.choice(wordlist()) for _ in range(words))
+
+
+def nameplate_candidates(rng: Random = _SYSTEM_RANDOM) -> list[str]:
+    """Random numbers for the server to try in order: 1..999 first, then 4, then 6 digits."""
+    ranges = ((1, SHORT_NAMEPLATE), (1000, 9999), (10_000, MAX_NAMEPLATE))
+    return [
+        str(rng.randint(low, high)) for low, high in ranges for _ in range(CANDIDATES_PER_RANGE)
+    ]
 
 
 def parse_code(text: str) -> Code:

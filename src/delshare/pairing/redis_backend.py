@@ -10,13 +10,24 @@ key carries the mailbox deadline as its expiry, so Redis forgets everything on i
 node renews a lease for it every heartbeat; a side whose lease lapsed (its node crashed) is
 reaped by whoever touches the mailbox next, and its peer is told "peer left".
 
+Bounds hold across nodes: the number of mailboxes and their bytes together are bounded by the
+sum of the live nodes' ``max_mailboxes`` and ``max_total_bytes`` (each node registers its own
+in ``nodes``/``capacity`` and renews it every heartbeat, so the total scales with the number of
+nodes), and the seats one client address holds, on any node, by ``max_mailboxes_per_ip``. If
+Redis loses its data (a restart without persistence), a node whose client's mailbox vanished
+before its deadline tells that client "rendezvous lost its state", not "mailbox expired".
+
 Keys, under ``prefix`` (nameplates cannot contain ``:``)::
 
     mb:<nameplate>            hash: id, nameplate, deadline (ms, Redis clock), members,
-                              connected, s1/s2 ("on" | "left"), messages, bytes
+                              connected, s1/s2 (sender/receiver seat: "on" | "left"),
+                              ip1/ip2 (the seat holder's ip key), messages, bytes
     mb:<nameplate>:in1, :in2  streams: bodies for side 1, 2; a "left" entry ends them
     mb:<nameplate>:live1, :live2  leases: the side's node is alive
     index                     sorted set nameplate -> deadline (the ``max_mailboxes`` bound)
+    sizes                     hash nameplate -> bytes, and ":total" (the memory bound)
+    nodes, capacity           sorted set node -> lease deadline; hash m:<node>, b:<node> -> limits
+    ip:<address>              sorted set "<mailbox id>:<side>" -> lease deadline (per-IP bound)
     node:<id>                 stream: wakes that node's reader
 
 One Redis (or a primary with replicas) serves all nodes; the scripts touch the shared index key,
@@ -38,14 +49,19 @@ from redis.typing import KeyT, StreamIdT
 
 from delshare.errors import PairingError
 from delshare.pairing.backend import Deliver
+from delshare.pairing.codes import nameplate_candidates
 from delshare.pairing.mailbox import (
-    MAX_SIDES,
+    LOST,
+    SIDES,
     BodyRelayed,
     ClientId,
     Event,
     MailboxExpired,
     MailboxLimits,
+    MailboxLost,
     PeerLeft,
+    Refused,
+    refusal,
 )
 
 log = logging.getLogger(__name__)
@@ -54,6 +70,7 @@ DEFAULT_PREFIX = "del:"
 MIN_LEASE = 1.0  # seconds; a node stalled longer than its lease loses its clients' sides
 BEAT_BATCH = 200  # members renewed per script call
 REDIS_TIMEOUT = 5.0  # seconds to connect, and for a reply beyond a command's own blocking time
+LOST_SLACK = 1.0  # a mailbox gone this long before its deadline was lost, not expired
 
 _LUA_COMMON = """
 local function now_ms()
@@ -61,7 +78,8 @@ local function now_ms()
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 
--- k: hash, inbox of side 1, inbox of side 2, lease of side 1, lease of side 2, index
+-- k: hash, inbox of side 1, inbox of side 2, lease of side 1, lease of side 2, index, sizes,
+--    nodes, capacities
 local function field(k, name)
   return redis.call('HGET', k[1], name)
 end
@@ -71,12 +89,40 @@ local function current(k, id, now)
   return deadline ~= nil and field(k, 'id') == id and now < deadline
 end
 
+local function forget_size(k, nameplate)
+  local size = tonumber(redis.call('HGET', k[7], nameplate) or '0')
+  redis.call('HDEL', k[7], nameplate)
+  if size > 0 and redis.call('HINCRBY', k[7], ':total', -size) <= 0 then
+    redis.call('HDEL', k[7], ':total')
+  end
+end
+
+-- Forget (a bounded number of) mailboxes whose deadline passed, and their bytes.
+local function sweep(k, now)
+  for _, nameplate in ipairs(redis.call('ZRANGEBYSCORE', k[6], '-inf', now, 'LIMIT', 0, 100)) do
+    forget_size(k, nameplate)
+    redis.call('ZREM', k[6], nameplate)
+  end
+end
+
 local function drop(k)
-  redis.call('ZREM', k[6], field(k, 'nameplate'))
+  local nameplate = field(k, 'nameplate')
+  if nameplate then
+    redis.call('ZREM', k[6], nameplate)
+    forget_size(k, nameplate)
+  end
   redis.call('DEL', k[1], k[2], k[3], k[4], k[5])
 end
 
+local function release_ip(k, side)
+  local ipkey = field(k, 'ip' .. side)
+  if ipkey and ipkey ~= '' then
+    redis.call('ZREM', ipkey, field(k, 'id') .. ':' .. side)
+  end
+end
+
 local function leave(k, side)
+  release_ip(k, side)
   redis.call('HSET', k[1], 's' .. side, 'left')
   redis.call('HINCRBY', k[1], 'connected', -1)
   local other = 3 - side
@@ -96,63 +142,176 @@ local function reap(k)
     drop(k)
   end
 end
+
+-- The cluster's bounds: the sum over live nodes (this one counted even if not registered yet).
+local function capacity(k, now, own_m, own_b, node)
+  for _, id in ipairs(redis.call('ZRANGEBYSCORE', k[8], '-inf', now)) do
+    redis.call('HDEL', k[9], 'm:' .. id, 'b:' .. id)
+  end
+  redis.call('ZREMRANGEBYSCORE', k[8], '-inf', now)
+  local m, b, seen = 0, 0, false
+  for _, id in ipairs(redis.call('ZRANGE', k[8], 0, -1)) do
+    m = m + tonumber(redis.call('HGET', k[9], 'm:' .. id) or '0')
+    b = b + tonumber(redis.call('HGET', k[9], 'b:' .. id) or '0')
+    seen = seen or id == node
+  end
+  if not seen then
+    m, b = m + own_m, b + own_b
+  end
+  return m, b
+end
+
+local function ip_allows(ipkey, now, limit)
+  if ipkey == '' then
+    return true
+  end
+  redis.call('ZREMRANGEBYSCORE', ipkey, '-inf', now)
+  return redis.call('ZCARD', ipkey) < limit
+end
+
+local function create(k, id, nameplate, now, max_age)
+  forget_size(k, nameplate)  -- a stale size left by an expired mailbox with this number
+  redis.call('DEL', k[2], k[3], k[4], k[5])
+  local deadline = now + max_age
+  redis.call('HSET', k[1], 'id', id, 'nameplate', nameplate, 'deadline', deadline,
+    'members', 0, 'connected', 0, 'messages', 0, 'bytes', 0)
+  redis.call('PEXPIREAT', k[1], deadline)
+  redis.call('ZADD', k[6], deadline, nameplate)
+  if redis.call('PTTL', k[6]) < max_age then
+    redis.call('PEXPIREAT', k[6], deadline)
+  end
+end
+
+-- -> {side, remaining_ms, id, seats taken}
+local function take_seat(k, side, now, lease, ipkey)
+  local deadline = tonumber(field(k, 'deadline'))
+  redis.call('HSET', k[1], 's' .. side, 'on', 'ip' .. side, ipkey)
+  local members = redis.call('HINCRBY', k[1], 'members', 1)
+  redis.call('HINCRBY', k[1], 'connected', 1)
+  local expiry = math.min(lease, deadline - now)
+  redis.call('SET', k[3 + side], '1', 'PX', expiry)
+  if ipkey ~= '' then
+    redis.call('ZADD', ipkey, now + expiry, field(k, 'id') .. ':' .. side)
+    if redis.call('PTTL', ipkey) < lease then
+      redis.call('PEXPIRE', ipkey, lease)
+    end
+  end
+  return {side, deadline - now, field(k, 'id'), members}
+end
 """
 
-# ARGV: new id, nameplate, max_mailboxes, max_age_ms, lease_ms, max_sides
-# -> {side, remaining_ms, id} or {0, reason}
+# ARGV: new id, nameplate, max_age_ms, lease_ms, side (1 sender, 2 receiver, 0 first unused),
+#       ip key ('' for none), max per ip, own max_mailboxes, own max_total_bytes, node id
+# -> {side, remaining_ms, id, seats taken} or {0, refusal label}
 _OPEN = """
 local k, now = KEYS, now_ms()
 if redis.call('EXISTS', k[1]) == 1 then
   reap(k)
 end
-if redis.call('EXISTS', k[1]) == 0 then
-  redis.call('ZREMRANGEBYSCORE', k[6], '-inf', now)
-  if redis.call('ZCARD', k[6]) >= tonumber(ARGV[3]) then
-    return {0, 'server busy: too many open mailboxes'}
-  end
-  local deadline = now + tonumber(ARGV[4])
-  redis.call('HSET', k[1], 'id', ARGV[1], 'nameplate', ARGV[2], 'deadline', deadline,
-    'members', 0, 'connected', 0, 'messages', 0, 'bytes', 0)
-  redis.call('PEXPIREAT', k[1], deadline)
-  redis.call('ZADD', k[6], deadline, ARGV[2])
-  if redis.call('PTTL', k[6]) < tonumber(ARGV[4]) then
-    redis.call('PEXPIREAT', k[6], deadline)
+local exists = redis.call('EXISTS', k[1]) == 1
+if not exists then
+  sweep(k, now)
+  local max_m = capacity(k, now, tonumber(ARGV[8]), tonumber(ARGV[9]), ARGV[10])
+  if redis.call('ZCARD', k[6]) >= max_m then
+    return {0, 'busy'}
   end
 end
-local deadline = tonumber(field(k, 'deadline'))
-if now >= deadline then
-  return {0, 'mailbox expired'}
+if not ip_allows(ARGV[6], now, tonumber(ARGV[7])) then
+  return {0, 'ip_mailboxes'}
 end
-local members = tonumber(field(k, 'members'))
-if members >= tonumber(ARGV[6]) then
-  return {0, 'mailbox full: this code is already in use by two peers'}
+if not exists then
+  create(k, ARGV[1], ARGV[2], now, tonumber(ARGV[3]))
 end
-local side = members + 1
-redis.call('HSET', k[1], 'members', side, 's' .. side, 'on')
-redis.call('HINCRBY', k[1], 'connected', 1)
-redis.call('SET', k[3 + side], '1', 'PX', math.min(tonumber(ARGV[5]), deadline - now))
-return {side, deadline - now, field(k, 'id')}
+if now >= tonumber(field(k, 'deadline')) then
+  return {0, 'expired'}
+end
+local side = tonumber(ARGV[5])
+if side == 0 then
+  if not field(k, 's1') then
+    side = 1
+  elseif not field(k, 's2') then
+    side = 2
+  else
+    return {0, 'full'}
+  end
+elseif field(k, 's' .. side) then
+  return {0, 'in_use'}
+end
+return take_seat(k, side, now, tonumber(ARGV[4]), ARGV[6])
 """
 
-# ARGV: id, side, body, max_messages, max_bytes -> '' or the refusal
+# KEYS: index, sizes, nodes, capacities
+# ARGV: prefix, new id, max_age_ms, lease_ms, ip key, max per ip, own max_mailboxes,
+#       own max_total_bytes, node id, then the candidate nameplates
+# -> {1, remaining_ms, id, seats taken, nameplate} or {0, refusal label}
+_ALLOCATE = """
+local now = now_ms()
+local function keys_of(nameplate)
+  local base = ARGV[1] .. 'mb:' .. nameplate
+  return {base, base .. ':in1', base .. ':in2', base .. ':live1', base .. ':live2',
+    KEYS[1], KEYS[2], KEYS[3], KEYS[4]}
+end
+local shared = keys_of('')
+sweep(shared, now)
+local max_m = capacity(shared, now, tonumber(ARGV[7]), tonumber(ARGV[8]), ARGV[9])
+if redis.call('ZCARD', KEYS[1]) >= max_m then
+  return {0, 'busy'}
+end
+if not ip_allows(ARGV[5], now, tonumber(ARGV[6])) then
+  return {0, 'ip_mailboxes'}
+end
+for i = 10, #ARGV do
+  local k = keys_of(ARGV[i])
+  if redis.call('EXISTS', k[1]) == 1 then
+    reap(k)
+  end
+  if redis.call('EXISTS', k[1]) == 0 then
+    create(k, ARGV[2], ARGV[i], now, tonumber(ARGV[3]))
+    local taken = take_seat(k, 1, now, tonumber(ARGV[4]), ARGV[5])
+    taken[5] = ARGV[i]
+    return taken
+  end
+end
+return {0, 'no_number'}
+"""
+
+# ARGV: id, side, body, max_messages, max_bytes, max_message_size, own max_total_bytes, node id
+# -> '' or the refusal label ('gone': the mailbox is not in Redis)
 _ADD = """
 local k, now = KEYS, now_ms()
 if not current(k, ARGV[1], now) then
-  return 'mailbox expired'
+  if redis.call('EXISTS', k[1]) == 0 then
+    return 'gone'
+  end
+  return 'expired'
 end
 local side = tonumber(ARGV[2])
 if field(k, 's' .. side) ~= 'on' then
   return 'mailbox closed'
 end
 local size = string.len(ARGV[3])
+if size > tonumber(ARGV[6]) then
+  return 'size'
+end
 if tonumber(field(k, 'messages')) + 1 > tonumber(ARGV[4]) then
-  return 'mailbox message limit reached'
+  return 'messages'
 end
 if tonumber(field(k, 'bytes')) + size > tonumber(ARGV[5]) then
-  return 'mailbox byte limit reached'
+  return 'bytes'
+end
+sweep(k, now)
+local _, max_b = capacity(k, now, 0, tonumber(ARGV[7]), ARGV[8])
+if tonumber(redis.call('HGET', k[7], ':total') or '0') + size > max_b then
+  return 'memory'
 end
 redis.call('HINCRBY', k[1], 'messages', 1)
 redis.call('HINCRBY', k[1], 'bytes', size)
+redis.call('HINCRBY', k[7], field(k, 'nameplate'), size)
+redis.call('HINCRBY', k[7], ':total', size)
+local deadline = tonumber(field(k, 'deadline'))
+if redis.call('PTTL', k[7]) < deadline - now then
+  redis.call('PEXPIREAT', k[7], deadline)
+end
 local other = 3 - side
 if field(k, 's' .. other) ~= 'left' then
   redis.call('XADD', k[1 + other], 'MAXLEN', ARGV[4], '*', 'body', ARGV[3])
@@ -161,9 +320,12 @@ end
 return ''
 """
 
-# ARGV: id, side -> 1 if the side was closed here
+# ARGV: id, side, ip key -> 1 if the side was closed here
 _CLOSE = """
 local k, now = KEYS, now_ms()
+if ARGV[3] ~= '' then
+  redis.call('ZREM', ARGV[3], ARGV[1] .. ':' .. ARGV[2])
+end
 if field(k, 'id') ~= ARGV[1] then
   return 0
 end
@@ -182,18 +344,24 @@ end
 return 1
 """
 
-# KEYS: 6 per member; ARGV: lease_ms, then id, side per member -> 'ok' | 'left' | 'expired' each
+# KEYS: 9 per member; ARGV: lease_ms, then id, side per member -> 'ok' | 'left' | 'expired' each
 _BEAT = """
 local now, lease, statuses = now_ms(), tonumber(ARGV[1]), {}
-for i = 0, #KEYS / 6 - 1 do
-  local k = {unpack(KEYS, 6 * i + 1, 6 * i + 6)}
+for i = 0, #KEYS / 9 - 1 do
+  local k = {unpack(KEYS, 9 * i + 1, 9 * i + 9)}
   local id, side = ARGV[2 + 2 * i], tonumber(ARGV[3 + 2 * i])
   local status = 'expired'
   if current(k, id, now) then
     status = 'left'
     if field(k, 's' .. side) == 'on' then
       local deadline = tonumber(field(k, 'deadline'))
-      redis.call('SET', k[3 + side], '1', 'PX', math.min(lease, deadline - now))
+      local expiry = math.min(lease, deadline - now)
+      redis.call('SET', k[3 + side], '1', 'PX', expiry)
+      local ipkey = field(k, 'ip' .. side)
+      if ipkey and ipkey ~= '' then
+        redis.call('ZADD', ipkey, now + expiry, id .. ':' .. side)
+        redis.call('PEXPIRE', ipkey, lease)
+      end
       reap(k)
       status = 'ok'
     end
@@ -203,7 +371,25 @@ end
 return statuses
 """
 
-_BEAT_EVENTS: dict[str, type[PeerLeft | MailboxExpired]] = {
+# KEYS: nodes, capacities; ARGV: node id, lease_ms (0: leave), max_mailboxes, max_total_bytes
+_NODE = """
+local now = now_ms()
+if tonumber(ARGV[2]) == 0 then
+  redis.call('ZREM', KEYS[1], ARGV[1])
+  redis.call('HDEL', KEYS[2], 'm:' .. ARGV[1], 'b:' .. ARGV[1])
+  return 0
+end
+redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
+redis.call('HSET', KEYS[2], 'm:' .. ARGV[1], ARGV[3], 'b:' .. ARGV[1], ARGV[4])
+for _, key in ipairs(KEYS) do
+  if redis.call('PTTL', key) < tonumber(ARGV[2]) then
+    redis.call('PEXPIRE', key, ARGV[2])
+  end
+end
+return 1
+"""
+
+_BEAT_EVENTS: dict[str, type[PeerLeft | MailboxExpired | MailboxLost]] = {
     "left": PeerLeft,
     "expired": MailboxExpired,
 }
@@ -217,6 +403,7 @@ class _Member:
     mailbox_id: str
     side: int
     deadline: float  # loop clock
+    ip_key: str
     outbox: asyncio.Queue[Event] = field(default_factory=asyncio.Queue)
     cursor: str = "0-0"  # last inbox entry read; "0-0" also reads what was buffered
     reading: bool = True
@@ -255,13 +442,17 @@ class RedisBackend:
         self._prefix = prefix
         self._heartbeat = heartbeat
         self._lease_ms = int(max(3 * heartbeat, MIN_LEASE) * 1000)
-        self._wake_key = f"{prefix}node:{secrets.token_hex(8)}"
+        self._node = secrets.token_hex(8)
+        self._wake_key = f"{prefix}node:{self._node}"
+        self._shared = [f"{prefix}{name}" for name in ("index", "sizes", "nodes", "capacity")]
         self._wake_id = "0-0"
         self._members: dict[ClientId, _Member] = {}
         self._deliver: Deliver | None = None
         self._reader: asyncio.Task[None] | None = None
         self._closing = False
         self._open = self._script(_OPEN)
+        self._allocate = self._script(_ALLOCATE)
+        self._register = self._script(_NODE)
         self._add = self._script(_ADD)
         self._close = self._script(_CLOSE)
         self._beat = self._script(_BEAT)
@@ -275,6 +466,7 @@ class RedisBackend:
         try:
             self._wake_id = str(await self._redis.xadd(self._wake_key, {"w": "1"}, maxlen=1))
             await self._redis.pexpire(self._wake_key, self._lease_ms)
+            await self._announce(self._lease_ms)
         except RedisError as exc:
             await self._redis.aclose()
             raise PairingError(f"cannot use the rendezvous Redis: {exc}") from exc
@@ -291,7 +483,18 @@ class RedisBackend:
             await self._stop_reader(self._reader)
         with contextlib.suppress(RedisError):
             await self._redis.delete(self._wake_key)
+            await self._announce(0)
         await self._redis.aclose()
+
+    async def _announce(self, lease_ms: int) -> None:
+        """Register this node's share of the cluster's bounds for ``lease_ms`` (0: withdraw)."""
+        limits = self.limits
+        args = [self._node, lease_ms, limits.max_mailboxes, limits.max_total_bytes]
+        await self._register(keys=self._shared[2:], args=args)
+
+    def mailboxes(self) -> int:
+        """Mailboxes a client of this node holds a seat of."""
+        return len({m.mailbox_id for m in self._members.values()})
 
     async def _stop_reader(self, reader: asyncio.Task[None]) -> None:
         # Wake the blocking read rather than cancel it: redis-py can lose a cancellation that
@@ -305,27 +508,64 @@ class RedisBackend:
         """Make the reader's blocking read return (it then rereads the inbox list)."""
         await self._redis.xadd(self._wake_key, {"w": "1"}, maxlen=1)
 
-    async def open(self, client: ClientId, nameplate: str) -> None:
-        """Claim a side of ``nameplate``'s mailbox (atomically: a third client is refused)."""
-        if client in self._members:
-            raise PairingError("mailbox already open on this connection")
+    async def open(
+        self, client: ClientId, nameplate: str, *, side: str | None = None, ip: str = ""
+    ) -> bool:
+        """Take ``side``'s seat of ``nameplate``'s mailbox (atomically across nodes)."""
+        self._check_new(client)
+        seat = 0 if side is None else SIDES.index(side) + 1
         keys = self._keys(nameplate)
-        args = [
-            secrets.token_hex(8),
-            nameplate,
-            self.limits.max_mailboxes,
-            max(1, int(self.limits.max_age * 1000)),
-            self._lease_ms,
-            MAX_SIDES,
+        args = [secrets.token_hex(8), nameplate, self._age_ms(), self._lease_ms, seat]
+        args += self._bounds(ip)
+        reply = await self._run(self._open, keys, args)
+        taken = self._taken(client, reply, keys, ip, nameplate, side or "")
+        await self._run_command(self._wake())
+        return taken >= len(SIDES)
+
+    async def allocate(self, client: ClientId, *, ip: str = "") -> str:
+        """Take the sender's seat of a fresh mailbox whose number no one holds."""
+        self._check_new(client)
+        args = [self._prefix, secrets.token_hex(8), self._age_ms(), self._lease_ms]
+        args += self._bounds(ip)
+        reply = await self._run(self._allocate, self._shared, args + nameplate_candidates())
+        nameplate = str(reply[4]) if reply[0] != 0 else ""
+        self._taken(client, reply, self._keys(nameplate), ip, nameplate, SIDES[0])
+        await self._run_command(self._wake())
+        return nameplate
+
+    def _check_new(self, client: ClientId) -> None:
+        if client in self._members:
+            raise Refused("mailbox already open on this connection", "protocol")
+
+    def _age_ms(self) -> int:
+        return max(1, int(self.limits.max_age * 1000))
+
+    def _ip_key(self, ip: str) -> str:
+        return f"{self._prefix}ip:{ip}" if ip else ""
+
+    def _bounds(self, ip: str) -> list[Any]:
+        """ip key, per-IP limit, this node's share of the totals, node id (script arguments)."""
+        limits = self.limits
+        return [
+            self._ip_key(ip),
+            limits.max_mailboxes_per_ip,
+            limits.max_mailboxes,
+            limits.max_total_bytes,
+            self._node,
         ]
-        side, detail, *rest = await self._run(self._open, keys, args)
-        if side == 0:
-            raise PairingError(str(detail))
+
+    def _taken(
+        self, client: ClientId, reply: Any, keys: list[str], ip: str, nameplate: str, side: str
+    ) -> int:
+        """Record the seat a script gave ``client``; raise its refusal. Returns seats taken."""
+        side_number, detail, *rest = reply
+        if side_number == 0:
+            raise refusal(str(detail), self.limits, nameplate, side)
         deadline = asyncio.get_running_loop().time() + int(detail) / 1000
-        member = _Member(keys, str(rest[0]), int(side), deadline)
+        member = _Member(keys, str(rest[0]), int(side_number), deadline, self._ip_key(ip))
         member.writer = asyncio.create_task(self._write(client, member.outbox))
         self._members[client] = member
-        await self._run_command(self._wake())
+        return int(rest[1])
 
     async def add(self, client: ClientId, body: str) -> None:
         """Put ``body`` in the other side's inbox, within the mailbox's limits."""
@@ -338,9 +578,14 @@ class RedisBackend:
             raise PairingError("body is not valid UTF-8") from exc
         limits = self.limits
         args = [member.mailbox_id, member.side, data, limits.max_messages, limits.max_bytes]
-        refusal = await self._run(self._add, member.keys, args)
-        if refusal:
-            raise PairingError(str(refusal))
+        args += [limits.max_message_size, limits.max_total_bytes, self._node]
+        label = await self._run(self._add, member.keys, args)
+        if label in ("gone", "expired"):
+            if asyncio.get_running_loop().time() < member.deadline - LOST_SLACK:
+                raise Refused(LOST, "lost")
+            label = "expired"
+        if label:
+            raise refusal(str(label), limits)
 
     async def close(self, client: ClientId) -> None:
         """Give up ``client``'s side; the peer is told, an empty mailbox is deleted."""
@@ -350,7 +595,8 @@ class RedisBackend:
         if member.writer is not None:
             member.writer.cancel()
         try:
-            await self._close(keys=member.keys, args=[member.mailbox_id, member.side])
+            args = [member.mailbox_id, member.side, member.ip_key]
+            await self._close(keys=member.keys, args=args)
         except RedisError as exc:  # its keys expire anyway, and the peer's lease check notices
             log.warning("rendezvous: could not close a mailbox side in Redis: %s", exc)
 
@@ -362,7 +608,7 @@ class RedisBackend:
             f"{mailbox}:in2",
             f"{mailbox}:live1",
             f"{mailbox}:live2",
-            f"{self._prefix}index",
+            *self._shared,
         ]
 
     async def _run(self, script: Any, keys: list[str], args: list[Any]) -> Any:
@@ -374,7 +620,7 @@ class RedisBackend:
             return await command
         except RedisError as exc:
             log.warning("rendezvous: Redis failed: %s", exc)
-            raise PairingError("rendezvous store unavailable") from exc
+            raise Refused("rendezvous store unavailable, try again later", "store") from exc
 
     async def _write(self, client: ClientId, outbox: asyncio.Queue[Event]) -> None:
         """Hand ``client``'s events to the server in order, without holding up the reader."""
@@ -444,6 +690,7 @@ class RedisBackend:
     async def _renew(self) -> None:
         """Renew this node's leases and wake stream; learn of crashed peers and lost sides."""
         await self._redis.pexpire(self._wake_key, self._lease_ms)
+        await self._announce(self._lease_ms)
         members = [(c, m) for c, m in self._members.items() if m.reading]
         for start in range(0, len(members), BEAT_BATCH):
             batch = members[start : start + BEAT_BATCH]
@@ -452,7 +699,10 @@ class RedisBackend:
             for _, member in batch:
                 args += [member.mailbox_id, member.side]
             statuses = await self._beat(keys=keys, args=args)
+            now = asyncio.get_running_loop().time()
             for (client, member), status in zip(batch, statuses, strict=True):
                 event = _BEAT_EVENTS.get(status)
+                if event is MailboxExpired and now < member.deadline - LOST_SLACK:
+                    event = MailboxLost  # gone before its time: Redis lost its data
                 if event is not None and member.reading:
                     self._emit(member, event(client))

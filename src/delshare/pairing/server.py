@@ -3,7 +3,10 @@
 One handler per connection decodes ``wire`` frames and applies them to the backend; the backend
 hands back events for this node's connections through a ``Deliver`` callback, which turns them
 into frames. A refusal is answered with an ``error`` frame and the connection is closed. No
-connection lives longer than ``max_age`` plus a grace period.
+connection lives longer than ``max_age`` plus a grace period, and one that has not opened a
+mailbox within ``idle_timeout`` is closed. An ``AddressGuard`` bounds connections and the
+message rate per client address (per node); the store bounds mailboxes per address, in number
+and in bytes (across nodes with Redis).
 
 Two backends: ``LocalBackend`` puts a sans-IO ``MailboxStore`` (the in-memory ``MailboxTable``)
 on the loop clock and sweeps expired mailboxes; ``RedisBackend`` (``redis_backend``) keeps the
@@ -25,19 +28,31 @@ from websockets.exceptions import ConnectionClosed
 from delshare.errors import PairingError
 from delshare.pairing import wire
 from delshare.pairing.backend import Deliver, MailboxBackend
+from delshare.pairing.codes import nameplate_candidates
+from delshare.pairing.guard import AddressGuard, address_key
 from delshare.pairing.mailbox import (
+    LOST,
     BodyRelayed,
     ClientId,
     Event,
     MailboxExpired,
     MailboxLimits,
+    MailboxLost,
     MailboxStore,
     MailboxTable,
     PeerLeft,
+    Refused,
+    label_of,
 )
+from delshare.pairing.metrics import RendezvousMetrics
 
 SWEEP_INTERVAL = 1.0
 CONNECTION_GRACE = 5.0  # a connection may outlive its mailbox's max_age by this much
+FRAME_OVERHEAD = 1024  # JSON around a body of max_message_size
+MAX_QUEUE = 4  # frames websockets buffers per connection before it stops reading
+# A refused client may have frames queued: reading stays paused, so its close frame is not seen
+# and the closing handshake waits this long (websockets' default is 10 s).
+CLOSE_TIMEOUT = 2.0
 
 
 class LocalBackend:
@@ -54,8 +69,18 @@ class LocalBackend:
         self._deliver = deliver
         self._sweeper = asyncio.create_task(self._sweep())
 
-    async def open(self, client: ClientId, nameplate: str) -> None:
-        await self._emit(self.store.open(client, nameplate, self._now()))
+    async def open(
+        self, client: ClientId, nameplate: str, *, side: str | None = None, ip: str = ""
+    ) -> bool:
+        await self._emit(self.store.open(client, nameplate, self._now(), side=side, ip=ip))
+        return self.store.paired(client)
+
+    async def allocate(self, client: ClientId, *, ip: str = "") -> str:
+        return self.store.allocate(client, nameplate_candidates(), self._now(), ip=ip)
+
+    def mailboxes(self) -> int:
+        size = getattr(self.store, "__len__", None)
+        return int(size()) if size is not None else 0
 
     async def add(self, client: ClientId, body: str) -> None:
         await self._emit(self.store.add(client, body, self._now()))
@@ -88,8 +113,12 @@ class LocalBackend:
 class RendezvousServer:
     """A running rendezvous server; ``port``, ``sockets``, ``close()``, ``wait_closed()``."""
 
-    def __init__(self, backend: MailboxBackend) -> None:
+    def __init__(self, backend: MailboxBackend, metrics: RendezvousMetrics | None = None) -> None:
         self.backend = backend
+        self.limits = backend.limits
+        self.guard = AddressGuard(backend.limits)
+        self.metrics = metrics or RendezvousMetrics()
+        self.metrics.watch(self)
         self._ids = itertools.count(1)
         self._connections: dict[ClientId, ServerConnection] = {}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -121,6 +150,7 @@ class RendezvousServer:
         if not self._backend_closed:
             self._backend_closed = True
             await self.backend.aclose()
+            self.metrics.close()
 
     async def __aenter__(self) -> RendezvousServer:
         return self
@@ -134,27 +164,61 @@ class RendezvousServer:
         self.close()
         await self.wait_closed()
 
+    @property
+    def connections(self) -> int:
+        """Connections open now."""
+        return len(self._connections)
+
+    @property
+    def mailbox_count(self) -> int:
+        """Mailboxes open on this node (the metrics gauge)."""
+        return self.backend.mailboxes()
+
     async def handle(self, connection: ServerConnection) -> None:
-        """Serve one client connection until it closes, errs or grows too old."""
+        """Serve one client connection until it closes, errs, idles or grows too old."""
         client = next(self._ids)
+        ip = address_key(str(connection.remote_address[0]))
+        admitted = False
         self._connections[client] = connection
         try:
-            async with asyncio.timeout(self.backend.limits.max_age + CONNECTION_GRACE):
+            self.guard.connect(ip, _now())
+            admitted = True
+            async with asyncio.timeout(self.limits.max_age + CONNECTION_GRACE):
+                await self._dispatch(client, ip, await self._first_frame(connection))
                 async for frame in connection:
-                    await self._dispatch(client, frame)
+                    await self._dispatch(client, ip, frame)
         except PairingError as exc:
+            self.metrics.refused(label_of(exc))
             with contextlib.suppress(ConnectionClosed):
                 await connection.send(wire.encode(wire.ErrorMessage(str(exc))))
         except (TimeoutError, ConnectionClosed):
             pass
         finally:
             del self._connections[client]
+            if admitted:
+                self.guard.disconnect(ip)
             await self.backend.close(client)
 
-    async def _dispatch(self, client: ClientId, frame: str | bytes) -> None:
+    async def _first_frame(self, connection: ServerConnection) -> str | bytes:
+        """The frame that opens a mailbox, within ``idle_timeout``."""
+        idle = self.limits.idle_timeout
+        try:
+            async with asyncio.timeout(idle):
+                return await connection.recv()
+        except TimeoutError:
+            raise Refused(f"idle: no mailbox opened within {idle:g} s", "idle") from None
+
+    async def _dispatch(self, client: ClientId, ip: str, frame: str | bytes) -> None:
+        self.guard.message(ip, _now())
         match wire.decode_client(frame):
-            case wire.OpenMessage(nameplate):
-                await self.backend.open(client, nameplate)
+            case wire.OpenMessage(nameplate, side):
+                if await self.backend.open(client, nameplate, side=side, ip=ip):
+                    self.metrics.pairings.inc()
+            case wire.AllocateMessage():
+                nameplate = await self.backend.allocate(client, ip=ip)
+                connection = self._connections.get(client)
+                if connection is not None:
+                    await self._send(connection, wire.AllocatedMessage(nameplate))
             case wire.AddMessage(body):
                 await self.backend.add(client, body)
 
@@ -167,9 +231,14 @@ class RendezvousServer:
                 case BodyRelayed(_, body):
                     await self._send(connection, wire.RelayMessage(body))
                 case PeerLeft():
+                    self.metrics.closed.labels("peer_left").inc()
                     await self._send_and_close(connection, "peer left")
                 case MailboxExpired():
+                    self.metrics.closed.labels("expired").inc()
                     await self._send_and_close(connection, "mailbox expired")
+                case MailboxLost():
+                    self.metrics.closed.labels("lost").inc()
+                    await self._send_and_close(connection, LOST)
 
     @staticmethod
     async def _send(connection: ServerConnection, message: wire.ServerMessage) -> None:
@@ -192,20 +261,30 @@ async def serve_rendezvous(
     store: MailboxStore | None = None,
     redis_url: str | None = None,
     sweep_interval: float = SWEEP_INTERVAL,
+    metrics: RendezvousMetrics | None = None,
 ) -> RendezvousServer:
     """Start a rendezvous server on ``host``:``port`` (0 picks a free port).
 
     Mailboxes live in ``store`` (default: an in-memory ``MailboxTable(limits)``), or, with
     ``redis_url`` (e.g. ``redis://127.0.0.1:6379/0``), in Redis, shared by every node started
     with the same URL. ``sweep_interval`` bounds how late expiry (and, with Redis, a crashed
-    node's clients) is noticed.
+    node's clients) is noticed. ``metrics`` (e.g. on the relay's registry) counts mailboxes,
+    pairings and refusals.
     """
     backend = _backend(limits, store, redis_url, sweep_interval)
-    rendezvous = RendezvousServer(backend)
+    rendezvous = RendezvousServer(backend, metrics)
     await backend.start(rendezvous._deliver)
+    limits = backend.limits
     try:
         server = await serve(
-            rendezvous.handle, host, port, max_size=wire.MAX_FRAME, compression=None, max_queue=16
+            rendezvous.handle,
+            host,
+            port,
+            max_size=min(wire.MAX_FRAME, limits.max_message_size + FRAME_OVERHEAD),
+            compression=None,
+            max_queue=MAX_QUEUE,
+            open_timeout=limits.idle_timeout,
+            close_timeout=CLOSE_TIMEOUT,
         )
     except BaseException:
         await backend.aclose()
@@ -227,3 +306,7 @@ def _backend(
     from delshare.pairing.redis_backend import RedisBackend  # redis is an optional dependency
 
     return RedisBackend(redis_url, limits or MailboxLimits(), heartbeat=sweep_interval)
+
+
+def _now() -> float:
+    return asyncio.get_running_loop().time()

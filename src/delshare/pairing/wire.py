@@ -1,10 +1,14 @@
 """The rendezvous JSON schema, one WebSocket text frame per message.
 
-Client to server: ``{"type": "open", "nameplate": "7"}`` once, then any number of
-``{"type": "add", "body": "<str>"}``. Server to client: ``{"type": "message", "body": "<str>"}``
-(a body the other side added), ``{"type": "error", "reason": "..."}`` (request refused; the server
-then closes) and ``{"type": "close", "reason": "..."}`` (peer left or mailbox expired). Bodies are
-opaque to the server; paired clients put base64 there.
+Client to server, once: ``{"type": "allocate"}`` (a sender asking the server for a fresh code
+number, answered by ``{"type": "allocated", "nameplate": "123"}``) or ``{"type": "open",
+"nameplate": "7", "side": "receiver"}`` (take that side's seat of a chosen number; ``side`` is
+``sender`` or ``receiver``, and older clients that omit it get the first seat never used); then
+any number of ``{"type": "add", "body": "<str>"}``. Server to client: ``{"type": "message",
+"body": "<str>"}`` (a body the other side added), ``{"type": "error", "reason": "..."}`` (request
+refused, e.g. a limit: the server then closes) and ``{"type": "close", "reason": "..."}`` (peer
+left, mailbox expired, or the rendezvous lost its state). Bodies are opaque to the server; paired
+clients put base64 there. docs/operations.md lists the limits and their refusals.
 """
 
 from __future__ import annotations
@@ -22,6 +26,17 @@ _NAMEPLATE = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 @dataclass(frozen=True)
 class OpenMessage:
+    nameplate: str
+    side: str | None = None
+
+
+@dataclass(frozen=True)
+class AllocateMessage:
+    pass
+
+
+@dataclass(frozen=True)
+class AllocatedMessage:
     nameplate: str
 
 
@@ -45,15 +60,22 @@ class CloseMessage:
     reason: str
 
 
-ClientMessage = OpenMessage | AddMessage
-ServerMessage = RelayMessage | ErrorMessage | CloseMessage
+ClientMessage = OpenMessage | AllocateMessage | AddMessage
+ServerMessage = RelayMessage | AllocatedMessage | ErrorMessage | CloseMessage
+SIDES = ("sender", "receiver")
 
 
 def encode(message: ClientMessage | ServerMessage) -> str:
     """One JSON text frame for ``message``."""
     match message:
-        case OpenMessage(nameplate):
+        case OpenMessage(nameplate, side):
             fields: dict[str, str] = {"type": "open", "nameplate": nameplate}
+            if side is not None:
+                fields["side"] = side
+        case AllocateMessage():
+            fields = {"type": "allocate"}
+        case AllocatedMessage(nameplate):
+            fields = {"type": "allocated", "nameplate": nameplate}
         case AddMessage(body):
             fields = {"type": "add", "body": body}
         case RelayMessage(body):
@@ -70,10 +92,12 @@ def decode_client(frame: str | bytes) -> ClientMessage:
     fields = _load(frame)
     kind = fields.get("type")
     if kind == "open":
-        nameplate = _string(fields, "nameplate")
-        if not _NAMEPLATE.fullmatch(nameplate):
-            raise PairingError("bad nameplate")
-        return OpenMessage(nameplate)
+        side = fields.get("side")
+        if side is not None and side not in SIDES:
+            raise PairingError(f"side must be one of {', '.join(SIDES)}")
+        return OpenMessage(_nameplate(fields), side)
+    if kind == "allocate":
+        return AllocateMessage()
     if kind == "add":
         return AddMessage(_string(fields, "body"))
     raise PairingError(f"unknown message type {kind!r}")
@@ -85,6 +109,8 @@ def decode_server(frame: str | bytes) -> ServerMessage:
     kind = fields.get("type")
     if kind == "message":
         return RelayMessage(_string(fields, "body"))
+    if kind == "allocated":
+        return AllocatedMessage(_nameplate(fields))
     if kind == "error":
         return ErrorMessage(_string(fields, "reason"))
     if kind == "close":
@@ -107,3 +133,10 @@ def _string(fields: dict[str, Any], name: str) -> str:
     if not isinstance(value, str):
         raise PairingError(f"field {name!r} must be a string")
     return value
+
+
+def _nameplate(fields: dict[str, Any]) -> str:
+    nameplate = _string(fields, "nameplate")
+    if not _NAMEPLATE.fullmatch(nameplate):
+        raise PairingError("bad nameplate")
+    return nameplate
