@@ -59,6 +59,8 @@ def printable(text: object) -> str:
 
 def is_printable(text: str) -> bool:
     """Whether :func:`printable` leaves ``text`` unchanged (no unsafe character in it)."""
+    if text.isprintable():  # fast path: False for every unsafe category (and a few harmless)
+        return True
     return not any(_unsafe(c) for c in text)
 
 

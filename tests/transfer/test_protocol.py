@@ -19,11 +19,14 @@ from delshare.transfer.protocol import (
     ErrorMessage,
     FileBegin,
     FileEnd,
+    Hashes,
+    HashRequest,
     Message,
     MessageAssembler,
     Offer,
     Reject,
     ResumeOffer,
+    Wait,
     decode_message,
     encode_message,
     fragment_message,
@@ -47,6 +50,9 @@ MESSAGES: list[Message] = [
     FileEnd(2, b""),
     Done(),
     ErrorMessage("disk full"),
+    HashRequest((1, 2)),
+    Hashes(((1, DIGEST), (2, DIGEST))),
+    Wait(),
 ]
 
 
@@ -57,7 +63,7 @@ def test_messages_round_trip(message: Message) -> None:
 
 def test_wire_form_is_versioned_json() -> None:
     obj = json.loads(encode_message(Offer(MANIFEST, 1 << 20)))
-    assert obj["v"] == 2 and obj["type"] == "offer" and obj["total"] == 10
+    assert obj["v"] == 3 and obj["type"] == "offer" and obj["total"] == 10
     assert obj["entries"][1] == {
         "path": "d/f.txt",
         "kind": "file",
@@ -73,12 +79,15 @@ def test_wire_form_is_versioned_json() -> None:
         b"not json",
         b"[]",
         b'{"v":1,"type":"done"}',  # a version-1 (SHA-256) peer
-        b'{"v":2,"type":"nope"}',
-        b'{"v":2,"type":"file-begin","index":-1,"offset":0}',
-        b'{"v":2,"type":"file-begin","index":true,"offset":0}',
-        b'{"v":2,"type":"file-end","index":0,"blake3":"zz"}',
-        b'{"v":2,"type":"accept","files":[{"index":0,"offset":1,"chunks":"x"}]}',
-        b'{"v":2,"type":"offer","chunk":1,"total":0,"entries":[]}',
+        b'{"v":2,"type":"done"}',  # a version-2 peer (no hash-request, no wait)
+        b'{"v":3,"type":"nope"}',
+        b'{"v":3,"type":"file-begin","index":-1,"offset":0}',
+        b'{"v":3,"type":"file-begin","index":true,"offset":0}',
+        b'{"v":3,"type":"file-end","index":0,"blake3":"zz"}',
+        b'{"v":3,"type":"accept","files":[{"index":0,"offset":1,"chunks":"x"}]}',
+        b'{"v":3,"type":"offer","chunk":1,"total":0,"entries":[]}',
+        b'{"v":3,"type":"hash-request","indexes":[-1]}',
+        b'{"v":3,"type":"hashes","files":[{"index":0,"blake3":"00"}]}',
     ],
 )
 def test_malformed_messages_raise_protocol_errors(raw: bytes) -> None:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 __all__ = [
     "CodeAllocated",
     "Event",
+    "FileSkipped",
     "FileVerified",
     "NoticeIssued",
     "OfferReceived",
@@ -99,6 +100,15 @@ class FileVerified:
 
 
 @dataclass(frozen=True, slots=True)
+class FileSkipped:
+    """A file was not sent: the receiver already had it (``reason``: "already there, same
+    content", established by comparing BLAKE3 hashes, never size and mtime alone)."""
+
+    name: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
 class TransferFinished:
     """Everything arrived: counts, bytes moved over the link in this run, elapsed seconds."""
 
@@ -124,6 +134,7 @@ Event = (
     | ResumeStarted
     | ProgressUpdated
     | FileVerified
+    | FileSkipped
     | TransferFinished
     | NoticeIssued
 )

@@ -16,6 +16,7 @@ from delshare.app.common import (
 )
 from delshare.app.connect import Connection, connect_peer, pair_and_gather
 from delshare.app.events import (
+    FileSkipped,
     NoticeIssued,
     OfferReceived,
     PeerConnected,
@@ -35,6 +36,7 @@ from delshare.transfer.manifest import Manifest, display_name
 from delshare.transfer.receiver import AskOverwrite, ReceiveStats, receive_files
 
 __all__ = [
+    "SAME_CONTENT",
     "Ask",
     "AskOverwrite",
     "ReceiveOptions",
@@ -43,6 +45,7 @@ __all__ = [
     "run_receive",
 ]
 
+SAME_CONTENT = "already there, same content"
 Ask = Callable[[OfferReceived], Awaitable[bool]]
 """Asks the user whether to accept an offer (not called with ``--yes``)."""
 
@@ -165,6 +168,9 @@ async def receive_over(
         begin = time.monotonic()
         stats = await _receive(channel, options, confirm, report, ask_overwrite)
         manifest = offered[0]
+        for received in stats.files:
+            if received.skipped:
+                report(FileSkipped(display_name(received.path), SAME_CONTENT))
         await _hash_missing(manifest, stats, hashes)
         report_hashes(manifest, hashes, report)
         elapsed = time.monotonic() - begin

@@ -15,6 +15,7 @@ from delshare.app.common import (
 from delshare.app.connect import Connection, connect_peer, pair_and_gather
 from delshare.app.events import (
     CodeAllocated,
+    FileSkipped,
     FileVerified,
     NoticeIssued,
     PeerConnected,
@@ -124,6 +125,8 @@ async def send_over(connection: Connection, built: BuiltManifest, report: Report
     report(started(built.manifest, "send"))
     begin = time.monotonic()
     stats = await send_files(channel, built, progress_reporter(report))
+    for index in stats.skipped:
+        report(FileSkipped(display_name(entries[index].path), "already there, same content"))
     report_hashes(built.manifest, hashes, report)
     manifest = built.manifest
     report(

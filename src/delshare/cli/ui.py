@@ -21,6 +21,7 @@ from typing import IO, TYPE_CHECKING, Literal
 from delshare.app.events import (
     CodeAllocated,
     Event,
+    FileSkipped,
     FileVerified,
     NoticeIssued,
     OfferReceived,
@@ -70,6 +71,8 @@ def key_line(event: Event) -> str | None:
             return event.line
         case FileVerified(name, _size, digest):
             return f"verified: blake3 {digest} {name}"
+        case FileSkipped(name, reason):
+            return f"skipped {name}: {reason}"
         case ResumeStarted(name, offset, size):
             return f"resuming at {offset} of {size} {name}"
         case TransferFinished(files, total, moved, seconds):
@@ -92,6 +95,7 @@ def json_object(event: Event) -> dict[str, object]:
         ResumeStarted: "resuming",
         ProgressUpdated: "progress",
         FileVerified: "verified",
+        FileSkipped: "skipped",
         TransferFinished: "done",
         NoticeIssued: "notice",
     }[type(event)]

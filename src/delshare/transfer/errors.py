@@ -16,6 +16,7 @@ __all__ = [
     "ManifestError",
     "OutputDirError",
     "PeerProtocolError",
+    "PeerTimeoutError",
     "RefusedByPeerError",
     "SourceChangedError",
     "TransferInterruptedError",
@@ -61,6 +62,10 @@ class SourceChangedError(TransferError):
 
 class TransferInterruptedError(TransferError):
     """The link broke mid-transfer; a later run resumes from the ``.part`` files left behind."""
+
+
+class PeerTimeoutError(TransferInterruptedError):
+    """The peer sent nothing for the whole wait for its next message (it may be gone)."""
 
 
 def stalled(seconds: float) -> TransferInterruptedError:

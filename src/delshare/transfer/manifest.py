@@ -7,6 +7,7 @@ hostile until :func:`check_rel_path` and :func:`safe_destination` accept them.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import stat
@@ -20,8 +21,10 @@ from delshare.transfer.errors import ManifestError, UnsafePathError
 
 __all__ = [
     "MAX_ENTRIES",
+    "MAX_OFFER_BYTES",
     "TEMP_NAME",
     "BuiltManifest",
+    "Destinations",
     "Entry",
     "Manifest",
     "build_manifest",
@@ -30,7 +33,10 @@ __all__ = [
     "safe_destination",
 ]
 
-MAX_ENTRIES = 1_000_000
+MAX_ENTRIES = 100_000
+"""Files and folders in one offer (an offer of 100,000 is planned in a few seconds)."""
+MAX_OFFER_BYTES = 64 << 20
+"""Bytes of one offer message (JSON); the sender checks its own before sending."""
 MAX_COMPONENT_BYTES = 255
 MAX_PATH_BYTES = 4096
 MAX_FILE_SIZE = 1 << 50
@@ -136,7 +142,7 @@ def check_rel_path(rel: str) -> tuple[str, ...]:
     is shown is exactly what goes to disk), empty / ``.`` / ``..`` components, components ending
     in a dot or space, Windows device names (``CON``, ``nul.txt``, ``COM1``...), over-long names.
     """
-    shown = display_name(rel)
+    shown = _Shown(rel)
     if not rel or rel.startswith("/"):
         raise UnsafePathError(f"absolute or empty path '{shown}'")
     if "\\" in rel or ":" in rel:
@@ -155,7 +161,19 @@ def check_rel_path(rel: str) -> tuple[str, ...]:
     return parts
 
 
-def _check_component(part: str, shown: str) -> None:
+class _Shown:
+    """A name made printable only if an error message needs it (most names pass)."""
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+
+    def __str__(self) -> str:
+        return display_name(self._name)
+
+    __format__ = object.__format__
+
+
+def _check_component(part: str, shown: _Shown) -> None:
     if part in ("", ".", ".."):
         raise UnsafePathError(f"empty, '.' or '..' component in '{shown}'")
     if part.endswith((".", " ")):
@@ -194,6 +212,62 @@ def safe_destination(output_dir: Path, rel_path: str) -> Path:
     return destination
 
 
+class Destinations:
+    """:func:`safe_destination` for every path of one offer: the output folder is resolved once
+    and each folder checked (a real directory, not a symlink, or missing) is remembered, so a
+    100,000-entry offer costs one ``lstat`` per entry instead of one per path component.
+
+    Same rules: every existing component is a real directory (the last may be a file), none is
+    a symlink; the result is the resolved output folder joined with the checked components, so
+    it cannot leave it. Use it while nothing else changes the folders (planning an offer).
+    """
+
+    def __init__(self, output_dir: str | os.PathLike[str]) -> None:
+        self.root = Path(os.path.realpath(output_dir))
+        self._root = str(self.root)
+        self._folders: dict[str, bool] = {"": True}  # checked folder (relative) -> exists
+        self._paths: dict[str, Path] = {}
+
+    def __call__(self, rel_path: str) -> Path:
+        """The destination of ``rel_path``, or UnsafePathError."""
+        known = self._paths.get(rel_path)
+        if known is not None:
+            return known
+        check_rel_path(rel_path)
+        if self.folder_exists(rel_path.rpartition("/")[0], rel_path):
+            self._check(rel_path, rel_path, last=True)
+        path = self._paths[rel_path] = Path(f"{self._root}/{rel_path}")
+        return path
+
+    def folder_exists(self, rel_dir: str, rel_path: str = "") -> bool:
+        """Whether folder ``rel_dir`` exists (checking it and its parents on first use)."""
+        known = self._folders.get(rel_dir)
+        if known is not None:
+            return known
+        unchecked = []
+        while rel_dir not in self._folders:
+            unchecked.append(rel_dir)
+            rel_dir = rel_dir.rpartition("/")[0]
+        exists = self._folders[rel_dir]
+        for folder in reversed(unchecked):
+            exists = exists and self._check(folder, rel_path or folder, last=False)
+            self._folders[folder] = exists
+        return exists
+
+    def _check(self, rel: str, shown: str, *, last: bool) -> bool:
+        try:
+            st = os.lstat(f"{self._root}/{rel}")
+        except FileNotFoundError:
+            return False
+        except OSError as exc:
+            raise UnsafePathError(f"cannot inspect '{display_name(shown)}': {exc}") from exc
+        if stat.S_ISLNK(st.st_mode):
+            raise UnsafePathError(f"'{display_name(shown)}' passes through a symlink")
+        if not last and not stat.S_ISDIR(st.st_mode):
+            raise UnsafePathError(f"'{display_name(shown)}' passes through a non-directory")
+        return True
+
+
 def display_name(name: str) -> str:
     """A name safe to print (:func:`delshare.text.printable`): escape sequences, control and
     bidi characters and undecodable bytes are shown as visible ``\\xNN``/``\\uNNNN`` escapes."""
@@ -228,7 +302,18 @@ def build_manifest(paths: Iterable[str | os.PathLike[str]]) -> BuiltManifest:
             sources.append(source)
     manifest = Manifest(tuple(entries))
     manifest.validate()
+    _check_offer_size(manifest)
     return BuiltManifest(manifest, tuple(sources), tuple(skipped))
+
+
+def _check_offer_size(manifest: Manifest) -> None:
+    """Refuse here, before a code is spent, a file list the receiver would refuse as too big."""
+    size = len(json.dumps([e.to_wire() for e in manifest.entries], separators=(",", ":")))
+    if size > MAX_OFFER_BYTES - 4096:  # room for the offer's other fields
+        raise ManifestError(
+            f"the list of files is {size >> 20} MiB, at most {MAX_OFFER_BYTES >> 20} MiB can be "
+            "offered at once (send fewer files, or fewer long names, at once)"
+        )
 
 
 def _entry(rel: str, st: os.stat_result) -> Entry:

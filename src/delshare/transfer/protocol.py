@@ -1,32 +1,51 @@
-"""DEL transfer protocol v2: JSON control messages and raw data records over a RecordChannel.
+"""DEL transfer protocol v3: JSON control messages and raw data records over a RecordChannel.
 
 Theory of operation (S = sender, R = receiver)::
 
-    S -> R  offer       {"v":2,"type":"offer","chunk":C,"total":T,"entries":[{path,kind,size,
+    S -> R  offer       {"v":3,"type":"offer","chunk":C,"total":T,"entries":[{path,kind,size,
                           mode,mtime_ns}...]}
-    R -> S  accept      {"v":2,"type":"accept","files":[{"index":i,"offset":n,"chunks":[hex...]}],
-                          "skip":[i...],"verify":true}   or   reject {"v":2,"type":"reject",...}
+    R -> S  hash-request {"v":3,"type":"hash-request","indexes":[i...]}     (optional, once)
+    S -> R  hashes      {"v":3,"type":"hashes","files":[{"index":i,"blake3":hex}...]}
+    R -> S  accept      {"v":3,"type":"accept","files":[{"index":i,"offset":n,"chunks":[hex...]}],
+                          "skip":[i...],"verify":true}   or   reject {"v":3,"type":"reject",...}
     for every file i not skipped, in manifest order:
     S -> R  file-begin  {"v":2,"type":"file-begin","index":i,"offset":o}
     S -> R  DATA records: the file's bytes from offset o to its size (up to 1 MiB each)
     S -> R  file-end    {"v":2,"type":"file-end","index":i,"blake3":hex of the whole file|null}
     S -> R  done
     R -> S  done        after every file is verified, synced and renamed into place
-    either  error       {"v":2,"type":"error","reason":...} aborts the transfer
+    either  error       {"v":3,"type":"error","reason":...} aborts the transfer
+    either  wait        {"v":3,"type":"wait"}: "still here, busy" (hashing, asking its user)
 
 Resume: for a file with a ``NAME.part`` left by an earlier run (whose sidecar matches the offered
 size and mtime), ``accept`` carries the .part length ``offset`` and the BLAKE3 digest of each
 ``C``-byte chunk of it (the last may be short). The sender hashes its source the same way and
 resumes at the end of the longest matching run of chunks; ``file-begin.offset`` tells the
-receiver where to cut the .part. ``skip`` lists files already complete at the destination (same
-size and mtime).
+receiver where to cut the .part.
+
+Already there: a destination file of the offered size is never trusted by size and mtime. The
+receiver asks for the BLAKE3 digests of those files (``hash-request``), hashes its own copies
+meanwhile, and lists in ``skip`` only the files whose content is the same; any other existing
+file is a conflict (replace, rename or refuse, as the receiver's user chose).
+
+Waits: every wait for the peer's next message is bounded (:func:`peer_timeout`, 60 s, or
+``DELSHARE_PEER_TIMEOUT``): a peer that sends nothing for that long is given up on. A side busy
+with local work that can take longer (hashing, its user's answer at a prompt, fsync) sends
+``wait`` every few seconds (:func:`keepalive`); ``wait`` is skipped by :func:`recv_message`.
+The data phase has its own watchdog (``STALL_TIMEOUT``).
+
+Bounds checked before any work on an offer: ``MAX_MESSAGE`` bytes per message (64 MiB, counted
+as fragments arrive; the rest of an oversized message is read and dropped so the peer gets the
+refusal) and ``MAX_ENTRIES`` (100,000) entries, counted before any entry is looked at. A refused
+offer, malformed or too big, always gets a ``reject`` naming the reason.
 
 Integrity: every record is AEAD-authenticated in order, so bytes cannot be altered, dropped or
 reordered in transit; resumed prefixes are checked chunk by chunk. On top, each file-end carries
 the whole-file BLAKE3 digest (:mod:`delshare.transfer.digest`) that the receiver recomputes, unless
 its accept said ``"verify": false`` (then ``blake3`` is null and neither side hashes the data).
-Version 2 replaced version 1's SHA-256 with BLAKE3 (3.5x less CPU per byte); peers of different
-versions refuse each other's first message with a clear error.
+Version 2 replaced version 1's SHA-256 with BLAKE3 (3.5x less CPU per byte); version 3 added
+``hash-request``/``hashes`` and ``wait``. Peers of different versions refuse each other's first
+message with a clear error.
 
 Control framing: a message is UTF-8 JSON split over CONTROL records; each record's payload starts
 with ``+`` (more follows) or ``.`` (last fragment). A message is bounded by ``MAX_MESSAGE``.
@@ -34,14 +53,18 @@ with ``+`` (more follows) or ``.`` (last fragment). A message is bounded by ``MA
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
+import os
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
-from delshare.link.records import MAX_PAYLOAD, RecordChannel, RecordKind
+from delshare.link.records import MAX_PAYLOAD, LinkError, RecordChannel, RecordKind
 from delshare.transfer.digest import ALGORITHM, DIGEST_SIZE
-from delshare.transfer.errors import ManifestError, PeerProtocolError
-from delshare.transfer.manifest import MAX_ENTRIES, Entry, Manifest
+from delshare.transfer.errors import ManifestError, PeerProtocolError, PeerTimeoutError
+from delshare.transfer.manifest import MAX_ENTRIES, MAX_OFFER_BYTES, Entry, Manifest
 
 __all__ = [
     "DEFAULT_CHUNK",
@@ -53,27 +76,45 @@ __all__ = [
     "ErrorMessage",
     "FileBegin",
     "FileEnd",
+    "HashRequest",
+    "Hashes",
     "Message",
     "MessageAssembler",
     "Offer",
     "Reject",
     "ResumeOffer",
+    "Wait",
     "decode_message",
     "encode_message",
+    "keepalive",
+    "peer_timeout",
     "recv_message",
     "send_message",
 ]
 
-VERSION = 2
+VERSION = 3
 STALL_TIMEOUT = 60.0
 """Seconds the data phase may go without a byte moving before either side gives up (resumably).
 
 TCP's own timeouts cannot see this stall: a peer or relay that keeps acknowledging but stops
 reading (a zero window) is kept alive by window probes forever."""
+PEER_TIMEOUT = 60.0
+"""Seconds any wait for the peer's next control message may last without a word from it."""
+KEEPALIVE_MAX = 10.0
 DEFAULT_CHUNK = 4 << 20
 MIN_CHUNK, MAX_CHUNK = 64 << 10, 64 << 20
-MAX_MESSAGE = 64 << 20
+MAX_MESSAGE = MAX_OFFER_BYTES
+_DISCARD_LIMIT = 2 * MAX_MESSAGE  # read and dropped of an oversized message before giving up
 _MORE, _LAST = b"+", b"."
+
+
+def peer_timeout() -> float:
+    """:data:`PEER_TIMEOUT`, or ``DELSHARE_PEER_TIMEOUT`` seconds if set (tests use a few)."""
+    try:
+        value = float(os.environ.get("DELSHARE_PEER_TIMEOUT", PEER_TIMEOUT))
+    except ValueError:
+        return PEER_TIMEOUT
+    return value if value > 0 else PEER_TIMEOUT
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,7 +182,37 @@ class ErrorMessage:
     reason: str
 
 
-Message = Offer | Accept | Reject | FileBegin | FileEnd | Done | ErrorMessage
+@dataclass(frozen=True, slots=True)
+class HashRequest:
+    """The receiver has files of these indexes' sizes: what is the content hash of yours?"""
+
+    indexes: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Hashes:
+    """The sender's answer: (index, whole-file BLAKE3) for every requested index."""
+
+    files: tuple[tuple[int, bytes], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Wait:
+    """Keepalive: busy with local work, still here."""
+
+
+Message = (
+    Offer
+    | Accept
+    | Reject
+    | FileBegin
+    | FileEnd
+    | Done
+    | ErrorMessage
+    | HashRequest
+    | Hashes
+    | Wait
+)
 
 
 def encode_message(message: Message) -> bytes:
@@ -166,6 +237,12 @@ def encode_message(message: Message) -> bytes:
             body = {"type": "done"}
         case ErrorMessage(reason):
             body = {"type": "error", "reason": reason}
+        case HashRequest(indexes):
+            body = {"type": "hash-request", "indexes": list(indexes)}
+        case Hashes(files):
+            body = {"type": "hashes", "files": [{"index": i, ALGORITHM: d.hex()} for i, d in files]}
+        case Wait():
+            body = {"type": "wait"}
     return json.dumps({"v": VERSION, **body}, separators=(",", ":")).encode()
 
 
@@ -225,8 +302,25 @@ def _list(obj: dict[str, Any], key: str) -> list[Any]:
     return value
 
 
+def _indexes(obj: dict[str, Any], key: str) -> tuple[int, ...]:
+    values = _list(obj, key)
+    if not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in values):
+        raise PeerProtocolError(f"bad {key!r} in {obj.get('type')} message")
+    return tuple(values)
+
+
 def _decode_offer(obj: dict[str, Any]) -> Offer:
-    chunk = _int(obj, "chunk", MIN_CHUNK, MAX_CHUNK)
+    entries_wire = obj.get("entries")
+    if isinstance(entries_wire, list) and len(entries_wire) > MAX_ENTRIES:
+        raise ManifestError(
+            f"offer of {len(entries_wire)} files and folders: at most {MAX_ENTRIES} in one "
+            "transfer (send fewer at once)"
+        )
+    chunk = obj.get("chunk")
+    if not isinstance(chunk, int) or isinstance(chunk, bool) or not MIN_CHUNK <= chunk <= MAX_CHUNK:
+        raise PeerProtocolError(
+            f"bad chunk size {str(chunk)[:20]} (must be {MIN_CHUNK} to {MAX_CHUNK} bytes)"
+        )
     entries = tuple(Entry.from_wire(e) for e in _list(obj, "entries"))
     manifest = Manifest(entries)
     manifest.validate()
@@ -244,13 +338,20 @@ def _decode_resume(item: object) -> ResumeOffer:
 
 def _decode_accept(obj: dict[str, Any]) -> Accept:
     resume = tuple(_decode_resume(item) for item in _list(obj, "files"))
-    skip = _list(obj, "skip")
-    if not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in skip):
-        raise PeerProtocolError("bad skip list in accept")
+    skip = _indexes(obj, "skip")
     verify = obj.get("verify", True)
     if not isinstance(verify, bool):
         raise PeerProtocolError("bad verify flag in accept")
-    return Accept(resume, tuple(skip), verify)
+    return Accept(resume, skip, verify)
+
+
+def _decode_hashes(obj: dict[str, Any]) -> Hashes:
+    files = []
+    for item in _list(obj, "files"):
+        if not isinstance(item, dict):
+            raise PeerProtocolError("bad entry in hashes")
+        files.append((_int(item, "index"), _digest(item.get(ALGORITHM))))
+    return Hashes(tuple(files))
 
 
 _DECODERS: dict[str, Any] = {
@@ -261,7 +362,14 @@ _DECODERS: dict[str, Any] = {
     "file-end": lambda o: FileEnd(_int(o, "index"), _optional_digest(o.get(ALGORITHM))),
     "done": lambda o: Done(),
     "error": lambda o: ErrorMessage(_str(o, "reason")),
+    "hash-request": lambda o: HashRequest(_indexes(o, "indexes")),
+    "hashes": _decode_hashes,
+    "wait": lambda o: Wait(),
 }
+
+
+class MessageTooLargeError(PeerProtocolError):
+    """A control message grew past ``MAX_MESSAGE`` bytes."""
 
 
 class MessageAssembler:
@@ -279,7 +387,10 @@ class MessageAssembler:
             raise PeerProtocolError("bad control fragment flag")
         self._size += len(fragment)
         if self._size > self._max:
-            raise PeerProtocolError("control message too large")
+            self._parts, self._size = [], 0
+            raise MessageTooLargeError(
+                f"message larger than {self._max >> 20} MiB (too many files in one offer?)"
+            )
         self._parts.append(fragment)
         if flag == _MORE:
             return None
@@ -296,19 +407,87 @@ def fragment_message(message: Message, max_payload: int = MAX_PAYLOAD) -> list[b
     return [(_LAST if i == len(pieces) - 1 else _MORE) + p for i, p in enumerate(pieces)]
 
 
+def write_message(channel: RecordChannel, message: Message) -> None:
+    """Queue one control message's fragments back to back (no other record can come between)."""
+    for payload in fragment_message(message):
+        channel.write(payload, RecordKind.CONTROL)
+
+
 async def send_message(channel: RecordChannel, message: Message) -> None:
     """Send one control message."""
-    for payload in fragment_message(message):
-        await channel.send(payload, RecordKind.CONTROL)
+    write_message(channel, message)
+    await channel.drain()
 
 
-async def recv_message(channel: RecordChannel) -> Message:
-    """Receive one control message; a DATA record here is a protocol error."""
+async def recv_message(
+    channel: RecordChannel,
+    timeout: float | None = None,
+    waiting_for: str = "its next message",
+    *,
+    keep_waits: bool = False,
+) -> Message:
+    """Receive one control message; a DATA record here is a protocol error.
+
+    ``wait`` keepalives are skipped (returned if ``keep_waits``). With ``timeout``, a peer that
+    sends no record for that many seconds raises PeerTimeoutError naming ``waiting_for``. An
+    oversized message is read to its end (bounded) and dropped before MessageTooLargeError, so
+    the peer is reading again when it is refused.
+    """
     assembler = MessageAssembler()
     while True:
-        record = await channel.recv_record()
+        record = await _recv_record(channel, timeout, waiting_for)
         if record.kind is not RecordKind.CONTROL:
             raise PeerProtocolError("unexpected data record")
-        message = assembler.feed(record.payload)
-        if message is not None:
+        try:
+            message = assembler.feed(record.payload)
+        except MessageTooLargeError:
+            if record.payload[:1] == _MORE:
+                await _discard_rest(channel, timeout, waiting_for)
+            raise
+        if message is not None and (keep_waits or not isinstance(message, Wait)):
             return message
+
+
+async def _recv_record(channel: RecordChannel, timeout: float | None, waiting_for: str) -> Any:
+    if timeout is None:
+        return await channel.recv_record()
+    try:
+        async with asyncio.timeout(timeout):
+            return await channel.recv_record()
+    except TimeoutError:
+        raise PeerTimeoutError(
+            f"no word from the peer for {timeout:g} s while waiting for {waiting_for}"
+        ) from None
+
+
+async def _discard_rest(channel: RecordChannel, timeout: float | None, waiting_for: str) -> None:
+    dropped = 0
+    while dropped < _DISCARD_LIMIT:
+        record = await _recv_record(channel, timeout, waiting_for)
+        dropped += len(record.payload)
+        if record.kind is not RecordKind.CONTROL or record.payload[:1] != _MORE:
+            return
+
+
+def keepalive_interval(timeout: float) -> float:
+    """How often a busy side says ``wait``: well within the peer's (default) timeout."""
+    return min(KEEPALIVE_MAX, timeout / 4)
+
+
+@contextlib.asynccontextmanager
+async def keepalive(channel: RecordChannel, interval: float) -> AsyncIterator[None]:
+    """Send ``wait`` every ``interval`` seconds while the body runs (local work, a prompt)."""
+
+    async def tick() -> None:
+        with contextlib.suppress(LinkError):
+            while True:
+                await asyncio.sleep(interval)
+                write_message(channel, Wait())  # whole, between two other messages
+
+    task = asyncio.create_task(tick())
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task

@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from delshare.link.records import MAX_PAYLOAD, LinkClosedError, RecordChannel, RecordKind
-from delshare.transfer.digest import Hasher, new_hasher
+from delshare.transfer.digest import Hasher, hash_file, new_hasher
 from delshare.transfer.diskio import PartWriter, aligned_buffer, open_direct, preallocate
 from delshare.transfer.errors import (
     DeclinedError,
@@ -53,7 +53,7 @@ from delshare.transfer.errors import (
     UnsafePathError,
     stalled,
 )
-from delshare.transfer.manifest import Entry, Manifest, display_name, safe_destination
+from delshare.transfer.manifest import Destinations, Entry, Manifest, display_name
 from delshare.transfer.progress import ProgressCallback, ProgressThrottle
 from delshare.transfer.protocol import (
     STALL_TIMEOUT,
@@ -62,10 +62,15 @@ from delshare.transfer.protocol import (
     ErrorMessage,
     FileBegin,
     FileEnd,
+    Hashes,
+    HashRequest,
     MessageAssembler,
     Offer,
     Reject,
     ResumeOffer,
+    keepalive,
+    keepalive_interval,
+    peer_timeout,
     recv_message,
     send_message,
 )
@@ -118,12 +123,18 @@ class _Target:
     index: int
     entry: Entry
     final: Path
-    part: Path
-    sidecar: Path
     chunk: int = 0
     state: PartState | None = None
     skip: bool = False
     created: bool = False  # a folder this run made (only those get the sender's mode and mtime)
+
+    @property
+    def part(self) -> Path:
+        return temp_paths(self.final)[0]
+
+    @property
+    def sidecar(self) -> Path:
+        return temp_paths(self.final)[1]
 
 
 async def receive_files(
@@ -137,6 +148,7 @@ async def receive_files(
     verify: bool = True,
     ask_overwrite: AskOverwrite | None = None,
     stall_timeout: float = STALL_TIMEOUT,
+    wait_timeout: float | None = None,
 ) -> ReceiveStats:
     """Receive one offer into ``output_dir``; return once every file is verified and in place.
 
@@ -147,7 +159,10 @@ async def receive_files(
     Without ``overwrite`` or ``rename``, ``ask_overwrite`` (if given) is asked once with the
     printable names of the offered files that already exist; yes replaces them as ``overwrite``
     would, no raises DestinationExistsError. A sender that moves no data for ``stall_timeout``
-    seconds mid-file is given up on with TransferInterruptedError (the .part stays, resumable).
+    seconds mid-file is given up on with TransferInterruptedError (the .part stays, resumable);
+    one that sends no message for ``wait_timeout`` seconds (default :func:`peer_timeout`) when
+    one is due, with PeerTimeoutError. A destination file of the offered size is skipped only if
+    its content hash equals the sender's; otherwise it is a conflict like any existing file.
     """
     out = Path(output_dir)
     if not os.path.isdir(out):  # noqa: ASYNC240 (one stat, before any network wait)
@@ -157,27 +172,32 @@ async def receive_files(
             concurrent.futures.ThreadPoolExecutor(1, "delshare-write") as pool,
             concurrent.futures.ThreadPoolExecutor(1, "delshare-hash") as hash_pool,
         ):
-            offer = await _receive_offer(channel)
-            policy = _Policy(overwrite, rename, ask_overwrite)
-            targets, overwrite = await _plan_or_reject(channel, pool, out, offer, policy)
-            if confirm is not None and not await confirm(offer.manifest):
-                await _reject(channel, "declined by the receiver")
-                raise DeclinedError("offer declined")
-            await asyncio.get_running_loop().run_in_executor(pool, _make_dirs, targets)
-            await send_message(channel, _accept_for(targets, verify))
-            progress = ProgressThrottle(progress_cb)
-            session = _ReceiveSession(
-                channel, pool, hash_pool, targets, progress, overwrite, verify, stall_timeout
-            )
-            return await session.run()
+            timeout = peer_timeout() if wait_timeout is None else wait_timeout
+            offer = await _receive_offer(channel, timeout)
+            async with keepalive(channel, keepalive_interval(timeout)):
+                policy = _Policy(overwrite, rename, ask_overwrite)
+                targets, overwrite = await _plan_or_reject(
+                    channel, pool, out, offer, policy, timeout
+                )
+                if confirm is not None and not await confirm(offer.manifest):
+                    await _reject(channel, "declined by the receiver")
+                    raise DeclinedError("offer declined")
+                await asyncio.get_running_loop().run_in_executor(pool, _make_dirs, targets)
+                await send_message(channel, _accept_for(targets, verify))
+                progress = ProgressThrottle(progress_cb)
+                session = _ReceiveSession(
+                    channel, pool, hash_pool, targets, progress, overwrite, verify
+                )
+                session.timeouts = (stall_timeout, timeout)  # data stall, wait for a message
+                return await session.run()
     except LinkClosedError as exc:
         raise TransferInterruptedError(f"link lost while receiving: {exc}") from exc
 
 
-async def _receive_offer(channel: RecordChannel) -> Offer:
+async def _receive_offer(channel: RecordChannel, timeout: float) -> Offer:
     try:
-        message = await recv_message(channel)
-    except ManifestError as exc:
+        message = await recv_message(channel, timeout, "the sender's offer")
+    except (ManifestError, PeerProtocolError) as exc:  # malformed, too big, too many entries
         await _reject(channel, f"invalid offer: {exc}")
         raise
     if isinstance(message, ErrorMessage):
@@ -207,29 +227,36 @@ async def _plan_or_reject(
     out: Path,
     offer: Offer,
     policy: _Policy,
+    timeout: float,
 ) -> tuple[list[_Target], bool]:
     """Plan every destination (asking before replacing files); return it and ``overwrite``."""
     loop = asyncio.get_running_loop()
     manifest, chunk, rename = offer.manifest, offer.chunk, policy.rename
     try:
+        dest = Destinations(out)
+        candidates = await loop.run_in_executor(pool, same_size_files, dest, manifest)
+        same = await _same_content(channel, pool, candidates, timeout)
         try:
             targets = await loop.run_in_executor(
-                pool, plan_targets, out, manifest, chunk, policy.overwrite, rename
+                pool, plan_targets, dest, manifest, chunk, policy.overwrite, rename, same
             )
             overwrite = policy.overwrite
         except DestinationExistsError:
             if policy.overwrite or rename or policy.ask is None:
                 raise
-            names = await loop.run_in_executor(pool, existing_files, out, manifest)
+            names = await loop.run_in_executor(pool, existing_files, dest, manifest, same)
             if not names or not await policy.ask(tuple(display_name(n) for n in names)):
                 raise
             targets = await loop.run_in_executor(
-                pool, plan_targets, out, manifest, chunk, True, False
+                pool, plan_targets, dest, manifest, chunk, True, False, same
             )
             overwrite = True
         _check_space(out, targets)
     except (ManifestError, DestinationExistsError, InsufficientSpaceError) as exc:
         await _reject(channel, str(exc))
+        raise
+    except PeerProtocolError as exc:
+        await _reject(channel, f"protocol error: {exc}")
         raise
     except OSError as exc:
         await _reject(channel, "receiver cannot prepare the output folder")
@@ -237,31 +264,96 @@ async def _plan_or_reject(
     return targets, overwrite
 
 
-def existing_files(out: Path, manifest: Manifest) -> list[str]:
+def same_size_files(dest: Destinations, manifest: Manifest) -> dict[int, Path]:
+    """Offered files whose destination is a regular file of the same size (maybe the same
+    content: :func:`_same_content` compares hashes); checks every offered path on the way."""
+    found: dict[int, Path] = {}
+    for index, entry in enumerate(manifest.entries):
+        final = dest(entry.path)
+        if entry.kind != "file" or not dest.folder_exists(entry.path.rpartition("/")[0]):
+            continue
+        try:
+            st = os.lstat(final)
+        except FileNotFoundError:
+            continue
+        if stat.S_ISREG(st.st_mode) and st.st_size == entry.size:
+            found[index] = final
+    return found
+
+
+async def _same_content(
+    channel: RecordChannel,
+    pool: concurrent.futures.Executor,
+    candidates: dict[int, Path],
+    timeout: float,
+) -> frozenset[int]:
+    """Ask the sender for the BLAKE3 of ``candidates``, hash ours meanwhile; the equal ones."""
+    if not candidates:
+        return frozenset()
+    indexes = tuple(sorted(candidates))
+    await send_message(channel, HashRequest(indexes))
+    loop = asyncio.get_running_loop()
+    local = loop.run_in_executor(pool, _hash_all, [candidates[i] for i in indexes])
+    try:
+        reply = await recv_message(channel, timeout, "the sender's content hashes")
+    finally:
+        mine = await local
+    if isinstance(reply, ErrorMessage):
+        raise RefusedByPeerError(reply.reason)
+    if not isinstance(reply, Hashes) or tuple(i for i, _ in reply.files) != indexes:
+        raise PeerProtocolError("the sender's hashes do not answer the request")
+    pairs = zip(reply.files, mine, strict=True)
+    return frozenset(i for (i, theirs), ours in pairs if theirs == ours)
+
+
+def _hash_all(paths: list[Path]) -> list[bytes]:
+    digests = []
+    for path in paths:
+        try:
+            digests.append(hash_file(path))
+        except OSError:
+            digests.append(b"")  # unreadable: not the same
+    return digests
+
+
+def existing_files(
+    dest: Destinations, manifest: Manifest, same: frozenset[int] = frozenset()
+) -> list[str]:
     """Offered files whose destination holds something else (what ``overwrite`` replaces)."""
     names = []
-    for entry in manifest.entries:
-        if entry.kind == "file":
-            final = safe_destination(out, entry.path)
-            if _taken(final, False) and not _already_received(final, entry):
+    for index, entry in enumerate(manifest.entries):
+        if entry.kind == "file" and index not in same:
+            final = dest(entry.path)
+            if _taken(final, False):
                 names.append(entry.path)
     return names
 
 
 def plan_targets(
-    out: Path, manifest: Manifest, chunk: int, overwrite: bool, rename: bool
+    dest: Destinations,
+    manifest: Manifest,
+    chunk: int,
+    overwrite: bool,
+    rename: bool,
+    same: frozenset[int] = frozenset(),
 ) -> list[_Target]:
-    """Decide every entry's destination and resume state; raise before anything is written."""
+    """Decide every entry's destination and resume state; raise before anything is written.
+
+    ``same``: indexes of files whose destination already has the offered content (skipped).
+    """
     claimed: set[Path] = set()
     targets: list[_Target] = []
     for index, entry in enumerate(manifest.entries):
-        final = safe_destination(out, entry.path)
+        final = dest(entry.path)
+        if not dest.folder_exists(entry.path.rpartition("/")[0]):  # in a new folder: all free
+            targets.append(_Target(index, entry, final, chunk))
+            continue
         if entry.kind == "dir":
             if final.exists() and not final.is_dir():
                 raise DestinationExistsError(f"{display_name(entry.path)} exists and is a file")
-            targets.append(_Target(index, entry, final, final, final))
+            targets.append(_Target(index, entry, final))
             continue
-        target = _plan_file(out, index, entry, claimed, overwrite, rename)
+        target = _plan_file(dest, index, entry, claimed, overwrite, rename, index in same)
         target.chunk = chunk
         if not target.skip:
             target.state = _resume_state(target, chunk)
@@ -271,33 +363,27 @@ def plan_targets(
 
 
 def _plan_file(
-    out: Path, index: int, entry: Entry, claimed: set[Path], overwrite: bool, rename: bool
+    dest: Destinations,
+    index: int,
+    entry: Entry,
+    claimed: set[Path],
+    overwrite: bool,
+    rename: bool,
+    same: bool,
 ) -> _Target:
     rel = entry.path
-    final = safe_destination(out, rel)
-    if final not in claimed and _already_received(final, entry):
-        return _Target(index, entry, final, final, final, skip=True)
+    final = dest(rel)
+    if final not in claimed and same:
+        return _Target(index, entry, final, skip=True)
     if final in claimed or _taken(final, overwrite):
         if not rename:
             raise DestinationExistsError(f"{display_name(rel)} already exists")
-        rel = _free_name(out, rel, claimed, overwrite)
-        final = safe_destination(out, rel)
-    part, sidecar = temp_paths(final)
-    for temp in (part, sidecar):
+        rel = _free_name(dest, rel, claimed, overwrite)
+        final = dest(rel)
+    for temp in temp_paths(final):
         if temp.is_symlink() or (temp.exists() and not temp.is_file()):
             raise UnsafePathError(f"{display_name(rel)}: its temporary file is not a plain file")
-    return _Target(index, entry, final, part, sidecar)
-
-
-def _already_received(final: Path, entry: Entry) -> bool:
-    try:
-        st = os.lstat(final)
-    except FileNotFoundError:
-        return False
-    return stat.S_ISREG(st.st_mode) and (st.st_size, st.st_mtime_ns) == (
-        entry.size,
-        entry.mtime_ns,
-    )
+    return _Target(index, entry, final)
 
 
 def _taken(final: Path, overwrite: bool) -> bool:
@@ -309,7 +395,7 @@ def _taken(final: Path, overwrite: bool) -> bool:
     return final.exists() or foreign_part
 
 
-def _free_name(out: Path, rel: str, claimed: set[Path], overwrite: bool) -> str:
+def _free_name(dest: Destinations, rel: str, claimed: set[Path], overwrite: bool) -> str:
     folder, _, name = rel.rpartition("/")
     stem, dot, ext = name.rpartition(".")
     if not stem:
@@ -317,7 +403,7 @@ def _free_name(out: Path, rel: str, claimed: set[Path], overwrite: bool) -> str:
     for n in range(1, _MAX_RENAME):
         candidate = f"{stem} ({n}){dot}{ext}"
         candidate_rel = f"{folder}/{candidate}" if folder else candidate
-        path = safe_destination(out, candidate_rel)
+        path = dest(candidate_rel)
         if path not in claimed and not _taken(path, False):
             return candidate_rel
     raise DestinationExistsError(f"no free name for {display_name(rel)}")
@@ -400,10 +486,9 @@ class _ReceiveSession:
         progress: ProgressThrottle,
         overwrite: bool,
         verify: bool,
-        stall_timeout: float,
     ) -> None:
         self._channel = channel
-        self._stall_timeout = stall_timeout
+        self.timeouts = (STALL_TIMEOUT, STALL_TIMEOUT)
         self._pool = pool
         self._hash_pool = hash_pool
         self._targets = targets
@@ -442,7 +527,7 @@ class _ReceiveSession:
         order = [t for t in self._targets if t.entry.kind == "file" and not t.skip]
         position = 0
         while True:
-            message = await recv_message(self._channel)
+            message = await recv_message(self._channel, self.timeouts[1], "the next file")
             if isinstance(message, FileBegin) and position < len(order):
                 if message.index != order[position].index:
                     raise PeerProtocolError(f"file {message.index} out of order")
@@ -515,11 +600,12 @@ class _ReceiveSession:
         return _expect_end(message, target, offset)
 
     async def _recv_into(self, buffer: memoryview) -> tuple[RecordKind, int]:
+        stall = self.timeouts[0]
         try:
-            async with asyncio.timeout(self._stall_timeout):
+            async with asyncio.timeout(stall):
                 return await self._channel.recv_into(buffer)
         except TimeoutError:
-            raise stalled(self._stall_timeout) from None
+            raise stalled(stall) from None
 
     def _flush(self, part: PartWriter, data: memoryview, hasher: Hasher) -> _Jobs:
         jobs = [self._pool.submit(part.write, data)]

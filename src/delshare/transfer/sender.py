@@ -18,10 +18,11 @@ from dataclasses import dataclass, field
 from typing import IO
 
 from delshare.link.records import MAX_PAYLOAD, LinkClosedError, RecordChannel
-from delshare.transfer.digest import Hasher, new_hasher
+from delshare.transfer.digest import Hasher, hash_file, new_hasher
 from delshare.transfer.diskio import aligned_buffer
 from delshare.transfer.errors import (
     PeerProtocolError,
+    PeerTimeoutError,
     RefusedByPeerError,
     SourceChangedError,
     TransferInterruptedError,
@@ -37,10 +38,16 @@ from delshare.transfer.protocol import (
     ErrorMessage,
     FileBegin,
     FileEnd,
+    Hashes,
+    HashRequest,
     Message,
     Offer,
     Reject,
     ResumeOffer,
+    Wait,
+    keepalive,
+    keepalive_interval,
+    peer_timeout,
     recv_message,
     send_message,
 )
@@ -61,6 +68,8 @@ class SendStats:
     files_sent: int
     files_skipped: int
     resumed_at: dict[int, int] = field(default_factory=dict)
+    skipped: tuple[int, ...] = ()
+    """Manifest indexes the receiver already had with the same content."""
 
 
 async def send_files(
@@ -70,23 +79,81 @@ async def send_files(
     *,
     chunk: int = DEFAULT_CHUNK,
     stall_timeout: float = STALL_TIMEOUT,
+    wait_timeout: float | None = None,
 ) -> SendStats:
     """Offer ``manifest``, then send what the receiver accepted; return once it confirmed all.
 
     Raises RefusedByPeerError if the peer rejects or aborts, SourceChangedError if a file changed
     since the manifest was built, TransferInterruptedError if the link breaks or the receiver
-    takes nothing for ``stall_timeout`` seconds while data waits (resumable).
+    takes nothing for ``stall_timeout`` seconds while data waits (resumable), PeerTimeoutError
+    if it says nothing for ``wait_timeout`` seconds (default :func:`peer_timeout`) when an answer
+    is due (to the offer, or ``done`` after the last byte).
     """
+    timeout = peer_timeout() if wait_timeout is None else wait_timeout
     try:
-        await send_message(channel, Offer(manifest.manifest, chunk))
-        accept = _expect_accept(await recv_message(channel), manifest)
         with concurrent.futures.ThreadPoolExecutor(1, "delshare-read") as reader:
+            await send_message(channel, Offer(manifest.manifest, chunk))
+            accept = await _negotiate(channel, manifest, reader, timeout)
             session = _SendSession(
                 channel, manifest, accept, chunk, reader, progress_cb, stall_timeout
             )
+            session.wait_timeout = timeout
             return await session.run()
     except LinkClosedError as exc:
         raise TransferInterruptedError(f"link lost while sending: {exc}") from exc
+
+
+async def _negotiate(
+    channel: RecordChannel,
+    manifest: BuiltManifest,
+    reader: concurrent.futures.Executor,
+    timeout: float,
+) -> Accept:
+    """Wait for the accept, answering one ``hash-request`` (hashing with keepalives) first."""
+    waiting_for = "the receiver's answer to the offer"
+    reply = await recv_message(channel, timeout, waiting_for)
+    if isinstance(reply, HashRequest):
+        indexes = _check_indexes(reply.indexes, manifest)
+        loop = asyncio.get_running_loop()
+        async with keepalive(channel, keepalive_interval(timeout)):
+            try:
+                digests = await loop.run_in_executor(reader, _hash_sources, manifest, indexes)
+            except (SourceChangedError, OSError) as exc:
+                await _send_error(channel, str(exc))
+                if isinstance(exc, OSError):
+                    raise SourceChangedError(f"cannot read source: {exc}") from exc
+                raise
+        await send_message(channel, Hashes(tuple(zip(indexes, digests, strict=True))))
+        reply = await recv_message(channel, timeout, waiting_for)
+    return _expect_accept(reply, manifest)
+
+
+def _check_indexes(indexes: tuple[int, ...], manifest: BuiltManifest) -> tuple[int, ...]:
+    entries = manifest.manifest.entries
+    if len(set(indexes)) != len(indexes):
+        raise PeerProtocolError("hash request names a file twice")
+    for index in indexes:
+        if index >= len(entries) or entries[index].kind != "file":
+            raise PeerProtocolError(f"hash request names unknown file index {index}")
+    return indexes
+
+
+def _hash_sources(manifest: BuiltManifest, indexes: tuple[int, ...]) -> list[bytes]:
+    """BLAKE3 of the requested sources (reader thread), each checked unchanged."""
+    digests = []
+    for index in indexes:
+        entry, source = manifest.manifest.entries[index], manifest.sources[index]
+        digest = hash_file(source)
+        st = os.stat(source)
+        if st.st_size != entry.size or st.st_mtime_ns != entry.mtime_ns:
+            raise SourceChangedError(f"{display_name(entry.path)} changed since it was offered")
+        digests.append(digest)
+    return digests
+
+
+async def _send_error(channel: RecordChannel, reason: str) -> None:
+    with contextlib.suppress(LinkClosedError):
+        await send_message(channel, ErrorMessage(reason))
 
 
 def _expect_accept(message: Message, manifest: BuiltManifest) -> Accept:
@@ -129,10 +196,21 @@ class _SendSession:
         self._bytes_sent = 0
         self._resumed_at: dict[int, int] = {}
         self._stall_timeout = stall_timeout
+        self.wait_timeout = STALL_TIMEOUT
         self._peer: asyncio.Task[Message] | None = None
+        self._heard = 0.0
+
+    async def _listen(self) -> Message:
+        """The receiver's next message but ``wait`` keepalives, noting when it last spoke."""
+        loop = asyncio.get_running_loop()
+        while True:
+            message = await recv_message(self._channel, keep_waits=True)
+            self._heard = loop.time()
+            if not isinstance(message, Wait):
+                return message
 
     async def run(self) -> SendStats:
-        self._peer = asyncio.create_task(recv_message(self._channel))
+        self._peer = asyncio.create_task(self._listen())
         try:
             sent = 0
             for index, entry in enumerate(self._built.manifest.entries):
@@ -152,11 +230,23 @@ class _SendSession:
             raise
         finally:
             _discard(self._peer)
-        return SendStats(self._bytes_sent, sent, len(self._skip), self._resumed_at)
+        skipped = tuple(sorted(self._skip))
+        return SendStats(self._bytes_sent, sent, len(self._skip), self._resumed_at, skipped)
 
     async def _expect_done(self) -> None:
+        """The receiver's ``done``; it must say something every ``wait_timeout`` seconds."""
         assert self._peer is not None
-        reply = await self._peer
+        loop = asyncio.get_running_loop()
+        self._heard = loop.time()
+        while not self._peer.done():
+            left = self._heard + self.wait_timeout - loop.time()
+            if left <= 0:
+                raise PeerTimeoutError(
+                    f"the receiver confirmed nothing for {self.wait_timeout:g} s after the last "
+                    "byte (it may have quit or lost its link)"
+                )
+            await asyncio.wait({self._peer}, timeout=left)
+        reply = self._peer.result()
         if isinstance(reply, ErrorMessage):
             raise RefusedByPeerError(reply.reason)
         if not isinstance(reply, Done):
@@ -171,8 +261,7 @@ class _SendSession:
             raise PeerProtocolError(f"unexpected {type(reply).__name__} during transfer")
 
     async def _abort(self, reason: str) -> None:
-        with contextlib.suppress(LinkClosedError):
-            await send_message(self._channel, ErrorMessage(reason))
+        await _send_error(self._channel, reason)
 
     async def _send_file(self, index: int, entry: Entry) -> None:
         source = self._built.sources[index]
@@ -193,16 +282,17 @@ class _SendSession:
         if offer is None:
             return 0
         loop = asyncio.get_running_loop()
-        offset = await loop.run_in_executor(
-            self._reader,
-            verify_prefix,
-            f,
-            entry.size,
-            offer.offset,
-            offer.chunks,
-            self._chunk,
-            whole,
-        )
+        async with keepalive(self._channel, keepalive_interval(self.wait_timeout)):
+            offset = await loop.run_in_executor(
+                self._reader,
+                verify_prefix,
+                f,
+                entry.size,
+                offer.offset,
+                offer.chunks,
+                self._chunk,
+                whole,
+            )
         self._resumed_at[index] = offset
         return offset
 

@@ -1,0 +1,107 @@
+"""Issue 10 item 9: no wait for a peer's message is without end.
+
+Real ``delshare send`` / ``delshare receive`` subprocesses (``DELSHARE_PEER_TIMEOUT=2``) against a
+hostile peer that pairs and connects like the real one and then goes silent while keeping the
+link up. Old behaviour: both waited until the peer disconnected (300 s observed). The hostile
+peer here holds the link for ``HOLD`` seconds, far longer than the timeout, and closes only when
+the CLI has exited (or ``HOLD`` ran out: then the test fails on the CLI's message).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from delshare.link.records import RecordChannel
+from delshare.transfer.protocol import Accept, Offer, recv_message, send_message
+from tests.adversarial.conftest import scaled
+from tests.adversarial.hostile_peer import Script, as_peer, finish_cli, listing, start_cli
+from tests.app.harness import RelayProcess, env_for, start_relay_process, stop
+
+HOLD = 30.0
+
+
+@pytest.fixture(scope="module")
+def relay(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RelayProcess]:
+    process = start_relay_process(tmp_path_factory.mktemp("relay"), turn=False)
+    yield process
+    stop(process.process)
+
+
+async def _hold_until_exit(process: subprocess.Popen[bytes]) -> None:
+    for _ in range(int(HOLD * 10)):
+        if process.poll() is not None:
+            return
+        await asyncio.sleep(0.1)
+
+
+def _silent_sender(process: subprocess.Popen[bytes]) -> Script[None]:
+    async def script(channel: RecordChannel) -> None:
+        await _hold_until_exit(process)  # link up, no offer
+
+    return script
+
+
+def _accept_then_silence(process: subprocess.Popen[bytes]) -> Script[None]:
+    async def script(channel: RecordChannel) -> None:
+        assert isinstance(await recv_message(channel), Offer)
+        await send_message(channel, Accept())
+        await _hold_until_exit(process)  # the small file sits in buffers; never "done"
+
+    return script
+
+
+def _never_answer(process: subprocess.Popen[bytes]) -> Script[None]:
+    async def script(channel: RecordChannel) -> None:
+        assert isinstance(await recv_message(channel), Offer)
+        await _hold_until_exit(process)
+
+    return script
+
+
+async def test_a_receiver_that_gets_no_offer_gives_up(relay: RelayProcess, tmp_path: Path) -> None:
+    env = env_for(relay.rendezvous, DELSHARE_PEER_TIMEOUT="2")
+    for attempt in range(scaled(1, 3)):
+        out = tmp_path / f"out{attempt}"
+        out.mkdir()
+        code = f"{600 + attempt}-guitar-orbit"
+        receiver = start_cli(["receive", code, "-o", str(out), "--yes"], env)
+        try:
+            await asyncio.wait_for(
+                as_peer(relay.rendezvous, code, "sender", _silent_sender(receiver)), HOLD + 30
+            )
+        finally:
+            returncode, _, stderr = await asyncio.to_thread(finish_cli, receiver)
+        assert returncode == 1, stderr
+        assert "no word from the peer for 2 s while waiting for the sender's offer" in (
+            stderr.decode()
+        )
+        assert listing(out) == []
+
+
+@pytest.mark.parametrize("script", [_accept_then_silence, _never_answer], ids=["done", "accept"])
+async def test_a_sender_whose_receiver_goes_silent_gives_up(
+    relay: RelayProcess, tmp_path: Path, script: Callable[[subprocess.Popen[bytes]], Script[None]]
+) -> None:
+    small = tmp_path / "small.txt"
+    small.write_text("fits in any socket buffer\n")
+    env = env_for(relay.rendezvous, DELSHARE_PEER_TIMEOUT="2")
+    code = f"{610 + (script is _never_answer)}-guitar-orbit"
+    sender = start_cli(["send", str(small), "--code", code], env)
+    try:
+        await asyncio.wait_for(
+            as_peer(relay.rendezvous, code, "receiver", script(sender)),
+            HOLD + 30,
+        )
+    finally:
+        returncode, _, stderr = await asyncio.to_thread(finish_cli, sender)
+    assert returncode == 1, stderr
+    text = stderr.decode()
+    if script is _accept_then_silence:
+        assert "the receiver confirmed nothing for 2 s after the last byte" in text
+    else:
+        assert "no word from the peer for 2 s while waiting for the receiver's answer" in text
