@@ -20,6 +20,7 @@ in the module named on the right. The tree (``tests/test_errors.py`` keeps it tr
       TurnConnectionError        TURN server unreachable or connection lost  turn.client_errors
       TurnUriError               not a TURN URI                              turn.uri
       PairingError               code, PAKE, rendezvous or ticket failed     errors
+        RendezvousRefused        the rendezvous refuses a request (a limit)  pairing.mailbox
       CandidateError             the peer's candidate list is malformed      link.candidates
       LinkError                  the encrypted link failed                   link.records
         LinkAuthError            the peer does not know the key              link.records
@@ -38,7 +39,9 @@ in the module named on the right. The tree (``tests/test_errors.py`` keeps it tr
         IntegrityError           a file's BLAKE3 digest differs              transfer.errors
         SourceChangedError       a source changed while being sent           transfer.errors
         TransferInterruptedError the link broke or stalled; resumable        transfer.errors
+          PeerTimeoutError       the peer sent nothing for too long          transfer.errors
         PeerProtocolError        the peer broke the transfer protocol        transfer.errors
+          MessageTooLargeError   a control message over its bound            transfer.protocol
         OutputDirError           the output folder is missing                transfer.errors
         LocalIOError             a local read or write failed                transfer.errors
       UsageProblem               the command line cannot work (exit 2)       app.common

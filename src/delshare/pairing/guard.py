@@ -15,7 +15,7 @@ import ipaddress
 from collections import Counter
 from dataclasses import dataclass
 
-from delshare.pairing.mailbox import MailboxLimits, Refused
+from delshare.pairing.mailbox import MailboxLimits, RendezvousRefused
 
 PRUNE_AT = 1024  # buckets kept before forgetting idle, refilled ones
 
@@ -52,7 +52,7 @@ class AddressGuard:
         """Admit a new connection from ``ip`` (call ``disconnect`` when it ends) or refuse."""
         limit = self.limits.max_connections_per_ip
         if self.connections[ip] >= limit:
-            raise Refused(
+            raise RendezvousRefused(
                 f"too many connections from your address (limit {limit}): try again later",
                 "ip_connections",
             )
@@ -77,7 +77,7 @@ class AddressGuard:
         bucket.tokens = min(float(burst), bucket.tokens + (now - bucket.stamp) * rate)
         bucket.stamp = now
         if bucket.tokens < 1.0:
-            raise Refused(
+            raise RendezvousRefused(
                 f"too many requests from your address (limit {rate:g} per second): "
                 "slow down and try again",
                 "rate",

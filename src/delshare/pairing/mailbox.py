@@ -112,7 +112,7 @@ class MailboxStore(Protocol):
     def paired(self, client: ClientId) -> bool: ...
 
 
-class Refused(PairingError):
+class RendezvousRefused(PairingError):
     """A request the rendezvous refuses; ``label`` names the reason in metrics."""
 
     def __init__(self, reason: str, label: str) -> None:
@@ -122,7 +122,7 @@ class Refused(PairingError):
 
 def label_of(exc: PairingError) -> str:
     """The metrics label of a refusal (``protocol`` for malformed requests)."""
-    return exc.label if isinstance(exc, Refused) else "protocol"
+    return exc.label if isinstance(exc, RendezvousRefused) else "protocol"
 
 
 def seat_of(side: str | None) -> int | None:
@@ -130,7 +130,7 @@ def seat_of(side: str | None) -> int | None:
     if side is None:
         return None
     if side not in SIDES:
-        raise Refused(f"side must be one of {', '.join(SIDES)}", "protocol")
+        raise RendezvousRefused(f"side must be one of {', '.join(SIDES)}", "protocol")
     return SIDES.index(side)
 
 
@@ -142,7 +142,9 @@ def in_use(nameplate: str, side: str) -> str:
     )
 
 
-def refusal(label: str, limits: MailboxLimits, nameplate: str = "", side: str = "") -> Refused:
+def refusal(
+    label: str, limits: MailboxLimits, nameplate: str = "", side: str = ""
+) -> RendezvousRefused:
     """The refusal named ``label`` (shared by the in-memory and the Redis store)."""
     reasons = {
         "busy": "server busy: too many open mailboxes",
@@ -157,7 +159,7 @@ def refusal(label: str, limits: MailboxLimits, nameplate: str = "", side: str = 
         "messages": "mailbox message limit reached",
         "bytes": "mailbox byte limit reached",
     }
-    return Refused(reasons.get(label, label), label if label in reasons else "protocol")
+    return RendezvousRefused(reasons.get(label, label), label if label in reasons else "protocol")
 
 
 @dataclass
@@ -237,7 +239,7 @@ class MailboxTable:
         """Relay ``body`` to the other side, or buffer it until that side joins."""
         mailbox = self._client_mailbox.get(client)
         if mailbox is None:
-            raise Refused("open a mailbox first", "protocol")
+            raise RendezvousRefused("open a mailbox first", "protocol")
         self._check_age(mailbox, now)
         self._charge(mailbox, len(body.encode("utf-8")))
         other = mailbox.other(client)
@@ -276,7 +278,7 @@ class MailboxTable:
 
     def _check_client(self, client: ClientId, ip: str) -> None:
         if client in self._client_mailbox:
-            raise Refused("mailbox already open on this connection", "protocol")
+            raise RendezvousRefused("mailbox already open on this connection", "protocol")
         if ip and self._per_ip[ip] >= self.limits.max_mailboxes_per_ip:
             raise refusal("ip_mailboxes", self.limits)
 

@@ -60,7 +60,7 @@ from delshare.pairing.mailbox import (
     MailboxLimits,
     MailboxLost,
     PeerLeft,
-    Refused,
+    RendezvousRefused,
     refusal,
 )
 
@@ -535,7 +535,7 @@ class RedisBackend:
 
     def _check_new(self, client: ClientId) -> None:
         if client in self._members:
-            raise Refused("mailbox already open on this connection", "protocol")
+            raise RendezvousRefused("mailbox already open on this connection", "protocol")
 
     def _age_ms(self) -> int:
         return max(1, int(self.limits.max_age * 1000))
@@ -582,7 +582,7 @@ class RedisBackend:
         label = await self._run(self._add, member.keys, args)
         if label in ("gone", "expired"):
             if asyncio.get_running_loop().time() < member.deadline - LOST_SLACK:
-                raise Refused(LOST, "lost")
+                raise RendezvousRefused(LOST, "lost")
             label = "expired"
         if label:
             raise refusal(str(label), limits)
@@ -620,7 +620,9 @@ class RedisBackend:
             return await command
         except RedisError as exc:
             log.warning("rendezvous: Redis failed: %s", exc)
-            raise Refused("rendezvous store unavailable, try again later", "store") from exc
+            raise RendezvousRefused(
+                "rendezvous store unavailable, try again later", "store"
+            ) from exc
 
     async def _write(self, client: ClientId, outbox: asyncio.Queue[Event]) -> None:
         """Hand ``client``'s events to the server in order, without holding up the reader."""

@@ -41,7 +41,7 @@ from delshare.pairing.mailbox import (
     MailboxStore,
     MailboxTable,
     PeerLeft,
-    Refused,
+    RendezvousRefused,
     label_of,
 )
 from delshare.pairing.metrics import RendezvousMetrics
@@ -206,7 +206,7 @@ class RendezvousServer:
             async with asyncio.timeout(idle):
                 return await connection.recv()
         except TimeoutError:
-            raise Refused(f"idle: no mailbox opened within {idle:g} s", "idle") from None
+            raise RendezvousRefused(f"idle: no mailbox opened within {idle:g} s", "idle") from None
 
     async def _dispatch(self, client: ClientId, ip: str, frame: str | bytes) -> None:
         self.guard.message(ip, _now())

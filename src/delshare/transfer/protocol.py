@@ -9,9 +9,9 @@ Theory of operation (S = sender, R = receiver)::
     R -> S  accept      {"v":3,"type":"accept","files":[{"index":i,"offset":n,"chunks":[hex...]}],
                           "skip":[i...],"verify":true}   or   reject {"v":3,"type":"reject",...}
     for every file i not skipped, in manifest order:
-    S -> R  file-begin  {"v":2,"type":"file-begin","index":i,"offset":o}
+    S -> R  file-begin  {"v":3,"type":"file-begin","index":i,"offset":o}
     S -> R  DATA records: the file's bytes from offset o to its size (up to 1 MiB each)
-    S -> R  file-end    {"v":2,"type":"file-end","index":i,"blake3":hex of the whole file|null}
+    S -> R  file-end    {"v":3,"type":"file-end","index":i,"blake3":hex of the whole file|null}
     S -> R  done
     R -> S  done        after every file is verified, synced and renamed into place
     either  error       {"v":3,"type":"error","reason":...} aborts the transfer
