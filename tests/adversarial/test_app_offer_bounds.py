@@ -4,7 +4,8 @@ with a reason the sender sees.
 The hostile sender builds offers with the transfer protocol code itself and sends them over a
 real loopback record channel to the real :func:`receive_files`. Old behaviour: 100k+ entries
 cost 27 s and 311 MB before the prompt (and were accepted); a bad chunk size closed the link
-without a word; an oversized message closed it too.
+without a word; an oversized message closed it too; a bad resume chunk list from a hostile
+receiver made the sender close without a word.
 """
 
 from __future__ import annotations
@@ -19,9 +20,25 @@ import pytest
 
 from delshare.link.records import RecordChannel
 from delshare.transfer.errors import ManifestError, PeerProtocolError
-from delshare.transfer.manifest import MAX_ENTRIES, MAX_OFFER_BYTES, Entry, Manifest
-from delshare.transfer.protocol import Message, Offer, Reject, recv_message, send_message
+from delshare.transfer.manifest import (
+    MAX_ENTRIES,
+    MAX_OFFER_BYTES,
+    Entry,
+    Manifest,
+    build_manifest,
+)
+from delshare.transfer.protocol import (
+    Accept,
+    ErrorMessage,
+    Message,
+    Offer,
+    Reject,
+    ResumeOffer,
+    recv_message,
+    send_message,
+)
 from delshare.transfer.receiver import receive_files
+from delshare.transfer.sender import send_files
 from tests.adversarial.conftest import scaled
 from tests.transfer.conftest import channel_pair
 
@@ -84,3 +101,26 @@ async def test_an_oversized_offer_message_is_refused_and_the_sender_told(tmp_pat
     assert f"larger than {MAX_OFFER_BYTES >> 20} MiB" in reply.reason
     assert isinstance(outcome, PeerProtocolError)
     assert os.listdir(tmp_path) == []
+
+
+async def test_a_bad_resume_chunk_list_from_the_receiver_gets_a_reason(tmp_path: Path) -> None:
+    """The receiver claims a 10-byte .part but sends no chunk digests: the sender says why."""
+    source = tmp_path / "x.bin"
+    source.write_bytes(b"0123456789abcdef")
+    sender, receiver = await channel_pair()
+
+    async def hostile(channel: RecordChannel) -> Message:
+        assert isinstance(await recv_message(channel, 60), Offer)
+        await send_message(channel, Accept((ResumeOffer(0, 10, ()),)))
+        return await recv_message(channel, 60)
+
+    try:
+        sent, reply = await asyncio.gather(
+            send_files(sender, build_manifest([source])), hostile(receiver), return_exceptions=True
+        )
+    finally:
+        await sender.close()
+        await receiver.close()
+    assert isinstance(sent, PeerProtocolError), sent
+    assert isinstance(reply, ErrorMessage), reply
+    assert "resume chunk list does not match its offset" in reply.reason

@@ -10,7 +10,10 @@ the CLI has exited (or ``HOLD`` ran out: then the test fails on the CLI's messag
 from __future__ import annotations
 
 import asyncio
+import os
+import pty
 import subprocess
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -19,8 +22,15 @@ import pytest
 from delshare.link.records import RecordChannel
 from delshare.transfer.protocol import Accept, Offer, recv_message, send_message
 from tests.adversarial.conftest import scaled
-from tests.adversarial.hostile_peer import Script, as_peer, finish_cli, listing, start_cli
-from tests.app.harness import RelayProcess, env_for, start_relay_process, stop
+from tests.adversarial.hostile_peer import (
+    Script,
+    as_peer,
+    finish_cli,
+    listing,
+    read_until,
+    start_cli,
+)
+from tests.app.harness import DELSHARE, RelayProcess, env_for, start_relay_process, stop
 
 HOLD = 30.0
 
@@ -105,3 +115,38 @@ async def test_a_sender_whose_receiver_goes_silent_gives_up(
         assert "the receiver confirmed nothing for 2 s after the last byte" in text
     else:
         assert "no word from the peer for 2 s while waiting for the receiver's answer" in text
+
+
+def test_a_user_slower_than_the_timeout_at_the_prompt_is_not_a_silent_peer(
+    relay: RelayProcess, tmp_path: Path
+) -> None:
+    """The receiver says ``wait`` while its user decides; the sender keeps waiting."""
+    small = tmp_path / "small.txt"
+    small.write_text("hello\n")
+    out = tmp_path / "out"
+    out.mkdir()
+    env = env_for(relay.rendezvous, DELSHARE_PEER_TIMEOUT="1")
+    code = "620-guitar-orbit"
+    sender = start_cli(["send", str(small), "--code", code], env)
+    master, slave = pty.openpty()
+    try:
+        receiver = subprocess.Popen(
+            [DELSHARE, "receive", code, "-o", str(out)],
+            env=env,
+            stdin=slave,
+            stdout=subprocess.PIPE,
+            stderr=slave,
+        )
+        os.close(slave)
+        slave = -1
+        read_until(master, b"[y/N]", 60)
+        time.sleep(4)  # four peer timeouts at the prompt
+        os.write(master, b"y\n")
+        received = finish_cli(receiver)
+    finally:
+        os.close(master)
+        if slave >= 0:
+            os.close(slave)
+        sent = finish_cli(sender)
+    assert (received[0], sent[0]) == (0, 0), (received, sent)
+    assert (out / "small.txt").read_text() == "hello\n"

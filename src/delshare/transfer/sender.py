@@ -99,6 +99,9 @@ async def send_files(
             )
             session.wait_timeout = timeout
             return await session.run()
+    except PeerProtocolError as exc:  # e.g. a bad resume chunk list: tell the receiver why
+        await _send_error(channel, f"protocol error: {exc}")
+        raise
     except LinkClosedError as exc:
         raise TransferInterruptedError(f"link lost while sending: {exc}") from exc
 
