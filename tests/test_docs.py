@@ -82,6 +82,9 @@ TRANSFER_MESSAGES = [
     protocol.FileEnd(0, b""),
     protocol.Done(),
     protocol.ErrorMessage("r"),
+    protocol.HashRequest((0,)),
+    protocol.Hashes(((0, bytes(32)),)),
+    protocol.Wait(),
 ]
 
 
