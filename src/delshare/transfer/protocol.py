@@ -83,6 +83,7 @@ __all__ = [
     "Offer",
     "Reject",
     "ResumeOffer",
+    "Timeouts",
     "Wait",
     "decode_message",
     "encode_message",
@@ -106,6 +107,15 @@ MIN_CHUNK, MAX_CHUNK = 64 << 10, 64 << 20
 MAX_MESSAGE = MAX_OFFER_BYTES
 _DISCARD_LIMIT = 2 * MAX_MESSAGE  # read and dropped of an oversized message before giving up
 _MORE, _LAST = b"+", b"."
+
+
+@dataclass(frozen=True, slots=True)
+class Timeouts:
+    """``stall``: seconds the data phase may move nothing; ``wait``: seconds any wait for the
+    peer's next message may last without a record from it."""
+
+    stall: float = STALL_TIMEOUT
+    wait: float = PEER_TIMEOUT
 
 
 def peer_timeout() -> float:

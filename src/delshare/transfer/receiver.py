@@ -68,6 +68,7 @@ from delshare.transfer.protocol import (
     Offer,
     Reject,
     ResumeOffer,
+    Timeouts,
     keepalive,
     keepalive_interval,
     peer_timeout,
@@ -185,10 +186,10 @@ async def receive_files(
                 await asyncio.get_running_loop().run_in_executor(pool, _make_dirs, targets)
                 await send_message(channel, _accept_for(targets, verify))
                 progress = ProgressThrottle(progress_cb)
+                timeouts = Timeouts(stall_timeout, timeout)
                 session = _ReceiveSession(
-                    channel, pool, hash_pool, targets, progress, overwrite, verify
+                    channel, pool, hash_pool, targets, progress, overwrite, verify, timeouts
                 )
-                session.timeouts = (stall_timeout, timeout)  # data stall, wait for a message
                 return await session.run()
     except LinkClosedError as exc:
         raise TransferInterruptedError(f"link lost while receiving: {exc}") from exc
@@ -486,9 +487,10 @@ class _ReceiveSession:
         progress: ProgressThrottle,
         overwrite: bool,
         verify: bool,
+        timeouts: Timeouts,
     ) -> None:
         self._channel = channel
-        self.timeouts = (STALL_TIMEOUT, STALL_TIMEOUT)
+        self.timeouts = timeouts
         self._pool = pool
         self._hash_pool = hash_pool
         self._targets = targets
@@ -527,7 +529,7 @@ class _ReceiveSession:
         order = [t for t in self._targets if t.entry.kind == "file" and not t.skip]
         position = 0
         while True:
-            message = await recv_message(self._channel, self.timeouts[1], "the next file")
+            message = await recv_message(self._channel, self.timeouts.wait, "the next file")
             if isinstance(message, FileBegin) and position < len(order):
                 if message.index != order[position].index:
                     raise PeerProtocolError(f"file {message.index} out of order")
@@ -600,7 +602,7 @@ class _ReceiveSession:
         return _expect_end(message, target, offset)
 
     async def _recv_into(self, buffer: memoryview) -> tuple[RecordKind, int]:
-        stall = self.timeouts[0]
+        stall = self.timeouts.stall
         try:
             async with asyncio.timeout(stall):
                 return await self._channel.recv_into(buffer)

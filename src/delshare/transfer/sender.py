@@ -44,6 +44,7 @@ from delshare.transfer.protocol import (
     Offer,
     Reject,
     ResumeOffer,
+    Timeouts,
     Wait,
     keepalive,
     keepalive_interval,
@@ -95,9 +96,14 @@ async def send_files(
             await send_message(channel, Offer(manifest.manifest, chunk))
             accept = await _negotiate(channel, manifest, reader, timeout)
             session = _SendSession(
-                channel, manifest, accept, chunk, reader, progress_cb, stall_timeout
+                channel,
+                manifest,
+                accept,
+                chunk,
+                reader,
+                progress_cb,
+                Timeouts(stall_timeout, timeout),
             )
-            session.wait_timeout = timeout
             return await session.run()
     except PeerProtocolError as exc:  # e.g. a bad resume chunk list: tell the receiver why
         await _send_error(channel, f"protocol error: {exc}")
@@ -180,7 +186,7 @@ class _SendSession:
         chunk: int,
         reader: concurrent.futures.Executor,
         progress_cb: ProgressCallback | None,
-        stall_timeout: float,
+        timeouts: Timeouts,
     ) -> None:
         self._channel = channel
         self._built = manifest
@@ -198,8 +204,8 @@ class _SendSession:
         self._total_done = 0
         self._bytes_sent = 0
         self._resumed_at: dict[int, int] = {}
-        self._stall_timeout = stall_timeout
-        self.wait_timeout = STALL_TIMEOUT
+        self._stall_timeout = timeouts.stall
+        self.wait_timeout = timeouts.wait
         self._peer: asyncio.Task[Message] | None = None
         self._heard = 0.0
 
