@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,7 @@ from hypothesis import strategies as st
 
 from delshare.transfer.errors import ManifestError, UnsafePathError
 from delshare.transfer.manifest import (
+    Destinations,
     Entry,
     Manifest,
     build_manifest,
@@ -50,10 +52,21 @@ HOSTILE = [
 ]
 
 
+def _one_offer(out: Path, rel: str) -> Path:
+    return Destinations(out)(rel)
+
+
+RESOLVERS = pytest.mark.parametrize(
+    "resolve", [safe_destination, _one_offer], ids=["safe_destination", "Destinations"]
+)
+Resolve = Callable[[Path, str], Path]
+
+
+@RESOLVERS
 @pytest.mark.parametrize("name", HOSTILE)
-def test_hostile_names_are_refused(tmp_path: Path, name: str) -> None:
+def test_hostile_names_are_refused(tmp_path: Path, name: str, resolve: Resolve) -> None:
     with pytest.raises(UnsafePathError):
-        safe_destination(tmp_path, name)
+        resolve(tmp_path, name)
 
 
 @pytest.mark.parametrize(
@@ -70,31 +83,45 @@ def test_hostile_names_are_refused(tmp_path: Path, name: str) -> None:
         "\u0645\u06cc\u200c\u062e\u0648\u0627\u0647\u0645",
     ],
 )
-def test_ordinary_names_are_accepted(tmp_path: Path, name: str) -> None:
-    assert safe_destination(tmp_path, name) == tmp_path.resolve().joinpath(*name.split("/"))
+@RESOLVERS
+def test_ordinary_names_are_accepted(tmp_path: Path, name: str, resolve: Resolve) -> None:
+    assert resolve(tmp_path, name) == tmp_path.resolve().joinpath(*name.split("/"))
 
 
-def test_path_through_existing_symlink_is_refused(tmp_path: Path) -> None:
+@RESOLVERS
+def test_path_through_existing_symlink_is_refused(tmp_path: Path, resolve: Resolve) -> None:
     out, outside = tmp_path / "out", tmp_path / "outside"
-    out.mkdir()
+    (out / "real" / "deep").mkdir(parents=True)
     outside.mkdir()
     (out / "link").symlink_to(outside)
-    with pytest.raises(UnsafePathError):
-        safe_destination(out, "link/x")
-    with pytest.raises(UnsafePathError):
-        safe_destination(out, "link")
+    (out / "real" / "deep" / "link").symlink_to(outside)
+    for rel in ("link/x", "link", "real/deep/link/x/y", "real/deep/link"):
+        with pytest.raises(UnsafePathError):
+            resolve(out, rel)
 
 
-def test_path_through_a_file_is_refused(tmp_path: Path) -> None:
+def test_one_offers_destinations_remember_checked_folders(tmp_path: Path) -> None:
+    (tmp_path / "a" / "b").mkdir(parents=True)
+    dest = Destinations(tmp_path)
+    assert dest("a/b/c") == tmp_path.resolve() / "a" / "b" / "c"
+    assert dest.folder_exists("a/b") and not dest.folder_exists("a/new")
+    (tmp_path / "x").symlink_to(tmp_path / "a")
+    with pytest.raises(UnsafePathError):  # first seen now: checked now
+        dest("x/b/c")
+
+
+@RESOLVERS
+def test_path_through_a_file_is_refused(tmp_path: Path, resolve: Resolve) -> None:
     (tmp_path / "f").write_text("x")
     with pytest.raises(UnsafePathError):
-        safe_destination(tmp_path, "f/x")
+        resolve(tmp_path, "f/x")
 
 
-def test_output_dir_may_itself_be_a_symlink(tmp_path: Path) -> None:
+@RESOLVERS
+def test_output_dir_may_itself_be_a_symlink(tmp_path: Path, resolve: Resolve) -> None:
     (tmp_path / "real").mkdir()
     (tmp_path / "alias").symlink_to(tmp_path / "real")
-    assert safe_destination(tmp_path / "alias", "x") == (tmp_path / "real" / "x").resolve()
+    assert resolve(tmp_path / "alias", "x") == (tmp_path / "real" / "x").resolve()
 
 
 component = st.one_of(
@@ -116,7 +143,10 @@ def test_safe_destination_never_leaves_output_dir(
     try:
         result = safe_destination(out, rel)
     except UnsafePathError:
+        with pytest.raises(UnsafePathError):
+            Destinations(out)(rel)
         return
+    assert Destinations(out)(rel) == result
     root = os.path.realpath(out)
     assert os.path.commonpath([root, os.path.realpath(result)]) == root
     assert result != Path(root)
