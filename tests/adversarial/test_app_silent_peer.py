@@ -20,7 +20,10 @@ from pathlib import Path
 import pytest
 
 from delshare.link.records import RecordChannel
+from delshare.transfer.errors import PeerTimeoutError
+from delshare.transfer.manifest import BuiltManifest, Entry, Manifest
 from delshare.transfer.protocol import Accept, Offer, recv_message, send_message
+from delshare.transfer.sender import send_files
 from tests.adversarial.conftest import scaled
 from tests.adversarial.hostile_peer import (
     Script,
@@ -31,6 +34,7 @@ from tests.adversarial.hostile_peer import (
     start_cli,
 )
 from tests.app.harness import DELSHARE, RelayProcess, env_for, start_relay_process, stop
+from tests.transfer.conftest import channel_pair
 
 HOLD = 30.0
 
@@ -150,3 +154,17 @@ def test_a_user_slower_than_the_timeout_at_the_prompt_is_not_a_silent_peer(
         sent = finish_cli(sender)
     assert (received[0], sent[0]) == (0, 0), (received, sent)
     assert (out / "small.txt").read_text() == "hello\n"
+
+
+async def test_a_big_offer_to_a_receiver_that_reads_nothing_gives_up(tmp_path: Path) -> None:
+    """~16 MiB of file list, more than the socket buffers hold; the receiver never reads."""
+    names = [f"{n:06d}-{'x' * 240}" for n in range(65_000)]
+    entries = tuple(Entry(name, "file", 1) for name in names)
+    built = BuiltManifest(Manifest(entries), tuple(tmp_path / name for name in names))
+    sender, receiver = await channel_pair()
+    try:
+        with pytest.raises(PeerTimeoutError, match="the peer read nothing for 1 s"):
+            await asyncio.wait_for(send_files(sender, built, wait_timeout=1), HOLD)
+    finally:
+        sender.abort()
+        receiver.abort()

@@ -423,10 +423,29 @@ def write_message(channel: RecordChannel, message: Message) -> None:
         channel.write(payload, RecordKind.CONTROL)
 
 
-async def send_message(channel: RecordChannel, message: Message) -> None:
-    """Send one control message."""
+async def send_message(
+    channel: RecordChannel, message: Message, timeout: float | None = None
+) -> None:
+    """Send one control message; PeerTimeoutError if the peer reads none of what waits to be
+    sent for ``timeout`` seconds (default :func:`peer_timeout`): a big offer to a receiver that
+    stopped reading would otherwise wait for buffer room forever."""
     write_message(channel, message)
-    await channel.drain()
+    await _drain(channel, peer_timeout() if timeout is None else timeout)
+
+
+async def _drain(channel: RecordChannel, timeout: float) -> None:
+    transport = channel.writer.transport
+    while True:
+        queued = transport.get_write_buffer_size()
+        try:
+            async with asyncio.timeout(timeout):
+                await channel.drain()
+            return
+        except TimeoutError:
+            if transport.get_write_buffer_size() >= queued:  # not a byte taken meanwhile
+                raise PeerTimeoutError(
+                    f"the peer read nothing for {timeout:g} s of a message to it"
+                ) from None
 
 
 async def recv_message(

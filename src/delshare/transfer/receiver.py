@@ -184,7 +184,7 @@ async def receive_files(
                     await _reject(channel, "declined by the receiver")
                     raise DeclinedError("offer declined")
                 await asyncio.get_running_loop().run_in_executor(pool, _make_dirs, targets)
-                await send_message(channel, _accept_for(targets, verify))
+                await send_message(channel, _accept_for(targets, verify), timeout)
                 progress = ProgressThrottle(progress_cb)
                 timeouts = Timeouts(stall_timeout, timeout)
                 session = _ReceiveSession(
@@ -292,7 +292,7 @@ async def _same_content(
     if not candidates:
         return frozenset()
     indexes = tuple(sorted(candidates))
-    await send_message(channel, HashRequest(indexes))
+    await send_message(channel, HashRequest(indexes), timeout)
     loop = asyncio.get_running_loop()
     local = loop.run_in_executor(pool, _hash_all, [candidates[i] for i in indexes])
     try:
@@ -508,7 +508,7 @@ class _ReceiveSession:
             await asyncio.get_running_loop().run_in_executor(
                 self._pool, _finish_dirs, self._targets
             )
-            await send_message(self._channel, Done())
+            await send_message(self._channel, Done(), self.timeouts.wait)
         except (IntegrityError, PeerProtocolError, LocalIOError) as exc:
             await _abort(self._channel, str(exc))
             raise

@@ -93,7 +93,7 @@ async def send_files(
     timeout = peer_timeout() if wait_timeout is None else wait_timeout
     try:
         with concurrent.futures.ThreadPoolExecutor(1, "delshare-read") as reader:
-            await send_message(channel, Offer(manifest.manifest, chunk))
+            await send_message(channel, Offer(manifest.manifest, chunk), timeout)
             accept = await _negotiate(channel, manifest, reader, timeout)
             session = _SendSession(
                 channel,
@@ -132,7 +132,7 @@ async def _negotiate(
                 if isinstance(exc, OSError):
                     raise SourceChangedError(f"cannot read source: {exc}") from exc
                 raise
-        await send_message(channel, Hashes(tuple(zip(indexes, digests, strict=True))))
+        await send_message(channel, Hashes(tuple(zip(indexes, digests, strict=True))), timeout)
         reply = await recv_message(channel, timeout, waiting_for)
     return _expect_accept(reply, manifest)
 
@@ -230,7 +230,7 @@ class _SendSession:
                     continue
                 await self._send_file(index, entry)
                 sent += 1
-            await send_message(self._channel, Done())
+            await send_message(self._channel, Done(), self.wait_timeout)
             await self._expect_done()
         except (SourceChangedError, OSError) as exc:
             await self._abort(str(exc))
@@ -278,12 +278,12 @@ class _SendSession:
             _check_unchanged(f, entry, source.name)
             whole = new_hasher()
             offset = await self._resume_offset(f, index, entry, whole)
-            await send_message(self._channel, FileBegin(index, offset))
+            await send_message(self._channel, FileBegin(index, offset), self.wait_timeout)
             self._total_done += offset
             await self._pump(f, index, entry, offset, whole)
             _check_unchanged(f, entry, source.name)
         digest = whole.digest() if self._verify else b""
-        await send_message(self._channel, FileEnd(index, digest))
+        await send_message(self._channel, FileEnd(index, digest), self.wait_timeout)
         self._progress.update(index, entry.size, self._total_done, final=True)
 
     async def _resume_offset(self, f: IO[bytes], index: int, entry: Entry, whole: Hasher) -> int:
