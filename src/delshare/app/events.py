@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 __all__ = [
+    "SAME_CONTENT",
     "CodeAllocated",
     "Event",
     "FileSkipped",
@@ -97,6 +98,10 @@ class FileVerified:
     name: str
     size: int
     blake3: str
+
+
+SAME_CONTENT = "already there, same content"
+"""``FileSkipped.reason`` for a file whose BLAKE3 content the receiver already had."""
 
 
 @dataclass(frozen=True, slots=True)

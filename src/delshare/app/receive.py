@@ -16,6 +16,7 @@ from delshare.app.common import (
 )
 from delshare.app.connect import Connection, connect_peer, pair_and_gather
 from delshare.app.events import (
+    SAME_CONTENT,
     FileSkipped,
     NoticeIssued,
     OfferReceived,
@@ -36,7 +37,6 @@ from delshare.transfer.manifest import Manifest, display_name
 from delshare.transfer.receiver import AskOverwrite, ReceiveStats, receive_files
 
 __all__ = [
-    "SAME_CONTENT",
     "Ask",
     "AskOverwrite",
     "ReceiveOptions",
@@ -45,7 +45,6 @@ __all__ = [
     "run_receive",
 ]
 
-SAME_CONTENT = "already there, same content"
 Ask = Callable[[OfferReceived], Awaitable[bool]]
 """Asks the user whether to accept an offer (not called with ``--yes``)."""
 

@@ -14,6 +14,7 @@ from delshare.app.common import (
 )
 from delshare.app.connect import Connection, connect_peer, pair_and_gather
 from delshare.app.events import (
+    SAME_CONTENT,
     CodeAllocated,
     FileSkipped,
     FileVerified,
@@ -126,7 +127,7 @@ async def send_over(connection: Connection, built: BuiltManifest, report: Report
     begin = time.monotonic()
     stats = await send_files(channel, built, progress_reporter(report))
     for index in stats.skipped:
-        report(FileSkipped(display_name(entries[index].path), "already there, same content"))
+        report(FileSkipped(display_name(entries[index].path), SAME_CONTENT))
     report_hashes(built.manifest, hashes, report)
     manifest = built.manifest
     report(
