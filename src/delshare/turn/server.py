@@ -21,6 +21,7 @@ import secrets
 import struct
 from collections import Counter
 from collections.abc import Callable
+from typing import NoReturn
 
 from delshare.errors import StunDecodeError, StunProtocolError
 from delshare.stun.attributes import Address
@@ -95,8 +96,11 @@ class TurnServer:
 
     def __init__(self, config: ServerConfig, nonce_key: bytes | None = None) -> None:
         self.config = config
-        self.auth = Authenticator(config.auth, nonce_key or secrets.token_bytes(32))
-        self.peer_filter = PeerFilter(config.allow_peers)
+        self._nonce_key = nonce_key or secrets.token_bytes(32)
+        self.auth = Authenticator(config.auth, self._nonce_key)
+        self.peer_filter = PeerFilter(config.allow_peers, config.deny_peers)
+        self.draining = False
+        self._alternate_turn = itertools.count()
         self.allocations: dict[FiveTuple, Allocation] = {}
         self.connections: dict[int, TcpConnection] = {}
         self._bound = 0  # connections in BOUND, so the pending count is O(1)
@@ -119,6 +123,21 @@ class TurnServer:
         }
 
     # -- outputs and timers ----------------------------------------------------------------------
+
+    def reconfigure(self, config: ServerConfig) -> None:
+        """Apply new policy (SIGHUP): users, secret, limits, peer rules, alternates.
+
+        Live allocations keep their relays and permissions; the nonce key stays, so nonces
+        handed out before stay valid (a changed realm makes clients re-authenticate).
+        """
+        self.config = config
+        self.auth = Authenticator(config.auth, self._nonce_key)
+        self.peer_filter = PeerFilter(config.allow_peers, config.deny_peers)
+        self._rate = RateLimiter(config.request_rate, config.request_burst)
+
+    def start_draining(self) -> None:
+        """Stop taking allocations: redirect them to an alternate (300) or refuse them (508)."""
+        self.draining = True
 
     def next_outputs(self) -> list[Output]:
         """Commands and events queued since the last call, in order."""
@@ -259,6 +278,8 @@ class TurnServer:
         existing = self.allocations.get(five)
         if existing is not None:
             return self._allocate_again(existing, msg)
+        if self.draining:
+            self._try_alternate(five, "Insufficient Capacity (draining)")
         transport = self._requested_transport(five, msg)
         token = msg.get(Attr.RESERVATION_TOKEN)
         even = msg.get(Attr.EVEN_PORT)
@@ -266,7 +287,7 @@ class TurnServer:
         if token is not None and (even is not None or requested_family is not None):
             raise StunProtocolError(400, "RESERVATION-TOKEN with EVEN-PORT or address family")
         family = self._relay_family(five, requested_family)
-        self._check_allocation_quota(creds.username, five.client[0])
+        self._check_allocation_quota(creds.username, five)
         reserved = self._take_reservation(token, now) if isinstance(token, bytes) else None
         if reserved is not None:
             family = reserved.family
@@ -304,7 +325,8 @@ class TurnServer:
         transport = msg.get_int(Attr.REQUESTED_TRANSPORT)
         if transport is None:
             raise StunProtocolError(400, "Missing REQUESTED-TRANSPORT")
-        if transport not in (PROTO_UDP, PROTO_TCP):
+        offered = {PROTO_UDP: self.config.udp_relays, PROTO_TCP: self.config.tcp_relays}
+        if not offered.get(transport, False):
             raise StunProtocolError(442, "Unsupported Transport Protocol")
         if transport == PROTO_TCP:
             if not five.stream:
@@ -326,13 +348,27 @@ class TurnServer:
             raise StunProtocolError(440, "Address Family not Supported")
         return family
 
-    def _check_allocation_quota(self, username: str, client_ip: str) -> None:
+    def _check_allocation_quota(self, username: str, five: FiveTuple) -> None:
+        client_ip = five.client[0]
         if self._per_user[username] >= self.config.max_allocations_per_user:
             raise StunProtocolError(486, "Allocation Quota Reached")
         if self._per_ip[client_ip] >= self.config.max_allocations_per_ip:
             raise StunProtocolError(486, "Allocation Quota Reached for this address")
         if len(self.allocations) >= self.config.max_allocations:
-            raise StunProtocolError(508, "Insufficient Capacity")
+            self._try_alternate(five, "Insufficient Capacity")
+
+    def _try_alternate(self, five: FiveTuple, reason: str) -> NoReturn:
+        """300 Try Alternate with ALTERNATE-SERVER (RFC 8489 §10, §14.15; RFC 8656 §7.2), else 508.
+
+        Alternates are taken in turn among those of the client's address family (§14.15: the
+        family must match the request's source address).
+        """
+        family = ip_family(five.client[0])
+        choices = [a for a in self.config.alternate_servers if ip_family(a[0]) == family]
+        if not choices:
+            raise StunProtocolError(508, reason)
+        alternate = choices[next(self._alternate_turn) % len(choices)]
+        raise Refused(300, "Try Alternate", (Attr.ALTERNATE_SERVER, alternate))
 
     def _take_reservation(self, token: bytes, now: float) -> Reservation:
         found = self._reservations.pop(token, None)
@@ -380,8 +416,12 @@ class TurnServer:
         )
 
     def _advertised_ip(self, family: int, bound_ip: str) -> str:
-        configured = self.config.relay_ip if family == 4 else self.config.relay_ip6
-        return configured or bound_ip
+        """coturn's external-ip: the PUBLIC mapped to the bound address, else the family's
+        unmapped PUBLIC, else the bound address itself (RFC 8656 §7.2 XOR-RELAYED-ADDRESS)."""
+        external = self.config.external_ips
+        mapped = [public for public, private in external if private == canonical_ip(bound_ip)]
+        general = [p for p, private in external if private is None and ip_family(p) == family]
+        return (mapped or general or [bound_ip])[0]
 
     def _reserve(self, address: Address, family: int, now: float) -> bytes:
         token = secrets.token_bytes(8)
