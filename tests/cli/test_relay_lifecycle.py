@@ -12,7 +12,10 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import shutil
 import signal
+import socket
+import ssl
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -30,6 +33,7 @@ from tests.app.harness import (
 )
 from tests.support.ports import free_port
 from tests.support.relay_process import RelayProcess, start_relay_process
+from tests.support.tlscert import make_self_signed
 
 SIZE_MIB = int(os.environ.get("DELSHARE_LIFECYCLE_MIB", "64"))
 HOST = "127.0.0.1"
@@ -240,3 +244,41 @@ def test_a_bad_config_on_sighup_keeps_the_old_one(tmp_path: Path) -> None:
         node.wait_for("keeping the old configuration", count=2)
         assert _login(port, TURN_PASSWORD)
         assert node.process.poll() is None
+
+
+def _served_certificate(port: int) -> bytes:
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    with (
+        socket.create_connection((HOST, port), timeout=10) as raw,
+        context.wrap_socket(raw) as tls,
+    ):
+        der = tls.getpeercert(binary_form=True)
+    assert der is not None
+    return der
+
+
+def test_sighup_reloads_the_certificate_and_a_bad_one_keeps_the_old(tmp_path: Path) -> None:
+    live = make_self_signed(tmp_path / "live")
+    config = tmp_path / "relay.toml"
+    tls_port = free_port("tcp")
+    config.write_text(
+        f'tls-listen = ["{HOST}:{tls_port}"]\ncert = "{live.cert}"\nkey = "{live.key}"\n'
+    )
+    args = ["--config", str(config), "--listen", f"{HOST}:0", "--no-rendezvous"]
+    node = start_relay_process(args, tmp_path / "node.log", ready="TURN listening on tls")
+    with relays(node):
+        first = _served_certificate(tls_port)
+        renewed = make_self_signed(tmp_path / "renewed")
+        shutil.copy(renewed.cert, live.cert)
+        shutil.copy(renewed.key, live.key)
+        node.signal(signal.SIGHUP)
+        node.wait_for("reloaded ")
+        second = _served_certificate(tls_port)
+        assert second != first
+        live.key.write_text("not a key")
+        node.signal(signal.SIGHUP)
+        log = node.wait_for("keeping the old configuration")
+        assert "certificate" in log
+        assert _served_certificate(tls_port) == second
