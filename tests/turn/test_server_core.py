@@ -15,6 +15,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from delshare.stun.constants import (
+    FAMILY_IPV4,
+    FAMILY_IPV6,
     PASSWORD_ALGORITHM_MD5,
     PASSWORD_ALGORITHM_SHA256,
     PROTO_TCP,
@@ -98,7 +100,8 @@ class Client:
                 out.append(item)
                 if isinstance(item, OpenRelay):
                     self.relay_port += 2
-                    bound = item.reserved or ("127.0.0.1", self.relay_port)
+                    host = "::1" if item.family == 6 else "127.0.0.1"
+                    bound = item.reserved or (host, self.relay_port)
                     reserve = (bound[0], bound[1] + 1) if item.reserve_next else None
                     self.server.relay_opened(item.alloc_id, bound, now, reserve)
         self.outputs += out
@@ -501,6 +504,75 @@ def test_denied_peers_are_refused_unless_allowed() -> None:
     allowed = client.request(Method.CREATE_PERMISSION, (Attr.XOR_PEER_ADDRESS, ("198.51.100.8", 1)))
     assert code(denied) == 403
     assert allowed.cls == MessageClass.SUCCESS
+
+
+def test_additional_address_family_gives_a_dual_allocation() -> None:
+    """RFC 8656 §7.2: IPv4 and IPv6 relayed addresses; peers of both families are allowed."""
+    client = Client(make_server(), five())
+    response = client.allocate(
+        (Attr.REQUESTED_TRANSPORT, PROTO_UDP), (Attr.ADDITIONAL_ADDRESS_FAMILY, FAMILY_IPV6)
+    )
+    relayed = response.get_all(Attr.XOR_RELAYED_ADDRESS)
+    assert [ip for ip, _ in relayed] == ["127.0.0.1", "::1"]
+    assert not response.has(Attr.ADDRESS_ERROR_CODE)
+    both = client.request(
+        Method.CREATE_PERMISSION,
+        (Attr.XOR_PEER_ADDRESS, ("127.0.0.1", 1)),
+        (Attr.XOR_PEER_ADDRESS, ("::1", 1)),
+    )
+    assert both.cls == MessageClass.SUCCESS
+    refresh6 = client.request(Method.REFRESH, (Attr.REQUESTED_ADDRESS_FAMILY, FAMILY_IPV6))
+    assert refresh6.cls == MessageClass.SUCCESS
+
+
+def test_additional_address_family_without_ipv6_relays_gives_address_error_code() -> None:
+    client = Client(make_server(ipv6_relays=False), five())
+    response = client.allocate(
+        (Attr.REQUESTED_TRANSPORT, PROTO_UDP), (Attr.ADDITIONAL_ADDRESS_FAMILY, FAMILY_IPV6)
+    )
+    assert len(response.get_all(Attr.XOR_RELAYED_ADDRESS)) == 1
+    assert response.get(Attr.ADDRESS_ERROR_CODE) == (
+        FAMILY_IPV6,
+        440,
+        "Address Family not Supported",
+    )
+    v6 = client.request(Method.CREATE_PERMISSION, (Attr.XOR_PEER_ADDRESS, ("::1", 1)))
+    assert code(v6) == 443
+
+
+def test_adapter_failing_the_second_family_gives_address_error_code() -> None:
+    server = make_server()
+    client = Client(server, five())
+    assert code(client.request(Method.REFRESH)) == 437  # learns the nonce
+    msg = client.build(
+        Method.ALLOCATE,
+        [(Attr.REQUESTED_TRANSPORT, PROTO_UDP), (Attr.ADDITIONAL_ADDRESS_FAMILY, FAMILY_IPV6)],
+    )
+    server.receive(client.five, msg.encode(client.key, fingerprint=True), T0)
+    opens = [o for o in server.next_outputs() if isinstance(o, OpenRelay)]
+    assert [o.family for o in opens] == [4, 6]
+    server.relay_opened(opens[0].alloc_id, ("127.0.0.1", 50000), T0)
+    assert not [o for o in server.next_outputs() if isinstance(o, SendToClient)]  # waits for v6
+    server.relay_failed(opens[1].alloc_id, T0, 508, "no IPv6 port", family=6)
+    answers = [o for o in server.next_outputs() if isinstance(o, SendToClient)]
+    response = decode_message(answers[0].data)
+    assert response.cls == MessageClass.SUCCESS
+    assert response.get(Attr.ADDRESS_ERROR_CODE) == (FAMILY_IPV6, 508, "no IPv6 port")
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        [(Attr.ADDITIONAL_ADDRESS_FAMILY, FAMILY_IPV4)],
+        [
+            (Attr.ADDITIONAL_ADDRESS_FAMILY, FAMILY_IPV6),
+            (Attr.REQUESTED_ADDRESS_FAMILY, FAMILY_IPV4),
+        ],
+    ],
+)
+def test_bad_additional_address_family_is_400(extra: list[tuple[int, object]]) -> None:
+    client = Client(make_server(), five())
+    assert code(client.allocate((Attr.REQUESTED_TRANSPORT, PROTO_UDP), *extra)) == 400
 
 
 def test_relay_port_exhaustion_is_508() -> None:

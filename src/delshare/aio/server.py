@@ -133,6 +133,7 @@ class RelayServer:
         self._servers: list[asyncio.Server] = []
         self._clients: dict[FiveTuple, ClientConnection] = {}
         self._relays: dict[int, _Relay] = {}
+        self._extra_relays: dict[int, _Relay] = {}  # dual allocations' second (IPv6) relays
         self._links: dict[int, _PeerLink] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._timer: asyncio.TimerHandle | None = None
@@ -441,6 +442,8 @@ class RelayServer:
             self._send_to_client(out)
         elif isinstance(out, SendToPeer):
             relay = self._relays.get(out.alloc_id)
+            if relay is not None and (":" in out.peer[0]) != (":" in relay.bind_address[0]):
+                relay = self._extra_relays.get(out.alloc_id)
             if relay is not None and relay.udp is not None:
                 relay.udp.sendto(out.data, out.peer)
                 self.bytes_relayed += len(out.data)
@@ -510,17 +513,18 @@ class RelayServer:
             host = out.reserved[0] if out.reserved else self._relay_host(out)
         except (OSError, ValueError) as exc:  # no route back to the client
             log.warning("no relay address for %s: %s", out.five.client[0], exc)
-            self.core.relay_failed(out.alloc_id, now)
+            self.core.relay_failed(out.alloc_id, now, family=out.family)
             return
         if host is None:
-            self.core.relay_failed(out.alloc_id, now, 440, "Address Family not Supported")
+            reason = "Address Family not Supported"
+            self.core.relay_failed(out.alloc_id, now, 440, reason, family=out.family)
             return
         kind = socket.SOCK_STREAM if out.transport == PROTO_TCP else socket.SOCK_DGRAM
         try:
             sock, held = self._bind_relay(out, host, kind)
         except OSError as exc:
             log.warning("cannot open a relay on %s: %s", host, exc)
-            self.core.relay_failed(out.alloc_id, now)
+            self.core.relay_failed(out.alloc_id, now, family=out.family)
             return
         bound: Address = sock.getsockname()[:2]
         relay = _Relay(out.alloc_id, bound)
@@ -533,7 +537,10 @@ class RelayServer:
                 set_dont_fragment(sock)
             handler = self._peer_datagram_handler(out.alloc_id)
             relay.udp = UdpEndpoint(self._loop, sock, handler, self._flush)
-        self._relays[out.alloc_id] = relay
+        if out.alloc_id in self._relays:  # RFC 8656 §7.2 dual allocation: the second family
+            self._extra_relays[out.alloc_id] = relay
+        else:
+            self._relays[out.alloc_id] = relay
         reserved = (host, bound[1] + 1) if held is not None else None
         self.core.relay_opened(out.alloc_id, bound, now, reserved)
 
@@ -556,9 +563,14 @@ class RelayServer:
         return on_datagram
 
     def _close_relay(self, alloc_id: int) -> None:
+        extra = self._extra_relays.pop(alloc_id, None)
+        if extra is not None:
+            self._close_one_relay(extra)
         relay = self._relays.pop(alloc_id, None)
-        if relay is None:
-            return
+        if relay is not None:
+            self._close_one_relay(relay)
+
+    def _close_one_relay(self, relay: _Relay) -> None:
         if relay.udp is not None:
             relay.udp.close()
         if relay.accept_task is not None:

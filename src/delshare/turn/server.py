@@ -287,6 +287,7 @@ class TurnServer:
         if token is not None and (even is not None or requested_family is not None):
             raise StunProtocolError(400, "RESERVATION-TOKEN with EVEN-PORT or address family")
         family = self._relay_family(five, requested_family)
+        extra_family = self._additional_family(msg, requested_family, token)
         self._check_allocation_quota(creds.username, five)
         reserved = self._take_reservation(token, now) if isinstance(token, bytes) else None
         if reserved is not None:
@@ -311,7 +312,36 @@ class TurnServer:
                 dont_fragment=msg.has(Attr.DONT_FRAGMENT),
             )
         )
+        if extra_family is not None:
+            self._open_extra_relay(alloc, extra_family, msg)
         return None
+
+    def _additional_family(
+        self, msg: Message, requested_family: int | None, token: object
+    ) -> int | None:
+        """RFC 8656 §7.2 ADDITIONAL-ADDRESS-FAMILY: IPv6 beside IPv4, never with
+        REQUESTED-ADDRESS-FAMILY or RESERVATION-TOKEN (400)."""
+        additional = msg.get_int(Attr.ADDITIONAL_ADDRESS_FAMILY)
+        if additional is None:
+            return None
+        if requested_family is not None or token is not None or additional != FAMILY_IPV6:
+            raise StunProtocolError(400, "Bad ADDITIONAL-ADDRESS-FAMILY")
+        return 6
+
+    def _open_extra_relay(self, alloc: Allocation, family: int, msg: Message) -> None:
+        """Ask for the second relayed address, or note why there is none (ADDRESS-ERROR-CODE)."""
+        alloc.extra_family = family
+        if alloc.transport != PROTO_UDP:
+            alloc.extra_error = (FAMILY_IPV6, 440, "Dual allocation only for UDP")
+        elif not self.config.ipv6_relays:
+            alloc.extra_error = (FAMILY_IPV6, 440, "Address Family not Supported")
+        else:
+            dont_fragment = msg.has(Attr.DONT_FRAGMENT)
+            self._outputs.append(
+                OpenRelay(
+                    alloc.id, alloc.five, alloc.transport, family, dont_fragment=dont_fragment
+                )
+            )
 
     def _allocate_again(self, existing: Allocation, msg: Message) -> Message | None:
         """A retransmitted Allocate gets the same answer; any other gets 437 (RFC 8656 §7.2)."""
@@ -387,24 +417,42 @@ class TurnServer:
     def relay_opened(
         self, alloc_id: int, bound: Address, now: float, reserved_next: Address | None = None
     ) -> None:
-        """The adapter bound the relayed socket at ``bound``; answer the Allocate."""
+        """The adapter bound a relayed socket at ``bound``; answer the Allocate once all are."""
         alloc = self._by_id.get(alloc_id)
         if alloc is None or alloc.state != AllocationState.OPENING:
             self._outputs.append(CloseRelay(alloc_id))
             if reserved_next is not None:
                 self._outputs.append(ReleaseReservation(reserved_next))
             return
-        alloc.relayed = (self._advertised_ip(alloc.family, bound[0]), bound[1])
+        if self._is_extra(alloc, ip_family(bound[0])):
+            assert alloc.extra_family is not None
+            alloc.extra_relayed = (self._advertised_ip(alloc.extra_family, bound[0]), bound[1])
+        else:
+            alloc.relayed = (self._advertised_ip(alloc.family, bound[0]), bound[1])
+            alloc.relay_ready = True
+            alloc.reserved_next = reserved_next
+        if not alloc.awaiting_relays:
+            self._answer_allocate(alloc, now)
+
+    def _is_extra(self, alloc: Allocation, family: int | None) -> bool:
+        """Whether an adapter outcome is about the dual allocation's second address."""
+        pending = alloc.extra_relayed is None and alloc.extra_error is None
+        return pending and family is not None and family == alloc.extra_family
+
+    def _answer_allocate(self, alloc: Allocation, now: float) -> None:
+        """Success with the relayed address(es) (RFC 8656 §7.2, §18.12 ADDRESS-ERROR-CODE)."""
         alloc.state = AllocationState.ACTIVE
         alloc.expires = now + alloc.lifetime
         self._at(alloc.expires, "alloc", alloc.id)
-        attrs: list[tuple[int, object]] = [
-            (Attr.XOR_RELAYED_ADDRESS, alloc.relayed),
-            (Attr.LIFETIME, alloc.lifetime),
-            (Attr.XOR_MAPPED_ADDRESS, alloc.five.client),
-        ]
-        if reserved_next is not None:
-            attrs.append((Attr.RESERVATION_TOKEN, self._reserve(reserved_next, alloc.family, now)))
+        attrs: list[tuple[int, object]] = [(Attr.XOR_RELAYED_ADDRESS, alloc.relayed)]
+        if alloc.extra_relayed is not None:
+            attrs.append((Attr.XOR_RELAYED_ADDRESS, alloc.extra_relayed))
+        attrs += [(Attr.LIFETIME, alloc.lifetime), (Attr.XOR_MAPPED_ADDRESS, alloc.five.client)]
+        if alloc.reserved_next is not None:
+            token = self._reserve(alloc.reserved_next, alloc.family, now)
+            attrs.append((Attr.RESERVATION_TOKEN, token))
+        if alloc.extra_error is not None:
+            attrs.append((Attr.ADDRESS_ERROR_CODE, alloc.extra_error))
         response = success_response(alloc.request, *attrs)
         alloc.allocate_response = self._encode(alloc.request, response, alloc.creds)
         self._outputs.append(SendToClient(alloc.five, alloc.allocate_response))
@@ -430,13 +478,29 @@ class TurnServer:
         self._at(expires, "resv", token)
         return token
 
-    def relay_failed(self, alloc_id: int, now: float, code: int = 508, reason: str = "") -> None:
-        """The adapter could not bind a relayed socket: 508 (RFC 8656 §7.2) or ``code``."""
+    def relay_failed(
+        self,
+        alloc_id: int,
+        now: float,
+        code: int = 508,
+        reason: str = "",
+        family: int | None = None,
+    ) -> None:
+        """The adapter could not bind a relayed socket (of IP version ``family``): 508
+        (RFC 8656 §7.2) or ``code``; for a dual allocation's second address, ADDRESS-ERROR-CODE."""
         alloc = self._by_id.get(alloc_id)
         if alloc is None or alloc.state != AllocationState.OPENING:
             return
+        reason = reason or "Insufficient Capacity"
+        if self._is_extra(alloc, family):
+            alloc.extra_error = (FAMILY_IPV6, code, reason)
+            if not alloc.awaiting_relays:
+                self._answer_allocate(alloc, now)
+            return
         self._forget_allocation(alloc)
-        response = error_response(alloc.request, code, reason or "Insufficient Capacity")
+        if alloc.relay_ready or alloc.extra_relayed is not None:
+            self._outputs.append(CloseRelay(alloc.id))
+        response = error_response(alloc.request, code, reason)
         self._respond(alloc.five, alloc.request, response, alloc.creds)
 
     # -- Refresh, CreatePermission, ChannelBind (RFC 8656 §7.3, §9, §11) ------------------------
@@ -453,7 +517,7 @@ class TurnServer:
     def _refresh(self, five: FiveTuple, msg: Message, creds: Credentials, now: float) -> Message:
         alloc = self._active(five, creds)
         requested_family = msg.get_int(Attr.REQUESTED_ADDRESS_FAMILY)
-        if requested_family is not None and _FAMILIES.get(requested_family) != alloc.family:
+        if requested_family is not None and _FAMILIES.get(requested_family) not in alloc.families:
             raise StunProtocolError(443, "Peer Address Family Mismatch")
         if msg.get_int(Attr.LIFETIME) == 0:
             self._delete_allocation(alloc, "refreshed to 0")
@@ -470,7 +534,7 @@ class TurnServer:
             family = ip_family(peer[0])
         except ValueError as exc:
             raise StunProtocolError(400, "Bad peer address") from exc
-        if family != alloc.family:
+        if family not in alloc.families:
             raise StunProtocolError(443, "Peer Address Family Mismatch")
         if not self.peer_filter.allowed(peer[0]):
             raise StunProtocolError(403, "Forbidden peer address")
