@@ -32,6 +32,7 @@ from delshare.turn.auth import AuthConfig
 from delshare.turn.server import TurnServer
 from delshare.turn.server_types import (
     TCP,
+    TLS,
     UDP,
     AllocationDeleted,
     BindDataConnection,
@@ -473,6 +474,14 @@ def test_draining_without_alternate_is_508() -> None:
     server = make_server(alternate_servers=(("2001:db8::9", 3478),))  # none of the client's family
     server.start_draining()
     assert code(Client(server, five()).allocate()) == 508
+
+
+def test_draining_over_tls_is_508_not_a_redirect() -> None:
+    """A TLS client cannot follow ALTERNATE-SERVER without ALTERNATE-DOMAIN (RFC 8489 §10)."""
+    server = make_server(alternate_servers=(("198.51.100.9", 3478),))
+    server.start_draining()
+    assert code(Client(server, five(TLS)).allocate()) == 508
+    assert code(Client(server, five(TCP, port=2)).allocate()) == 300
 
 
 def test_relay_transports_can_be_switched_off() -> None:

@@ -598,9 +598,10 @@ def _reload(
             return settings
     restart += [
         setting_key(name)
-        for name in ("rendezvous_listen", "rendezvous_redis", "no_turn", "no_rendezvous")
+        for name in ("rendezvous_listen", "rendezvous_redis", "no_turn", "no_rendezvous", "pidfile")
         if getattr(new, name) != getattr(settings, name)
     ]
+    logging.getLogger().setLevel(logging.DEBUG if new.verbose else logging.INFO)
     changed = changes(settings, new)
     log.info("reloaded %s: %s", loader.path, "; ".join(changed) or "nothing changed")
     if restart:

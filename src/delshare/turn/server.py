@@ -52,6 +52,7 @@ from delshare.turn.server_state import (
     ip_family,
 )
 from delshare.turn.server_types import (
+    TLS,
     AllocationCreated,
     AllocationDeleted,
     AllocationRefreshed,
@@ -391,11 +392,12 @@ class TurnServer:
         """300 Try Alternate with ALTERNATE-SERVER (RFC 8489 §10, §14.15; RFC 8656 §7.2), else 508.
 
         Alternates are taken in turn among those of the client's address family (§14.15: the
-        family must match the request's source address).
+        family must match the request's source address). Over TLS a redirect would need
+        ALTERNATE-DOMAIN and a TLS port (§10; coturn's tls-alternate-server): 508 instead.
         """
         family = ip_family(five.client[0])
         choices = [a for a in self.config.alternate_servers if ip_family(a[0]) == family]
-        if not choices:
+        if not choices or five.transport == TLS:
             raise StunProtocolError(508, reason)
         alternate = choices[next(self._alternate_turn) % len(choices)]
         raise Refused(300, "Try Alternate", (Attr.ALTERNATE_SERVER, alternate))
