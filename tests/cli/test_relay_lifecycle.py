@@ -119,9 +119,11 @@ def live_transfer(
         transfer.kill()
 
 
-async def _allocate(port: int, password: str = TURN_PASSWORD) -> tuple[str, int]:
+async def _allocate(
+    port: int, password: str = TURN_PASSWORD, user: str = TURN_USER
+) -> tuple[str, int]:
     """A TCP allocation at ``port`` (following a 300); the server that finally answered."""
-    client = await connect_turn(f"turn:{HOST}:{port}?transport=tcp", TURN_USER, password)
+    client = await connect_turn(f"turn:{HOST}:{port}?transport=tcp", user, password)
     try:
         await client.allocate_tcp()
         return client.server_address
@@ -194,9 +196,9 @@ def _write_config(path: Path, password: str, extra: str = "") -> None:
     path.write_text(f'user = ["{TURN_USER}:{password}"]\nallow-peer = ["127.0.0.0/8"]\n{extra}')
 
 
-def _login(port: int, password: str) -> bool:
+def _login(port: int, password: str, user: str = TURN_USER) -> bool:
     try:
-        asyncio.run(_allocate(port, password))
+        asyncio.run(_allocate(port, password, user))
     except AuthenticationError:
         return False
     return True
@@ -282,3 +284,23 @@ def test_sighup_reloads_the_certificate_and_a_bad_one_keeps_the_old(tmp_path: Pa
         log = node.wait_for("keeping the old configuration")
         assert "certificate" in log
         assert _served_certificate(tls_port) == second
+
+
+def test_sighup_names_what_needs_a_restart(tmp_path: Path) -> None:
+    config = tmp_path / "relay.toml"
+    port, other = free_port("both"), free_port("both")
+    config.write_text(f'listen = ["{HOST}:{port}"]\nrendezvous-listen = "{HOST}:0"\n')
+    node = start_relay_process(["--config", str(config)], tmp_path / "node.log")
+    with relays(node):
+        node.wait_for("rendezvous listening")
+        config.write_text(
+            f'listen = ["{HOST}:{other}"]\nrendezvous-listen = "{HOST}:0"\n'
+            "rendezvous-max-mailboxes = 5\nmax-lifetime = 900\n"
+        )
+        node.signal(signal.SIGHUP)
+        log = node.wait_for("kept until a restart")
+        kept = next(line for line in log.splitlines() if "kept until a restart" in line)
+        assert "listen" in kept and "rendezvous-max-mailboxes" in kept
+        assert "max-lifetime" not in kept  # applied at once
+        assert "max-lifetime 3600 -> 900" in log
+        assert _login(port, "del", user="del")  # the demo user, still where it listened

@@ -596,10 +596,12 @@ def _reload(
         except (OSError, ValueError) as exc:
             log.error("reload of %s failed, keeping the old configuration: %s", loader.path, exc)
             return settings
+    kept = ("no_turn", "no_rendezvous", "pidfile", "max_bps", "bps_capacity", "log_file")
     restart += [
         setting_key(name)
-        for name in ("rendezvous_listen", "rendezvous_redis", "no_turn", "no_rendezvous", "pidfile")
-        if getattr(new, name) != getattr(settings, name)
+        for name in new.names()
+        if (name.startswith("rendezvous_") or name in kept)
+        and new.value(name) != settings.value(name)
     ]
     logging.getLogger().setLevel(logging.DEBUG if new.verbose else logging.INFO)
     changed = changes(settings, new)
