@@ -48,6 +48,13 @@ def test_help_documents_every_flag() -> None:
         ("--min-port", "70000"),
         ("--tls-listen", "127.0.0.1:5349"),
         ("--no-turn", "--no-rendezvous"),
+        ("--relay-ip", "notanip"),
+        ("--relay-ip6", "1.2.3.4"),
+        ("--external-ip", "203.0.113.1/notanip"),
+        ("--external-ip", "203.0.113.1/2001:db8::1"),
+        ("--alternate-server", "relay.example:3478"),
+        ("--listen", "localhost:3478"),
+        ("--config", "/nonexistent/relay.toml"),
     ],
 )
 def test_bad_flags_give_one_line_and_exit_2(args: tuple[str, ...]) -> None:

@@ -15,6 +15,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from delshare.stun.constants import (
+    FAMILY_IPV4,
+    FAMILY_IPV6,
     PASSWORD_ALGORITHM_MD5,
     PASSWORD_ALGORITHM_SHA256,
     PROTO_TCP,
@@ -30,6 +32,7 @@ from delshare.turn.auth import AuthConfig
 from delshare.turn.server import TurnServer
 from delshare.turn.server_types import (
     TCP,
+    TLS,
     UDP,
     AllocationDeleted,
     BindDataConnection,
@@ -98,7 +101,8 @@ class Client:
                 out.append(item)
                 if isinstance(item, OpenRelay):
                     self.relay_port += 2
-                    bound = item.reserved or ("127.0.0.1", self.relay_port)
+                    host = "::1" if item.family == 6 else "127.0.0.1"
+                    bound = item.reserved or (host, self.relay_port)
                     reserve = (bound[0], bound[1] + 1) if item.reserve_next else None
                     self.server.relay_opened(item.alloc_id, bound, now, reserve)
         self.outputs += out
@@ -315,10 +319,27 @@ def test_allocate_success_has_relayed_mapped_and_lifetime() -> None:
     assert response.get_int(Attr.LIFETIME) == 600  # below the default → default
 
 
-def test_relay_ip_is_advertised() -> None:
-    client = Client(make_server(relay_ip="198.51.100.7"), five())
+def test_external_ip_is_advertised() -> None:
+    client = Client(make_server(external_ips=(("198.51.100.7", None),)), five())
     relayed = client.allocate().get_address(Attr.XOR_RELAYED_ADDRESS)
     assert relayed == ("198.51.100.7", client.relay_port)
+
+
+def test_external_ip_with_private_maps_only_its_relay_address() -> None:
+    """coturn's PUBLIC/PRIVATE: advertised for relays bound on PRIVATE, others as bound."""
+    mapped = Client(make_server(external_ips=(("198.51.100.7", "127.0.0.1"),)), five())
+    other = Client(make_server(external_ips=(("198.51.100.7", "10.9.9.9"),)), five())
+    assert mapped.allocate().get_address(Attr.XOR_RELAYED_ADDRESS) == (
+        "198.51.100.7",
+        mapped.relay_port,
+    )
+    assert other.allocate().get_address(Attr.XOR_RELAYED_ADDRESS) == ("127.0.0.1", other.relay_port)
+
+
+def test_external_ip_of_the_other_family_is_not_advertised() -> None:
+    client = Client(make_server(external_ips=(("2001:db8::7", None),)), five())
+    relayed = client.allocate().get_address(Attr.XOR_RELAYED_ADDRESS)
+    assert relayed == ("127.0.0.1", client.relay_port)
 
 
 def test_lifetime_is_capped_at_the_maximum() -> None:
@@ -420,6 +441,147 @@ def test_total_quota_is_508() -> None:
     server = make_server(max_allocations=1)
     assert code(Client(server, five(port=1)).allocate()) is None
     assert code(Client(server, five(port=2), user="bob").allocate()) == 508
+
+
+def test_full_server_redirects_to_an_alternate_of_the_client_family() -> None:
+    """RFC 8489 §10, §14.15: 300 + ALTERNATE-SERVER, signed; only same-family alternates."""
+    alternates = (("2001:db8::9", 3478), ("198.51.100.9", 3479), ("198.51.100.10", 3478))
+    server = make_server(max_allocations=1, alternate_servers=alternates)
+    assert Client(server, five()).allocate().cls == MessageClass.SUCCESS
+    picked = []
+    for port in (2, 3, 4):
+        client = Client(server, five(port=port), user="bob")
+        response = client.allocate()
+        assert code(response) == 300
+        assert response.verify_integrity(client.key)
+        picked.append(response.get_address(Attr.ALTERNATE_SERVER))
+    assert picked == [("198.51.100.9", 3479), ("198.51.100.10", 3478), ("198.51.100.9", 3479)]
+
+
+def test_draining_server_redirects_new_allocations_and_keeps_live_ones() -> None:
+    server = make_server(alternate_servers=(("198.51.100.9", 3478),))
+    live = Client(server, five())
+    assert live.allocate().cls == MessageClass.SUCCESS
+    server.start_draining()
+    newcomer = Client(server, five(port=2), user="bob")
+    assert code(newcomer.allocate()) == 300
+    refresh = live.request(Method.REFRESH, (Attr.LIFETIME, 600))
+    assert refresh.cls == MessageClass.SUCCESS  # the live allocation runs on
+    assert code(live.allocate()) == 437  # a new Allocate on the same 5-tuple is still a mismatch
+
+
+def test_draining_without_alternate_is_508() -> None:
+    server = make_server(alternate_servers=(("2001:db8::9", 3478),))  # none of the client's family
+    server.start_draining()
+    assert code(Client(server, five()).allocate()) == 508
+
+
+def test_draining_over_tls_is_508_not_a_redirect() -> None:
+    """A TLS client cannot follow ALTERNATE-SERVER without ALTERNATE-DOMAIN (RFC 8489 §10)."""
+    server = make_server(alternate_servers=(("198.51.100.9", 3478),))
+    server.start_draining()
+    assert code(Client(server, five(TLS)).allocate()) == 508
+    assert code(Client(server, five(TCP, port=2)).allocate()) == 300
+
+
+def test_relay_transports_can_be_switched_off() -> None:
+    no_udp = Client(make_server(udp_relays=False), five(TCP))
+    assert code(no_udp.allocate((Attr.REQUESTED_TRANSPORT, PROTO_UDP))) == 442
+    no_tcp = Client(make_server(tcp_relays=False), five(TCP))
+    assert code(no_tcp.allocate((Attr.REQUESTED_TRANSPORT, PROTO_TCP))) == 442
+    assert no_tcp.allocate((Attr.REQUESTED_TRANSPORT, PROTO_UDP)).cls == MessageClass.SUCCESS
+
+
+def test_reconfigure_changes_passwords_for_new_requests_only() -> None:
+    server = make_server()
+    live = Client(server, five())
+    assert live.allocate().cls == MessageClass.SUCCESS
+    auth = AuthConfig(REALM, {**USERS, "alice": "new-password"}, SECRET, nonce_lifetime=600)
+    server.reconfigure(ServerConfig(auth=auth, allow_peers=("127.0.0.0/8",)))
+    assert server.allocation(1) is not None  # nothing live was touched
+    old = Client(server, five(port=2))
+    assert code(old.allocate()) == 401
+    new = Client(server, five(port=3), password="new-password")
+    assert new.allocate().cls == MessageClass.SUCCESS
+
+
+def test_denied_peers_are_refused_unless_allowed() -> None:
+    server = make_server(deny_peers=("198.51.100.0/24",), allow_peers=("198.51.100.8/32",))
+    client = Client(server, five())
+    client.allocate()
+    denied = client.request(Method.CREATE_PERMISSION, (Attr.XOR_PEER_ADDRESS, ("198.51.100.7", 1)))
+    allowed = client.request(Method.CREATE_PERMISSION, (Attr.XOR_PEER_ADDRESS, ("198.51.100.8", 1)))
+    assert code(denied) == 403
+    assert allowed.cls == MessageClass.SUCCESS
+
+
+def test_additional_address_family_gives_a_dual_allocation() -> None:
+    """RFC 8656 §7.2: IPv4 and IPv6 relayed addresses; peers of both families are allowed."""
+    client = Client(make_server(), five())
+    response = client.allocate(
+        (Attr.REQUESTED_TRANSPORT, PROTO_UDP), (Attr.ADDITIONAL_ADDRESS_FAMILY, FAMILY_IPV6)
+    )
+    relayed = response.get_all(Attr.XOR_RELAYED_ADDRESS)
+    assert [ip for ip, _ in relayed] == ["127.0.0.1", "::1"]
+    assert not response.has(Attr.ADDRESS_ERROR_CODE)
+    both = client.request(
+        Method.CREATE_PERMISSION,
+        (Attr.XOR_PEER_ADDRESS, ("127.0.0.1", 1)),
+        (Attr.XOR_PEER_ADDRESS, ("::1", 1)),
+    )
+    assert both.cls == MessageClass.SUCCESS
+    refresh6 = client.request(Method.REFRESH, (Attr.REQUESTED_ADDRESS_FAMILY, FAMILY_IPV6))
+    assert refresh6.cls == MessageClass.SUCCESS
+
+
+def test_additional_address_family_without_ipv6_relays_gives_address_error_code() -> None:
+    client = Client(make_server(ipv6_relays=False), five())
+    response = client.allocate(
+        (Attr.REQUESTED_TRANSPORT, PROTO_UDP), (Attr.ADDITIONAL_ADDRESS_FAMILY, FAMILY_IPV6)
+    )
+    assert len(response.get_all(Attr.XOR_RELAYED_ADDRESS)) == 1
+    assert response.get(Attr.ADDRESS_ERROR_CODE) == (
+        FAMILY_IPV6,
+        440,
+        "Address Family not Supported",
+    )
+    v6 = client.request(Method.CREATE_PERMISSION, (Attr.XOR_PEER_ADDRESS, ("::1", 1)))
+    assert code(v6) == 443
+
+
+def test_adapter_failing_the_second_family_gives_address_error_code() -> None:
+    server = make_server()
+    client = Client(server, five())
+    assert code(client.request(Method.REFRESH)) == 437  # learns the nonce
+    msg = client.build(
+        Method.ALLOCATE,
+        [(Attr.REQUESTED_TRANSPORT, PROTO_UDP), (Attr.ADDITIONAL_ADDRESS_FAMILY, FAMILY_IPV6)],
+    )
+    server.receive(client.five, msg.encode(client.key, fingerprint=True), T0)
+    opens = [o for o in server.next_outputs() if isinstance(o, OpenRelay)]
+    assert [o.family for o in opens] == [4, 6]
+    server.relay_opened(opens[0].alloc_id, ("127.0.0.1", 50000), T0)
+    assert not [o for o in server.next_outputs() if isinstance(o, SendToClient)]  # waits for v6
+    server.relay_failed(opens[1].alloc_id, T0, 508, "no IPv6 port", family=6)
+    answers = [o for o in server.next_outputs() if isinstance(o, SendToClient)]
+    response = decode_message(answers[0].data)
+    assert response.cls == MessageClass.SUCCESS
+    assert response.get(Attr.ADDRESS_ERROR_CODE) == (FAMILY_IPV6, 508, "no IPv6 port")
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        [(Attr.ADDITIONAL_ADDRESS_FAMILY, FAMILY_IPV4)],
+        [
+            (Attr.ADDITIONAL_ADDRESS_FAMILY, FAMILY_IPV6),
+            (Attr.REQUESTED_ADDRESS_FAMILY, FAMILY_IPV4),
+        ],
+    ],
+)
+def test_bad_additional_address_family_is_400(extra: list[tuple[int, object]]) -> None:
+    client = Client(make_server(), five())
+    assert code(client.allocate((Attr.REQUESTED_TRANSPORT, PROTO_UDP), *extra)) == 400
 
 
 def test_relay_port_exhaustion_is_508() -> None:

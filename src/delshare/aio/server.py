@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import ipaddress
 import logging
 import socket
 import ssl
@@ -29,12 +31,10 @@ from delshare.aio.relay_sockets import (
     PortPool,
     UdpEndpoint,
     allow_port_sharing,
-    family_of,
     is_unspecified,
     new_socket,
     route_source,
     set_dont_fragment,
-    wildcard,
 )
 from delshare.aio.server_conn import ClientConnection
 from delshare.aio.udp_listener import udp_listener
@@ -71,6 +71,9 @@ from delshare.turn.server_types import (
 
 log = logging.getLogger("delshare.relay")
 
+# Destinations whose route gives a host's main address of a family; a route lookup sends nothing.
+_ROUTE_PROBE = {4: "192.0.2.1", 6: "2001:db8::1"}  # RFC 5737, RFC 3849 documentation addresses
+
 
 @dataclass(frozen=True)
 class RelayConfig:
@@ -86,6 +89,9 @@ class RelayConfig:
     optional_listen: tuple[Address, ...] = field(default=())  # tried, skipped if unavailable
     metrics_listen: Address | None = None  # Prometheus exporter
     idle_timeout: float = 120.0  # close TCP/TLS connections idle this long without allocation
+    relay_ips: tuple[str, ...] = ()  # coturn's relay-ip: local addresses relays bind to
+    udp: bool = True  # UDP listeners on ``listen``
+    tcp: bool = True  # TCP listeners on ``listen``
 
 
 @dataclass
@@ -127,11 +133,15 @@ class RelayServer:
         self._servers: list[asyncio.Server] = []
         self._clients: dict[FiveTuple, ClientConnection] = {}
         self._relays: dict[int, _Relay] = {}
+        self._extra_relays: dict[int, _Relay] = {}  # dual allocations' second (IPv6) relays
         self._links: dict[int, _PeerLink] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         self._closed = False
+        self._tls: ssl.SSLContext | None = None
+        self._idle = asyncio.Event()
+        self._relay_turn = 0
 
     # -- start and stop ---------------------------------------------------------------------------
 
@@ -157,29 +167,81 @@ class RelayServer:
         """UDP and TCP on the same port; port 0 picks one free for both (a few tries)."""
         for attempt in range(16):
             try:
-                tcp, udp = _bind_pair(host, port)
+                tcp, udp = _bind_pair(host, port, self.config.tcp, self.config.udp)
                 break
             except OSError:
                 if port != 0 or attempt == 15:
                     raise
-        bound: Address = tcp.getsockname()[:2]
-        self._tcp_listeners.append(tcp)
-        endpoint = udp_listener(self._loop, udp, self._client_datagram_handler(bound), self._flush)
-        self._udp_listeners[bound] = endpoint
-        self._spawn(self._accept_loop(tcp))
-        self.addresses += [(UDP, bound), (TCP, bound)]
+        some = tcp or udp
+        assert some is not None
+        bound: Address = some.getsockname()[:2]
+        if udp is not None:
+            handler = self._client_datagram_handler(bound)
+            self._udp_listeners[bound] = udp_listener(self._loop, udp, handler, self._flush)
+            self.addresses.append((UDP, bound))
+        if tcp is not None:
+            self._tcp_listeners.append(tcp)
+            self._spawn(self._accept_loop(tcp))
+            self.addresses.append((TCP, bound))
 
     async def _listen_tls(self, host: str, port: int) -> None:
         if not self.config.cert or not self.config.key:
             raise ValueError("--tls-listen needs --cert and --key")
-        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        context.load_cert_chain(self.config.cert, self.config.key)
+        if self._tls is None:
+            self._tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            self._tls.load_cert_chain(self.config.cert, self.config.key)
+        context = self._tls
         server = await asyncio.start_server(
             self._on_tls_client, host, port, ssl=context, reuse_address=True
         )
         self._servers.append(server)
         for sock in server.sockets:
             self.addresses.append((TLS, sock.getsockname()[:2]))
+
+    # -- drain and reload -------------------------------------------------------------------------
+
+    @property
+    def draining(self) -> bool:
+        return self.core.draining
+
+    def start_draining(self) -> None:
+        """New allocations go to an alternate or get 508; listeners stay open for live ones
+        (a new RFC 6062 data connection arrives on them) until ``close``."""
+        self.core.start_draining()
+        self._flush()
+
+    async def wait_idle(self) -> None:
+        """Return once draining and no allocation or peer connection is left."""
+        self._check_idle()
+        await self._idle.wait()
+
+    def _check_idle(self) -> None:
+        if self.core.draining and not self.core.allocations and not self._links:
+            self._idle.set()
+
+    def reconfigure(self, config: RelayConfig) -> list[str]:
+        """Apply a reloaded config to new requests; live relays are untouched.
+
+        Loads a new certificate into the TLS context (new handshakes use it), then swaps the
+        core's policy. Returns the settings that differ but need a restart (listeners, ports).
+        Raises OSError/ValueError (nothing applied) if the certificate cannot be loaded.
+        """
+        if self._tls is not None and config.cert and config.key:
+            probe = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            try:
+                probe.load_cert_chain(config.cert, config.key)
+            except ssl.SSLError as exc:
+                raise ValueError(f"certificate {config.cert}: {exc.reason or exc}") from exc
+            self._tls.load_cert_chain(config.cert, config.key)
+        fixed = ("listen", "optional_listen", "tls_listen", "min_port", "max_port",
+                 "metrics_listen", "relay_ips", "udp", "tcp")  # fmt: skip
+        restart = [name for name in fixed if getattr(config, name) != getattr(self.config, name)]
+        self.config = dataclasses.replace(
+            config, **{name: getattr(self.config, name) for name in fixed}
+        )
+        self.core.reconfigure(config.server)
+        self._flush()
+        return restart
 
     async def close(self) -> None:
         """Delete every allocation and close every socket."""
@@ -372,12 +434,16 @@ class RelayServer:
             for output in outputs:
                 self._execute(output)
         self._arm_timer()
+        if self.core.draining:
+            self._check_idle()
 
     def _execute(self, out: Output) -> None:
         if isinstance(out, SendToClient):
             self._send_to_client(out)
         elif isinstance(out, SendToPeer):
             relay = self._relays.get(out.alloc_id)
+            if relay is not None and (":" in out.peer[0]) != (":" in relay.bind_address[0]):
+                relay = self._extra_relays.get(out.alloc_id)
             if relay is not None and relay.udp is not None:
                 relay.udp.sendto(out.data, out.peer)
                 self.bytes_relayed += len(out.data)
@@ -409,31 +475,56 @@ class RelayServer:
             client.write(out.data)
 
     def _relay_host(self, out: OpenRelay) -> str | None:
-        """Bind relays on the address the client reached (RFC 8656 §7.2), or the routed one."""
+        """The local address to bind the relay on (RFC 8656 §7.2), None if there is none.
+
+        A configured relay address of the family (coturn's relay-ip; the one the client reached
+        if it is one, else taken in turn); without one, the address the client reached (or the
+        routed one for a wildcard listener) when the family matches; for the other family (an
+        IPv6 client gets IPv4 by default) a local address of that family.
+        """
         server_host, client_host = out.five.server[0], out.five.client[0]
-        same_family = (family_of(server_host) == socket.AF_INET6) == (out.family == 6)
-        if same_family:
+        configured = [ip for ip in self.config.relay_ips if _version(ip) == out.family]
+        if configured:
+            if server_host in configured:
+                return server_host
+            self._relay_turn += 1
+            return configured[self._relay_turn % len(configured)]
+        if self.config.relay_ips:
+            return None
+        if _version(server_host) == out.family:
             return route_source(client_host) if is_unspecified(server_host) else server_host
-        configured = self.core.config.relay_ip6 if out.family == 6 else self.core.config.relay_ip
-        return wildcard(out.family) if configured else None
+        return self._other_family_host(out.family, client_host)
+
+    def _other_family_host(self, family: int, client_host: str) -> str | None:
+        """A local address of ``family`` for a client of the other one, None if there is none."""
+        for kind, (host, _port) in self.addresses:
+            if kind != TLS and _version(host) == family and not is_unspecified(host):
+                return host
+        if ipaddress.ip_address(client_host).is_loopback:
+            return "127.0.0.1" if family == 4 else "::1"
+        try:
+            return route_source(_ROUTE_PROBE[family])
+        except OSError:
+            return None
 
     def _open_relay(self, out: OpenRelay) -> None:
         now = time.time()
         try:
             host = out.reserved[0] if out.reserved else self._relay_host(out)
-        except OSError as exc:  # no route back to the client
+        except (OSError, ValueError) as exc:  # no route back to the client
             log.warning("no relay address for %s: %s", out.five.client[0], exc)
-            self.core.relay_failed(out.alloc_id, now)
+            self.core.relay_failed(out.alloc_id, now, family=out.family)
             return
         if host is None:
-            self.core.relay_failed(out.alloc_id, now, 440, "Address Family not Supported")
+            reason = "Address Family not Supported"
+            self.core.relay_failed(out.alloc_id, now, 440, reason, family=out.family)
             return
         kind = socket.SOCK_STREAM if out.transport == PROTO_TCP else socket.SOCK_DGRAM
         try:
             sock, held = self._bind_relay(out, host, kind)
         except OSError as exc:
             log.warning("cannot open a relay on %s: %s", host, exc)
-            self.core.relay_failed(out.alloc_id, now)
+            self.core.relay_failed(out.alloc_id, now, family=out.family)
             return
         bound: Address = sock.getsockname()[:2]
         relay = _Relay(out.alloc_id, bound)
@@ -446,7 +537,10 @@ class RelayServer:
                 set_dont_fragment(sock)
             handler = self._peer_datagram_handler(out.alloc_id)
             relay.udp = UdpEndpoint(self._loop, sock, handler, self._flush)
-        self._relays[out.alloc_id] = relay
+        if out.alloc_id in self._relays:  # RFC 8656 §7.2 dual allocation: the second family
+            self._extra_relays[out.alloc_id] = relay
+        else:
+            self._relays[out.alloc_id] = relay
         reserved = (host, bound[1] + 1) if held is not None else None
         self.core.relay_opened(out.alloc_id, bound, now, reserved)
 
@@ -469,9 +563,14 @@ class RelayServer:
         return on_datagram
 
     def _close_relay(self, alloc_id: int) -> None:
+        extra = self._extra_relays.pop(alloc_id, None)
+        if extra is not None:
+            self._close_one_relay(extra)
         relay = self._relays.pop(alloc_id, None)
-        if relay is None:
-            return
+        if relay is not None:
+            self._close_one_relay(relay)
+
+    def _close_one_relay(self, relay: _Relay) -> None:
         if relay.udp is not None:
             relay.udp.close()
         if relay.accept_task is not None:
@@ -526,21 +625,31 @@ class RelayServer:
         self._flush()
 
 
-def _bind_pair(host: str, port: int) -> tuple[socket.socket, socket.socket]:
-    """A listening TCP socket and a UDP socket on the same address."""
-    tcp = new_socket(host, socket.SOCK_STREAM)
-    udp = new_socket(host, socket.SOCK_DGRAM)
+def _bind_pair(
+    host: str, port: int, tcp_on: bool = True, udp_on: bool = True
+) -> tuple[socket.socket | None, socket.socket | None]:
+    """A listening TCP socket and a UDP socket on the same address (either may be off)."""
+    tcp = new_socket(host, socket.SOCK_STREAM) if tcp_on else None
+    udp = new_socket(host, socket.SOCK_DGRAM) if udp_on else None
     try:
-        tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        tcp.bind((host, port))
-        udp.bind(tcp.getsockname()[:2])
-        tcp.listen(512)
-        tcp.setblocking(False)
+        if tcp is not None:
+            tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            tcp.bind((host, port))
+            port = tcp.getsockname()[1]
+            tcp.listen(512)
+            tcp.setblocking(False)
+        if udp is not None:
+            udp.bind((host, port))
     except OSError:
-        tcp.close()
-        udp.close()
+        for sock in (tcp, udp):
+            if sock is not None:
+                sock.close()
         raise
     return tcp, udp
+
+
+def _version(host: str) -> int:
+    return 6 if ":" in host else 4
 
 
 def _log_event(event: Output) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import socket
 import ssl as _ssl
 import sys
 import time
@@ -89,11 +90,16 @@ class Checker:
         allocation, took = await self.step("allocate", client.allocate_tcp)
         self.report("allocate", took, f"relayed {format_address(*allocation.relayed_address)}")
         ips = list(dict.fromkeys([reflexive[0], client.local_address[0]]))
+        own_ip = reflexive[0]
+        relayed_ip = allocation.relayed_address[0]
+        if (":" in relayed_ip) != (":" in own_ip):  # RFC 8656 §7.2: IPv4 relay for IPv6 client
+            own_ip = _route_source(relayed_ip)
+            ips = [own_ip]
         _, took = await self.step("permission", lambda: allocation.permit(*ips))
         self.report("permission", took, ", ".join(ips))
         pair, took = await self.step("incoming", lambda: self.incoming(allocation))
         self.report("incoming", took, "peer → relayed address → ConnectionBind")
-        await self.run_outgoing(allocation, reflexive[0])
+        await self.run_outgoing(allocation, own_ip)
         await self.run_throughput(*pair)
 
     async def incoming(self, allocation: TcpAllocation) -> tuple[asyncio.StreamWriter, Stream]:
@@ -138,6 +144,14 @@ async def _echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
         pass
     finally:
         writer.close()
+
+
+def _route_source(ip: str) -> str:
+    """Our address towards ``ip`` (a route lookup; nothing is sent): the peers' side of a relay
+    of the other address family."""
+    with socket.socket(socket.AF_INET6 if ":" in ip else socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.connect((ip, 9))
+        return str(s.getsockname()[0])
 
 
 async def _probe(allocation: TcpAllocation, peer: Address) -> None:

@@ -4,7 +4,8 @@ A relay that connects anywhere is an open proxy into its own network. By default
 routable unicast addresses are allowed: loopback, RFC 1918, 100.64/10, link-local (incl.
 169.254.169.254), unique-local, multicast, reserved, documentation and unspecified addresses are
 refused, and so are IPv4-mapped, IPv4-compatible, NAT64 and 6to4 forms of them
-(coturn CVE-2020-26262 was a loopback bypass through ``0.0.0.0``/``::``). ``allow`` opens ranges.
+(coturn CVE-2020-26262 was a loopback bypass through ``0.0.0.0``/``::``). ``allow`` opens ranges;
+``deny`` closes more (coturn's denied-peer-ip; as in coturn, ``allow`` wins over ``deny``).
 """
 
 from __future__ import annotations
@@ -40,13 +41,18 @@ def embedded_ipv4(ip: IPAddress) -> ipaddress.IPv4Address | None:
 class PeerFilter:
     """Decide whether a peer IP may be relayed to or accepted from."""
 
-    def __init__(self, allow: Iterable[str | IPNetwork] = ()) -> None:
+    def __init__(
+        self, allow: Iterable[str | IPNetwork] = (), deny: Iterable[str | IPNetwork] = ()
+    ) -> None:
         self.allow: list[IPNetwork] = [
             parse_cidr(item) if isinstance(item, str) else item for item in allow
         ]
+        self.deny: list[IPNetwork] = [
+            parse_cidr(item) if isinstance(item, str) else item for item in deny
+        ]
 
     def _allowed_by_flag(self, ip: IPAddress) -> bool:
-        return any(ip.version == net.version and ip in net for net in self.allow)
+        return _inside(ip, self.allow)
 
     def allowed(self, host: str) -> bool:
         """True when ``host`` is a global unicast address or inside an ``allow`` range."""
@@ -57,9 +63,15 @@ class PeerFilter:
         inner = embedded_ipv4(ip)
         if self._allowed_by_flag(ip) or (inner is not None and self._allowed_by_flag(inner)):
             return True
+        if _inside(ip, self.deny) or (inner is not None and _inside(inner, self.deny)):
+            return False
         if inner is not None:
             return _is_public(inner)
         return _is_public(ip)
+
+
+def _inside(ip: IPAddress, networks: list[IPNetwork]) -> bool:
+    return any(ip.version == net.version and ip in net for net in networks)
 
 
 def _is_public(ip: IPAddress) -> bool:

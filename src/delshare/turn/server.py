@@ -21,6 +21,7 @@ import secrets
 import struct
 from collections import Counter
 from collections.abc import Callable
+from typing import NoReturn
 
 from delshare.errors import StunDecodeError, StunProtocolError
 from delshare.stun.attributes import Address
@@ -51,6 +52,7 @@ from delshare.turn.server_state import (
     ip_family,
 )
 from delshare.turn.server_types import (
+    TLS,
     AllocationCreated,
     AllocationDeleted,
     AllocationRefreshed,
@@ -95,8 +97,11 @@ class TurnServer:
 
     def __init__(self, config: ServerConfig, nonce_key: bytes | None = None) -> None:
         self.config = config
-        self.auth = Authenticator(config.auth, nonce_key or secrets.token_bytes(32))
-        self.peer_filter = PeerFilter(config.allow_peers)
+        self._nonce_key = nonce_key or secrets.token_bytes(32)
+        self.auth = Authenticator(config.auth, self._nonce_key)
+        self.peer_filter = PeerFilter(config.allow_peers, config.deny_peers)
+        self.draining = False
+        self._alternate_turn = itertools.count()
         self.allocations: dict[FiveTuple, Allocation] = {}
         self.connections: dict[int, TcpConnection] = {}
         self._bound = 0  # connections in BOUND, so the pending count is O(1)
@@ -119,6 +124,21 @@ class TurnServer:
         }
 
     # -- outputs and timers ----------------------------------------------------------------------
+
+    def reconfigure(self, config: ServerConfig) -> None:
+        """Apply new policy (SIGHUP): users, secret, limits, peer rules, alternates.
+
+        Live allocations keep their relays and permissions; the nonce key stays, so nonces
+        handed out before stay valid (a changed realm makes clients re-authenticate).
+        """
+        self.config = config
+        self.auth = Authenticator(config.auth, self._nonce_key)
+        self.peer_filter = PeerFilter(config.allow_peers, config.deny_peers)
+        self._rate = RateLimiter(config.request_rate, config.request_burst)
+
+    def start_draining(self) -> None:
+        """Stop taking allocations: redirect them to an alternate (300) or refuse them (508)."""
+        self.draining = True
 
     def next_outputs(self) -> list[Output]:
         """Commands and events queued since the last call, in order."""
@@ -259,6 +279,8 @@ class TurnServer:
         existing = self.allocations.get(five)
         if existing is not None:
             return self._allocate_again(existing, msg)
+        if self.draining:
+            self._try_alternate(five, "Insufficient Capacity (draining)")
         transport = self._requested_transport(five, msg)
         token = msg.get(Attr.RESERVATION_TOKEN)
         even = msg.get(Attr.EVEN_PORT)
@@ -266,7 +288,8 @@ class TurnServer:
         if token is not None and (even is not None or requested_family is not None):
             raise StunProtocolError(400, "RESERVATION-TOKEN with EVEN-PORT or address family")
         family = self._relay_family(five, requested_family)
-        self._check_allocation_quota(creds.username, five.client[0])
+        extra_family = self._additional_family(msg, requested_family, token)
+        self._check_allocation_quota(creds.username, five)
         reserved = self._take_reservation(token, now) if isinstance(token, bytes) else None
         if reserved is not None:
             family = reserved.family
@@ -290,7 +313,36 @@ class TurnServer:
                 dont_fragment=msg.has(Attr.DONT_FRAGMENT),
             )
         )
+        if extra_family is not None:
+            self._open_extra_relay(alloc, extra_family, msg)
         return None
+
+    def _additional_family(
+        self, msg: Message, requested_family: int | None, token: object
+    ) -> int | None:
+        """RFC 8656 §7.2 ADDITIONAL-ADDRESS-FAMILY: IPv6 beside IPv4, never with
+        REQUESTED-ADDRESS-FAMILY or RESERVATION-TOKEN (400)."""
+        additional = msg.get_int(Attr.ADDITIONAL_ADDRESS_FAMILY)
+        if additional is None:
+            return None
+        if requested_family is not None or token is not None or additional != FAMILY_IPV6:
+            raise StunProtocolError(400, "Bad ADDITIONAL-ADDRESS-FAMILY")
+        return 6
+
+    def _open_extra_relay(self, alloc: Allocation, family: int, msg: Message) -> None:
+        """Ask for the second relayed address, or note why there is none (ADDRESS-ERROR-CODE)."""
+        alloc.extra_family = family
+        if alloc.transport != PROTO_UDP:
+            alloc.extra_error = (FAMILY_IPV6, 440, "Dual allocation only for UDP")
+        elif not self.config.ipv6_relays:
+            alloc.extra_error = (FAMILY_IPV6, 440, "Address Family not Supported")
+        else:
+            dont_fragment = msg.has(Attr.DONT_FRAGMENT)
+            self._outputs.append(
+                OpenRelay(
+                    alloc.id, alloc.five, alloc.transport, family, dont_fragment=dont_fragment
+                )
+            )
 
     def _allocate_again(self, existing: Allocation, msg: Message) -> Message | None:
         """A retransmitted Allocate gets the same answer; any other gets 437 (RFC 8656 §7.2)."""
@@ -304,7 +356,8 @@ class TurnServer:
         transport = msg.get_int(Attr.REQUESTED_TRANSPORT)
         if transport is None:
             raise StunProtocolError(400, "Missing REQUESTED-TRANSPORT")
-        if transport not in (PROTO_UDP, PROTO_TCP):
+        offered = {PROTO_UDP: self.config.udp_relays, PROTO_TCP: self.config.tcp_relays}
+        if not offered.get(transport, False):
             raise StunProtocolError(442, "Unsupported Transport Protocol")
         if transport == PROTO_TCP:
             if not five.stream:
@@ -326,13 +379,28 @@ class TurnServer:
             raise StunProtocolError(440, "Address Family not Supported")
         return family
 
-    def _check_allocation_quota(self, username: str, client_ip: str) -> None:
+    def _check_allocation_quota(self, username: str, five: FiveTuple) -> None:
+        client_ip = five.client[0]
         if self._per_user[username] >= self.config.max_allocations_per_user:
             raise StunProtocolError(486, "Allocation Quota Reached")
         if self._per_ip[client_ip] >= self.config.max_allocations_per_ip:
             raise StunProtocolError(486, "Allocation Quota Reached for this address")
         if len(self.allocations) >= self.config.max_allocations:
-            raise StunProtocolError(508, "Insufficient Capacity")
+            self._try_alternate(five, "Insufficient Capacity")
+
+    def _try_alternate(self, five: FiveTuple, reason: str) -> NoReturn:
+        """300 Try Alternate with ALTERNATE-SERVER (RFC 8489 §10, §14.15; RFC 8656 §7.2), else 508.
+
+        Alternates are taken in turn among those of the client's address family (§14.15: the
+        family must match the request's source address). Over TLS a redirect would need
+        ALTERNATE-DOMAIN and a TLS port (§10; coturn's tls-alternate-server): 508 instead.
+        """
+        family = ip_family(five.client[0])
+        choices = [a for a in self.config.alternate_servers if ip_family(a[0]) == family]
+        if not choices or five.transport == TLS:
+            raise StunProtocolError(508, reason)
+        alternate = choices[next(self._alternate_turn) % len(choices)]
+        raise Refused(300, "Try Alternate", (Attr.ALTERNATE_SERVER, alternate))
 
     def _take_reservation(self, token: bytes, now: float) -> Reservation:
         found = self._reservations.pop(token, None)
@@ -351,24 +419,42 @@ class TurnServer:
     def relay_opened(
         self, alloc_id: int, bound: Address, now: float, reserved_next: Address | None = None
     ) -> None:
-        """The adapter bound the relayed socket at ``bound``; answer the Allocate."""
+        """The adapter bound a relayed socket at ``bound``; answer the Allocate once all are."""
         alloc = self._by_id.get(alloc_id)
         if alloc is None or alloc.state != AllocationState.OPENING:
             self._outputs.append(CloseRelay(alloc_id))
             if reserved_next is not None:
                 self._outputs.append(ReleaseReservation(reserved_next))
             return
-        alloc.relayed = (self._advertised_ip(alloc.family, bound[0]), bound[1])
+        if self._is_extra(alloc, ip_family(bound[0])):
+            assert alloc.extra_family is not None
+            alloc.extra_relayed = (self._advertised_ip(alloc.extra_family, bound[0]), bound[1])
+        else:
+            alloc.relayed = (self._advertised_ip(alloc.family, bound[0]), bound[1])
+            alloc.relay_ready = True
+            alloc.reserved_next = reserved_next
+        if not alloc.awaiting_relays:
+            self._answer_allocate(alloc, now)
+
+    def _is_extra(self, alloc: Allocation, family: int | None) -> bool:
+        """Whether an adapter outcome is about the dual allocation's second address."""
+        pending = alloc.extra_relayed is None and alloc.extra_error is None
+        return pending and family is not None and family == alloc.extra_family
+
+    def _answer_allocate(self, alloc: Allocation, now: float) -> None:
+        """Success with the relayed address(es) (RFC 8656 §7.2, §18.12 ADDRESS-ERROR-CODE)."""
         alloc.state = AllocationState.ACTIVE
         alloc.expires = now + alloc.lifetime
         self._at(alloc.expires, "alloc", alloc.id)
-        attrs: list[tuple[int, object]] = [
-            (Attr.XOR_RELAYED_ADDRESS, alloc.relayed),
-            (Attr.LIFETIME, alloc.lifetime),
-            (Attr.XOR_MAPPED_ADDRESS, alloc.five.client),
-        ]
-        if reserved_next is not None:
-            attrs.append((Attr.RESERVATION_TOKEN, self._reserve(reserved_next, alloc.family, now)))
+        attrs: list[tuple[int, object]] = [(Attr.XOR_RELAYED_ADDRESS, alloc.relayed)]
+        if alloc.extra_relayed is not None:
+            attrs.append((Attr.XOR_RELAYED_ADDRESS, alloc.extra_relayed))
+        attrs += [(Attr.LIFETIME, alloc.lifetime), (Attr.XOR_MAPPED_ADDRESS, alloc.five.client)]
+        if alloc.reserved_next is not None:
+            token = self._reserve(alloc.reserved_next, alloc.family, now)
+            attrs.append((Attr.RESERVATION_TOKEN, token))
+        if alloc.extra_error is not None:
+            attrs.append((Attr.ADDRESS_ERROR_CODE, alloc.extra_error))
         response = success_response(alloc.request, *attrs)
         alloc.allocate_response = self._encode(alloc.request, response, alloc.creds)
         self._outputs.append(SendToClient(alloc.five, alloc.allocate_response))
@@ -380,8 +466,12 @@ class TurnServer:
         )
 
     def _advertised_ip(self, family: int, bound_ip: str) -> str:
-        configured = self.config.relay_ip if family == 4 else self.config.relay_ip6
-        return configured or bound_ip
+        """coturn's external-ip: the PUBLIC mapped to the bound address, else the family's
+        unmapped PUBLIC, else the bound address itself (RFC 8656 §7.2 XOR-RELAYED-ADDRESS)."""
+        external = self.config.external_ips
+        mapped = [public for public, private in external if private == canonical_ip(bound_ip)]
+        general = [p for p, private in external if private is None and ip_family(p) == family]
+        return (mapped or general or [bound_ip])[0]
 
     def _reserve(self, address: Address, family: int, now: float) -> bytes:
         token = secrets.token_bytes(8)
@@ -390,13 +480,29 @@ class TurnServer:
         self._at(expires, "resv", token)
         return token
 
-    def relay_failed(self, alloc_id: int, now: float, code: int = 508, reason: str = "") -> None:
-        """The adapter could not bind a relayed socket: 508 (RFC 8656 §7.2) or ``code``."""
+    def relay_failed(
+        self,
+        alloc_id: int,
+        now: float,
+        code: int = 508,
+        reason: str = "",
+        family: int | None = None,
+    ) -> None:
+        """The adapter could not bind a relayed socket (of IP version ``family``): 508
+        (RFC 8656 §7.2) or ``code``; for a dual allocation's second address, ADDRESS-ERROR-CODE."""
         alloc = self._by_id.get(alloc_id)
         if alloc is None or alloc.state != AllocationState.OPENING:
             return
+        reason = reason or "Insufficient Capacity"
+        if self._is_extra(alloc, family):
+            alloc.extra_error = (FAMILY_IPV6, code, reason)
+            if not alloc.awaiting_relays:
+                self._answer_allocate(alloc, now)
+            return
         self._forget_allocation(alloc)
-        response = error_response(alloc.request, code, reason or "Insufficient Capacity")
+        if alloc.relay_ready or alloc.extra_relayed is not None:
+            self._outputs.append(CloseRelay(alloc.id))
+        response = error_response(alloc.request, code, reason)
         self._respond(alloc.five, alloc.request, response, alloc.creds)
 
     # -- Refresh, CreatePermission, ChannelBind (RFC 8656 §7.3, §9, §11) ------------------------
@@ -413,7 +519,7 @@ class TurnServer:
     def _refresh(self, five: FiveTuple, msg: Message, creds: Credentials, now: float) -> Message:
         alloc = self._active(five, creds)
         requested_family = msg.get_int(Attr.REQUESTED_ADDRESS_FAMILY)
-        if requested_family is not None and _FAMILIES.get(requested_family) != alloc.family:
+        if requested_family is not None and _FAMILIES.get(requested_family) not in alloc.families:
             raise StunProtocolError(443, "Peer Address Family Mismatch")
         if msg.get_int(Attr.LIFETIME) == 0:
             self._delete_allocation(alloc, "refreshed to 0")
@@ -430,7 +536,7 @@ class TurnServer:
             family = ip_family(peer[0])
         except ValueError as exc:
             raise StunProtocolError(400, "Bad peer address") from exc
-        if family != alloc.family:
+        if family not in alloc.families:
             raise StunProtocolError(443, "Peer Address Family Mismatch")
         if not self.peer_filter.allowed(peer[0]):
             raise StunProtocolError(403, "Forbidden peer address")

@@ -78,6 +78,26 @@ class Allocation:
     channels: dict[int, Channel] = field(default_factory=dict)
     peer_channels: dict[Address, int] = field(default_factory=dict)
     connections: set[int] = field(default_factory=set)
+    # RFC 8656 §7.2 dual allocation (ADDITIONAL-ADDRESS-FAMILY): a second relayed address of
+    # ``extra_family`` (IPv6), or the ADDRESS-ERROR-CODE value saying why there is none
+    extra_family: int | None = None
+    extra_relayed: Address | None = None
+    extra_error: tuple[int, int, str] | None = None
+    relay_ready: bool = False  # the first relayed address is open
+    reserved_next: Address | None = None
+
+    @property
+    def families(self) -> tuple[int, ...]:
+        """IP versions of the relayed addresses (two for a dual allocation)."""
+        if self.extra_family is not None and self.extra_relayed is not None:
+            return (self.family, self.extra_family)
+        return (self.family,)
+
+    @property
+    def awaiting_relays(self) -> bool:
+        """Still waiting for the adapter to open a relayed address."""
+        extra_open = self.extra_family is None or self.extra_relayed or self.extra_error
+        return not (self.relay_ready and extra_open)
 
     def has_permission(self, peer_ip: str, now: float) -> bool:
         """RFC 8656 §9: permissions are per IP, port ignored."""

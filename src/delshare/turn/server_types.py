@@ -37,8 +37,13 @@ class ServerConfig:
 
     auth: AuthConfig
     allow_peers: tuple[str, ...] = ()
-    relay_ip: str | None = None  # advertised in XOR-RELAYED-ADDRESS for IPv4 relays
-    relay_ip6: str | None = None  # same for IPv6 relays
+    deny_peers: tuple[str, ...] = ()  # refused besides the default ranges (allow_peers wins)
+    # coturn's external-ip: (PUBLIC, PRIVATE or None) advertised in XOR-RELAYED-ADDRESS for relays
+    # bound on PRIVATE, or (None) for every relay of PUBLIC's family; else the bound address
+    external_ips: tuple[tuple[str, str | None], ...] = ()
+    alternate_servers: tuple[tuple[str, int], ...] = ()  # 300 Try Alternate while draining/full
+    udp_relays: bool = True  # REQUESTED-TRANSPORT UDP allowed (else 442)
+    tcp_relays: bool = True  # RFC 6062 TCP allocations allowed (else 442)
     max_allocations: int = 1000
     max_allocations_per_user: int = 100
     max_allocations_per_ip: int = 500
