@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from delshare.app.connect import LINK_KEY_PURPOSE, PROTOCOL_VERSION
-from delshare.link import records, ticket
+from delshare.link import crypto, ticket
 from delshare.pairing import envelope, lan, pake, wire
 from delshare.transfer import protocol
 from delshare.transfer.manifest import Manifest
@@ -45,7 +45,7 @@ def compact(obj: object) -> str:
 @pytest.mark.parametrize(
     "marker",
     [
-        records.MAGIC.decode(),
+        crypto.MAGIC.decode(),
         LINK_KEY_PURPOSE.decode(),
         pake.APPID.decode(),
         ticket.PREFIX,
@@ -61,7 +61,7 @@ def test_protocol_page_names_the_version_markers(marker: str) -> None:
 
 
 def test_protocol_page_numbers_record_kinds_and_mailbox_phases() -> None:
-    for kind in records.RecordKind:
+    for kind in crypto.RecordKind:
         assert f"`{kind.value}` {kind.name}" in PROTOCOL_DOC
     for phase in envelope.Phase:
         assert f"| `{phase.name}` | `0x{phase.value:02x}` |" in PROTOCOL_DOC

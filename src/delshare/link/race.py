@@ -182,6 +182,8 @@ class _Racer:
     relay_go: asyncio.Event = field(default_factory=asyncio.Event)
     writers: set[asyncio.StreamWriter] = field(default_factory=set)
     own_relayed: set[asyncio.StreamWriter] = field(default_factory=set)
+    channels: set[RecordChannel] = field(default_factory=set)  # handshaken; each owns its socket
+    own_channels: set[RecordChannel] = field(default_factory=set)  # through our own allocation
     tasks: set[asyncio.Task[object]] = field(default_factory=set)
     direct_pending: int = 0
     outgoing: int = 0  # our dials and Connects not yet failed
@@ -317,10 +319,18 @@ class _Racer:
             channel = await handshake(
                 reader, writer, self.config.key, self.config.role, self.config.handshake_timeout
             )
-            path = await self._agree(channel, view)
         except Exception as exc:  # LinkError, OSError, or anything odd: this path failed
             self.errors.append(f"{view.kind} {view.address}: {exc or type(exc).__name__}")
             await abort_stream(writer)
+            return False
+        self.channels.add(channel)
+        if writer in self.own_relayed:
+            self.own_channels.add(channel)
+        try:
+            path = await self._agree(channel, view)
+        except Exception as exc:
+            self.errors.append(f"{view.kind} {view.address}: {exc or type(exc).__name__}")
+            channel.abort()
             return False
         if path.kind == "relay" and self.config.mode == "direct":
             return False
@@ -340,16 +350,15 @@ class _Racer:
         return view.merged(LinkPath.from_wire(chosen.get("path")))
 
     async def finish(self, winner: RecordChannel | None) -> None:
-        """Cancel every attempt and close every stream but the winner's."""
+        """Cancel every attempt and close every stream and channel but the winner."""
         for task in list(self.tasks):
             task.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
         while not self.results.empty():
             self.results.get_nowait()
-        keep = winner.writer if winner is not None else None
-        await asyncio.gather(
-            *(abort_stream(w) for w in self.writers if w is not keep), return_exceptions=True
-        )
+        for channel in self.channels - {winner}:
+            channel.abort()
+        await asyncio.gather(*(abort_stream(w) for w in self.writers), return_exceptions=True)
 
 
 GiveUp = Callable[[], Awaitable[None]]
@@ -382,7 +391,7 @@ async def race(
         raise NoPathError(_no_path_message(racer.errors, config.total_timeout)) from None
     finally:
         await racer.finish(winner)
-    return RacedLink(winner, path, winner.writer in racer.own_relayed)
+    return RacedLink(winner, path, winner in racer.own_channels)
 
 
 _MODE_WORDS = {"any": "", "direct": "direct ", "relay": "relayed "}
