@@ -36,7 +36,14 @@ from delshare.stun.attributes import (
     Address,
     Attribute,
 )
-from delshare.stun.constants import FAMILY_IPV4, FAMILY_IPV6, PROTO_TCP, PROTO_UDP, Method
+from delshare.stun.constants import (
+    FAMILY_IPV4,
+    FAMILY_IPV6,
+    PROTO_TCP,
+    PROTO_UDP,
+    ErrorCode,
+    Method,
+)
 from delshare.stun.credentials import rest_credentials
 from delshare.stun.framing import StreamFramer
 from delshare.stun.message import Message
@@ -253,7 +260,9 @@ class TurnClient:
     async def _allocate(self, protocol: int, lifetime: int | None, family: int | None) -> Message:
         """Allocate, following one 300 Try Alternate to ALTERNATE-SERVER (RFC 8656 §7.4)."""
         if self.allocation is not None and not self.allocation.closed:
-            raise AllocationError("ALLOCATE", 437, "this client already has an allocation")
+            raise AllocationError(
+                "ALLOCATE", ErrorCode.ALLOCATION_MISMATCH, "this client already has an allocation"
+            )
         self._early.clear()
         attrs = [REQUESTED_TRANSPORT(protocol)]
         if lifetime is not None:
