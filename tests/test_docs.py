@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from delshare.app.connect import LINK_KEY_PURPOSE, PROTOCOL_VERSION
-from delshare.link import records, ticket
+from delshare.app.connect import LINK_KEY_PURPOSE
+from delshare.link import crypto, signalling, ticket
 from delshare.pairing import envelope, lan, pake, wire
 from delshare.transfer import protocol
 from delshare.transfer.manifest import Manifest
@@ -45,13 +45,13 @@ def compact(obj: object) -> str:
 @pytest.mark.parametrize(
     "marker",
     [
-        records.MAGIC.decode(),
+        crypto.MAGIC.decode(),
         LINK_KEY_PURPOSE.decode(),
         pake.APPID.decode(),
         ticket.PREFIX,
         f"{lan.GROUP}:{lan.PORT}",
         compact({"del": lan.VERSION}).strip("{}"),
-        compact({"v": PROTOCOL_VERSION}).strip("{}"),
+        compact({"v": signalling.VERSION}).strip("{}"),
         compact({"v": protocol.VERSION}).strip("{}"),
         f"{wire.MAX_FRAME // 1024} KiB",
     ],
@@ -61,7 +61,7 @@ def test_protocol_page_names_the_version_markers(marker: str) -> None:
 
 
 def test_protocol_page_numbers_record_kinds_and_mailbox_phases() -> None:
-    for kind in records.RecordKind:
+    for kind in crypto.RecordKind:
         assert f"`{kind.value}` {kind.name}" in PROTOCOL_DOC
     for phase in envelope.Phase:
         assert f"| `{phase.name}` | `0x{phase.value:02x}` |" in PROTOCOL_DOC
@@ -101,6 +101,23 @@ def test_protocol_page_lists_every_transfer_message(message: protocol.Message) -
     fields = json.loads(protocol.encode_message(message))
     head = compact({"v": fields["v"], "type": fields["type"]}).strip("}")
     assert head in PROTOCOL_DOC
+    for name in fields:
+        assert f'"{name}"' in PROTOCOL_DOC
+
+
+SIGNALS = [
+    signalling.CandidatesOffered("any", ()),
+    signalling.ReflexiveFound(()),
+    signalling.RelayReady(),
+    signalling.AttemptsExhausted(),
+    signalling.SetupFailed("r"),
+]
+
+
+@pytest.mark.parametrize("signal", SIGNALS, ids=lambda m: type(m).__name__)
+def test_protocol_page_lists_every_link_signal(signal: signalling.Signal) -> None:
+    fields = signalling.encode(signal)
+    assert compact({"t": fields["t"], "v": fields["v"]}).strip("}") in PROTOCOL_DOC
     for name in fields:
         assert f'"{name}"' in PROTOCOL_DOC
 

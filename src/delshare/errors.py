@@ -22,12 +22,12 @@ in the module named on the right. The tree (``tests/test_errors.py`` keeps it tr
       PairingError               code, PAKE, rendezvous or ticket failed     errors
         RendezvousRefused        the rendezvous refuses a request (a limit)  pairing.mailbox
       CandidateError             the peer's candidate list is malformed      link.candidates
-      LinkError                  the encrypted link failed                   link.records
-        LinkAuthError            the peer does not know the key              link.records
-        LinkProtocolError        malformed or oversized record               link.records
-        RecordIntegrityError     a record's AEAD tag did not verify          link.records
-        LinkClosedError          the link ended (cleanly or not)             link.records
-        LinkTimeoutError         the handshake took too long                 link.records
+      LinkError                  the encrypted link failed                   link.crypto
+        LinkAuthError            the peer does not know the key              link.crypto
+        LinkProtocolError        malformed or oversized record               link.crypto
+        RecordIntegrityError     a record's AEAD tag did not verify          link.crypto
+        LinkClosedError          the link ended (cleanly or not)             link.crypto
+        LinkTimeoutError         the handshake took too long                 link.crypto
         NoPathError              no raced path authenticated in time         link.race
       TransferError              the file transfer failed or was refused     errors
         ManifestError            the file list cannot be sent or received    transfer.errors

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import contextlib
 import itertools
 import os
 import socket
+import ssl
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -33,6 +36,7 @@ from delshare.link.records import (
     RecordSealer,
     handshake,
 )
+from tests.support.tlscert import make_self_signed
 
 KEY = os.urandom(32)
 Streams = tuple[asyncio.StreamReader, asyncio.StreamWriter]
@@ -249,7 +253,7 @@ async def test_link_sockets_detect_a_silently_dead_peer() -> None:
     """Keepalive probes and a user timeout are set on both ends of the link."""
     a, b = await linked()
     for channel in (a, b):
-        sock = channel.writer.get_extra_info("socket")
+        sock = channel.get_extra_info("socket")
         assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
         assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE) == KEEPALIVE_IDLE
         assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT) == KEEPALIVE_COUNT
@@ -293,3 +297,96 @@ def test_random_bytes_raise_only_link_errors(garbage: bytes) -> None:
     decoder = RecordDecoder(RecordOpener(bytes(32)))
     with contextlib.suppress(LinkProtocolError, RecordIntegrityError):
         decoder.feed(garbage)
+
+
+async def test_records_and_close_behind_the_confirm_then_hang_up() -> None:
+    """Everything the peer sent before hanging up was read by the stream: none of it is lost,
+    and its CLOSE still makes a clean end."""
+    a, b = await stream_pair()
+    reader, writer = a
+
+    async def hasty_peer() -> None:
+        state = Handshake(KEY, "initiator")
+        writer.write(state.hello())
+        confirm = state.receive_hello(await reader.readexactly(HELLO_SIZE))
+        keys = state.receive_confirm(await reader.readexactly(CONFIRM_SIZE))
+        sealer = RecordSealer(keys.send_key)
+        sent = [b"".join(sealer.seal(RecordKind.DATA, bytes([i]) * 100)) for i in range(5)]
+        writer.write(confirm + b"".join(sent) + b"".join(sealer.seal(RecordKind.CLOSE, b"")))
+        writer.close()
+
+    _, channel = await asyncio.gather(hasty_peer(), handshake(*b, KEY, "responder", timeout=10))
+    for i in range(5):
+        assert await channel.recv() == bytes([i]) * 100
+    with pytest.raises(LinkClosedError) as info:
+        await channel.recv()
+    assert info.value.clean
+    await channel.close()
+
+
+async def tls_stream_pair(directory: Path) -> tuple[Streams, Streams]:
+    """A TLS connection on loopback, as a ``turns:`` data connection is."""
+    files = make_self_signed(directory)
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_context.load_cert_chain(files.cert, files.key)
+    client_context = ssl.create_default_context(cafile=str(files.cert))
+    accepted: asyncio.Queue[Streams] = asyncio.Queue()
+
+    async def on_connect(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        await accepted.put((r, w))
+
+    server = await asyncio.start_server(on_connect, "127.0.0.1", 0, ssl=server_context)
+    port = server.sockets[0].getsockname()[1]
+    client = await asyncio.open_connection(
+        "127.0.0.1", port, ssl=client_context, server_hostname="127.0.0.1"
+    )
+    peer = await asyncio.wait_for(accepted.get(), 10)
+    server.close()
+    return client, peer
+
+
+async def test_link_over_tls_streams(tmp_path: Path) -> None:
+    """A TLS stream has no plain socket to hand over: records still flow both ways, in order,
+    big and small, and a CLOSE still ends the link cleanly."""
+    a, b = await tls_stream_pair(tmp_path)
+    x, y = await asyncio.gather(
+        handshake(*a, KEY, "initiator", timeout=10), handshake(*b, KEY, "responder", timeout=10)
+    )
+    payloads = [os.urandom(MAX_PAYLOAD), b"small", os.urandom(70_000)]
+    for payload in payloads:
+        await x.send(payload)
+        await y.send(payload[::-1])
+    for payload in payloads:
+        assert await y.recv() == payload
+        assert await x.recv() == payload[::-1]
+    await x.close()
+    with pytest.raises(LinkClosedError) as info:
+        await y.recv()
+    assert info.value.clean
+    await y.close()
+
+
+@pytest.mark.parametrize("name", ["crypto.py", "records.py"])
+def test_the_link_reads_no_private_attribute_of_another_object(name: str) -> None:
+    """The channel owns its protocol from the start: it never reaches into a StreamReader's
+    buffer or any other object's private state (only ``self``'s and ``cls``'s)."""
+    source = Path(handshake.__code__.co_filename).parent / name
+    tree = ast.parse(source.read_text(encoding="utf-8"))
+    private = [
+        ast.unparse(node)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Attribute)
+        and node.attr.startswith("_")
+        and not node.attr.startswith("__")
+        and not (isinstance(node.value, ast.Name) and node.value.id in ("self", "cls"))
+    ]
+    getattrs = [
+        ast.unparse(node)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Name)
+        and node.func.id in ("getattr", "setattr")
+        and isinstance(node.args[1], ast.Constant)
+        and str(node.args[1].value).startswith("_")
+    ]
+    assert (private, getattrs) == ([], [])

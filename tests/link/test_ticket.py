@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import base64
+import json
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -42,3 +45,34 @@ def test_truncated_ticket_is_refused() -> None:
     text = Ticket((TicketAddress("host", "127.0.0.1", 9),)).encode()
     with pytest.raises(PairingError, match="damaged"):
         parse_ticket(text[:-6])
+
+
+def _ticket(body: object) -> str:
+    raw = json.dumps(body, separators=(",", ":")).encode()
+    return "del1" + base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+KEY = base64.urlsafe_b64encode(bytes(32)).decode().rstrip("=")
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"a": [["host", "192.0.2.1", True]], "k": KEY},  # JSON true is no port
+        {"a": [["host", "192.0.2.1", 0]], "k": KEY},
+        {"a": [["lan", "192.0.2.1", 9]], "k": KEY},
+        {"a": [["host", "192.0.2.1", 9]] * 33, "k": KEY},
+        {"a": [], "k": 7},
+        {"a": {}, "k": KEY},
+        {"k": KEY},
+        [],
+    ],
+)
+def test_ticket_fields_are_checked(body: object) -> None:
+    with pytest.raises(PairingError):
+        parse_ticket(_ticket(body))
+
+
+def test_a_well_formed_body_parses() -> None:
+    ticket = parse_ticket(_ticket({"a": [["relay", "2001:db8::1", 3478]], "k": KEY}))
+    assert ticket == Ticket((TicketAddress("relay", "2001:db8::1", 3478),), bytes(32))

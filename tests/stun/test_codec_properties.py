@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
+from collections.abc import Sequence
 
 import pytest
 from hypothesis import given
@@ -68,7 +69,7 @@ message = st.builds(
 )
 
 
-def normalise(attrs: list[tuple[int, object]]) -> list[tuple[int, object]]:
+def normalise(attrs: Sequence[tuple[int, object]]) -> list[tuple[int, object]]:
     out: list[tuple[int, object]] = []
     for kind, value in attrs:
         if kind in (Attr.XOR_MAPPED_ADDRESS, Attr.XOR_PEER_ADDRESS, Attr.XOR_RELAYED_ADDRESS) or (

@@ -11,6 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from delshare.errors import TransactionError, TransactionTimeout
+from delshare.stun import attributes as at
 from delshare.stun.constants import (
     NONCE_COOKIE,
     PASSWORD_ALGORITHM_MD5,
@@ -61,13 +62,13 @@ def events(core: TurnClientCore) -> list[object]:
 
 
 def challenge(request: Message, code: int = 401, nonce: str = NONCE) -> bytes:
-    reply = error_response(request, code, None, (Attr.REALM, REALM), (Attr.NONCE, nonce))
+    reply = error_response(request, code, None, at.REALM(REALM), at.NONCE(nonce))
     return reply.encode()
 
 
 def authenticated(core: TurnClientCore, method: int = Method.ALLOCATE) -> tuple[bytes, Message]:
     """A request that went through the 401 challenge; returns (handle, authenticated request)."""
-    handle = core.request(method, [(Attr.REQUESTED_TRANSPORT, 6)], 0.0)
+    handle = core.request(method, [at.REQUESTED_TRANSPORT(6)], 0.0)
     core.receive(challenge(only(core)), 0.0)
     return handle, only(core)
 
@@ -116,12 +117,10 @@ def test_a_response_stops_retransmission() -> None:
     core = TurnClientCore(USER, PASSWORD, reliable=False)
     handle = core.request(Method.BINDING, [], 0.0, authenticate=False)
     request = only(core)
-    core.receive(
-        success_response(request, (Attr.XOR_MAPPED_ADDRESS, ("192.0.2.1", 5))).encode(), 0.1
-    )
+    core.receive(success_response(request, at.XOR_MAPPED_ADDRESS(("192.0.2.1", 5))).encode(), 0.1)
     (done,) = events(core)
     assert isinstance(done, TransactionSucceeded) and done.handle == handle
-    assert done.response.get_address(Attr.XOR_MAPPED_ADDRESS) == ("192.0.2.1", 5)
+    assert done.response.get(at.XOR_MAPPED_ADDRESS) == ("192.0.2.1", 5)
     assert core.get_timer() is None
 
 
@@ -131,10 +130,10 @@ def test_a_response_stops_retransmission() -> None:
 def test_401_teaches_realm_and_nonce_and_the_request_is_resent_signed() -> None:
     core = TurnClientCore(USER, PASSWORD, reliable=True)
     handle, again = authenticated(core)
-    assert again.get_str(Attr.USERNAME) == USER
-    assert again.get_str(Attr.REALM) == REALM
-    assert again.get_str(Attr.NONCE) == NONCE
-    assert again.get_int(Attr.REQUESTED_TRANSPORT) == 6
+    assert again.get(at.USERNAME) == USER
+    assert again.get(at.REALM) == REALM
+    assert again.get(at.NONCE) == NONCE
+    assert again.get(at.REQUESTED_TRANSPORT) == 6
     assert again.verify_integrity(KEY) and not again.uses_sha256_integrity
     core.receive(success_response(again).encode(KEY), 0.0)
     (done,) = events(core)
@@ -166,7 +165,7 @@ def test_401_with_a_new_nonce_is_retried_once() -> None:
     _, again = authenticated(core)
     core.receive(challenge(again, nonce="nonce-2"), 0.0)
     third = only(core)
-    assert third.get_str(Attr.NONCE) == "nonce-2"
+    assert third.get(at.NONCE) == "nonce-2"
     core.receive(challenge(third, nonce="nonce-3"), 0.0)
     (failed,) = events(core)
     assert isinstance(failed, TransactionFailed)
@@ -178,7 +177,7 @@ def test_438_is_retried_with_the_new_nonce_and_counted() -> None:
     handle, again = authenticated(core)
     core.receive(challenge(again, 438, "fresh"), 0.0)
     retry = only(core)
-    assert retry.get_str(Attr.NONCE) == "fresh" and retry.verify_integrity(KEY)
+    assert retry.get(at.NONCE) == "fresh" and retry.verify_integrity(KEY)
     assert retry.transaction_id != again.transaction_id
     core.receive(success_response(retry).encode(KEY), 0.0)
     (done,) = events(core)
@@ -205,9 +204,9 @@ def test_fork_shares_credentials_for_a_data_connection() -> None:
     core = TurnClientCore(USER, PASSWORD, reliable=True)
     authenticated(core)
     data_core = core.fork()
-    data_core.request(Method.CONNECTION_BIND, [(Attr.CONNECTION_ID, 7)], 0.0)
+    data_core.request(Method.CONNECTION_BIND, [at.CONNECTION_ID(7)], 0.0)
     bind = only(data_core)
-    assert bind.get_str(Attr.NONCE) == NONCE and bind.verify_integrity(KEY)
+    assert bind.get(at.NONCE) == NONCE and bind.verify_integrity(KEY)
     assert sent(core) == []
 
 
@@ -216,7 +215,7 @@ def test_password_algorithms_against_the_server_authenticator(offer_sha256: bool
     """RFC 8489 §9.2.4: SHA-256 key and MESSAGE-INTEGRITY-SHA256 when the nonce cookie offers it."""
     server = Authenticator(AuthConfig(REALM, {USER: PASSWORD}), b"k" * 32)
     core = TurnClientCore(USER, PASSWORD, reliable=True)
-    handle = core.request(Method.ALLOCATE, [(Attr.REQUESTED_TRANSPORT, 6)], 0.0)
+    handle = core.request(Method.ALLOCATE, [at.REQUESTED_TRANSPORT(6)], 0.0)
     first = only(core)
     with pytest.raises(ChallengeRequired) as info:
         server.authenticate(first, 1000.0)
@@ -272,7 +271,7 @@ def test_udp_response_with_wrong_or_missing_integrity_is_discarded() -> None:
 def test_300_surfaces_the_alternate_server() -> None:
     core = TurnClientCore(USER, PASSWORD, reliable=True)
     _, again = authenticated(core)
-    reply = error_response(again, 300, None, (Attr.ALTERNATE_SERVER, ("192.0.2.7", 3478)))
+    reply = error_response(again, 300, None, at.ALTERNATE_SERVER(("192.0.2.7", 3478)))
     core.receive(reply.encode(KEY), 0.0)
     (failed,) = events(core)
     assert isinstance(failed, TransactionFailed)
@@ -319,7 +318,7 @@ def test_response_to_another_method_or_transaction_is_ignored() -> None:
 def test_connection_attempt_becomes_an_event() -> None:
     core = TurnClientCore(USER, PASSWORD, reliable=True)
     indication = Message(Method.CONNECTION_ATTEMPT, MessageClass.INDICATION)
-    indication.add(Attr.XOR_PEER_ADDRESS, ("198.51.100.4", 4242)).add(Attr.CONNECTION_ID, 99)
+    indication.add(at.XOR_PEER_ADDRESS, ("198.51.100.4", 4242)).add(at.CONNECTION_ID, 99)
     core.receive(indication.encode(), 0.0)
     assert events(core) == [ConnectionAttempted(99, ("198.51.100.4", 4242))]
 
@@ -328,15 +327,15 @@ def test_data_indication_and_channel_data_become_peer_data() -> None:
     core = TurnClientCore(USER, PASSWORD, reliable=False)
     peer = ("198.51.100.4", 4242)
     data = Message(Method.DATA, MessageClass.INDICATION)
-    data.add(Attr.XOR_PEER_ADDRESS, peer).add(Attr.DATA, b"hello")
+    data.add(at.XOR_PEER_ADDRESS, peer).add(at.DATA, b"hello")
     core.receive(data.encode(), 0.0)
     core.receive(ChannelData(0x4001, b"early").encode(), 0.0)  # not bound yet: dropped
     assert events(core) == [PeerDataReceived(peer, b"hello")]
     _, allocate = authenticated(core)
     core.receive(success_response(allocate).encode(KEY), 0.0)
-    bind_attrs: list[tuple[int, object]] = [
-        (Attr.CHANNEL_NUMBER, 0x4001),
-        (Attr.XOR_PEER_ADDRESS, peer),
+    bind_attrs = [
+        at.CHANNEL_NUMBER(0x4001),
+        at.XOR_PEER_ADDRESS(peer),
     ]
     core.request(Method.CHANNEL_BIND, bind_attrs, 0.0)
     request = only(core)

@@ -15,8 +15,9 @@ from collections.abc import Iterator
 import pytest
 
 from delshare.errors import TransactionTimeout
-from delshare.stun.attributes import Address, AttrValue
-from delshare.stun.constants import PROTO_TCP, PROTO_UDP, Attr, MessageClass, Method
+from delshare.stun import attributes as at
+from delshare.stun.attributes import Address, Attribute
+from delshare.stun.constants import PROTO_TCP, PROTO_UDP, MessageClass, Method
 from delshare.stun.framing import ChannelData, StreamFramer
 from delshare.stun.message import Message, decode_message
 from delshare.turn.auth import AuthConfig
@@ -171,7 +172,7 @@ def events(core: TurnClientCore) -> list[ClientEvent]:
 
 
 def transact(
-    wire: Wire, core: TurnClientCore, method: int, attrs: list[tuple[int, AttrValue]]
+    wire: Wire, core: TurnClientCore, method: int, attrs: list[Attribute]
 ) -> TransactionSucceeded | TransactionFailed:
     """Send one request through the wire; its outcome (other events are kept for the caller)."""
     handle = core.request(method, attrs, wire.now)
@@ -194,7 +195,7 @@ def allocated(transport: str, **server: float) -> tuple[Wire, TurnClientCore]:
     wire = Wire(make_server(**server))
     core = wire.attach(TurnClientCore(USER, PASSWORD, reliable=five.stream), five)
     proto = PROTO_TCP if five.stream else PROTO_UDP
-    succeeded(transact(wire, core, Method.ALLOCATE, [(Attr.REQUESTED_TRANSPORT, proto)]))
+    succeeded(transact(wire, core, Method.ALLOCATE, [at.REQUESTED_TRANSPORT(proto)]))
     return wire, core
 
 
@@ -205,20 +206,20 @@ def test_allocate_answers_the_401_challenge_by_itself() -> None:
     wire, core = allocated(UDP)
     challenge, answer = wire.seen_by_client
     assert challenge.error is not None and challenge.error[0] == 401
-    assert core.auth.realm == REALM and core.auth.nonce == challenge.get_str(Attr.NONCE)
+    assert core.auth.realm == REALM and core.auth.nonce == challenge.get(at.NONCE)
     assert answer.cls == MessageClass.SUCCESS
-    assert answer.get_address(Attr.XOR_RELAYED_ADDRESS) == (RELAY_IP, 50001)
-    assert answer.get_address(Attr.XOR_MAPPED_ADDRESS) == control(UDP).client
+    assert answer.get(at.XOR_RELAYED_ADDRESS) == (RELAY_IP, 50001)
+    assert answer.get(at.XOR_MAPPED_ADDRESS) == control(UDP).client
     assert core.auth.sha256  # the server offered PASSWORD-ALGORITHMS, so SHA-256 integrity
 
 
 def test_refresh_permission_send_and_data_indications() -> None:
     wire, core = allocated(UDP)
-    refreshed = succeeded(transact(wire, core, Method.REFRESH, [(Attr.LIFETIME, 1200)]))
-    assert refreshed.get_int(Attr.LIFETIME) == 1200
-    succeeded(transact(wire, core, Method.CREATE_PERMISSION, [(Attr.XOR_PEER_ADDRESS, PEER)]))
+    refreshed = succeeded(transact(wire, core, Method.REFRESH, [at.LIFETIME(1200)]))
+    assert refreshed.get(at.LIFETIME) == 1200
+    succeeded(transact(wire, core, Method.CREATE_PERMISSION, [at.XOR_PEER_ADDRESS(PEER)]))
 
-    core.indication(Method.SEND, [(Attr.XOR_PEER_ADDRESS, PEER), (Attr.DATA, b"to peer")])
+    core.indication(Method.SEND, [at.XOR_PEER_ADDRESS(PEER), at.DATA(b"to peer")])
     wire.run()
     assert wire.to_peers == [SendToPeer(wire.allocation_id(), PEER, b"to peer")]
 
@@ -229,9 +230,9 @@ def test_refresh_permission_send_and_data_indications() -> None:
 
 def test_channel_bind_then_channel_data_both_ways() -> None:
     wire, core = allocated(UDP)
-    bind: list[tuple[int, AttrValue]] = [
-        (Attr.CHANNEL_NUMBER, 0x4001),
-        (Attr.XOR_PEER_ADDRESS, PEER),
+    bind: list[Attribute] = [
+        at.CHANNEL_NUMBER(0x4001),
+        at.XOR_PEER_ADDRESS(PEER),
     ]
     succeeded(transact(wire, core, Method.CHANNEL_BIND, bind))
     assert core.channels == {0x4001: PEER}
@@ -248,8 +249,8 @@ def test_channel_bind_then_channel_data_both_ways() -> None:
 
 def test_refresh_zero_deletes_and_later_requests_are_437() -> None:
     wire, core = allocated(UDP)
-    deleted = succeeded(transact(wire, core, Method.REFRESH, [(Attr.LIFETIME, 0)]))
-    assert deleted.get_int(Attr.LIFETIME) == 0
+    deleted = succeeded(transact(wire, core, Method.REFRESH, [at.LIFETIME(0)]))
+    assert deleted.get(at.LIFETIME) == 0
     assert any(isinstance(e, AllocationDeleted) for e in wire.events)
     failed = transact(wire, core, Method.REFRESH, [])
     assert isinstance(failed, TransactionFailed) and isinstance(failed.error, AllocationError)
@@ -278,7 +279,7 @@ def test_lost_response_is_retransmitted_and_the_server_replays_its_answer() -> N
     five = control(UDP)
     wire = Wire(make_server())
     core = wire.attach(TurnClientCore(USER, PASSWORD, reliable=False), five)
-    handle = core.request(Method.ALLOCATE, [(Attr.REQUESTED_TRANSPORT, PROTO_UDP)], wire.now)
+    handle = core.request(Method.ALLOCATE, [at.REQUESTED_TRANSPORT(PROTO_UDP)], wire.now)
     wire.lose_successes = 1
     wire.run()  # 401, then the authenticated Allocate, whose answer is lost ...
     assert events(core) == []
@@ -294,7 +295,7 @@ def test_wrong_password_fails_after_one_authenticated_try() -> None:
     five = control(UDP)
     wire = Wire(make_server())
     core = wire.attach(TurnClientCore(USER, "wrong", reliable=False), five)
-    failed = transact(wire, core, Method.ALLOCATE, [(Attr.REQUESTED_TRANSPORT, PROTO_UDP)])
+    failed = transact(wire, core, Method.ALLOCATE, [at.REQUESTED_TRANSPORT(PROTO_UDP)])
     assert isinstance(failed, TransactionFailed)
     assert isinstance(failed.error, AuthenticationError) and failed.error.code == 401
     assert len(wire.seen_by_client) == 2
@@ -305,7 +306,7 @@ def test_wrong_password_fails_after_one_authenticated_try() -> None:
 
 def tcp_allocated_with_permission() -> tuple[Wire, TurnClientCore]:
     wire, core = allocated(TCP)
-    succeeded(transact(wire, core, Method.CREATE_PERMISSION, [(Attr.XOR_PEER_ADDRESS, PEER)]))
+    succeeded(transact(wire, core, Method.CREATE_PERMISSION, [at.XOR_PEER_ADDRESS(PEER)]))
     return wire, core
 
 
@@ -313,7 +314,7 @@ def bind_data_connection(wire: Wire, core: TurnClientCore, connection_id: int) -
     """RFC 6062 §5.4: a new connection, a forked core (same credentials), ConnectionBind."""
     data_five = control(TCP, port=40001 + len(wire.bound))
     data_core = wire.attach(core.fork(), data_five)
-    bound = transact(wire, data_core, Method.CONNECTION_BIND, [(Attr.CONNECTION_ID, connection_id)])
+    bound = transact(wire, data_core, Method.CONNECTION_BIND, [at.CONNECTION_ID(connection_id)])
     succeeded(bound)
     assert wire.bound[connection_id] == data_five
     assert ConnectionBound(connection_id, wire.allocation_id()) in wire.events
@@ -322,7 +323,7 @@ def bind_data_connection(wire: Wire, core: TurnClientCore, connection_id: int) -
 
 def test_connect_then_connection_bind() -> None:
     wire, core = tcp_allocated_with_permission()
-    handle = core.request(Method.CONNECT, [(Attr.XOR_PEER_ADDRESS, PEER)], wire.now)
+    handle = core.request(Method.CONNECT, [at.XOR_PEER_ADDRESS(PEER)], wire.now)
     wire.run()
     [connect] = wire.connects
     assert connect.peer == PEER and events(core) == []  # answered once the peer is reached
@@ -331,7 +332,7 @@ def test_connect_then_connection_bind() -> None:
     wire.run()
     [result] = events(core)
     assert isinstance(result, TransactionSucceeded) and result.handle == handle
-    assert result.response.get_int(Attr.CONNECTION_ID) == connect.conn_id
+    assert result.response.get(at.CONNECTION_ID) == connect.conn_id
     bind_data_connection(wire, core, connect.conn_id)
     unchallenged = [m for m in wire.seen_by_client if m.method == Method.CONNECTION_BIND]
     assert [m.cls for m in unchallenged] == [MessageClass.SUCCESS]  # the fork knew the nonce
@@ -348,7 +349,7 @@ def test_peer_connection_attempt_then_connection_bind() -> None:
 
 def test_failed_connect_is_447() -> None:
     wire, core = tcp_allocated_with_permission()
-    handle = core.request(Method.CONNECT, [(Attr.XOR_PEER_ADDRESS, PEER)], wire.now)
+    handle = core.request(Method.CONNECT, [at.XOR_PEER_ADDRESS(PEER)], wire.now)
     wire.run()
     wire.server.peer_connect_failed(wire.connects[0].conn_id, wire.now)
     wire.run()
@@ -360,7 +361,7 @@ def test_failed_connect_is_447() -> None:
 def test_unreached_peer_is_447_at_the_server_timeout_before_the_client_gives_up() -> None:
     """The server's 30 s Connect timer (RFC 6062 §5.2) beats the client's 39.5 s (RFC 8489)."""
     wire, core = tcp_allocated_with_permission()
-    core.request(Method.CONNECT, [(Attr.XOR_PEER_ADDRESS, PEER)], wire.now)
+    core.request(Method.CONNECT, [at.XOR_PEER_ADDRESS(PEER)], wire.now)
     wire.run()
     wire.advance(29.9)
     assert events(core) == []
@@ -391,4 +392,4 @@ def test_binding_needs_no_credentials(transport: str) -> None:
     wire.run()
     [result] = events(core)
     assert isinstance(result, TransactionSucceeded) and result.handle == handle
-    assert result.response.get_address(Attr.XOR_MAPPED_ADDRESS) == five.client
+    assert result.response.get(at.XOR_MAPPED_ADDRESS) == five.client

@@ -27,8 +27,23 @@ from typing import Any, Self
 
 from delshare.aio.client_allocation import RelayedStream, TcpAllocation, UdpAllocation, _Allocation
 from delshare.errors import DelshareError, StunDecodeError
-from delshare.stun.attributes import Address, AttrValue
-from delshare.stun.constants import FAMILY_IPV4, FAMILY_IPV6, PROTO_TCP, PROTO_UDP, Attr, Method
+from delshare.stun.attributes import (
+    LIFETIME,
+    MAPPED_ADDRESS,
+    REQUESTED_ADDRESS_FAMILY,
+    REQUESTED_TRANSPORT,
+    XOR_MAPPED_ADDRESS,
+    Address,
+    Attribute,
+)
+from delshare.stun.constants import (
+    FAMILY_IPV4,
+    FAMILY_IPV6,
+    PROTO_TCP,
+    PROTO_UDP,
+    ErrorCode,
+    Method,
+)
 from delshare.stun.credentials import rest_credentials
 from delshare.stun.framing import StreamFramer
 from delshare.stun.message import Message
@@ -182,7 +197,7 @@ class TurnClient:
     # -- requests -------------------------------------------------------------------------
 
     async def request(
-        self, method: int, attrs: list[tuple[int, AttrValue]], *, authenticate: bool = True
+        self, method: int, attrs: list[Attribute], *, authenticate: bool = True
     ) -> Message:
         """Send a request and await its success response; errors raise typed exceptions."""
         if self._transport is None:
@@ -198,7 +213,7 @@ class TurnClient:
             if not future.done():
                 self.core.cancel(handle)
 
-    def send_indication(self, method: int, attrs: list[tuple[int, AttrValue]]) -> None:
+    def send_indication(self, method: int, attrs: list[Attribute]) -> None:
         """Send an indication (Send, RFC 8656 §11)."""
         self.core.indication(method, attrs)
         self._pump()
@@ -211,9 +226,7 @@ class TurnClient:
     async def binding(self) -> Address:
         """STUN Binding: the server-reflexive address of this connection (RFC 8489 §3)."""
         response = await self.request(Method.BINDING, [], authenticate=False)
-        address = response.get_address(Attr.XOR_MAPPED_ADDRESS) or response.get_address(
-            Attr.MAPPED_ADDRESS
-        )
+        address = response.get(XOR_MAPPED_ADDRESS) or response.get(MAPPED_ADDRESS)
         if address is None:
             raise TurnConnectionError("Binding response without XOR-MAPPED-ADDRESS")
         return address
@@ -247,17 +260,17 @@ class TurnClient:
     async def _allocate(self, protocol: int, lifetime: int | None, family: int | None) -> Message:
         """Allocate, following one 300 Try Alternate to ALTERNATE-SERVER (RFC 8656 §7.4)."""
         if self.allocation is not None and not self.allocation.closed:
-            raise AllocationError("ALLOCATE", 437, "this client already has an allocation")
+            raise AllocationError(
+                "ALLOCATE", ErrorCode.ALLOCATION_MISMATCH, "this client already has an allocation"
+            )
         self._early.clear()
-        attrs: list[tuple[int, AttrValue]] = [(Attr.REQUESTED_TRANSPORT, protocol)]
+        attrs = [REQUESTED_TRANSPORT(protocol)]
         if lifetime is not None:
-            attrs.append((Attr.LIFETIME, lifetime))
+            attrs.append(LIFETIME(lifetime))
         if family is not None:
             if family not in (4, 6):
                 raise ValueError("family must be 4 or 6")
-            attrs.append(
-                (Attr.REQUESTED_ADDRESS_FAMILY, FAMILY_IPV4 if family == 4 else FAMILY_IPV6)
-            )
+            attrs.append(REQUESTED_ADDRESS_FAMILY(FAMILY_IPV4 if family == 4 else FAMILY_IPV6))
         try:
             return await self.request(Method.ALLOCATE, attrs)
         except TryAlternateError as exc:

@@ -19,8 +19,18 @@ import ssl as _ssl
 from typing import NamedTuple, Protocol, Self
 
 from delshare.errors import DelshareError, TransactionError, TransactionTimeout
-from delshare.stun.attributes import Address, AttrValue
-from delshare.stun.constants import DEFAULT_LIFETIME, HEADER_LENGTH, Attr, Method
+from delshare.stun.attributes import (
+    CHANNEL_NUMBER,
+    CONNECTION_ID,
+    DATA,
+    LIFETIME,
+    XOR_MAPPED_ADDRESS,
+    XOR_PEER_ADDRESS,
+    XOR_RELAYED_ADDRESS,
+    Address,
+    Attribute,
+)
+from delshare.stun.constants import DEFAULT_LIFETIME, HEADER_LENGTH, Method
 from delshare.stun.framing import ChannelData
 from delshare.stun.message import Message
 from delshare.turn.client import (
@@ -69,10 +79,10 @@ class ControlConnection(Protocol):
     def closed(self) -> bool: ...
 
     async def request(
-        self, method: int, attrs: list[tuple[int, AttrValue]], *, authenticate: bool = True
+        self, method: int, attrs: list[Attribute], *, authenticate: bool = True
     ) -> Message: ...
 
-    def send_indication(self, method: int, attrs: list[tuple[int, AttrValue]]) -> None: ...
+    def send_indication(self, method: int, attrs: list[Attribute]) -> None: ...
 
     def send_raw(self, frame: bytes) -> None: ...
 
@@ -81,12 +91,12 @@ class _Allocation:
     """What TCP and UDP allocations share: addresses, lifetime, permissions, keep-alive."""
 
     def __init__(self, client: ControlConnection, response: Message, lifetime: int | None) -> None:
-        relayed = response.get_address(Attr.XOR_RELAYED_ADDRESS)
+        relayed = response.get(XOR_RELAYED_ADDRESS)
         if relayed is None:
             raise AllocationError("ALLOCATE", 0, "response without XOR-RELAYED-ADDRESS")
         self.relayed_address: Address = relayed
-        self.mapped_address: Address | None = response.get_address(Attr.XOR_MAPPED_ADDRESS)
-        self.lifetime = response.get_int(Attr.LIFETIME) or DEFAULT_LIFETIME
+        self.mapped_address: Address | None = response.get(XOR_MAPPED_ADDRESS)
+        self.lifetime = response.get(LIFETIME) or DEFAULT_LIFETIME
         self.refreshes = 0
         self.closed = False
         self._client = client
@@ -110,14 +120,14 @@ class _Allocation:
 
     async def refresh(self, lifetime: int | None = None) -> int:
         """Refresh now; return the granted lifetime (RFC 8656 §7.3). Lifetime 0 is ``close()``."""
-        attrs: list[tuple[int, AttrValue]] = []
+        attrs: list[Attribute] = []
         if lifetime is not None:
-            attrs.append((Attr.LIFETIME, lifetime))
+            attrs.append(LIFETIME(lifetime))
         if lifetime == 0:
             await self.close()
             return 0
         response = await self._client.request(Method.REFRESH, attrs)
-        granted = response.get_int(Attr.LIFETIME)
+        granted = response.get(LIFETIME)
         if not granted:  # LIFETIME is mandatory in the response (§7.3); keep ours if absent
             granted = self.lifetime
         self.lifetime = granted
@@ -133,7 +143,7 @@ class _Allocation:
         if not self._client.closed:
             with contextlib.suppress(DelshareError, TimeoutError):
                 async with asyncio.timeout(2.0):
-                    await self._client.request(Method.REFRESH, [(Attr.LIFETIME, 0)])
+                    await self._client.request(Method.REFRESH, [LIFETIME(0)])
 
     async def __aenter__(self) -> Self:
         return self
@@ -144,7 +154,7 @@ class _Allocation:
     # -- keep-alive -----------------------------------------------------------------------
 
     async def _create_permission(self, ips: tuple[str, ...]) -> None:
-        attrs: list[tuple[int, AttrValue]] = [(Attr.XOR_PEER_ADDRESS, (ip, 0)) for ip in ips]
+        attrs = [XOR_PEER_ADDRESS((ip, 0)) for ip in ips]
         await self._client.request(Method.CREATE_PERMISSION, attrs)
         self._schedule.permitted(list(ips), self._loop.time())
 
@@ -192,10 +202,7 @@ class _Allocation:
         """A channel will lapse; UDP allocations stop sending on it."""
 
     async def _channel_bind(self, channel: int, peer: Address) -> None:
-        attrs: list[tuple[int, AttrValue]] = [
-            (Attr.CHANNEL_NUMBER, channel),
-            (Attr.XOR_PEER_ADDRESS, peer),
-        ]
+        attrs = [CHANNEL_NUMBER(channel), XOR_PEER_ADDRESS(peer)]
         await self._client.request(Method.CHANNEL_BIND, attrs)
         self._schedule.channel_bound(channel, peer, self._loop.time())
 
@@ -248,8 +255,8 @@ class TcpAllocation(_Allocation):
         The peer's IP needs a permission (``permit``) first, else 403.
         """
         async with asyncio.timeout(timeout):
-            response = await self._client.request(Method.CONNECT, [(Attr.XOR_PEER_ADDRESS, peer)])
-            connection_id = response.get_int(Attr.CONNECTION_ID)
+            response = await self._client.request(Method.CONNECT, [XOR_PEER_ADDRESS(peer)])
+            connection_id = response.get(CONNECTION_ID)
             if connection_id is None:
                 raise TurnConnectionError("Connect response without CONNECTION-ID")
             return await self._bind(connection_id)
@@ -331,9 +338,7 @@ async def _connection_bind(
     loop: asyncio.AbstractEventLoop,
 ) -> None:
     """Run ConnectionBind on a fresh data connection, answering 401/438 challenges."""
-    handle = core.request(
-        Method.CONNECTION_BIND, [(Attr.CONNECTION_ID, connection_id)], loop.time()
-    )
+    handle = core.request(Method.CONNECTION_BIND, [CONNECTION_ID(connection_id)], loop.time())
     for _ in range(_MAX_BIND_ROUNDS):
         for data in core.data_to_send():
             writer.write(data)
@@ -382,8 +387,7 @@ class UdpAllocation(_Allocation):
         if channel is not None:
             self._client.send_raw(ChannelData(channel, data).encode(pad=self._client.uri.stream))
         else:
-            attrs: list[tuple[int, AttrValue]] = [(Attr.XOR_PEER_ADDRESS, peer), (Attr.DATA, data)]
-            self._client.send_indication(Method.SEND, attrs)
+            self._client.send_indication(Method.SEND, [XOR_PEER_ADDRESS(peer), DATA(data)])
 
     async def recv(self) -> tuple[bytes, Address]:
         """The next datagram from a peer, as ``(data, peer)``."""

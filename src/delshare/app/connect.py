@@ -3,18 +3,17 @@
 Theory of operation. While pairing (:func:`pair_and_gather`), each side gathers its candidates:
 listener + host addresses unless relay-only, a TURN TCP allocation unless direct-only, the
 server-reflexive address when a TURN server is configured. Once paired, each side sends them
-through the encrypted paired channel as ``{"t": "candidates", "v": 2, "mode": ...,
-"candidates": [...]}`` and reads the peer's. When a relay may be used (the agreed mode allows
-it and either side has a relayed candidate), two more steps follow. A side without a TURN server
-of its own learns its public address from the peer's TURN server (STUN Binding needs no
-credentials) and sends it as ``{"t": "reflexive", "candidates": [...]}`` (empty otherwise), so
-the peer can permit it. Each side then permits the peer's IPs on its allocation and sends
-``{"t": "ready"}``; racing starts only after the peer's ``ready``, so no relayed dial hits an
-allocation whose permission is not there yet. Without a relay both steps would carry nothing,
-so both sides (knowing both lists) skip them: two rendezvous round trips less before the first
-byte. A version 1 peer always takes them, and so do we with it. The race
-(:func:`delshare.link.race.race`) runs with a key derived from the PAKE key for this purpose
-only. What the winning link does not use is closed.
+through the encrypted paired channel (:class:`~delshare.link.signalling.CandidatesOffered`)
+and reads the peer's. When a relay may be used (the agreed mode allows it and either side has a
+relayed candidate), two more steps follow. A side without a TURN server of its own learns its
+public address from the peer's TURN server (STUN Binding needs no credentials) and sends it
+(``ReflexiveFound``, empty otherwise), so the peer can permit it. Each side then permits the
+peer's IPs on its allocation and sends ``RelayReady``; racing starts only after the peer's
+``RelayReady``, so no relayed dial hits an allocation whose permission is not there yet.
+Without a relay both steps would carry nothing, so both sides (knowing both lists) skip them:
+two rendezvous round trips less before the first byte. A version 1 peer always takes them,
+and so do we with it. The race (:func:`delshare.link.race.race`) runs with a key derived from
+the PAKE key for this purpose only. What the winning link does not use is closed.
 """
 
 from __future__ import annotations
@@ -26,13 +25,12 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from delshare.errors import DelshareError, PairingError
+from delshare.link import signalling
 from delshare.link.candidates import (
     Candidate,
-    CandidateError,
     Listener,
     host_addresses,
     host_candidates,
-    parse_candidates,
     start_listener,
 )
 from delshare.link.race import (
@@ -46,6 +44,13 @@ from delshare.link.race import (
 )
 from delshare.link.records import LinkError, Role
 from delshare.link.relay import TurnRelay, TurnSettings, open_relay, reflexive_address
+from delshare.link.signalling import (
+    FIRST_SKIPPING_VERSION,
+    AttemptsExhausted,
+    CandidatesOffered,
+    ReflexiveFound,
+    RelayReady,
+)
 from delshare.pairing import PairedChannel, derive_key
 
 __all__ = [
@@ -61,10 +66,7 @@ __all__ = [
 
 T = TypeVar("T")
 LINK_KEY_PURPOSE = b"delshare/link/v1"
-PROTOCOL_VERSION = 2
-FIRST_SKIPPING_VERSION = 2  # skips reflexive/ready when no relay can be used
 REFLEXIVE_TIMEOUT = 5.0
-_MODES: tuple[Mode, ...] = ("any", "direct", "relay")
 
 
 @dataclass(frozen=True)
@@ -151,12 +153,7 @@ async def _open_relay(settings: TurnSettings, required: bool, notice: Notice) ->
 
 
 def _candidates_message(gathered: Gathered, mode: Mode) -> dict[str, object]:
-    return {
-        "t": "candidates",
-        "v": PROTOCOL_VERSION,
-        "mode": mode,
-        "candidates": [c.to_wire() for c in gathered.candidates],
-    }
+    return signalling.encode(CandidatesOffered(mode, tuple(gathered.candidates)))
 
 
 def _relay_setup_needed(
@@ -169,15 +166,10 @@ def _relay_setup_needed(
 
 
 def _parse_peer(message: dict[str, Any]) -> tuple[Mode, list[Candidate]]:
-    if message.get("t") != "candidates":
+    offered = signalling.decode(message)
+    if not isinstance(offered, CandidatesOffered):
         raise PairingError("peer sent something else than its candidates")
-    mode = message.get("mode", "any")
-    if mode not in _MODES:
-        raise PairingError(f"peer asks for an unknown link mode {mode!r}")
-    try:
-        return mode, parse_candidates(message.get("candidates"))
-    except CandidateError as exc:
-        raise PairingError(f"bad candidates from peer: {exc}") from exc
+    return offered.mode, list(offered.candidates)
 
 
 async def _reflexive_from_peer_server(
@@ -200,11 +192,10 @@ async def _reflexive_from_peer_server(
 
 
 def _parse_reflexive(message: dict[str, Any], known: list[Candidate]) -> list[Candidate]:
-    try:
-        found = parse_candidates(message.get("candidates"))
-    except CandidateError as exc:
-        raise PairingError(f"bad candidates from peer: {exc}") from exc
-    return [c for c in found if c.kind == "srflx" and c not in known][:4]
+    found = signalling.decode(message)
+    if not isinstance(found, ReflexiveFound):
+        raise PairingError("peer sent something else than its reflexive candidates")
+    return [c for c in found.candidates if c.kind == "srflx" and c not in known][:4]
 
 
 async def _expect(paired: PairedChannel, kind: str) -> dict[str, Any]:
@@ -224,11 +215,11 @@ async def _prepare_relays(
     Returns the peer's newly learned reflexive candidates.
     """
     learned = await _reflexive_from_peer_server(gathered, peer, mode)
-    await paired.send({"t": "reflexive", "candidates": [c.to_wire() for c in learned]})
+    await paired.send(signalling.encode(ReflexiveFound(tuple(learned))))
     found = _parse_reflexive(await _expect(paired, "reflexive"), peer)
     if gathered.relay is not None and mode != "direct":
         await gathered.relay.permit(sorted({c.host for c in [*peer, *found]}))
-    await paired.send({"t": "ready"})
+    await paired.send(signalling.encode(RelayReady()))
     await _expect(paired, "ready")
     return found
 
@@ -333,13 +324,19 @@ def _giving_up(paired: PairedChannel) -> GiveUp:
 
     async def give_up() -> None:
         try:
-            await paired.send({"t": "exhausted"})
-            while (await paired.receive(timeout=_FOREVER)).get("t") != "exhausted":
+            await paired.send(signalling.encode(AttemptsExhausted()))
+            while not _is_exhausted(await paired.receive(timeout=_FOREVER)):
                 pass
         except PairingError:
             await asyncio.Event().wait()  # no word from the peer: only the timeout ends the race
 
     return give_up
+
+
+def _is_exhausted(message: dict[str, Any]) -> bool:
+    with contextlib.suppress(PairingError):
+        return isinstance(signalling.decode(message), AttemptsExhausted)
+    return False
 
 
 _FOREVER = 24 * 3600.0

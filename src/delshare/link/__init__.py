@@ -6,8 +6,9 @@ from delshare._exports import lazy_exports
 
 if TYPE_CHECKING:
     from delshare.link.candidates import Candidate, CandidateError, parse_candidates
+    from delshare.link.crypto import LinkError
     from delshare.link.race import NoPathError, RaceConfig, RacedLink, race
-    from delshare.link.records import LinkError, RecordChannel, handshake
+    from delshare.link.records import RecordChannel, handshake
     from delshare.link.relay import TurnSettings, open_relay
     from delshare.link.ticket import Ticket, parse_ticket
 
@@ -38,7 +39,7 @@ __getattr__ = lazy_exports(
         "RaceConfig": "delshare.link.race",
         "RacedLink": "delshare.link.race",
         "race": "delshare.link.race",
-        "LinkError": "delshare.link.records",
+        "LinkError": "delshare.link.crypto",
         "RecordChannel": "delshare.link.records",
         "handshake": "delshare.link.records",
         "TurnSettings": "delshare.link.relay",

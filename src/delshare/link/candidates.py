@@ -29,6 +29,7 @@ from typing import Literal
 
 from delshare.address import display_address
 from delshare.errors import DelshareError
+from delshare.fields import Fields
 
 __all__ = [
     "MAX_CANDIDATES",
@@ -44,6 +45,7 @@ __all__ = [
 Kind = Literal["host", "srflx", "relay"]
 MAX_CANDIDATES = 64
 _KINDS: tuple[Kind, ...] = ("host", "srflx", "relay")
+_MAX_HOST = 64  # an IPv6 literal has at most 45 characters
 
 
 class CandidateError(DelshareError):
@@ -75,19 +77,16 @@ class Candidate:
     @classmethod
     def from_wire(cls, obj: object) -> Candidate:
         """Parse one peer candidate; raise CandidateError on anything unexpected."""
-        if not isinstance(obj, dict):
-            raise CandidateError("candidate is not an object")
-        kind, host, port = obj.get("kind"), obj.get("host"), obj.get("port")
-        server = obj.get("server", "")
-        if kind not in _KINDS or not isinstance(host, str) or not isinstance(server, str):
-            raise CandidateError("candidate needs kind host|srflx|relay and a string host")
-        if not isinstance(port, int) or isinstance(port, bool) or not 0 < port < 65536:
-            raise CandidateError("candidate port out of range")
+        fields = Fields(obj, CandidateError, "candidate")
+        kind = fields.one_of("kind", _KINDS)
+        host = fields.text("host", max_len=_MAX_HOST)
+        port = fields.integer("port", 1, 65535)
+        server = fields.text("server", max_len=300, default="")
         try:
             ip = ipaddress.ip_address(host)
         except ValueError:
             raise CandidateError("candidate host is not an IP address") from None
-        if ip.is_multicast or ip.is_unspecified or len(server) > 300:
+        if ip.is_multicast or ip.is_unspecified:
             raise CandidateError(f"unusable candidate address {host}")
         return cls(kind, ip.compressed, port, server)
 

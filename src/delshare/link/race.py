@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
 from delshare.address import display_address
+from delshare.fields import Fields
 from delshare.link.candidates import Candidate, Listener
 from delshare.link.records import (
     LinkError,
@@ -56,6 +57,7 @@ __all__ = [
 ]
 
 Mode = Literal["any", "direct", "relay"]
+_PATH_KINDS: tuple[Literal["direct", "relay"], ...] = ("direct", "relay")
 Stream = tuple[asyncio.StreamReader, asyncio.StreamWriter]
 
 
@@ -97,13 +99,9 @@ class LinkPath:
         return {"kind": self.kind, "address": self.address}
 
     @classmethod
-    def from_wire(cls, obj: object) -> LinkPath:
-        if not isinstance(obj, dict) or obj.get("kind") not in ("direct", "relay"):
-            raise LinkProtocolError("bad path report from peer")
-        address = obj.get("address")
-        if not isinstance(address, str) or len(address) > 300:
-            raise LinkProtocolError("bad path address from peer")
-        return cls(obj["kind"], address)
+    def from_wire(cls, fields: Fields) -> LinkPath:
+        kind = fields.one_of("kind", _PATH_KINDS)
+        return cls(kind, fields.text("address", max_len=300))
 
     def merged(self, peer: LinkPath) -> LinkPath:
         """Our view corrected by the peer's: relayed if either side used a relay; a named TURN
@@ -161,15 +159,16 @@ def _control(obj: dict[str, object]) -> bytes:
     return json.dumps(obj, separators=(",", ":")).encode()
 
 
-async def _read_control(channel: RecordChannel, kind: str) -> dict[str, object]:
+async def _read_path(channel: RecordChannel, kind: str) -> LinkPath:
+    """The path in the peer's ``kind`` control record (``path`` or ``chosen``)."""
     record = await channel.recv_record()
     try:
         obj = json.loads(record.payload) if record.kind is RecordKind.CONTROL else None
     except ValueError:
         obj = None
-    if not isinstance(obj, dict) or obj.get("t") != kind:
-        raise LinkProtocolError(f"expected a {kind!r} control record")
-    return obj
+    fields = Fields(obj, LinkProtocolError, f"{kind!r} control record")
+    fields.one_of("t", (kind,))
+    return LinkPath.from_wire(fields.nested("path"))
 
 
 @dataclass
@@ -182,6 +181,8 @@ class _Racer:
     relay_go: asyncio.Event = field(default_factory=asyncio.Event)
     writers: set[asyncio.StreamWriter] = field(default_factory=set)
     own_relayed: set[asyncio.StreamWriter] = field(default_factory=set)
+    channels: set[RecordChannel] = field(default_factory=set)  # handshaken; each owns its socket
+    own_channels: set[RecordChannel] = field(default_factory=set)  # through our own allocation
     tasks: set[asyncio.Task[object]] = field(default_factory=set)
     direct_pending: int = 0
     outgoing: int = 0  # our dials and Connects not yet failed
@@ -317,10 +318,18 @@ class _Racer:
             channel = await handshake(
                 reader, writer, self.config.key, self.config.role, self.config.handshake_timeout
             )
-            path = await self._agree(channel, view)
         except Exception as exc:  # LinkError, OSError, or anything odd: this path failed
             self.errors.append(f"{view.kind} {view.address}: {exc or type(exc).__name__}")
             await abort_stream(writer)
+            return False
+        self.channels.add(channel)
+        if writer in self.own_relayed:
+            self.own_channels.add(channel)
+        try:
+            path = await self._agree(channel, view)
+        except Exception as exc:
+            self.errors.append(f"{view.kind} {view.address}: {exc or type(exc).__name__}")
+            channel.abort()
             return False
         if path.kind == "relay" and self.config.mode == "direct":
             return False
@@ -332,24 +341,21 @@ class _Racer:
     async def _agree(self, channel: RecordChannel, view: LinkPath) -> LinkPath:
         async with asyncio.timeout(self.config.handshake_timeout):
             if self.config.is_sender:
-                report = await _read_control(channel, "path")
-                return view.merged(LinkPath.from_wire(report.get("path")))
+                return view.merged(await _read_path(channel, "path"))
             await channel.send_control(_control({"t": "path", "path": view.to_wire()}))
         # The receiver waits (without a bound) until the sender picks this link or closes it.
-        chosen = await _read_control(channel, "chosen")
-        return view.merged(LinkPath.from_wire(chosen.get("path")))
+        return view.merged(await _read_path(channel, "chosen"))
 
     async def finish(self, winner: RecordChannel | None) -> None:
-        """Cancel every attempt and close every stream but the winner's."""
+        """Cancel every attempt and close every stream and channel but the winner."""
         for task in list(self.tasks):
             task.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
         while not self.results.empty():
             self.results.get_nowait()
-        keep = winner.writer if winner is not None else None
-        await asyncio.gather(
-            *(abort_stream(w) for w in self.writers if w is not keep), return_exceptions=True
-        )
+        for channel in self.channels - {winner}:
+            channel.abort()
+        await asyncio.gather(*(abort_stream(w) for w in self.writers), return_exceptions=True)
 
 
 GiveUp = Callable[[], Awaitable[None]]
@@ -382,7 +388,7 @@ async def race(
         raise NoPathError(_no_path_message(racer.errors, config.total_timeout)) from None
     finally:
         await racer.finish(winner)
-    return RacedLink(winner, path, winner.writer in racer.own_relayed)
+    return RacedLink(winner, path, winner in racer.own_channels)
 
 
 _MODE_WORDS = {"any": "", "direct": "direct ", "relay": "relayed "}

@@ -1,26 +1,17 @@
-"""The encrypted record channel of a DEL link: handshake, keys, AEAD records.
+"""The asyncio half of a DEL link: the handshake over a fresh connection, then the record channel.
 
-Theory of operation. Both peers already share a 32-byte key (from the PAKE) and hold a connected
-byte stream. The handshake proves knowledge of that key and derives fresh per-link keys:
+Theory of operation. :func:`handshake` runs the sans-IO :class:`~delshare.link.crypto.Handshake`
+(two fixed-size exchanges; the wire format is in :mod:`delshare.link.crypto`) over the connected
+stream, then hands the connection over instead of reading under the stream: the connection's socket
+is duplicated, the stream's transport closed, and whatever the stream had already read (the
+peer's first records may come right behind its CONFIRM) taken through the reader's public API.
+:meth:`RecordChannel.open` builds a new transport on that socket with the channel's own protocol
+(``loop.connect_accepted_socket``), fed those leftover bytes first: from then on the protocol owns
+the connection, and no protocol is swapped under a live transport.
 
-1. Each side sends ``HELLO = MAGIC(8) || role(1) || nonce(32)`` at once (no ordering needed).
-2. Session keys come from HKDF-SHA256 (RFC 5869) over the shared key, salted with both nonces
-   (initiator's first): one AES-256-GCM key per direction and one confirmation key per side.
-   Fresh nonces make every link's keys distinct, so racing several candidate links with the same
-   PAKE key never reuses a (key, nonce) pair.
-3. Each side sends ``CONFIRM = HMAC-SHA256(confirm_key[own role], "confirm" || HELLO_i || HELLO_r)``
-   and checks the peer's in constant time; a mismatch raises :class:`LinkAuthError`. A racing
-   connector keeps the first link whose handshake returns.
-
-After that every record is ``kind(1) || length(4, big-endian) || ciphertext``; ``length`` counts the
-ciphertext including the 16-byte GCM tag and is bounded by ``MAX_PAYLOAD + TAG_SIZE``. The nonce is
-the per-direction record counter (96-bit big-endian), never sent. The 5-byte header is the AEAD's
-associated data, so a flipped kind or length fails the tag. A ``CLOSE`` record ends the stream so
-truncation by an attacker is told apart from a clean close.
-
-The sans-IO classes (:class:`Handshake`, :class:`RecordSealer`, :class:`RecordOpener`,
-:class:`RecordDecoder`) only transform bytes; :func:`handshake` and :class:`RecordChannel` add the
-asyncio stream I/O.
+A TLS stream (a ``turns:`` TURN data connection, RFC 6062 over TLS) has no plain socket to hand
+over: the TLS session lives in its transport. It is bridged to one end of a local socket pair
+(:class:`_TlsBridge`), and the channel gets the other end.
 """
 
 from __future__ import annotations
@@ -28,25 +19,36 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import enum
-import hashlib
-import hmac
 import mmap
-import os
 import socket
-import struct
-from dataclasses import dataclass
-from typing import Literal, NoReturn, cast
+from typing import Any, NoReturn, Protocol, cast
 
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from delshare.link.crypto import (
+    CONFIRM_SIZE,
+    HEADER_SIZE,
+    HELLO_SIZE,
+    MAX_PAYLOAD,
+    TAG_SIZE,
+    Handshake,
+    LinkAuthError,
+    LinkClosedError,
+    LinkError,
+    LinkProtocolError,
+    LinkTimeoutError,
+    Record,
+    RecordDecoder,
+    RecordIntegrityError,
+    RecordKind,
+    RecordOpener,
+    RecordSealer,
+    Role,
+    SessionKeys,
+)
 
-from delshare.errors import DelshareError
-
-__all__ = [
+__all__ = [  # the channel, and the sans-IO names its callers use with it
+    "CONFIRM_SIZE",
     "HEADER_SIZE",
+    "HELLO_SIZE",
     "MAX_PAYLOAD",
     "TAG_SIZE",
     "Handshake",
@@ -64,242 +66,29 @@ __all__ = [
     "RecordSealer",
     "Role",
     "SessionKeys",
+    "abort_stream",
     "handshake",
 ]
 
-MAGIC = b"DELLINK1"
-NONCE_SIZE = 32
-HELLO_SIZE = len(MAGIC) + 1 + NONCE_SIZE
-CONFIRM_SIZE = 32
-TAG_SIZE = 16
-HEADER_SIZE = 5
-MAX_PAYLOAD = 1 << 20
-"""Largest plaintext per record (1 MiB); bigger records are refused on receive."""
-
-_HEADER = struct.Struct(">BI")
-_HKDF_INFO = b"delshare/link/v1 keys"
-_MAX_COUNTER = (1 << 64) - 1
-
-Role = Literal["initiator", "responder", "sender", "receiver"]
-"""Side of the link. ``sender`` is an alias of ``initiator``, ``receiver`` of ``responder``.
-
-The role must be fixed by the layer above (e.g. who sends the files), not by who connected, so
-that every raced candidate link agrees on it.
-"""
-
-_INITIATOR, _RESPONDER = 0x49, 0x52  # "I", "R" on the wire
+_RING = 4
+KEEPALIVE_IDLE, KEEPALIVE_INTERVAL, KEEPALIVE_COUNT = 20, 5, 4  # seconds, seconds, probes
+USER_TIMEOUT_MS = 60_000
+_RING_MIN = 64 << 10
+_OUT_RING = 3
+_BRIDGE_CHUNK = 1 << 16
+_SPILL = 1 << 16
 
 
-class LinkError(DelshareError):
-    """The encrypted link failed."""
+class _Socket(Protocol):
+    """What socket options need: a ``socket.socket`` or a transport's socket view."""
 
+    @property
+    def family(self) -> int: ...
 
-class LinkAuthError(LinkError):
-    """The peer did not prove knowledge of the shared key (or is not a DEL peer)."""
+    @property
+    def type(self) -> int: ...
 
-
-class LinkProtocolError(LinkError):
-    """The peer sent a malformed or oversized record."""
-
-
-class RecordIntegrityError(LinkError):
-    """A record's AEAD tag did not verify: the bytes were altered in transit."""
-
-
-class LinkClosedError(LinkError):
-    """The link ended; ``clean`` tells a peer's authenticated CLOSE from a lost connection."""
-
-    def __init__(self, message: str, *, clean: bool) -> None:
-        super().__init__(message)
-        self.clean = clean
-
-
-class LinkTimeoutError(LinkError):
-    """The handshake did not finish in time."""
-
-
-class RecordKind(enum.IntEnum):
-    """The type byte of a record."""
-
-    DATA = 0
-    CONTROL = 1
-    CLOSE = 2
-
-
-@dataclass(frozen=True, slots=True)
-class Record:
-    """One decrypted record."""
-
-    kind: RecordKind
-    payload: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class SessionKeys:
-    """Per-link keys after a successful handshake (one AEAD key per direction)."""
-
-    send_key: bytes
-    recv_key: bytes
-
-
-def _role_byte(role: Role) -> int:
-    if role in ("initiator", "sender"):
-        return _INITIATOR
-    if role in ("responder", "receiver"):
-        return _RESPONDER
-    raise ValueError(f"unknown role {role!r}")
-
-
-class Handshake:
-    """Sans-IO key confirmation: ``hello()``, ``receive_hello()``, then ``receive_confirm()``."""
-
-    def __init__(self, key: bytes, role: Role, *, nonce: bytes | None = None) -> None:
-        if len(key) < 16:
-            raise ValueError("shared key must be at least 16 bytes")
-        self._key = key
-        self._role = _role_byte(role)
-        self._nonce = nonce if nonce is not None else os.urandom(NONCE_SIZE)
-        self._hello = MAGIC + bytes([self._role]) + self._nonce
-        self._expected_confirm: bytes | None = None
-        self._keys: SessionKeys | None = None
-
-    def hello(self) -> bytes:
-        """The first bytes to send."""
-        return self._hello
-
-    def receive_hello(self, peer_hello: bytes) -> bytes:
-        """Check the peer's hello, derive keys; return our CONFIRM to send."""
-        if len(peer_hello) != HELLO_SIZE or not peer_hello.startswith(MAGIC):
-            raise LinkAuthError("peer is not a DEL link (bad hello)")
-        if peer_hello[len(MAGIC)] not in (_INITIATOR, _RESPONDER):
-            raise LinkAuthError("peer sent an unknown role")
-        if peer_hello[len(MAGIC)] == self._role:
-            raise LinkAuthError("both peers claim the same role")
-        first, second = (
-            (self._hello, peer_hello) if self._role == _INITIATOR else (peer_hello, self._hello)
-        )
-        okm = HKDF(
-            algorithm=hashes.SHA256(),
-            length=128,
-            salt=first[-NONCE_SIZE:] + second[-NONCE_SIZE:],
-            info=_HKDF_INFO,
-        ).derive(self._key)
-        i2r, r2i, confirm_i, confirm_r = okm[:32], okm[32:64], okm[64:96], okm[96:]
-        transcript = b"confirm" + first + second
-        mine, theirs = (
-            (confirm_i, confirm_r) if self._role == _INITIATOR else (confirm_r, confirm_i)
-        )
-        self._expected_confirm = hmac.new(theirs, transcript, hashlib.sha256).digest()
-        own_keys = (i2r, r2i) if self._role == _INITIATOR else (r2i, i2r)
-        self._keys = SessionKeys(send_key=own_keys[0], recv_key=own_keys[1])
-        return hmac.new(mine, transcript, hashlib.sha256).digest()
-
-    def receive_confirm(self, peer_confirm: bytes) -> SessionKeys:
-        """Verify the peer's CONFIRM (constant time); return the session keys."""
-        if self._expected_confirm is None or self._keys is None:
-            raise LinkProtocolError("confirm before hello")
-        if not hmac.compare_digest(peer_confirm, self._expected_confirm):
-            raise LinkAuthError("peer does not know the shared key")
-        return self._keys
-
-
-def _nonce(counter: int) -> bytes:
-    if counter > _MAX_COUNTER:
-        raise LinkError("record counter exhausted; open a new link")
-    return counter.to_bytes(12, "big")
-
-
-_KINDS = frozenset(int(k) for k in RecordKind)
-
-
-class RecordSealer:
-    """Encrypts outgoing records with counter nonces."""
-
-    def __init__(self, key: bytes) -> None:
-        self._aead = AESGCM(key)
-        self._counter = 0
-
-    def seal(self, kind: RecordKind, payload: bytes | memoryview) -> tuple[bytes, bytes]:
-        """Return ``(header, ciphertext)`` for one record; send them back to back."""
-        if len(payload) > MAX_PAYLOAD:
-            raise ValueError(f"record payload {len(payload)} > {MAX_PAYLOAD}")
-        header = _HEADER.pack(kind, len(payload) + TAG_SIZE)
-        ciphertext = self._aead.encrypt(_nonce(self._counter), payload, header)
-        self._counter += 1
-        return header, ciphertext
-
-    def seal_into(self, kind: RecordKind, payload: bytes | memoryview, out: memoryview) -> int:
-        """Write header and ciphertext of one record into ``out``; return the bytes used."""
-        if len(payload) > MAX_PAYLOAD:
-            raise ValueError(f"record payload {len(payload)} > {MAX_PAYLOAD}")
-        size = HEADER_SIZE + len(payload) + TAG_SIZE
-        header = _HEADER.pack(kind, len(payload) + TAG_SIZE)
-        out[:HEADER_SIZE] = header
-        nonce = _nonce(self._counter)
-        self._aead.encrypt_into(nonce, payload, header, out[HEADER_SIZE:size])
-        self._counter += 1
-        return size
-
-
-class RecordOpener:
-    """Parses headers and decrypts incoming records, in order."""
-
-    def __init__(self, key: bytes, *, max_payload: int = MAX_PAYLOAD) -> None:
-        self._aead = AESGCM(key)
-        self._counter = 0
-        self._max = max_payload + TAG_SIZE
-
-    def parse_header(self, header: bytes) -> int:
-        """Validate a 5-byte header; return the ciphertext length that follows."""
-        kind, length = _HEADER.unpack(header)
-        if kind not in _KINDS:
-            raise LinkProtocolError(f"unknown record kind {kind}")
-        if length < TAG_SIZE or length > self._max:
-            raise LinkProtocolError(f"record length {length} out of bounds")
-        return int(length)
-
-    def open(self, header: bytes, ciphertext: bytes | memoryview) -> Record:
-        """Decrypt one record whose header was accepted by :meth:`parse_header`."""
-        try:
-            payload = self._aead.decrypt(_nonce(self._counter), ciphertext, header)
-        except InvalidTag:
-            raise RecordIntegrityError("record failed authentication") from None
-        self._counter += 1
-        return Record(RecordKind(header[0]), payload)
-
-    def open_into(self, header: bytes, ciphertext: memoryview, out: memoryview) -> RecordKind:
-        """Decrypt one record into ``out[: len(ciphertext) - TAG_SIZE]``; return its kind."""
-        size = len(ciphertext) - TAG_SIZE
-        if len(out) < size:
-            raise ValueError(f"buffer of {len(out)} bytes cannot hold a {size}-byte record")
-        try:
-            self._aead.decrypt_into(_nonce(self._counter), ciphertext, header, out[:size])
-        except InvalidTag:
-            raise RecordIntegrityError("record failed authentication") from None
-        self._counter += 1
-        return RecordKind(header[0])
-
-
-class RecordDecoder:
-    """Buffering decoder for any split of the byte stream (used by tests and slow paths)."""
-
-    def __init__(self, opener: RecordOpener) -> None:
-        self._opener = opener
-        self._buffer = bytearray()
-
-    def feed(self, data: bytes) -> list[Record]:
-        """Add bytes; return every complete record now available."""
-        self._buffer += data
-        records: list[Record] = []
-        while len(self._buffer) >= HEADER_SIZE:
-            header = bytes(self._buffer[:HEADER_SIZE])
-            length = self._opener.parse_header(header)
-            if len(self._buffer) < HEADER_SIZE + length:
-                break
-            body = bytes(self._buffer[HEADER_SIZE : HEADER_SIZE + length])
-            del self._buffer[: HEADER_SIZE + length]
-            records.append(self._opener.open(header, body))
-        return records
+    def setsockopt(self, level: int, option: int, value: int, /) -> None: ...
 
 
 class _RecordProtocol(asyncio.BufferedProtocol):
@@ -308,13 +97,12 @@ class _RecordProtocol(asyncio.BufferedProtocol):
     Each record's header and ciphertext are read into place and queued; decryption happens when
     the consumer takes the record (into its own buffer with :meth:`RecordChannel.recv_into`).
     Reading pauses while all ``_RING`` ciphertext buffers wait for the consumer. Write flow
-    control is tracked for :meth:`RecordChannel.drain`. Connection loss is forwarded to the
-    stream's original protocol so ``StreamWriter.wait_closed`` still completes.
+    control is tracked for :meth:`RecordChannel.drain`. Bytes read before this protocol had its
+    transport (the handshake's leftovers) are :meth:`feed` first.
     """
 
-    def __init__(self, opener: RecordOpener, previous: asyncio.BaseProtocol | None) -> None:
+    def __init__(self, opener: RecordOpener) -> None:
         self.opener = opener
-        self._previous = previous
         self._header = bytearray(HEADER_SIZE)
         self._bodies = [_lazy_buffer(MAX_PAYLOAD + TAG_SIZE) for _ in range(_RING)]
         self._free: collections.deque[int] = collections.deque(range(1, _RING))
@@ -324,6 +112,8 @@ class _RecordProtocol(asyncio.BufferedProtocol):
         self._body_len = 0
         self._queue: collections.deque[tuple[bytes, int, int]] = collections.deque()
         self._backlog = bytearray()
+        self._spill = memoryview(bytearray(_SPILL))
+        self._spilling = False
         self._broken = False
         self._end: LinkError | None = None
         self._reader_waiter: asyncio.Future[None] | None = None
@@ -333,14 +123,35 @@ class _RecordProtocol(asyncio.BufferedProtocol):
         self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._transport = cast(asyncio.Transport, transport)
+        self._transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
+        if self._broken:
+            self._transport.abort()
+        elif self.backlogged or self._current is None:
+            self._transport.pause_reading()
 
     def get_buffer(self, sizehint: int) -> memoryview:
+        # Bytes go into the ring only behind every byte already waiting, and only while a
+        # buffer is free; otherwise they spill to the backlog and reading pauses (a transport
+        # may read before it honours a pause, e.g. uvloop right after ``connection_made``).
+        self._spilling = bool(self._backlog) or self._current is None
+        return self._spill if self._spilling else self._target()
+
+    def _target(self) -> memoryview:
+        """Where the next bytes of the stream go in the ring."""
         if self._in_body and self._current is not None:
             return self._bodies[self._current][self._have : self._body_len]
         return memoryview(self._header)[self._have :]
 
     def buffer_updated(self, nbytes: int) -> None:
+        if self._spilling:
+            self._backlog += self._spill[:nbytes]
+            if self._transport is not None:
+                self._transport.pause_reading()
+            return
+        self._advance(nbytes)
+
+    def _advance(self, nbytes: int) -> None:
+        """``nbytes`` more arrived at :meth:`_target`: complete a header or a record."""
         self._have += nbytes
         try:
             if not self._in_body and self._have == HEADER_SIZE:
@@ -378,21 +189,21 @@ class _RecordProtocol(asyncio.BufferedProtocol):
 
     @property
     def backlogged(self) -> bool:
-        """Bytes from before the takeover still wait for a free buffer (keep reading paused)."""
+        """Bytes from before the transport still wait for a free buffer (keep reading paused)."""
         return bool(self._backlog)
 
     def feed(self, data: bytes) -> None:
-        """Queue bytes that arrived before this protocol took over the transport."""
+        """Queue bytes that arrived before this protocol had its transport."""
         self._backlog += data
         self._drain_backlog()
 
     def _drain_backlog(self) -> None:
         while self._backlog and not self._broken and self._current is not None:
-            target = self.get_buffer(-1)
+            target = self._target()
             n = min(len(target), len(self._backlog))
             target[:n] = self._backlog[:n]
             del self._backlog[:n]
-            self.buffer_updated(n)
+            self._advance(n)
 
     def _finish(self, error: LinkError) -> None:
         if self._end is None:
@@ -434,8 +245,6 @@ class _RecordProtocol(asyncio.BufferedProtocol):
         self._wake_drain()
         if not self.closed.done():
             self.closed.set_result(None)
-        if self._previous is not None:
-            self._previous.connection_lost(exc)
 
     def pause_writing(self) -> None:
         self._write_paused = True
@@ -461,58 +270,39 @@ class _RecordProtocol(asyncio.BufferedProtocol):
                 raise LinkClosedError("connection lost", clean=False)
 
 
-_RING = 4
-KEEPALIVE_IDLE, KEEPALIVE_INTERVAL, KEEPALIVE_COUNT = 20, 5, 4  # seconds, seconds, probes
-USER_TIMEOUT_MS = 60_000
-_TRANSPORT_API = ("set_protocol", "pause_reading", "resume_reading", "is_reading", "abort")
-_RING_MIN = 64 << 10
-_OUT_RING = 3
-
-
 class RecordChannel:
-    """Authenticated, encrypted records over a connected stream.
+    """Authenticated, encrypted records over a connection it owns from the start.
 
-    Takes over the stream's transport: after construction, use only the channel (the original
-    reader sees nothing more; ``writer.wait_closed()`` still completes when the link ends).
+    Made by :func:`handshake` (or :meth:`open` from a socket and the bytes already read from
+    it); the channel's protocol is the connection's only protocol.
     """
 
     def __init__(
-        self,
-        reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
-        keys: SessionKeys,
+        self, transport: asyncio.Transport, protocol: _RecordProtocol, keys: SessionKeys
     ) -> None:
-        self._writer = writer
-        transport = writer.transport
-        if not all(hasattr(transport, name) for name in _TRANSPORT_API):
-            raise TypeError("RecordChannel needs a bidirectional stream transport")
-        self._transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
+        self._transport = transport
+        self._protocol = protocol
         self._sealer = RecordSealer(keys.send_key)
-        self._protocol = _RecordProtocol(
-            RecordOpener(keys.recv_key), self._transport.get_protocol()
-        )
         self._closed = False
         record_size = HEADER_SIZE + MAX_PAYLOAD + TAG_SIZE
         self._out = [_lazy_buffer(record_size) for _ in range(_OUT_RING)]
         self._out_end = [0] * len(self._out)
         self._out_next = 0
         self._written = 0
-        buffered = _take_buffered(reader)
-        _detect_dead_peer(self._transport)
-        self._transport.set_protocol(self._protocol)
-        self._protocol.connection_made(self._transport)
-        self._protocol.feed(buffered)
-        if reader.at_eof() or self._transport.is_closing():
-            self._protocol.eof_received()
-        elif self._protocol.backlogged:
-            self._transport.pause_reading()
-        elif not self._transport.is_reading():
-            self._transport.resume_reading()
 
-    @property
-    def writer(self) -> asyncio.StreamWriter:
-        """The underlying stream writer (e.g. for ``get_extra_info``)."""
-        return self._writer
+    @classmethod
+    async def open(cls, sock: socket.socket, leftover: bytes, keys: SessionKeys) -> RecordChannel:
+        """A channel on connected ``sock`` whose first incoming bytes are ``leftover``."""
+        protocol = _RecordProtocol(RecordOpener(keys.recv_key))
+        protocol.feed(leftover)
+        _detect_dead_peer(sock)
+        loop = asyncio.get_running_loop()
+        transport, _ = await loop.connect_accepted_socket(lambda: protocol, sock)
+        return cls(transport, protocol, keys)
+
+    def get_extra_info(self, name: str, default: object = None) -> Any:
+        """The connection's transport information (``"socket"``, ``"peername"``, ...)."""
+        return self._transport.get_extra_info(name, default)
 
     async def send(self, data: bytes | memoryview, kind: RecordKind = RecordKind.DATA) -> None:
         """Send one record (``len(data) <= MAX_PAYLOAD``) and wait for buffer room."""
@@ -623,13 +413,12 @@ def _lazy_buffer(size: int) -> memoryview:
     return memoryview(mmap.mmap(-1, size))
 
 
-def _detect_dead_peer(transport: asyncio.Transport) -> None:
+def _detect_dead_peer(sock: _Socket) -> None:
     """TCP keepalive and a user timeout, so a link that silently stops (a NAT mapping or a
     network gone, no FIN or RST) fails in about a minute instead of hanging both ends:
     keepalive probes catch an idle one, ``TCP_USER_TIMEOUT`` (RFC 5482) data left unacknowledged.
     A peer that is merely slow still acknowledges, so it is never cut off."""
-    sock = transport.get_extra_info("socket")
-    if sock is None or sock.type != socket.SOCK_STREAM:
+    if sock.type != socket.SOCK_STREAM:
         return
     if sock.family not in (socket.AF_INET, socket.AF_INET6):
         return
@@ -647,14 +436,80 @@ def _detect_dead_peer(transport: asyncio.Transport) -> None:
             sock.setsockopt(level, option, value)
 
 
-def _take_buffered(reader: asyncio.StreamReader) -> bytes:
-    """Bytes the StreamReader received but nobody read yet (CPython keeps them in ``_buffer``)."""
-    buffer = getattr(reader, "_buffer", None)
-    if not isinstance(buffer, bytearray):
-        raise TypeError("RecordChannel needs an asyncio.StreamReader")
-    data = bytes(buffer)
-    buffer.clear()
-    return data
+async def _hand_over(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+) -> tuple[socket.socket, bytes]:
+    """Take the connection from its stream: a socket of our own and the bytes already read.
+
+    Our CONFIRM is flushed first; after ``abort`` the transport reads nothing more, so EOF can
+    be fed to the reader and everything it holds read at once, without waiting.
+    """
+    if writer.get_extra_info("sslcontext") is not None:
+        return _TlsBridge.start(reader, writer), b""
+    writer.transport.set_write_buffer_limits(high=0)
+    await writer.drain()
+    view = writer.get_extra_info("socket")
+    if view is None:
+        raise TypeError("the link needs a socket stream")
+    sock: socket.socket = view.dup()
+    writer.transport.abort()
+    reader.feed_eof()
+    try:
+        return sock, await reader.read()
+    except BaseException:
+        sock.close()
+        raise
+
+
+class _TlsBridge:
+    """Copies between a TLS stream and one end of a local socket pair, both ways.
+
+    Either side ending ends the other: the peer's close reaches the channel as end of stream,
+    the channel's close or abort closes the TLS stream. Running bridges are kept referenced.
+    """
+
+    _running: set[asyncio.Task[None]] = set()
+
+    @classmethod
+    def start(cls, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> socket.socket:
+        """Bridge the TLS stream; return the socket the channel takes."""
+        raw = writer.get_extra_info("socket")
+        if raw is not None:
+            _detect_dead_peer(raw)
+        ours, theirs = socket.socketpair()
+        task = asyncio.ensure_future(cls._run(reader, writer, theirs))
+        cls._running.add(task)
+        task.add_done_callback(cls._running.discard)
+        return ours
+
+    @staticmethod
+    async def _run(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, sock: socket.socket
+    ) -> None:
+        local_reader, local_writer = await asyncio.open_connection(sock=sock)
+        pumps = [
+            asyncio.ensure_future(_pump(reader, local_writer)),
+            asyncio.ensure_future(_pump(local_reader, writer)),
+        ]
+        try:
+            await asyncio.gather(*pumps)
+        finally:
+            for pump in pumps:
+                pump.cancel()
+            local_writer.close()
+            writer.close()
+
+
+async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Copy until end of stream or a broken connection, then close ``writer``."""
+    try:
+        while data := await reader.read(_BRIDGE_CHUNK):
+            writer.write(data)
+            await writer.drain()
+    except (ConnectionError, OSError):
+        pass
+    finally:
+        writer.close()
 
 
 async def abort_stream(writer: asyncio.StreamWriter) -> None:
@@ -672,6 +527,21 @@ async def _exchange(
     return await reader.readexactly(size)
 
 
+async def _authenticate(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, key: bytes, role: Role
+) -> RecordChannel:
+    state = Handshake(key, role)
+    peer_hello = await _exchange(reader, writer, state.hello(), HELLO_SIZE)
+    confirm = state.receive_hello(peer_hello)
+    keys = state.receive_confirm(await _exchange(reader, writer, confirm, CONFIRM_SIZE))
+    sock, leftover = await _hand_over(reader, writer)
+    try:
+        return await RecordChannel.open(sock, leftover, keys)
+    except BaseException:
+        sock.close()
+        raise
+
+
 async def handshake(
     reader: asyncio.StreamReader,
     writer: asyncio.StreamWriter,
@@ -681,15 +551,13 @@ async def handshake(
 ) -> RecordChannel:
     """Prove knowledge of ``key`` to the peer and check its proof; return the record channel.
 
-    Raises :class:`LinkAuthError` if the peer does not know the key, :class:`LinkTimeoutError` or
+    The channel then owns the connection (the stream is closed without closing it). Raises
+    :class:`LinkAuthError` if the peer does not know the key, :class:`LinkTimeoutError` or
     :class:`LinkClosedError` if it stalls or disconnects. The stream is closed on failure.
     """
-    state = Handshake(key, role)
     try:
         async with asyncio.timeout(timeout):
-            peer_hello = await _exchange(reader, writer, state.hello(), HELLO_SIZE)
-            confirm = state.receive_hello(peer_hello)
-            keys = state.receive_confirm(await _exchange(reader, writer, confirm, CONFIRM_SIZE))
+            return await _authenticate(reader, writer, key, role)
     except TimeoutError:
         await abort_stream(writer)
         raise LinkTimeoutError(f"handshake did not finish in {timeout:g} s") from None
@@ -702,4 +570,3 @@ async def handshake(
     except LinkError:
         await abort_stream(writer)
         raise
-    return RecordChannel(reader, writer, keys)

@@ -16,11 +16,13 @@ import os
 from dataclasses import dataclass, field
 
 from delshare.errors import PairingError
+from delshare.fields import Fields
 
 PREFIX = "del1"
 KEY_BYTES = 32
 MAX_ADDRESSES = 32
 MAX_TICKET = 4096
+_KINDS = ("host", "srflx", "relay")
 
 
 @dataclass(frozen=True)
@@ -56,16 +58,21 @@ def _b64(text: str) -> bytes:
 def _address(item: object) -> TicketAddress:
     if not (isinstance(item, list) and len(item) == 3):
         raise PairingError("ticket address is not [kind, host, port]")
-    kind, host, port = item
-    if kind not in ("host", "srflx", "relay") or not isinstance(host, str):
-        raise PairingError("ticket address has a bad kind or host")
+    fields = Fields(
+        dict(zip(("kind", "host", "port"), item, strict=True)), PairingError, "ticket address"
+    )
+    kind = fields.one_of("kind", _KINDS)
+    host = fields.text("host", max_len=64)
+    port = fields.integer("port", 1, 65535)
     try:
         ipaddress.ip_address(host)
     except ValueError:
         raise PairingError(f"ticket address {host!r} is not an IP address") from None
-    if not isinstance(port, int) or not 0 < port < 65536:
-        raise PairingError("ticket address has a bad port")
     return TicketAddress(kind, host, port)
+
+
+def _damaged(detail: str) -> PairingError:
+    return PairingError(f"ticket is damaged ({detail})")
 
 
 def parse_ticket(text: str) -> Ticket:
@@ -74,11 +81,11 @@ def parse_ticket(text: str) -> Ticket:
     if not text.startswith(PREFIX) or len(text) > MAX_TICKET:
         raise PairingError("not a DEL ticket (it starts with 'del1')")
     try:
-        body = json.loads(_b64(text[len(PREFIX) :]))
-        key = _b64(body["k"])
-        items = body["a"]
-    except (binascii.Error, ValueError, TypeError, KeyError):
-        raise PairingError("ticket is damaged (copy it again, whole)") from None
-    if len(key) != KEY_BYTES or not isinstance(items, list) or len(items) > MAX_ADDRESSES:
-        raise PairingError("ticket is damaged (bad key or address list)")
+        fields = Fields(json.loads(_b64(text[len(PREFIX) :])), _damaged, "ticket")
+        key = _b64(fields.text("k", max_len=MAX_TICKET))
+    except (binascii.Error, ValueError):
+        raise _damaged("copy it again, whole") from None
+    items = fields.items("a", max_len=MAX_ADDRESSES)
+    if len(key) != KEY_BYTES:
+        raise _damaged("bad key")
     return Ticket(tuple(_address(item) for item in items), key)

@@ -1,6 +1,6 @@
 """Sans-IO STUN codec (RFC 8489) with the TURN (RFC 8656) and RFC 6062 attributes."""
 
-from delshare.stun.attributes import Address
+from delshare.stun.attributes import Address, Attribute, AttrSpec
 from delshare.stun.constants import Attr, ErrorCode, MessageClass, Method
 from delshare.stun.framing import ChannelData, StreamFramer, decode_channel_data
 from delshare.stun.message import (
@@ -15,6 +15,8 @@ from delshare.stun.message import (
 __all__ = [
     "Address",
     "Attr",
+    "AttrSpec",
+    "Attribute",
     "ChannelData",
     "ErrorCode",
     "Message",

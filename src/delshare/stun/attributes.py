@@ -2,6 +2,12 @@
 
 RFC 8489 §14 (STUN attributes), RFC 8656 §18 (TURN attributes), RFC 6062 §6.2 (CONNECTION-ID).
 XOR-address attributes take the transaction ID through ``transaction_id`` (RFC 8489 §14.2).
+
+Each row is an :class:`AttrSpec` ``[T]`` named after its attribute (``LIFETIME``,
+``XOR_PEER_ADDRESS``, ...) and is also the typed key to read and write it:
+``message.get(LIFETIME)`` is an ``int | None``, ``message.add(REALM, "example.org")`` takes a
+``str``, and ``LIFETIME(600)`` is one :class:`Attribute` for a request's attribute list. The
+decoder gives every known attribute its row's type, so readers never check types at run time.
 """
 
 from __future__ import annotations
@@ -10,27 +16,42 @@ import ipaddress
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Generic, NamedTuple, TypeVar
 
 from delshare.address import Address as Address
 from delshare.errors import StunDecodeError
 from delshare.stun.constants import FAMILY_IPV4, FAMILY_IPV6, MAGIC_COOKIE, Attr
 
-AttrValue = Any  # the decoded Python value; its type is given per entry in ATTRIBUTES
-Decoder = Callable[[bytes, bytes], AttrValue]
-Encoder = Callable[[AttrValue, bytes], bytes]
+T = TypeVar("T")
+Decoder = Callable[[bytes, bytes], T]  # (value bytes, transaction ID) -> value
+Encoder = Callable[[T, bytes], bytes]  # (value, transaction ID) -> value bytes
+Codec = tuple[Decoder[T], Encoder[T]]
+AttrValue = Any
+"""An attribute value read by its bare type code (``Message.get(Attr.X)``), untyped: kept only
+until ``turn/server.py`` and ``turn/auth.py`` read through typed keys."""
 
 _COOKIE_BYTES = struct.pack("!I", MAGIC_COOKIE)
 
 
+class Attribute(NamedTuple):
+    """One attribute of a message: its type code and decoded value (made by an AttrSpec)."""
+
+    type: int
+    value: object
+
+
 @dataclass(frozen=True)
-class AttributeSpec:
-    """One row of the attribute table: type code, name, and its codec."""
+class AttrSpec(Generic[T]):
+    """One row of the attribute table: type code, name, its codec; the typed key of ``T``."""
 
     type: int
     name: str
-    decode: Decoder
-    encode: Encoder
+    decode: Decoder[T]
+    encode: Encoder[T]
+
+    def __call__(self, value: T) -> Attribute:
+        """This attribute with ``value``, for a message's attribute list."""
+        return Attribute(self.type, value)
 
 
 def _xor(data: bytes, mask: bytes) -> bytes:
@@ -73,7 +94,7 @@ def encode_xor_address(value: Address, tid: bytes) -> bytes:
     return plain[:2] + struct.pack("!H", port) + _xor(plain[4:], _COOKIE_BYTES + tid)
 
 
-def _utf8(limit: int) -> tuple[Decoder, Encoder]:
+def _utf8(limit: int) -> Codec[str]:
     def dec(data: bytes, _tid: bytes) -> str:
         if len(data) > limit:
             raise StunDecodeError(f"text attribute longer than {limit} bytes")
@@ -88,7 +109,7 @@ def _utf8(limit: int) -> tuple[Decoder, Encoder]:
     return dec, enc
 
 
-def _uint(fmt: str, pad: int = 0) -> tuple[Decoder, Encoder]:
+def _uint(fmt: str, pad: int = 0) -> Codec[int]:
     size = struct.calcsize(fmt)
 
     def dec(data: bytes, _tid: bytes) -> int:
@@ -102,7 +123,7 @@ def _uint(fmt: str, pad: int = 0) -> tuple[Decoder, Encoder]:
     return dec, enc
 
 
-def _raw(min_len: int = 0, max_len: int = 65535) -> tuple[Decoder, Encoder]:
+def _raw(min_len: int = 0, max_len: int = 65535) -> Codec[bytes]:
     def dec(data: bytes, _tid: bytes) -> bytes:
         if not min_len <= len(data) <= max_len:
             raise StunDecodeError(f"attribute of length {len(data)}")
@@ -114,8 +135,12 @@ def _raw(min_len: int = 0, max_len: int = 65535) -> tuple[Decoder, Encoder]:
     return dec, enc
 
 
-def _flag() -> tuple[Decoder, Encoder]:
-    return (lambda _data, _tid: True), (lambda _value, _tid: b"")
+def _decode_flag(_data: bytes, _tid: bytes) -> bool:
+    return True
+
+
+def _encode_flag(_value: bool, _tid: bytes) -> bytes:
+    return b""
 
 
 def decode_error_code(data: bytes, _tid: bytes) -> tuple[int, str]:
@@ -221,44 +246,85 @@ def encode_even_port(value: bool, _tid: bytes) -> bytes:
     return b"\x80" if value else b"\x00"
 
 
-def _table() -> dict[int, AttributeSpec]:
-    text_763 = _utf8(763)
-    rows: list[tuple[Attr, tuple[Decoder, Encoder]]] = [
-        (Attr.MAPPED_ADDRESS, (decode_address, encode_address)),
-        (Attr.USERNAME, _utf8(513)),
-        (Attr.MESSAGE_INTEGRITY, _raw(20, 20)),
-        (Attr.ERROR_CODE, (decode_error_code, encode_error_code)),
-        (Attr.UNKNOWN_ATTRIBUTES, (decode_unknown, encode_unknown)),
-        (Attr.CHANNEL_NUMBER, (decode_channel_number, encode_channel_number)),
-        (Attr.LIFETIME, _uint("!I")),
-        (Attr.XOR_PEER_ADDRESS, (decode_xor_address, encode_xor_address)),
-        (Attr.DATA, _raw()),
-        (Attr.REALM, text_763),
-        (Attr.NONCE, text_763),
-        (Attr.XOR_RELAYED_ADDRESS, (decode_xor_address, encode_xor_address)),
-        (Attr.REQUESTED_ADDRESS_FAMILY, _uint("!B", 3)),
-        (Attr.EVEN_PORT, (decode_even_port, encode_even_port)),
-        (Attr.REQUESTED_TRANSPORT, _uint("!B", 3)),
-        (Attr.DONT_FRAGMENT, _flag()),
-        (Attr.MESSAGE_INTEGRITY_SHA256, _raw(16, 32)),
-        (Attr.PASSWORD_ALGORITHM, (decode_password_algorithm, encode_password_algorithm)),
-        (Attr.USERHASH, _raw(32, 32)),
-        (Attr.XOR_MAPPED_ADDRESS, (decode_xor_address, encode_xor_address)),
-        (Attr.RESERVATION_TOKEN, _raw(8, 8)),
-        (Attr.CONNECTION_ID, _uint("!I")),
-        (Attr.ADDITIONAL_ADDRESS_FAMILY, _uint("!B", 3)),
-        (Attr.ADDRESS_ERROR_CODE, (decode_address_error, encode_address_error)),
-        (Attr.PASSWORD_ALGORITHMS, (decode_password_algorithms, encode_password_algorithms)),
-        (Attr.ALTERNATE_DOMAIN, text_763),
-        (Attr.ICMP, _raw(8, 8)),
-        (Attr.SOFTWARE, text_763),
-        (Attr.ALTERNATE_SERVER, (decode_address, encode_address)),
-        (Attr.FINGERPRINT, _uint("!I")),
-    ]
-    return {int(a): AttributeSpec(int(a), a.name, dec, enc) for a, (dec, enc) in rows}
+def _spec(attr: Attr, codec: Codec[T]) -> AttrSpec[T]:
+    return AttrSpec(int(attr), attr.name, codec[0], codec[1])
 
 
-ATTRIBUTES: dict[int, AttributeSpec] = _table()
+_ADDRESS: Codec[Address] = (decode_address, encode_address)
+_XOR_ADDRESS: Codec[Address] = (decode_xor_address, encode_xor_address)
+_TEXT_763 = _utf8(763)
+
+MAPPED_ADDRESS = _spec(Attr.MAPPED_ADDRESS, _ADDRESS)
+USERNAME = _spec(Attr.USERNAME, _utf8(513))
+MESSAGE_INTEGRITY = _spec(Attr.MESSAGE_INTEGRITY, _raw(20, 20))
+ERROR_CODE = _spec(Attr.ERROR_CODE, (decode_error_code, encode_error_code))
+UNKNOWN_ATTRIBUTES = _spec(Attr.UNKNOWN_ATTRIBUTES, (decode_unknown, encode_unknown))
+CHANNEL_NUMBER = _spec(Attr.CHANNEL_NUMBER, (decode_channel_number, encode_channel_number))
+LIFETIME = _spec(Attr.LIFETIME, _uint("!I"))
+XOR_PEER_ADDRESS = _spec(Attr.XOR_PEER_ADDRESS, _XOR_ADDRESS)
+DATA = _spec(Attr.DATA, _raw())
+REALM = _spec(Attr.REALM, _TEXT_763)
+NONCE = _spec(Attr.NONCE, _TEXT_763)
+XOR_RELAYED_ADDRESS = _spec(Attr.XOR_RELAYED_ADDRESS, _XOR_ADDRESS)
+REQUESTED_ADDRESS_FAMILY = _spec(Attr.REQUESTED_ADDRESS_FAMILY, _uint("!B", 3))
+EVEN_PORT = _spec(Attr.EVEN_PORT, (decode_even_port, encode_even_port))
+REQUESTED_TRANSPORT = _spec(Attr.REQUESTED_TRANSPORT, _uint("!B", 3))
+DONT_FRAGMENT = _spec(Attr.DONT_FRAGMENT, (_decode_flag, _encode_flag))
+MESSAGE_INTEGRITY_SHA256 = _spec(Attr.MESSAGE_INTEGRITY_SHA256, _raw(16, 32))
+PASSWORD_ALGORITHM = _spec(
+    Attr.PASSWORD_ALGORITHM, (decode_password_algorithm, encode_password_algorithm)
+)
+USERHASH = _spec(Attr.USERHASH, _raw(32, 32))
+XOR_MAPPED_ADDRESS = _spec(Attr.XOR_MAPPED_ADDRESS, _XOR_ADDRESS)
+RESERVATION_TOKEN = _spec(Attr.RESERVATION_TOKEN, _raw(8, 8))
+CONNECTION_ID = _spec(Attr.CONNECTION_ID, _uint("!I"))
+ADDITIONAL_ADDRESS_FAMILY = _spec(Attr.ADDITIONAL_ADDRESS_FAMILY, _uint("!B", 3))
+ADDRESS_ERROR_CODE = _spec(Attr.ADDRESS_ERROR_CODE, (decode_address_error, encode_address_error))
+PASSWORD_ALGORITHMS = _spec(
+    Attr.PASSWORD_ALGORITHMS, (decode_password_algorithms, encode_password_algorithms)
+)
+ALTERNATE_DOMAIN = _spec(Attr.ALTERNATE_DOMAIN, _TEXT_763)
+ICMP = _spec(Attr.ICMP, _raw(8, 8))
+SOFTWARE = _spec(Attr.SOFTWARE, _TEXT_763)
+ALTERNATE_SERVER = _spec(Attr.ALTERNATE_SERVER, _ADDRESS)
+FINGERPRINT = _spec(Attr.FINGERPRINT, _uint("!I"))
+
+ATTRIBUTES: dict[int, AttrSpec[Any]] = {
+    spec.type: spec
+    for spec in (
+        MAPPED_ADDRESS,
+        USERNAME,
+        MESSAGE_INTEGRITY,
+        ERROR_CODE,
+        UNKNOWN_ATTRIBUTES,
+        CHANNEL_NUMBER,
+        LIFETIME,
+        XOR_PEER_ADDRESS,
+        DATA,
+        REALM,
+        NONCE,
+        XOR_RELAYED_ADDRESS,
+        REQUESTED_ADDRESS_FAMILY,
+        EVEN_PORT,
+        REQUESTED_TRANSPORT,
+        DONT_FRAGMENT,
+        MESSAGE_INTEGRITY_SHA256,
+        PASSWORD_ALGORITHM,
+        USERHASH,
+        XOR_MAPPED_ADDRESS,
+        RESERVATION_TOKEN,
+        CONNECTION_ID,
+        ADDITIONAL_ADDRESS_FAMILY,
+        ADDRESS_ERROR_CODE,
+        PASSWORD_ALGORITHMS,
+        ALTERNATE_DOMAIN,
+        ICMP,
+        SOFTWARE,
+        ALTERNATE_SERVER,
+        FINGERPRINT,
+    )
+}
+"""Every known attribute by type code (the decoder's table)."""
 
 
 def is_comprehension_required(attr_type: int) -> bool:

@@ -12,10 +12,20 @@ import hashlib
 import hmac
 import os
 import struct
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any, TypeVar, overload
 
 from delshare.errors import StunDecodeError
-from delshare.stun.attributes import ATTRIBUTES, Address, AttrValue, is_comprehension_required
+from delshare.stun.attributes import (
+    ATTRIBUTES,
+    ERROR_CODE,
+    Address,
+    Attribute,
+    AttrSpec,
+    AttrValue,
+    is_comprehension_required,
+)
 from delshare.stun.constants import (
     FINGERPRINT_XOR,
     HEADER_LENGTH,
@@ -27,6 +37,9 @@ from delshare.stun.constants import (
 )
 
 _AFTER_INTEGRITY_ALLOWED = {Attr.MESSAGE_INTEGRITY_SHA256, Attr.FINGERPRINT}
+T = TypeVar("T")
+Key = AttrSpec[Any] | int
+"""An attribute's typed key (its :class:`AttrSpec`) or, untyped, its bare type code."""
 
 
 def new_transaction_id() -> bytes:
@@ -59,52 +72,77 @@ class Message:
     method: int
     cls: MessageClass
     transaction_id: bytes = field(default_factory=new_transaction_id)
-    attributes: list[tuple[int, AttrValue]] = field(default_factory=list)
+    attributes: list[Attribute] = field(default_factory=list)
     unknown_required: list[int] = field(default_factory=list)
     raw: bytes = b""
     integrity_offset: int | None = None
     integrity_sha256_offset: int | None = None
 
-    def add(self, attr: int, value: AttrValue) -> Message:
+    @overload
+    def add(self, key: AttrSpec[T], value: T) -> Message: ...
+
+    @overload
+    def add(self, key: int, value: AttrValue) -> Message: ...
+
+    def add(self, key: Key, value: object) -> Message:
         """Append an attribute; returns self to allow chaining."""
-        self.attributes.append((int(attr), value))
+        self.attributes.append(Attribute(_code(key), value))
         return self
 
-    def get(self, attr: int) -> AttrValue | None:
-        """The first value of ``attr``, or None."""
+    def extend(self, attributes: Iterable[tuple[int, object]]) -> Message:
+        """Append attributes made by their keys (``LIFETIME(600)``); returns self."""
+        self.attributes += (Attribute(int(kind), value) for kind, value in attributes)
+        return self
+
+    @overload
+    def get(self, key: AttrSpec[T]) -> T | None: ...
+
+    @overload
+    def get(self, key: int) -> AttrValue | None: ...
+
+    def get(self, key: Key) -> object:
+        """The first value of the attribute, or None; typed by its key (RFC 8489 §14)."""
+        code = _code(key)
         for kind, value in self.attributes:
-            if kind == attr:
+            if kind == code:
                 return value
         return None
 
-    def get_all(self, attr: int) -> list[AttrValue]:
-        """Every value of ``attr``, in order."""
-        return [value for kind, value in self.attributes if kind == attr]
+    @overload
+    def get_all(self, key: AttrSpec[T]) -> list[T]: ...
 
-    def has(self, attr: int) -> bool:
-        """Whether ``attr`` is present."""
-        return any(kind == attr for kind, _ in self.attributes)
+    @overload
+    def get_all(self, key: int) -> list[AttrValue]: ...
+
+    def get_all(self, key: Key) -> list[Any]:
+        """Every value of the attribute, in order."""
+        code = _code(key)
+        return [value for kind, value in self.attributes if kind == code]
+
+    def has(self, key: Key) -> bool:
+        """Whether the attribute is present."""
+        code = _code(key)
+        return any(kind == code for kind, _ in self.attributes)
 
     def get_str(self, attr: int) -> str | None:
-        """A text attribute (USERNAME, REALM, NONCE, SOFTWARE)."""
+        """A text attribute by bare type code (untyped readers only; prefer a typed key)."""
         value = self.get(attr)
         return value if isinstance(value, str) else None
 
     def get_int(self, attr: int) -> int | None:
-        """An integer attribute (LIFETIME, CONNECTION-ID, REQUESTED-TRANSPORT, ...)."""
+        """An integer attribute by bare type code (untyped readers only; prefer a typed key)."""
         value = self.get(attr)
         return value if isinstance(value, int) and not isinstance(value, bool) else None
 
     def get_address(self, attr: int) -> Address | None:
-        """An address attribute as (host, port)."""
+        """An address attribute by bare type code (untyped readers only; prefer a typed key)."""
         value = self.get(attr)
         return value if isinstance(value, tuple) and len(value) == 2 else None
 
     @property
     def error(self) -> tuple[int, str] | None:
         """(code, reason) of an error response."""
-        value = self.get(Attr.ERROR_CODE)
-        return value if isinstance(value, tuple) else None
+        return self.get(ERROR_CODE)
 
     @property
     def method_name(self) -> str:
@@ -168,6 +206,10 @@ class Message:
         return self.integrity_offset is not None or self.integrity_sha256_offset is not None
 
 
+def _code(key: Key) -> int:
+    return key.type if isinstance(key, AttrSpec) else int(key)
+
+
 def _mac(key: bytes, data: bytes, sha256: bool) -> bytes:
     return hmac.new(key, data, hashlib.sha256 if sha256 else hashlib.sha1).digest()
 
@@ -180,7 +222,7 @@ def _verify_at(raw: bytes, offset: int, key: bytes, sha256: bool) -> bool:
     return hmac.compare_digest(expected, raw[offset + 4 : offset + 4 + mac_len])
 
 
-def _encode_attribute(kind: int, value: AttrValue, tid: bytes) -> bytes:
+def _encode_attribute(kind: int, value: object, tid: bytes) -> bytes:
     spec = ATTRIBUTES.get(kind)
     if spec is None:
         if not isinstance(value, bytes | bytearray):
@@ -192,22 +234,17 @@ def _encode_attribute(kind: int, value: AttrValue, tid: bytes) -> bytes:
 
 
 def error_response(
-    request: Message, code: int, reason: str | None = None, *extra: tuple[int, AttrValue]
+    request: Message, code: int, reason: str | None = None, *extra: tuple[int, object]
 ) -> Message:
     """An error response to ``request`` with ERROR-CODE (RFC 8489 §6.3.4)."""
     msg = Message(request.method, MessageClass.ERROR, request.transaction_id)
-    msg.add(Attr.ERROR_CODE, (code, reason or REASONS.get(code, "Error")))
-    for kind, value in extra:
-        msg.add(kind, value)
-    return msg
+    msg.add(ERROR_CODE, (int(code), reason or REASONS.get(code, "Error")))
+    return msg.extend(extra)
 
 
-def success_response(request: Message, *attrs: tuple[int, AttrValue]) -> Message:
+def success_response(request: Message, *attrs: tuple[int, object]) -> Message:
     """A success response to ``request`` (RFC 8489 §6.3.1)."""
-    msg = Message(request.method, MessageClass.SUCCESS, request.transaction_id)
-    for kind, value in attrs:
-        msg.add(kind, value)
-    return msg
+    return Message(request.method, MessageClass.SUCCESS, request.transaction_id).extend(attrs)
 
 
 def is_stun(data: bytes) -> bool:
@@ -248,7 +285,7 @@ def _decode_attributes(msg: Message, data: bytes) -> None:
         value = data[pos + 4 : end]
         if kind == Attr.FINGERPRINT:
             _check_fingerprint(data, pos, value)
-            msg.attributes.append((kind, int.from_bytes(value, "big")))
+            msg.attributes.append(Attribute(kind, int.from_bytes(value, "big")))
             if end + (-alen % 4) != len(data):
                 raise StunDecodeError("FINGERPRINT is not the last attribute")
         elif seen_mi256 or (seen_mi and kind not in _AFTER_INTEGRITY_ALLOWED):
@@ -265,9 +302,9 @@ def _decode_one(msg: Message, kind: int, value: bytes, pos: int) -> None:
     if spec is None:
         if is_comprehension_required(kind):
             msg.unknown_required.append(kind)
-        msg.attributes.append((kind, value))
+        msg.attributes.append(Attribute(kind, value))
         return
-    msg.attributes.append((kind, spec.decode(value, msg.transaction_id)))
+    msg.attributes.append(Attribute(kind, spec.decode(value, msg.transaction_id)))
     if kind == Attr.MESSAGE_INTEGRITY:
         msg.integrity_offset = pos
     elif kind == Attr.MESSAGE_INTEGRITY_SHA256:

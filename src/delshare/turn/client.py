@@ -19,15 +19,28 @@ from __future__ import annotations
 import base64
 import binascii
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
 from delshare.errors import DelshareError, StunDecodeError, TransactionTimeout
-from delshare.stun.attributes import Address, AttrValue
+from delshare.stun.attributes import (
+    ALTERNATE_SERVER,
+    CHANNEL_NUMBER,
+    CONNECTION_ID,
+    DATA,
+    NONCE,
+    PASSWORD_ALGORITHM,
+    PASSWORD_ALGORITHMS,
+    REALM,
+    USERNAME,
+    XOR_PEER_ADDRESS,
+    Address,
+    Attribute,
+)
 from delshare.stun.constants import (
     NONCE_COOKIE,
     PASSWORD_ALGORITHM_MD5,
     PASSWORD_ALGORITHM_SHA256,
-    Attr,
     ErrorCode,
     MessageClass,
     Method,
@@ -43,7 +56,8 @@ RM = 16  # RFC 8489 §6.2.1 last wait, in RTOs
 TCP_TIMEOUT = 39.5  # RFC 8489 §6.2.2
 MAX_STALE_RETRIES = 3  # 438 answers we follow per request before giving up
 
-Attrs = list[tuple[int, AttrValue]]
+Attrs = Sequence[Attribute]
+"""A request's attributes, each made by its typed key (``LIFETIME(600)``)."""
 
 
 @dataclass(frozen=True)
@@ -130,22 +144,18 @@ class AuthState:
 
     def learn(self, response: Message) -> None:
         """Take REALM, NONCE and PASSWORD-ALGORITHMS from a 401/438 (RFC 8489 §9.2.5)."""
-        self.realm = response.get_str(Attr.REALM) or self.realm
-        self.nonce = response.get_str(Attr.NONCE) or self.nonce
-        offered = response.get(Attr.PASSWORD_ALGORITHMS)
+        self.realm = response.get(REALM) or self.realm
+        self.nonce = response.get(NONCE) or self.nonce
+        offered = response.get(PASSWORD_ALGORITHMS)
         if self.nonce and nonce_offers_password_algorithms(self.nonce) and offered:
-            self.algorithms = tuple(offered)
+            self.algorithms = offered
 
-    def credentials_attrs(self) -> Attrs:
+    def credentials_attrs(self) -> list[Attribute]:
         """USERNAME, REALM, NONCE (+ PASSWORD-ALGORITHMS/-ALGORITHM) (RFC 8489 §9.2.3.2)."""
-        attrs: Attrs = [
-            (Attr.USERNAME, self.username),
-            (Attr.REALM, self.realm or ""),
-            (Attr.NONCE, self.nonce or ""),
-        ]
+        attrs = [USERNAME(self.username), REALM(self.realm or ""), NONCE(self.nonce or "")]
         if self.algorithms is not None:
-            attrs.append((Attr.PASSWORD_ALGORITHMS, self.algorithms))
-            attrs.append((Attr.PASSWORD_ALGORITHM, (self.algorithm, b"")))
+            attrs.append(PASSWORD_ALGORITHMS(self.algorithms))
+            attrs.append(PASSWORD_ALGORITHM((self.algorithm, b"")))
         return attrs
 
 
@@ -224,8 +234,7 @@ class TurnClientCore:
         tx.message = Message(tx.method, MessageClass.REQUEST, tid, list(tx.attrs))
         tx.key, tx.sent_nonce = None, None
         if tx.authenticate and self.auth.ready:
-            for kind, value in self.auth.credentials_attrs():
-                tx.message.add(kind, value)
+            tx.message.extend(self.auth.credentials_attrs())
             tx.key, tx.sent_nonce = self.auth.key, self.auth.nonce
         sha256 = tx.key is not None and self.auth.sha256
         tx.data = tx.message.encode(tx.key, sha256=sha256, fingerprint=self.fingerprint)
@@ -298,16 +307,16 @@ class TurnClientCore:
                 self._receive_response(tx, msg, now)
 
     def _receive_indication(self, msg: Message) -> None:
-        peer = msg.get_address(Attr.XOR_PEER_ADDRESS)
+        peer = msg.get(XOR_PEER_ADDRESS)
         if peer is None:
             return
         if msg.method == Method.CONNECTION_ATTEMPT:
-            cid = msg.get_int(Attr.CONNECTION_ID)
+            cid = msg.get(CONNECTION_ID)
             if cid is not None:
                 self._events.append(ConnectionAttempted(cid, peer))
         elif msg.method == Method.DATA:
-            data = msg.get(Attr.DATA)
-            if isinstance(data, bytes):
+            data = msg.get(DATA)
+            if data is not None:
                 self._events.append(PeerDataReceived(peer, data))
 
     def _receive_response(self, tx: _Transaction, msg: Message, now: float) -> None:
@@ -321,7 +330,7 @@ class TurnClientCore:
             self._on_success(tx, msg)
         elif not self._retry_after_challenge(tx, msg, now):
             code, reason = msg.error or (0, "error response without ERROR-CODE")
-            alternate = msg.get_address(Attr.ALTERNATE_SERVER)
+            alternate = msg.get(ALTERNATE_SERVER)
             self._finish(tx, msg, error_for(tx.method, code, reason, alternate))
 
     def _integrity_ok(self, tx: _Transaction, msg: Message) -> bool:
@@ -335,8 +344,8 @@ class TurnClientCore:
     def _retry_after_challenge(self, tx: _Transaction, msg: Message, now: float) -> bool:
         """Follow 401 (first time, or a new nonce) and 438 (bounded) (RFC 8489 §9.2.5)."""
         code = msg.error[0] if msg.error else 0
-        nonce = msg.get_str(Attr.NONCE)
-        if code == ErrorCode.UNAUTHENTICATED and msg.has(Attr.REALM) and nonce:
+        nonce = msg.get(NONCE)
+        if code == ErrorCode.UNAUTHENTICATED and msg.has(REALM) and nonce:
             if tx.key is not None:  # credentials were sent: retry once, only for a new nonce
                 if nonce == tx.sent_nonce or tx.unauth_retries:
                     return False
@@ -355,10 +364,10 @@ class TurnClientCore:
 
     def _on_success(self, tx: _Transaction, msg: Message) -> None:
         if tx.method == Method.CHANNEL_BIND:
-            channel = _attr_int(tx.attrs, Attr.CHANNEL_NUMBER)
-            peer = _attr_value(tx.attrs, Attr.XOR_PEER_ADDRESS)
-            if channel is not None and isinstance(peer, tuple):
-                self.channels[channel] = (str(peer[0]), int(peer[1]))
+            channel = tx.message.get(CHANNEL_NUMBER)
+            peer = tx.message.get(XOR_PEER_ADDRESS)
+            if channel is not None and peer is not None:
+                self.channels[channel] = peer
         self._finish(tx, msg, None)
 
     def _finish(self, tx: _Transaction, msg: Message, error: DelshareError | None) -> None:
@@ -367,12 +376,3 @@ class TurnClientCore:
             self._events.append(TransactionSucceeded(tx.handle, msg))
         else:
             self._events.append(TransactionFailed(tx.handle, error))
-
-
-def _attr_value(attrs: Attrs, kind: int) -> AttrValue | None:
-    return next((value for k, value in attrs if k == kind), None)
-
-
-def _attr_int(attrs: Attrs, kind: int) -> int | None:
-    value = _attr_value(attrs, kind)
-    return value if isinstance(value, int) else None

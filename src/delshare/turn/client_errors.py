@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from delshare.errors import DelshareError, TransactionError
 from delshare.stun.attributes import Address
-from delshare.stun.constants import Method
+from delshare.stun.constants import ErrorCode, Method
 
 
 class AuthenticationError(TransactionError):
@@ -47,9 +47,9 @@ class ResponseIntegrityError(TransactionError):
 def error_for(method: int, code: int, reason: str, alternate: Address | None) -> TransactionError:
     """The most specific exception for an error response to ``method``."""
     name, reason = method_name(method), reason.strip()
-    if code == 300:
+    if code == ErrorCode.TRY_ALTERNATE:
         return TryAlternateError(name, code, reason, alternate)
-    if code in (401, 441):
+    if code in (ErrorCode.UNAUTHENTICATED, ErrorCode.WRONG_CREDENTIALS):
         return AuthenticationError(name, code, reason)
     if method in (Method.ALLOCATE, Method.REFRESH):
         return AllocationError(name, code, reason)

@@ -1,0 +1,52 @@
+"""STUN error codes are ``ErrorCode`` members, not bare integers, where code decides on them
+(RFC 8489 §14.8, RFC 8656 §19, RFC 6062 §6.3)."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+from delshare.stun.constants import ErrorCode
+
+SRC = Path(__file__).resolve().parents[1] / "src" / "delshare"
+CODES = {int(code) for code in ErrorCode}
+CHECKED = [
+    "turn/client.py",
+    "turn/client_errors.py",
+    "turn/client_allocation.py",
+    "aio/client.py",
+    "aio/client_allocation.py",
+    "cli/turn_check.py",
+    "link/relay.py",
+]
+
+
+def bare_codes(tree: ast.AST) -> list[str]:
+    """Integer literals that are error codes, compared with or passed as arguments."""
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Compare):
+            operands = [node.left, *node.comparators]
+            values = [v for o in operands for v in (o.elts if isinstance(o, ast.Tuple) else [o])]
+        elif isinstance(node, ast.Call):
+            values = [*node.args, *(k.value for k in node.keywords)]
+        else:
+            continue
+        found += [
+            ast.unparse(node)
+            for v in values
+            if isinstance(v, ast.Constant) and type(v.value) is int and v.value in CODES
+        ]
+    return found
+
+
+@pytest.mark.parametrize("name", CHECKED)
+def test_error_codes_are_named(name: str) -> None:
+    assert bare_codes(ast.parse((SRC / name).read_text(encoding="utf-8"))) == []
+
+
+def test_the_check_finds_a_bare_code() -> None:
+    tree = ast.parse("if code in (401, 441):\n    raise AllocationError('ALLOCATE', 437, 'x')\n")
+    assert len(bare_codes(tree)) == 3
