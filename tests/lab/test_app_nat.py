@@ -73,7 +73,7 @@ def _transfer(
     sender = lab.run(
         "alice", [DELSHARE, "send", str(payload), "--code", "21-guitar-orbit"], **pipes
     )
-    receiver = lab.run("bob", [DELSHARE, "receive", "21-guitar-orbit", "-o", str(out), "--yes"],
+    receiver = lab.run("bob", [DELSHARE, "receive", "21-guitar-orbit", "-o", str(out), "-yv"],
                        **{**pipes, "env": receiver_env})  # fmt: skip
     received, sent = (_finish(p) for p in (receiver, sender))
     return sent, received, out

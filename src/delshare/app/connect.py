@@ -25,6 +25,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from delshare.app.hints import turn_hint
 from delshare.errors import DelshareError, PairingError
 from delshare.link.candidates import (
     Candidate,
@@ -146,7 +147,11 @@ async def _open_relay(settings: TurnSettings, required: bool, notice: Notice) ->
     except (DelshareError, OSError, TimeoutError) as exc:
         if required:
             raise LinkError(f"TURN server {settings.label}: {exc or 'timed out'}") from exc
-        notice(f"TURN server {settings.label} unusable, trying direct paths only: {exc}")
+        hint = turn_hint(exc)
+        notice(
+            f"TURN server {settings.label} unusable, trying direct paths only: "
+            f"{exc or 'timed out'}{f' ({hint})' if hint else ''}"
+        )
         return None
 
 

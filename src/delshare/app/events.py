@@ -16,6 +16,7 @@ __all__ = [
     "FileSkipped",
     "FileVerified",
     "NoticeIssued",
+    "OfferPrepared",
     "OfferReceived",
     "PeerConnected",
     "ProgressUpdated",
@@ -29,9 +30,20 @@ __all__ = [
 
 @dataclass(frozen=True, slots=True)
 class CodeAllocated:
-    """The sender's pairing code, to pass to the receiver."""
+    """The sender's pairing code, to pass to the receiver; it works once, for ``valid_for``
+    seconds (0: unknown)."""
 
     code: str
+    valid_for: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class OfferPrepared:
+    """The sender offers ``files`` files in ``total`` bytes; ``names``: the top-level names."""
+
+    files: int
+    total: int
+    names: tuple[str, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,11 +67,13 @@ class PeerConnected:
 
 @dataclass(frozen=True, slots=True)
 class OfferReceived:
-    """The receiver got an offer of ``files`` files in ``total`` bytes."""
+    """The receiver got an offer of ``files`` files in ``total`` bytes (``names``: the
+    top-level names), to be saved into the folder ``output``."""
 
     files: int
     total: int
     names: tuple[str, ...]
+    output: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,11 +106,15 @@ class ProgressUpdated:
 
 @dataclass(frozen=True, slots=True)
 class FileVerified:
-    """A file's whole-content BLAKE3 digest matched on arrival (or was sent with this hash)."""
+    """A file's whole-content BLAKE3 digest matched on arrival (or was sent with this hash).
+
+    ``saved_as``: on the receiver, the path (relative to the output folder) the file was saved
+    under when it differs from ``name`` (``--rename``), else None."""
 
     name: str
     size: int
     blake3: str
+    saved_as: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,12 +128,18 @@ class FileSkipped:
 
 @dataclass(frozen=True, slots=True)
 class TransferFinished:
-    """Everything arrived: counts, bytes moved over the link in this run, elapsed seconds."""
+    """Everything arrived: counts, bytes moved over the link in this run, elapsed seconds
+    (from the accepted offer to the last confirmation; the time at a prompt is not counted).
+
+    ``direction``: "send" or "receive"; ``saved_to``: on the receiver, where the files went
+    (the single top-level item's path, or the output folder)."""
 
     files: int
     total: int
     moved: int
     seconds: float
+    direction: str = ""
+    saved_to: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,6 +151,7 @@ class NoticeIssued:
 
 Event = (
     CodeAllocated
+    | OfferPrepared
     | TicketIssued
     | PeerConnected
     | OfferReceived
