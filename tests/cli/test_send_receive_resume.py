@@ -220,8 +220,14 @@ def test_rerun_after_interrupted_receiver_resumes(
     interrupt = _signal(lambda p: p.receiver, signal.SIGINT)
     sent, received = _interrupt(source, out, env, "48-guitar-orbit", ["--direct-only"], interrupt)
     assert received.returncode == 4, received.stderr
-    assert received.stderr.rstrip().endswith("error: interrupted")
+    assert received.stderr.rstrip().endswith(  # issue 11: how to resume (codes are single-use)
+        "error: interrupted; to resume, ask the sender for a new code (codes are single-use) "
+        "and run receive again: the .part file resumes"
+    )
     assert sent.returncode == 1, sent.stdout + sent.stderr
+    error = json.loads(sent.stdout.splitlines()[-1])
+    assert error["event"] == "error"
+    assert "to resume, run `delshare send` again and pass its new code" in error["message"]
     kept = _kept(out)
     run = _rerun(source, out, env, "49-guitar-orbit", ["--direct-only"])
     _check_resumed(run, kept, out, source_sha)

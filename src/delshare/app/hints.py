@@ -48,6 +48,12 @@ def turn_hint(exc: BaseException) -> str:
             return AUTH_HINT
         if isinstance(link, TransactionError) and link.code == 403:
             return ALLOW_PEER_HINT
+    # The race reports its attempts' failures as text (``CONNECT failed: 403 Forbidden ...``).
+    text = str(exc)
+    if "failed: 403 " in text:
+        return ALLOW_PEER_HINT
+    if "failed: 401 " in text or "failed: 441 " in text:
+        return AUTH_HINT
     return ""
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import time
 from collections.abc import Awaitable, Sequence
 
@@ -33,8 +34,14 @@ from delshare.app.lan import check_lan_route, lan_rendezvous
 from delshare.app.observe import observe_file_ends
 from delshare.errors import PairingError
 from delshare.pairing import PairedChannel, generate_code, pair, parse_code
-from delshare.transfer.errors import ManifestError
-from delshare.transfer.manifest import BuiltManifest, Manifest, build_manifest, display_name
+from delshare.transfer.errors import ManifestError, UnsafePathError
+from delshare.transfer.manifest import (
+    BuiltManifest,
+    Manifest,
+    build_manifest,
+    check_rel_path,
+    display_name,
+)
 from delshare.transfer.sender import send_files
 
 __all__ = ["build", "offer_summary", "run_send", "send_over"]
@@ -46,8 +53,37 @@ def build(paths: Sequence[str]) -> BuiltManifest:
         raise UsageProblem("nothing to send: give at least one file or folder")
     try:
         return build_manifest(paths)
+    except UnsafePathError as exc:
+        raise UsageProblem(_unsendable(paths) or str(exc)) from exc
     except ManifestError as exc:
+        if isinstance(exc.__cause__, UnsafePathError):
+            raise UsageProblem(_unsendable(paths) or str(exc)) from exc
         raise UsageProblem(str(exc)) from exc
+
+
+def _unsendable(paths: Sequence[str]) -> str:
+    """Every name under ``paths`` that no receiver would accept (control characters, ...),
+    listed in one message, so that one run shows them all; "" if none is found."""
+    bad: list[str] = []
+    for raw in paths:
+        top = os.path.abspath(raw)
+        base = os.path.dirname(top)
+        for folder, dirs, files in os.walk(top):
+            for name in sorted([*dirs, *files]):
+                rel = os.path.relpath(os.path.join(folder, name), base).replace(os.sep, "/")
+                try:
+                    check_rel_path(rel)
+                except UnsafePathError:
+                    bad.append(display_name(rel))
+    if not bad:
+        return ""
+    shown = ", ".join(repr(b) for b in bad[:10]) + (
+        f" and {len(bad) - 10} more" if len(bad) > 10 else ""
+    )
+    return (
+        f"cannot send {len(bad)} name{'s' * (len(bad) != 1)} that receivers refuse (control "
+        f"characters, backslashes or colons): {shown}; rename them, or send the rest without them"
+    )
 
 
 def _checked_code(code: str) -> str:

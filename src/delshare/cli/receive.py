@@ -32,14 +32,16 @@ def _settle(future: asyncio.Future[bool], value: bool) -> None:
 
 
 def _read_answer() -> bool:
-    """One line from fd 0, unbuffered: a thread blocked here holds no lock at exit."""
+    """One line from fd 0, unbuffered: a thread blocked here holds no lock at exit. At end of
+    input without a line the question's line is ended, so what follows starts a new line."""
     line = b""
     while not line.endswith(b"\n"):
         try:
             chunk = os.read(0, 1)
         except OSError:
-            return False
+            chunk = b""
         if not chunk:
+            sys.stderr.write("\n")
             break
         line += chunk
     return line.strip().lower() in (b"y", b"yes")
