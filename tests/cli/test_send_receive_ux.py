@@ -336,3 +336,37 @@ def test_ticket_through_a_relay_without_permit_names_permit(
     assert sent.returncode == 1
     assert "--permit" in _error_line(sent)
     assert "no --permit" in received.stderr
+
+
+async def test_an_expired_code_says_so_and_what_to_do(small: Path) -> None:
+    """A rendezvous that forgets mailboxes after 1 s: the waiting sender is told its code
+    expired and to run send again (the default lifetime, 10 minutes, is announced)."""
+    import asyncio
+
+    from delshare.pairing import MailboxLimits, serve_rendezvous
+
+    server = await serve_rendezvous(
+        "127.0.0.1", 0, limits=MailboxLimits(max_age=1.0), sweep_interval=0.2
+    )
+    try:
+        env = env_for(f"ws://127.0.0.1:{server.port}")
+        sender = await asyncio.create_subprocess_exec(
+            DELSHARE, "send", str(small), "--code", "69-guitar-orbit", env=env,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        try:
+            out, err = await asyncio.wait_for(sender.communicate(), 30)
+        finally:
+            if sender.returncode is None:
+                sender.kill()
+                await sender.wait()
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert sender.returncode == 1
+    assert "valid for 10 minutes" in out.decode()
+    outcome = Outcome(1, out.decode(), err.decode())
+    assert _error_line(outcome).startswith(
+        "error: the code expired before a receiver used it; run `delshare send` again for a "
+        "new code"
+    )
