@@ -370,3 +370,11 @@ async def test_an_expired_code_says_so_and_what_to_do(small: Path) -> None:
         "error: the code expired before a receiver used it; run `delshare send` again for a "
         "new code"
     )
+
+
+def test_receiver_in_lan_mode_without_multicast_names_rendezvous(out: Path) -> None:
+    """One side on LAN mode, no way to find a sender there: say which flag to pass."""
+    env = {k: v for k, v in env_for("").items() if k != "DELSHARE_RENDEZVOUS"}
+    outcome = finish(start(["receive", "70-guitar-orbit", "-o", str(out), "-y"], env), 45)
+    assert outcome.returncode == 1
+    assert "--rendezvous URL" in _error_line(outcome)

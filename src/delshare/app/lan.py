@@ -67,6 +67,11 @@ async def find_lan_rendezvous(nameplate: str, timeout: float) -> str:
     try:
         return await discover(nameplate, timeout)
     except PairingError as exc:
+        if "unavailable" in str(exc):
+            raise PairingError(
+                f"no rendezvous server set and {exc}: pass the --rendezvous URL the sender "
+                "uses (or set DELSHARE_RENDEZVOUS)"
+            ) from exc
         raise PairingError(
             f"{exc}: check the code; if the sender uses a rendezvous server, pass the same "
             "--rendezvous URL (or DELSHARE_RENDEZVOUS) here"
