@@ -17,6 +17,7 @@ from delshare.app.events import (
     PeerConnected,
     ProgressUpdated,
     ResumeStarted,
+    TicketIssued,
     TransferFinished,
     TransferStarted,
 )
@@ -175,3 +176,22 @@ def test_rich_lists_hashes_only_when_verbose(verbose: bool) -> None:
     text = out.getvalue()
     assert text.count("verified: blake3") == (25 if verbose else 0)
     assert "saved 25 files, 25 B to out in 1.0 s" in text
+
+
+def test_every_json_event_and_field_is_documented() -> None:
+    """docs/json-events.md lists every event of ``--json`` with every field."""
+    from pathlib import Path
+
+    page = (Path(__file__).resolve().parents[2] / "docs" / "json-events.md").read_text()
+    samples: list[Event] = [
+        *RUN,
+        OfferPrepared(1, 1, ("a",)),
+        TicketIssued("t"),
+    ]
+    for event in samples:
+        obj = json_object(event)
+        assert f"| `{obj['event']}` |" in page
+        for field in obj:
+            if field != "event":
+                assert f"`{field}`" in page, (obj["event"], field)
+    assert "| `error` |" in page and "`exit_code`" in page

@@ -222,7 +222,7 @@ def test_rerun_after_interrupted_receiver_resumes(
     assert received.returncode == 4, received.stderr
     assert received.stderr.rstrip().endswith(  # issue 11: how to resume (codes are single-use)
         "error: interrupted; to resume, ask the sender for a new code (codes are single-use) "
-        "and run receive again: the .part file resumes"
+        "and run receive again: what arrived is kept"
     )
     assert sent.returncode == 1, sent.stdout + sent.stderr
     error = json.loads(sent.stdout.splitlines()[-1])

@@ -3,9 +3,10 @@
 :func:`explain` turns a failure of ``send`` or ``receive`` into the one line the CLI prints:
 the error itself, reworded where the raw text misleads (a wrong code is reported per side),
 plus the next step when there is one: which flag fixes a TURN refusal, how to resume after an
-interrupted transfer (a *new* code from the sender: codes are single-use; the ``.part`` file
-resumes), how a script accepts without a prompt. The exception chain is searched, so a cause
-wrapped by a higher layer (``TURN server X: ALLOCATE failed: 401 ...``) still gets its hint.
+interrupted transfer (a *new* code from the sender: codes are single-use; what arrived is kept
+and resumes), how a script accepts without a prompt. The exception chain is searched, so a
+cause wrapped by a higher layer (``TURN server X: ALLOCATE failed: 401 ...``) still gets its
+hint.
 """
 
 from __future__ import annotations
@@ -60,7 +61,7 @@ def turn_hint(exc: BaseException) -> str:
 def resume_hint(side: Side) -> str:
     """How to continue an interrupted transfer from this side."""
     if side in ("receive", "listen"):
-        return f"to resume, {_CODE_FROM_SENDER} and run receive again: the .part file resumes"
+        return f"to resume, {_CODE_FROM_SENDER} and run receive again: what arrived is kept"
     return f"to resume, {_NEW_CODE_TO_RECEIVER}: what arrived is kept and resumes"
 
 
