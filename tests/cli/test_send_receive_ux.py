@@ -225,7 +225,7 @@ def test_control_characters_in_folder_names_are_all_listed_before_the_code(
     assert outcome.returncode == 2
     assert "code:" not in outcome.stdout
     line = _error_line(outcome)
-    assert "'photos/bad?name'" in line and "'photos/sub/esc?name'" in line
+    assert "'photos/bad\\x01name'" in line and "'photos/sub/esc\\x1bname'" in line
     assert "cannot send 2 names" in line and "\x1b" not in line
 
 

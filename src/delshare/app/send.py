@@ -77,7 +77,7 @@ def _unsendable(paths: Sequence[str]) -> str:
                     bad.append(display_name(rel))
     if not bad:
         return ""
-    shown = ", ".join(repr(b) for b in bad[:10]) + (
+    shown = ", ".join(f"'{b}'" for b in bad[:10]) + (
         f" and {len(bad) - 10} more" if len(bad) > 10 else ""
     )
     return (
