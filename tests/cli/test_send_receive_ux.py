@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import time
@@ -378,3 +379,20 @@ def test_receiver_in_lan_mode_without_multicast_names_rendezvous(out: Path) -> N
     outcome = finish(start(["receive", "70-guitar-orbit", "-o", str(out), "-y"], env), 45)
     assert outcome.returncode == 1
     assert "--rendezvous URL" in _error_line(outcome)
+
+
+def test_not_enough_space_is_said_in_binary_units_with_the_next_step(
+    env: dict[str, str], tmp_path: Path, out: Path
+) -> None:
+    """A sparse 1 TiB file is offered (nothing is read): more than the disk has free."""
+    huge = tmp_path / "huge.img"
+    with huge.open("wb") as f:
+        f.truncate(1 << 40)
+    if shutil.disk_usage(out).free >= 1 << 40:
+        pytest.skip("this disk has 1 TiB free")
+    sent, received = run_pair([huge], out, env, code="71-guitar-orbit")
+    assert (sent.returncode, received.returncode) == (3, 1)
+    line = _error_line(received)
+    assert line.startswith(f"error: not enough space in {out}: the offer needs 1.0 TiB, ")
+    assert "iB free; free some space or receive into another folder with -o/--output" in line
+    assert list(out.iterdir()) == []

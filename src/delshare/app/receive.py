@@ -13,6 +13,7 @@ from delshare.app.common import (
     RENDEZVOUS_CONNECT_TIMEOUT,
     SessionOptions,
     UsageProblem,
+    human_size,
     notice_reporter,
     progress_reporter,
 )
@@ -33,7 +34,11 @@ from delshare.errors import DelshareError, PairingError
 from delshare.link.records import RecordChannel
 from delshare.pairing import pair, parse_code
 from delshare.transfer.digest import hash_file
-from delshare.transfer.errors import DeclinedError, DestinationExistsError
+from delshare.transfer.errors import (
+    DeclinedError,
+    DestinationExistsError,
+    InsufficientSpaceError,
+)
 from delshare.transfer.manifest import Manifest, display_name
 from delshare.transfer.receiver import ReceiveStats, receive_files
 
@@ -195,6 +200,14 @@ async def _receive(channel: RecordChannel, session: _Session) -> ReceiveStats:
         )
     except (DeclinedError, DestinationExistsError) as exc:
         raise session.declined(exc) from exc
+    except InsufficientSpaceError as exc:
+        raise InsufficientSpaceError(
+            f"not enough space in {display_name(options.output)}: the offer needs "
+            f"{human_size(exc.needed)}, {human_size(exc.free)} free; free some space or receive "
+            "into another folder with -o/--output",
+            exc.needed,
+            exc.free,
+        ) from exc
 
 
 async def run_receive(

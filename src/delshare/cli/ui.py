@@ -23,6 +23,7 @@ from __future__ import annotations
 import sys
 from typing import IO, TYPE_CHECKING, Literal
 
+from delshare.app.common import human_size
 from delshare.app.events import (
     CodeAllocated,
     Event,
@@ -56,20 +57,7 @@ __all__ = [
 ]
 
 Style = Literal["rich", "plain", "json"]
-_UNITS = ("B", "KiB", "MiB", "GiB", "TiB", "PiB")
 RATE_FLOOR = 1 << 20  # below a MiB moved, a rate says more about start-up than about the link
-
-
-def human_size(n: float) -> str:
-    """Binary units with sensible precision: ``1023 B``, ``1.5 KiB``, ``64 MiB``, ``1.2 GiB``."""
-    value, unit = float(n), "B"
-    for unit in _UNITS:
-        if value < 1024 or unit == _UNITS[-1]:
-            break
-        value /= 1024
-    if unit == "B":
-        return f"{value:.0f} B"
-    return f"{value:.1f} {unit}" if value < 9.95 else f"{value:.0f} {unit}"
 
 
 def human_rate(n_bytes: int, seconds: float) -> str:
