@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import os
+import pty
+import select
 import shutil
 import socket
 import subprocess
@@ -17,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from delshare.transfer.resume import temp_paths
 from tests.app.harness import (
     DELSHARE,
     TURN_PASSWORD,
@@ -396,3 +399,58 @@ def test_not_enough_space_is_said_in_binary_units_with_the_next_step(
     assert line.startswith(f"error: not enough space in {out}: the offer needs 1.0 TiB, ")
     assert "iB free; free some space or receive into another folder with -o/--output" in line
     assert list(out.iterdir()) == []
+
+
+def _drain(fd: int, process: subprocess.Popen[bytes], timeout: float) -> bytes:
+    """Everything the child writes to its terminal until it exits (bounded)."""
+    seen = b""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if select.select([fd], [], [], 0.2)[0]:
+            try:
+                chunk = os.read(fd, 65536)
+            except OSError:  # EIO: the child closed the terminal
+                break
+            if not chunk:
+                break
+            seen += chunk
+        elif process.poll() is not None:
+            break
+    return seen
+
+
+def test_bars_stop_where_an_interrupted_transfer_stopped(
+    env: dict[str, str], tmp_path: Path, out: Path
+) -> None:
+    """Defect 2: a receiver on a terminal whose sender dies half way must not show 100%."""
+    size = 200 << 20
+    source = tmp_path / "big.bin"
+    with source.open("wb") as f:
+        for _ in range(size >> 20):
+            f.write(os.urandom(1 << 20))
+    part = temp_paths(out / "big.bin")[0]
+    sender = start(["send", str(source), "--code", "72-guitar-orbit", "--direct-only"], env)
+    master, slave = pty.openpty()
+    try:
+        receiver = subprocess.Popen(
+            [DELSHARE, "receive", "72-guitar-orbit", "-o", str(out), "-y", "--direct-only"],
+            env={**env, "COLUMNS": "120"}, stdin=subprocess.DEVNULL, stdout=slave, stderr=slave,
+        )  # fmt: skip
+        os.close(slave)
+        deadline = time.monotonic() + 60
+        while not (part.exists() and part.stat().st_size >= size // 2):
+            assert time.monotonic() < deadline and receiver.poll() is None
+            assert sender.poll() is None, finish(sender, 5)
+            time.sleep(0.005)
+        sender.kill()
+        terminal = _drain(master, receiver, 60).decode(errors="replace")
+        receiver.wait(10)
+    finally:
+        os.close(master)
+        if sender.poll() is None:
+            sender.kill()
+        finish(sender, 10)
+    assert receiver.returncode == 1, terminal
+    assert "/200 MiB" in terminal or "/200.0 MiB" in terminal, terminal  # the bars were there
+    assert "200.0/200.0 MiB" not in terminal and "200/200 MiB" not in terminal
+    assert "to resume, ask the sender for a new code" in terminal
