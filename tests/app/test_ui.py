@@ -10,6 +10,7 @@ import pytest
 from delshare.app.events import (
     CodeAllocated,
     Event,
+    FileSkipped,
     FileVerified,
     NoticeIssued,
     OfferPrepared,
@@ -187,6 +188,7 @@ def test_every_json_event_and_field_is_documented() -> None:
         *RUN,
         OfferPrepared(1, 1, ("a",)),
         TicketIssued("t"),
+        FileSkipped("a", "already there, same content"),
     ]
     for event in samples:
         obj = json_object(event)
