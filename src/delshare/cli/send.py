@@ -203,9 +203,10 @@ def run_app(make: Callable[[], Coroutine[Any, Any, None]], ui: Ui, side: Side = 
 def send(paths: tuple[str, ...], code: str | None, ticket: str | None, **kwargs: Any) -> None:
     """Send files and folders; prints a code for `delshare receive`.
 
-    Prints `code: CODE`, then `connected: direct ADDRESS` or `connected: relay TURN-SERVER`,
-    one `verified: blake3 HEX NAME` line per file and a `done:` line. With `--to TICKET` no
-    code and no rendezvous are used.
+    Prints `code: CODE` (once the rendezvous answers), what is offered, then `connected: direct
+    ADDRESS` or `connected: relay TURN-SERVER` and one `sent N files, SIZE in T s` line;
+    `--verbose` adds a `verified: blake3 HEX NAME` line per file. With `--to TICKET` no code
+    and no rendezvous are used.
     """
     ui = make_ui(kwargs)
     try:
