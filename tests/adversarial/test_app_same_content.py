@@ -51,7 +51,7 @@ def test_overwrite_replaces_a_different_file_with_the_same_size_and_mtime(
     for attempt in range(scaled(1, 5)):
         sent, received = run_pair(
             [source], twin.parent, env_for(relay.rendezvous), code=f"{500 + attempt}-guitar-orbit",
-            receive_flags=("--yes", "--overwrite"),
+            receive_flags=("--yes", "--overwrite", "--verbose"),
         )  # fmt: skip
         assert (sent.returncode, received.returncode) == (0, 0), (sent, received)
         assert twin.read_bytes() == source.read_bytes()

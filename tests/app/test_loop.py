@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from delshare.cli.send import _event_loop_factory
-from tests.app.harness import env_for, finish, start
+from tests.app.harness import env_for, finish, start, start_relay_process, stop
 
 uvloop = pytest.importorskip("uvloop")
 
@@ -25,20 +24,21 @@ def test_delshare_loop_asyncio_opts_out(monkeypatch: pytest.MonkeyPatch, value: 
     assert _event_loop_factory() is None
 
 
-@pytest.fixture
-def silent_server() -> Iterator[int]:
-    """A TCP port that accepts and never answers: a sender waits there for its rendezvous."""
-    with socket.create_server(("127.0.0.1", 0)) as server:
-        yield server.getsockname()[1]
+@pytest.fixture(scope="module")
+def rendezvous(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A rendezvous where a sender waits for its receiver (it checks it answers first)."""
+    relay = start_relay_process(tmp_path_factory.mktemp("loop"), turn=False)
+    yield relay.rendezvous
+    stop(relay.process)
 
 
 @pytest.mark.parametrize(("loop", "loaded"), [(None, True), ("asyncio", False)])
 def test_running_sender_loads_uvloop_unless_opted_out(
-    silent_server: int, tmp_path: Path, loop: str | None, loaded: bool
+    rendezvous: str, tmp_path: Path, loop: str | None, loaded: bool
 ) -> None:
     source = tmp_path / "f.txt"
     source.write_text("x")
-    env = env_for(f"ws://127.0.0.1:{silent_server}", **({"DELSHARE_LOOP": loop} if loop else {}))
+    env = env_for(rendezvous, **({"DELSHARE_LOOP": loop} if loop else {}))
     sender = start(["send", str(source), "--code", "3-guitar-orbit"], env)
     try:
         assert sender.stdout is not None

@@ -102,7 +102,7 @@ def test_200_mib_file(
     server: str, flag: str, big_file: Path, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
     env = _servers(server, request)
-    sent, received = run_pair([big_file], tmp_path, env, [flag])
+    sent, received = run_pair([big_file], tmp_path, env, [flag, "--verbose"])
     assert received.returncode == 0, received.stderr
     assert sent.returncode == 0, sent.stderr
     for outcome in (sent, received):
@@ -120,7 +120,7 @@ def test_folder_tree(
     server: str, flag: str, tree: Path, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
     env = _servers(server, request)
-    sent, received = run_pair([tree], tmp_path, env, [flag])
+    sent, received = run_pair([tree], tmp_path, env, [flag, "--verbose"])
     assert (sent.returncode, received.returncode) == (0, 0), sent.stderr + received.stderr
     assert received.line("connected: ").startswith(_expected_path(flag))
     assert tree_digest(tmp_path / tree.name) == tree_digest(tree)

@@ -139,7 +139,9 @@ def test_code_from_environment_and_json_events(
     verified = next(e for e in events if e["event"] == "verified")
     assert verified["name"] == "small.txt" and verified["size"] == 6
     sent_events = [json.loads(line) for line in sent.stdout.splitlines()]
-    assert sent_events[0] == {"event": "code", "code": "13-guitar-orbit"}
+    assert sent_events[0] == {"event": "code", "code": "13-guitar-orbit", "valid_for": 600.0}
+    offering = sent_events[1]
+    assert offering == {"event": "offering", "files": 1, "total": 6, "names": ["small.txt"]}
     assert (out / "small.txt").read_text() == "hello\n"
 
 
@@ -203,7 +205,7 @@ def _receive_on_terminal(
         os.close(slave)
         slave = -1
         try:
-            seen = _read_until(master, b"Overwrite? [y/N]: ", 60)
+            seen = _read_until(master, b"? [y/N]: ", 60)
             os.write(master, answer.encode() + b"\n")
             outcome = finish(receiver, 60)
         finally:
@@ -238,16 +240,19 @@ def test_existing_file_on_a_terminal_asks_before_overwriting(
         received, terminal = _receive_on_terminal(code, out, env, answer)
     finally:
         sent = finish(sender, 30)
-    assert "small.txt already exists. Overwrite? [y/N]: " in terminal
+    question = f"Receive small.txt (6 B) into {out}, replacing the existing small.txt? [y/N]: "
+    assert question in terminal  # one question, with the offer and the destination
+    assert terminal.count("[y/N]") == 1
     assert "Traceback" not in terminal
     if answer == "y":
         assert (received.returncode, sent.returncode) == (0, 0), terminal + sent.stderr
         assert (out / "small.txt").read_text() == "hello\n"
-        assert received.line("verified: blake3 ")
-    else:
-        assert (received.returncode, sent.returncode) == (1, 3), terminal + sent.stderr
+        assert received.line(f"saved 1 file, 6 B to {out / 'small.txt'} in ")
+    else:  # answering no declines the offer: exit 3 (README), the file is kept
+        assert (received.returncode, sent.returncode) == (3, 3), terminal + sent.stderr
         assert terminal.rstrip().endswith(
-            "error: small.txt already exists (use --overwrite or --rename)"
+            "error: offer declined: small.txt already exists, kept (--overwrite or --rename "
+            "next time)"
         )
         assert (out / "small.txt").read_text() == "mine\n"
     assert sorted(p.name for p in out.iterdir()) == ["small.txt"]

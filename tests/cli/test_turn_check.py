@@ -4,6 +4,7 @@ closed port."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -26,13 +27,15 @@ from tests.support.ports import free_port
 STEPS = ("connect", "binding", "allocate", "permission", "incoming", "outgoing", "throughput")
 
 
-def turn_check(*args: str) -> subprocess.CompletedProcess[str]:
+def turn_check(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("DELSHARE_TURN")}
     return subprocess.run(
         [sys.executable, "-c", "from delshare.cli.main import main; main()", "turn-check", *args],
         capture_output=True,
         text=True,
         timeout=60,
         check=False,
+        env={**clean, **(env or {})},
     )
 
 
@@ -62,6 +65,18 @@ def test_passes_and_reports_every_step(server: Server) -> None:
     assert "relayed 127.0.0.1:" in done.stdout
     assert "MiB/s" in done.stdout
     assert lines[-1].startswith("OK")
+
+
+def test_takes_the_same_flags_and_variables_as_send_and_receive(server: Server) -> None:
+    """Issue 11: --turn-user/--turn-password and DELSHARE_TURN_USER/PASSWORD, as send/receive."""
+    flags = turn_check(server.uri("tcp"), "--turn-user", USER, "--turn-password", PASSWORD,
+                       "--size", "1")  # fmt: skip
+    assert flags.returncode == 0, flags.stdout + flags.stderr
+    variables = {"DELSHARE_TURN_USER": USER, "DELSHARE_TURN_PASSWORD": PASSWORD}
+    done = turn_check(server.uri("tcp"), "--size", "1", env=variables)
+    assert done.returncode == 0, done.stdout + done.stderr
+    wrong = turn_check(server.uri("tcp"), env={**variables, "DELSHARE_TURN_PASSWORD": "wrong"})
+    assert "(wrong username, password or secret?)" in assert_one_line_failure(wrong, "allocate")
 
 
 def test_passes_with_rest_secret(server: Server) -> None:

@@ -73,7 +73,7 @@ def _transfer(
     sender = lab.run(
         "alice", [DELSHARE, "send", str(payload), "--code", "21-guitar-orbit"], **pipes
     )
-    receiver = lab.run("bob", [DELSHARE, "receive", "21-guitar-orbit", "-o", str(out), "--yes"],
+    receiver = lab.run("bob", [DELSHARE, "receive", "21-guitar-orbit", "-o", str(out), "-yv"],
                        **{**pipes, "env": receiver_env})  # fmt: skip
     received, sent = (_finish(p) for p in (receiver, sender))
     return sent, received, out
@@ -142,7 +142,7 @@ def test_lan_mode_needs_no_server(lan_lab: Lab, tmp_path: Path, payload: Path) -
     pipes = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, "text": True, "env": env}
     sender = lan_lab.run("alice", [DELSHARE, "send", str(payload), "--code", "23-guitar-orbit"],
                          **pipes)  # fmt: skip
-    receiver = lan_lab.run("bob", [DELSHARE, "receive", "23-guitar-orbit", "-o", str(out), "-y"],
+    receiver = lan_lab.run("bob", [DELSHARE, "receive", "23-guitar-orbit", "-o", str(out), "-yv"],
                            **pipes)  # fmt: skip
     received, sent = (_finish(p) for p in (receiver, sender))
     _check_arrived(sent, received, out, payload)
@@ -159,7 +159,7 @@ def _ticket_transfer(
     out = tmp_path / "out"
     out.mkdir()
     pipes = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, "text": True, "env": env}
-    receiver = lab.run("bob", [DELSHARE, "receive", "--listen", "-o", str(out), "-y",
+    receiver = lab.run("bob", [DELSHARE, "receive", "--listen", "-o", str(out), "-yv",
                                *listen_flags], **pipes)  # fmt: skip
     assert receiver.stdout is not None
     first = receiver.stdout.readline()

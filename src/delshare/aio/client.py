@@ -150,7 +150,7 @@ class TurnClient:
                 else:
                     await self._open_datagram(host, port)
         except (OSError, TimeoutError) as exc:
-            reason = _reason(exc)
+            reason = _reason(exc, tls=self.ssl is not None)
             raise TurnConnectionError(f"cannot reach TURN server {host}:{port} ({reason})") from exc
         self._error = None
 
@@ -374,10 +374,14 @@ class TurnClient:
             self.allocation._connection_lost()
 
 
-def _reason(exc: OSError | TimeoutError) -> str:
+def _reason(exc: OSError | TimeoutError, tls: bool = False) -> str:
     """A short human reason for a failed connect, TLS failures included."""
     if isinstance(exc, TimeoutError):
         return "timed out"
+    if tls and isinstance(exc, ConnectionError) and not exc.errno:
+        # The server dropped the connection in the middle of the TLS handshake: typically a
+        # plain TURN port (3478) given as turns: (RFC 7065 §3: turns: means TLS, port 5349).
+        return "TLS handshake failed: not a TLS server?"
     if isinstance(exc, _ssl.SSLCertVerificationError):
         return f"TLS certificate not trusted: {exc.verify_message}"
     if isinstance(exc, _ssl.SSLError):

@@ -2,20 +2,27 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from delshare.app.connect import ConnectOptions
 from delshare.app.events import NoticeIssued, ProgressUpdated, Reporter
-from delshare.errors import DelshareError
+from delshare.errors import DelshareError, PairingError
 from delshare.transfer.progress import ProgressCallback
 
 __all__ = [
+    "CODE_VALID_FOR",
+    "NEW_CODE",
+    "RENDEZVOUS_CONNECT_TIMEOUT",
     "SessionOptions",
     "UsageProblem",
+    "check_rendezvous_url",
     "exit_code_for",
+    "human_size",
     "notice_reporter",
     "progress_reporter",
+    "reach_rendezvous",
 ]
 
 
@@ -30,6 +37,74 @@ class SessionOptions:
     rendezvous: str | None
     connect: ConnectOptions
     pair_timeout: float = 30.0
+
+
+_UNITS = ("B", "KiB", "MiB", "GiB", "TiB", "PiB")
+
+
+def human_size(n: float) -> str:
+    """Binary units with sensible precision: ``1023 B``, ``1.5 KiB``, ``64 MiB``, ``1.2 GiB``."""
+    value, unit = float(n), "B"
+    for unit in _UNITS:
+        if value < 1024 or unit == _UNITS[-1]:
+            break
+        value /= 1024
+    if unit == "B":
+        return f"{value:.0f} B"
+    return f"{value:.1f} {unit}" if value < 9.95 else f"{value:.0f} {unit}"
+
+
+def check_rendezvous_url(url: str) -> None:
+    """UsageProblem unless ``url`` is a ``ws://`` or ``wss://`` URL with a host and a valid port
+    (checked before a code is printed)."""
+    from urllib.parse import urlsplit
+
+    example = "e.g. ws://relay.example:4000"
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        raise UsageProblem(f"--rendezvous {url!r} has a bad port ({example})") from None
+    if parts.scheme not in ("ws", "wss"):
+        raise UsageProblem(f"--rendezvous {url!r} must start with ws:// or wss:// ({example})")
+    if not parts.hostname or port == 0:
+        raise UsageProblem(f"--rendezvous {url!r} needs a host and a port ({example})")
+
+
+RENDEZVOUS_CONNECT_TIMEOUT = 10.0
+"""Seconds for the rendezvous server to answer the WebSocket handshake: a port that accepts
+TCP but is no rendezvous (not a WebSocket server) fails in this time, not at a pairing timeout."""
+CODE_VALID_FOR = 600.0
+"""How long a code works: the sender stops waiting then, as `delshare relay`'s rendezvous
+forgets a mailbox after this age by default."""
+NEW_CODE = "ask the sender for a new code (codes are single-use)"
+
+
+async def reach_rendezvous(url: str, timeout: float = RENDEZVOUS_CONNECT_TIMEOUT) -> None:
+    """Open and close one WebSocket connection to ``url``; PairingError naming the URL and the
+    likely cause if that fails (checked before a code is printed)."""
+    from websockets.asyncio.client import connect
+    from websockets.exceptions import InvalidHandshake, InvalidURI
+
+    try:
+        async with asyncio.timeout(timeout):
+            connection = await connect(url, proxy=None, compression=None, open_timeout=None)
+            await connection.close()
+    except TimeoutError:
+        raise PairingError(
+            f"rendezvous server {url} did not answer the WebSocket handshake in {timeout:g} s: "
+            "is it a delshare rendezvous (`delshare relay`) on that port?"
+        ) from None
+    except (InvalidHandshake, InvalidURI) as exc:
+        raise PairingError(
+            f"{url} is not a delshare rendezvous (WebSocket handshake failed: {exc}); "
+            "check the --rendezvous URL"
+        ) from exc
+    except OSError as exc:
+        raise PairingError(
+            f"cannot reach rendezvous server {url}: {exc.strerror or exc}; "
+            "check the --rendezvous URL and that the server runs"
+        ) from exc
 
 
 def notice_reporter(report: Reporter) -> Callable[[str], None]:

@@ -24,6 +24,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from delshare.app.hints import turn_hint
 from delshare.errors import DelshareError, PairingError
 from delshare.link import signalling
 from delshare.link.candidates import (
@@ -148,7 +149,11 @@ async def _open_relay(settings: TurnSettings, required: bool, notice: Notice) ->
     except (DelshareError, OSError, TimeoutError) as exc:
         if required:
             raise LinkError(f"TURN server {settings.label}: {exc or 'timed out'}") from exc
-        notice(f"TURN server {settings.label} unusable, trying direct paths only: {exc}")
+        hint = turn_hint(exc)
+        notice(
+            f"TURN server {settings.label} unusable, trying direct paths only: "
+            f"{exc or 'timed out'}{f' ({hint})' if hint else ''}"
+        )
         return None
 
 

@@ -17,6 +17,7 @@ __all__ = [
     "FileSkipped",
     "FileVerified",
     "NoticeIssued",
+    "OfferPrepared",
     "OfferReceived",
     "PeerConnected",
     "ProgressUpdated",
@@ -30,9 +31,20 @@ __all__ = [
 
 @dataclass(frozen=True, slots=True)
 class CodeAllocated:
-    """The sender's pairing code, to pass to the receiver."""
+    """The sender's pairing code, to pass to the receiver; it works once, for ``valid_for``
+    seconds (0: unknown)."""
 
     code: str
+    valid_for: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class OfferPrepared:
+    """The sender offers ``files`` files in ``total`` bytes; ``names``: the top-level names."""
+
+    files: int
+    total: int
+    names: tuple[str, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,11 +68,13 @@ class PeerConnected:
 
 @dataclass(frozen=True, slots=True)
 class OfferReceived:
-    """The receiver got an offer of ``files`` files in ``total`` bytes."""
+    """The receiver got an offer of ``files`` files in ``total`` bytes (``names``: the
+    top-level names), to be saved into the folder ``output``."""
 
     files: int
     total: int
     names: tuple[str, ...]
+    output: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,11 +107,15 @@ class ProgressUpdated:
 
 @dataclass(frozen=True, slots=True)
 class FileVerified:
-    """A file's whole-content BLAKE3 digest matched on arrival (or was sent with this hash)."""
+    """A file's whole-content BLAKE3 digest matched on arrival (or was sent with this hash).
+
+    ``saved_as``: on the receiver, the path (relative to the output folder) the file was saved
+    under when it differs from ``name`` (``--rename``), else None."""
 
     name: str
     size: int
     blake3: str
+    saved_as: str | None = None
 
 
 SAME_CONTENT = "already there, same content"
@@ -115,12 +133,18 @@ class FileSkipped:
 
 @dataclass(frozen=True, slots=True)
 class TransferFinished:
-    """Everything arrived: counts, bytes moved over the link in this run, elapsed seconds."""
+    """Everything arrived: counts, bytes moved over the link in this run, elapsed seconds
+    (from the accepted offer to the last confirmation; the time at a prompt is not counted).
+
+    ``direction``: "send" or "receive"; ``saved_to``: on the receiver, where the files went
+    (the single top-level item's path, or the output folder)."""
 
     files: int
     total: int
     moved: int
     seconds: float
+    direction: str = ""
+    saved_to: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,6 +156,7 @@ class NoticeIssued:
 
 Event = (
     CodeAllocated
+    | OfferPrepared
     | TicketIssued
     | PeerConnected
     | OfferReceived

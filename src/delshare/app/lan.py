@@ -10,10 +10,36 @@ until LAN mode is used.
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-__all__ = ["find_lan_rendezvous", "lan_rendezvous"]
+from delshare.errors import PairingError
+
+__all__ = ["check_lan_route", "find_lan_rendezvous", "lan_rendezvous"]
+
+NO_ROUTE_HINT = (
+    "use a rendezvous server on both sides (--rendezvous ws://HOST:PORT, e.g. one run by "
+    "`delshare relay`), or connect this device to a network"
+)
+
+
+def check_lan_route() -> None:
+    """PairingError unless this host has a route for the announcements' multicast group.
+
+    A UDP ``connect`` only looks the route up (no packet leaves): without one, announcing would
+    fail silently for as long as the sender waits.
+    """
+    from delshare.pairing.lan import GROUP, PORT  # LAN mode only: not at start-up
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect((GROUP, PORT))
+        except OSError as exc:
+            raise PairingError(
+                f"no rendezvous server set and no multicast route for LAN mode "
+                f"({exc.strerror or exc}): {NO_ROUTE_HINT}"
+            ) from None
 
 
 @asynccontextmanager
@@ -38,4 +64,15 @@ async def find_lan_rendezvous(nameplate: str, timeout: float) -> str:
     """The rendezvous URL of the sender announcing ``nameplate`` on this network."""
     from delshare.pairing.lan import discover
 
-    return await discover(nameplate, timeout)
+    try:
+        return await discover(nameplate, timeout)
+    except PairingError as exc:
+        if "unavailable" in str(exc):
+            raise PairingError(
+                f"no rendezvous server set and {exc}: pass the --rendezvous URL the sender "
+                "uses (or set DELSHARE_RENDEZVOUS)"
+            ) from exc
+        raise PairingError(
+            f"{exc}: check the code; if the sender uses a rendezvous server, pass the same "
+            "--rendezvous URL (or DELSHARE_RENDEZVOUS) here"
+        ) from exc

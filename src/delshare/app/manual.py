@@ -25,6 +25,15 @@ from delshare.pairing import derive_key
 __all__ = ["LISTEN_WAIT", "run_listen", "run_send_to"]
 
 LISTEN_WAIT = 3600.0  # how long ``receive --listen`` waits for the sender
+NO_PERMIT_NOTE = (
+    "no --permit: the TURN server lets no sender reach the relayed address in the ticket; "
+    "a sender that cannot reach this device directly needs `--permit SENDER_PUBLIC_IP`"
+)
+
+
+async def _nothing_else_can_connect() -> None:
+    """``send --to`` only dials (the receiver never learns our address): once every dial has
+    failed the race is lost, with no reason to wait for its timeout."""
 
 
 def _ticket_for(gathered: Gathered) -> Ticket:
@@ -49,6 +58,8 @@ async def run_listen(
         if gathered.relay is not None and permit:
             for ip in await gathered.relay.permit(list(permit)):
                 report(NoticeIssued(f"the TURN server refused a permission for {ip}"))
+        elif gathered.relay is not None:
+            report(NoticeIssued(NO_PERMIT_NOTE))
         ticket = _ticket_for(gathered)
     except BaseException:
         await gathered.close()
@@ -75,7 +86,9 @@ async def run_send_to(paths: Sequence[str], ticket_text: str, session: SessionOp
     options = session.connect
     gathered = await gather(options, notice_reporter(report), listen=False)
     key = derive_key(ticket.key, LINK_KEY_PURPOSE)
-    connection = await race_gathered(gathered, key, "sender", options.mode, peer, options)
+    connection = await race_gathered(
+        gathered, key, "sender", options.mode, peer, options, _nothing_else_can_connect
+    )
     try:
         await send_over(connection, built, report)
     finally:

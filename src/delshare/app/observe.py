@@ -14,19 +14,27 @@ from collections.abc import Callable
 
 from delshare.errors import DelshareError
 from delshare.link.records import Record, RecordChannel, RecordKind
-from delshare.transfer.protocol import FileBegin, FileEnd, MessageAssembler
+from delshare.transfer.manifest import Manifest
+from delshare.transfer.protocol import FileBegin, FileEnd, MessageAssembler, Offer
 
 __all__ = ["observe_file_ends"]
 
 FileEndHook = Callable[[int, bytes], None]
 FileBeginHook = Callable[[int, int], None]
+OfferHook = Callable[[Manifest], None]
 
 
 def _no_begin(index: int, offset: int) -> None:
     pass
 
 
-def _watcher(on_end: FileEndHook, on_begin: FileBeginHook) -> Callable[[bytes | memoryview], None]:
+def _no_offer(manifest: Manifest) -> None:
+    pass
+
+
+def _watcher(
+    on_end: FileEndHook, on_begin: FileBeginHook, on_offer: OfferHook = _no_offer
+) -> Callable[[bytes | memoryview], None]:
     assembler = MessageAssembler()
 
     def watch(payload: bytes | memoryview) -> None:
@@ -38,16 +46,23 @@ def _watcher(on_end: FileEndHook, on_begin: FileBeginHook) -> Callable[[bytes | 
             on_end(message.index, message.digest)
         elif isinstance(message, FileBegin):
             on_begin(message.index, message.offset)
+        elif isinstance(message, Offer):
+            on_offer(message.manifest)
 
     return watch
 
 
 def observe_file_ends(
-    channel: RecordChannel, hook: FileEndHook, on_begin: FileBeginHook = _no_begin
+    channel: RecordChannel,
+    hook: FileEndHook,
+    on_begin: FileBeginHook = _no_begin,
+    on_offer: OfferHook = _no_offer,
 ) -> RecordChannel:
-    """Call ``hook(index, digest)`` for every file-end sent or received on ``channel``, and
-    ``on_begin(index, offset)`` for every file-begin."""
-    watch_sent, watch_received = _watcher(hook, on_begin), _watcher(hook, on_begin)
+    """Call ``hook(index, digest)`` for every file-end sent or received on ``channel``,
+    ``on_begin(index, offset)`` for every file-begin and ``on_offer(manifest)`` for an offer
+    received (before the transfer layer plans it: the app shows the offer first)."""
+    watch_sent = _watcher(hook, on_begin)
+    watch_received = _watcher(hook, on_begin, on_offer)
     write, recv_record = channel.write, channel.recv_record
 
     def observed_write(data: bytes | memoryview, kind: RecordKind = RecordKind.DATA) -> None:

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import os
+import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from delshare.app.common import (
+    RENDEZVOUS_CONNECT_TIMEOUT,
     SessionOptions,
     UsageProblem,
+    human_size,
     notice_reporter,
     progress_reporter,
 )
@@ -28,13 +31,19 @@ from delshare.app.events import (
 from delshare.app.lan import find_lan_rendezvous
 from delshare.app.observe import observe_file_ends
 from delshare.app.send import report_hashes, started
-from delshare.errors import PairingError
+from delshare.errors import DelshareError, PairingError
 from delshare.link.records import RecordChannel
 from delshare.pairing import pair, parse_code
 from delshare.transfer.digest import hash_file
-from delshare.transfer.errors import DestinationExistsError
+from delshare.transfer.errors import (
+    DeclinedError,
+    DestinationExistsError,
+    InsufficientSpaceError,
+)
 from delshare.transfer.manifest import Manifest, display_name
-from delshare.transfer.receiver import AskOverwrite, ReceiveStats, receive_files
+from delshare.transfer.receiver import ReceiveStats, receive_files
+
+RENAMED_NOTICES = 5
 
 __all__ = [
     "Ask",
@@ -48,15 +57,25 @@ __all__ = [
 Ask = Callable[[OfferReceived], Awaitable[bool]]
 """Asks the user whether to accept an offer (not called with ``--yes``)."""
 
+AskOverwrite = Callable[[OfferReceived, tuple[str, ...]], Awaitable[bool]]
+"""Asks the user, with the offer, whether to replace these existing files (printable names);
+a yes accepts the offer too."""
+
+DECLINED_HINT = "no answer on stdin: pass -y (--yes) to accept without asking"
+
 
 @dataclass(frozen=True)
 class ReceiveOptions:
-    """Where files go and what may happen to existing ones."""
+    """Where files go and what may happen to existing ones.
+
+    ``interactive``: someone can answer questions (stdin is a terminal); otherwise a declined
+    offer names ``--yes``."""
 
     output: str = "."
     overwrite: bool = False
     rename: bool = False
     yes: bool = False
+    interactive: bool = True
 
 
 async def _hash_missing(manifest: Manifest, stats: ReceiveStats, hashes: dict[int, bytes]) -> None:
@@ -69,36 +88,125 @@ async def _hash_missing(manifest: Manifest, stats: ReceiveStats, hashes: dict[in
             hashes[index] = await loop.run_in_executor(None, hash_file, str(received.destination))
 
 
-async def _receive(
-    channel: RecordChannel,
-    options: ReceiveOptions,
-    confirm: Callable[[Manifest], Awaitable[bool]],
-    report: Reporter,
-    ask_overwrite: AskOverwrite | None,
-) -> ReceiveStats:
+def _offer_event(manifest: Manifest, output: str) -> OfferReceived:
+    names = tuple(display_name(e.path) for e in manifest.entries if "/" not in e.path)
+    return OfferReceived(manifest.file_count, manifest.total_bytes, names, output)
+
+
+def check_output(options: ReceiveOptions) -> None:
+    """UsageProblem unless the output folder exists and we may create files in it (checked
+    before contacting anyone, so no code is spent on it)."""
+    shown = display_name(options.output)
+    if not os.path.isdir(options.output):
+        raise UsageProblem(f"output folder {shown!r} does not exist")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".delshare-probe-", dir=options.output)
+    except OSError as exc:
+        raise UsageProblem(
+            f"cannot write to output folder {shown!r}: {exc.strerror or exc}; "
+            "choose another with -o/--output"
+        ) from None
+    os.close(fd)
+    os.unlink(probe)
+
+
+def _saved_to(output: str, manifest: Manifest, stats: ReceiveStats) -> str:
+    """The single top-level item's saved path, or the output folder."""
+    tops = [e for e in manifest.entries if "/" not in e.path]
+    if len(tops) != 1:
+        return output
+    saved = next((f for f in stats.files if f.path == tops[0].path), None)
+    name = saved.destination.name if saved is not None else tops[0].path
+    return os.path.join(output, display_name(name))
+
+
+def _renamed(output: str, stats: ReceiveStats) -> dict[str, str]:
+    """Manifest path -> path saved under (relative to ``output``), for files saved elsewhere."""
+    root = os.path.abspath(output)
+    moved = {}
+    for received in stats.files:
+        rel = os.path.relpath(os.path.abspath(received.destination), root).replace(os.sep, "/")
+        if rel != received.path and not received.skipped:
+            moved[received.path] = rel
+    return moved
+
+
+class _Session:
+    """One offer's dialogue with the user: the offer shown as it arrives, one question, and
+    the clock started when the offer is accepted (time at a prompt is not transfer time)."""
+
+    def __init__(
+        self,
+        options: ReceiveOptions,
+        report: Reporter,
+        ask: Ask,
+        ask_overwrite: AskOverwrite | None,
+    ) -> None:
+        self.options = options
+        self.report = report
+        self.ask = ask
+        self.ask_overwrite = ask_overwrite
+        self.offer: OfferReceived | None = None
+        self.manifest: Manifest | None = None
+        self.accepted = False
+        self.refused_overwrite = False
+        self.begin = 0.0
+
+    def offered(self, manifest: Manifest) -> None:
+        if self.manifest is None:
+            self.manifest = manifest
+            self.offer = _offer_event(manifest, self.options.output)
+            self.report(self.offer)
+
+    async def replace(self, names: tuple[str, ...]) -> bool:
+        """The transfer layer's overwrite question, asked together with the offer."""
+        assert self.ask_overwrite is not None and self.offer is not None
+        self.accepted = await self.ask_overwrite(self.offer, names)
+        self.refused_overwrite = not self.accepted
+        return self.accepted
+
+    async def confirm(self, manifest: Manifest) -> bool:
+        self.offered(manifest)
+        assert self.offer is not None
+        if not (self.options.yes or self.accepted or await self.ask(self.offer)):
+            return False
+        self.report(started(manifest, "receive"))
+        self.begin = time.monotonic()
+        return True
+
+    def declined(self, exc: DeclinedError | DestinationExistsError) -> DelshareError:
+        """The error to raise for a no: DeclinedError (exit 3) whoever said it."""
+        if isinstance(exc, DestinationExistsError):
+            if not self.refused_overwrite:
+                return DestinationExistsError(f"{exc} (use --overwrite or --rename)")
+            return DeclinedError(f"offer declined: {exc}, kept (--overwrite or --rename next time)")
+        if not self.options.interactive:
+            return DeclinedError(f"offer declined ({DECLINED_HINT})")
+        return DeclinedError("offer declined")
+
+
+async def _receive(channel: RecordChannel, session: _Session) -> ReceiveStats:
+    options = session.options
     try:
         return await receive_files(
             channel,
             options.output,
             overwrite=options.overwrite,
             rename=options.rename,
-            confirm=confirm,
-            progress_cb=progress_reporter(report),
-            ask_overwrite=ask_overwrite,
+            confirm=session.confirm,
+            progress_cb=progress_reporter(session.report),
+            ask_overwrite=session.replace if session.ask_overwrite is not None else None,
         )
-    except DestinationExistsError as exc:
-        raise DestinationExistsError(f"{exc} (use --overwrite or --rename)") from exc
-
-
-def _offer_event(manifest: Manifest) -> OfferReceived:
-    names = tuple(display_name(e.path) for e in manifest.entries if "/" not in e.path)
-    return OfferReceived(manifest.file_count, manifest.total_bytes, names)
-
-
-def check_output(options: ReceiveOptions) -> None:
-    """UsageProblem unless the output folder exists (checked before contacting anyone)."""
-    if not os.path.isdir(options.output):
-        raise UsageProblem(f"output folder {display_name(options.output)!r} does not exist")
+    except (DeclinedError, DestinationExistsError) as exc:
+        raise session.declined(exc) from exc
+    except InsufficientSpaceError as exc:
+        raise InsufficientSpaceError(
+            f"not enough space in {display_name(options.output)}: the offer needs "
+            f"{human_size(exc.needed)}, {human_size(exc.free)} free; free some space or receive "
+            "into another folder with -o/--output",
+            exc.needed,
+            exc.free,
+        ) from exc
 
 
 async def run_receive(
@@ -125,7 +233,13 @@ async def run_receive(
         rendezvous = await find_lan_rendezvous(parsed.nameplate, session.pair_timeout)
         report(NoticeIssued(f"found the sender on the local network: {rendezvous}"))
     notice = notice_reporter(report)
-    pairing = pair(rendezvous, parsed, "receiver", timeout=session.pair_timeout)
+    pairing = pair(
+        rendezvous,
+        parsed,
+        "receiver",
+        timeout=session.pair_timeout,
+        connect_timeout=RENDEZVOUS_CONNECT_TIMEOUT,
+    )
     paired, gathered = await pair_and_gather(pairing, session.connect, notice)
     async with paired:
         connection = await connect_peer(paired, "receiver", session.connect, notice, gathered)
@@ -144,38 +258,41 @@ async def receive_over(
         path = connection.link.path
         report(PeerConnected(path.kind, path.address))
         hashes: dict[int, bytes] = {}
-        offered: list[Manifest] = []
+        session = _Session(options, report, ask, ask_overwrite)
 
         def resumed(index: int, offset: int) -> None:
-            entry = (
-                offered[0].entries[index] if offered and index < len(offered[0].entries) else None
-            )
+            manifest = session.manifest
+            entry = manifest.entries[index] if manifest and index < len(manifest.entries) else None
             if entry is not None and offset > 0:
                 report(ResumeStarted(display_name(entry.path), offset, entry.size))
 
-        channel = observe_file_ends(connection.link.channel, hashes.__setitem__, resumed)
-
-        async def confirm(manifest: Manifest) -> bool:
-            offered.append(manifest)
-            event = _offer_event(manifest)
-            report(event)
-            if not options.yes and not await ask(event):
-                return False
-            report(started(manifest, "receive"))
-            return True
-
-        begin = time.monotonic()
-        stats = await _receive(channel, options, confirm, report, ask_overwrite)
-        manifest = offered[0]
+        channel = observe_file_ends(
+            connection.link.channel, hashes.__setitem__, resumed, session.offered
+        )
+        stats = await _receive(channel, session)
+        elapsed = time.monotonic() - session.begin
+        manifest = session.manifest
+        assert manifest is not None
         for received in stats.files:
             if received.skipped:
                 report(FileSkipped(display_name(received.path), SAME_CONTENT))
         await _hash_missing(manifest, stats, hashes)
-        report_hashes(manifest, hashes, report)
-        elapsed = time.monotonic() - begin
+        renamed = _renamed(options.output, stats)
+        for name, saved in list(renamed.items())[:RENAMED_NOTICES]:
+            report(NoticeIssued(f"{display_name(name)} exists: saved as {display_name(saved)}"))
+        if len(renamed) > RENAMED_NOTICES:
+            report(
+                NoticeIssued(f"{len(renamed) - RENAMED_NOTICES} more files saved under new names")
+            )
+        report_hashes(manifest, hashes, report, renamed)
         report(
             TransferFinished(
-                manifest.file_count, manifest.total_bytes, stats.bytes_received, elapsed
+                manifest.file_count,
+                manifest.total_bytes,
+                stats.bytes_received,
+                elapsed,
+                "receive",
+                _saved_to(options.output, manifest, stats),
             )
         )
     finally:

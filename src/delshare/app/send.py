@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import os
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 
 from delshare.app.common import (
+    CODE_VALID_FOR,
+    RENDEZVOUS_CONNECT_TIMEOUT,
     SessionOptions,
     UsageProblem,
     notice_reporter,
     progress_reporter,
+    reach_rendezvous,
 )
 from delshare.app.connect import Connection, connect_peer, pair_and_gather
 from delshare.app.events import (
@@ -19,21 +24,28 @@ from delshare.app.events import (
     FileSkipped,
     FileVerified,
     NoticeIssued,
+    OfferPrepared,
     PeerConnected,
     Reporter,
     ResumeStarted,
     TransferFinished,
     TransferStarted,
 )
-from delshare.app.lan import lan_rendezvous
+from delshare.app.lan import check_lan_route, lan_rendezvous
 from delshare.app.observe import observe_file_ends
 from delshare.errors import PairingError
-from delshare.pairing import generate_code, pair, parse_code
-from delshare.transfer.errors import ManifestError
-from delshare.transfer.manifest import BuiltManifest, Manifest, build_manifest, display_name
+from delshare.pairing import PairedChannel, generate_code, pair, parse_code
+from delshare.transfer.errors import ManifestError, UnsafePathError
+from delshare.transfer.manifest import (
+    BuiltManifest,
+    Manifest,
+    build_manifest,
+    check_rel_path,
+    display_name,
+)
 from delshare.transfer.sender import send_files
 
-__all__ = ["build", "run_send", "send_over"]
+__all__ = ["build", "offer_summary", "run_send", "send_over"]
 
 
 def build(paths: Sequence[str]) -> BuiltManifest:
@@ -42,8 +54,37 @@ def build(paths: Sequence[str]) -> BuiltManifest:
         raise UsageProblem("nothing to send: give at least one file or folder")
     try:
         return build_manifest(paths)
+    except UnsafePathError as exc:
+        raise UsageProblem(_unsendable(paths) or str(exc)) from exc
     except ManifestError as exc:
+        if isinstance(exc.__cause__, UnsafePathError):
+            raise UsageProblem(_unsendable(paths) or str(exc)) from exc
         raise UsageProblem(str(exc)) from exc
+
+
+def _unsendable(paths: Sequence[str]) -> str:
+    """Every name under ``paths`` that no receiver would accept (control characters, ...),
+    listed in one message, so that one run shows them all; "" if none is found."""
+    bad: list[str] = []
+    for raw in paths:
+        top = os.path.abspath(raw)
+        base = os.path.dirname(top)
+        for folder, dirs, files in os.walk(top):
+            for name in sorted([*dirs, *files]):
+                rel = os.path.relpath(os.path.join(folder, name), base).replace(os.sep, "/")
+                try:
+                    check_rel_path(rel)
+                except UnsafePathError:
+                    bad.append(display_name(rel))
+    if not bad:
+        return ""
+    shown = ", ".join(f"'{b}'" for b in bad[:10]) + (
+        f" and {len(bad) - 10} more" if len(bad) > 10 else ""
+    )
+    return (
+        f"cannot send {len(bad)} name{'s' * (len(bad) != 1)} that receivers refuse (control "
+        f"characters, backslashes or colons): {shown}; rename them, or send the rest without them"
+    )
 
 
 def _checked_code(code: str) -> str:
@@ -64,11 +105,42 @@ def started(manifest: Manifest, direction: str) -> TransferStarted:
     )
 
 
-def report_hashes(manifest: Manifest, hashes: dict[int, bytes], report: Reporter) -> None:
-    """One ``FileVerified`` per file whose ``file-end`` passed (manifest order)."""
+def report_hashes(
+    manifest: Manifest,
+    hashes: dict[int, bytes],
+    report: Reporter,
+    renamed: dict[str, str] | None = None,
+) -> None:
+    """One ``FileVerified`` per file whose ``file-end`` passed (manifest order); ``renamed``:
+    manifest path -> the path it was saved under, when that differs."""
     for index, entry in enumerate(manifest.entries):
         if index in hashes:
-            report(FileVerified(display_name(entry.path), entry.size, hashes[index].hex()))
+            saved = (renamed or {}).get(entry.path)
+            name, digest = display_name(entry.path), hashes[index].hex()
+            report(FileVerified(name, entry.size, digest, display_name(saved) if saved else None))
+
+
+def offer_summary(manifest: Manifest) -> OfferPrepared:
+    """What is offered: counts and the top-level names."""
+    names = tuple(display_name(e.path) for e in manifest.entries if "/" not in e.path)
+    return OfferPrepared(manifest.file_count, manifest.total_bytes, names)
+
+
+async def _expiring(pairing: Awaitable[PairedChannel]) -> PairedChannel:
+    """``pairing``, bounded by the code's validity; a clear PairingError when it expires."""
+    expired = PairingError(
+        "the code expired before a receiver used it; run `delshare send` again for a new code "
+        "(and check that the receiver uses the same rendezvous server)"
+    )
+    try:
+        async with asyncio.timeout(CODE_VALID_FOR):
+            return await pairing
+    except TimeoutError:
+        raise expired from None
+    except PairingError as exc:
+        if "expired" in str(exc):
+            raise expired from exc
+        raise
 
 
 async def run_send(
@@ -76,33 +148,45 @@ async def run_send(
 ) -> None:
     """Send ``paths`` to whoever types the code; return once the receiver confirmed every file.
 
-    Raises UsageProblem before anything is sent, PairingError, LinkError or TransferError later.
+    Everything checkable (paths, code, rendezvous reachable, LAN announcements possible) is
+    checked before the code is printed. Raises UsageProblem before anything is sent,
+    PairingError, LinkError or TransferError later.
     """
     built = build(paths)
     for skipped in built.skipped:
         report(NoticeIssued(f"skipping {display_name(skipped)} (not a regular file or folder)"))
     chosen = None if code is None else _checked_code(code)
-    if chosen is None and options.rendezvous is None:
-        chosen = generate_code()  # our own rendezvous (LAN mode): every number is free
-    if chosen is not None:
-        report(CodeAllocated(chosen))
+    offered = offer_summary(built.manifest)
+
+    def show_code(shown: str) -> None:
+        report(CodeAllocated(shown, CODE_VALID_FOR))
+        report(offered)
+
     async with contextlib.AsyncExitStack() as stack:
         rendezvous = options.rendezvous
         if rendezvous is None:
-            nameplate = parse_code(chosen or "").nameplate
+            check_lan_route()
+            chosen = chosen or generate_code()  # our own rendezvous (LAN mode): all numbers free
+            nameplate = parse_code(chosen).nameplate
             rendezvous = await stack.enter_async_context(lan_rendezvous(nameplate))
+            show_code(chosen)
             report(NoticeIssued(f"no rendezvous server set: announcing code {nameplate} on the "
                                 "local network"))  # fmt: skip
+        elif chosen is not None:
+            await reach_rendezvous(rendezvous)  # the code is shown only once it can work
+            show_code(chosen)
         notice = notice_reporter(report)
-        # Without a chosen code the server allocates the number (no one else holds it).
+        # Without a chosen code the server allocates the number (no one else holds it), which
+        # is shown once the rendezvous answered.
         pairing = pair(
             rendezvous,
             chosen,
             "sender",
             timeout=options.pair_timeout,
-            on_code=lambda allocated: report(CodeAllocated(str(allocated))),
+            connect_timeout=RENDEZVOUS_CONNECT_TIMEOUT,
+            on_code=lambda allocated: show_code(str(allocated)),
         )
-        paired, gathered = await pair_and_gather(pairing, options.connect, notice)
+        paired, gathered = await pair_and_gather(_expiring(pairing), options.connect, notice)
         async with paired:
             connection = await connect_peer(paired, "sender", options.connect, notice, gathered)
     try:
@@ -130,8 +214,9 @@ async def send_over(connection: Connection, built: BuiltManifest, report: Report
         report(FileSkipped(display_name(entries[index].path), SAME_CONTENT))
     report_hashes(built.manifest, hashes, report)
     manifest = built.manifest
+    elapsed = time.monotonic() - begin
     report(
         TransferFinished(
-            manifest.file_count, manifest.total_bytes, stats.bytes_sent, time.monotonic() - begin
+            manifest.file_count, manifest.total_bytes, stats.bytes_sent, elapsed, "send"
         )
     )

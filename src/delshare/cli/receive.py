@@ -16,9 +16,10 @@ from delshare.app.common import EXIT_USAGE, UsageProblem
 from delshare.app.events import OfferReceived
 from delshare.app.receive import Ask, AskOverwrite, ReceiveOptions, run_receive
 from delshare.cli.main import Finished
-from delshare.cli.send import EXIT_CODES_HELP, link_options, run_app, session_options
-from delshare.cli.ui import Ui, human_size, pick_style
+from delshare.cli.send import EXIT_CODES_HELP, link_options, make_ui, run_app, session_options
+from delshare.cli.ui import describe_offer
 from delshare.text import printable
+from delshare.transfer.manifest import display_name
 
 __all__ = ["receive"]
 
@@ -31,14 +32,16 @@ def _settle(future: asyncio.Future[bool], value: bool) -> None:
 
 
 def _read_answer() -> bool:
-    """One line from fd 0, unbuffered: a thread blocked here holds no lock at exit."""
+    """One line from fd 0, unbuffered: a thread blocked here holds no lock at exit. At end of
+    input without a line the question's line is ended, so what follows starts a new line."""
     line = b""
     while not line.endswith(b"\n"):
         try:
             chunk = os.read(0, 1)
         except OSError:
-            return False
+            chunk = b""
         if not chunk:
+            sys.stderr.write("\n")
             break
         line += chunk
     return line.strip().lower() in (b"y", b"yes")
@@ -61,9 +64,14 @@ async def _prompt(question: str) -> bool:
     return await answer
 
 
-def _asker(ui: Ui) -> Ask:
+def _where(offer: OfferReceived) -> str:
+    return display_name(os.path.abspath(offer.output or "."))
+
+
+def _asker() -> Ask:
     async def ask(offer: OfferReceived) -> bool:
-        return await _prompt(f"Accept {offer.files} file(s), {human_size(offer.total)}? [y/N]: ")
+        described = describe_offer(offer.files, offer.total, offer.names)
+        return await _prompt(f"Receive {described} into {_where(offer)}? [y/N]: ")
 
     return ask
 
@@ -73,10 +81,12 @@ def _overwrite_asker() -> AskOverwrite | None:
     if not sys.stdin.isatty():
         return None
 
-    async def ask_overwrite(names: tuple[str, ...]) -> bool:
+    async def ask_overwrite(offer: OfferReceived, names: tuple[str, ...]) -> bool:
+        described = describe_offer(offer.files, offer.total, offer.names)
         shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
-        verb = "exists" if len(names) == 1 else "exist"
-        return await _prompt(f"{shown} already {verb}. Overwrite? [y/N]: ")
+        return await _prompt(
+            f"Receive {described} into {_where(offer)}, replacing the existing {shown}? [y/N]: "
+        )
 
     return ask_overwrite
 
@@ -126,7 +136,7 @@ def receive(
     **kwargs: Any,
 ) -> None:
     """Receive files from `delshare send` with its CODE (or DELSHARE_CODE)."""
-    ui = Ui(pick_style(kwargs["json_output"]))
+    ui = make_ui(kwargs)
     try:
         if not code and not listen:
             raise UsageProblem("missing CODE (the code `delshare send` printed), or --listen")
@@ -142,16 +152,20 @@ def receive(
     except UsageProblem as exc:
         ui.error(str(exc), EXIT_USAGE)
         raise SystemExit(EXIT_USAGE) from None
-    options = ReceiveOptions(output, overwrite, rename, yes)
-    ask, ask_overwrite = _asker(ui), _overwrite_asker()
+    options = ReceiveOptions(output, overwrite, rename, yes, interactive=sys.stdin.isatty())
+    ask, ask_overwrite = _asker(), _overwrite_asker()
     if listen:
         from delshare.app.manual import run_listen  # with --listen only
 
         raise Finished(
-            run_app(lambda: run_listen(session, options, permit, ui, ask, ask_overwrite), ui)
+            run_app(
+                lambda: run_listen(session, options, permit, ui, ask, ask_overwrite), ui, "listen"
+            )
         )
     assert code is not None
-    raise Finished(run_app(lambda: run_receive(code, session, options, ui, ask, ask_overwrite), ui))
+    raise Finished(
+        run_app(lambda: run_receive(code, session, options, ui, ask, ask_overwrite), ui, "receive")
+    )
 
 
 def _check_ip(text: str) -> None:

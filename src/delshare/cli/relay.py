@@ -516,6 +516,7 @@ async def _serve(loader: SettingsLoader, settings: RelaySettings) -> None:
         if not settings.no_rendezvous:
             registry = turn.server.metrics.registry if turn is not None else None
             rendezvous = await _start_rendezvous(settings, registry)
+        _log_client_hint(settings, turn, rendezvous)
         await _lifecycle(signals, loader, settings, turn)
     finally:
         signals.remove()
@@ -709,3 +710,33 @@ async def _start_rendezvous(settings: RelaySettings, registry: Any) -> Any:
         raise OSError(exc.errno, f"cannot listen on {where}: {exc.strerror or exc}") from exc
     log.info("rendezvous listening on ws://%s", format_address(address[0], server.port))
     return server
+
+
+def _public_host(host: str) -> str:
+    """``host``, or for a wildcard bind this machine's first non-loopback address."""
+    if host not in ("0.0.0.0", "::", ""):
+        return host
+    from delshare.link.candidates import host_addresses
+
+    found = [a for a in host_addresses() if not a.startswith("127.") and a != "::1"]
+    return found[0] if found else "127.0.0.1"
+
+
+def _log_client_hint(settings: RelaySettings, turn: RunningRelay | None, rendezvous: Any) -> None:
+    """One line with what clients must pass, and why same-network peers may be refused."""
+    flags = []
+    if rendezvous is not None:
+        host = (settings.rendezvous_listen or DEFAULT_RENDEZVOUS)[0]
+        flags.append(f"--rendezvous ws://{format_address(_public_host(host), rendezvous.port)}")
+    if turn is not None:
+        kind, (host, port) = next(a for a in turn.addresses if a[0] != "udp")
+        scheme = "turns" if kind == "tls" else "turn"
+        query = "" if kind == "tls" else "?transport=tcp"
+        flags.append(f"--turn '{scheme}:{format_address(_public_host(host), port)}{query}'")
+        flags.append("--turn-user NAME --turn-password PASSWORD")
+    log.info("clients: delshare send|receive %s", " ".join(flags))
+    if turn is not None and not settings.allow_peer:
+        log.info(
+            "peers on loopback and private networks are refused (403); for senders and "
+            "receivers on this machine or one LAN add --allow-peer CIDR (e.g. 192.168.0.0/16)"
+        )

@@ -24,9 +24,11 @@ from delshare.app.common import (
     EXIT_USAGE,
     SessionOptions,
     UsageProblem,
+    check_rendezvous_url,
     exit_code_for,
 )
 from delshare.app.connect import ConnectOptions
+from delshare.app.hints import Side, explain, resume_hint
 from delshare.app.send import run_send
 from delshare.cli.main import Finished
 from delshare.cli.ui import Ui, pick_style
@@ -34,7 +36,7 @@ from delshare.errors import DelshareError
 from delshare.link.race import Mode
 from delshare.link.relay import TurnSettings
 
-__all__ = ["link_options", "run_app", "send", "session_options"]
+__all__ = ["link_options", "make_ui", "run_app", "send", "session_options"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 SENDER_WAIT = 900.0  # how long the sender waits for the receiver to show up, per step
@@ -80,7 +82,13 @@ def link_options(f: F) -> F:
         ),
         click.option("--direct-only", is_flag=True, help="Never relay; fail if no direct path."),
         click.option("--relay-only", is_flag=True, help="Always go through a TURN relay."),
-        click.option("--json", "json_output", is_flag=True, help="One JSON event per line."),
+        click.option(
+            "--json",
+            "json_output",
+            is_flag=True,
+            help="One JSON event per line (docs/json-events.md).",
+        ),
+        click.option("-v", "--verbose", is_flag=True, help="Also print each file's BLAKE3 hash."),
     ]
     for decorator in reversed(decorators):
         f = decorator(f)
@@ -98,6 +106,11 @@ def _turn_settings(
         uri = parse_turn_uri(turn)
     except TurnUriError as exc:
         raise UsageProblem(str(exc)) from exc
+    if not uri.stream:
+        raise UsageProblem(
+            f"--turn {turn}: relaying a TCP link needs a TCP or TLS connection to the TURN "
+            "server (RFC 6062): use transport=tcp or turns:"
+        )
     if secret is None and (user is None or password is None):
         raise UsageProblem("--turn needs --turn-user and --turn-password, or --turn-secret")
     return TurnSettings(uri, user, password, secret)
@@ -108,6 +121,8 @@ def session_options(kwargs: dict[str, Any], pair_timeout: float) -> SessionOptio
     if kwargs["direct_only"] and kwargs["relay_only"]:
         raise UsageProblem("--direct-only and --relay-only exclude each other")
     rendezvous = kwargs["rendezvous"] or None  # None: zero-config LAN mode
+    if rendezvous is not None:
+        check_rendezvous_url(rendezvous)
     mode: Mode = "direct" if kwargs["direct_only"] else "relay" if kwargs["relay_only"] else "any"
     turn = _turn_settings(
         kwargs["turn"], kwargs["turn_user"], kwargs["turn_password"], kwargs["turn_secret"]
@@ -137,17 +152,24 @@ async def _with_sigterm(coro: Coroutine[Any, Any, None]) -> None:
     await coro
 
 
-def run_app(make: Callable[[], Coroutine[Any, Any, None]], ui: Ui) -> int:
-    """Run the app coroutine; one line and an exit code for every failure."""
+def make_ui(kwargs: dict[str, Any]) -> Ui:
+    """The user interface the ``--json``/``--verbose`` flags and the terminal ask for."""
+    return Ui(pick_style(kwargs["json_output"]), verbose=kwargs["verbose"])
+
+
+def run_app(make: Callable[[], Coroutine[Any, Any, None]], ui: Ui, side: Side = "") -> int:
+    """Run the app coroutine; one line and an exit code for every failure, naming the next
+    step when there is one (:mod:`delshare.app.hints`)."""
     try:
         with asyncio.Runner(loop_factory=_event_loop_factory()) as runner:
             runner.run(_with_sigterm(make()))
     except (KeyboardInterrupt, asyncio.CancelledError):
-        ui.error("interrupted", EXIT_INTERRUPTED)
+        hint = f"; {resume_hint(side)}" if ui.transferring and side else ""
+        ui.error(f"interrupted{hint}", EXIT_INTERRUPTED)
         return EXIT_INTERRUPTED
     except DelshareError as exc:
         code = exit_code_for(exc)
-        ui.error(str(exc) or type(exc).__name__, code)
+        ui.error(explain(exc, side, ui.transferring), code)
         return code
     except OSError as exc:
         ui.error(f"{exc.strerror or exc}", 1)
@@ -181,11 +203,12 @@ def run_app(make: Callable[[], Coroutine[Any, Any, None]], ui: Ui) -> int:
 def send(paths: tuple[str, ...], code: str | None, ticket: str | None, **kwargs: Any) -> None:
     """Send files and folders; prints a code for `delshare receive`.
 
-    Prints `code: CODE`, then `connected: direct ADDRESS` or `connected: relay TURN-SERVER`,
-    one `verified: blake3 HEX NAME` line per file and a `done:` line. With `--to TICKET` no
-    code and no rendezvous are used.
+    Prints `code: CODE` (once the rendezvous answers), what is offered, then `connected: direct
+    ADDRESS` or `connected: relay TURN-SERVER` and one `sent N files, SIZE in T s` line;
+    `--verbose` adds a `verified: blake3 HEX NAME` line per file. With `--to TICKET` no code
+    and no rendezvous are used.
     """
-    ui = Ui(pick_style(kwargs["json_output"]))
+    ui = make_ui(kwargs)
     try:
         if code and ticket:
             raise UsageProblem("--code and --to exclude each other")
@@ -196,5 +219,5 @@ def send(paths: tuple[str, ...], code: str | None, ticket: str | None, **kwargs:
     if ticket:
         from delshare.app.manual import run_send_to  # with --to only
 
-        raise Finished(run_app(lambda: run_send_to(paths, ticket, options, ui), ui))
-    raise Finished(run_app(lambda: run_send(paths, code, options, ui), ui))
+        raise Finished(run_app(lambda: run_send_to(paths, ticket, options, ui), ui, "send-to"))
+    raise Finished(run_app(lambda: run_send(paths, code, options, ui), ui, "send"))

@@ -23,6 +23,7 @@ import click
 from delshare.address import format_address
 from delshare.aio.client import TurnClient, connect_turn
 from delshare.aio.client_allocation import TcpAllocation
+from delshare.app.hints import AUTH_HINT
 from delshare.errors import DelshareError
 from delshare.stun.attributes import Address
 from delshare.text import printable
@@ -43,7 +44,7 @@ def _describe(exc: BaseException) -> str:
     if isinstance(exc, TimeoutError):
         return "timed out"
     if isinstance(exc, AuthenticationError):
-        return f"{exc} (wrong username, password or secret?)"
+        return f"{exc} ({AUTH_HINT})"
     if isinstance(exc, OSError) and exc.errno:
         return os.strerror(exc.errno)
     if isinstance(exc, asyncio.IncompleteReadError):
@@ -202,9 +203,32 @@ def _ssl_context(ca: str | None, insecure: bool) -> _ssl.SSLContext | None:
 
 @click.command("turn-check")
 @click.argument("turn_uri")
-@click.option("--user", "-u", help="TURN username (long-term credentials).")
-@click.option("--password", "-p", help="TURN password.")
-@click.option("--secret", help="TURN REST shared secret (coturn use-auth-secret).")
+@click.option(
+    "--turn-user",
+    "--user",
+    "-u",
+    "user",
+    envvar="DELSHARE_TURN_USER",
+    metavar="NAME",
+    help="TURN username, as for send/receive [DELSHARE_TURN_USER].",
+)
+@click.option(
+    "--turn-password",
+    "--password",
+    "-p",
+    "password",
+    envvar="DELSHARE_TURN_PASSWORD",
+    metavar="PASSWORD",
+    help="TURN password [DELSHARE_TURN_PASSWORD].",
+)
+@click.option(
+    "--turn-secret",
+    "--secret",
+    "secret",
+    envvar="DELSHARE_TURN_SECRET",
+    metavar="SECRET",
+    help="TURN REST shared secret (coturn use-auth-secret) [DELSHARE_TURN_SECRET].",
+)
 @click.option("--timeout", default=10.0, show_default=True, help="Seconds allowed per step.")
 @click.option("--size", default=16, show_default=True, help="MiB for the throughput test.")
 @click.option("--ca", type=click.Path(exists=True, dir_okay=False), help="CA file for turns:.")
@@ -221,9 +245,9 @@ def turn_check(
 ) -> None:
     """Check that TURN_URI relays TCP (RFC 6062) both ways; exit 0 only if every step works."""
     if secret is not None and password is not None:
-        raise click.UsageError("give --password or --secret, not both")
+        raise click.UsageError("give --turn-password or --turn-secret, not both")
     if secret is None and (user is None or password is None):
-        raise click.UsageError("give --user and --password, or --secret")
+        raise click.UsageError("give --turn-user and --turn-password, or --turn-secret")
     try:
         uri = parse_turn_uri(turn_uri)
     except TurnUriError as exc:

@@ -2,13 +2,18 @@
 
 Three renderings of the same :mod:`delshare.app.events`:
 
-- ``rich``: on a terminal, a total bar and a per-file bar with rate and ETA, plus the key lines;
-- ``plain``: when stdout is not a terminal, only the key lines (``code: ...``,
-  ``connected: direct|relay ...``, ``verified: blake3 <hex> <name>``, ``done: ...``), and
-  notices as ``note: ...`` on stderr;
-- ``json``: one JSON object per line and per event (``--json``), errors included.
+- ``rich``: on a terminal, a total bar and a per-file bar with rate and ETA, plus lines for
+  people: the code and how long it is valid, what is offered, the path (``connected: direct|relay
+  ...``), and one summary line (``saved 3 files, 1.2 GiB to ./photos in 2.1 s (580 MiB/s)``);
+- ``plain``: when stdout is not a terminal, the same lines without bars, and notices as
+  ``note: ...`` on stderr;
+- ``json``: one JSON object per line and per event (``--json``), errors included; the stable
+  interface for scripts, documented in docs/json-events.md.
 
-Errors are one line on stderr (or a JSON ``error`` event), never a traceback. Every line passes
+Per-file hashes (``verified: blake3 HEX NAME``) are printed with ``--verbose`` (and are always in
+the JSON ``verified`` events). Sizes and rates are in binary units (KiB, MiB, GiB). Errors are
+one line on stderr (or a JSON ``error`` event), never a traceback; bars stop where the transfer
+stopped, so a failed transfer never shows 100%. Every line passes
 :func:`delshare.text.printable` (JSON lines :func:`delshare.text.json_line`) on its way out: text
 from a peer or a server (reasons, names, messages) never reaches the terminal raw.
 """
@@ -18,12 +23,14 @@ from __future__ import annotations
 import sys
 from typing import IO, TYPE_CHECKING, Literal
 
+from delshare.app.common import human_size
 from delshare.app.events import (
     CodeAllocated,
     Event,
     FileSkipped,
     FileVerified,
     NoticeIssued,
+    OfferPrepared,
     OfferReceived,
     PeerConnected,
     ProgressUpdated,
@@ -36,21 +43,53 @@ from delshare.text import json_line, printable
 
 if TYPE_CHECKING:  # rich loads only when a terminal shows bars (~25 ms of start-up otherwise)
     from rich.console import Console
-    from rich.progress import Progress, TaskID
+    from rich.progress import Progress, ProgressColumn, Task, TaskID
 
-__all__ = ["Style", "Ui", "human_size", "pick_style"]
+__all__ = [
+    "Style",
+    "Ui",
+    "describe_offer",
+    "human_duration",
+    "human_rate",
+    "human_size",
+    "key_line",
+    "pick_style",
+]
 
 Style = Literal["rich", "plain", "json"]
-RICH_VERIFIED_LINES = 20  # on a terminal; plain and JSON output list every file
+RATE_FLOOR = 1 << 20  # below a MiB moved, a rate says more about start-up than about the link
 
 
-def human_size(n: float) -> str:
-    """``1.5 MiB``-style sizes."""
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if n < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    raise AssertionError("unreachable")
+def human_rate(n_bytes: int, seconds: float) -> str:
+    """``580 MiB/s``; empty when too little was moved to mean anything."""
+    if seconds <= 0 or n_bytes < RATE_FLOOR:
+        return ""
+    return f"{human_size(n_bytes / seconds)}/s"
+
+
+def human_duration(seconds: float) -> str:
+    """``0.35 s``, ``2.1 s``, ``3 min 05 s``."""
+    if seconds < 1:
+        return f"{seconds:.2f} s"
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    minutes, rest = divmod(round(seconds), 60)
+    return f"{minutes} min {rest:02d} s"
+
+
+def _count(n: int, word: str) -> str:
+    return f"{n} {word}{'s' * (n != 1)}"
+
+
+def describe_offer(files: int, total: int, names: tuple[str, ...]) -> str:
+    """``photos (3 files, 1.2 GiB)``, ``a.txt, b.txt and 2 more (4 files, 12 MiB)``."""
+    shown = ", ".join(names[:3])
+    if len(names) > 3:
+        shown = f"{', '.join(names[:2])} and {len(names) - 2} more"
+    size = human_size(total)
+    if len(names) == 1 and files == 1:
+        return f"{shown} ({size})"
+    return f"{shown} ({_count(files, 'file')}, {size})"
 
 
 def pick_style(json_output: bool, stream: IO[str] | None = None) -> Style:
@@ -60,34 +99,62 @@ def pick_style(json_output: bool, stream: IO[str] | None = None) -> Style:
     return "rich" if (stream or sys.stdout).isatty() else "plain"
 
 
-def key_line(event: Event) -> str | None:
-    """The plain-text line for events that scripts and tests rely on, else None."""
+def _minutes(seconds: float) -> str:
+    return _count(round(seconds / 60), "minute") if seconds >= 60 else f"{seconds:.0f} s"
+
+
+def _finished_line(event: TransferFinished) -> str:
+    files, total, moved, seconds = event.files, event.total, event.moved, event.seconds
+    verb = "saved" if event.direction == "receive" else "sent"
+    line = f"{verb} {_count(files, 'file')}, {human_size(total)}"
+    if event.saved_to:
+        line += f" to {event.saved_to}"
+    line += f" in {human_duration(seconds)}"
+    rate = human_rate(moved, seconds)
+    if moved < total:
+        already = "already there" if event.direction == "receive" else "already at the receiver"
+        detail = f"{human_size(moved)} moved, the rest {already}"
+        line += f" ({detail}{', ' + rate if rate else ''})"
+    elif rate:
+        line += f" ({rate})"
+    return line
+
+
+def key_line(event: Event, verbose: bool = False) -> str | None:
+    """The text line for an event (rich and plain alike), or None when it has none."""
     match event:
         case CodeAllocated(code):
             return f"code: {code}"
+        case OfferPrepared(files, total, names):
+            return f"offering {describe_offer(files, total, names)}"
         case TicketIssued(ticket):
             return f"ticket: {ticket}"
         case PeerConnected():
             return event.line
-        case FileVerified(name, _size, digest):
-            return f"verified: blake3 {digest} {name}"
+        case FileVerified(name, _size, digest, saved_as):
+            return f"verified: blake3 {digest} {saved_as or name}" if verbose else None
         case FileSkipped(name, reason):
             return f"skipped {name}: {reason}"
         case ResumeStarted(name, offset, size):
-            return f"resuming at {offset} of {size} {name}"
-        case TransferFinished(files, total, moved, seconds):
-            rate = moved / seconds / 1e6 if seconds > 0 else 0.0
-            return (
-                f"done: {files} file{'s' * (files != 1)}, {total} bytes, "
-                f"{moved} moved in {seconds:.2f} s ({rate:.1f} MB/s)"
-            )
+            return f"resuming {name} at {human_size(offset)} of {human_size(size)}"
+        case TransferFinished():
+            return _finished_line(event)
     return None
 
 
+def _code_hints(event: CodeAllocated) -> list[str]:
+    valid = f", valid for {_minutes(event.valid_for)}" if event.valid_for > 0 else ""
+    return [
+        f"On the other device run:  delshare receive {event.code}",
+        f"(the code works once{valid})",
+    ]
+
+
 def json_object(event: Event) -> dict[str, object]:
-    """The ``--json`` form of an event."""
+    """The ``--json`` form of an event (docs/json-events.md)."""
     name = {
         CodeAllocated: "code",
+        OfferPrepared: "offering",
         TicketIssued: "ticket",
         PeerConnected: "connected",
         OfferReceived: "offer",
@@ -103,11 +170,27 @@ def json_object(event: Event) -> dict[str, object]:
     return {"event": name, **{k: list(v) if isinstance(v, tuple) else v for k, v in fields.items()}}
 
 
+def _binary_rate_column() -> ProgressColumn:
+    """Rich's transfer speed, in binary units like every other size we print."""
+    from rich.progress import ProgressColumn
+    from rich.text import Text
+
+    class BinaryRateColumn(ProgressColumn):
+        def render(self, task: Task) -> Text:
+            speed = task.finished_speed or task.speed
+            return Text("?" if speed is None else f"{human_size(speed)}/s")
+
+    return BinaryRateColumn()
+
+
 class Ui:
     """Renders events in one style; call it with each event, ``close()`` at the end."""
 
-    def __init__(self, style: Style, *, out: IO[str] | None = None, label: str = "") -> None:
+    def __init__(
+        self, style: Style, *, out: IO[str] | None = None, label: str = "", verbose: bool = False
+    ) -> None:
         self.style = style
+        self.verbose = verbose
         self._out_override = out
         self._label = label
         self._console: Console | None = None
@@ -119,19 +202,19 @@ class Ui:
         self._total_task: TaskID | None = None
         self._file_task: TaskID | None = None
         self._plan: TransferStarted | None = None
+        self._offer: OfferReceived | None = None
         self._positions: dict[int, int] = {}
         self._current = -1
-        self._verified = 0
+        self.transferring = False
+        """Between ``TransferStarted`` and ``TransferFinished``: an interruption can resume."""
 
     def __call__(self, event: Event) -> None:
+        if isinstance(event, TransferStarted | TransferFinished):
+            self.transferring = isinstance(event, TransferStarted)
         if self.style == "json":
             self._write(json_line(json_object(event)))
         elif self.style == "plain":
-            line = key_line(event)
-            if line is not None:
-                self._write(line)
-            elif isinstance(event, NoticeIssued):
-                sys.stderr.write(f"{self._label}note: {printable(event.text)}\n")
+            self._plain(event)
         else:
             self._rich(event)
 
@@ -150,37 +233,51 @@ class Ui:
             target = self._progress.console if self._progress is not None else self._console
             target.print(f"{self._label}{printable(text)}", markup=False, soft_wrap=True)
 
+    def _lines(self, event: Event) -> list[str]:
+        """What rich and plain print for an event (notices aside)."""
+        match event:
+            case CodeAllocated():
+                return ["code: " + event.code, *_code_hints(event)]
+            case TicketIssued(ticket):
+                return [f"ticket: {ticket}", "On the sending device run:  delshare send PATH... "
+                        "--to TICKET"]  # fmt: skip
+            case OfferReceived():
+                self._offer = event
+                return []
+            case TransferStarted(direction="receive") if self._offer is not None:
+                offer = self._offer
+                where = offer.output or "."
+                described = describe_offer(offer.files, offer.total, offer.names)
+                return [f"receiving {described} into {where}"]
+        line = key_line(event, self.verbose)
+        return [line] if line is not None else []
+
+    def _plain(self, event: Event) -> None:
+        if isinstance(event, NoticeIssued):
+            sys.stderr.write(f"{self._label}note: {printable(event.text)}\n")
+            sys.stderr.flush()
+            return
+        for line in self._lines(event):
+            self._write(line)
+
     def _rich(self, event: Event) -> None:
         match event:
-            case CodeAllocated(code):
-                self.print(f"code: {code}")
-                self.print(f"On the other device run:  delshare receive {code}")
-            case TicketIssued(ticket):
-                self.print(f"ticket: {ticket}")
-                self.print("On the sending device run:  delshare send PATH... --to TICKET")
-            case OfferReceived(files, total, names):
-                shown = ", ".join(names[:3]) + (" ..." if len(names) > 3 else "")
-                self.print(f"offer: {files} file{'s' * (files != 1)}, {human_size(total)}: {shown}")
             case TransferStarted():
+                for line in self._lines(event):
+                    self.print(line)
                 self._start_bars(event)
             case ProgressUpdated(index, file_done, total_done):
                 self._advance(index, file_done, total_done)
             case FileVerified():
-                self._stop_bars()
-                self._verified += 1
-                if self._verified <= RICH_VERIFIED_LINES:
-                    self.print(key_line(event) or "")
+                if self.verbose:
+                    self.print(key_line(event, True) or "")
             case TransferFinished():
-                self._stop_bars()
-                hidden = self._verified - RICH_VERIFIED_LINES
-                if hidden > 0:
-                    self.print(f"verified: {hidden} more file(s) (--json lists every hash)")
+                self._stop_bars(finished=True)
                 self.print(key_line(event) or "")
             case NoticeIssued(text):
                 self.print(text)
             case _:
-                line = key_line(event)
-                if line is not None:
+                for line in self._lines(event):
                     self.print(line)
 
     def _start_bars(self, plan: TransferStarted) -> None:
@@ -191,7 +288,6 @@ class Ui:
             Progress,
             TextColumn,
             TimeRemainingColumn,
-            TransferSpeedColumn,
         )
 
         self._plan = plan
@@ -200,14 +296,14 @@ class Ui:
             TextColumn("{task.description}", markup=False),
             BarColumn(),
             DownloadColumn(binary_units=True),
-            TransferSpeedColumn(),
+            _binary_rate_column(),
             TimeRemainingColumn(),
             console=self._console,
             transient=False,
         )
         verb = "sending" if plan.direction == "send" else "receiving"
         self._total_task = self._progress.add_task(
-            f"{self._label}{verb} {len(plan.names)} file(s)", total=max(sum(plan.sizes), 1)
+            f"{self._label}{verb} {_count(len(plan.names), 'file')}", total=max(sum(plan.sizes), 1)
         )
         self._progress.start()
 
@@ -236,9 +332,11 @@ class Ui:
             f"{self._label}  {short}", total=max(self._plan.sizes[position], 1)
         )
 
-    def _stop_bars(self) -> None:
+    def _stop_bars(self, finished: bool = False) -> None:
+        """Stop the display where the transfer stands: the total bar is filled only when the
+        transfer ``finished``; a failed or interrupted one keeps its real position."""
         if self._progress is not None:
-            if self._total_task is not None:
+            if finished and self._total_task is not None:
                 task = self._progress.tasks[0]
                 self._progress.update(self._total_task, completed=task.total)
             if self._file_task is not None:

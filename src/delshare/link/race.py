@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
@@ -212,7 +213,8 @@ class _Racer:
         direct_targets = [c for c in self.peer if c.kind != "relay"] if self.direct else []
         self.direct_pending = len(direct_targets)
         for candidate in direct_targets:
-            self._spawn_attempt(self._dial(candidate), LinkPath("direct", str(candidate)), True)
+            dial = functools.partial(self._dial, candidate)
+            self._spawn_attempt(dial, LinkPath("direct", str(candidate)), True)
         if self.direct and self.local.listener is not None:
             self.spawn(self._accept_direct(self.local.listener))
         if self.config.mode != "direct":
@@ -222,7 +224,12 @@ class _Racer:
         if not direct_targets:
             self.relay_go.set()
 
-    def _spawn_attempt(self, connect: Awaitable[Stream], path: LinkPath, direct: bool) -> None:
+    def _spawn_attempt(
+        self, connect: Callable[[], Awaitable[Stream]], path: LinkPath, direct: bool
+    ) -> None:
+        # A factory, not a coroutine: a task cancelled before its first step (the race ended)
+        # never runs ``_attempt``, and a coroutine made for it would never be awaited
+        # ("RuntimeWarning: coroutine ... was never awaited" at garbage collection).
         self.outgoing += 1
         self.spawn(self._attempt(connect, path, direct))
 
@@ -246,7 +253,7 @@ class _Racer:
         relayed = [c for c in self.peer if c.kind == "relay"]
         for candidate in relayed:
             path = LinkPath("relay", candidate.server or str(candidate), bool(candidate.server))
-            self._spawn_attempt(self._dial(candidate), path, False)
+            self._spawn_attempt(functools.partial(self._dial, candidate), path, False)
         if allocation is None:
             self._done_spawning()
             return
@@ -261,7 +268,8 @@ class _Racer:
 
     def _spawn_alloc_connect(self, allocation: RelayAllocation, candidate: Candidate) -> None:
         path = LinkPath("relay", allocation.server)
-        self._spawn_attempt(self._alloc_connect(allocation, candidate), path, False)
+        connect = functools.partial(self._alloc_connect, allocation, candidate)
+        self._spawn_attempt(connect, path, False)
 
     async def _dial(self, candidate: Candidate) -> Stream:
         async with asyncio.timeout(self.config.connect_timeout):
@@ -278,6 +286,7 @@ class _Racer:
             reader, writer = await listener.accepted.get()
             peer = writer.get_extra_info("peername")
             label = display_address(peer[0], peer[1]) if peer else "?"
+            self.writers.add(writer)  # closed by finish() even if the task never starts
             self.spawn(self._authenticate(reader, writer, LinkPath("direct", label)))
 
     async def _accept_relayed(self, allocation: RelayAllocation) -> None:
@@ -288,11 +297,14 @@ class _Racer:
                 self.errors.append(f"relay accept: {exc or type(exc).__name__}")
                 return
             self.own_relayed.add(writer)
+            self.writers.add(writer)
             self.spawn(self._authenticate(reader, writer, LinkPath("relay", allocation.server)))
 
-    async def _attempt(self, connect: Awaitable[Stream], path: LinkPath, direct: bool) -> None:
+    async def _attempt(
+        self, connect: Callable[[], Awaitable[Stream]], path: LinkPath, direct: bool
+    ) -> None:
         try:
-            reader, writer = await connect
+            reader, writer = await connect()
         except Exception as exc:  # OSError, timeout, or any TURN client failure
             self._failed(f"{path.kind} {path.address}: {exc or type(exc).__name__}", direct)
             return

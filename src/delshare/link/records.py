@@ -304,6 +304,10 @@ class RecordChannel:
         """The connection's transport information (``"socket"``, ``"peername"``, ...)."""
         return self._transport.get_extra_info(name, default)
 
+    def write_buffer_size(self) -> int:
+        """Bytes written to the channel that the kernel has not taken yet."""
+        return self._transport.get_write_buffer_size()
+
     async def send(self, data: bytes | memoryview, kind: RecordKind = RecordKind.DATA) -> None:
         """Send one record (``len(data) <= MAX_PAYLOAD``) and wait for buffer room."""
         self.write(data, kind)

@@ -142,19 +142,21 @@ async def pair(
     timeout: float = DEFAULT_TIMEOUT,
     on_code: Callable[[Code], None] | None = None,
     words: int = DEFAULT_WORDS,
+    connect_timeout: float | None = None,
 ) -> PairedChannel:
     """Meet the peer holding ``code`` and return the encrypted channel to it.
 
     ``side`` is ``"sender"`` or ``"receiver"``; the two peers must take different sides.
-    ``timeout`` bounds each wait (connect, every message), here and on the channel. A sender
-    may pass ``code=None``: the server then allocates the number, ``words`` secret words are
-    drawn here, and ``on_code`` gets the code to show before the wait for the receiver.
+    ``timeout`` bounds each wait (connect, every message), here and on the channel;
+    ``connect_timeout``, when given, bounds the connection and WebSocket handshake instead. A
+    sender may pass ``code=None``: the server then allocates the number, ``words`` secret words
+    are drawn here, and ``on_code`` gets the code to show before the wait for the receiver.
     """
     our_side = Side(side)
     parsed = code if isinstance(code, Code) or code is None else parse_code(code)
     if parsed is None and our_side is not Side.SENDER:
         raise PairingError("only a sender can ask for a new code")
-    connection = await _connect(rendezvous_url, timeout)
+    connection = await _connect(rendezvous_url, connect_timeout or timeout)
     try:
         mailbox = _Mailbox(connection, timeout)
         if parsed is None:
@@ -175,7 +177,12 @@ async def _connect(url: str, open_timeout: float) -> ClientConnection:
         return await connect(
             url, open_timeout=open_timeout, proxy=None, compression=None, max_size=wire.MAX_FRAME
         )
-    except (OSError, InvalidURI, InvalidHandshake, TimeoutError) as exc:
+    except TimeoutError as exc:
+        raise PairingError(
+            f"rendezvous server {url} did not answer the WebSocket handshake in "
+            f"{open_timeout:g} s: is it a delshare rendezvous (`delshare relay`) on that port?"
+        ) from exc
+    except (OSError, InvalidURI, InvalidHandshake) as exc:
         raise PairingError(f"cannot reach rendezvous server {url}: {exc}") from exc
 
 

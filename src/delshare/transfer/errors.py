@@ -37,7 +37,12 @@ class DestinationExistsError(TransferError):
 
 
 class InsufficientSpaceError(TransferError):
-    """The output directory does not have room for the offer."""
+    """The output directory does not have room for the offer: ``needed`` and ``free`` bytes."""
+
+    def __init__(self, message: str, needed: int = 0, free: int = 0) -> None:
+        super().__init__(message)
+        self.needed = needed
+        self.free = free
 
 
 class DeclinedError(TransferError):

@@ -434,15 +434,14 @@ async def send_message(
 
 
 async def _drain(channel: RecordChannel, timeout: float) -> None:
-    transport = channel.writer.transport
     while True:
-        queued = transport.get_write_buffer_size()
+        queued = channel.write_buffer_size()
         try:
             async with asyncio.timeout(timeout):
                 await channel.drain()
             return
         except TimeoutError:
-            if transport.get_write_buffer_size() >= queued:  # not a byte taken meanwhile
+            if channel.write_buffer_size() >= queued:  # not a byte taken meanwhile
                 raise PeerTimeoutError(
                     f"the peer read nothing for {timeout:g} s of a message to it"
                 ) from None

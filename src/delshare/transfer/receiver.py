@@ -427,7 +427,7 @@ def _check_space(out: Path, targets: list[_Target]) -> None:
     )
     free = shutil.disk_usage(out).free
     if needed > free:
-        raise InsufficientSpaceError(f"need {needed} bytes, only {free} free")
+        raise InsufficientSpaceError(f"need {needed} bytes, only {free} free", needed, free)
 
 
 def _make_dirs(targets: list[_Target]) -> None:
