@@ -6,6 +6,7 @@ in the module named on the right. The tree (``tests/test_errors.py`` keeps it tr
 
     DelshareError                the root                                    errors
       StunDecodeError            bytes that are not STUN or ChannelData      errors
+        MalformedRequestError    framed, an attribute malformed: 400         errors
       StunProtocolError          refuse a request: STUN code and reason      errors
         Refused                  ... with attributes (420 UNKNOWN-ATTRIBUTES)  turn.server
       ChallengeRequired          answer 401/438 with a fresh REALM and NONCE  turn.auth
@@ -60,6 +61,24 @@ class DelshareError(Exception):
 
 class StunDecodeError(DelshareError, ValueError):
     """Malformed STUN message or ChannelData frame."""
+
+
+class MalformedRequestError(StunDecodeError):
+    """A well-framed STUN message whose attribute ``attribute`` has a malformed value or TLV.
+
+    ``method``, ``cls`` and ``transaction_id`` come from the valid header, so a server can answer
+    400 Bad Request to a request (RFC 8489 §6.3.1).
+    """
+
+    def __init__(
+        self, reason: str, method: int, cls: int, transaction_id: bytes, attribute: int | None
+    ) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.method = method
+        self.cls = cls
+        self.transaction_id = transaction_id
+        self.attribute = attribute
 
 
 class StunProtocolError(DelshareError):

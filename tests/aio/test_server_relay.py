@@ -109,18 +109,32 @@ async def tcp_allocation(relay: RunningRelay) -> tuple[StunStream, tuple[str, in
     return control, relayed
 
 
+async def learn_nonce(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> str:
+    """This connection's nonce (nonces are bound to the 5-tuple): an unsigned request's 401."""
+    writer.write(Message(Method.REFRESH, MessageClass.REQUEST).encode())
+    head = await asyncio.wait_for(reader.readexactly(20), STEP)
+    body = await asyncio.wait_for(reader.readexactly(int.from_bytes(head[2:4], "big")), STEP)
+    nonce = decode_message(head + body).get_str(Attr.NONCE)
+    assert nonce is not None
+    return nonce
+
+
 async def connection_bind(
     relay: RunningRelay, control: StunStream, cid: int
 ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     """Open a data connection, bind it, return it positioned after the success response."""
     data = await StunStream.open(relay.turn_port)
-    data.nonce = control.nonce
-    msg = Message(Method.CONNECTION_BIND, MessageClass.REQUEST).add(Attr.CONNECTION_ID, cid)
-    msg.add(Attr.USERNAME, USER).add(Attr.REALM, REALM).add(Attr.NONCE, control.nonce)
-    data.writer.write(msg.encode(KEY, fingerprint=True))
-    head = await asyncio.wait_for(data.reader.readexactly(20), STEP)
-    body = await asyncio.wait_for(data.reader.readexactly(int.from_bytes(head[2:4], "big")), STEP)
-    reply = decode_message(head + body)
+    nonce = control.nonce
+    for _ in range(2):  # nonces are bound to the 5-tuple: a new connection learns its own (438)
+        msg = Message(Method.CONNECTION_BIND, MessageClass.REQUEST).add(Attr.CONNECTION_ID, cid)
+        msg.add(Attr.USERNAME, USER).add(Attr.REALM, REALM).add(Attr.NONCE, nonce)
+        data.writer.write(msg.encode(KEY, fingerprint=True))
+        head = await asyncio.wait_for(data.reader.readexactly(20), STEP)
+        size = int.from_bytes(head[2:4], "big")
+        reply = decode_message(head + await asyncio.wait_for(data.reader.readexactly(size), STEP))
+        if reply.error is None or reply.error[0] != 438:
+            break
+        nonce = reply.get_str(Attr.NONCE)
     assert reply.method == Method.CONNECTION_BIND and reply.cls == MessageClass.SUCCESS, reply.error
     assert reply.verify_integrity(KEY)
     return data.reader, data.writer
@@ -339,8 +353,9 @@ async def test_ipv6_tcp_relay_with_incoming_peer() -> None:
         cid = attempt.get_int(Attr.CONNECTION_ID)
         assert cid is not None
         data_reader, data_writer = await asyncio.open_connection("::1", running.turn_port)
+        nonce = await learn_nonce(data_reader, data_writer)
         msg = Message(Method.CONNECTION_BIND, MessageClass.REQUEST).add(Attr.CONNECTION_ID, cid)
-        msg.add(Attr.USERNAME, USER).add(Attr.REALM, REALM).add(Attr.NONCE, control.nonce)
+        msg.add(Attr.USERNAME, USER).add(Attr.REALM, REALM).add(Attr.NONCE, nonce)
         data_writer.write(msg.encode(KEY))
         head = await asyncio.wait_for(data_reader.readexactly(20), STEP)
         await data_reader.readexactly(int.from_bytes(head[2:4], "big"))
@@ -407,8 +422,9 @@ async def test_client_bytes_right_behind_connection_bind_reach_the_peer(
     """Bytes in the same segment as ConnectionBind are relay data, not STUN (RFC 6062 §5.4)."""
     control, peer_reader, peer_writer, cid = await incoming_peer(relay)
     reader, writer = await asyncio.open_connection(HOST, relay.turn_port)
+    nonce = await learn_nonce(reader, writer)
     msg = Message(Method.CONNECTION_BIND, MessageClass.REQUEST).add(Attr.CONNECTION_ID, cid)
-    msg.add(Attr.USERNAME, USER).add(Attr.REALM, REALM).add(Attr.NONCE, control.nonce)
+    msg.add(Attr.USERNAME, USER).add(Attr.REALM, REALM).add(Attr.NONCE, nonce)
     trailing = b"\x00\x01\x00\x00" + os.urandom(3000)  # looks like a STUN header, is not
     writer.write(msg.encode(KEY) + trailing)
     assert await read_all(peer_reader, len(trailing)) == trailing

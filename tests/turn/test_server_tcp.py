@@ -56,8 +56,8 @@ def connect_ok(client: Client, peer: tuple[str, int] = PEER, now: float = T0) ->
 def bind(
     client: Client, cid: int, port: int = 41000, now: float = T0, user: str = "alice"
 ) -> tuple[Client, Message]:
-    data = Client(client.server, five(TCP, port=port), user=user)
-    data.nonce = client.nonce
+    data = Client(client.server, five(TCP, port=port), user=user)  # learns its own nonce:
+    # nonces are bound to the 5-tuple, so the control connection's would get 438
     response = data.request(Method.CONNECTION_BIND, (Attr.CONNECTION_ID, cid), now=now)
     return data, response
 
@@ -171,12 +171,16 @@ def test_connection_bind_unknown_or_reused_id_is_400() -> None:
     assert code(again) == 400
 
 
-def test_connection_bind_with_other_credentials_is_441() -> None:
+def test_connection_bind_with_another_users_id_is_answered_like_an_unknown_id() -> None:
+    """No oracle (issue 10 item 12): bob learns nothing about alice's CONNECTION-IDs."""
     client = tcp_client()
     permit(client)
     cid = connect_ok(client)
-    _, response = bind(client, cid, user="bob")
-    assert code(response) == 441
+    _, theirs = bind(client, cid, user="bob")
+    _, unknown = bind(client, cid ^ 0x5A5A5A5A, port=41001, user="bob")
+    assert theirs.error == unknown.error and code(theirs) == 400
+    _, mine = bind(client, cid, port=41002)  # alice's connection is still hers to bind
+    assert mine.cls == MessageClass.SUCCESS
 
 
 def test_connection_bind_over_udp_is_400() -> None:
@@ -184,7 +188,6 @@ def test_connection_bind_over_udp_is_400() -> None:
     permit(client)
     cid = connect_ok(client)
     data = Client(client.server, five(UDP, port=41003))
-    data.nonce = client.nonce
     assert code(data.request(Method.CONNECTION_BIND, (Attr.CONNECTION_ID, cid))) == 400
 
 
@@ -320,3 +323,18 @@ def test_connection_life_cycle_is_a_transition_table() -> None:
     conn.move(ConnectionState.BOUND)
     with pytest.raises(IllegalTransition):
         conn.move(ConnectionState.PENDING)
+
+
+def test_connection_bind_may_reuse_the_control_connections_nonce() -> None:
+    """Nonces are bound to the 5-tuple, but a ConnectionBind may carry the nonce of its
+    allocation's control connection (coturn's uclient does): RFC 6062 §5.4."""
+    client = tcp_client()
+    permit(client)
+    cid = connect_ok(client)
+    data = Client(client.server, five(TCP, port=41005))
+    data.nonce = client.nonce
+    response = data.request(Method.CONNECTION_BIND, (Attr.CONNECTION_ID, cid))
+    assert response.cls == MessageClass.SUCCESS
+    other = Client(client.server, five(TCP, port=41006))
+    other.nonce = client.nonce  # not a ConnectionBind: the control nonce is stale here
+    assert code(other.request(Method.REFRESH)) == 438

@@ -51,6 +51,7 @@ from delshare.turn.server_types import (
     AllocationRefreshed,
     BindDataConnection,
     ChannelBound,
+    CloseClientConnection,
     ClosePeerConnection,
     CloseRelay,
     ConnectionBound,
@@ -460,6 +461,10 @@ class RelayServer:
             self._bind_data_connection(out)
         elif isinstance(out, ClosePeerConnection):
             self._close_link(out.conn_id)
+        elif isinstance(out, CloseClientConnection):
+            client = self._clients.get(out.five)
+            if client is not None:
+                client.finish()
         else:
             self.metrics.observe(out)
             _log_event(out)

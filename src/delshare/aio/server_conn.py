@@ -142,6 +142,23 @@ class ClientConnection:
         self._out.clear()
         return out
 
+    def finish(self) -> None:
+        """End the connection from our side once what is queued is written (RFC 6062 §5.5).
+
+        The reader sees end of file (plain TCP: ``shutdown(SHUT_RD)``; TLS: the transport
+        closes after flushing), so its owner's usual teardown runs: descriptor released.
+        """
+        if self.closed or self.bind is not None:
+            return
+        if isinstance(self.endpoint, socket.socket):
+            if self._out:
+                with contextlib.suppress(OSError):
+                    self._flush_raw(self.endpoint)
+            with contextlib.suppress(OSError):
+                self.endpoint.shutdown(socket.SHUT_RD)
+        else:
+            self.endpoint[1].close()
+
     def close(self) -> None:
         """Close the connection (a no-op once a bridge owns it)."""
         if self.closed:

@@ -16,7 +16,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar, overload
 
-from delshare.errors import StunDecodeError
+from delshare.errors import MalformedRequestError, StunDecodeError
 from delshare.stun.attributes import (
     ATTRIBUTES,
     ERROR_CODE,
@@ -257,7 +257,10 @@ def decode_message(data: bytes) -> Message:
 
     Attributes after MESSAGE-INTEGRITY are ignored except MESSAGE-INTEGRITY-SHA256 and
     FINGERPRINT; after MESSAGE-INTEGRITY-SHA256 only FINGERPRINT (RFC 8489 §14.5, §14.6).
-    A wrong FINGERPRINT is a decode error (RFC 8489 §7.3).
+    A wrong FINGERPRINT is a decode error (RFC 8489 §7.3: discarded silently). Any other fault
+    after a valid header (an attribute TLV that overruns, a value of the wrong length or family,
+    a USERNAME over 513 bytes) raises ``MalformedRequestError``, which carries the header so a
+    server can answer a request with 400 (RFC 8489 §6.3.1).
     """
     data = bytes(data)
     if len(data) < HEADER_LENGTH:
@@ -273,15 +276,19 @@ def decode_message(data: bytes) -> Message:
     return msg
 
 
+def _malformed(msg: Message, reason: str, kind: int | None) -> MalformedRequestError:
+    return MalformedRequestError(reason, msg.method, int(msg.cls), msg.transaction_id, kind)
+
+
 def _decode_attributes(msg: Message, data: bytes) -> None:
     pos, seen_mi, seen_mi256 = HEADER_LENGTH, False, False
     while pos < len(data):
         if pos + 4 > len(data):
-            raise StunDecodeError("truncated attribute header")
+            raise _malformed(msg, "truncated attribute header", None)
         kind, alen = struct.unpack("!HH", data[pos : pos + 4])
         end = pos + 4 + alen
         if end > len(data):
-            raise StunDecodeError(f"attribute 0x{kind:04x} overruns the message")
+            raise _malformed(msg, f"attribute 0x{kind:04x} overruns the message", kind)
         value = data[pos + 4 : end]
         if kind == Attr.FINGERPRINT:
             _check_fingerprint(data, pos, value)
@@ -304,7 +311,11 @@ def _decode_one(msg: Message, kind: int, value: bytes, pos: int) -> None:
             msg.unknown_required.append(kind)
         msg.attributes.append(Attribute(kind, value))
         return
-    msg.attributes.append(Attribute(kind, spec.decode(value, msg.transaction_id)))
+    try:
+        decoded = spec.decode(value, msg.transaction_id)
+    except StunDecodeError as exc:
+        raise _malformed(msg, f"malformed {spec.name}: {exc}", kind) from exc
+    msg.attributes.append(Attribute(kind, decoded))
     if kind == Attr.MESSAGE_INTEGRITY:
         msg.integrity_offset = pos
     elif kind == Attr.MESSAGE_INTEGRITY_SHA256:

@@ -1,14 +1,18 @@
 """Long-term credential checks for the TURN server (RFC 8489 §9.2, RFC 8656 §6.2, TURN REST).
 
-Theory of operation: a request without MESSAGE-INTEGRITY(-SHA256) is challenged with 401, REALM,
-a NONCE and PASSWORD-ALGORITHMS. Nonces are stateless: the RFC 8489 §9.2 cookie ``obMatJos2``,
-four base64 characters of security-feature bits (password algorithms, username anonymity), the
-expiry time and a truncated HMAC under a per-server key. An expired nonce gets 438 with a fresh
-one. The key is H(username:realm:password) with H = MD5, or SHA-256 when the client chose it
-through PASSWORD-ALGORITHM; clients that send neither PASSWORD-ALGORITHMS nor PASSWORD-ALGORITHM
-(coturn's uclient) get MD5 as §9.2.4 says. Users come from a static table or, with a shared
-secret, from the TURN REST scheme (username ``<expiry>:<id>``). MACs compare in constant time
-(``Message.verify_integrity`` uses ``hmac.compare_digest``).
+Theory of operation: a request without MESSAGE-INTEGRITY(-SHA256) is challenged with 401, REALM, a
+NONCE and PASSWORD-ALGORITHMS. Nonces are stateless: the RFC 8489 §9.2 cookie ``obMatJos2``, four
+base64 characters of security-feature bits (password algorithms, username anonymity), the expiry
+time and a truncated HMAC under a per-server key. The HMAC also covers the client's 5-tuple
+(transport, client and server address; ``binding``, not written into the nonce), so a nonce is a
+capability for one transport address only: a signed request replayed from another 5-tuple or over
+another transport (a new TCP connection, UDP instead of TCP) gets 438 like an expired nonce does,
+with a fresh nonce for the new 5-tuple (RFC 8489 §9.2: the server chooses what its nonces encode;
+PROTOCOL.md "Security notes"). The key is H(username:realm:password) with H = MD5, or SHA-256 when
+the client chose it through PASSWORD-ALGORITHM; clients that send neither PASSWORD-ALGORITHMS nor
+PASSWORD-ALGORITHM (coturn's uclient) get MD5 as §9.2.4 says. Users come from a static table or,
+with a shared secret, from the TURN REST scheme (username ``<expiry>:<id>``). MACs compare in
+constant time (``Message.verify_integrity`` uses ``hmac.compare_digest``).
 """
 
 from __future__ import annotations
@@ -86,23 +90,26 @@ class Authenticator:
 
     # -- nonces ------------------------------------------------------------------------------
 
-    def make_nonce(self, now: float) -> str:
-        """A nonce valid until ``now + nonce_lifetime`` (RFC 8489 §9.2 cookie first)."""
+    def make_nonce(self, now: float, binding: str = "") -> str:
+        """A nonce valid until ``now + nonce_lifetime`` for ``binding`` (RFC 8489 §9.2 cookie
+        first); ``binding`` names the client's 5-tuple and transport."""
         features = base64.b64encode(SERVER_FEATURES.to_bytes(3, "big")).decode("ascii")
         expiry = f"{int(now + self.config.nonce_lifetime):x}"
         body = f"{NONCE_COOKIE}{features}{expiry}"
-        return f"{body}.{self._nonce_mac(body)}"
+        return f"{body}.{self._nonce_mac(body, binding)}"
 
-    def _nonce_mac(self, body: str) -> str:
-        return hmac.new(self._nonce_key, body.encode(), hashlib.sha256).hexdigest()[:16]
+    def _nonce_mac(self, body: str, binding: str) -> str:
+        signed = f"{body}\n{binding}".encode()
+        return hmac.new(self._nonce_key, signed, hashlib.sha256).hexdigest()[:16]
 
-    def nonce_state(self, nonce: str, now: float) -> str:
-        """``"valid"``, ``"stale"`` (ours but expired) or ``"invalid"``."""
+    def nonce_state(self, nonce: str, now: float, binding: str = "") -> str:
+        """``"valid"``, ``"stale"`` (ours but expired) or ``"invalid"`` (not ours, or issued to
+        another 5-tuple)."""
         body, _, mac = nonce.rpartition(".")
         prefix = len(NONCE_COOKIE) + 4
         if not body.startswith(NONCE_COOKIE) or len(body) <= prefix:
             return "invalid"
-        if not hmac.compare_digest(mac, self._nonce_mac(body)):
+        if not hmac.compare_digest(mac, self._nonce_mac(body, binding)):
             return "invalid"
         try:
             expiry = int(body[prefix:], 16)
@@ -110,44 +117,55 @@ class Authenticator:
             return "invalid"
         return "valid" if expiry >= now else "stale"
 
-    def challenge(self, now: float, code: int = ErrorCode.UNAUTHENTICATED) -> ChallengeRequired:
+    def challenge(
+        self, now: float, code: int = ErrorCode.UNAUTHENTICATED, binding: str = ""
+    ) -> ChallengeRequired:
         """401 or 438 with REALM, NONCE and PASSWORD-ALGORITHMS (RFC 8489 §9.2.4)."""
         reason = "Stale Nonce" if code == ErrorCode.STALE_NONCE else "Unauthenticated"
         attrs: list[tuple[int, object]] = [
             (Attr.REALM, self.config.realm),
-            (Attr.NONCE, self.make_nonce(now)),
+            (Attr.NONCE, self.make_nonce(now, binding)),
             (Attr.PASSWORD_ALGORITHMS, OFFERED_ALGORITHMS),
         ]
         return ChallengeRequired(code, reason, attrs)
 
     # -- requests ----------------------------------------------------------------------------
 
-    def authenticate(self, request: Message, now: float) -> Credentials:
+    def authenticate(
+        self, request: Message, now: float, binding: str = "", also: tuple[str, ...] = ()
+    ) -> Credentials:
         """Return the sender's credentials or raise ``ChallengeRequired``/``StunProtocolError``.
 
         Follows the order of RFC 8489 §9.2.4: no integrity → 401; missing USERNAME/USERHASH,
-        REALM or NONCE → 400; bad nonce → 438; unknown user or wrong MAC → 401.
+        REALM or NONCE → 400; bad nonce (expired, or issued to another 5-tuple ``binding``) →
+        438; unknown user or wrong MAC → 401. Every challenge carries a nonce for ``binding``;
+        a nonce issued to one of ``also`` is accepted too (RFC 6062 §5.4: a ConnectionBind on a
+        new connection may carry its control connection's nonce).
         """
         if not request.has_integrity:
-            raise self.challenge(now)
+            raise self.challenge(now, binding=binding)
         realm = request.get_str(Attr.REALM)
         nonce = request.get_str(Attr.NONCE)
         has_user = request.has(Attr.USERNAME) or request.has(Attr.USERHASH)
         if realm is None or nonce is None or not has_user:
             raise StunProtocolError(400, "Missing USERNAME, REALM or NONCE")
-        state = self.nonce_state(nonce, now)
+        state = self.nonce_state(nonce, now, binding)
+        for other in also:
+            if state != "invalid":
+                break
+            state = self.nonce_state(nonce, now, other)
         if state != "valid":
-            raise self.challenge(now, ErrorCode.STALE_NONCE)
+            raise self.challenge(now, ErrorCode.STALE_NONCE, binding)
         algorithm = self._algorithm(request)
         username = self._username(request)
         if username is None or realm != self.config.realm:
-            raise self.challenge(now)
+            raise self.challenge(now, binding=binding)
         password = self._password(username, now)
         if password is None:
-            raise self.challenge(now)
+            raise self.challenge(now, binding=binding)
         key = _cached_key(username, realm, password, algorithm)
         if not request.verify_integrity(key):
-            raise self.challenge(now)
+            raise self.challenge(now, binding=binding)
         return Credentials(username, key, request.uses_sha256_integrity)
 
     def _algorithm(self, request: Message) -> int:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from delshare.errors import DelshareError, TransactionError
 from delshare.stun.attributes import Address
-from delshare.stun.constants import ErrorCode, Method
+from delshare.stun.constants import REASONS, ErrorCode, Method
 
 
 class AuthenticationError(TransactionError):
@@ -46,7 +46,7 @@ class ResponseIntegrityError(TransactionError):
 
 def error_for(method: int, code: int, reason: str, alternate: Address | None) -> TransactionError:
     """The most specific exception for an error response to ``method``."""
-    name, reason = method_name(method), reason.strip()
+    name, reason = method_name(method), reason_text(code, reason)
     if code == ErrorCode.TRY_ALTERNATE:
         return TryAlternateError(name, code, reason, alternate)
     if code in (ErrorCode.UNAUTHENTICATED, ErrorCode.WRONG_CREDENTIALS):
@@ -56,6 +56,13 @@ def error_for(method: int, code: int, reason: str, alternate: Address | None) ->
     if method == Method.CONNECT:
         return PeerConnectError(name, code, reason)
     return TransactionError(name, code, reason)
+
+
+def reason_text(code: int, reason: str) -> str:
+    """The reason phrase to show: NUL padding (coturn) stripped, the standard phrase for a
+    missing one (pion sends none; RFC 8489 §14.8 lists the phrases)."""
+    reason = reason.replace("\x00", "").strip()
+    return reason or REASONS.get(code, "Error")
 
 
 def method_name(method: int) -> str:

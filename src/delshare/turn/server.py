@@ -23,7 +23,7 @@ from collections import Counter
 from collections.abc import Callable
 from typing import NoReturn
 
-from delshare.errors import StunDecodeError, StunProtocolError
+from delshare.errors import MalformedRequestError, StunDecodeError, StunProtocolError
 from delshare.stun.attributes import Address
 from delshare.stun.constants import (
     CHANNEL_LIFETIME,
@@ -47,6 +47,7 @@ from delshare.turn.server_state import (
     AllocationState,
     ConnectionState,
     Reservation,
+    ResponseCache,
     TcpConnection,
     canonical_ip,
     ip_family,
@@ -58,6 +59,7 @@ from delshare.turn.server_types import (
     AllocationRefreshed,
     BindDataConnection,
     ChannelBound,
+    CloseClientConnection,
     ClosePeerConnection,
     CloseRelay,
     ConnectionBound,
@@ -82,6 +84,11 @@ COMPAT_CHANNEL_MAX = 0x7FFF
 _FAMILIES = {FAMILY_IPV4: 4, FAMILY_IPV6: 6}
 
 Handler = Callable[[FiveTuple, Message, Credentials, float], Message | None]
+
+
+def nonce_binding(five: FiveTuple) -> str:
+    """What a nonce is bound to: transport, client and server address (issue 10 item 5)."""
+    return f"{five.transport} {five.client[0]} {five.client[1]} {five.server[0]} {five.server[1]}"
 
 
 class Refused(StunProtocolError):
@@ -109,6 +116,13 @@ class TurnServer:
         self._reservations: dict[bytes, Reservation] = {}
         self._per_user: Counter[str] = Counter()
         self._per_ip: Counter[str] = Counter()
+        self._pending_per_user: Counter[str] = Counter()
+        self._close_after_answer: list[FiveTuple] = []  # control connections Refresh 0 ended
+        self._answers = ResponseCache(
+            config.retransmit_cache_ttl,
+            config.retransmit_cache_entries,
+            config.retransmit_cache_per_client,
+        )
         self._rate = RateLimiter(config.request_rate, config.request_burst)
         self._outputs: list[Output] = []
         self._timers: list[tuple[float, int, str, object]] = []
@@ -175,7 +189,7 @@ class TurnServer:
     def _expire_allocation(self, alloc_id: int, now: float) -> None:
         alloc = self._by_id.get(alloc_id)
         if alloc is not None and alloc.state == AllocationState.ACTIVE and alloc.expires <= now:
-            self._delete_allocation(alloc, "expired")
+            self._delete_allocation(alloc, "expired", close_control=True)
 
     def _expire_connection(self, conn_id: int, now: float) -> None:
         conn = self.connections.get(conn_id)
@@ -183,7 +197,7 @@ class TurnServer:
             return
         connecting = conn.state == ConnectionState.CONNECTING
         if connecting:
-            self._answer_connect_failure(conn, "Connect timed out")
+            self._answer_connect_failure(conn, "Connect timed out", now)
         self._drop_connection(conn, "Connect timeout" if connecting else "ConnectionBind timeout")
         self._outputs.append(ClosePeerConnection(conn.id))
 
@@ -204,8 +218,12 @@ class TurnServer:
             return
         try:
             msg = decode_message(data)
+        except MalformedRequestError as bad:
+            if bad.cls == MessageClass.REQUEST:
+                self._answer_malformed(five, bad, now)
+            return
         except StunDecodeError:
-            return  # RFC 8489 §6.3: silently discard malformed messages
+            return  # RFC 8489 §6.3: a bad header or FINGERPRINT: discarded silently
         if msg.cls == MessageClass.REQUEST:
             self._handle_request(five, msg, now)
         elif msg.cls == MessageClass.INDICATION and msg.method == Method.SEND:
@@ -217,6 +235,37 @@ class TurnServer:
         if alloc is not None:
             self._delete_allocation(alloc, "control connection closed")
 
+    def _answer_malformed(self, five: FiveTuple, bad: MalformedRequestError, now: float) -> None:
+        """400 to a well-framed request whose attribute values do not decode (RFC 8489 §6.3.1).
+
+        A 10,000-byte USERNAME, a 19-byte MESSAGE-INTEGRITY, address family 3 or an 8-byte
+        LIFETIME are not silence (over TCP the client would wait forever): the request cannot be
+        authenticated, so the answer is unsigned.
+        """
+        stub = Message(bad.method, MessageClass.REQUEST, bad.transaction_id)
+        if not self._rate.allow(five.client[0], now):
+            self._outputs.append(RequestRefused(five, stub.method_name, 0, "rate limited"))
+            return
+        self._respond(
+            five, stub, error_response(stub, 400, f"Bad Request: {bad.reason}"), None, now
+        )
+
+    def _retransmission(self, five: FiveTuple, msg: Message, now: float) -> bool:
+        """Answer a retransmitted request as the first was answered (RFC 8489 §6.3.1).
+
+        True when ``msg`` is one: its answer was re-sent, or (still being worked out, e.g. a
+        Connect whose TCP connect runs) it is dropped and the one answer comes later.
+        """
+        if msg.method == Method.BINDING:
+            return False  # stateless and cheap: answered afresh
+        found = self._answers.lookup(five, msg.transaction_id, now)
+        if found is None:
+            return False
+        if isinstance(found, bytes):
+            self._outputs.append(SendToClient(five, found))
+            self._outputs.append(RequestAnswered(five, f"{msg.method_name} (retransmission)"))
+        return True
+
     def _handle_request(self, five: FiveTuple, msg: Message, now: float) -> None:
         """The one dispatch point: run the handler, turn refusals into error responses.
 
@@ -224,6 +273,8 @@ class TurnServer:
         """
         if not self._rate.allow(five.client[0], now):
             self._outputs.append(RequestRefused(five, msg.method_name, 0, "rate limited"))
+            return
+        if self._retransmission(five, msg, now):
             return
         creds: Credentials | None = None
         try:
@@ -236,9 +287,11 @@ class TurnServer:
                 handler = self._handlers.get(msg.method)
                 if handler is None:
                     raise StunProtocolError(400, "Unknown method")
-                creds = self.auth.authenticate(msg, now)
+                creds = self.auth.authenticate(msg, now, *self._nonce_bindings(five, msg))
                 self._check_unknown(msg)
                 response = handler(five, msg, creds, now)
+                if response is None and msg.method != Method.CONNECTION_BIND:
+                    self._answers.mark_pending(five, msg.transaction_id, now)
         except ChallengeRequired as challenge:
             creds = None
             response = error_response(msg, challenge.code, challenge.reason, *challenge.attributes)
@@ -246,7 +299,21 @@ class TurnServer:
             extra = refusal.attributes if isinstance(refusal, Refused) else []
             response = error_response(msg, refusal.code, refusal.reason, *extra)
         if response is not None:
-            self._respond(five, msg, response, creds)
+            self._respond(five, msg, response, creds, now)
+        while self._close_after_answer:
+            self._outputs.append(CloseClientConnection(self._close_after_answer.pop()))
+
+    def _nonce_bindings(self, five: FiveTuple, msg: Message) -> tuple[str, tuple[str, ...]]:
+        """The 5-tuple a nonce must have been issued to, and others that a ConnectionBind may
+        use: the control connection of the allocation owning its CONNECTION-ID, whose nonce
+        clients (coturn's uclient) reuse on the new data connection (RFC 6062 §5.4)."""
+        also: tuple[str, ...] = ()
+        if msg.method == Method.CONNECTION_BIND:
+            conn = self.connections.get(msg.get_int(Attr.CONNECTION_ID) or 0)
+            alloc = None if conn is None else self._by_id.get(conn.alloc_id)
+            if alloc is not None:
+                also = (nonce_binding(alloc.five),)
+        return nonce_binding(five), also
 
     def _check_unknown(self, msg: Message) -> None:
         if msg.unknown_required:
@@ -262,9 +329,18 @@ class TurnServer:
         return response.encode(creds.key, sha256=creds.sha256, fingerprint=fingerprint)
 
     def _respond(
-        self, five: FiveTuple, request: Message, response: Message, creds: Credentials | None
+        self,
+        five: FiveTuple,
+        request: Message,
+        response: Message,
+        creds: Credentials | None,
+        now: float,
     ) -> None:
-        self._outputs.append(SendToClient(five, self._encode(request, response, creds)))
+        """Send the answer; remember answers to authenticated requests for retransmissions."""
+        data = self._encode(request, response, creds)
+        if creds is not None:
+            self._answers.store(five, request.transaction_id, data, now)
+        self._outputs.append(SendToClient(five, data))
         if response.cls == MessageClass.ERROR and response.error is not None:
             code, reason = response.error
             self._outputs.append(RequestRefused(five, request.method_name, code, reason))
@@ -457,6 +533,7 @@ class TurnServer:
             attrs.append((Attr.ADDRESS_ERROR_CODE, alloc.extra_error))
         response = success_response(alloc.request, *attrs)
         alloc.allocate_response = self._encode(alloc.request, response, alloc.creds)
+        self._answers.store(alloc.five, alloc.request.transaction_id, alloc.allocate_response, now)
         self._outputs.append(SendToClient(alloc.five, alloc.allocate_response))
         self._outputs.append(RequestAnswered(alloc.five, alloc.request.method_name))
         self._outputs.append(
@@ -503,7 +580,7 @@ class TurnServer:
         if alloc.relay_ready or alloc.extra_relayed is not None:
             self._outputs.append(CloseRelay(alloc.id))
         response = error_response(alloc.request, code, reason)
-        self._respond(alloc.five, alloc.request, response, alloc.creds)
+        self._respond(alloc.five, alloc.request, response, alloc.creds, now)
 
     # -- Refresh, CreatePermission, ChannelBind (RFC 8656 §7.3, §9, §11) ------------------------
 
@@ -523,6 +600,7 @@ class TurnServer:
             raise StunProtocolError(443, "Peer Address Family Mismatch")
         if msg.get_int(Attr.LIFETIME) == 0:
             self._delete_allocation(alloc, "refreshed to 0")
+            self._close_after_answer.append(five)
             return success_response(msg, (Attr.LIFETIME, 0))
         alloc.lifetime = self._lifetime(msg)
         alloc.expires = now + alloc.lifetime
@@ -643,9 +721,21 @@ class TurnServer:
         return alloc
 
     def _check_connection_room(self, alloc: Allocation) -> None:
-        if len(alloc.connections) >= self.config.max_connections_per_allocation:
+        """Connections per allocation, then unbound ones per allocation, per user and in all.
+
+        The per-allocation and per-user limits sit under the global one, so one user holding
+        many pending connections cannot make another's Connect fail or starve their
+        ConnectionAttempts (issue 10 item 4; PROTOCOL.md "Security notes").
+        """
+        config = self.config
+        if len(alloc.connections) >= config.max_connections_per_allocation:
             raise StunProtocolError(508, "Too many connections on this allocation")
-        if self.pending_connections >= self.config.max_pending_connections:
+        pending_here = sum(1 for c in alloc.connections if self.connections[c].pending)
+        if pending_here >= config.max_pending_per_allocation:
+            raise StunProtocolError(508, "Too many pending connections on this allocation")
+        if self._pending_per_user[alloc.username] >= config.max_pending_per_user:
+            raise StunProtocolError(508, "Too many pending connections for this user")
+        if self.pending_connections >= config.max_pending_connections:
             raise StunProtocolError(508, "Too many pending connections")
 
     def _new_connection_id(self) -> int:
@@ -682,6 +772,8 @@ class TurnServer:
         self._outputs.append(ConnectToPeer(conn.id, alloc.id, peer))
 
     def _add_connection(self, alloc: Allocation, conn: TcpConnection) -> None:
+        conn.username = alloc.username
+        self._pending_per_user[conn.username] += 1
         self.connections[conn.id] = conn
         alloc.connections.add(conn.id)
         self._at(conn.deadline, "conn", conn.id)
@@ -698,7 +790,7 @@ class TurnServer:
         self._at(conn.deadline, "conn", conn.id)
         assert conn.request is not None
         response = success_response(conn.request, (Attr.CONNECTION_ID, conn.id))
-        self._respond(alloc.five, conn.request, response, conn.creds)
+        self._respond(alloc.five, conn.request, response, conn.creds, now)
         self._outputs.append(PeerConnected(conn.id, alloc.id, conn.peer, incoming=False))
 
     def peer_connect_failed(self, conn_id: int, now: float) -> None:
@@ -706,14 +798,14 @@ class TurnServer:
         conn = self.connections.get(conn_id)
         if conn is None or conn.state != ConnectionState.CONNECTING:
             return
-        self._answer_connect_failure(conn, "Connection Timeout or Failure")
+        self._answer_connect_failure(conn, "Connection Timeout or Failure", now)
         self._drop_connection(conn, "connect failed")
 
-    def _answer_connect_failure(self, conn: TcpConnection, reason: str) -> None:
+    def _answer_connect_failure(self, conn: TcpConnection, reason: str, now: float) -> None:
         alloc = self._by_id.get(conn.alloc_id)
         if alloc is not None and conn.request is not None:
             response = error_response(conn.request, 447, reason)
-            self._respond(alloc.five, conn.request, response, conn.creds)
+            self._respond(alloc.five, conn.request, response, conn.creds, now)
 
     def peer_accepted(self, alloc_id: int, peer: Address, now: float) -> int | None:
         """A peer dialled the relayed address (RFC 6062 §5.3).
@@ -754,13 +846,13 @@ class TurnServer:
             raise StunProtocolError(400, "ConnectionBind needs a new TCP or TLS connection")
         cid = msg.get_int(Attr.CONNECTION_ID)
         conn = None if cid is None else self.connections.get(cid)
-        if conn is None or conn.state != ConnectionState.PENDING:
+        # One answer for unknown, bound and another user's IDs: no oracle (issue 10 item 12).
+        if conn is None or conn.state != ConnectionState.PENDING or conn.username != creds.username:
             raise StunProtocolError(400, "Unknown or already bound CONNECTION-ID")
         alloc = self._by_id[conn.alloc_id]
-        if creds.username != alloc.username:
-            raise StunProtocolError(441, "Wrong Credentials")
         conn.move(ConnectionState.BOUND)
         self._bound += 1
+        self._not_pending(conn.username)
         conn.data_five = five
         response = self._encode(msg, success_response(msg), creds)
         self._outputs.append(BindDataConnection(conn.id, five, response))
@@ -772,14 +864,21 @@ class TurnServer:
         conn = self.connections.get(conn_id)
         if conn is not None:
             if conn.state == ConnectionState.CONNECTING:
-                self._answer_connect_failure(conn, "Connection Timeout or Failure")
+                self._answer_connect_failure(conn, "Connection Timeout or Failure", now)
             self._drop_connection(conn, reason)
 
     def _forget_connection(self, conn_id: int) -> TcpConnection | None:
         conn = self.connections.pop(conn_id, None)
         if conn is not None and conn.state == ConnectionState.BOUND:
             self._bound -= 1
+        elif conn is not None:
+            self._not_pending(conn.username)
         return conn
+
+    def _not_pending(self, username: str) -> None:
+        self._pending_per_user[username] -= 1
+        if self._pending_per_user[username] <= 0:
+            del self._pending_per_user[username]
 
     def _drop_connection(self, conn: TcpConnection, reason: str) -> None:
         self._forget_connection(conn.id)
@@ -800,8 +899,14 @@ class TurnServer:
         if self._per_ip[alloc.five.client[0]] <= 0:
             del self._per_ip[alloc.five.client[0]]
 
-    def _delete_allocation(self, alloc: Allocation, reason: str) -> None:
-        """Close the relay and every data connection of the allocation (RFC 6062 §5.5)."""
+    def _delete_allocation(
+        self, alloc: Allocation, reason: str, *, close_control: bool = False
+    ) -> None:
+        """Close the relay and every data connection of the allocation (RFC 6062 §5.5).
+
+        ``close_control``: also close its TCP/TLS control connection: the allocation expired
+        while the client kept the connection open (Refresh 0 closes it after its answer).
+        """
         for conn_id in sorted(alloc.connections):
             conn = self._forget_connection(conn_id)
             if conn is not None:
@@ -811,6 +916,8 @@ class TurnServer:
         self._forget_allocation(alloc)
         self._outputs.append(CloseRelay(alloc.id))
         self._outputs.append(AllocationDeleted(alloc.id, reason))
+        if close_control and alloc.five.stream:
+            self._outputs.append(CloseClientConnection(alloc.five))
 
     def close(self) -> None:
         """Delete every allocation (server shutdown)."""

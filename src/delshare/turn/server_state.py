@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import ipaddress
+from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
 from enum import Enum
 
@@ -157,6 +158,12 @@ class TcpConnection:
     request: Message | None = None
     creds: Credentials | None = None
     data_five: FiveTuple | None = None
+    username: str = ""  # the allocation's, for the per-user pending count
+
+    @property
+    def pending(self) -> bool:
+        """Not bound yet: connecting, or awaiting ConnectionBind (RFC 6062 §5.2-5.4)."""
+        return self.state != ConnectionState.BOUND
 
     def move(self, to: ConnectionState) -> None:
         """Change state along ``CONNECTION_TRANSITIONS``; anything else is a bug."""
@@ -172,3 +179,76 @@ class Reservation:
     address: Address
     family: int
     expires: float
+
+
+class _Pending:
+    """Marks a transaction whose answer is still being worked out (a Connect in progress)."""
+
+
+PENDING = _Pending()
+
+
+class ResponseCache:
+    """Answers already given, by 5-tuple and transaction ID, for retransmissions.
+
+    RFC 8489 §6.3.1: a retransmitted request (same transaction ID from the same 5-tuple) must
+    get the same answer as the first, not be processed again; a Connect retransmitted while the
+    first is still connecting (pion resends every 200 ms, even over TCP) gets nothing now and
+    the one answer later, not 446. Entries live ``ttl`` seconds (the 39.5 s transaction time);
+    at most ``max_entries`` in all (the oldest go first) and ``max_per_client`` answers per
+    5-tuple (beyond, answers are sent but not remembered), so a flood cannot grow it.
+    """
+
+    def __init__(self, ttl: float, max_entries: int, max_per_client: int) -> None:
+        self.ttl = ttl
+        self.max_entries = max_entries
+        self.max_per_client = max_per_client
+        self._entries: OrderedDict[tuple[FiveTuple, bytes], tuple[float, bytes | _Pending]] = (
+            OrderedDict()
+        )
+        self._per_client: Counter[FiveTuple] = Counter()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def lookup(self, five: FiveTuple, tid: bytes, now: float) -> bytes | _Pending | None:
+        """The answer given (bytes), ``PENDING`` while it is being worked out, or None."""
+        self._expire(now)
+        found = self._entries.get((five, tid))
+        return None if found is None else found[1]
+
+    def mark_pending(self, five: FiveTuple, tid: bytes, now: float) -> None:
+        """The request is being answered asynchronously; retransmissions wait for it."""
+        self._put(five, tid, PENDING, now, limit=False)
+
+    def store(self, five: FiveTuple, tid: bytes, answer: bytes, now: float) -> None:
+        """Remember ``answer`` for retransmissions of ``tid`` from ``five``."""
+        self._put(five, tid, answer, now, limit=True)
+
+    def _put(
+        self, five: FiveTuple, tid: bytes, value: bytes | _Pending, now: float, *, limit: bool
+    ) -> None:
+        self._expire(now)
+        key = (five, tid)
+        if key in self._entries:
+            self._entries.pop(key)
+        elif limit and self._per_client[five] >= self.max_per_client:
+            return
+        else:
+            self._per_client[five] += 1
+        self._entries[key] = (now + self.ttl, value)
+        while len(self._entries) > self.max_entries:
+            self._forget(*self._entries.popitem(last=False)[0])
+
+    def _expire(self, now: float) -> None:
+        while self._entries:
+            key, (expires, _) = next(iter(self._entries.items()))
+            if expires > now:
+                return
+            del self._entries[key]
+            self._forget(*key)
+
+    def _forget(self, five: FiveTuple, _tid: bytes) -> None:
+        self._per_client[five] -= 1
+        if self._per_client[five] <= 0:
+            del self._per_client[five]

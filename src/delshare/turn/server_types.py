@@ -50,7 +50,12 @@ class ServerConfig:
     request_rate: float = 1000.0  # requests per second per client IP (0: unlimited)
     request_burst: int = 4000
     max_connections_per_allocation: int = 64
-    max_pending_connections: int = 256
+    max_pending_connections: int = 256  # RFC 6062 connections not yet bound, in total
+    max_pending_per_allocation: int = 32  # ... per allocation, and per user: one user cannot
+    max_pending_per_user: int = 64  # hold the whole global budget (issue 10 item 4)
+    retransmit_cache_ttl: float = 40.0  # RFC 8489 §6.3.1: a transaction lasts 39.5 s
+    retransmit_cache_entries: int = 8192
+    retransmit_cache_per_client: int = 64
     max_permissions_per_allocation: int = 256
     default_lifetime: int = DEFAULT_LIFETIME  # RFC 8656 §3.2
     max_lifetime: int = 3600  # RFC 8656 §3.2 "typically 3600"
@@ -134,6 +139,17 @@ class BindDataConnection:
     conn_id: int
     five: FiveTuple
     response: bytes
+
+
+@dataclass(frozen=True)
+class CloseClientConnection:
+    """Close the TCP/TLS control connection ``five`` after writing what is queued for it.
+
+    Sent when its allocation ends by expiry or Refresh 0 (RFC 6062 §5.5): the connection has no
+    other use, and left open it would hold a descriptor for as long as the client likes.
+    """
+
+    five: FiveTuple
 
 
 @dataclass(frozen=True)
@@ -229,6 +245,7 @@ Command = (
     | ConnectToPeer
     | BindDataConnection
     | ClosePeerConnection
+    | CloseClientConnection
 )
 Event = (
     AllocationCreated
