@@ -15,12 +15,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import dataclasses
+import functools
 import ipaddress
 import logging
 import socket
 import ssl
+import sys
 import time
+from collections import Counter
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
@@ -71,6 +75,33 @@ from delshare.turn.server_types import (
 )
 
 log = logging.getLogger("delshare.relay")
+LISTEN_BACKLOG = 512  # TCP and TLS listeners alike
+LOG_EVERY = 10.0  # seconds between two lines about the same recurring failure
+
+
+class LogThrottle:
+    """One warning line per ``every`` seconds for a recurring failure, with a count.
+
+    At the descriptor limit every accept fails (EMFILE) as fast as the loop retries; logging
+    each one would flood the log (issue 10 item 12). The first occurrence is logged at once,
+    later ones are counted and reported with the next line due.
+    """
+
+    def __init__(self, every: float = LOG_EVERY) -> None:
+        self.every = every
+        self._last: dict[str, float] = {}
+        self._count: Counter[str] = Counter()
+
+    def warning(self, key: str, message: str, *args: object) -> None:
+        now = time.monotonic()
+        self._count[key] += 1
+        last = self._last.get(key)
+        if last is not None and now - last < self.every:
+            return
+        count = self._count.pop(key)
+        self._last[key] = now
+        suffix = f" ({count} times in the last {self.every:.0f} s)" if last is not None else ""
+        log.warning(message + suffix, *args)
 
 # Destinations whose route gives a host's main address of a family; a route lookup sends nothing.
 _ROUTE_PROBE = {4: "192.0.2.1", 6: "2001:db8::1"}  # RFC 5737, RFC 3849 documentation addresses
@@ -93,6 +124,9 @@ class RelayConfig:
     relay_ips: tuple[str, ...] = ()  # coturn's relay-ip: local addresses relays bind to
     udp: bool = True  # UDP listeners on ``listen``
     tcp: bool = True  # TCP listeners on ``listen``
+    tls_handshake_timeout: float = 10.0  # a TLS client must finish its handshake in this time
+    max_tls_handshakes: int = 256  # TLS handshakes in progress at once, in all ...
+    max_tls_handshakes_per_ip: int = 16  # ... and from one client IP (issue 10 item 3)
 
 
 @dataclass
@@ -143,6 +177,9 @@ class RelayServer:
         self._tls: ssl.SSLContext | None = None
         self._idle = asyncio.Event()
         self._relay_turn = 0
+        self._handshakes = 0
+        self._handshakes_per_ip: Counter[str] = Counter()
+        self._throttle = LogThrottle()
 
     # -- start and stop ---------------------------------------------------------------------------
 
@@ -186,18 +223,31 @@ class RelayServer:
             self.addresses.append((TCP, bound))
 
     async def _listen_tls(self, host: str, port: int) -> None:
+        """A TLS listener with the TCP listener's backlog; handshakes bounded in number and time.
+
+        Each TLS connection costs buffers from its first byte (the SSL object, asyncio's read
+        buffer), so handshakes in progress are capped in all and per client IP (beyond, the
+        connection is closed at once) and must finish within ``tls_handshake_timeout``
+        (issue 10 item 3).
+        """
         if not self.config.cert or not self.config.key:
             raise ValueError("--tls-listen needs --cert and --key")
         if self._tls is None:
             self._tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
             self._tls.load_cert_chain(self.config.cert, self.config.key)
         context = self._tls
-        server = await asyncio.start_server(
-            self._on_tls_client, host, port, ssl=context, reuse_address=True
-        )
-        self._servers.append(server)
-        for sock in server.sockets:
-            self.addresses.append((TLS, sock.getsockname()[:2]))
+        listener = new_socket(host, socket.SOCK_STREAM)
+        try:
+            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            listener.bind((host, port))
+            listener.listen(LISTEN_BACKLOG)
+            listener.setblocking(False)
+        except OSError:
+            listener.close()
+            raise
+        self._tcp_listeners.append(listener)
+        self._spawn(self._accept_loop(listener, context))
+        self.addresses.append((TLS, listener.getsockname()[:2]))
 
     # -- drain and reload -------------------------------------------------------------------------
 
@@ -283,41 +333,77 @@ class RelayServer:
 
         return on_datagram
 
-    async def _accept_loop(self, listener: socket.socket) -> None:
+    async def _accept_loop(
+        self, listener: socket.socket, tls: ssl.SSLContext | None = None
+    ) -> None:
+        """Accept clients; errors (EMFILE at the descriptor limit) are logged throttled."""
         while True:
             try:
                 sock, _ = await self._loop.sock_accept(listener)
             except OSError as exc:
                 if self._closed or listener.fileno() < 0:
                     return
-                log.warning("accept failed: %s", exc)
+                self._throttle.warning("accept", "accept failed: %s", exc)
                 await asyncio.sleep(0.1)
                 continue
             try:
                 sock.setblocking(False)
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                five = FiveTuple(TCP, sock.getpeername()[:2], sock.getsockname()[:2])
+                five = FiveTuple(
+                    TLS if tls else TCP, sock.getpeername()[:2], sock.getsockname()[:2]
+                )
             except OSError:  # gone before we looked (ENOTCONN)
                 sock.close()
                 continue
-            self._spawn(self._serve_client(ClientConnection(five, sock, self._on_frame)))
+            if tls is not None:
+                self._start_tls(sock, five, tls)
+            else:
+                self._spawn(self._serve_client(ClientConnection(five, sock, self._on_frame)))
 
-    async def _on_tls_client(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> None:
-        peer = writer.get_extra_info("peername")
-        local = writer.get_extra_info("sockname")
-        if peer is None or local is None:  # gone during the handshake
-            writer.close()
+    def _start_tls(self, sock: socket.socket, five: FiveTuple, context: ssl.SSLContext) -> None:
+        ip = five.client[0]
+        config = self.config
+        if (
+            self._handshakes >= config.max_tls_handshakes
+            or self._handshakes_per_ip[ip] >= config.max_tls_handshakes_per_ip
+        ):
+            sock.close()
+            self._throttle.warning("tls", "TLS handshakes over the limit: closed one from %s", ip)
             return
-        five = FiveTuple(TLS, (peer[0], peer[1]), (local[0], local[1]))
+        self._handshakes += 1
+        self._handshakes_per_ip[ip] += 1
+        self._spawn(self._tls_handshake(sock, five, context))
+
+    async def _tls_handshake(
+        self, sock: socket.socket, five: FiveTuple, context: ssl.SSLContext
+    ) -> None:
+        """Server side of the handshake, then the client's STUN stream (RFC 8656 §3.1)."""
+        reader = asyncio.StreamReader(limit=2**16, loop=self._loop)
+        protocol = asyncio.StreamReaderProtocol(reader, loop=self._loop)
+        try:
+            transport, _ = await self._loop.connect_accepted_socket(
+                lambda: protocol,
+                sock,
+                ssl=context,
+                ssl_handshake_timeout=self.config.tls_handshake_timeout,
+            )
+        except (OSError, ssl.SSLError, TimeoutError, EOFError) as exc:
+            log.debug("TLS handshake with %s:%d failed: %s", *five.client, exc)
+            return  # the transport closed the socket
+        finally:
+            self._handshake_done(five.client[0])
+        writer = asyncio.StreamWriter(transport, protocol, reader, self._loop)
         client = ClientConnection(five, (reader, writer), self._on_frame)
-        task = asyncio.current_task()
-        if task is not None:
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
         with contextlib.suppress(asyncio.CancelledError):  # teardown of its data connection
             await self._serve_client(client)
+
+    def _handshake_done(self, ip: str) -> None:
+        self._handshakes -= 1
+        self._handshakes_per_ip[ip] -= 1
+        if self._handshakes_per_ip[ip] <= 0:
+            del self._handshakes_per_ip[ip]
+        if self._handshakes == 0:
+            release_free_memory()
 
     async def _serve_client(self, client: ClientConnection) -> None:
         """Frames until EOF, or until a ConnectionBind turns the connection into a pipe."""
@@ -415,7 +501,9 @@ class RelayServer:
             except OSError as exc:  # e.g. EMFILE: keep the allocation, retry shortly
                 if relay.listener.fileno() < 0:
                     return
-                log.warning("relay %s:%d accept failed: %s", *relay.bind_address, exc)
+                self._throttle.warning(
+                    "relay accept", "relay %s:%d accept failed: %s", *relay.bind_address, exc
+                )
                 await asyncio.sleep(0.1)
                 continue
             conn_id = self.core.peer_accepted(relay.alloc_id, addr[:2], time.time())
@@ -641,7 +729,7 @@ def _bind_pair(
             tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             tcp.bind((host, port))
             port = tcp.getsockname()[1]
-            tcp.listen(512)
+            tcp.listen(LISTEN_BACKLOG)
             tcp.setblocking(False)
         if udp is not None:
             udp.bind((host, port))
@@ -748,3 +836,26 @@ def _no_delay(sock: socket.socket) -> None:
     tail held back until the previous segment's (delayed) ACK stalls a request/response ~40 ms."""
     with contextlib.suppress(OSError):
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+def release_free_memory() -> None:
+    """Give freed heap memory back to the OS (glibc ``malloc_trim``), where there is one.
+
+    TLS connections allocate large buffers; after a burst of handshakes closes, glibc keeps the
+    freed memory in the heap unless asked, and RSS stays at the peak (issue 10 item 3).
+    """
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
+
+
+@functools.cache
+def _malloc_trim() -> Callable[[int], int] | None:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(None)
+        trim: Callable[[int], int] = libc.malloc_trim
+    except (OSError, AttributeError):
+        return None
+    return trim

@@ -244,6 +244,21 @@ class OneLineErrors(click.Command):
 @click.option("--max-pending-connections", type=click.IntRange(1),
               default=DEFAULTS.max_pending_connections, show_default=True,
               help="RFC 6062 connections not yet bound, in total.")  # fmt: skip
+@click.option("--max-pending-per-allocation", type=click.IntRange(1), default=32,
+              show_default=True, help="RFC 6062 connections not yet bound, per allocation "
+              "(beyond: 508 / the peer is refused).")  # fmt: skip
+@click.option("--max-pending-per-user", type=click.IntRange(1), default=64, show_default=True,
+              help="RFC 6062 connections not yet bound, per username, so one user cannot "
+              "hold the whole --max-pending-connections budget.")  # fmt: skip
+@click.option("--tls-handshake-timeout", type=click.FloatRange(0.1), default=10.0,
+              show_default=True, help="Seconds a TLS client may take to finish its handshake."
+              )  # fmt: skip
+@click.option("--max-tls-handshakes", type=click.IntRange(1), default=256, show_default=True,
+              help="TLS handshakes in progress at once; beyond, new connections are closed."
+              )  # fmt: skip
+@click.option("--max-tls-handshakes-per-ip", type=click.IntRange(1), default=16,
+              show_default=True, help="TLS handshakes in progress at once from one client IP."
+              )  # fmt: skip
 @click.option("--max-lifetime", type=click.IntRange(1), default=DEFAULTS.max_lifetime,
               show_default=True, help="Longest allocation lifetime, seconds (short ones are "
               "for tests).")  # fmt: skip
@@ -458,6 +473,11 @@ def _run(main: Coroutine[Any, Any, None]) -> None:
         runner.run(main)
 
 
+def _extra(settings: RelaySettings, name: str, default: Any) -> Any:
+    """A setting of a flag that ``RelaySettings`` has no field for (its default otherwise)."""
+    return settings.extra.get(name, default)
+
+
 def relay_config(settings: RelaySettings) -> RelayConfig:
     """Build the server configuration from the settings."""
     users: dict[str, str] = dict(settings.users)
@@ -476,6 +496,8 @@ def relay_config(settings: RelaySettings) -> RelayConfig:
         request_burst=max(1, int(settings.max_request_rate * 4)),
         max_connections_per_allocation=settings.max_connections_per_allocation,
         max_pending_connections=settings.max_pending_connections,
+        max_pending_per_allocation=_extra(settings, "max_pending_per_allocation", 32),
+        max_pending_per_user=_extra(settings, "max_pending_per_user", 64),
         max_lifetime=settings.max_lifetime,
         alternate_servers=settings.alternate_server,
         udp_relays=not settings.no_udp_relay,
@@ -496,6 +518,9 @@ def relay_config(settings: RelaySettings) -> RelayConfig:
         relay_ips=settings.relay_ip + settings.relay_ip6,
         udp=not settings.no_udp,
         tcp=not settings.no_tcp,
+        tls_handshake_timeout=float(_extra(settings, "tls_handshake_timeout", 10.0)),
+        max_tls_handshakes=_extra(settings, "max_tls_handshakes", 256),
+        max_tls_handshakes_per_ip=_extra(settings, "max_tls_handshakes_per_ip", 16),
     )
 
 
