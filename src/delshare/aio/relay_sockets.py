@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import random
 import socket
 import sys
@@ -41,6 +42,29 @@ def route_source(client_ip: str) -> str:
     with socket.socket(family_of(client_ip), socket.SOCK_DGRAM) as probe:
         probe.connect((client_ip, 9))
         return str(probe.getsockname()[0])
+
+
+def host_addresses() -> set[str]:
+    """Every IPv4 and IPv6 address of this host (Linux: /proc/net/fib_trie, if_inet6).
+
+    Python has no getifaddrs; the kernel's local routing table lists each local IPv4 address
+    as a ``/32 host LOCAL`` leaf. Elsewhere the set is empty (the caller adds what it knows).
+    """
+    found: set[str] = set()
+    with contextlib.suppress(OSError):
+        last = ""
+        with open("/proc/net/fib_trie") as trie:
+            for line in trie:
+                words = line.split()
+                if words[:1] == ["|--"] and len(words) > 1:
+                    last = words[1]
+                elif words[:3] == ["/32", "host", "LOCAL"] and last:
+                    found.add(last)
+    with contextlib.suppress(OSError, ValueError), open("/proc/net/if_inet6") as table:
+        for line in table:
+            hexa = line.split()[0]
+            found.add(str(ipaddress.IPv6Address(bytes.fromhex(hexa))))
+    return found
 
 
 def allow_port_sharing(sock: socket.socket) -> None:

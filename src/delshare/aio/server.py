@@ -35,6 +35,7 @@ from delshare.aio.relay_sockets import (
     PortPool,
     UdpEndpoint,
     allow_port_sharing,
+    host_addresses,
     is_unspecified,
     new_socket,
     route_source,
@@ -197,9 +198,22 @@ class RelayServer:
                 await self._listen_tls(host, port)
             if self.config.metrics_listen is not None:
                 self.metrics_port = self.metrics.serve(*self.config.metrics_listen)
+            self._deny_own_addresses()
         except BaseException:
             await self.close()
             raise
+
+    def _deny_own_addresses(self) -> None:
+        """Tell the core which peers are the relay itself (issue 10 item 12): the listening
+        addresses, every host address if one of them is a wildcard, the relay addresses."""
+        hosts = {address[0] for _kind, address in self.addresses}
+        if any(is_unspecified(host) for host in hosts):
+            hosts |= host_addresses()
+        hosts |= set(self.config.relay_ips)  # where relays bind (coturn's relay-ip) ...
+        for public, private in self.core.config.external_ips:  # ... and what they advertise
+            hosts |= {public} | ({private} if private else set())
+        ports = range(self.config.min_port, self.config.max_port + 1)
+        self.core.peer_filter.set_own(sorted(hosts), ports)
 
     def _listen_plain(self, host: str, port: int) -> None:
         """UDP and TCP on the same port; port 0 picks one free for both (a few tries)."""
@@ -291,6 +305,7 @@ class RelayServer:
             config, **{name: getattr(self.config, name) for name in fixed}
         )
         self.core.reconfigure(config.server)
+        self._deny_own_addresses()
         self._flush()
         return restart
 

@@ -22,6 +22,7 @@ from delshare.turn.server_types import FiveTuple
 READ_SIZE = 65536
 MAX_PENDING_INPUT = 2 * 65536 + 8  # one maximal frame plus slack (RFC 8656 §12.5)
 MAX_PENDING_OUTPUT = 4 << 20  # beyond this, whole frames to a stuck client are dropped
+FINISH_GRACE = 2.0  # seconds a finished TLS connection gets to complete its shutdown
 
 
 class ClientConnection:
@@ -156,8 +157,11 @@ class ClientConnection:
                     self._flush_raw(self.endpoint)
             with contextlib.suppress(OSError):
                 self.endpoint.shutdown(socket.SHUT_RD)
-        else:
-            self.endpoint[1].close()
+        else:  # close_notify goes out after the queued records; a client that never answers
+            # it would hold the descriptor for the whole SSL shutdown timeout: cut it short
+            writer = self.endpoint[1]
+            writer.close()
+            self._loop.call_later(FINISH_GRACE, writer.transport.abort)
 
     def close(self) -> None:
         """Close the connection (a no-op once a bridge owns it)."""

@@ -6,6 +6,13 @@ routable unicast addresses are allowed: loopback, RFC 1918, 100.64/10, link-loca
 refused, and so are IPv4-mapped, IPv4-compatible, NAT64 and 6to4 forms of them
 (coturn CVE-2020-26262 was a loopback bypass through ``0.0.0.0``/``::``). ``allow`` opens ranges;
 ``deny`` closes more (coturn's denied-peer-ip; as in coturn, ``allow`` wins over ``deny``).
+
+The relay's own addresses (its listeners, every address of its host when it listens on a
+wildcard, the advertised relay addresses) are refused too even when they are global, unless an
+``allow`` range holds them: a Connect or Send to its own TURN port would be TURN through itself,
+and other ports reach services on the relay host (issue 10 item 12). Ports inside the relay range
+stay allowed on those addresses, because they are other allocations' relayed addresses, where
+two clients of one relay meet.
 """
 
 from __future__ import annotations
@@ -50,6 +57,39 @@ class PeerFilter:
         self.deny: list[IPNetwork] = [
             parse_cidr(item) if isinstance(item, str) else item for item in deny
         ]
+        self.own: frozenset[IPAddress] = frozenset()
+        self.relay_ports: range = range(0)
+
+    def set_own(self, addresses: Iterable[str], relay_ports: range) -> None:
+        """The relay's own IPs (refused as peers) and its relayed ports (allowed on them)."""
+        own = set()
+        for text in addresses:
+            try:
+                own.add(ipaddress.ip_address(text.split("%", 1)[0]))
+            except ValueError:
+                continue
+        self.own = frozenset(own)
+        self.relay_ports = relay_ports
+
+    def is_own(self, host: str, port: int | None) -> bool:
+        """Whether ``host`` (and ``port``, None: any port) is the relay itself, not allowed by
+        a range; a port in the relay range is another allocation, not the relay."""
+        if not self.own:
+            return False
+        try:
+            ip = ipaddress.ip_address(host.split("%", 1)[0])
+        except ValueError:
+            return False
+        inner = embedded_ipv4(ip)
+        if ip not in self.own and (inner is None or inner not in self.own):
+            return False
+        if self._allowed_by_flag(ip) or (inner is not None and self._allowed_by_flag(inner)):
+            return False
+        return port is None or port not in self.relay_ports
+
+    def allowed_peer(self, host: str, port: int | None) -> bool:
+        """``allowed`` and not one of the relay's own addresses (RFC 8656 §21.3)."""
+        return self.allowed(host) and not self.is_own(host, port)
 
     def _allowed_by_flag(self, ip: IPAddress) -> bool:
         return _inside(ip, self.allow)

@@ -616,7 +616,7 @@ class TurnServer:
             raise StunProtocolError(400, "Bad peer address") from exc
         if family not in alloc.families:
             raise StunProtocolError(443, "Peer Address Family Mismatch")
-        if not self.peer_filter.allowed(peer[0]):
+        if not self.peer_filter.allowed_peer(peer[0], peer[1]):
             raise StunProtocolError(403, "Forbidden peer address")
 
     def _install_permission(self, alloc: Allocation, peer_ip: str, now: float) -> None:
@@ -678,7 +678,7 @@ class TurnServer:
         data = msg.get(Attr.DATA)
         if alloc is None or peer is None or not isinstance(data, bytes):
             return
-        if alloc.has_permission(peer[0], now):
+        if alloc.has_permission(peer[0], now) and not self.peer_filter.is_own(*peer):
             self._outputs.append(SendToPeer(alloc.id, peer, data))
 
     def _channel_data_from_client(self, five: FiveTuple, data: bytes, now: float) -> None:
