@@ -803,3 +803,21 @@ def test_requests_over_the_rate_are_dropped_until_tokens_refill() -> None:
     assert other.request(Method.BINDING, auth=False).cls == MessageClass.SUCCESS
     later = client.request(Method.BINDING, auth=False, now=T0 + 2)
     assert later.cls == MessageClass.SUCCESS
+
+
+def test_response_cache_is_bounded_per_client_in_all_and_in_time() -> None:
+    from delshare.turn.server_state import PENDING, ResponseCache
+
+    cache = ResponseCache(ttl=40.0, max_entries=4, max_per_client=2)
+    a, b = five(port=1), five(port=2)
+    for n in range(3):
+        cache.store(a, bytes([n]) * 12, b"answer", T0)
+    assert len(cache) == 2  # the third answer of ``a`` is not remembered
+    assert cache.lookup(a, bytes([2]) * 12, T0) is None
+    cache.mark_pending(b, b"p" * 12, T0)
+    assert cache.lookup(b, b"p" * 12, T0) is PENDING
+    for n in range(3):
+        cache.store(five(port=10 + n), b"x" * 12, b"answer", T0)
+    assert len(cache) == 4  # oldest went first
+    assert cache.lookup(a, bytes([0]) * 12, T0) is None
+    assert cache.lookup(five(port=12), b"x" * 12, T0 + 41) is None and len(cache) == 0

@@ -338,3 +338,40 @@ def test_connection_bind_may_reuse_the_control_connections_nonce() -> None:
     other = Client(client.server, five(TCP, port=41006))
     other.nonce = client.nonce  # not a ConnectionBind: the control nonce is stale here
     assert code(other.request(Method.REFRESH)) == 438
+
+
+def test_pending_limits_per_allocation_and_per_user_sit_under_the_global_one() -> None:
+    """Issue 10 item 4 in the core: alice cannot hold the whole pending budget."""
+    limits = {"max_pending_per_allocation": 2, "max_pending_per_user": 3}
+    alice = tcp_client(max_pending_connections=5, **limits)
+    permit(alice)
+    for port in (6001, 6002):
+        connect(alice, ("127.0.0.1", port))
+    refused = alice.request(Method.CONNECT, (Attr.XOR_PEER_ADDRESS, ("127.0.0.1", 6003)))
+    assert code(refused) == 508 and refused.error is not None
+    assert "allocation" in refused.error[1]
+    second = Client(alice.server, five(TCP, port=40001))
+    assert second.allocate().cls == MessageClass.SUCCESS
+    permit(second)
+    connect(second, ("127.0.0.1", 6004))
+    over_user = second.request(Method.CONNECT, (Attr.XOR_PEER_ADDRESS, ("127.0.0.1", 6005)))
+    assert code(over_user) == 508 and over_user.error is not None
+    assert "user" in over_user.error[1]
+    bob = Client(alice.server, five(TCP, port=40002), user="bob")
+    assert bob.allocate().cls == MessageClass.SUCCESS
+    permit(bob)
+    connect(bob, ("127.0.0.1", 6006))  # room in the global budget for bob
+
+
+def test_retransmitted_connect_is_not_processed_twice() -> None:
+    client = tcp_client()
+    permit(client)
+    msg = client.build(Method.CONNECT, [(Attr.XOR_PEER_ADDRESS, PEER)])
+    data = msg.encode(client.key, fingerprint=True)
+    client.send_raw(data)
+    assert client.responses(client.send_raw(data)) == []  # still connecting: no 446
+    (command,) = [o for o in client.outputs if isinstance(o, ConnectToPeer)]
+    client.server.peer_connected(command.conn_id, T0)
+    (first,) = client.responses(client.pump())
+    (again,) = client.responses(client.send_raw(data))
+    assert first.cls == MessageClass.SUCCESS and again.raw == first.raw
