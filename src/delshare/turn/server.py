@@ -290,8 +290,6 @@ class TurnServer:
                 creds = self.auth.authenticate(msg, now, *self._nonce_bindings(five, msg))
                 self._check_unknown(msg)
                 response = handler(five, msg, creds, now)
-                if response is None and msg.method != Method.CONNECTION_BIND:
-                    self._answers.mark_pending(five, msg.transaction_id, now)
         except ChallengeRequired as challenge:
             creds = None
             response = error_response(msg, challenge.code, challenge.reason, *challenge.attributes)
@@ -377,6 +375,7 @@ class TurnServer:
         self._by_id[alloc.id] = alloc
         self._per_user[creds.username] += 1
         self._per_ip[five.client[0]] += 1
+        self._answers.mark_pending(five, msg.transaction_id, now)  # relay_opened answers
         self._outputs.append(
             OpenRelay(
                 alloc.id,
@@ -769,6 +768,7 @@ class TurnServer:
             creds=creds,
         )
         self._add_connection(alloc, conn)
+        self._answers.mark_pending(five, msg.transaction_id, now)  # peer_connected answers
         self._outputs.append(ConnectToPeer(conn.id, alloc.id, peer))
 
     def _add_connection(self, alloc: Allocation, conn: TcpConnection) -> None:
