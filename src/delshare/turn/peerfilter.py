@@ -25,6 +25,7 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 _NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
 _COMPAT = ipaddress.IPv6Network("::/96")
+_MEMO_SIZE = 4096
 
 
 def parse_cidr(text: str) -> IPNetwork:
@@ -59,6 +60,7 @@ class PeerFilter:
         ]
         self.own: frozenset[IPAddress] = frozenset()
         self.relay_ports: range = range(0)
+        self._own_hosts: dict[str, bool] = {}
 
     def set_own(self, addresses: Iterable[str], relay_ports: range) -> None:
         """The relay's own IPs (refused as peers) and its relayed ports (allowed on them)."""
@@ -70,12 +72,25 @@ class PeerFilter:
                 continue
         self.own = frozenset(own)
         self.relay_ports = relay_ports
+        self._own_hosts.clear()
 
     def is_own(self, host: str, port: int | None) -> bool:
         """Whether ``host`` (and ``port``, None: any port) is the relay itself, not allowed by
-        a range; a port in the relay range is another allocation, not the relay."""
+        a range; a port in the relay range is another allocation, not the relay.
+
+        It sits on the per-datagram path of Send indications, so the answer per host is memoised.
+        """
         if not self.own:
             return False
+        own = self._own_hosts.get(host)
+        if own is None:
+            own = self._own_host(host)
+            if len(self._own_hosts) >= _MEMO_SIZE:
+                self._own_hosts.clear()
+            self._own_hosts[host] = own
+        return own and (port is None or port not in self.relay_ports)
+
+    def _own_host(self, host: str) -> bool:
         try:
             ip = ipaddress.ip_address(host.split("%", 1)[0])
         except ValueError:
@@ -83,9 +98,9 @@ class PeerFilter:
         inner = embedded_ipv4(ip)
         if ip not in self.own and (inner is None or inner not in self.own):
             return False
-        if self._allowed_by_flag(ip) or (inner is not None and self._allowed_by_flag(inner)):
-            return False
-        return port is None or port not in self.relay_ports
+        return not (
+            self._allowed_by_flag(ip) or (inner is not None and self._allowed_by_flag(inner))
+        )
 
     def allowed_peer(self, host: str, port: int | None) -> bool:
         """``allowed`` and not one of the relay's own addresses (RFC 8656 §21.3)."""

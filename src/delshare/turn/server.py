@@ -8,6 +8,10 @@ connect, close) and events (for logs), read with ``next_outputs()``. Every reque
 one dispatch point, ``_handle_request``: handlers raise ``StunProtocolError`` (or
 ``ChallengeRequired`` from the authenticator) and the dispatch point turns that into the error
 response, signed with the request's key once the request was authenticated (RFC 8489 §9.2.4).
+Answers to authenticated requests are remembered for a while by 5-tuple and transaction ID, so
+a retransmission gets the first answer again instead of being processed twice (RFC 8489
+§6.3.1); nonces are bound to the 5-tuple, so a request replayed from elsewhere gets 438. A
+well-framed request with a malformed attribute gets 400, not silence.
 Deadlines (allocation expiry, Connect timeout, ConnectionBind timer, reservations) sit in one
 heap; ``get_timer()`` gives the next one, ``handle_timer(now)`` fires what is due. ``now`` is
 wall-clock seconds, because TURN REST usernames carry Unix times.
