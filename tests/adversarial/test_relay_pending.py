@@ -58,7 +58,8 @@ def test_alice_holding_pending_connections_does_not_lock_bob_out() -> None:
                 assert error_code(answer) is None, answer.error
                 assert answer.get_int(Attr.CONNECTION_ID) is not None
                 with socket.create_connection(bob_relayed, timeout=5):
-                    assert len(list(attempts(bob))) == 1  # bob's peer is not starved
+                    first = next(attempts(bob, quiet=10), None)
+                    assert first is not None  # bob's peer is not starved
         finally:
             for sock in dialled:
                 sock.close()
