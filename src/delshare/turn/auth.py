@@ -8,7 +8,7 @@ time and a truncated HMAC under a per-server key. The HMAC also covers the clien
 capability for one transport address only: a signed request replayed from another 5-tuple or over
 another transport (a new TCP connection, UDP instead of TCP) gets 438 like an expired nonce does,
 with a fresh nonce for the new 5-tuple (RFC 8489 §9.2: the server chooses what its nonces encode;
-PROTOCOL.md "Security notes"). The key is H(username:realm:password) with H = MD5, or SHA-256 when
+RFC 8656 §21). The key is H(username:realm:password) with H = MD5, or SHA-256 when
 the client chose it through PASSWORD-ALGORITHM; clients that send neither PASSWORD-ALGORITHMS nor
 PASSWORD-ALGORITHM (coturn's uclient) get MD5 as §9.2.4 says. Users come from a static table or,
 with a shared secret, from the TURN REST scheme (username ``<expiry>:<id>``). MACs compare in

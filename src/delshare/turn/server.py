@@ -728,7 +728,7 @@ class TurnServer:
 
         The per-allocation and per-user limits sit under the global one, so one user holding
         many pending connections cannot make another's Connect fail or starve their
-        ConnectionAttempts (issue 10 item 4; PROTOCOL.md "Security notes").
+        ConnectionAttempts (issue 10 item 4; RFC 8656 §21).
         """
         config = self.config
         if len(alloc.connections) >= config.max_connections_per_allocation:
