@@ -64,7 +64,7 @@ def test_half_open_handshakes_cost_bounded_memory_and_a_real_client_still_alloca
         finally:
             for sock in socks:
                 sock.close()
-        time.sleep(1)
+        time.sleep(3)  # the relay trims freed memory a second after the last handshake ends
         after = relay.rss_kib()
         assert peak - baseline < RSS_BOUND_KIB, (baseline, peak)
         assert after - baseline < RSS_BOUND_KIB, (baseline, after)

@@ -78,6 +78,7 @@ from delshare.turn.server_types import (
 log = logging.getLogger("delshare.relay")
 LISTEN_BACKLOG = 512  # TCP and TLS listeners alike
 LOG_EVERY = 10.0  # seconds between two lines about the same recurring failure
+TRIM_AFTER = 1.0  # seconds after the last TLS handshake ends before freed memory is returned
 
 
 class LogThrottle:
@@ -181,6 +182,7 @@ class RelayServer:
         self._handshakes = 0
         self._handshakes_per_ip: Counter[str] = Counter()
         self._throttle = LogThrottle()
+        self._trim: asyncio.TimerHandle | None = None
 
     # -- start and stop ---------------------------------------------------------------------------
 
@@ -318,6 +320,8 @@ class RelayServer:
         self._flush()
         if self._timer is not None:
             self._timer.cancel()
+        if self._trim is not None:
+            self._trim.cancel()
         for endpoint in self._udp_listeners.values():
             endpoint.close()
         for sock in self._tcp_listeners:
@@ -417,6 +421,11 @@ class RelayServer:
         self._handshakes_per_ip[ip] -= 1
         if self._handshakes_per_ip[ip] <= 0:
             del self._handshakes_per_ip[ip]
+        if self._handshakes == 0 and self._trim is None:  # once a burst is over, not per client
+            self._trim = self._loop.call_later(TRIM_AFTER, self._trim_memory)
+
+    def _trim_memory(self) -> None:
+        self._trim = None
         if self._handshakes == 0:
             release_free_memory()
 
