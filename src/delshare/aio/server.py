@@ -105,6 +105,7 @@ class LogThrottle:
         suffix = f" ({count} times in the last {self.every:.0f} s)" if last is not None else ""
         log.warning(message + suffix, *args)
 
+
 # Destinations whose route gives a host's main address of a family; a route lookup sends nothing.
 _ROUTE_PROBE = {4: "192.0.2.1", 6: "2001:db8::1"}  # RFC 5737, RFC 3849 documentation addresses
 
