@@ -106,3 +106,26 @@ async def test_without_a_secret_the_rendezvous_hands_out_nothing(tmp_path: Path)
         assert second["type"] == "allocated"
     finally:
         stop(relay.process)
+
+
+def test_a_static_turn_setting_wins_over_handed_servers(tmp_path: Path) -> None:
+    granting = start_relay_process(tmp_path, extra=("--auth-secret", SECRET))
+    static = start_relay_process(tmp_path, rendezvous=False)
+    try:
+        source = tmp_path / "payload.bin"
+        source.write_bytes(b"static wins\n" * 1000)
+        out = tmp_path / "out"
+        out.mkdir()
+        env = env_for(granting.rendezvous, static.turn)  # --turn given: nothing is asked for
+        sender = start(["send", str(source), "--relay-only"], env)
+        try:
+            code = read_code(sender)
+            receiver = start(["receive", code, "-o", str(out), "--yes", "--relay-only"], env)
+            received = finish(receiver)
+        finally:
+            sent = finish(sender, 30.0)
+        assert received.returncode == 0 and sent.returncode == 0, sent.stderr + received.stderr
+        assert received.line("connected:") == f"connected: relay 127.0.0.1:{static.turn_port}"
+    finally:
+        stop(granting.process)
+        stop(static.process)
