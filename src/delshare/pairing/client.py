@@ -22,11 +22,18 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 from delshare.errors import PairingError
 from delshare.pairing import wire
 from delshare.pairing.cipher import MessageCipher
-from delshare.pairing.codes import DEFAULT_WORDS, Code, generate_words, parse_code
+from delshare.pairing.codes import (
+    DEFAULT_WORDS,
+    Code,
+    generate_code,
+    generate_words,
+    parse_code,
+)
 from delshare.pairing.envelope import Phase, decode_body, encode_body
 from delshare.pairing.pake import Pake, Side
 
 DEFAULT_TIMEOUT = 30.0
+_OLDER_SERVER = "unknown message type 'allocate'"  # how a rendezvous without allocate refuses
 _SIDE_BYTES = {Side.SENDER: b"s", Side.RECEIVER: b"r"}
 _CLOSING: set[asyncio.Future[None]] = set()  # closing handshakes finishing in the background
 
@@ -176,7 +183,18 @@ async def pair(
     try:
         mailbox = _Mailbox(connection, timeout, on_turn)
         if parsed is None:
-            parsed = Code(await mailbox.allocate(), generate_words(words=words))
+            try:
+                nameplate = await mailbox.allocate()
+            except PairingError as exc:
+                if _OLDER_SERVER not in str(exc):
+                    raise
+                # An older rendezvous cannot allocate: choose the number here, as it did.
+                await connection.close()
+                connection = await _connect(rendezvous_url, timeout)
+                mailbox = _Mailbox(connection, timeout, on_turn)
+                nameplate = parse_code(generate_code()).nameplate
+                await mailbox.open(nameplate, our_side)
+            parsed = Code(nameplate, generate_words(words=words))
             if on_code is not None:
                 on_code(parsed)
         else:
