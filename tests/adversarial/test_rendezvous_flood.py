@@ -89,3 +89,40 @@ async def test_idle_connections_without_a_mailbox_are_closed(tmp_path: Path) -> 
         finally:
             for sock in half_open:
                 sock.close()
+
+
+async def test_silent_tcp_connections_from_one_address_are_capped(tmp_path: Path) -> None:
+    """TCP connections that never start the WebSocket handshake would each hold a descriptor
+    until the handshake timeout; one address may hold at most twice its connection limit."""
+    count = scaled(200, 2000)
+    cap = 2 * 40  # twice --rendezvous-max-connections-per-ip (the default)
+    with rendezvous(tmp_path) as server:
+        port = server.relay.rendezvous_port or 0
+        silent: list[socket.socket] = []
+        try:
+            for _ in range(count):
+                sock = socket.socket()
+                sock.bind((ATTACKER, 0))
+                sock.connect(("127.0.0.1", port))
+                silent.append(sock)
+            await asyncio.sleep(0.5)  # let the server see them all
+            kept = [s for s in silent if _still_open(s)]
+            assert len(kept) <= cap, len(kept)
+            _, seconds = real_pair(tmp_path, server.url)  # another address is served meanwhile
+            print(f"\n{count} silent connections from one address: {len(kept)} kept open; "
+                  f"real pair {seconds:.1f} s")  # fmt: skip
+        finally:
+            for sock in silent:
+                sock.close()
+        assert server.alive()
+
+
+def _still_open(sock: socket.socket) -> bool:
+    """Whether the server has not closed ``sock`` (nothing to read, no EOF, no reset)."""
+    sock.setblocking(False)
+    try:
+        return bool(sock.recv(1, socket.MSG_PEEK))
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False

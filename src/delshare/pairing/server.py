@@ -310,6 +310,7 @@ async def serve_rendezvous(
             max_queue=MAX_QUEUE,
             open_timeout=limits.idle_timeout,
             close_timeout=CLOSE_TIMEOUT,
+            create_connection=_guarded(rendezvous.guard),
         )
     except BaseException:
         await backend.aclose()
@@ -331,6 +332,31 @@ def _backend(
     from delshare.pairing.redis_backend import RedisBackend  # redis is an optional dependency
 
     return RedisBackend(redis_url, limits or MailboxLimits(), heartbeat=sweep_interval)
+
+
+def _guarded(guard: AddressGuard) -> type[ServerConnection]:
+    """A connection class that counts TCP connections per address from accept on."""
+
+    class GuardedConnection(ServerConnection):
+        address = ""
+
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            super().connection_made(transport)
+            peer = transport.get_extra_info("peername")
+            address = address_key(str(peer[0])) if peer else ""
+            if guard.accept(address):
+                self.address = address
+            else:  # over the hard cap: no handshake, no descriptor kept (uvloop's transports
+                # are no asyncio.Transport, hence getattr)
+                getattr(transport, "abort", transport.close)()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            if self.address:
+                guard.release(self.address)
+                self.address = ""
+            super().connection_lost(exc)
+
+    return GuardedConnection
 
 
 def _now() -> float:
