@@ -191,7 +191,7 @@ def real_pair(workdir: Path, url: str, size: int = 64 * 1024) -> tuple[int, floa
     begin = time.monotonic()
     sender = start(["send", str(source), "--direct-only"], env)
     try:
-        code = _read_code(sender)
+        code = read_code(sender)
         received = finish(start(["receive", code, "-o", str(out), "--yes", "--direct-only"], env))
     finally:
         sent = finish(sender, 30.0)
@@ -201,7 +201,7 @@ def real_pair(workdir: Path, url: str, size: int = 64 * 1024) -> tuple[int, floa
     return received.returncode, elapsed
 
 
-def _read_code(sender: subprocess.Popen[str]) -> str:
+def read_code(sender: subprocess.Popen[str]) -> str:
     assert sender.stdout is not None
     deadline = time.monotonic() + 30.0
     while time.monotonic() < deadline:

@@ -60,7 +60,11 @@ async def test_open_message_cycles_from_one_client_are_refused(tmp_path: Path) -
         assert rate_refusals, outcomes[-3:]
         assert outcomes.count("ok") <= (100 + 20 * elapsed) / 3 + 1, (outcomes.count("ok"), elapsed)
         assert server.metric("delshare_rendezvous_refusals_total", 'reason="rate"') > 0
-        real_pair(tmp_path, server.url)  # another address pairs meanwhile
+        _, seconds = real_pair(tmp_path, server.url)  # another address pairs meanwhile
+        peak = server.rss_kib("VmHWM") // 1024
+        print(f"\n{cycles} cycles in {elapsed:.1f} s ({cycles / elapsed:.0f}/s): "
+              f"{outcomes.count('ok')} served, {len(rate_refusals)} refused for rate; "
+              f"real pair {seconds:.1f} s; peak RSS {peak} MiB")  # fmt: skip
         assert server.alive()
 
 
@@ -70,6 +74,7 @@ async def test_idle_connections_without_a_mailbox_are_closed(tmp_path: Path) -> 
     with rendezvous(tmp_path, *flags) as server:
         connections = await asyncio.gather(*(raw(server.url) for _ in range(idle)))
         half_open = [socket.create_connection(("127.0.0.1", server.relay.rendezvous_port or 0))]
+        begin = time.monotonic()
         try:
             answers = await asyncio.gather(*(reply(c, WAIT) for c in connections))
             assert all(a is not None and "idle" in str(a.get("reason")) for a in answers), answers
@@ -79,6 +84,45 @@ async def test_idle_connections_without_a_mailbox_are_closed(tmp_path: Path) -> 
             assert half_open[0].recv(1024) == b""  # a connection that never said hello, too
             assert server.metric("delshare_rendezvous_connections") == 0
             assert server.metric("delshare_rendezvous_refusals_total", 'reason="idle"') == idle
+            print(f"\n{idle} idle + 1 half-open connections closed in "
+                  f"{time.monotonic() - begin:.1f} s (idle timeout {IDLE:g} s)")  # fmt: skip
         finally:
             for sock in half_open:
                 sock.close()
+
+
+async def test_silent_tcp_connections_from_one_address_are_capped(tmp_path: Path) -> None:
+    """TCP connections that never start the WebSocket handshake would each hold a descriptor
+    until the handshake timeout; one address may hold at most twice its connection limit."""
+    count = scaled(200, 2000)
+    cap = 2 * 40  # twice --rendezvous-max-connections-per-ip (the default)
+    with rendezvous(tmp_path) as server:
+        port = server.relay.rendezvous_port or 0
+        silent: list[socket.socket] = []
+        try:
+            for _ in range(count):
+                sock = socket.socket()
+                sock.bind((ATTACKER, 0))
+                sock.connect(("127.0.0.1", port))
+                silent.append(sock)
+            await asyncio.sleep(0.5)  # let the server see them all
+            kept = [s for s in silent if _still_open(s)]
+            assert len(kept) <= cap, len(kept)
+            _, seconds = real_pair(tmp_path, server.url)  # another address is served meanwhile
+            print(f"\n{count} silent connections from one address: {len(kept)} kept open; "
+                  f"real pair {seconds:.1f} s")  # fmt: skip
+        finally:
+            for sock in silent:
+                sock.close()
+        assert server.alive()
+
+
+def _still_open(sock: socket.socket) -> bool:
+    """Whether the server has not closed ``sock`` (nothing to read, no EOF, no reset)."""
+    sock.setblocking(False)
+    try:
+        return bool(sock.recv(1, socket.MSG_PEEK))
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False

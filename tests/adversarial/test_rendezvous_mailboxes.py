@@ -37,7 +37,10 @@ async def test_one_client_cannot_open_all_mailboxes(tmp_path: Path) -> None:
                 + (server.metric("delshare_rendezvous_refusals_total", 'reason="ip_connections"'))
                 > 0
             )
-            real_pair(tmp_path, server.url)  # while the attacker holds all it could get
+            _, seconds = real_pair(tmp_path, server.url)  # while the attacker holds what it got
+            print(f"\nallocate x{total} from one address: held {len(held.connections)}, "
+                  f"refused {len(held.refusals)}; real pair {seconds:.1f} s; "
+                  f"peak RSS {server.rss_kib('VmHWM') // 1024} MiB")  # fmt: skip
         assert server.alive()
 
 
@@ -52,7 +55,10 @@ async def test_squatted_code_numbers_do_not_stop_a_real_pair(tmp_path: Path) -> 
         async with holding(await hold_mailboxes(server.url, requests, [ATTACKER])) as held:
             assert len(held.connections) <= PER_IP
             for _ in range(3):  # several real pairs, each with a server-allocated number
-                real_pair(tmp_path, server.url)
+                _, seconds = real_pair(tmp_path, server.url)
+            print(f"\nsquat x{numbers} numbers from one address: held {len(held.connections)}, "
+                  f"refused {len(held.refusals)}; 3 real pairs paired (last {seconds:.1f} s); "
+                  f"peak RSS {server.rss_kib('VmHWM') // 1024} MiB")  # fmt: skip
         assert server.alive()
 
 

@@ -71,11 +71,12 @@ async def test_full_mailboxes_stay_within_the_memory_bound(tmp_path: Path) -> No
             growth = (peak - before) * 1024
             # The bound, plus what the connections themselves cost (buffers, TLS-less sockets).
             assert growth <= 3 * bound + 40 * MIB, (growth // MIB, bound // MIB)
-            print(f"mailboxes tried {mailboxes}, full {full}, RSS {before // 1024} -> "
+            print(f"\nmailboxes tried {mailboxes}, full {full}, RSS {before // 1024} -> "
                   f"peak {peak // 1024} MiB, bound {bound // MIB} MiB")  # fmt: skip
         finally:
             await asyncio.gather(
                 *(c.close() for c, _ in results if c is not None), return_exceptions=True
             )
-        real_pair(tmp_path, server.url)  # once the attacker left, pairing works at once
+        _, seconds = real_pair(tmp_path, server.url)  # once the attacker left, pairing works
+        print(f"real pair after {seconds:.1f} s; RSS now {server.rss_kib() // 1024} MiB")
         assert server.alive()

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import socket
 from collections.abc import AsyncIterator, Callable
 
 import pytest
 from websockets.asyncio.client import connect
+from websockets.asyncio.server import ServerConnection, serve
 from websockets.protocol import State
 
 from delshare.errors import PairingError
@@ -224,3 +226,28 @@ async def test_server_on_ipv6_loopback() -> None:
         for channel in results:
             assert isinstance(channel, PairedChannel)
             await channel.close()
+
+
+async def test_a_sender_picks_its_own_number_with_an_older_server() -> None:
+    """An older rendezvous refuses ``allocate`` as an unknown type; the sender then chooses the
+    number itself and opens it, as older senders did."""
+    seen: list[dict[str, object]] = []
+
+    async def older(connection: ServerConnection) -> None:  # the previous server's answers
+        async for frame in connection:
+            fields = json.loads(frame)
+            seen.append(fields)
+            if fields["type"] != "open":
+                reason = f"unknown message type {fields['type']!r}"
+                await connection.send(json.dumps({"type": "error", "reason": reason}))
+                return
+            await connection.send(json.dumps({"type": "close", "reason": "mailbox expired"}))
+            return
+
+    codes: list[Code] = []
+    async with serve(older, "127.0.0.1", 0) as fake:
+        url = f"ws://127.0.0.1:{fake.sockets[0].getsockname()[1]}"
+        with pytest.raises(PairingError, match="mailbox expired"):
+            await pair(url, None, "sender", timeout=WAIT, on_code=codes.append)
+    assert [f["type"] for f in seen] == ["allocate", "open"]
+    assert seen[1]["nameplate"] == codes[0].nameplate and 1 <= int(codes[0].nameplate) <= 999

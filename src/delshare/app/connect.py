@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
 from delshare.app.hints import turn_hint
@@ -53,16 +53,19 @@ from delshare.link.signalling import (
     RelayReady,
 )
 from delshare.pairing import PairedChannel, derive_key
+from delshare.pairing.wire import TurnServer
 
 __all__ = [
     "LINK_KEY_PURPOSE",
     "ConnectOptions",
     "Connection",
     "Gathered",
+    "HandedTurn",
     "connect_peer",
     "gather",
     "pair_and_gather",
     "race_gathered",
+    "wants_handed_turn",
 ]
 
 T = TypeVar("T")
@@ -265,15 +268,73 @@ async def race_gathered(
     return Connection(winner, gathered.relay)
 
 
+class HandedTurn:
+    """The TURN server the rendezvous hands out (issue 12 item 9), for a side without ``--turn``.
+
+    ``offer`` (the ``on_turn`` of :func:`delshare.pairing.pair`) takes the first stream (TCP or
+    TLS) server in the list; ``settle`` ends the wait with none (pairing finished, or an older
+    rendezvous that hands nothing out). :func:`pair_and_gather` gathers with it.
+    """
+
+    def __init__(self) -> None:
+        self._found: asyncio.Future[TurnSettings | None] = (
+            asyncio.get_running_loop().create_future()
+        )
+
+    def offer(self, servers: tuple[TurnServer, ...]) -> None:
+        from delshare.turn.uri import TurnUriError, parse_turn_uri  # handed servers only
+
+        chosen: TurnSettings | None = None
+        for server in servers:
+            try:
+                uri = parse_turn_uri(server.urls)
+            except TurnUriError:
+                continue
+            if uri.stream:
+                chosen = TurnSettings(uri, server.username, server.credential)
+                break
+        if not self._found.done():
+            self._found.set_result(chosen)
+
+    def settle(self) -> None:
+        if not self._found.done():
+            self._found.set_result(None)
+
+    async def options(self, options: ConnectOptions) -> ConnectOptions:
+        """``options`` with the handed server, once known (unchanged when there is none)."""
+        handed = await asyncio.shield(self._found)
+        return options if handed is None else replace(options, turn=handed)
+
+
+def wants_handed_turn(options: ConnectOptions) -> bool:
+    """Whether to ask the rendezvous for a TURN server: none given, and relaying allowed."""
+    return options.turn is None and options.mode != "direct"
+
+
+async def _gather_with(
+    options: ConnectOptions, notice: Notice, handed: HandedTurn | None
+) -> Gathered:
+    if handed is not None:
+        options = await handed.options(options)
+    return await gather(options, notice)
+
+
 async def pair_and_gather(
-    pairing: Awaitable[PairedChannel], options: ConnectOptions, notice: Notice = _ignore
+    pairing: Awaitable[PairedChannel],
+    options: ConnectOptions,
+    notice: Notice = _ignore,
+    handed: HandedTurn | None = None,
 ) -> tuple[PairedChannel, Gathered]:
     """Pair and gather at the same time (the TURN allocation takes round trips too).
 
-    If either fails, the other is cancelled or closed and the failure is raised at once.
+    With ``handed``, gathering uses the TURN server the rendezvous hands out (it comes right
+    after the mailbox is opened; pairing's end stops the wait). If either fails, the other is
+    cancelled or closed and the failure is raised at once.
     """
     pairing_task = asyncio.ensure_future(pairing)
-    gathering = asyncio.ensure_future(gather(options, notice))
+    if handed is not None:
+        pairing_task.add_done_callback(lambda _: handed.settle())
+    gathering = asyncio.ensure_future(_gather_with(options, notice, handed))
     try:
         done, _ = await asyncio.wait({pairing_task, gathering}, return_when=asyncio.FIRST_EXCEPTION)
         for task in done:

@@ -17,7 +17,13 @@ from delshare.app.common import (
     notice_reporter,
     progress_reporter,
 )
-from delshare.app.connect import Connection, connect_peer, pair_and_gather
+from delshare.app.connect import (
+    Connection,
+    HandedTurn,
+    connect_peer,
+    pair_and_gather,
+    wants_handed_turn,
+)
 from delshare.app.events import (
     SAME_CONTENT,
     FileSkipped,
@@ -233,14 +239,16 @@ async def run_receive(
         rendezvous = await find_lan_rendezvous(parsed.nameplate, session.pair_timeout)
         report(NoticeIssued(f"found the sender on the local network: {rendezvous}"))
     notice = notice_reporter(report)
+    handed = HandedTurn() if wants_handed_turn(session.connect) else None
     pairing = pair(
         rendezvous,
         parsed,
         "receiver",
         timeout=session.pair_timeout,
         connect_timeout=RENDEZVOUS_CONNECT_TIMEOUT,
+        on_turn=handed.offer if handed else None,
     )
-    paired, gathered = await pair_and_gather(pairing, session.connect, notice)
+    paired, gathered = await pair_and_gather(pairing, session.connect, notice, handed)
     async with paired:
         connection = await connect_peer(paired, "receiver", session.connect, notice, gathered)
     await receive_over(connection, options, report, ask, ask_overwrite)

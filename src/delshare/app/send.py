@@ -17,7 +17,13 @@ from delshare.app.common import (
     progress_reporter,
     reach_rendezvous,
 )
-from delshare.app.connect import Connection, connect_peer, pair_and_gather
+from delshare.app.connect import (
+    Connection,
+    HandedTurn,
+    connect_peer,
+    pair_and_gather,
+    wants_handed_turn,
+)
 from delshare.app.events import (
     SAME_CONTENT,
     CodeAllocated,
@@ -178,6 +184,7 @@ async def run_send(
         notice = notice_reporter(report)
         # Without a chosen code the server allocates the number (no one else holds it), which
         # is shown once the rendezvous answered.
+        handed = HandedTurn() if wants_handed_turn(options.connect) else None
         pairing = pair(
             rendezvous,
             chosen,
@@ -185,8 +192,11 @@ async def run_send(
             timeout=options.pair_timeout,
             connect_timeout=RENDEZVOUS_CONNECT_TIMEOUT,
             on_code=lambda allocated: show_code(str(allocated)),
+            on_turn=handed.offer if handed else None,
         )
-        paired, gathered = await pair_and_gather(_expiring(pairing), options.connect, notice)
+        paired, gathered = await pair_and_gather(
+            _expiring(pairing), options.connect, notice, handed
+        )
         async with paired:
             connection = await connect_peer(paired, "sender", options.connect, notice, gathered)
     try:

@@ -120,6 +120,19 @@ def _external_ips(
     return values
 
 
+def _turn_uris(
+    _ctx: click.Context, param: click.Parameter, values: tuple[str, ...]
+) -> tuple[str, ...]:
+    from delshare.turn.uri import TurnUriError, parse_turn_uri
+
+    for value in values:
+        try:
+            parse_turn_uri(value)
+        except TurnUriError as exc:
+            raise click.BadParameter(str(exc), param=param) from exc
+    return values
+
+
 class OneLineErrors(click.Command):
     """Usage errors print as one ``Error: ...`` line (exit 2), without the usage block."""
 
@@ -326,6 +339,13 @@ class OneLineErrors(click.Command):
               default=DEFAULTS.rendezvous_idle_timeout,
               show_default=True, help="Seconds a rendezvous connection may stay without a "
               "mailbox.")  # fmt: skip
+@click.option("--rendezvous-turn-lifetime", type=click.IntRange(1), default=3600,
+              show_default=True, help="With --auth-secret, the rendezvous hands each client "
+              "this node's TURN server and REST credentials valid this many seconds.")  # fmt: skip
+@click.option("--rendezvous-turn-uri", multiple=True, metavar="URI", callback=_turn_uris,
+              help="TURN server(s) the rendezvous hands out, repeatable. Default: "
+              "turn:HOST:PORT?transport=tcp with the host clients reached and the TURN "
+              "port.")  # fmt: skip
 @click.option(
     "--metrics-listen",
     callback=_hostport,
@@ -540,7 +560,8 @@ async def _serve(loader: SettingsLoader, settings: RelaySettings) -> None:
                 )
         if not settings.no_rendezvous:
             registry = turn.server.metrics.registry if turn is not None else None
-            rendezvous = await _start_rendezvous(settings, registry)
+            grant = _turn_grant(settings, turn)
+            rendezvous = await _start_rendezvous(settings, registry, grant)
         _log_client_hint(settings, turn, rendezvous)
         await _lifecycle(signals, loader, settings, turn)
     finally:
@@ -711,7 +732,22 @@ def rendezvous_limits(settings: RelaySettings) -> Any:
     )
 
 
-async def _start_rendezvous(settings: RelaySettings, registry: Any) -> Any:
+def _turn_grant(settings: RelaySettings, turn: RunningRelay | None) -> Any:
+    """What the rendezvous hands clients (a ``TurnGrant``): only with an auth secret."""
+    uris = tuple(settings.value("rendezvous_turn_uri"))
+    if not settings.auth_secret or (turn is None and not uris):
+        return None
+    from delshare.pairing.turn_grant import TurnGrant
+
+    return TurnGrant(
+        settings.auth_secret,
+        lifetime=int(settings.value("rendezvous_turn_lifetime")),
+        port=turn.turn_port if turn is not None else 3478,
+        uris=uris,
+    )
+
+
+async def _start_rendezvous(settings: RelaySettings, registry: Any, turn_grant: Any) -> Any:
     """Start the rendezvous; its metrics go on the relay's registry, or their own exporter."""
     from delshare.pairing.metrics import RendezvousMetrics
     from delshare.pairing.server import serve_rendezvous
@@ -728,6 +764,7 @@ async def _start_rendezvous(settings: RelaySettings, registry: Any) -> Any:
             limits=rendezvous_limits(settings),
             redis_url=settings.rendezvous_redis,
             metrics=metrics,
+            turn_grant=turn_grant,
         )
     except OSError as exc:
         metrics.close()

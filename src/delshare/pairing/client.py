@@ -22,21 +22,39 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 from delshare.errors import PairingError
 from delshare.pairing import wire
 from delshare.pairing.cipher import MessageCipher
-from delshare.pairing.codes import DEFAULT_WORDS, Code, generate_words, parse_code
+from delshare.pairing.codes import (
+    DEFAULT_WORDS,
+    Code,
+    generate_code,
+    generate_words,
+    parse_code,
+)
 from delshare.pairing.envelope import Phase, decode_body, encode_body
 from delshare.pairing.pake import Pake, Side
 
 DEFAULT_TIMEOUT = 30.0
+_OLDER_SERVER = "unknown message type 'allocate'"  # how a rendezvous without allocate refuses
 _SIDE_BYTES = {Side.SENDER: b"s", Side.RECEIVER: b"r"}
 _CLOSING: set[asyncio.Future[None]] = set()  # closing handshakes finishing in the background
 
 
-class _Mailbox:
-    """Our end of a mailbox: add bodies, await the peer's, with timeouts."""
+TurnHandler = Callable[[tuple[wire.TurnServer, ...]], None]
 
-    def __init__(self, connection: ClientConnection, timeout: float) -> None:
+
+class _Mailbox:
+    """Our end of a mailbox: add bodies, await the peer's, with timeouts.
+
+    With ``on_turn``, ``open``/``allocate`` ask for TURN servers, which go to ``on_turn``
+    whenever they come (a server that cannot hand any out answers with none, an older one not
+    at all).
+    """
+
+    def __init__(
+        self, connection: ClientConnection, timeout: float, on_turn: TurnHandler | None = None
+    ) -> None:
         self.connection = connection
         self.timeout = timeout
+        self.on_turn = on_turn
 
     async def _send(self, message: wire.ClientMessage) -> None:
         try:
@@ -48,11 +66,11 @@ class _Mailbox:
             raise PairingError("timed out sending to the rendezvous server") from exc
 
     async def open(self, nameplate: str, side: Side) -> None:
-        await self._send(wire.OpenMessage(nameplate, side.value))
+        await self._send(wire.OpenMessage(nameplate, side.value, self.on_turn is not None))
 
     async def allocate(self) -> str:
         """Ask the server for a fresh code number; the nameplate it gave."""
-        await self._send(wire.AllocateMessage())
+        await self._send(wire.AllocateMessage(self.on_turn is not None))
         message = await self._receive(self.timeout)
         if isinstance(message, wire.AllocatedMessage):
             return message.nameplate
@@ -72,18 +90,21 @@ class _Mailbox:
         """The server's next frame; refusals and closes become PairingError."""
         try:
             async with asyncio.timeout(wait):
-                frame = await self.connection.recv()
+                while True:
+                    match wire.decode_server(await self.connection.recv()):
+                        case wire.ErrorMessage(reason):
+                            raise PairingError(f"rendezvous server refused: {reason}")
+                        case wire.CloseMessage(reason):
+                            raise PairingError(f"mailbox closed: {reason}")
+                        case wire.TurnMessage(servers):
+                            if self.on_turn is not None:
+                                self.on_turn(servers)
+                        case message:
+                            return message
         except ConnectionClosed as exc:
             raise PairingError("rendezvous connection closed") from exc
         except TimeoutError as exc:
             raise PairingError("timed out waiting for the peer") from exc
-        match wire.decode_server(frame):
-            case wire.ErrorMessage(reason):
-                raise PairingError(f"rendezvous server refused: {reason}")
-            case wire.CloseMessage(reason):
-                raise PairingError(f"mailbox closed: {reason}")
-            case message:
-                return message
 
 
 class PairedChannel:
@@ -143,6 +164,7 @@ async def pair(
     on_code: Callable[[Code], None] | None = None,
     words: int = DEFAULT_WORDS,
     connect_timeout: float | None = None,
+    on_turn: TurnHandler | None = None,
 ) -> PairedChannel:
     """Meet the peer holding ``code`` and return the encrypted channel to it.
 
@@ -151,6 +173,7 @@ async def pair(
     ``connect_timeout``, when given, bounds the connection and WebSocket handshake instead. A
     sender may pass ``code=None``: the server then allocates the number, ``words`` secret words
     are drawn here, and ``on_code`` gets the code to show before the wait for the receiver.
+    ``on_turn`` asks the server for TURN servers with credentials and gets them when they come.
     """
     our_side = Side(side)
     parsed = code if isinstance(code, Code) or code is None else parse_code(code)
@@ -158,9 +181,20 @@ async def pair(
         raise PairingError("only a sender can ask for a new code")
     connection = await _connect(rendezvous_url, connect_timeout or timeout)
     try:
-        mailbox = _Mailbox(connection, timeout)
+        mailbox = _Mailbox(connection, timeout, on_turn)
         if parsed is None:
-            parsed = Code(await mailbox.allocate(), generate_words(words=words))
+            try:
+                nameplate = await mailbox.allocate()
+            except PairingError as exc:
+                if _OLDER_SERVER not in str(exc):
+                    raise
+                # An older rendezvous cannot allocate: choose the number here, as it did.
+                await connection.close()
+                connection = await _connect(rendezvous_url, timeout)
+                mailbox = _Mailbox(connection, timeout, on_turn)
+                nameplate = parse_code(generate_code()).nameplate
+                await mailbox.open(nameplate, our_side)
+            parsed = Code(nameplate, generate_words(words=words))
             if on_code is not None:
                 on_code(parsed)
         else:

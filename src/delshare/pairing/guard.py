@@ -1,7 +1,10 @@
 """Per-address limits of the rendezvous server (sans-IO, explicit clock).
 
-Theory of operation: one ``AddressGuard`` per server node counts the open connections of each
-client address and keeps a token bucket per address. ``connect`` refuses an address already at
+Theory of operation: one ``AddressGuard`` per server node counts the TCP connections of each
+client address from accept on (``accept``/``release``: beyond twice ``max_connections_per_ip``
+they are cut at once, before any WebSocket handshake, so silent connections cannot hold the
+node's descriptors), counts the WebSocket connections of each address, and keeps a token bucket
+per address. ``connect`` refuses an address already at
 ``max_connections_per_ip`` and charges one token, as ``message`` does for every frame; an empty
 bucket refuses (the adapter then answers with an ``error`` frame and closes). A bucket refills at
 ``message_rate`` tokens per second up to ``message_burst``. Buckets of addresses with no
@@ -46,6 +49,7 @@ class AddressGuard:
     def __init__(self, limits: MailboxLimits) -> None:
         self.limits = limits
         self.connections: Counter[str] = Counter()
+        self.sockets: Counter[str] = Counter()
         self._buckets: dict[str, _Bucket] = {}
 
     def connect(self, ip: str, now: float) -> None:
@@ -58,6 +62,19 @@ class AddressGuard:
             )
         self.message(ip, now)
         self.connections[ip] += 1
+
+    def accept(self, ip: str) -> bool:
+        """Count a new TCP connection from ``ip``; False (cut it) beyond the hard cap."""
+        if self.sockets[ip] >= 2 * self.limits.max_connections_per_ip:
+            return False
+        self.sockets[ip] += 1
+        return True
+
+    def release(self, ip: str) -> None:
+        """A TCP connection ``accept`` counted has closed."""
+        self.sockets[ip] -= 1
+        if self.sockets[ip] <= 0:
+            del self.sockets[ip]
 
     def disconnect(self, ip: str) -> None:
         self.connections[ip] -= 1

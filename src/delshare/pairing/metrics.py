@@ -12,7 +12,8 @@ one. Names:
   ``memory``, ``ip_mailboxes``, ``ip_connections``, ``rate``, ``idle``, ``in_use``, ``expired``,
   ``lost``, ``size``, ``messages``, ``bytes``, ``store``, ``protocol``);
 - ``delshare_rendezvous_closes_total{reason}``: connections the server closed after their
-  mailbox ended (``peer_left``, ``expired``, ``lost``).
+  mailbox ended (``peer_left``, ``expired``, ``lost``);
+- ``delshare_rendezvous_turn_credentials_total``: TURN credentials handed to clients.
 """
 
 from __future__ import annotations
@@ -52,6 +53,11 @@ class RendezvousMetrics:
             "delshare_rendezvous_refusals",
             "Rendezvous requests refused, by reason",
             ["reason"],
+            registry=reg,
+        )
+        self.turn_grants = Counter(
+            "delshare_rendezvous_turn_credentials",
+            "TURN credentials handed to rendezvous clients",
             registry=reg,
         )
         self._server: WSGIServer | None = None

@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import itertools
 import socket
+import time
 from collections.abc import Iterable
 from types import TracebackType
 
@@ -45,6 +46,7 @@ from delshare.pairing.mailbox import (
     label_of,
 )
 from delshare.pairing.metrics import RendezvousMetrics
+from delshare.pairing.turn_grant import TurnGrant, reached_host
 
 SWEEP_INTERVAL = 1.0
 CONNECTION_GRACE = 5.0  # a connection may outlive its mailbox's max_age by this much
@@ -113,8 +115,14 @@ class LocalBackend:
 class RendezvousServer:
     """A running rendezvous server; ``port``, ``sockets``, ``close()``, ``wait_closed()``."""
 
-    def __init__(self, backend: MailboxBackend, metrics: RendezvousMetrics | None = None) -> None:
+    def __init__(
+        self,
+        backend: MailboxBackend,
+        metrics: RendezvousMetrics | None = None,
+        turn_grant: TurnGrant | None = None,
+    ) -> None:
         self.backend = backend
+        self.turn_grant = turn_grant
         self.limits = backend.limits
         self.guard = AddressGuard(backend.limits)
         self.metrics = metrics or RendezvousMetrics()
@@ -211,16 +219,31 @@ class RendezvousServer:
     async def _dispatch(self, client: ClientId, ip: str, frame: str | bytes) -> None:
         self.guard.message(ip, _now())
         match wire.decode_client(frame):
-            case wire.OpenMessage(nameplate, side):
+            case wire.OpenMessage(nameplate, side, turn):
+                await self._hand_turn(client, turn)
                 if await self.backend.open(client, nameplate, side=side, ip=ip):
                     self.metrics.pairings.inc()
-            case wire.AllocateMessage():
+            case wire.AllocateMessage(turn):
+                await self._hand_turn(client, turn)
                 nameplate = await self.backend.allocate(client, ip=ip)
                 connection = self._connections.get(client)
                 if connection is not None:
                     await self._send(connection, wire.AllocatedMessage(nameplate))
             case wire.AddMessage(body):
                 await self.backend.add(client, body)
+
+    async def _hand_turn(self, client: ClientId, asked: bool) -> None:
+        """Answer ``"turn": true`` with the TURN servers and fresh credentials (or none)."""
+        connection = self._connections.get(client)
+        if not asked or connection is None:
+            return
+        servers: tuple[wire.TurnServer, ...] = ()
+        if self.turn_grant is not None:
+            host_header = connection.request.headers.get("Host") if connection.request else None
+            host = reached_host(host_header, str(connection.local_address[0]))
+            servers = self.turn_grant.servers(host, time.time())
+            self.metrics.turn_grants.inc()
+        await self._send(connection, wire.TurnMessage(servers))
 
     async def _deliver(self, events: list[Event]) -> None:
         for event in events:
@@ -262,6 +285,7 @@ async def serve_rendezvous(
     redis_url: str | None = None,
     sweep_interval: float = SWEEP_INTERVAL,
     metrics: RendezvousMetrics | None = None,
+    turn_grant: TurnGrant | None = None,
 ) -> RendezvousServer:
     """Start a rendezvous server on ``host``:``port`` (0 picks a free port).
 
@@ -269,10 +293,11 @@ async def serve_rendezvous(
     ``redis_url`` (e.g. ``redis://127.0.0.1:6379/0``), in Redis, shared by every node started
     with the same URL. ``sweep_interval`` bounds how late expiry (and, with Redis, a crashed
     node's clients) is noticed. ``metrics`` (e.g. on the relay's registry) counts mailboxes,
-    pairings and refusals.
+    pairings and refusals. ``turn_grant`` (a node with the TURN REST secret) hands clients that
+    ask the TURN servers and short-lived credentials.
     """
     backend = _backend(limits, store, redis_url, sweep_interval)
-    rendezvous = RendezvousServer(backend, metrics)
+    rendezvous = RendezvousServer(backend, metrics, turn_grant)
     await backend.start(rendezvous._deliver)
     limits = backend.limits
     try:
@@ -285,6 +310,7 @@ async def serve_rendezvous(
             max_queue=MAX_QUEUE,
             open_timeout=limits.idle_timeout,
             close_timeout=CLOSE_TIMEOUT,
+            create_connection=_guarded(rendezvous.guard),
         )
     except BaseException:
         await backend.aclose()
@@ -306,6 +332,31 @@ def _backend(
     from delshare.pairing.redis_backend import RedisBackend  # redis is an optional dependency
 
     return RedisBackend(redis_url, limits or MailboxLimits(), heartbeat=sweep_interval)
+
+
+def _guarded(guard: AddressGuard) -> type[ServerConnection]:
+    """A connection class that counts TCP connections per address from accept on."""
+
+    class GuardedConnection(ServerConnection):
+        address = ""
+
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            super().connection_made(transport)
+            peer = transport.get_extra_info("peername")
+            address = address_key(str(peer[0])) if peer else ""
+            if guard.accept(address):
+                self.address = address
+            else:  # over the hard cap: no handshake, no descriptor kept (uvloop's transports
+                # are no asyncio.Transport, hence getattr)
+                getattr(transport, "abort", transport.close)()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            if self.address:
+                guard.release(self.address)
+                self.address = ""
+            super().connection_lost(exc)
+
+    return GuardedConnection
 
 
 def _now() -> float:

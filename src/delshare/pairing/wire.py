@@ -9,6 +9,12 @@ any number of ``{"type": "add", "body": "<str>"}``. Server to client: ``{"type":
 refused, e.g. a limit: the server then closes) and ``{"type": "close", "reason": "..."}`` (peer
 left, mailbox expired, or the rendezvous lost its state). Bodies are opaque to the server; paired
 clients put base64 there. docs/operations.md lists the limits and their refusals.
+
+TURN servers for clients without secrets (issue 12 item 9): ``open`` and ``allocate`` may carry
+``"turn": true``; a server that can hand out TURN REST credentials then answers first with
+``{"type": "turn", "servers": [{"urls": "turn:HOST:PORT?transport=tcp", "username":
+"<expiry>:<id>", "credential": "<base64 HMAC-SHA1>"}, ...]}`` (WebRTC's RTCIceServer fields;
+an empty list when it has none). Older servers ignore the field and send no such message.
 """
 
 from __future__ import annotations
@@ -28,11 +34,26 @@ _NAMEPLATE = re.compile(r"[A-Za-z0-9_-]{1,64}")
 class OpenMessage:
     nameplate: str
     side: str | None = None
+    turn: bool = False
 
 
 @dataclass(frozen=True)
 class AllocateMessage:
-    pass
+    turn: bool = False
+
+
+@dataclass(frozen=True)
+class TurnServer:
+    """One TURN server and the short-lived credentials for it."""
+
+    urls: str
+    username: str
+    credential: str
+
+
+@dataclass(frozen=True)
+class TurnMessage:
+    servers: tuple[TurnServer, ...]
 
 
 @dataclass(frozen=True)
@@ -61,19 +82,24 @@ class CloseMessage:
 
 
 ClientMessage = OpenMessage | AllocateMessage | AddMessage
-ServerMessage = RelayMessage | AllocatedMessage | ErrorMessage | CloseMessage
+ServerMessage = RelayMessage | AllocatedMessage | TurnMessage | ErrorMessage | CloseMessage
+MAX_TURN_SERVERS = 8
 SIDES = ("sender", "receiver")
 
 
 def encode(message: ClientMessage | ServerMessage) -> str:
     """One JSON text frame for ``message``."""
     match message:
-        case OpenMessage(nameplate, side):
-            fields: dict[str, str] = {"type": "open", "nameplate": nameplate}
+        case OpenMessage(nameplate, side, turn):
+            fields: dict[str, Any] = {"type": "open", "nameplate": nameplate}
             if side is not None:
                 fields["side"] = side
-        case AllocateMessage():
-            fields = {"type": "allocate"}
+            if turn:
+                fields["turn"] = True
+        case AllocateMessage(turn):
+            fields = {"type": "allocate", "turn": True} if turn else {"type": "allocate"}
+        case TurnMessage(servers):
+            fields = {"type": "turn", "servers": [vars(server) for server in servers]}
         case AllocatedMessage(nameplate):
             fields = {"type": "allocated", "nameplate": nameplate}
         case AddMessage(body):
@@ -95,9 +121,9 @@ def decode_client(frame: str | bytes) -> ClientMessage:
         side = fields.get("side")
         if side is not None and side not in SIDES:
             raise PairingError(f"side must be one of {', '.join(SIDES)}")
-        return OpenMessage(_nameplate(fields), side)
+        return OpenMessage(_nameplate(fields), side, fields.get("turn") is True)
     if kind == "allocate":
-        return AllocateMessage()
+        return AllocateMessage(fields.get("turn") is True)
     if kind == "add":
         return AddMessage(_string(fields, "body"))
     raise PairingError(f"unknown message type {kind!r}")
@@ -111,6 +137,8 @@ def decode_server(frame: str | bytes) -> ServerMessage:
         return RelayMessage(_string(fields, "body"))
     if kind == "allocated":
         return AllocatedMessage(_nameplate(fields))
+    if kind == "turn":
+        return TurnMessage(_turn_servers(fields.get("servers")))
     if kind == "error":
         return ErrorMessage(_string(fields, "reason"))
     if kind == "close":
@@ -140,3 +168,18 @@ def _nameplate(fields: dict[str, Any]) -> str:
     if not _NAMEPLATE.fullmatch(nameplate):
         raise PairingError("bad nameplate")
     return nameplate
+
+
+def _turn_servers(value: Any) -> tuple[TurnServer, ...]:
+    if not isinstance(value, list) or len(value) > MAX_TURN_SERVERS:
+        raise PairingError(f"field 'servers' must be a list of at most {MAX_TURN_SERVERS}")
+    servers = []
+    for entry in value:
+        if not isinstance(entry, dict):
+            raise PairingError("a TURN server must be a JSON object")
+        servers.append(
+            TurnServer(
+                _string(entry, "urls"), _string(entry, "username"), _string(entry, "credential")
+            )
+        )
+    return tuple(servers)
