@@ -105,6 +105,7 @@ def explain(exc: BaseException, side: Side = "", transferring: bool = False) -> 
     ):
         return f"{message}; {resume_hint(side)}"
     if isinstance(exc, NoPathError) and side == "send-to":
+        message = message.replace(" on both sides", "")  # the receiver never dials a sender
         return (
             f"{message}; if the receiver listens through a TURN relay, it must let this sender "
             "in: `delshare receive --listen --turn ... --permit THIS_SENDER_PUBLIC_IP`"
