@@ -248,6 +248,7 @@ def test_existing_file_on_a_terminal_asks_before_overwriting(
         assert (received.returncode, sent.returncode) == (0, 0), terminal + sent.stderr
         assert (out / "small.txt").read_text() == "hello\n"
         assert received.line(f"saved 1 file, 6 B to {out / 'small.txt'} in ")
+        assert "receiving small.txt" not in received.stdout  # the question said it already
     else:  # answering no declines the offer: exit 3 (README), the file is kept
         assert (received.returncode, sent.returncode) == (3, 3), terminal + sent.stderr
         assert terminal.rstrip().endswith(

@@ -398,6 +398,9 @@ def test_not_enough_space_is_said_in_binary_units_with_the_next_step(
     line = _error_line(received)
     assert line.startswith(f"error: not enough space in {out}: the offer needs 1.0 TiB, ")
     assert "iB free; free some space or receive into another folder with -o/--output" in line
+    assert _error_line(sent).startswith(
+        "error: refused by peer: the receiver has not enough space (the offer needs 1.0 TiB, "
+    )
     assert list(out.iterdir()) == []
 
 

@@ -11,6 +11,7 @@ hint.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from typing import Literal
 
@@ -88,15 +89,34 @@ def _pairing(exc: PairingError, side: Side) -> str | None:
     return None
 
 
+_NO_SPACE = re.compile(r"need (\d+) bytes, only (\d+) free")
+
+
+def _refusal(reason: str) -> str | None:
+    """A receiver's refusal reworded for people, where it is written for programs."""
+    from delshare.app.common import human_size
+
+    match = _NO_SPACE.fullmatch(reason)
+    if match is None:
+        return None
+    needed, free = (human_size(int(n)) for n in match.groups())
+    return (
+        f"refused by peer: the receiver has not enough space (the offer needs {needed}, "
+        f"{free} free there); it can free some or receive into another folder"
+    )
+
+
 def explain(exc: BaseException, side: Side = "", transferring: bool = False) -> str:
     """The one error line (without ``error: ``) for ``exc`` on ``side``."""
     from delshare.link.race import NoPathError
     from delshare.link.records import LinkClosedError
-    from delshare.transfer.errors import TransferInterruptedError
+    from delshare.transfer.errors import RefusedByPeerError, TransferInterruptedError
 
     message = str(exc) or type(exc).__name__
     if isinstance(exc, PairingError):
         message = _pairing(exc, side) or message
+    if isinstance(exc, RefusedByPeerError):
+        message = _refusal(exc.reason) or message
     hint = turn_hint(exc)
     if hint and hint not in message:
         return f"{message} ({hint})" if hint == AUTH_HINT else f"{message}; {hint}"
@@ -105,6 +125,7 @@ def explain(exc: BaseException, side: Side = "", transferring: bool = False) -> 
     ):
         return f"{message}; {resume_hint(side)}"
     if isinstance(exc, NoPathError) and side == "send-to":
+        message = message.replace(" on both sides", "")  # the receiver never dials a sender
         return (
             f"{message}; if the receiver listens through a TURN relay, it must let this sender "
             "in: `delshare receive --listen --turn ... --permit THIS_SENDER_PUBLIC_IP`"

@@ -17,7 +17,7 @@ from delshare.app.events import OfferReceived
 from delshare.app.receive import Ask, AskOverwrite, ReceiveOptions, run_receive
 from delshare.cli.main import Finished
 from delshare.cli.send import EXIT_CODES_HELP, link_options, make_ui, run_app, session_options
-from delshare.cli.ui import describe_offer
+from delshare.cli.ui import Ui, describe_offer
 from delshare.text import printable
 from delshare.transfer.manifest import display_name
 
@@ -68,20 +68,22 @@ def _where(offer: OfferReceived) -> str:
     return display_name(os.path.abspath(offer.output or "."))
 
 
-def _asker() -> Ask:
+def _asker(ui: Ui) -> Ask:
     async def ask(offer: OfferReceived) -> bool:
+        ui.asked = True
         described = describe_offer(offer.files, offer.total, offer.names)
         return await _prompt(f"Receive {described} into {_where(offer)}? [y/N]: ")
 
     return ask
 
 
-def _overwrite_asker() -> AskOverwrite | None:
+def _overwrite_asker(ui: Ui) -> AskOverwrite | None:
     """On a terminal, ask before replacing existing files; otherwise never (the offer fails)."""
     if not sys.stdin.isatty():
         return None
 
     async def ask_overwrite(offer: OfferReceived, names: tuple[str, ...]) -> bool:
+        ui.asked = True
         described = describe_offer(offer.files, offer.total, offer.names)
         shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
         return await _prompt(
@@ -153,7 +155,7 @@ def receive(
         ui.error(str(exc), EXIT_USAGE)
         raise SystemExit(EXIT_USAGE) from None
     options = ReceiveOptions(output, overwrite, rename, yes, interactive=sys.stdin.isatty())
-    ask, ask_overwrite = _asker(), _overwrite_asker()
+    ask, ask_overwrite = _asker(ui), _overwrite_asker(ui)
     if listen:
         from delshare.app.manual import run_listen  # with --listen only
 

@@ -207,6 +207,8 @@ class Ui:
         self._current = -1
         self.transferring = False
         """Between ``TransferStarted`` and ``TransferFinished``: an interruption can resume."""
+        self.asked = False
+        """Whether the user was asked about the offer (the question showed it already)."""
 
     def __call__(self, event: Event) -> None:
         if isinstance(event, TransferStarted | TransferFinished):
@@ -244,7 +246,7 @@ class Ui:
             case OfferReceived():
                 self._offer = event
                 return []
-            case TransferStarted(direction="receive") if self._offer is not None:
+            case TransferStarted(direction="receive") if self._offer and not self.asked:
                 offer = self._offer
                 where = offer.output or "."
                 described = describe_offer(offer.files, offer.total, offer.names)
