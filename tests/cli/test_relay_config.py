@@ -7,6 +7,7 @@ turnserver.conf starts an equivalent relay (turnutils_uclient passes against it)
 
 from __future__ import annotations
 
+import socket
 import subprocess
 from pathlib import Path
 
@@ -296,3 +297,20 @@ def test_coturn_conf_starts_an_equivalent_relay(tmp_path: Path) -> None:
         assert "allocation" in log and "40000" <= log.split("relay 127.0.0.1:")[1][:5] <= "44999"
     finally:
         relay_proc.stop()
+
+
+def test_listener_kinds_can_be_switched_off(tmp_path: Path) -> None:
+    """coturn's no-udp / no-tcp: only the other kind listens (and the start does not fail)."""
+    for flag, present, absent in (("--no-tcp", "udp", "tcp"), ("--no-udp", "tcp", "udp")):
+        port = free_port("both")
+        args = ["--listen", f"{HOST}:{port}", "--no-rendezvous", flag]
+        process = start_relay_process(args, tmp_path / f"{flag}.log", ready="clients:")
+        try:
+            log = process.text()
+            assert f"TURN listening on {present} {HOST}:{port}" in log
+            assert f"TURN listening on {absent}" not in log
+            kind = socket.SOCK_STREAM if absent == "tcp" else socket.SOCK_DGRAM
+            with socket.socket(socket.AF_INET, kind) as probe:
+                probe.bind((HOST, port))  # the switched-off kind left the port free
+        finally:
+            process.stop()

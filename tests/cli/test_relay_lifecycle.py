@@ -304,3 +304,21 @@ def test_sighup_names_what_needs_a_restart(tmp_path: Path) -> None:
         assert "max-lifetime" not in kept  # applied at once
         assert "max-lifetime 3600 -> 900" in log
         assert _login(port, "del", user="del")  # the demo user, still where it listened
+
+
+def test_a_full_node_redirects_to_its_alternate(tmp_path: Path) -> None:
+    alternate, alt_port = _node(tmp_path, "alternate", "--no-rendezvous")
+    node, port = _node(tmp_path, "node", "--no-rendezvous", "--max-allocations", "1",
+                       "--alternate-server", f"{HOST}:{alt_port}")  # fmt: skip
+
+    async def fill_then_allocate() -> tuple[str, int]:
+        holder = await connect_turn(f"turn:{HOST}:{port}?transport=tcp", "del", "del")
+        try:
+            await holder.allocate_tcp()
+            return await _allocate(port, "del", user="del")
+        finally:
+            await holder.close()
+
+    with relays(alternate, node):
+        assert asyncio.run(fill_then_allocate()) == (HOST, alt_port)
+        assert "refused: 300 Try Alternate" in node.wait_for("refused: 300")

@@ -791,9 +791,10 @@ def _log_client_hint(settings: RelaySettings, turn: RunningRelay | None, rendezv
         host = (settings.rendezvous_listen or DEFAULT_RENDEZVOUS)[0]
         flags.append(f"--rendezvous ws://{format_address(_public_host(host), rendezvous.port)}")
     if turn is not None:
-        kind, (host, port) = next(a for a in turn.addresses if a[0] != "udp")
+        streams = [a for a in turn.addresses if a[0] != "udp"]
+        kind, (host, port) = (streams or turn.addresses)[0]  # UDP only with --no-tcp
         scheme = "turns" if kind == "tls" else "turn"
-        query = "" if kind == "tls" else "?transport=tcp"
+        query = {"tls": "", "tcp": "?transport=tcp"}.get(kind, "?transport=udp")
         flags.append(f"--turn '{scheme}:{format_address(_public_host(host), port)}{query}'")
         flags.append("--turn-user NAME --turn-password PASSWORD")
     log.info("clients: delshare send|receive %s", " ".join(flags))
