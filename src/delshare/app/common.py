@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from delshare.app.connect import ConnectOptions
 from delshare.app.events import NoticeIssued, ProgressUpdated, Reporter
+from delshare.app.units import human_size
 from delshare.errors import DelshareError, PairingError
 from delshare.transfer.progress import ProgressCallback
 
@@ -37,21 +38,6 @@ class SessionOptions:
     rendezvous: str | None
     connect: ConnectOptions
     pair_timeout: float = 30.0
-
-
-_UNITS = ("B", "KiB", "MiB", "GiB", "TiB", "PiB")
-
-
-def human_size(n: float) -> str:
-    """Binary units with sensible precision: ``1023 B``, ``1.5 KiB``, ``64 MiB``, ``1.2 GiB``."""
-    value, unit = float(n), "B"
-    for unit in _UNITS:
-        if value < 1024 or unit == _UNITS[-1]:
-            break
-        value /= 1024
-    if unit == "B":
-        return f"{value:.0f} B"
-    return f"{value:.1f} {unit}" if value < 9.95 else f"{value:.0f} {unit}"
 
 
 def check_rendezvous_url(url: str) -> None:

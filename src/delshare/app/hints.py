@@ -94,7 +94,7 @@ _NO_SPACE = re.compile(r"need (\d+) bytes, only (\d+) free")
 
 def _refusal(reason: str) -> str | None:
     """A receiver's refusal reworded for people, where it is written for programs."""
-    from delshare.app.common import human_size
+    from delshare.app.units import human_size
 
     match = _NO_SPACE.fullmatch(reason)
     if match is None:
