@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from pathlib import Path
 
 from websockets.asyncio.client import ClientConnection
@@ -19,6 +20,7 @@ from websockets.exceptions import ConnectionClosed
 from tests.adversarial.conftest import scaled
 from tests.adversarial.rendezvous import (
     WAIT,
+    Rendezvous,
     add_frame,
     allocate_frame,
     raw,
@@ -78,5 +80,19 @@ async def test_full_mailboxes_stay_within_the_memory_bound(tmp_path: Path) -> No
                 *(c.close() for c, _ in results if c is not None), return_exceptions=True
             )
         _, seconds = real_pair(tmp_path, server.url)  # once the attacker left, pairing works
-        print(f"real pair after {seconds:.1f} s; RSS now {server.rss_kib() // 1024} MiB")
+        begin = time.monotonic()
+        settled = await _settled_rss(server, before + bound // 1024 + 16 * 1024)
+        print(f"real pair after {seconds:.1f} s; RSS back to {settled // 1024} MiB "
+              f"in {time.monotonic() - begin:.1f} s")  # fmt: skip
+        assert settled <= before + bound // 1024 + 16 * 1024, (settled // 1024, before // 1024)
         assert server.alive()
+
+
+async def _settled_rss(server: Rendezvous, target_kib: int, wait: float = 15.0) -> int:
+    """The relay's RSS once it is at most ``target_kib``, or after ``wait`` s (bounded poll)."""
+    deadline = time.monotonic() + wait
+    rss = server.rss_kib()
+    while rss > target_kib and time.monotonic() < deadline:
+        await asyncio.sleep(0.25)
+        rss = server.rss_kib()
+    return rss

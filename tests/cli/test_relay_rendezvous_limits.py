@@ -13,10 +13,11 @@ from tests.adversarial.rendezvous import (
     holding,
     open_frame,
     raw,
+    read_code,
     rendezvous,
     reply,
 )
-from tests.app.harness import DELSHARE
+from tests.app.harness import DELSHARE, env_for, finish, start
 
 WAIT = 10.0
 
@@ -72,3 +73,23 @@ def test_bad_limit_values_are_usage_errors() -> None:
         )  # fmt: skip
         assert done.returncode == 2, (flag, done.stderr)
         assert done.stderr.startswith("Error: ") and flag in done.stderr
+
+
+def test_a_refused_send_prints_the_reason_in_one_line(tmp_path: Path) -> None:
+    source = tmp_path / "a.txt"
+    source.write_text("a\n")
+    with rendezvous(tmp_path, "--rendezvous-max-mailboxes-per-ip", "1") as server:
+        env = env_for(server.url)
+        first = start(["send", str(source), "--direct-only"], env)
+        try:
+            read_code(first)  # holds this address's one seat
+            second = finish(start(["send", str(source), "--direct-only"], env), 30.0)
+        finally:
+            first.kill()
+            first.communicate()
+    assert second.returncode == 1
+    lines = [line for line in second.stderr.splitlines() if line.strip()]
+    assert "Traceback" not in second.stderr and len(lines) == 1, second.stderr
+    assert (
+        lines[0].startswith("error: ") and "too many open mailboxes from your address" in lines[0]
+    )

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import itertools
 import socket
 import time
@@ -55,6 +56,10 @@ MAX_QUEUE = 4  # frames websockets buffers per connection before it stops readin
 # A refused client may have frames queued: reading stays paused, so its close frame is not seen
 # and the closing handshake waits this long (websockets' default is 10 s).
 CLOSE_TIMEOUT = 2.0
+# After a crowd of connections left (an attack, a burst), give the freed heap back to the OS:
+# checked every TRIM_INTERVAL s once the count fell to half of a peak of at least TRIM_PEAK.
+TRIM_INTERVAL = 2.0
+TRIM_PEAK = 64
 
 
 class LocalBackend:
@@ -132,9 +137,19 @@ class RendezvousServer:
         self._tasks: set[asyncio.Task[None]] = set()
         self._server: Server | None = None
         self._backend_closed = False
+        self._peak = 0  # most connections at once since the last trim
+        self._trimmer: asyncio.Task[None] | None = None
 
     def _start(self, server: Server) -> None:
         self._server = server
+        self._trimmer = asyncio.create_task(self._trim_forever())
+
+    async def _trim_forever(self) -> None:
+        while True:
+            await asyncio.sleep(TRIM_INTERVAL)
+            if self._peak >= TRIM_PEAK and len(self._connections) <= self._peak // 2:
+                self._peak = len(self._connections)
+                release_free_memory()
 
     @property
     def sockets(self) -> Iterable[socket.socket]:
@@ -148,11 +163,17 @@ class RendezvousServer:
 
     def close(self) -> None:
         """Stop listening and close every connection (their mailbox sides are closed too)."""
+        if self._trimmer is not None:
+            self._trimmer.cancel()
         if self._server is not None:
             self._server.close()
 
     async def wait_closed(self) -> None:
         """Wait until every handler returned, then release the backend."""
+        if self._trimmer is not None:
+            self._trimmer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._trimmer
         if self._server is not None:
             await self._server.wait_closed()
         if not self._backend_closed:
@@ -188,6 +209,7 @@ class RendezvousServer:
         ip = address_key(str(connection.remote_address[0]))
         admitted = False
         self._connections[client] = connection
+        self._peak = max(self._peak, len(self._connections))
         try:
             self.guard.connect(ip, _now())
             admitted = True
@@ -332,6 +354,15 @@ def _backend(
     from delshare.pairing.redis_backend import RedisBackend  # redis is an optional dependency
 
     return RedisBackend(redis_url, limits or MailboxLimits(), heartbeat=sweep_interval)
+
+
+def release_free_memory() -> None:
+    """Give freed heap pages back to the OS (glibc's ``malloc_trim``); nothing elsewhere."""
+    try:
+        trim = ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):
+        return
+    trim(0)
 
 
 def _guarded(guard: AddressGuard) -> type[ServerConnection]:
