@@ -227,7 +227,7 @@ def test_password_algorithms_against_the_server_authenticator(offer_sha256: bool
     again = only(core)
     credentials = server.authenticate(again, 1000.0)
     assert again.uses_sha256_integrity is offer_sha256
-    chosen = again.get(Attr.PASSWORD_ALGORITHM)
+    chosen = again.get(at.PASSWORD_ALGORITHM)
     if offer_sha256:
         assert chosen == (PASSWORD_ALGORITHM_SHA256, b"")
     else:

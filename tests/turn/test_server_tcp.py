@@ -6,6 +6,7 @@ import itertools
 
 import pytest
 
+from delshare.stun import attributes as at
 from delshare.stun.constants import PROTO_TCP, Attr, MessageClass, Method
 from delshare.stun.message import Message
 from delshare.turn.peerfilter import PeerFilter
@@ -48,7 +49,7 @@ def connect_ok(client: Client, peer: tuple[str, int] = PEER, now: float = T0) ->
     client.server.peer_connected(command.conn_id, now)
     (response,) = client.responses(client.pump(now))
     assert response.method == Method.CONNECT and response.cls == MessageClass.SUCCESS
-    cid = response.get_int(Attr.CONNECTION_ID)
+    cid = response.get(at.CONNECTION_ID)
     assert cid == command.conn_id
     return cid
 
@@ -212,8 +213,8 @@ def test_incoming_peer_needs_a_permission() -> None:
         m for m in client.responses(client.pump()) if m.method == Method.CONNECTION_ATTEMPT
     ]
     assert attempt.cls == MessageClass.INDICATION
-    assert attempt.get_int(Attr.CONNECTION_ID) == cid
-    assert attempt.get_address(Attr.XOR_PEER_ADDRESS) == PEER
+    assert attempt.get(at.CONNECTION_ID) == cid
+    assert attempt.get(at.XOR_PEER_ADDRESS) == PEER
     _, response = bind(client, cid)
     assert response.cls == MessageClass.SUCCESS
 

@@ -25,11 +25,18 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from delshare.errors import DelshareError, StunProtocolError
+from delshare.stun.attributes import (
+    NONCE,
+    PASSWORD_ALGORITHM,
+    PASSWORD_ALGORITHMS,
+    REALM,
+    USERHASH,
+    USERNAME,
+)
 from delshare.stun.constants import (
     NONCE_COOKIE,
     PASSWORD_ALGORITHM_MD5,
     PASSWORD_ALGORITHM_SHA256,
-    Attr,
     ErrorCode,
 )
 from delshare.stun.credentials import (
@@ -123,9 +130,9 @@ class Authenticator:
         """401 or 438 with REALM, NONCE and PASSWORD-ALGORITHMS (RFC 8489 §9.2.4)."""
         reason = "Stale Nonce" if code == ErrorCode.STALE_NONCE else "Unauthenticated"
         attrs: list[tuple[int, object]] = [
-            (Attr.REALM, self.config.realm),
-            (Attr.NONCE, self.make_nonce(now, binding)),
-            (Attr.PASSWORD_ALGORITHMS, OFFERED_ALGORITHMS),
+            REALM(self.config.realm),
+            NONCE(self.make_nonce(now, binding)),
+            PASSWORD_ALGORITHMS(OFFERED_ALGORITHMS),
         ]
         return ChallengeRequired(code, reason, attrs)
 
@@ -144,9 +151,9 @@ class Authenticator:
         """
         if not request.has_integrity:
             raise self.challenge(now, binding=binding)
-        realm = request.get_str(Attr.REALM)
-        nonce = request.get_str(Attr.NONCE)
-        has_user = request.has(Attr.USERNAME) or request.has(Attr.USERHASH)
+        realm = request.get(REALM)
+        nonce = request.get(NONCE)
+        has_user = request.has(USERNAME) or request.has(USERHASH)
         if realm is None or nonce is None or not has_user:
             raise StunProtocolError(400, "Missing USERNAME, REALM or NONCE")
         state = self.nonce_state(nonce, now, binding)
@@ -170,8 +177,8 @@ class Authenticator:
 
     def _algorithm(self, request: Message) -> int:
         """PASSWORD-ALGORITHM negotiation (RFC 8489 §9.2.4 bullet on password algorithms)."""
-        offered = request.get(Attr.PASSWORD_ALGORITHMS)
-        chosen = request.get(Attr.PASSWORD_ALGORITHM)
+        offered = request.get(PASSWORD_ALGORITHMS)
+        chosen = request.get(PASSWORD_ALGORITHM)
         if offered is None and chosen is None:
             return PASSWORD_ALGORITHM_MD5
         if offered is None or chosen is None:
@@ -181,11 +188,11 @@ class Authenticator:
         return int(chosen[0])
 
     def _username(self, request: Message) -> str | None:
-        name = request.get_str(Attr.USERNAME)
+        name = request.get(USERNAME)
         if name is not None:
             return name
-        hashed = request.get(Attr.USERHASH)
-        return self._userhashes.get(hashed) if isinstance(hashed, bytes) else None
+        hashed = request.get(USERHASH)
+        return self._userhashes.get(hashed) if hashed is not None else None
 
     def _password(self, username: str, now: float) -> str | None:
         static = self.config.users.get(username)

@@ -28,7 +28,26 @@ from collections.abc import Callable
 from typing import NoReturn
 
 from delshare.errors import MalformedRequestError, StunDecodeError, StunProtocolError
-from delshare.stun.attributes import Address
+from delshare.stun.attributes import (
+    ADDITIONAL_ADDRESS_FAMILY,
+    ADDRESS_ERROR_CODE,
+    ALTERNATE_SERVER,
+    CHANNEL_NUMBER,
+    CONNECTION_ID,
+    DATA,
+    DONT_FRAGMENT,
+    EVEN_PORT,
+    FINGERPRINT,
+    LIFETIME,
+    REQUESTED_ADDRESS_FAMILY,
+    REQUESTED_TRANSPORT,
+    RESERVATION_TOKEN,
+    UNKNOWN_ATTRIBUTES,
+    XOR_MAPPED_ADDRESS,
+    XOR_PEER_ADDRESS,
+    XOR_RELAYED_ADDRESS,
+    Address,
+)
 from delshare.stun.constants import (
     CHANNEL_LIFETIME,
     CHANNEL_MIN,
@@ -284,9 +303,7 @@ class TurnServer:
         try:
             if msg.method == Method.BINDING:
                 self._check_unknown(msg)
-                response: Message | None = success_response(
-                    msg, (Attr.XOR_MAPPED_ADDRESS, five.client)
-                )
+                response: Message | None = success_response(msg, XOR_MAPPED_ADDRESS(five.client))
             else:
                 handler = self._handlers.get(msg.method)
                 if handler is None:
@@ -311,7 +328,7 @@ class TurnServer:
         clients (coturn's uclient) reuse on the new data connection (RFC 6062 §5.4)."""
         also: tuple[str, ...] = ()
         if msg.method == Method.CONNECTION_BIND:
-            conn = self.connections.get(msg.get_int(Attr.CONNECTION_ID) or 0)
+            conn = self.connections.get(msg.get(CONNECTION_ID) or 0)
             alloc = None if conn is None else self._by_id.get(conn.alloc_id)
             if alloc is not None:
                 also = (nonce_binding(alloc.five),)
@@ -319,13 +336,11 @@ class TurnServer:
 
     def _check_unknown(self, msg: Message) -> None:
         if msg.unknown_required:
-            raise Refused(
-                420, "Unknown Attribute", (Attr.UNKNOWN_ATTRIBUTES, tuple(msg.unknown_required))
-            )
+            raise Refused(420, "Unknown Attribute", UNKNOWN_ATTRIBUTES(tuple(msg.unknown_required)))
 
     def _encode(self, request: Message, response: Message, creds: Credentials | None) -> bytes:
         """Sign like the request did (RFC 8489 §9.2.4); FINGERPRINT if the request had one."""
-        fingerprint = request.has(Attr.FINGERPRINT)
+        fingerprint = request.has(FINGERPRINT)
         if creds is None:
             return response.encode(fingerprint=fingerprint)
         return response.encode(creds.key, sha256=creds.sha256, fingerprint=fingerprint)
@@ -360,15 +375,15 @@ class TurnServer:
         if self.draining:
             self._try_alternate(five, "Insufficient Capacity (draining)")
         transport = self._requested_transport(five, msg)
-        token = msg.get(Attr.RESERVATION_TOKEN)
-        even = msg.get(Attr.EVEN_PORT)
-        requested_family = msg.get_int(Attr.REQUESTED_ADDRESS_FAMILY)
+        token = msg.get(RESERVATION_TOKEN)
+        even = msg.get(EVEN_PORT)
+        requested_family = msg.get(REQUESTED_ADDRESS_FAMILY)
         if token is not None and (even is not None or requested_family is not None):
             raise StunProtocolError(400, "RESERVATION-TOKEN with EVEN-PORT or address family")
         family = self._relay_family(five, requested_family)
         extra_family = self._additional_family(msg, requested_family, token)
         self._check_allocation_quota(creds.username, five)
-        reserved = self._take_reservation(token, now) if isinstance(token, bytes) else None
+        reserved = self._take_reservation(token, now) if token is not None else None
         if reserved is not None:
             family = reserved.family
         lifetime = self._lifetime(msg)
@@ -389,7 +404,7 @@ class TurnServer:
                 even_port=even is not None,
                 reserve_next=bool(even),
                 reserved=None if reserved is None else reserved.address,
-                dont_fragment=msg.has(Attr.DONT_FRAGMENT),
+                dont_fragment=msg.has(DONT_FRAGMENT),
             )
         )
         if extra_family is not None:
@@ -401,7 +416,7 @@ class TurnServer:
     ) -> int | None:
         """RFC 8656 §7.2 ADDITIONAL-ADDRESS-FAMILY: IPv6 beside IPv4, never with
         REQUESTED-ADDRESS-FAMILY or RESERVATION-TOKEN (400)."""
-        additional = msg.get_int(Attr.ADDITIONAL_ADDRESS_FAMILY)
+        additional = msg.get(ADDITIONAL_ADDRESS_FAMILY)
         if additional is None:
             return None
         if requested_family is not None or token is not None or additional != FAMILY_IPV6:
@@ -416,7 +431,7 @@ class TurnServer:
         elif not self.config.ipv6_relays:
             alloc.extra_error = (FAMILY_IPV6, 440, "Address Family not Supported")
         else:
-            dont_fragment = msg.has(Attr.DONT_FRAGMENT)
+            dont_fragment = msg.has(DONT_FRAGMENT)
             self._outputs.append(
                 OpenRelay(
                     alloc.id, alloc.five, alloc.transport, family, dont_fragment=dont_fragment
@@ -432,7 +447,7 @@ class TurnServer:
         return None
 
     def _requested_transport(self, five: FiveTuple, msg: Message) -> int:
-        transport = msg.get_int(Attr.REQUESTED_TRANSPORT)
+        transport = msg.get(REQUESTED_TRANSPORT)
         if transport is None:
             raise StunProtocolError(400, "Missing REQUESTED-TRANSPORT")
         offered = {PROTO_UDP: self.config.udp_relays, PROTO_TCP: self.config.tcp_relays}
@@ -441,11 +456,11 @@ class TurnServer:
         if transport == PROTO_TCP:
             if not five.stream:
                 raise StunProtocolError(400, "TCP allocations need a TCP or TLS connection")
-            for attr in (Attr.DONT_FRAGMENT, Attr.EVEN_PORT, Attr.RESERVATION_TOKEN):
+            for attr in (DONT_FRAGMENT, EVEN_PORT, RESERVATION_TOKEN):
                 if msg.has(attr):
                     raise StunProtocolError(400, f"{attr.name} not allowed with TCP relays")
-        elif msg.has(Attr.DONT_FRAGMENT) and not self.config.dont_fragment:
-            unknown = (Attr.UNKNOWN_ATTRIBUTES, (int(Attr.DONT_FRAGMENT),))
+        elif msg.has(DONT_FRAGMENT) and not self.config.dont_fragment:
+            unknown = UNKNOWN_ATTRIBUTES((int(Attr.DONT_FRAGMENT),))
             raise Refused(420, "Unknown Attribute", unknown)
         return transport
 
@@ -479,7 +494,7 @@ class TurnServer:
         if not choices or five.transport == TLS:
             raise StunProtocolError(508, reason)
         alternate = choices[next(self._alternate_turn) % len(choices)]
-        raise Refused(300, "Try Alternate", (Attr.ALTERNATE_SERVER, alternate))
+        raise Refused(300, "Try Alternate", ALTERNATE_SERVER(alternate))
 
     def _take_reservation(self, token: bytes, now: float) -> Reservation:
         found = self._reservations.pop(token, None)
@@ -489,7 +504,7 @@ class TurnServer:
 
     def _lifetime(self, msg: Message) -> int:
         """RFC 8656 §7.2 step 8: at least the default, at most the server maximum."""
-        requested = msg.get_int(Attr.LIFETIME)
+        requested = msg.get(LIFETIME)
         floor = min(self.config.default_lifetime, self.config.max_lifetime)
         if requested is None:
             return floor
@@ -525,15 +540,15 @@ class TurnServer:
         alloc.state = AllocationState.ACTIVE
         alloc.expires = now + alloc.lifetime
         self._at(alloc.expires, "alloc", alloc.id)
-        attrs: list[tuple[int, object]] = [(Attr.XOR_RELAYED_ADDRESS, alloc.relayed)]
+        attrs: list[tuple[int, object]] = [XOR_RELAYED_ADDRESS(alloc.relayed)]
         if alloc.extra_relayed is not None:
-            attrs.append((Attr.XOR_RELAYED_ADDRESS, alloc.extra_relayed))
-        attrs += [(Attr.LIFETIME, alloc.lifetime), (Attr.XOR_MAPPED_ADDRESS, alloc.five.client)]
+            attrs.append(XOR_RELAYED_ADDRESS(alloc.extra_relayed))
+        attrs += [LIFETIME(alloc.lifetime), XOR_MAPPED_ADDRESS(alloc.five.client)]
         if alloc.reserved_next is not None:
             token = self._reserve(alloc.reserved_next, alloc.family, now)
-            attrs.append((Attr.RESERVATION_TOKEN, token))
+            attrs.append(RESERVATION_TOKEN(token))
         if alloc.extra_error is not None:
-            attrs.append((Attr.ADDRESS_ERROR_CODE, alloc.extra_error))
+            attrs.append(ADDRESS_ERROR_CODE(alloc.extra_error))
         response = success_response(alloc.request, *attrs)
         alloc.allocate_response = self._encode(alloc.request, response, alloc.creds)
         self._answers.store(alloc.five, alloc.request.transaction_id, alloc.allocate_response, now)
@@ -598,18 +613,18 @@ class TurnServer:
 
     def _refresh(self, five: FiveTuple, msg: Message, creds: Credentials, now: float) -> Message:
         alloc = self._active(five, creds)
-        requested_family = msg.get_int(Attr.REQUESTED_ADDRESS_FAMILY)
+        requested_family = msg.get(REQUESTED_ADDRESS_FAMILY)
         if requested_family is not None and _FAMILIES.get(requested_family) not in alloc.families:
             raise StunProtocolError(443, "Peer Address Family Mismatch")
-        if msg.get_int(Attr.LIFETIME) == 0:
+        if msg.get(LIFETIME) == 0:
             self._delete_allocation(alloc, "refreshed to 0")
             self._close_after_answer.append(five)
-            return success_response(msg, (Attr.LIFETIME, 0))
+            return success_response(msg, LIFETIME(0))
         alloc.lifetime = self._lifetime(msg)
         alloc.expires = now + alloc.lifetime
         self._at(alloc.expires, "alloc", alloc.id)
         self._outputs.append(AllocationRefreshed(alloc.id, alloc.lifetime))
-        return success_response(msg, (Attr.LIFETIME, alloc.lifetime))
+        return success_response(msg, LIFETIME(alloc.lifetime))
 
     def _check_peer(self, alloc: Allocation, peer: Address) -> None:
         """443 for the wrong family, 403 for addresses the policy refuses (RFC 8656 §9.1)."""
@@ -634,7 +649,7 @@ class TurnServer:
         self, five: FiveTuple, msg: Message, creds: Credentials, now: float
     ) -> Message:
         alloc = self._active(five, creds)
-        peers = [p for p in msg.get_all(Attr.XOR_PEER_ADDRESS) if isinstance(p, tuple)]
+        peers = msg.get_all(XOR_PEER_ADDRESS)
         if not peers:
             raise StunProtocolError(400, "Missing XOR-PEER-ADDRESS")
         for peer in peers:
@@ -649,8 +664,8 @@ class TurnServer:
         alloc = self._active(five, creds)
         if alloc.transport != PROTO_UDP:
             raise StunProtocolError(400, "ChannelBind on a TCP allocation")
-        number = msg.get_int(Attr.CHANNEL_NUMBER)
-        peer = msg.get_address(Attr.XOR_PEER_ADDRESS)
+        number = msg.get(CHANNEL_NUMBER)
+        peer = msg.get(XOR_PEER_ADDRESS)
         if number is None or peer is None or not CHANNEL_MIN <= number <= COMPAT_CHANNEL_MAX:
             raise StunProtocolError(400, "Bad CHANNEL-NUMBER or XOR-PEER-ADDRESS")
         peer = (canonical_ip(peer[0]), peer[1])
@@ -677,9 +692,9 @@ class TurnServer:
 
     def _send_indication(self, five: FiveTuple, msg: Message, now: float) -> None:
         alloc = self._udp_allocation(five)
-        peer = msg.get_address(Attr.XOR_PEER_ADDRESS)
-        data = msg.get(Attr.DATA)
-        if alloc is None or peer is None or not isinstance(data, bytes):
+        peer = msg.get(XOR_PEER_ADDRESS)
+        data = msg.get(DATA)
+        if alloc is None or peer is None or data is None:
             return
         if alloc.has_permission(peer[0], now) and not self.peer_filter.is_own(*peer):
             self._outputs.append(SendToPeer(alloc.id, peer, data))
@@ -711,7 +726,7 @@ class TurnServer:
             frame = ChannelData(channel.number, data).encode(pad=alloc.five.stream)
         else:
             indication = Message(Method.DATA, MessageClass.INDICATION)
-            indication.add(Attr.XOR_PEER_ADDRESS, peer).add(Attr.DATA, data)
+            indication.add(XOR_PEER_ADDRESS, peer).add(DATA, data)
             frame = indication.encode()
         self._outputs.append(SendToClient(alloc.five, frame))
 
@@ -751,7 +766,7 @@ class TurnServer:
     def _connect(self, five: FiveTuple, msg: Message, creds: Credentials, now: float) -> None:
         """RFC 6062 §5.2: 403 without permission, 446 if the peer is connected already."""
         alloc = self._tcp_allocation(five, creds)
-        peer = msg.get_address(Attr.XOR_PEER_ADDRESS)
+        peer = msg.get(XOR_PEER_ADDRESS)
         if peer is None:
             raise StunProtocolError(400, "Missing XOR-PEER-ADDRESS")
         peer = (canonical_ip(peer[0]), peer[1])
@@ -793,7 +808,7 @@ class TurnServer:
         conn.deadline = now + self.config.bind_timeout
         self._at(conn.deadline, "conn", conn.id)
         assert conn.request is not None
-        response = success_response(conn.request, (Attr.CONNECTION_ID, conn.id))
+        response = success_response(conn.request, CONNECTION_ID(conn.id))
         self._respond(alloc.five, conn.request, response, conn.creds, now)
         self._outputs.append(PeerConnected(conn.id, alloc.id, conn.peer, incoming=False))
 
@@ -837,7 +852,7 @@ class TurnServer:
         )
         self._add_connection(alloc, conn)
         attempt = Message(Method.CONNECTION_ATTEMPT, MessageClass.INDICATION)
-        attempt.add(Attr.XOR_PEER_ADDRESS, peer).add(Attr.CONNECTION_ID, conn.id)
+        attempt.add(XOR_PEER_ADDRESS, peer).add(CONNECTION_ID, conn.id)
         self._outputs.append(SendToClient(alloc.five, attempt.encode(fingerprint=True)))
         self._outputs.append(PeerConnected(conn.id, alloc.id, peer, incoming=True))
         return conn.id
@@ -848,7 +863,7 @@ class TurnServer:
         """RFC 6062 §5.4: bind a new client connection to a pending peer connection."""
         if not five.stream or five in self.allocations:
             raise StunProtocolError(400, "ConnectionBind needs a new TCP or TLS connection")
-        cid = msg.get_int(Attr.CONNECTION_ID)
+        cid = msg.get(CONNECTION_ID)
         conn = None if cid is None else self.connections.get(cid)
         # One answer for unknown, bound and another user's IDs: no oracle (issue 10 item 12).
         if conn is None or conn.state != ConnectionState.PENDING or conn.username != creds.username:
