@@ -9,8 +9,14 @@ import pytest
 from delshare.stun import attributes as at
 from delshare.stun.constants import PROTO_TCP, Attr, MessageClass, Method
 from delshare.stun.message import Message
+from delshare.turn.auth import AuthConfig, Authenticator, NonceState
 from delshare.turn.peerfilter import PeerFilter
-from delshare.turn.server_state import ConnectionState, IllegalTransition, TcpConnection
+from delshare.turn.server_state import (
+    AllocationState,
+    ConnectionState,
+    IllegalTransition,
+    TcpConnection,
+)
 from delshare.turn.server_types import (
     TCP,
     UDP,
@@ -376,3 +382,24 @@ def test_retransmitted_connect_is_not_processed_twice() -> None:
     (first,) = client.responses(client.pump())
     (again,) = client.responses(client.send_raw(data))
     assert first.cls == MessageClass.SUCCESS and again.raw == first.raw
+
+
+def test_allocation_life_cycle_is_a_transition_table() -> None:
+    client = Client(make_server(), five(TCP))
+    client.allocate((Attr.REQUESTED_TRANSPORT, PROTO_TCP))
+    (alloc,) = client.server.allocations.values()
+    assert alloc.state == AllocationState.ACTIVE
+    with pytest.raises(IllegalTransition):
+        alloc.move(AllocationState.OPENING)
+    with pytest.raises(IllegalTransition):
+        alloc.move(AllocationState.ACTIVE)
+
+
+def test_nonce_states_are_named() -> None:
+    """RFC 8489 §9.2.4: ours and fresh, ours but expired, or not ours (another 5-tuple)."""
+    auth = Authenticator(AuthConfig("del.test", {"u": "p"}, nonce_lifetime=10), b"k" * 32)
+    nonce = auth.make_nonce(100.0, "five-a")
+    assert auth.nonce_state(nonce, 105.0, "five-a") is NonceState.VALID
+    assert auth.nonce_state(nonce, 111.0, "five-a") is NonceState.STALE
+    assert auth.nonce_state(nonce, 105.0, "five-b") is NonceState.INVALID
+    assert auth.nonce_state("obMatJos2garbage", 105.0, "five-a") is NonceState.INVALID

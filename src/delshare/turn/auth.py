@@ -23,6 +23,7 @@ import hashlib
 import hmac
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from enum import Enum
 
 from delshare.errors import DelshareError, StunProtocolError
 from delshare.stun.attributes import (
@@ -77,6 +78,14 @@ class Credentials:
     sha256: bool
 
 
+class NonceState(Enum):
+    """What a request's NONCE is to this server (RFC 8489 §9.2.4: a stale one gets 438)."""
+
+    VALID = "valid"  # ours, for this 5-tuple, not expired
+    STALE = "stale"  # ours and for this 5-tuple, but expired: 438 with a fresh one
+    INVALID = "invalid"  # not ours, or issued to another 5-tuple: 438 as well
+
+
 class ChallengeRequired(DelshareError):
     """The request must be answered with 401 or 438 plus a fresh challenge (RFC 8489 §9.2.4)."""
 
@@ -109,20 +118,19 @@ class Authenticator:
         signed = f"{body}\n{binding}".encode()
         return hmac.new(self._nonce_key, signed, hashlib.sha256).hexdigest()[:16]
 
-    def nonce_state(self, nonce: str, now: float, binding: str = "") -> str:
-        """``"valid"``, ``"stale"`` (ours but expired) or ``"invalid"`` (not ours, or issued to
-        another 5-tuple)."""
+    def nonce_state(self, nonce: str, now: float, binding: str = "") -> NonceState:
+        """Whether ``nonce`` is ours, for ``binding``, and not expired (RFC 8489 §9.2.4)."""
         body, _, mac = nonce.rpartition(".")
         prefix = len(NONCE_COOKIE) + 4
         if not body.startswith(NONCE_COOKIE) or len(body) <= prefix:
-            return "invalid"
+            return NonceState.INVALID
         if not hmac.compare_digest(mac, self._nonce_mac(body, binding)):
-            return "invalid"
+            return NonceState.INVALID
         try:
             expiry = int(body[prefix:], 16)
         except ValueError:
-            return "invalid"
-        return "valid" if expiry >= now else "stale"
+            return NonceState.INVALID
+        return NonceState.VALID if expiry >= now else NonceState.STALE
 
     def challenge(
         self, now: float, code: int = ErrorCode.UNAUTHENTICATED, binding: str = ""
@@ -158,10 +166,10 @@ class Authenticator:
             raise StunProtocolError(400, "Missing USERNAME, REALM or NONCE")
         state = self.nonce_state(nonce, now, binding)
         for other in also:
-            if state != "invalid":
+            if state != NonceState.INVALID:
                 break
             state = self.nonce_state(nonce, now, other)
-        if state != "valid":
+        if state != NonceState.VALID:
             raise self.challenge(now, ErrorCode.STALE_NONCE, binding)
         algorithm = self._algorithm(request)
         username = self._username(request)

@@ -72,6 +72,8 @@ from delshare.turn.server_state import (
     Reservation,
     ResponseCache,
     TcpConnection,
+    Timer,
+    TimerKind,
     canonical_ip,
     ip_family,
 )
@@ -148,7 +150,7 @@ class TurnServer:
         )
         self._rate = RateLimiter(config.request_rate, config.request_burst)
         self._outputs: list[Output] = []
-        self._timers: list[tuple[float, int, str, object]] = []
+        self._timers: list[tuple[float, int, Timer]] = []
         self._ids = itertools.count(1)
         self._seq = itertools.count()
         self._handlers: dict[int, Handler] = {
@@ -198,16 +200,17 @@ class TurnServer:
     def handle_timer(self, now: float) -> None:
         """Fire every deadline that is due."""
         while self._timers and self._timers[0][0] <= now:
-            _, _, kind, key = heapq.heappop(self._timers)
-            if kind == "alloc" and isinstance(key, int):
-                self._expire_allocation(key, now)
-            elif kind == "conn" and isinstance(key, int):
-                self._expire_connection(key, now)
-            elif kind == "resv" and isinstance(key, bytes):
-                self._expire_reservation(key, now)
+            _, _, timer = heapq.heappop(self._timers)
+            match timer.kind:
+                case TimerKind.ALLOCATION_EXPIRES:
+                    self._expire_allocation(timer.id, now)
+                case TimerKind.CONNECTION_DEADLINE:
+                    self._expire_connection(timer.id, now)
+                case TimerKind.RESERVATION_EXPIRES:
+                    self._expire_reservation(timer.token, now)
 
-    def _at(self, deadline: float, kind: str, key: object) -> None:
-        heapq.heappush(self._timers, (deadline, next(self._seq), kind, key))
+    def _at(self, deadline: float, timer: Timer) -> None:
+        heapq.heappush(self._timers, (deadline, next(self._seq), timer))
 
     def _expire_allocation(self, alloc_id: int, now: float) -> None:
         alloc = self._by_id.get(alloc_id)
@@ -537,9 +540,9 @@ class TurnServer:
 
     def _answer_allocate(self, alloc: Allocation, now: float) -> None:
         """Success with the relayed address(es) (RFC 8656 §7.2, §18.12 ADDRESS-ERROR-CODE)."""
-        alloc.state = AllocationState.ACTIVE
+        alloc.move(AllocationState.ACTIVE)
         alloc.expires = now + alloc.lifetime
-        self._at(alloc.expires, "alloc", alloc.id)
+        self._at(alloc.expires, Timer(TimerKind.ALLOCATION_EXPIRES, alloc.id))
         attrs: list[tuple[int, object]] = [XOR_RELAYED_ADDRESS(alloc.relayed)]
         if alloc.extra_relayed is not None:
             attrs.append(XOR_RELAYED_ADDRESS(alloc.extra_relayed))
@@ -572,7 +575,7 @@ class TurnServer:
         token = secrets.token_bytes(8)
         expires = now + self.config.reservation_lifetime
         self._reservations[token] = Reservation(address, family, expires)
-        self._at(expires, "resv", token)
+        self._at(expires, Timer(TimerKind.RESERVATION_EXPIRES, token=token))
         return token
 
     def relay_failed(
@@ -622,7 +625,7 @@ class TurnServer:
             return success_response(msg, LIFETIME(0))
         alloc.lifetime = self._lifetime(msg)
         alloc.expires = now + alloc.lifetime
-        self._at(alloc.expires, "alloc", alloc.id)
+        self._at(alloc.expires, Timer(TimerKind.ALLOCATION_EXPIRES, alloc.id))
         self._outputs.append(AllocationRefreshed(alloc.id, alloc.lifetime))
         return success_response(msg, LIFETIME(alloc.lifetime))
 
@@ -795,7 +798,7 @@ class TurnServer:
         self._pending_per_user[conn.username] += 1
         self.connections[conn.id] = conn
         alloc.connections.add(conn.id)
-        self._at(conn.deadline, "conn", conn.id)
+        self._at(conn.deadline, Timer(TimerKind.CONNECTION_DEADLINE, conn.id))
 
     def peer_connected(self, conn_id: int, now: float) -> None:
         """The outgoing connection is up: Connect success with CONNECTION-ID, start bind timer."""
@@ -806,7 +809,7 @@ class TurnServer:
         alloc = self._by_id[conn.alloc_id]
         conn.move(ConnectionState.PENDING)
         conn.deadline = now + self.config.bind_timeout
-        self._at(conn.deadline, "conn", conn.id)
+        self._at(conn.deadline, Timer(TimerKind.CONNECTION_DEADLINE, conn.id))
         assert conn.request is not None
         response = success_response(conn.request, CONNECTION_ID(conn.id))
         self._respond(alloc.five, conn.request, response, conn.creds, now)

@@ -44,6 +44,31 @@ class AllocationState(Enum):
     ACTIVE = "active"
 
 
+# RFC 8656 §7 allocation life cycle as data: OPENING until the relayed socket is bound, then
+# ACTIVE; deletion (expiry, Refresh to 0, control connection gone) removes the record.
+ALLOCATION_TRANSITIONS: dict[AllocationState, frozenset[AllocationState]] = {
+    AllocationState.OPENING: frozenset({AllocationState.ACTIVE}),  # §7.2 relayed address bound
+    AllocationState.ACTIVE: frozenset(),
+}
+
+
+class TimerKind(Enum):
+    """What a server deadline is for."""
+
+    ALLOCATION_EXPIRES = "allocation"  # RFC 8656 §7: lifetime not refreshed
+    CONNECTION_DEADLINE = "connection"  # RFC 6062 §5.2 Connect, §5.3 ConnectionBind: 30 s
+    RESERVATION_EXPIRES = "reservation"  # RFC 8656 §7.2 RESERVATION-TOKEN: 30 s
+
+
+@dataclass(frozen=True, slots=True)
+class Timer:
+    """One deadline: an allocation or connection by ``id``, or a reservation by ``token``."""
+
+    kind: TimerKind
+    id: int = 0
+    token: bytes = b""
+
+
 class ConnectionState(Enum):
     CONNECTING = "connecting"
     PENDING = "pending"
@@ -100,6 +125,12 @@ class Allocation:
         extra_open = self.extra_family is None or self.extra_relayed or self.extra_error
         return not (self.relay_ready and extra_open)
 
+    def move(self, to: AllocationState) -> None:
+        """Change state along ``ALLOCATION_TRANSITIONS``; anything else is a bug."""
+        if to not in ALLOCATION_TRANSITIONS[self.state]:
+            raise IllegalTransition(f"allocation {self.id:08x}: {self.state.name} -> {to.name}")
+        self.state = to
+
     def has_permission(self, peer_ip: str, now: float) -> bool:
         """RFC 8656 §9: permissions are per IP, port ignored."""
         expires = self.permissions.get(peer_ip)  # kernel-given addresses are canonical
@@ -142,7 +173,7 @@ CONNECTION_TRANSITIONS: dict[ConnectionState, frozenset[ConnectionState]] = {
 
 
 class IllegalTransition(DelshareError, RuntimeError):
-    """A connection was asked to move to a state its life cycle does not allow."""
+    """An allocation or connection was asked to move to a state its life cycle does not allow."""
 
 
 @dataclass
