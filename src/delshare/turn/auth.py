@@ -25,7 +25,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import Enum
 
-from delshare.errors import DelshareError, StunProtocolError
+from delshare.errors import StunProtocolError
 from delshare.stun.attributes import (
     NONCE,
     PASSWORD_ALGORITHM,
@@ -86,16 +86,6 @@ class NonceState(Enum):
     INVALID = "invalid"  # not ours, or issued to another 5-tuple: 438 as well
 
 
-class ChallengeRequired(DelshareError):
-    """The request must be answered with 401 or 438 plus a fresh challenge (RFC 8489 §9.2.4)."""
-
-    def __init__(self, code: int, reason: str, attributes: list[tuple[int, object]]) -> None:
-        super().__init__(f"{code} {reason}")
-        self.code = code
-        self.reason = reason
-        self.attributes = attributes
-
-
 class Authenticator:
     """Checks long-term credentials on requests; issues and validates nonces."""
 
@@ -134,7 +124,7 @@ class Authenticator:
 
     def challenge(
         self, now: float, code: int = ErrorCode.UNAUTHENTICATED, binding: str = ""
-    ) -> ChallengeRequired:
+    ) -> StunProtocolError:
         """401 or 438 with REALM, NONCE and PASSWORD-ALGORITHMS (RFC 8489 §9.2.4)."""
         reason = "Stale Nonce" if code == ErrorCode.STALE_NONCE else "Unauthenticated"
         attrs: list[tuple[int, object]] = [
@@ -142,14 +132,14 @@ class Authenticator:
             NONCE(self.make_nonce(now, binding)),
             PASSWORD_ALGORITHMS(OFFERED_ALGORITHMS),
         ]
-        return ChallengeRequired(code, reason, attrs)
+        return StunProtocolError(code, reason, *attrs)
 
     # -- requests ----------------------------------------------------------------------------
 
     def authenticate(
         self, request: Message, now: float, binding: str = "", also: tuple[str, ...] = ()
     ) -> Credentials:
-        """Return the sender's credentials or raise ``ChallengeRequired``/``StunProtocolError``.
+        """Return the sender's credentials or raise ``StunProtocolError`` (a challenge or a 400).
 
         Follows the order of RFC 8489 §9.2.4: no integrity → 401; missing USERNAME/USERHASH,
         REALM or NONCE → 400; bad nonce (expired, or issued to another 5-tuple ``binding``) →
@@ -163,7 +153,7 @@ class Authenticator:
         nonce = request.get(NONCE)
         has_user = request.has(USERNAME) or request.has(USERHASH)
         if realm is None or nonce is None or not has_user:
-            raise StunProtocolError(400, "Missing USERNAME, REALM or NONCE")
+            raise StunProtocolError(ErrorCode.BAD_REQUEST, "Missing USERNAME, REALM or NONCE")
         state = self.nonce_state(nonce, now, binding)
         for other in also:
             if state != NonceState.INVALID:
@@ -190,9 +180,13 @@ class Authenticator:
         if offered is None and chosen is None:
             return PASSWORD_ALGORITHM_MD5
         if offered is None or chosen is None:
-            raise StunProtocolError(400, "PASSWORD-ALGORITHMS and PASSWORD-ALGORITHM go together")
+            raise StunProtocolError(
+                ErrorCode.BAD_REQUEST, "PASSWORD-ALGORITHMS and PASSWORD-ALGORITHM go together"
+            )
         if tuple(offered) != OFFERED_ALGORITHMS or chosen not in OFFERED_ALGORITHMS:
-            raise StunProtocolError(400, "PASSWORD-ALGORITHMS tampered or unsupported algorithm")
+            raise StunProtocolError(
+                ErrorCode.BAD_REQUEST, "PASSWORD-ALGORITHMS tampered or unsupported algorithm"
+            )
         return int(chosen[0])
 
     def _username(self, request: Message) -> str | None:

@@ -5,8 +5,8 @@ datagram or stream frame from a client, ``receive_peer_datagram`` for UDP relays
 outcome of I/O it was asked for (``relay_opened``, ``peer_connected``, ``peer_accepted``,
 ``connection_closed``, ``client_closed``). The core answers by queueing commands (send, open,
 connect, close) and events (for logs), read with ``next_outputs()``. Every request goes through
-one dispatch point, ``_handle_request``: handlers raise ``StunProtocolError`` (or
-``ChallengeRequired`` from the authenticator) and the dispatch point turns that into the error
+one dispatch point, ``_handle_request``: handlers and the authenticator raise
+``StunProtocolError`` (code, reason and attributes) and the dispatch point turns that into the error
 response, signed with the request's key once the request was authenticated (RFC 8489 §9.2.4).
 Answers to authenticated requests are remembered for a while by 5-tuple and transaction ID, so
 a retransmission gets the first answer again instead of being processed twice (RFC 8489
@@ -57,12 +57,13 @@ from delshare.stun.constants import (
     PROTO_TCP,
     PROTO_UDP,
     Attr,
+    ErrorCode,
     MessageClass,
     Method,
 )
 from delshare.stun.framing import ChannelData
 from delshare.stun.message import Message, decode_message, error_response, success_response
-from delshare.turn.auth import Authenticator, ChallengeRequired, Credentials
+from delshare.turn.auth import Authenticator, Credentials
 from delshare.turn.peerfilter import PeerFilter
 from delshare.turn.ratelimit import RateLimiter
 from delshare.turn.server_state import (
@@ -114,14 +115,6 @@ Handler = Callable[[FiveTuple, Message, Credentials, float], Message | None]
 def nonce_binding(five: FiveTuple) -> str:
     """What a nonce is bound to: transport, client and server address (issue 10 item 5)."""
     return f"{five.transport} {five.client[0]} {five.client[1]} {five.server[0]} {five.server[1]}"
-
-
-class Refused(StunProtocolError):
-    """A refusal that carries extra attributes, e.g. UNKNOWN-ATTRIBUTES with 420."""
-
-    def __init__(self, code: int, reason: str, *attributes: tuple[int, object]) -> None:
-        super().__init__(code, reason)
-        self.attributes = list(attributes)
 
 
 class TurnServer:
@@ -273,7 +266,11 @@ class TurnServer:
             self._outputs.append(RequestRefused(five, stub.method_name, 0, "rate limited"))
             return
         self._respond(
-            five, stub, error_response(stub, 400, f"Bad Request: {bad.reason}"), None, now
+            five,
+            stub,
+            error_response(stub, ErrorCode.BAD_REQUEST, f"Bad Request: {bad.reason}"),
+            None,
+            now,
         )
 
     def _retransmission(self, five: FiveTuple, msg: Message, now: float) -> bool:
@@ -310,16 +307,12 @@ class TurnServer:
             else:
                 handler = self._handlers.get(msg.method)
                 if handler is None:
-                    raise StunProtocolError(400, "Unknown method")
+                    raise StunProtocolError(ErrorCode.BAD_REQUEST, "Unknown method")
                 creds = self.auth.authenticate(msg, now, *self._nonce_bindings(five, msg))
                 self._check_unknown(msg)
                 response = handler(five, msg, creds, now)
-        except ChallengeRequired as challenge:
-            creds = None
-            response = error_response(msg, challenge.code, challenge.reason, *challenge.attributes)
-        except StunProtocolError as refusal:
-            extra = refusal.attributes if isinstance(refusal, Refused) else []
-            response = error_response(msg, refusal.code, refusal.reason, *extra)
+        except StunProtocolError as refusal:  # a challenge too: authenticate left creds None
+            response = error_response(msg, refusal.code, refusal.reason, *refusal.attributes)
         if response is not None:
             self._respond(five, msg, response, creds, now)
         while self._close_after_answer:
@@ -339,7 +332,11 @@ class TurnServer:
 
     def _check_unknown(self, msg: Message) -> None:
         if msg.unknown_required:
-            raise Refused(420, "Unknown Attribute", UNKNOWN_ATTRIBUTES(tuple(msg.unknown_required)))
+            raise StunProtocolError(
+                ErrorCode.UNKNOWN_ATTRIBUTE,
+                "Unknown Attribute",
+                UNKNOWN_ATTRIBUTES(tuple(msg.unknown_required)),
+            )
 
     def _encode(self, request: Message, response: Message, creds: Credentials | None) -> bytes:
         """Sign like the request did (RFC 8489 §9.2.4); FINGERPRINT if the request had one."""
@@ -382,7 +379,9 @@ class TurnServer:
         even = msg.get(EVEN_PORT)
         requested_family = msg.get(REQUESTED_ADDRESS_FAMILY)
         if token is not None and (even is not None or requested_family is not None):
-            raise StunProtocolError(400, "RESERVATION-TOKEN with EVEN-PORT or address family")
+            raise StunProtocolError(
+                ErrorCode.BAD_REQUEST, "RESERVATION-TOKEN with EVEN-PORT or address family"
+            )
         family = self._relay_family(five, requested_family)
         extra_family = self._additional_family(msg, requested_family, token)
         self._check_allocation_quota(creds.username, five)
@@ -423,16 +422,24 @@ class TurnServer:
         if additional is None:
             return None
         if requested_family is not None or token is not None or additional != FAMILY_IPV6:
-            raise StunProtocolError(400, "Bad ADDITIONAL-ADDRESS-FAMILY")
+            raise StunProtocolError(ErrorCode.BAD_REQUEST, "Bad ADDITIONAL-ADDRESS-FAMILY")
         return 6
 
     def _open_extra_relay(self, alloc: Allocation, family: int, msg: Message) -> None:
         """Ask for the second relayed address, or note why there is none (ADDRESS-ERROR-CODE)."""
         alloc.extra_family = family
         if alloc.transport != PROTO_UDP:
-            alloc.extra_error = (FAMILY_IPV6, 440, "Dual allocation only for UDP")
+            alloc.extra_error = (
+                FAMILY_IPV6,
+                ErrorCode.ADDRESS_FAMILY_NOT_SUPPORTED,
+                "Dual allocation only for UDP",
+            )
         elif not self.config.ipv6_relays:
-            alloc.extra_error = (FAMILY_IPV6, 440, "Address Family not Supported")
+            alloc.extra_error = (
+                FAMILY_IPV6,
+                ErrorCode.ADDRESS_FAMILY_NOT_SUPPORTED,
+                "Address Family not Supported",
+            )
         else:
             dont_fragment = msg.has(DONT_FRAGMENT)
             self._outputs.append(
@@ -444,7 +451,7 @@ class TurnServer:
     def _allocate_again(self, existing: Allocation, msg: Message) -> Message | None:
         """A retransmitted Allocate gets the same answer; any other gets 437 (RFC 8656 §7.2)."""
         if existing.request.transaction_id != msg.transaction_id:
-            raise StunProtocolError(437, "Allocation Mismatch")
+            raise StunProtocolError(ErrorCode.ALLOCATION_MISMATCH, "Allocation Mismatch")
         if existing.allocate_response:
             self._outputs.append(SendToClient(existing.five, existing.allocate_response))
         return None
@@ -452,19 +459,25 @@ class TurnServer:
     def _requested_transport(self, five: FiveTuple, msg: Message) -> int:
         transport = msg.get(REQUESTED_TRANSPORT)
         if transport is None:
-            raise StunProtocolError(400, "Missing REQUESTED-TRANSPORT")
+            raise StunProtocolError(ErrorCode.BAD_REQUEST, "Missing REQUESTED-TRANSPORT")
         offered = {PROTO_UDP: self.config.udp_relays, PROTO_TCP: self.config.tcp_relays}
         if not offered.get(transport, False):
-            raise StunProtocolError(442, "Unsupported Transport Protocol")
+            raise StunProtocolError(
+                ErrorCode.UNSUPPORTED_TRANSPORT, "Unsupported Transport Protocol"
+            )
         if transport == PROTO_TCP:
             if not five.stream:
-                raise StunProtocolError(400, "TCP allocations need a TCP or TLS connection")
+                raise StunProtocolError(
+                    ErrorCode.BAD_REQUEST, "TCP allocations need a TCP or TLS connection"
+                )
             for attr in (DONT_FRAGMENT, EVEN_PORT, RESERVATION_TOKEN):
                 if msg.has(attr):
-                    raise StunProtocolError(400, f"{attr.name} not allowed with TCP relays")
+                    raise StunProtocolError(
+                        ErrorCode.BAD_REQUEST, f"{attr.name} not allowed with TCP relays"
+                    )
         elif msg.has(DONT_FRAGMENT) and not self.config.dont_fragment:
             unknown = UNKNOWN_ATTRIBUTES((int(Attr.DONT_FRAGMENT),))
-            raise Refused(420, "Unknown Attribute", unknown)
+            raise StunProtocolError(ErrorCode.UNKNOWN_ATTRIBUTE, "Unknown Attribute", unknown)
         return transport
 
     def _relay_family(self, five: FiveTuple, requested: int | None) -> int:
@@ -473,15 +486,19 @@ class TurnServer:
             return 4
         family = _FAMILIES.get(requested)
         if family is None or (family == 6 and not self.config.ipv6_relays):
-            raise StunProtocolError(440, "Address Family not Supported")
+            raise StunProtocolError(
+                ErrorCode.ADDRESS_FAMILY_NOT_SUPPORTED, "Address Family not Supported"
+            )
         return family
 
     def _check_allocation_quota(self, username: str, five: FiveTuple) -> None:
         client_ip = five.client[0]
         if self._per_user[username] >= self.config.max_allocations_per_user:
-            raise StunProtocolError(486, "Allocation Quota Reached")
+            raise StunProtocolError(ErrorCode.ALLOCATION_QUOTA_REACHED, "Allocation Quota Reached")
         if self._per_ip[client_ip] >= self.config.max_allocations_per_ip:
-            raise StunProtocolError(486, "Allocation Quota Reached for this address")
+            raise StunProtocolError(
+                ErrorCode.ALLOCATION_QUOTA_REACHED, "Allocation Quota Reached for this address"
+            )
         if len(self.allocations) >= self.config.max_allocations:
             self._try_alternate(five, "Insufficient Capacity")
 
@@ -495,14 +512,18 @@ class TurnServer:
         family = ip_family(five.client[0])
         choices = [a for a in self.config.alternate_servers if ip_family(a[0]) == family]
         if not choices or five.transport == TLS:
-            raise StunProtocolError(508, reason)
+            raise StunProtocolError(ErrorCode.INSUFFICIENT_CAPACITY, reason)
         alternate = choices[next(self._alternate_turn) % len(choices)]
-        raise Refused(300, "Try Alternate", ALTERNATE_SERVER(alternate))
+        raise StunProtocolError(
+            ErrorCode.TRY_ALTERNATE, "Try Alternate", ALTERNATE_SERVER(alternate)
+        )
 
     def _take_reservation(self, token: bytes, now: float) -> Reservation:
         found = self._reservations.pop(token, None)
         if found is None or found.expires <= now:
-            raise StunProtocolError(508, "Unknown or expired RESERVATION-TOKEN")
+            raise StunProtocolError(
+                ErrorCode.INSUFFICIENT_CAPACITY, "Unknown or expired RESERVATION-TOKEN"
+            )
         return found
 
     def _lifetime(self, msg: Message) -> int:
@@ -582,7 +603,7 @@ class TurnServer:
         self,
         alloc_id: int,
         now: float,
-        code: int = 508,
+        code: int = ErrorCode.INSUFFICIENT_CAPACITY,
         reason: str = "",
         family: int | None = None,
     ) -> None:
@@ -609,16 +630,18 @@ class TurnServer:
         """The 5-tuple's allocation, used with the same username (437, 441: RFC 8656 §7.3)."""
         alloc = self.allocations.get(five)
         if alloc is None or alloc.state != AllocationState.ACTIVE:
-            raise StunProtocolError(437, "Allocation Mismatch")
+            raise StunProtocolError(ErrorCode.ALLOCATION_MISMATCH, "Allocation Mismatch")
         if creds.username != alloc.username:
-            raise StunProtocolError(441, "Wrong Credentials")
+            raise StunProtocolError(ErrorCode.WRONG_CREDENTIALS, "Wrong Credentials")
         return alloc
 
     def _refresh(self, five: FiveTuple, msg: Message, creds: Credentials, now: float) -> Message:
         alloc = self._active(five, creds)
         requested_family = msg.get(REQUESTED_ADDRESS_FAMILY)
         if requested_family is not None and _FAMILIES.get(requested_family) not in alloc.families:
-            raise StunProtocolError(443, "Peer Address Family Mismatch")
+            raise StunProtocolError(
+                ErrorCode.PEER_ADDRESS_FAMILY_MISMATCH, "Peer Address Family Mismatch"
+            )
         if msg.get(LIFETIME) == 0:
             self._delete_allocation(alloc, "refreshed to 0")
             self._close_after_answer.append(five)
@@ -634,17 +657,19 @@ class TurnServer:
         try:
             family = ip_family(peer[0])
         except ValueError as exc:
-            raise StunProtocolError(400, "Bad peer address") from exc
+            raise StunProtocolError(ErrorCode.BAD_REQUEST, "Bad peer address") from exc
         if family not in alloc.families:
-            raise StunProtocolError(443, "Peer Address Family Mismatch")
+            raise StunProtocolError(
+                ErrorCode.PEER_ADDRESS_FAMILY_MISMATCH, "Peer Address Family Mismatch"
+            )
         if not self.peer_filter.allowed_peer(peer[0], peer[1]):
-            raise StunProtocolError(403, "Forbidden peer address")
+            raise StunProtocolError(ErrorCode.FORBIDDEN, "Forbidden peer address")
 
     def _install_permission(self, alloc: Allocation, peer_ip: str, now: float) -> None:
         if canonical_ip(peer_ip) not in alloc.permissions:
             alloc.purge_permissions(now)
             if len(alloc.permissions) >= self.config.max_permissions_per_allocation:
-                raise StunProtocolError(508, "Too many permissions")
+                raise StunProtocolError(ErrorCode.INSUFFICIENT_CAPACITY, "Too many permissions")
             self._outputs.append(PermissionCreated(alloc.id, canonical_ip(peer_ip)))
         alloc.add_permission(peer_ip, now + PERMISSION_LIFETIME)
 
@@ -654,7 +679,7 @@ class TurnServer:
         alloc = self._active(five, creds)
         peers = msg.get_all(XOR_PEER_ADDRESS)
         if not peers:
-            raise StunProtocolError(400, "Missing XOR-PEER-ADDRESS")
+            raise StunProtocolError(ErrorCode.BAD_REQUEST, "Missing XOR-PEER-ADDRESS")
         for peer in peers:
             self._check_peer(alloc, peer)
         for peer in peers:
@@ -666,19 +691,19 @@ class TurnServer:
     ) -> Message:
         alloc = self._active(five, creds)
         if alloc.transport != PROTO_UDP:
-            raise StunProtocolError(400, "ChannelBind on a TCP allocation")
+            raise StunProtocolError(ErrorCode.BAD_REQUEST, "ChannelBind on a TCP allocation")
         number = msg.get(CHANNEL_NUMBER)
         peer = msg.get(XOR_PEER_ADDRESS)
         if number is None or peer is None or not CHANNEL_MIN <= number <= COMPAT_CHANNEL_MAX:
-            raise StunProtocolError(400, "Bad CHANNEL-NUMBER or XOR-PEER-ADDRESS")
+            raise StunProtocolError(ErrorCode.BAD_REQUEST, "Bad CHANNEL-NUMBER or XOR-PEER-ADDRESS")
         peer = (canonical_ip(peer[0]), peer[1])
         self._check_peer(alloc, peer)
         bound = alloc.channel(number, now)
         if bound is not None and bound.peer != peer:
-            raise StunProtocolError(400, "Channel bound to another peer")
+            raise StunProtocolError(ErrorCode.BAD_REQUEST, "Channel bound to another peer")
         other = alloc.channel_for_peer(peer, now)
         if other is not None and other.number != number:
-            raise StunProtocolError(400, "Peer bound to another channel")
+            raise StunProtocolError(ErrorCode.BAD_REQUEST, "Peer bound to another channel")
         self._install_permission(alloc, peer[0], now)
         alloc.bind_channel(number, peer, now + CHANNEL_LIFETIME)
         if bound is None:
@@ -738,7 +763,7 @@ class TurnServer:
     def _tcp_allocation(self, five: FiveTuple, creds: Credentials) -> Allocation:
         alloc = self._active(five, creds)
         if alloc.transport != PROTO_TCP:
-            raise StunProtocolError(400, "Not a TCP allocation")
+            raise StunProtocolError(ErrorCode.BAD_REQUEST, "Not a TCP allocation")
         return alloc
 
     def _check_connection_room(self, alloc: Allocation) -> None:
@@ -750,14 +775,20 @@ class TurnServer:
         """
         config = self.config
         if len(alloc.connections) >= config.max_connections_per_allocation:
-            raise StunProtocolError(508, "Too many connections on this allocation")
+            raise StunProtocolError(
+                ErrorCode.INSUFFICIENT_CAPACITY, "Too many connections on this allocation"
+            )
         pending_here = sum(1 for c in alloc.connections if self.connections[c].pending)
         if pending_here >= config.max_pending_per_allocation:
-            raise StunProtocolError(508, "Too many pending connections on this allocation")
+            raise StunProtocolError(
+                ErrorCode.INSUFFICIENT_CAPACITY, "Too many pending connections on this allocation"
+            )
         if self._pending_per_user[alloc.username] >= config.max_pending_per_user:
-            raise StunProtocolError(508, "Too many pending connections for this user")
+            raise StunProtocolError(
+                ErrorCode.INSUFFICIENT_CAPACITY, "Too many pending connections for this user"
+            )
         if self.pending_connections >= config.max_pending_connections:
-            raise StunProtocolError(508, "Too many pending connections")
+            raise StunProtocolError(ErrorCode.INSUFFICIENT_CAPACITY, "Too many pending connections")
 
     def _new_connection_id(self) -> int:
         """Unpredictable, unique, non-zero CONNECTION-ID (RFC 6062 §6.2.1)."""
@@ -771,13 +802,15 @@ class TurnServer:
         alloc = self._tcp_allocation(five, creds)
         peer = msg.get(XOR_PEER_ADDRESS)
         if peer is None:
-            raise StunProtocolError(400, "Missing XOR-PEER-ADDRESS")
+            raise StunProtocolError(ErrorCode.BAD_REQUEST, "Missing XOR-PEER-ADDRESS")
         peer = (canonical_ip(peer[0]), peer[1])
         self._check_peer(alloc, peer)
         if not alloc.has_permission(peer[0], now):
-            raise StunProtocolError(403, "No permission for this peer")
+            raise StunProtocolError(ErrorCode.FORBIDDEN, "No permission for this peer")
         if any(self.connections[c].peer == peer for c in alloc.connections):
-            raise StunProtocolError(446, "Connection Already Exists")
+            raise StunProtocolError(
+                ErrorCode.CONNECTION_ALREADY_EXISTS, "Connection Already Exists"
+            )
         self._check_connection_room(alloc)
         conn = TcpConnection(
             self._new_connection_id(),
@@ -826,7 +859,7 @@ class TurnServer:
     def _answer_connect_failure(self, conn: TcpConnection, reason: str, now: float) -> None:
         alloc = self._by_id.get(conn.alloc_id)
         if alloc is not None and conn.request is not None:
-            response = error_response(conn.request, 447, reason)
+            response = error_response(conn.request, ErrorCode.CONNECTION_TIMEOUT_OR_FAILURE, reason)
             self._respond(alloc.five, conn.request, response, conn.creds, now)
 
     def peer_accepted(self, alloc_id: int, peer: Address, now: float) -> int | None:
@@ -865,12 +898,14 @@ class TurnServer:
     ) -> None:
         """RFC 6062 §5.4: bind a new client connection to a pending peer connection."""
         if not five.stream or five in self.allocations:
-            raise StunProtocolError(400, "ConnectionBind needs a new TCP or TLS connection")
+            raise StunProtocolError(
+                ErrorCode.BAD_REQUEST, "ConnectionBind needs a new TCP or TLS connection"
+            )
         cid = msg.get(CONNECTION_ID)
         conn = None if cid is None else self.connections.get(cid)
         # One answer for unknown, bound and another user's IDs: no oracle (issue 10 item 12).
         if conn is None or conn.state != ConnectionState.PENDING or conn.username != creds.username:
-            raise StunProtocolError(400, "Unknown or already bound CONNECTION-ID")
+            raise StunProtocolError(ErrorCode.BAD_REQUEST, "Unknown or already bound CONNECTION-ID")
         alloc = self._by_id[conn.alloc_id]
         conn.move(ConnectionState.BOUND)
         self._bound += 1

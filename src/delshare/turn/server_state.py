@@ -15,7 +15,7 @@ from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
 from enum import Enum
 
-from delshare.errors import DelshareError
+from delshare.errors import LocalProtocolError
 from delshare.stun.attributes import Address
 from delshare.stun.message import Message
 from delshare.turn.auth import Credentials
@@ -172,7 +172,7 @@ CONNECTION_TRANSITIONS: dict[ConnectionState, frozenset[ConnectionState]] = {
 }
 
 
-class IllegalTransition(DelshareError, RuntimeError):
+class IllegalTransition(LocalProtocolError):
     """An allocation or connection was asked to move to a state its life cycle does not allow."""
 
 
