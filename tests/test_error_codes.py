@@ -20,6 +20,8 @@ CHECKED = [
     "aio/client_allocation.py",
     "cli/turn_check.py",
     "link/relay.py",
+    "turn/server.py",
+    "turn/auth.py",
 ]
 
 

@@ -82,3 +82,32 @@ def test_a_failed_check_is_reported_once_not_wrapped_again() -> None:
     with pytest.raises(CheckFailed) as raised:
         asyncio.run(step())
     assert str(raised.value) == "incoming: relayed bytes differ"
+
+
+def test_a_peers_misbehaviour_is_remote_and_our_own_bug_is_local() -> None:
+    """h11's split: what the other side sent wrong, against a move our own code should never
+    make (a state table refusing it)."""
+    from delshare.errors import LocalProtocolError, RemoteProtocolError, StunProtocolError
+    from delshare.link.crypto import LinkProtocolError
+    from delshare.transfer.errors import PeerProtocolError
+    from delshare.turn.server_state import IllegalTransition
+
+    for remote in (StunProtocolError, LinkProtocolError, PeerProtocolError):
+        assert issubclass(remote, RemoteProtocolError)
+        assert not issubclass(remote, LocalProtocolError)
+    assert issubclass(IllegalTransition, LocalProtocolError)
+    assert not issubclass(IllegalTransition, RemoteProtocolError)
+
+
+def test_one_refusal_carries_code_reason_and_attributes() -> None:
+    from delshare.errors import StunProtocolError
+    from delshare.stun.attributes import UNKNOWN_ATTRIBUTES
+    from delshare.stun.constants import ErrorCode
+
+    refusal = StunProtocolError(
+        ErrorCode.UNKNOWN_ATTRIBUTE, "Unknown Attribute", UNKNOWN_ATTRIBUTES((0x33,))
+    )
+    assert (refusal.code, refusal.reason) == (420, "Unknown Attribute")
+    assert refusal.attributes == ((0x000A, (0x33,)),)
+    assert "Refused" not in defined_exceptions()
+    assert "ChallengeRequired" not in defined_exceptions()

@@ -7,10 +7,10 @@ in the module named on the right. The tree (``tests/test_errors.py`` keeps it tr
     DelshareError                the root                                    errors
       StunDecodeError            bytes that are not STUN or ChannelData      errors
         MalformedRequestError    framed, an attribute malformed: 400         errors
-      StunProtocolError          refuse a request: STUN code and reason      errors
-        Refused                  ... with attributes (420 UNKNOWN-ATTRIBUTES)  turn.server
-      ChallengeRequired          answer 401/438 with a fresh REALM and NONCE  turn.auth
-      IllegalTransition          a state machine move its table forbids (a bug)  turn.server_state
+      RemoteProtocolError        the peer broke a protocol                   errors
+        StunProtocolError        refuse a request: code, reason, attributes  errors
+      LocalProtocolError         our side broke a protocol (a bug)           errors
+        IllegalTransition        a state machine move its table forbids      turn.server_state
       TransactionError           a client request got an error response      errors
         AuthenticationError      401 after credentials, or 441              turn.client_errors
         TryAlternateError        300 with ALTERNATE-SERVER                   turn.client_errors
@@ -49,7 +49,11 @@ in the module named on the right. The tree (``tests/test_errors.py`` keeps it tr
       CheckFailed                a ``turn-check`` step failed                cli.turn_check
 
 ``StunDecodeError``, ``TurnUriError`` are also ``ValueError``; ``TurnConnectionError`` is also
-``ConnectionError``; ``IllegalTransition`` is also ``RuntimeError``.
+``ConnectionError``; ``LocalProtocolError`` is also ``RuntimeError``. A peer's misbehaviour is a
+``RemoteProtocolError`` wherever it is caught: ``LinkProtocolError`` and the transfer's
+``PeerProtocolError`` are ones too (h11's local/remote split). ``StunProtocolError`` is the one
+refusal a TURN handler or the authenticator raises; the server's dispatch point answers it with
+its code and attributes (401/438 challenges, 420 UNKNOWN-ATTRIBUTES, 300 ALTERNATE-SERVER).
 """
 
 from __future__ import annotations
@@ -81,13 +85,24 @@ class MalformedRequestError(StunDecodeError):
         self.attribute = attribute
 
 
-class StunProtocolError(DelshareError):
-    """A request the server refuses with ``code`` and ``reason`` (RFC 8489 §14.8)."""
+class RemoteProtocolError(DelshareError):
+    """The peer broke a protocol: what it sent is malformed or out of order (h11's split)."""
 
-    def __init__(self, code: int, reason: str) -> None:
+
+class LocalProtocolError(DelshareError, RuntimeError):
+    """Our own side tried a move its protocol forbids: a bug here, never the peer's doing."""
+
+
+class StunProtocolError(RemoteProtocolError):
+    """Refuse a request: the error response's ``code``, ``reason`` and extra ``attributes``
+    (RFC 8489 §14.8), e.g. 420 with UNKNOWN-ATTRIBUTES, 401/438 with REALM and NONCE, 300 with
+    ALTERNATE-SERVER."""
+
+    def __init__(self, code: int, reason: str, *attributes: tuple[int, object]) -> None:
         super().__init__(f"{code} {reason}")
         self.code = code
         self.reason = reason
+        self.attributes = attributes
 
 
 class TransactionError(DelshareError):

@@ -25,7 +25,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self
 
-from delshare.stun.attributes import AttrValue
+from delshare.stun import attributes as at
 from delshare.stun.constants import Attr, MessageClass, Method
 from delshare.stun.credentials import long_term_key
 from delshare.stun.message import Message, decode_message
@@ -224,15 +224,15 @@ class TurnClient:
     # -- requests ------------------------------------------------------------------------------
 
     def build(
-        self, method: int, attrs: Sequence[tuple[int, AttrValue]], *, auth: bool = True
+        self, method: int, attrs: Sequence[tuple[int, object]], *, auth: bool = True
     ) -> tuple[Message, bytes]:
         """A request and its wire bytes, signed with the current nonce when ``auth``."""
         msg = Message(method, MessageClass.REQUEST)
         for kind, value in attrs:
             msg.add(kind, value)
         if auth and self.nonce is not None:
-            msg.add(Attr.USERNAME, self.user).add(Attr.REALM, self.realm or REALM)
-            msg.add(Attr.NONCE, self.nonce)
+            msg.add(at.USERNAME, self.user).add(at.REALM, self.realm or REALM)
+            msg.add(at.NONCE, self.nonce)
             return msg, msg.encode(self.key)
         return msg, msg.encode()
 
@@ -248,7 +248,7 @@ class TurnClient:
         return None
 
     def request(
-        self, method: int, *attrs: tuple[int, AttrValue], timeout: float = ANSWER_TIMEOUT
+        self, method: int, *attrs: tuple[int, object], timeout: float = ANSWER_TIMEOUT
     ) -> Message:
         """Send an authenticated request, following 401 and 438 (RFC 8489 §9.2.5) twice at most."""
         for _ in range(3):
@@ -257,10 +257,10 @@ class TurnClient:
             answer = self.answer_to(msg, timeout)
             assert answer is not None, f"no answer to {Method(method).name}"
             code = answer.error[0] if answer.error else None
-            if code in (401, 438) and answer.get_str(Attr.NONCE):
+            if code in (401, 438) and answer.get(at.NONCE) is not None:
                 learned = self.nonce
-                self.realm = answer.get_str(Attr.REALM) or self.realm
-                self.nonce = answer.get_str(Attr.NONCE)
+                self.realm = answer.get(at.REALM) or self.realm
+                self.nonce = answer.get(at.NONCE)
                 if code == 401 and learned is not None and learned == self.nonce:
                     return answer
                 continue
@@ -268,7 +268,7 @@ class TurnClient:
         assert answer is not None
         return answer
 
-    def allocate(self, transport: int = 17, *extra: tuple[int, AttrValue]) -> Message:
+    def allocate(self, transport: int = 17, *extra: tuple[int, object]) -> Message:
         return self.request(Method.ALLOCATE, (Attr.REQUESTED_TRANSPORT, transport), *extra)
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 
+from delshare.stun import attributes as at
 from delshare.stun.constants import Attr, Method
 from tests.adversarial.conftest import scaled
 from tests.adversarial.relay_support import RelayProcess, TurnClient, error_code
@@ -52,7 +53,7 @@ def test_expired_allocations_close_their_control_connections() -> None:
         try:
             for client in clients:
                 answer = client.allocate()
-                assert error_code(answer) is None and answer.get_int(Attr.LIFETIME) == LIFETIME
+                assert error_code(answer) is None and answer.get(at.LIFETIME) == LIFETIME
             assert relay.fd_count() >= baseline + 2 * count  # control connection + relay socket
             still_open = [c for c in clients if not c.at_eof(timeout=LIFETIME + 10)]
             assert not still_open, f"{len(still_open)} of {count} still open after expiry"

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from delshare.stun import attributes as at
 from delshare.stun.constants import PROTO_UDP, Attr, Method
 from tests.adversarial.conftest import scaled
 from tests.adversarial.relay_support import RelayProcess, TurnClient, error_code
@@ -58,7 +59,7 @@ def test_a_nonce_learned_over_tcp_is_stale_over_udp(relay: RelayProcess) -> None
         over_udp.send(data)
         stale = over_udp.answer_to(msg)
         assert error_code(stale) == 438
-        assert stale is not None and stale.get_str(Attr.NONCE) not in (None, over_tcp.nonce)
+        assert stale is not None and stale.get(at.NONCE) not in (None, over_tcp.nonce)
         assert error_code(over_udp.allocate()) is None  # its own nonce works
         over_udp.request(Method.REFRESH, (Attr.LIFETIME, 0))
 
@@ -86,4 +87,4 @@ def test_nonces_still_expire() -> None:
         alice.send(data)
         answer = alice.answer_to(msg)
         assert error_code(answer) == 438
-        assert answer is not None and answer.get_str(Attr.NONCE) != old
+        assert answer is not None and answer.get(at.NONCE) != old

@@ -11,6 +11,7 @@ from __future__ import annotations
 import socket
 from collections.abc import Iterator
 
+from delshare.stun import attributes as at
 from delshare.stun.attributes import Address
 from delshare.stun.constants import PROTO_TCP, Attr, MessageClass, Method
 from tests.adversarial.conftest import scaled
@@ -23,7 +24,7 @@ CONNECTIONS_PER_ALLOCATION = 64  # the relay's default --max-connections-per-all
 def tcp_allocation(relay: RelayProcess, user: str) -> tuple[TurnClient, Address]:
     client = TurnClient("tcp", relay.address(), user=user)
     answer = client.allocate(PROTO_TCP)
-    relayed = answer.get_address(Attr.XOR_RELAYED_ADDRESS)
+    relayed = answer.get(at.XOR_RELAYED_ADDRESS)
     assert error_code(answer) is None and relayed is not None, answer.error
     permit = client.request(Method.CREATE_PERMISSION, (Attr.XOR_PEER_ADDRESS, ("127.0.0.1", 1)))
     assert error_code(permit) is None
@@ -34,7 +35,7 @@ def attempts(client: TurnClient, quiet: float = 1.0) -> Iterator[int]:
     """CONNECTION-IDs of the ConnectionAttempts that arrive until ``quiet`` seconds pass."""
     while (msg := client.receive(quiet)) is not None:
         if msg.method == Method.CONNECTION_ATTEMPT and msg.cls == MessageClass.INDICATION:
-            cid = msg.get_int(Attr.CONNECTION_ID)
+            cid = msg.get(at.CONNECTION_ID)
             assert cid is not None
             yield cid
 
@@ -56,7 +57,7 @@ def test_alice_holding_pending_connections_does_not_lock_bob_out() -> None:
             with bob, socket.create_server(("127.0.0.1", 0)) as peer:
                 answer = bob.request(Method.CONNECT, (Attr.XOR_PEER_ADDRESS, peer.getsockname()))
                 assert error_code(answer) is None, answer.error
-                assert answer.get_int(Attr.CONNECTION_ID) is not None
+                assert answer.get(at.CONNECTION_ID) is not None
                 with socket.create_connection(bob_relayed, timeout=5):
                     first = next(attempts(bob, quiet=10), None)
                     assert first is not None  # bob's peer is not starved

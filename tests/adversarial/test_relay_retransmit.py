@@ -20,7 +20,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from delshare.stun.attributes import AttrValue
+from delshare.stun import attributes as at
 from delshare.stun.constants import PROTO_TCP, PROTO_UDP, Attr, Method
 from delshare.stun.message import Message, decode_message, error_response
 from tests.adversarial.conftest import scaled
@@ -66,7 +66,7 @@ def test_connect_retransmitted_while_connecting_gets_one_success(relay: RelayPro
         while (got := client.answer_to(connect, timeout=5)) is not None:
             answers.append(got)
         assert [error_code(a) for a in answers] == [None], [a.error for a in answers]
-        assert answers[0].get_int(Attr.CONNECTION_ID) is not None
+        assert answers[0].get(at.CONNECTION_ID) is not None
         second = client.request(Method.CONNECT, (Attr.XOR_PEER_ADDRESS, peer))
         assert error_code(second) == 446  # a real second Connect to the same peer
 
@@ -76,7 +76,7 @@ def test_retransmitted_requests_get_the_same_answer(relay: RelayProcess, transpo
     peer = ("127.0.0.1", 9)
     with TurnClient(transport, relay.address(transport)) as client:
         client.request(Method.REFRESH)  # learn a nonce (401, then 437)
-        steps: list[tuple[int, list[tuple[int, AttrValue]]]] = [
+        steps: list[tuple[int, list[tuple[int, object]]]] = [
             (Method.ALLOCATE, [(Attr.REQUESTED_TRANSPORT, PROTO_UDP)]),
             (Method.CREATE_PERMISSION, [(Attr.XOR_PEER_ADDRESS, peer)]),
             (Method.REFRESH, [(Attr.LIFETIME, 600)]),

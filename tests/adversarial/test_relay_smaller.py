@@ -12,6 +12,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from delshare.stun import attributes as at
 from delshare.stun.constants import PROTO_TCP, Attr, Method
 from tests.adversarial.conftest import scaled
 from tests.adversarial.relay_support import RelayProcess, TurnClient, error_code
@@ -40,7 +41,7 @@ def test_connection_bind_answers_another_users_id_like_an_unknown_one(
             is None
         )
         connected = alice.request(Method.CONNECT, (Attr.XOR_PEER_ADDRESS, target))
-        cid = connected.get_int(Attr.CONNECTION_ID)
+        cid = connected.get(at.CONNECTION_ID)
         assert cid is not None
         answers = []
         for probe in (cid, cid ^ 0x00FF00FF, 0):

@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import pytest
 
 from delshare.aio.client import connect_turn
+from delshare.stun import attributes as at
 from delshare.stun.constants import Attr, MessageClass, Method
 from delshare.stun.framing import StreamFramer
 from delshare.stun.message import Message, decode_message, error_response, success_response
@@ -159,7 +160,7 @@ async def test_bytes_behind_the_connection_bind_response_reach_the_reader_first(
     async def turn(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         request = await read_request(reader)
         if request.method == Method.CONNECTION_BIND:
-            assert request.get_int(Attr.CONNECTION_ID) == 1234
+            assert request.get(at.CONNECTION_ID) == 1234
             # the response and the first relayed bytes leave in one segment
             writer.write(success_response(request).encode() + b"relayed bytes")
             bound.set()
@@ -167,7 +168,7 @@ async def test_bytes_behind_the_connection_bind_response_reach_the_reader_first(
             return
         writer.write(allocate_ok(request, ("127.0.0.1", 40000)))
         attempt = Message(Method.CONNECTION_ATTEMPT, MessageClass.INDICATION)
-        attempt.add(Attr.XOR_PEER_ADDRESS, ("192.0.2.9", 777)).add(Attr.CONNECTION_ID, 1234)
+        attempt.add(at.XOR_PEER_ADDRESS, ("192.0.2.9", 777)).add(at.CONNECTION_ID, 1234)
         writer.write(attempt.encode())
         await answer_the_rest(reader, writer)
 

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from delshare.aio.client import connect_turn
+from delshare.stun import attributes as at
 from delshare.stun.constants import FAMILY_IPV6, PROTO_UDP, Attr, MessageClass, Method
 from delshare.stun.credentials import long_term_key
 from delshare.stun.message import Message, decode_message
@@ -138,14 +139,14 @@ class RawUdpClient:
                 msg.add(kind, value)
             key = None
             if self.nonce is not None:
-                msg.add(Attr.USERNAME, "del").add(Attr.REALM, self.realm)
-                msg.add(Attr.NONCE, self.nonce)
+                msg.add(at.USERNAME, "del").add(at.REALM, self.realm)
+                msg.add(at.NONCE, self.nonce)
                 key = long_term_key("del", self.realm, "del")
             self.sock.send(msg.encode(key, fingerprint=True))
             response = self.receive()
             if response.error and response.error[0] == 401 and self.nonce is None:
-                self.nonce = response.get_str(Attr.NONCE)
-                self.realm = response.get_str(Attr.REALM) or ""
+                self.nonce = response.get(at.NONCE)
+                self.realm = response.get(at.REALM) or ""
                 continue
             return response
         return response
@@ -165,7 +166,7 @@ def test_additional_address_family_relays_both_families(relay: tuple[RelayProces
             (Attr.ADDITIONAL_ADDRESS_FAMILY, FAMILY_IPV6),
         )
         assert response.cls == MessageClass.SUCCESS, response.error
-        relayed = [a for a in response.get_all(Attr.XOR_RELAYED_ADDRESS) if isinstance(a, tuple)]
+        relayed = [a for a in response.get_all(at.XOR_RELAYED_ADDRESS) if isinstance(a, tuple)]
         assert [ip for ip, _ in relayed] == ["127.0.0.1", "::1"]
         permitted = client.request(
             Method.CREATE_PERMISSION,
@@ -181,11 +182,11 @@ def test_additional_address_family_relays_both_families(relay: tuple[RelayProces
                 peer.bind((ip, 0))
                 peer.sendto(b"peer to client", (ip, relayed_port))
                 data = client.receive()
-                assert data.get(Attr.DATA) == b"peer to client"
-                assert data.get_address(Attr.XOR_PEER_ADDRESS) == peer.getsockname()[:2]
+                assert data.get(at.DATA) == b"peer to client"
+                assert data.get(at.XOR_PEER_ADDRESS) == peer.getsockname()[:2]
                 send = Message(Method.SEND, MessageClass.INDICATION)
-                send.add(Attr.XOR_PEER_ADDRESS, peer.getsockname()[:2])
-                send.add(Attr.DATA, b"client to peer")
+                send.add(at.XOR_PEER_ADDRESS, peer.getsockname()[:2])
+                send.add(at.DATA, b"client to peer")
                 client.sock.send(send.encode())
                 got, source = peer.recvfrom(100)
                 assert (got, source[:2]) == (b"client to peer", (ip, relayed_port))

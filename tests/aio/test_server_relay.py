@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 import pytest
 
 from delshare.aio.server import RelayConfig, RunningRelay, start_relay
+from delshare.stun import attributes as at
 from delshare.stun.constants import PROTO_TCP, PROTO_UDP, Attr, MessageClass, Method
 from delshare.stun.credentials import long_term_key
 from delshare.stun.framing import StreamFramer
@@ -73,14 +74,14 @@ class StunStream:
             for kind, value in attrs:
                 msg.add(kind, value)
             if self.nonce:
-                msg.add(Attr.USERNAME, USER).add(Attr.REALM, REALM).add(Attr.NONCE, self.nonce)
+                msg.add(at.USERNAME, USER).add(at.REALM, REALM).add(at.NONCE, self.nonce)
             self.writer.write(msg.encode(KEY if self.nonce else None, fingerprint=True))
             reply = await self.next_message()
             while reply.transaction_id != msg.transaction_id:
                 self.inbox.append(reply)  # an indication; keep it for later
                 reply = await self.next_message()
             if reply.error and reply.error[0] == 401 and self.nonce is None:
-                self.nonce = reply.get_str(Attr.NONCE)
+                self.nonce = reply.get(at.NONCE)
                 continue
             return reply
         return reply
@@ -102,7 +103,7 @@ async def tcp_allocation(relay: RunningRelay) -> tuple[StunStream, tuple[str, in
     control = await StunStream.open(relay.turn_port)
     reply = await control.request(Method.ALLOCATE, (Attr.REQUESTED_TRANSPORT, PROTO_TCP))
     assert reply.cls == MessageClass.SUCCESS, reply.error
-    relayed = reply.get_address(Attr.XOR_RELAYED_ADDRESS)
+    relayed = reply.get(at.XOR_RELAYED_ADDRESS)
     assert relayed is not None
     reply = await control.request(Method.CREATE_PERMISSION, (Attr.XOR_PEER_ADDRESS, (HOST, 1)))
     assert reply.cls == MessageClass.SUCCESS, reply.error
@@ -114,7 +115,7 @@ async def learn_nonce(reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     writer.write(Message(Method.REFRESH, MessageClass.REQUEST).encode())
     head = await asyncio.wait_for(reader.readexactly(20), STEP)
     body = await asyncio.wait_for(reader.readexactly(int.from_bytes(head[2:4], "big")), STEP)
-    nonce = decode_message(head + body).get_str(Attr.NONCE)
+    nonce = decode_message(head + body).get(at.NONCE)
     assert nonce is not None
     return nonce
 
@@ -126,15 +127,15 @@ async def connection_bind(
     data = await StunStream.open(relay.turn_port)
     nonce = control.nonce
     for _ in range(2):  # nonces are bound to the 5-tuple: a new connection learns its own (438)
-        msg = Message(Method.CONNECTION_BIND, MessageClass.REQUEST).add(Attr.CONNECTION_ID, cid)
-        msg.add(Attr.USERNAME, USER).add(Attr.REALM, REALM).add(Attr.NONCE, nonce)
+        msg = Message(Method.CONNECTION_BIND, MessageClass.REQUEST).add(at.CONNECTION_ID, cid)
+        msg.add(at.USERNAME, USER).add(at.REALM, REALM).add(at.NONCE, nonce or "")
         data.writer.write(msg.encode(KEY, fingerprint=True))
         head = await asyncio.wait_for(data.reader.readexactly(20), STEP)
         size = int.from_bytes(head[2:4], "big")
         reply = decode_message(head + await asyncio.wait_for(data.reader.readexactly(size), STEP))
         if reply.error is None or reply.error[0] != 438:
             break
-        nonce = reply.get_str(Attr.NONCE)
+        nonce = reply.get(at.NONCE)
     assert reply.method == Method.CONNECTION_BIND and reply.cls == MessageClass.SUCCESS, reply.error
     assert reply.verify_integrity(KEY)
     return data.reader, data.writer
@@ -147,8 +148,8 @@ async def incoming_peer(
     control, relayed = await tcp_allocation(relay)
     peer_reader, peer_writer = await asyncio.open_connection(*relayed)
     attempt = await control.indication(Method.CONNECTION_ATTEMPT)
-    assert attempt.get_address(Attr.XOR_PEER_ADDRESS) == peer_writer.get_extra_info("sockname")
-    cid = attempt.get_int(Attr.CONNECTION_ID)
+    assert attempt.get(at.XOR_PEER_ADDRESS) == peer_writer.get_extra_info("sockname")
+    cid = attempt.get(at.CONNECTION_ID)
     assert cid is not None
     return control, peer_reader, peer_writer, cid
 
@@ -250,7 +251,7 @@ async def test_unbound_peer_connection_closes_after_bind_timeout() -> None:
 async def test_refused_incoming_peer_is_closed(relay: RunningRelay) -> None:
     control = await StunStream.open(relay.turn_port)
     reply = await control.request(Method.ALLOCATE, (Attr.REQUESTED_TRANSPORT, PROTO_TCP))
-    relayed = reply.get_address(Attr.XOR_RELAYED_ADDRESS)
+    relayed = reply.get(at.XOR_RELAYED_ADDRESS)
     assert relayed is not None
     reader, writer = await asyncio.open_connection(*relayed)  # no permission installed
     with pytest.raises((ConnectionError, asyncio.IncompleteReadError)):
@@ -273,7 +274,7 @@ async def test_connect_comes_from_the_relayed_address(relay: RunningRelay) -> No
     assert reply.cls == MessageClass.SUCCESS, reply.error
     peer_reader, peer_writer = await asyncio.wait_for(accepted.get(), STEP)
     assert peer_writer.get_extra_info("peername")[:2] == relayed
-    cid = reply.get_int(Attr.CONNECTION_ID)
+    cid = reply.get(at.CONNECTION_ID)
     assert cid is not None
     client_reader, client_writer = await connection_bind(relay, control, cid)
     client_writer.write(b"ping")
@@ -305,18 +306,18 @@ async def test_udp_relay_send_and_data_indications(relay: RunningRelay) -> None:
     control = await StunStream.open(relay.turn_port)
     try:
         reply = await control.request(Method.ALLOCATE, (Attr.REQUESTED_TRANSPORT, PROTO_UDP))
-        relayed = reply.get_address(Attr.XOR_RELAYED_ADDRESS)
+        relayed = reply.get(at.XOR_RELAYED_ADDRESS)
         assert relayed is not None
         peer_addr = peer.getsockname()
         await control.request(Method.CREATE_PERMISSION, (Attr.XOR_PEER_ADDRESS, peer_addr))
         send = Message(Method.SEND, MessageClass.INDICATION)
-        send.add(Attr.XOR_PEER_ADDRESS, peer_addr).add(Attr.DATA, b"to peer")
+        send.add(at.XOR_PEER_ADDRESS, peer_addr).add(at.DATA, b"to peer")
         control.writer.write(send.encode())
         data, source = await asyncio.wait_for(loop.sock_recvfrom(peer, 100), STEP)
         assert (data, source[:2]) == (b"to peer", relayed)
         await loop.sock_sendto(peer, b"to client", relayed)
         indication = await control.indication(Method.DATA)
-        assert indication.get(Attr.DATA) == b"to client"
+        assert indication.get(at.DATA) == b"to client"
     finally:
         peer.close()
         control.close()
@@ -345,17 +346,17 @@ async def test_ipv6_tcp_relay_with_incoming_peer() -> None:
             (Attr.REQUESTED_TRANSPORT, PROTO_TCP),
             (Attr.REQUESTED_ADDRESS_FAMILY, 2),
         )
-        relayed = reply.get_address(Attr.XOR_RELAYED_ADDRESS)
+        relayed = reply.get(at.XOR_RELAYED_ADDRESS)
         assert relayed is not None and relayed[0] == "::1"
         await control.request(Method.CREATE_PERMISSION, (Attr.XOR_PEER_ADDRESS, ("::1", 1)))
         _peer_reader, peer_writer = await asyncio.open_connection(*relayed)
         attempt = await control.indication(Method.CONNECTION_ATTEMPT)
-        cid = attempt.get_int(Attr.CONNECTION_ID)
+        cid = attempt.get(at.CONNECTION_ID)
         assert cid is not None
         data_reader, data_writer = await asyncio.open_connection("::1", running.turn_port)
         nonce = await learn_nonce(data_reader, data_writer)
-        msg = Message(Method.CONNECTION_BIND, MessageClass.REQUEST).add(Attr.CONNECTION_ID, cid)
-        msg.add(Attr.USERNAME, USER).add(Attr.REALM, REALM).add(Attr.NONCE, nonce)
+        msg = Message(Method.CONNECTION_BIND, MessageClass.REQUEST).add(at.CONNECTION_ID, cid)
+        msg.add(at.USERNAME, USER).add(at.REALM, REALM).add(at.NONCE, nonce or "")
         data_writer.write(msg.encode(KEY))
         head = await asyncio.wait_for(data_reader.readexactly(20), STEP)
         await data_reader.readexactly(int.from_bytes(head[2:4], "big"))
@@ -423,8 +424,8 @@ async def test_client_bytes_right_behind_connection_bind_reach_the_peer(
     control, peer_reader, peer_writer, cid = await incoming_peer(relay)
     reader, writer = await asyncio.open_connection(HOST, relay.turn_port)
     nonce = await learn_nonce(reader, writer)
-    msg = Message(Method.CONNECTION_BIND, MessageClass.REQUEST).add(Attr.CONNECTION_ID, cid)
-    msg.add(Attr.USERNAME, USER).add(Attr.REALM, REALM).add(Attr.NONCE, nonce)
+    msg = Message(Method.CONNECTION_BIND, MessageClass.REQUEST).add(at.CONNECTION_ID, cid)
+    msg.add(at.USERNAME, USER).add(at.REALM, REALM).add(at.NONCE, nonce)
     trailing = b"\x00\x01\x00\x00" + os.urandom(3000)  # looks like a STUN header, is not
     writer.write(msg.encode(KEY) + trailing)
     assert await read_all(peer_reader, len(trailing)) == trailing
@@ -543,7 +544,7 @@ async def test_peer_connections_have_no_nagle_delay_both_directions(relay: Runni
     peer_server = await asyncio.start_server(lambda r, w: None, HOST, 0)
     peer_address = peer_server.sockets[0].getsockname()[:2]
     reply = await control.request(Method.CONNECT, (Attr.XOR_PEER_ADDRESS, peer_address))
-    assert reply.cls == MessageClass.SUCCESS and reply.get_int(Attr.CONNECTION_ID) is not None
+    assert reply.cls == MessageClass.SUCCESS and reply.get(at.CONNECTION_ID) is not None
     assert _no_delay_towards(peer_address) == 1
     for closable in (peer_writer, control):
         closable.close()

@@ -14,7 +14,8 @@ import pytest
 
 from delshare.aio.client import connect_turn
 from delshare.aio.server import RelayConfig, RunningRelay, start_relay
-from delshare.stun.constants import PASSWORD_ALGORITHM_SHA256, Attr
+from delshare.stun import attributes as at
+from delshare.stun.constants import PASSWORD_ALGORITHM_SHA256
 from delshare.turn.auth import AuthConfig
 from delshare.turn.server_types import ServerConfig
 
@@ -40,7 +41,7 @@ async def test_incoming_and_outgoing_streams_with_sha256(relay: RunningRelay) ->
         allocation = await client.allocate_tcp()
         (server_side,) = relay.core.allocations.values()
         assert server_side.creds.sha256  # MESSAGE-INTEGRITY-SHA256 was negotiated
-        assert server_side.request.get(Attr.PASSWORD_ALGORITHM) == (PASSWORD_ALGORITHM_SHA256, b"")
+        assert server_side.request.get(at.PASSWORD_ALGORITHM) == (PASSWORD_ALGORITHM_SHA256, b"")
         await allocation.permit(HOST)
         # incoming: a plain peer dials the relayed address
         peer_reader, peer_writer = await asyncio.open_connection(*allocation.relayed_address)

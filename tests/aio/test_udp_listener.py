@@ -12,7 +12,8 @@ import pytest
 
 from delshare.aio.server import RelayConfig, RunningRelay, start_relay
 from delshare.aio.udp_listener import AnsweringUdpEndpoint
-from delshare.stun.constants import Attr, MessageClass, Method
+from delshare.stun import attributes as at
+from delshare.stun.constants import MessageClass, Method
 from delshare.stun.message import Message, decode_message
 from delshare.turn.auth import AuthConfig
 from delshare.turn.server_types import ServerConfig
@@ -57,7 +58,7 @@ async def test_each_client_is_answered_from_the_address_it_wrote_to(
         response, origin = await asyncio.to_thread(_binding_from, "127.0.0.1", (local, port))
         assert origin == (local, port)
         assert response.cls == MessageClass.SUCCESS
-        mapped = response.get_address(Attr.XOR_MAPPED_ADDRESS)
+        mapped = response.get(at.XOR_MAPPED_ADDRESS)
         assert mapped is not None and mapped[0] == "127.0.0.1"
 
 

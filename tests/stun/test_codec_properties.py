@@ -20,6 +20,7 @@ from delshare.stun import (
     decode_channel_data,
     decode_message,
 )
+from delshare.stun import attributes as at
 from delshare.stun.framing import MAX_FRAME
 
 ipv4 = st.builds(lambda n: str(ipaddress.IPv4Address(n)), st.integers(0, 2**32 - 1))
@@ -118,14 +119,14 @@ def test_mutated_messages_raise_only_decode_error(msg: Message, noise: bytes) ->
 
 
 def test_attributes_after_integrity_are_ignored() -> None:
-    msg = Message(0x001, MessageClass.REQUEST).add(Attr.USERNAME, "alice")
+    msg = Message(0x001, MessageClass.REQUEST).add(at.USERNAME, "alice")
     data = msg.encode(b"key")
-    tail = Message(0x001, MessageClass.REQUEST, msg.transaction_id).add(Attr.SOFTWARE, "x")
+    tail = Message(0x001, MessageClass.REQUEST, msg.transaction_id).add(at.SOFTWARE, "x")
     extra = tail.encode()[20:]
     length = int.from_bytes(data[2:4], "big") + len(extra)
     patched = data[:2] + length.to_bytes(2, "big") + data[4:] + extra
     back = decode_message(patched)
-    assert back.get(Attr.SOFTWARE) is None
+    assert back.get(at.SOFTWARE) is None
     assert back.verify_integrity(b"key")
 
 

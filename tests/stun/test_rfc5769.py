@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from delshare.errors import StunDecodeError
-from delshare.stun import Attr, MessageClass, Method, decode_message
+from delshare.stun import MessageClass, Method, decode_message
+from delshare.stun import attributes as at
 from delshare.stun.credentials import long_term_key
 
 SHORT_TERM_PASSWORD = b"VOkJxbRl1RmTxUk/WvJxBt"
@@ -49,8 +50,8 @@ LONG_TERM_REQUEST = bytes.fromhex(
 def test_request_vector() -> None:
     msg = decode_message(REQUEST)
     assert (msg.method, msg.cls) == (Method.BINDING, MessageClass.REQUEST)
-    assert msg.get(Attr.SOFTWARE) == "STUN test client"
-    assert msg.get(Attr.USERNAME) == "evtj:h6vY"
+    assert msg.get(at.SOFTWARE) == "STUN test client"
+    assert msg.get(at.USERNAME) == "evtj:h6vY"
     assert msg.verify_integrity(SHORT_TERM_PASSWORD)
     assert not msg.verify_integrity(b"wrong")
     # PRIORITY and ICE-CONTROLLED are unknown to a TURN codec; PRIORITY is comprehension-required
@@ -67,11 +68,11 @@ def test_request_vector() -> None:
 def test_response_vectors(vector: bytes, address: tuple[str, int]) -> None:
     msg = decode_message(vector)
     assert msg.cls == MessageClass.SUCCESS
-    assert msg.get(Attr.XOR_MAPPED_ADDRESS) == address
+    assert msg.get(at.XOR_MAPPED_ADDRESS) == address
     assert msg.verify_integrity(SHORT_TERM_PASSWORD)
     # re-encoding with the same key reproduces the vector except SOFTWARE's padding bytes
     again = msg.encode(SHORT_TERM_PASSWORD, fingerprint=True)
-    assert decode_message(again).get(Attr.XOR_MAPPED_ADDRESS) == address
+    assert decode_message(again).get(at.XOR_MAPPED_ADDRESS) == address
     assert again[:32] == vector[:32] and again[43:] != b""
 
 
@@ -88,11 +89,11 @@ def test_response_reencodes_exactly_with_zero_padding() -> None:
 
 def test_long_term_vector() -> None:
     msg = decode_message(LONG_TERM_REQUEST)
-    username = msg.get_str(Attr.USERNAME)
-    realm = msg.get_str(Attr.REALM)
+    username = msg.get(at.USERNAME)
+    realm = msg.get(at.REALM)
     assert username == "\u30de\u30c8\u30ea\u30c3\u30af\u30b9"
     assert realm == "example.org"
-    assert msg.get(Attr.NONCE) == "f//499k954d6OL34oL9FSTvy64sA"
+    assert msg.get(at.NONCE) == "f//499k954d6OL34oL9FSTvy64sA"
     key = long_term_key(username, realm, "The\u00adM\u00aatr\u2168")
     assert msg.verify_integrity(key)
     assert not msg.verify_integrity(long_term_key(username, realm, "TheMatrix"))

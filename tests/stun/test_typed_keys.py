@@ -1,5 +1,5 @@
 """Typed attribute keys: one ``AttrSpec[T]`` per attribute type, named after it, and the TURN
-client's readers use them instead of checking value types at run time."""
+client's and server's readers use them instead of checking value types at run time."""
 
 from __future__ import annotations
 
@@ -55,10 +55,23 @@ def test_a_key_called_with_a_value_is_one_attribute_of_its_type() -> None:
 UNTYPED_READERS = {"get_str", "get_int", "get_address"}
 
 
+def test_untyped_readers_are_gone() -> None:
+    assert not any(hasattr(Message, name) for name in UNTYPED_READERS)
+    assert not hasattr(attributes, "AttrValue")
+
+
 @pytest.mark.parametrize(
-    "name", ["turn/client.py", "aio/client.py", "aio/client_allocation.py", "stun/message.py"]
+    "name",
+    [
+        "turn/client.py",
+        "turn/server.py",
+        "turn/auth.py",
+        "aio/client.py",
+        "aio/client_allocation.py",
+        "stun/message.py",
+    ],
 )
-def test_the_client_reads_attributes_through_typed_keys(name: str) -> None:
+def test_readers_use_typed_keys(name: str) -> None:
     """No ``get_str``/``get_int``/``get_address`` and no ``get(Attr.X)``: the key's type is the
     value's type, so nothing is checked again at run time."""
     tree = ast.parse((SRC / name).read_text(encoding="utf-8"))

@@ -6,10 +6,17 @@ import itertools
 
 import pytest
 
+from delshare.stun import attributes as at
 from delshare.stun.constants import PROTO_TCP, Attr, MessageClass, Method
 from delshare.stun.message import Message
+from delshare.turn.auth import AuthConfig, Authenticator, NonceState
 from delshare.turn.peerfilter import PeerFilter
-from delshare.turn.server_state import ConnectionState, IllegalTransition, TcpConnection
+from delshare.turn.server_state import (
+    AllocationState,
+    ConnectionState,
+    IllegalTransition,
+    TcpConnection,
+)
 from delshare.turn.server_types import (
     TCP,
     UDP,
@@ -48,7 +55,7 @@ def connect_ok(client: Client, peer: tuple[str, int] = PEER, now: float = T0) ->
     client.server.peer_connected(command.conn_id, now)
     (response,) = client.responses(client.pump(now))
     assert response.method == Method.CONNECT and response.cls == MessageClass.SUCCESS
-    cid = response.get_int(Attr.CONNECTION_ID)
+    cid = response.get(at.CONNECTION_ID)
     assert cid == command.conn_id
     return cid
 
@@ -212,8 +219,8 @@ def test_incoming_peer_needs_a_permission() -> None:
         m for m in client.responses(client.pump()) if m.method == Method.CONNECTION_ATTEMPT
     ]
     assert attempt.cls == MessageClass.INDICATION
-    assert attempt.get_int(Attr.CONNECTION_ID) == cid
-    assert attempt.get_address(Attr.XOR_PEER_ADDRESS) == PEER
+    assert attempt.get(at.CONNECTION_ID) == cid
+    assert attempt.get(at.XOR_PEER_ADDRESS) == PEER
     _, response = bind(client, cid)
     assert response.cls == MessageClass.SUCCESS
 
@@ -375,3 +382,24 @@ def test_retransmitted_connect_is_not_processed_twice() -> None:
     (first,) = client.responses(client.pump())
     (again,) = client.responses(client.send_raw(data))
     assert first.cls == MessageClass.SUCCESS and again.raw == first.raw
+
+
+def test_allocation_life_cycle_is_a_transition_table() -> None:
+    client = Client(make_server(), five(TCP))
+    client.allocate((Attr.REQUESTED_TRANSPORT, PROTO_TCP))
+    (alloc,) = client.server.allocations.values()
+    assert alloc.state == AllocationState.ACTIVE
+    with pytest.raises(IllegalTransition):
+        alloc.move(AllocationState.OPENING)
+    with pytest.raises(IllegalTransition):
+        alloc.move(AllocationState.ACTIVE)
+
+
+def test_nonce_states_are_named() -> None:
+    """RFC 8489 §9.2.4: ours and fresh, ours but expired, or not ours (another 5-tuple)."""
+    auth = Authenticator(AuthConfig("del.test", {"u": "p"}, nonce_lifetime=10), b"k" * 32)
+    nonce = auth.make_nonce(100.0, "five-a")
+    assert auth.nonce_state(nonce, 105.0, "five-a") is NonceState.VALID
+    assert auth.nonce_state(nonce, 111.0, "five-a") is NonceState.STALE
+    assert auth.nonce_state(nonce, 105.0, "five-b") is NonceState.INVALID
+    assert auth.nonce_state("obMatJos2garbage", 105.0, "five-a") is NonceState.INVALID

@@ -38,7 +38,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from delshare.errors import DelshareError
+from delshare.errors import DelshareError, RemoteProtocolError
 
 __all__ = [
     "CONFIRM_SIZE",
@@ -94,7 +94,7 @@ class LinkAuthError(LinkError):
     """The peer did not prove knowledge of the shared key (or is not a DEL peer)."""
 
 
-class LinkProtocolError(LinkError):
+class LinkProtocolError(LinkError, RemoteProtocolError):
     """The peer sent a malformed or oversized record."""
 
 

@@ -26,9 +26,6 @@ T = TypeVar("T")
 Decoder = Callable[[bytes, bytes], T]  # (value bytes, transaction ID) -> value
 Encoder = Callable[[T, bytes], bytes]  # (value, transaction ID) -> value bytes
 Codec = tuple[Decoder[T], Encoder[T]]
-AttrValue = Any
-"""An attribute value read by its bare type code (``Message.get(Attr.X)``), untyped: kept only
-until ``turn/server.py`` and ``turn/auth.py`` read through typed keys."""
 
 _COOKIE_BYTES = struct.pack("!I", MAGIC_COOKIE)
 

@@ -20,10 +20,8 @@ from delshare.errors import MalformedRequestError, StunDecodeError
 from delshare.stun.attributes import (
     ATTRIBUTES,
     ERROR_CODE,
-    Address,
     Attribute,
     AttrSpec,
-    AttrValue,
     is_comprehension_required,
 )
 from delshare.stun.constants import (
@@ -39,7 +37,8 @@ from delshare.stun.constants import (
 _AFTER_INTEGRITY_ALLOWED = {Attr.MESSAGE_INTEGRITY_SHA256, Attr.FINGERPRINT}
 T = TypeVar("T")
 Key = AttrSpec[Any] | int
-"""An attribute's typed key (its :class:`AttrSpec`) or, untyped, its bare type code."""
+"""An attribute's typed key (its :class:`AttrSpec`), or the bare type code of an attribute the
+table does not know (its value is the raw bytes, or whatever a test put there)."""
 
 
 def new_transaction_id() -> bytes:
@@ -82,7 +81,7 @@ class Message:
     def add(self, key: AttrSpec[T], value: T) -> Message: ...
 
     @overload
-    def add(self, key: int, value: AttrValue) -> Message: ...
+    def add(self, key: int, value: object) -> Message: ...
 
     def add(self, key: Key, value: object) -> Message:
         """Append an attribute; returns self to allow chaining."""
@@ -98,7 +97,7 @@ class Message:
     def get(self, key: AttrSpec[T]) -> T | None: ...
 
     @overload
-    def get(self, key: int) -> AttrValue | None: ...
+    def get(self, key: int) -> object: ...
 
     def get(self, key: Key) -> object:
         """The first value of the attribute, or None; typed by its key (RFC 8489 §14)."""
@@ -112,7 +111,7 @@ class Message:
     def get_all(self, key: AttrSpec[T]) -> list[T]: ...
 
     @overload
-    def get_all(self, key: int) -> list[AttrValue]: ...
+    def get_all(self, key: int) -> list[object]: ...
 
     def get_all(self, key: Key) -> list[Any]:
         """Every value of the attribute, in order."""
@@ -123,21 +122,6 @@ class Message:
         """Whether the attribute is present."""
         code = _code(key)
         return any(kind == code for kind, _ in self.attributes)
-
-    def get_str(self, attr: int) -> str | None:
-        """A text attribute by bare type code (untyped readers only; prefer a typed key)."""
-        value = self.get(attr)
-        return value if isinstance(value, str) else None
-
-    def get_int(self, attr: int) -> int | None:
-        """An integer attribute by bare type code (untyped readers only; prefer a typed key)."""
-        value = self.get(attr)
-        return value if isinstance(value, int) and not isinstance(value, bool) else None
-
-    def get_address(self, attr: int) -> Address | None:
-        """An address attribute by bare type code (untyped readers only; prefer a typed key)."""
-        value = self.get(attr)
-        return value if isinstance(value, tuple) and len(value) == 2 else None
 
     @property
     def error(self) -> tuple[int, str] | None:

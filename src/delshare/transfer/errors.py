@@ -5,7 +5,7 @@ The CLI's exit codes are chosen in one place, ``delshare.app.common.exit_code_fo
 
 from __future__ import annotations
 
-from delshare.errors import TransferError
+from delshare.errors import RemoteProtocolError, TransferError
 
 __all__ = [
     "DeclinedError",
@@ -78,7 +78,7 @@ def stalled(seconds: float) -> TransferInterruptedError:
     return TransferInterruptedError(f"no progress for {seconds:g} s: the link stalled")
 
 
-class PeerProtocolError(TransferError):
+class PeerProtocolError(TransferError, RemoteProtocolError):
     """The peer sent a message that breaks the transfer protocol."""
 
 

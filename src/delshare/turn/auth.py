@@ -23,13 +23,21 @@ import hashlib
 import hmac
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from enum import Enum
 
-from delshare.errors import DelshareError, StunProtocolError
+from delshare.errors import StunProtocolError
+from delshare.stun.attributes import (
+    NONCE,
+    PASSWORD_ALGORITHM,
+    PASSWORD_ALGORITHMS,
+    REALM,
+    USERHASH,
+    USERNAME,
+)
 from delshare.stun.constants import (
     NONCE_COOKIE,
     PASSWORD_ALGORITHM_MD5,
     PASSWORD_ALGORITHM_SHA256,
-    Attr,
     ErrorCode,
 )
 from delshare.stun.credentials import (
@@ -70,14 +78,12 @@ class Credentials:
     sha256: bool
 
 
-class ChallengeRequired(DelshareError):
-    """The request must be answered with 401 or 438 plus a fresh challenge (RFC 8489 §9.2.4)."""
+class NonceState(Enum):
+    """What a request's NONCE is to this server (RFC 8489 §9.2.4: a stale one gets 438)."""
 
-    def __init__(self, code: int, reason: str, attributes: list[tuple[int, object]]) -> None:
-        super().__init__(f"{code} {reason}")
-        self.code = code
-        self.reason = reason
-        self.attributes = attributes
+    VALID = "valid"  # ours, for this 5-tuple, not expired
+    STALE = "stale"  # ours and for this 5-tuple, but expired: 438 with a fresh one
+    INVALID = "invalid"  # not ours, or issued to another 5-tuple: 438 as well
 
 
 class Authenticator:
@@ -102,39 +108,38 @@ class Authenticator:
         signed = f"{body}\n{binding}".encode()
         return hmac.new(self._nonce_key, signed, hashlib.sha256).hexdigest()[:16]
 
-    def nonce_state(self, nonce: str, now: float, binding: str = "") -> str:
-        """``"valid"``, ``"stale"`` (ours but expired) or ``"invalid"`` (not ours, or issued to
-        another 5-tuple)."""
+    def nonce_state(self, nonce: str, now: float, binding: str = "") -> NonceState:
+        """Whether ``nonce`` is ours, for ``binding``, and not expired (RFC 8489 §9.2.4)."""
         body, _, mac = nonce.rpartition(".")
         prefix = len(NONCE_COOKIE) + 4
         if not body.startswith(NONCE_COOKIE) or len(body) <= prefix:
-            return "invalid"
+            return NonceState.INVALID
         if not hmac.compare_digest(mac, self._nonce_mac(body, binding)):
-            return "invalid"
+            return NonceState.INVALID
         try:
             expiry = int(body[prefix:], 16)
         except ValueError:
-            return "invalid"
-        return "valid" if expiry >= now else "stale"
+            return NonceState.INVALID
+        return NonceState.VALID if expiry >= now else NonceState.STALE
 
     def challenge(
         self, now: float, code: int = ErrorCode.UNAUTHENTICATED, binding: str = ""
-    ) -> ChallengeRequired:
+    ) -> StunProtocolError:
         """401 or 438 with REALM, NONCE and PASSWORD-ALGORITHMS (RFC 8489 §9.2.4)."""
         reason = "Stale Nonce" if code == ErrorCode.STALE_NONCE else "Unauthenticated"
         attrs: list[tuple[int, object]] = [
-            (Attr.REALM, self.config.realm),
-            (Attr.NONCE, self.make_nonce(now, binding)),
-            (Attr.PASSWORD_ALGORITHMS, OFFERED_ALGORITHMS),
+            REALM(self.config.realm),
+            NONCE(self.make_nonce(now, binding)),
+            PASSWORD_ALGORITHMS(OFFERED_ALGORITHMS),
         ]
-        return ChallengeRequired(code, reason, attrs)
+        return StunProtocolError(code, reason, *attrs)
 
     # -- requests ----------------------------------------------------------------------------
 
     def authenticate(
         self, request: Message, now: float, binding: str = "", also: tuple[str, ...] = ()
     ) -> Credentials:
-        """Return the sender's credentials or raise ``ChallengeRequired``/``StunProtocolError``.
+        """Return the sender's credentials or raise ``StunProtocolError`` (a challenge or a 400).
 
         Follows the order of RFC 8489 §9.2.4: no integrity → 401; missing USERNAME/USERHASH,
         REALM or NONCE → 400; bad nonce (expired, or issued to another 5-tuple ``binding``) →
@@ -144,17 +149,17 @@ class Authenticator:
         """
         if not request.has_integrity:
             raise self.challenge(now, binding=binding)
-        realm = request.get_str(Attr.REALM)
-        nonce = request.get_str(Attr.NONCE)
-        has_user = request.has(Attr.USERNAME) or request.has(Attr.USERHASH)
+        realm = request.get(REALM)
+        nonce = request.get(NONCE)
+        has_user = request.has(USERNAME) or request.has(USERHASH)
         if realm is None or nonce is None or not has_user:
-            raise StunProtocolError(400, "Missing USERNAME, REALM or NONCE")
+            raise StunProtocolError(ErrorCode.BAD_REQUEST, "Missing USERNAME, REALM or NONCE")
         state = self.nonce_state(nonce, now, binding)
         for other in also:
-            if state != "invalid":
+            if state != NonceState.INVALID:
                 break
             state = self.nonce_state(nonce, now, other)
-        if state != "valid":
+        if state != NonceState.VALID:
             raise self.challenge(now, ErrorCode.STALE_NONCE, binding)
         algorithm = self._algorithm(request)
         username = self._username(request)
@@ -170,22 +175,26 @@ class Authenticator:
 
     def _algorithm(self, request: Message) -> int:
         """PASSWORD-ALGORITHM negotiation (RFC 8489 §9.2.4 bullet on password algorithms)."""
-        offered = request.get(Attr.PASSWORD_ALGORITHMS)
-        chosen = request.get(Attr.PASSWORD_ALGORITHM)
+        offered = request.get(PASSWORD_ALGORITHMS)
+        chosen = request.get(PASSWORD_ALGORITHM)
         if offered is None and chosen is None:
             return PASSWORD_ALGORITHM_MD5
         if offered is None or chosen is None:
-            raise StunProtocolError(400, "PASSWORD-ALGORITHMS and PASSWORD-ALGORITHM go together")
+            raise StunProtocolError(
+                ErrorCode.BAD_REQUEST, "PASSWORD-ALGORITHMS and PASSWORD-ALGORITHM go together"
+            )
         if tuple(offered) != OFFERED_ALGORITHMS or chosen not in OFFERED_ALGORITHMS:
-            raise StunProtocolError(400, "PASSWORD-ALGORITHMS tampered or unsupported algorithm")
+            raise StunProtocolError(
+                ErrorCode.BAD_REQUEST, "PASSWORD-ALGORITHMS tampered or unsupported algorithm"
+            )
         return int(chosen[0])
 
     def _username(self, request: Message) -> str | None:
-        name = request.get_str(Attr.USERNAME)
+        name = request.get(USERNAME)
         if name is not None:
             return name
-        hashed = request.get(Attr.USERHASH)
-        return self._userhashes.get(hashed) if isinstance(hashed, bytes) else None
+        hashed = request.get(USERHASH)
+        return self._userhashes.get(hashed) if hashed is not None else None
 
     def _password(self, username: str, now: float) -> str | None:
         static = self.config.users.get(username)

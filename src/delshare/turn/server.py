@@ -5,8 +5,8 @@ datagram or stream frame from a client, ``receive_peer_datagram`` for UDP relays
 outcome of I/O it was asked for (``relay_opened``, ``peer_connected``, ``peer_accepted``,
 ``connection_closed``, ``client_closed``). The core answers by queueing commands (send, open,
 connect, close) and events (for logs), read with ``next_outputs()``. Every request goes through
-one dispatch point, ``_handle_request``: handlers raise ``StunProtocolError`` (or
-``ChallengeRequired`` from the authenticator) and the dispatch point turns that into the error
+one dispatch point, ``_handle_request``: handlers and the authenticator raise
+``StunProtocolError`` (code, reason and attributes) and the dispatch point turns that into the error
 response, signed with the request's key once the request was authenticated (RFC 8489 §9.2.4).
 Answers to authenticated requests are remembered for a while by 5-tuple and transaction ID, so
 a retransmission gets the first answer again instead of being processed twice (RFC 8489
@@ -28,7 +28,26 @@ from collections.abc import Callable
 from typing import NoReturn
 
 from delshare.errors import MalformedRequestError, StunDecodeError, StunProtocolError
-from delshare.stun.attributes import Address
+from delshare.stun.attributes import (
+    ADDITIONAL_ADDRESS_FAMILY,
+    ADDRESS_ERROR_CODE,
+    ALTERNATE_SERVER,
+    CHANNEL_NUMBER,
+    CONNECTION_ID,
+    DATA,
+    DONT_FRAGMENT,
+    EVEN_PORT,
+    FINGERPRINT,
+    LIFETIME,
+    REQUESTED_ADDRESS_FAMILY,
+    REQUESTED_TRANSPORT,
+    RESERVATION_TOKEN,
+    UNKNOWN_ATTRIBUTES,
+    XOR_MAPPED_ADDRESS,
+    XOR_PEER_ADDRESS,
+    XOR_RELAYED_ADDRESS,
+    Address,
+)
 from delshare.stun.constants import (
     CHANNEL_LIFETIME,
     CHANNEL_MIN,
@@ -38,12 +57,13 @@ from delshare.stun.constants import (
     PROTO_TCP,
     PROTO_UDP,
     Attr,
+    ErrorCode,
     MessageClass,
     Method,
 )
 from delshare.stun.framing import ChannelData
 from delshare.stun.message import Message, decode_message, error_response, success_response
-from delshare.turn.auth import Authenticator, ChallengeRequired, Credentials
+from delshare.turn.auth import Authenticator, Credentials
 from delshare.turn.peerfilter import PeerFilter
 from delshare.turn.ratelimit import RateLimiter
 from delshare.turn.server_state import (
@@ -53,6 +73,8 @@ from delshare.turn.server_state import (
     Reservation,
     ResponseCache,
     TcpConnection,
+    Timer,
+    TimerKind,
     canonical_ip,
     ip_family,
 )
@@ -95,14 +117,6 @@ def nonce_binding(five: FiveTuple) -> str:
     return f"{five.transport} {five.client[0]} {five.client[1]} {five.server[0]} {five.server[1]}"
 
 
-class Refused(StunProtocolError):
-    """A refusal that carries extra attributes, e.g. UNKNOWN-ATTRIBUTES with 420."""
-
-    def __init__(self, code: int, reason: str, *attributes: tuple[int, object]) -> None:
-        super().__init__(code, reason)
-        self.attributes = list(attributes)
-
-
 class TurnServer:
     """The TURN server state machine; one per relay process, shared by every listener."""
 
@@ -129,7 +143,7 @@ class TurnServer:
         )
         self._rate = RateLimiter(config.request_rate, config.request_burst)
         self._outputs: list[Output] = []
-        self._timers: list[tuple[float, int, str, object]] = []
+        self._timers: list[tuple[float, int, Timer]] = []
         self._ids = itertools.count(1)
         self._seq = itertools.count()
         self._handlers: dict[int, Handler] = {
@@ -179,16 +193,17 @@ class TurnServer:
     def handle_timer(self, now: float) -> None:
         """Fire every deadline that is due."""
         while self._timers and self._timers[0][0] <= now:
-            _, _, kind, key = heapq.heappop(self._timers)
-            if kind == "alloc" and isinstance(key, int):
-                self._expire_allocation(key, now)
-            elif kind == "conn" and isinstance(key, int):
-                self._expire_connection(key, now)
-            elif kind == "resv" and isinstance(key, bytes):
-                self._expire_reservation(key, now)
+            _, _, timer = heapq.heappop(self._timers)
+            match timer.kind:
+                case TimerKind.ALLOCATION_EXPIRES:
+                    self._expire_allocation(timer.id, now)
+                case TimerKind.CONNECTION_DEADLINE:
+                    self._expire_connection(timer.id, now)
+                case TimerKind.RESERVATION_EXPIRES:
+                    self._expire_reservation(timer.token, now)
 
-    def _at(self, deadline: float, kind: str, key: object) -> None:
-        heapq.heappush(self._timers, (deadline, next(self._seq), kind, key))
+    def _at(self, deadline: float, timer: Timer) -> None:
+        heapq.heappush(self._timers, (deadline, next(self._seq), timer))
 
     def _expire_allocation(self, alloc_id: int, now: float) -> None:
         alloc = self._by_id.get(alloc_id)
@@ -251,7 +266,11 @@ class TurnServer:
             self._outputs.append(RequestRefused(five, stub.method_name, 0, "rate limited"))
             return
         self._respond(
-            five, stub, error_response(stub, 400, f"Bad Request: {bad.reason}"), None, now
+            five,
+            stub,
+            error_response(stub, ErrorCode.BAD_REQUEST, f"Bad Request: {bad.reason}"),
+            None,
+            now,
         )
 
     def _retransmission(self, five: FiveTuple, msg: Message, now: float) -> bool:
@@ -284,22 +303,16 @@ class TurnServer:
         try:
             if msg.method == Method.BINDING:
                 self._check_unknown(msg)
-                response: Message | None = success_response(
-                    msg, (Attr.XOR_MAPPED_ADDRESS, five.client)
-                )
+                response: Message | None = success_response(msg, XOR_MAPPED_ADDRESS(five.client))
             else:
                 handler = self._handlers.get(msg.method)
                 if handler is None:
-                    raise StunProtocolError(400, "Unknown method")
+                    raise StunProtocolError(ErrorCode.BAD_REQUEST, "Unknown method")
                 creds = self.auth.authenticate(msg, now, *self._nonce_bindings(five, msg))
                 self._check_unknown(msg)
                 response = handler(five, msg, creds, now)
-        except ChallengeRequired as challenge:
-            creds = None
-            response = error_response(msg, challenge.code, challenge.reason, *challenge.attributes)
-        except StunProtocolError as refusal:
-            extra = refusal.attributes if isinstance(refusal, Refused) else []
-            response = error_response(msg, refusal.code, refusal.reason, *extra)
+        except StunProtocolError as refusal:  # a challenge too: authenticate left creds None
+            response = error_response(msg, refusal.code, refusal.reason, *refusal.attributes)
         if response is not None:
             self._respond(five, msg, response, creds, now)
         while self._close_after_answer:
@@ -311,7 +324,7 @@ class TurnServer:
         clients (coturn's uclient) reuse on the new data connection (RFC 6062 §5.4)."""
         also: tuple[str, ...] = ()
         if msg.method == Method.CONNECTION_BIND:
-            conn = self.connections.get(msg.get_int(Attr.CONNECTION_ID) or 0)
+            conn = self.connections.get(msg.get(CONNECTION_ID) or 0)
             alloc = None if conn is None else self._by_id.get(conn.alloc_id)
             if alloc is not None:
                 also = (nonce_binding(alloc.five),)
@@ -319,13 +332,15 @@ class TurnServer:
 
     def _check_unknown(self, msg: Message) -> None:
         if msg.unknown_required:
-            raise Refused(
-                420, "Unknown Attribute", (Attr.UNKNOWN_ATTRIBUTES, tuple(msg.unknown_required))
+            raise StunProtocolError(
+                ErrorCode.UNKNOWN_ATTRIBUTE,
+                "Unknown Attribute",
+                UNKNOWN_ATTRIBUTES(tuple(msg.unknown_required)),
             )
 
     def _encode(self, request: Message, response: Message, creds: Credentials | None) -> bytes:
         """Sign like the request did (RFC 8489 §9.2.4); FINGERPRINT if the request had one."""
-        fingerprint = request.has(Attr.FINGERPRINT)
+        fingerprint = request.has(FINGERPRINT)
         if creds is None:
             return response.encode(fingerprint=fingerprint)
         return response.encode(creds.key, sha256=creds.sha256, fingerprint=fingerprint)
@@ -360,15 +375,17 @@ class TurnServer:
         if self.draining:
             self._try_alternate(five, "Insufficient Capacity (draining)")
         transport = self._requested_transport(five, msg)
-        token = msg.get(Attr.RESERVATION_TOKEN)
-        even = msg.get(Attr.EVEN_PORT)
-        requested_family = msg.get_int(Attr.REQUESTED_ADDRESS_FAMILY)
+        token = msg.get(RESERVATION_TOKEN)
+        even = msg.get(EVEN_PORT)
+        requested_family = msg.get(REQUESTED_ADDRESS_FAMILY)
         if token is not None and (even is not None or requested_family is not None):
-            raise StunProtocolError(400, "RESERVATION-TOKEN with EVEN-PORT or address family")
+            raise StunProtocolError(
+                ErrorCode.BAD_REQUEST, "RESERVATION-TOKEN with EVEN-PORT or address family"
+            )
         family = self._relay_family(five, requested_family)
         extra_family = self._additional_family(msg, requested_family, token)
         self._check_allocation_quota(creds.username, five)
-        reserved = self._take_reservation(token, now) if isinstance(token, bytes) else None
+        reserved = self._take_reservation(token, now) if token is not None else None
         if reserved is not None:
             family = reserved.family
         lifetime = self._lifetime(msg)
@@ -389,7 +406,7 @@ class TurnServer:
                 even_port=even is not None,
                 reserve_next=bool(even),
                 reserved=None if reserved is None else reserved.address,
-                dont_fragment=msg.has(Attr.DONT_FRAGMENT),
+                dont_fragment=msg.has(DONT_FRAGMENT),
             )
         )
         if extra_family is not None:
@@ -401,22 +418,30 @@ class TurnServer:
     ) -> int | None:
         """RFC 8656 §7.2 ADDITIONAL-ADDRESS-FAMILY: IPv6 beside IPv4, never with
         REQUESTED-ADDRESS-FAMILY or RESERVATION-TOKEN (400)."""
-        additional = msg.get_int(Attr.ADDITIONAL_ADDRESS_FAMILY)
+        additional = msg.get(ADDITIONAL_ADDRESS_FAMILY)
         if additional is None:
             return None
         if requested_family is not None or token is not None or additional != FAMILY_IPV6:
-            raise StunProtocolError(400, "Bad ADDITIONAL-ADDRESS-FAMILY")
+            raise StunProtocolError(ErrorCode.BAD_REQUEST, "Bad ADDITIONAL-ADDRESS-FAMILY")
         return 6
 
     def _open_extra_relay(self, alloc: Allocation, family: int, msg: Message) -> None:
         """Ask for the second relayed address, or note why there is none (ADDRESS-ERROR-CODE)."""
         alloc.extra_family = family
         if alloc.transport != PROTO_UDP:
-            alloc.extra_error = (FAMILY_IPV6, 440, "Dual allocation only for UDP")
+            alloc.extra_error = (
+                FAMILY_IPV6,
+                ErrorCode.ADDRESS_FAMILY_NOT_SUPPORTED,
+                "Dual allocation only for UDP",
+            )
         elif not self.config.ipv6_relays:
-            alloc.extra_error = (FAMILY_IPV6, 440, "Address Family not Supported")
+            alloc.extra_error = (
+                FAMILY_IPV6,
+                ErrorCode.ADDRESS_FAMILY_NOT_SUPPORTED,
+                "Address Family not Supported",
+            )
         else:
-            dont_fragment = msg.has(Attr.DONT_FRAGMENT)
+            dont_fragment = msg.has(DONT_FRAGMENT)
             self._outputs.append(
                 OpenRelay(
                     alloc.id, alloc.five, alloc.transport, family, dont_fragment=dont_fragment
@@ -426,27 +451,33 @@ class TurnServer:
     def _allocate_again(self, existing: Allocation, msg: Message) -> Message | None:
         """A retransmitted Allocate gets the same answer; any other gets 437 (RFC 8656 §7.2)."""
         if existing.request.transaction_id != msg.transaction_id:
-            raise StunProtocolError(437, "Allocation Mismatch")
+            raise StunProtocolError(ErrorCode.ALLOCATION_MISMATCH, "Allocation Mismatch")
         if existing.allocate_response:
             self._outputs.append(SendToClient(existing.five, existing.allocate_response))
         return None
 
     def _requested_transport(self, five: FiveTuple, msg: Message) -> int:
-        transport = msg.get_int(Attr.REQUESTED_TRANSPORT)
+        transport = msg.get(REQUESTED_TRANSPORT)
         if transport is None:
-            raise StunProtocolError(400, "Missing REQUESTED-TRANSPORT")
+            raise StunProtocolError(ErrorCode.BAD_REQUEST, "Missing REQUESTED-TRANSPORT")
         offered = {PROTO_UDP: self.config.udp_relays, PROTO_TCP: self.config.tcp_relays}
         if not offered.get(transport, False):
-            raise StunProtocolError(442, "Unsupported Transport Protocol")
+            raise StunProtocolError(
+                ErrorCode.UNSUPPORTED_TRANSPORT, "Unsupported Transport Protocol"
+            )
         if transport == PROTO_TCP:
             if not five.stream:
-                raise StunProtocolError(400, "TCP allocations need a TCP or TLS connection")
-            for attr in (Attr.DONT_FRAGMENT, Attr.EVEN_PORT, Attr.RESERVATION_TOKEN):
+                raise StunProtocolError(
+                    ErrorCode.BAD_REQUEST, "TCP allocations need a TCP or TLS connection"
+                )
+            for attr in (DONT_FRAGMENT, EVEN_PORT, RESERVATION_TOKEN):
                 if msg.has(attr):
-                    raise StunProtocolError(400, f"{attr.name} not allowed with TCP relays")
-        elif msg.has(Attr.DONT_FRAGMENT) and not self.config.dont_fragment:
-            unknown = (Attr.UNKNOWN_ATTRIBUTES, (int(Attr.DONT_FRAGMENT),))
-            raise Refused(420, "Unknown Attribute", unknown)
+                    raise StunProtocolError(
+                        ErrorCode.BAD_REQUEST, f"{attr.name} not allowed with TCP relays"
+                    )
+        elif msg.has(DONT_FRAGMENT) and not self.config.dont_fragment:
+            unknown = UNKNOWN_ATTRIBUTES((int(Attr.DONT_FRAGMENT),))
+            raise StunProtocolError(ErrorCode.UNKNOWN_ATTRIBUTE, "Unknown Attribute", unknown)
         return transport
 
     def _relay_family(self, five: FiveTuple, requested: int | None) -> int:
@@ -455,15 +486,19 @@ class TurnServer:
             return 4
         family = _FAMILIES.get(requested)
         if family is None or (family == 6 and not self.config.ipv6_relays):
-            raise StunProtocolError(440, "Address Family not Supported")
+            raise StunProtocolError(
+                ErrorCode.ADDRESS_FAMILY_NOT_SUPPORTED, "Address Family not Supported"
+            )
         return family
 
     def _check_allocation_quota(self, username: str, five: FiveTuple) -> None:
         client_ip = five.client[0]
         if self._per_user[username] >= self.config.max_allocations_per_user:
-            raise StunProtocolError(486, "Allocation Quota Reached")
+            raise StunProtocolError(ErrorCode.ALLOCATION_QUOTA_REACHED, "Allocation Quota Reached")
         if self._per_ip[client_ip] >= self.config.max_allocations_per_ip:
-            raise StunProtocolError(486, "Allocation Quota Reached for this address")
+            raise StunProtocolError(
+                ErrorCode.ALLOCATION_QUOTA_REACHED, "Allocation Quota Reached for this address"
+            )
         if len(self.allocations) >= self.config.max_allocations:
             self._try_alternate(five, "Insufficient Capacity")
 
@@ -477,19 +512,23 @@ class TurnServer:
         family = ip_family(five.client[0])
         choices = [a for a in self.config.alternate_servers if ip_family(a[0]) == family]
         if not choices or five.transport == TLS:
-            raise StunProtocolError(508, reason)
+            raise StunProtocolError(ErrorCode.INSUFFICIENT_CAPACITY, reason)
         alternate = choices[next(self._alternate_turn) % len(choices)]
-        raise Refused(300, "Try Alternate", (Attr.ALTERNATE_SERVER, alternate))
+        raise StunProtocolError(
+            ErrorCode.TRY_ALTERNATE, "Try Alternate", ALTERNATE_SERVER(alternate)
+        )
 
     def _take_reservation(self, token: bytes, now: float) -> Reservation:
         found = self._reservations.pop(token, None)
         if found is None or found.expires <= now:
-            raise StunProtocolError(508, "Unknown or expired RESERVATION-TOKEN")
+            raise StunProtocolError(
+                ErrorCode.INSUFFICIENT_CAPACITY, "Unknown or expired RESERVATION-TOKEN"
+            )
         return found
 
     def _lifetime(self, msg: Message) -> int:
         """RFC 8656 §7.2 step 8: at least the default, at most the server maximum."""
-        requested = msg.get_int(Attr.LIFETIME)
+        requested = msg.get(LIFETIME)
         floor = min(self.config.default_lifetime, self.config.max_lifetime)
         if requested is None:
             return floor
@@ -522,18 +561,18 @@ class TurnServer:
 
     def _answer_allocate(self, alloc: Allocation, now: float) -> None:
         """Success with the relayed address(es) (RFC 8656 §7.2, §18.12 ADDRESS-ERROR-CODE)."""
-        alloc.state = AllocationState.ACTIVE
+        alloc.move(AllocationState.ACTIVE)
         alloc.expires = now + alloc.lifetime
-        self._at(alloc.expires, "alloc", alloc.id)
-        attrs: list[tuple[int, object]] = [(Attr.XOR_RELAYED_ADDRESS, alloc.relayed)]
+        self._at(alloc.expires, Timer(TimerKind.ALLOCATION_EXPIRES, alloc.id))
+        attrs: list[tuple[int, object]] = [XOR_RELAYED_ADDRESS(alloc.relayed)]
         if alloc.extra_relayed is not None:
-            attrs.append((Attr.XOR_RELAYED_ADDRESS, alloc.extra_relayed))
-        attrs += [(Attr.LIFETIME, alloc.lifetime), (Attr.XOR_MAPPED_ADDRESS, alloc.five.client)]
+            attrs.append(XOR_RELAYED_ADDRESS(alloc.extra_relayed))
+        attrs += [LIFETIME(alloc.lifetime), XOR_MAPPED_ADDRESS(alloc.five.client)]
         if alloc.reserved_next is not None:
             token = self._reserve(alloc.reserved_next, alloc.family, now)
-            attrs.append((Attr.RESERVATION_TOKEN, token))
+            attrs.append(RESERVATION_TOKEN(token))
         if alloc.extra_error is not None:
-            attrs.append((Attr.ADDRESS_ERROR_CODE, alloc.extra_error))
+            attrs.append(ADDRESS_ERROR_CODE(alloc.extra_error))
         response = success_response(alloc.request, *attrs)
         alloc.allocate_response = self._encode(alloc.request, response, alloc.creds)
         self._answers.store(alloc.five, alloc.request.transaction_id, alloc.allocate_response, now)
@@ -557,14 +596,14 @@ class TurnServer:
         token = secrets.token_bytes(8)
         expires = now + self.config.reservation_lifetime
         self._reservations[token] = Reservation(address, family, expires)
-        self._at(expires, "resv", token)
+        self._at(expires, Timer(TimerKind.RESERVATION_EXPIRES, token=token))
         return token
 
     def relay_failed(
         self,
         alloc_id: int,
         now: float,
-        code: int = 508,
+        code: int = ErrorCode.INSUFFICIENT_CAPACITY,
         reason: str = "",
         family: int | None = None,
     ) -> None:
@@ -591,42 +630,46 @@ class TurnServer:
         """The 5-tuple's allocation, used with the same username (437, 441: RFC 8656 §7.3)."""
         alloc = self.allocations.get(five)
         if alloc is None or alloc.state != AllocationState.ACTIVE:
-            raise StunProtocolError(437, "Allocation Mismatch")
+            raise StunProtocolError(ErrorCode.ALLOCATION_MISMATCH, "Allocation Mismatch")
         if creds.username != alloc.username:
-            raise StunProtocolError(441, "Wrong Credentials")
+            raise StunProtocolError(ErrorCode.WRONG_CREDENTIALS, "Wrong Credentials")
         return alloc
 
     def _refresh(self, five: FiveTuple, msg: Message, creds: Credentials, now: float) -> Message:
         alloc = self._active(five, creds)
-        requested_family = msg.get_int(Attr.REQUESTED_ADDRESS_FAMILY)
+        requested_family = msg.get(REQUESTED_ADDRESS_FAMILY)
         if requested_family is not None and _FAMILIES.get(requested_family) not in alloc.families:
-            raise StunProtocolError(443, "Peer Address Family Mismatch")
-        if msg.get_int(Attr.LIFETIME) == 0:
+            raise StunProtocolError(
+                ErrorCode.PEER_ADDRESS_FAMILY_MISMATCH, "Peer Address Family Mismatch"
+            )
+        if msg.get(LIFETIME) == 0:
             self._delete_allocation(alloc, "refreshed to 0")
             self._close_after_answer.append(five)
-            return success_response(msg, (Attr.LIFETIME, 0))
+            return success_response(msg, LIFETIME(0))
         alloc.lifetime = self._lifetime(msg)
         alloc.expires = now + alloc.lifetime
-        self._at(alloc.expires, "alloc", alloc.id)
+        self._at(alloc.expires, Timer(TimerKind.ALLOCATION_EXPIRES, alloc.id))
         self._outputs.append(AllocationRefreshed(alloc.id, alloc.lifetime))
-        return success_response(msg, (Attr.LIFETIME, alloc.lifetime))
+        return success_response(msg, LIFETIME(alloc.lifetime))
 
     def _check_peer(self, alloc: Allocation, peer: Address) -> None:
         """443 for the wrong family, 403 for addresses the policy refuses (RFC 8656 §9.1)."""
         try:
             family = ip_family(peer[0])
         except ValueError as exc:
-            raise StunProtocolError(400, "Bad peer address") from exc
+            raise StunProtocolError(ErrorCode.BAD_REQUEST, "Bad peer address") from exc
         if family not in alloc.families:
-            raise StunProtocolError(443, "Peer Address Family Mismatch")
+            raise StunProtocolError(
+                ErrorCode.PEER_ADDRESS_FAMILY_MISMATCH, "Peer Address Family Mismatch"
+            )
         if not self.peer_filter.allowed_peer(peer[0], peer[1]):
-            raise StunProtocolError(403, "Forbidden peer address")
+            raise StunProtocolError(ErrorCode.FORBIDDEN, "Forbidden peer address")
 
     def _install_permission(self, alloc: Allocation, peer_ip: str, now: float) -> None:
         if canonical_ip(peer_ip) not in alloc.permissions:
             alloc.purge_permissions(now)
             if len(alloc.permissions) >= self.config.max_permissions_per_allocation:
-                raise StunProtocolError(508, "Too many permissions")
+                raise StunProtocolError(ErrorCode.INSUFFICIENT_CAPACITY, "Too many permissions")
             self._outputs.append(PermissionCreated(alloc.id, canonical_ip(peer_ip)))
         alloc.add_permission(peer_ip, now + PERMISSION_LIFETIME)
 
@@ -634,9 +677,9 @@ class TurnServer:
         self, five: FiveTuple, msg: Message, creds: Credentials, now: float
     ) -> Message:
         alloc = self._active(five, creds)
-        peers = [p for p in msg.get_all(Attr.XOR_PEER_ADDRESS) if isinstance(p, tuple)]
+        peers = msg.get_all(XOR_PEER_ADDRESS)
         if not peers:
-            raise StunProtocolError(400, "Missing XOR-PEER-ADDRESS")
+            raise StunProtocolError(ErrorCode.BAD_REQUEST, "Missing XOR-PEER-ADDRESS")
         for peer in peers:
             self._check_peer(alloc, peer)
         for peer in peers:
@@ -648,19 +691,19 @@ class TurnServer:
     ) -> Message:
         alloc = self._active(five, creds)
         if alloc.transport != PROTO_UDP:
-            raise StunProtocolError(400, "ChannelBind on a TCP allocation")
-        number = msg.get_int(Attr.CHANNEL_NUMBER)
-        peer = msg.get_address(Attr.XOR_PEER_ADDRESS)
+            raise StunProtocolError(ErrorCode.BAD_REQUEST, "ChannelBind on a TCP allocation")
+        number = msg.get(CHANNEL_NUMBER)
+        peer = msg.get(XOR_PEER_ADDRESS)
         if number is None or peer is None or not CHANNEL_MIN <= number <= COMPAT_CHANNEL_MAX:
-            raise StunProtocolError(400, "Bad CHANNEL-NUMBER or XOR-PEER-ADDRESS")
+            raise StunProtocolError(ErrorCode.BAD_REQUEST, "Bad CHANNEL-NUMBER or XOR-PEER-ADDRESS")
         peer = (canonical_ip(peer[0]), peer[1])
         self._check_peer(alloc, peer)
         bound = alloc.channel(number, now)
         if bound is not None and bound.peer != peer:
-            raise StunProtocolError(400, "Channel bound to another peer")
+            raise StunProtocolError(ErrorCode.BAD_REQUEST, "Channel bound to another peer")
         other = alloc.channel_for_peer(peer, now)
         if other is not None and other.number != number:
-            raise StunProtocolError(400, "Peer bound to another channel")
+            raise StunProtocolError(ErrorCode.BAD_REQUEST, "Peer bound to another channel")
         self._install_permission(alloc, peer[0], now)
         alloc.bind_channel(number, peer, now + CHANNEL_LIFETIME)
         if bound is None:
@@ -677,9 +720,9 @@ class TurnServer:
 
     def _send_indication(self, five: FiveTuple, msg: Message, now: float) -> None:
         alloc = self._udp_allocation(five)
-        peer = msg.get_address(Attr.XOR_PEER_ADDRESS)
-        data = msg.get(Attr.DATA)
-        if alloc is None or peer is None or not isinstance(data, bytes):
+        peer = msg.get(XOR_PEER_ADDRESS)
+        data = msg.get(DATA)
+        if alloc is None or peer is None or data is None:
             return
         if alloc.has_permission(peer[0], now) and not self.peer_filter.is_own(*peer):
             self._outputs.append(SendToPeer(alloc.id, peer, data))
@@ -711,7 +754,7 @@ class TurnServer:
             frame = ChannelData(channel.number, data).encode(pad=alloc.five.stream)
         else:
             indication = Message(Method.DATA, MessageClass.INDICATION)
-            indication.add(Attr.XOR_PEER_ADDRESS, peer).add(Attr.DATA, data)
+            indication.add(XOR_PEER_ADDRESS, peer).add(DATA, data)
             frame = indication.encode()
         self._outputs.append(SendToClient(alloc.five, frame))
 
@@ -720,7 +763,7 @@ class TurnServer:
     def _tcp_allocation(self, five: FiveTuple, creds: Credentials) -> Allocation:
         alloc = self._active(five, creds)
         if alloc.transport != PROTO_TCP:
-            raise StunProtocolError(400, "Not a TCP allocation")
+            raise StunProtocolError(ErrorCode.BAD_REQUEST, "Not a TCP allocation")
         return alloc
 
     def _check_connection_room(self, alloc: Allocation) -> None:
@@ -732,14 +775,20 @@ class TurnServer:
         """
         config = self.config
         if len(alloc.connections) >= config.max_connections_per_allocation:
-            raise StunProtocolError(508, "Too many connections on this allocation")
+            raise StunProtocolError(
+                ErrorCode.INSUFFICIENT_CAPACITY, "Too many connections on this allocation"
+            )
         pending_here = sum(1 for c in alloc.connections if self.connections[c].pending)
         if pending_here >= config.max_pending_per_allocation:
-            raise StunProtocolError(508, "Too many pending connections on this allocation")
+            raise StunProtocolError(
+                ErrorCode.INSUFFICIENT_CAPACITY, "Too many pending connections on this allocation"
+            )
         if self._pending_per_user[alloc.username] >= config.max_pending_per_user:
-            raise StunProtocolError(508, "Too many pending connections for this user")
+            raise StunProtocolError(
+                ErrorCode.INSUFFICIENT_CAPACITY, "Too many pending connections for this user"
+            )
         if self.pending_connections >= config.max_pending_connections:
-            raise StunProtocolError(508, "Too many pending connections")
+            raise StunProtocolError(ErrorCode.INSUFFICIENT_CAPACITY, "Too many pending connections")
 
     def _new_connection_id(self) -> int:
         """Unpredictable, unique, non-zero CONNECTION-ID (RFC 6062 §6.2.1)."""
@@ -751,15 +800,17 @@ class TurnServer:
     def _connect(self, five: FiveTuple, msg: Message, creds: Credentials, now: float) -> None:
         """RFC 6062 §5.2: 403 without permission, 446 if the peer is connected already."""
         alloc = self._tcp_allocation(five, creds)
-        peer = msg.get_address(Attr.XOR_PEER_ADDRESS)
+        peer = msg.get(XOR_PEER_ADDRESS)
         if peer is None:
-            raise StunProtocolError(400, "Missing XOR-PEER-ADDRESS")
+            raise StunProtocolError(ErrorCode.BAD_REQUEST, "Missing XOR-PEER-ADDRESS")
         peer = (canonical_ip(peer[0]), peer[1])
         self._check_peer(alloc, peer)
         if not alloc.has_permission(peer[0], now):
-            raise StunProtocolError(403, "No permission for this peer")
+            raise StunProtocolError(ErrorCode.FORBIDDEN, "No permission for this peer")
         if any(self.connections[c].peer == peer for c in alloc.connections):
-            raise StunProtocolError(446, "Connection Already Exists")
+            raise StunProtocolError(
+                ErrorCode.CONNECTION_ALREADY_EXISTS, "Connection Already Exists"
+            )
         self._check_connection_room(alloc)
         conn = TcpConnection(
             self._new_connection_id(),
@@ -780,7 +831,7 @@ class TurnServer:
         self._pending_per_user[conn.username] += 1
         self.connections[conn.id] = conn
         alloc.connections.add(conn.id)
-        self._at(conn.deadline, "conn", conn.id)
+        self._at(conn.deadline, Timer(TimerKind.CONNECTION_DEADLINE, conn.id))
 
     def peer_connected(self, conn_id: int, now: float) -> None:
         """The outgoing connection is up: Connect success with CONNECTION-ID, start bind timer."""
@@ -791,9 +842,9 @@ class TurnServer:
         alloc = self._by_id[conn.alloc_id]
         conn.move(ConnectionState.PENDING)
         conn.deadline = now + self.config.bind_timeout
-        self._at(conn.deadline, "conn", conn.id)
+        self._at(conn.deadline, Timer(TimerKind.CONNECTION_DEADLINE, conn.id))
         assert conn.request is not None
-        response = success_response(conn.request, (Attr.CONNECTION_ID, conn.id))
+        response = success_response(conn.request, CONNECTION_ID(conn.id))
         self._respond(alloc.five, conn.request, response, conn.creds, now)
         self._outputs.append(PeerConnected(conn.id, alloc.id, conn.peer, incoming=False))
 
@@ -808,7 +859,7 @@ class TurnServer:
     def _answer_connect_failure(self, conn: TcpConnection, reason: str, now: float) -> None:
         alloc = self._by_id.get(conn.alloc_id)
         if alloc is not None and conn.request is not None:
-            response = error_response(conn.request, 447, reason)
+            response = error_response(conn.request, ErrorCode.CONNECTION_TIMEOUT_OR_FAILURE, reason)
             self._respond(alloc.five, conn.request, response, conn.creds, now)
 
     def peer_accepted(self, alloc_id: int, peer: Address, now: float) -> int | None:
@@ -837,7 +888,7 @@ class TurnServer:
         )
         self._add_connection(alloc, conn)
         attempt = Message(Method.CONNECTION_ATTEMPT, MessageClass.INDICATION)
-        attempt.add(Attr.XOR_PEER_ADDRESS, peer).add(Attr.CONNECTION_ID, conn.id)
+        attempt.add(XOR_PEER_ADDRESS, peer).add(CONNECTION_ID, conn.id)
         self._outputs.append(SendToClient(alloc.five, attempt.encode(fingerprint=True)))
         self._outputs.append(PeerConnected(conn.id, alloc.id, peer, incoming=True))
         return conn.id
@@ -847,12 +898,14 @@ class TurnServer:
     ) -> None:
         """RFC 6062 §5.4: bind a new client connection to a pending peer connection."""
         if not five.stream or five in self.allocations:
-            raise StunProtocolError(400, "ConnectionBind needs a new TCP or TLS connection")
-        cid = msg.get_int(Attr.CONNECTION_ID)
+            raise StunProtocolError(
+                ErrorCode.BAD_REQUEST, "ConnectionBind needs a new TCP or TLS connection"
+            )
+        cid = msg.get(CONNECTION_ID)
         conn = None if cid is None else self.connections.get(cid)
         # One answer for unknown, bound and another user's IDs: no oracle (issue 10 item 12).
         if conn is None or conn.state != ConnectionState.PENDING or conn.username != creds.username:
-            raise StunProtocolError(400, "Unknown or already bound CONNECTION-ID")
+            raise StunProtocolError(ErrorCode.BAD_REQUEST, "Unknown or already bound CONNECTION-ID")
         alloc = self._by_id[conn.alloc_id]
         conn.move(ConnectionState.BOUND)
         self._bound += 1

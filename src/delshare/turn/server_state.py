@@ -15,7 +15,7 @@ from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
 from enum import Enum
 
-from delshare.errors import DelshareError
+from delshare.errors import LocalProtocolError
 from delshare.stun.attributes import Address
 from delshare.stun.message import Message
 from delshare.turn.auth import Credentials
@@ -42,6 +42,31 @@ def ip_family(host: str) -> int:
 class AllocationState(Enum):
     OPENING = "opening"
     ACTIVE = "active"
+
+
+# RFC 8656 §7 allocation life cycle as data: OPENING until the relayed socket is bound, then
+# ACTIVE; deletion (expiry, Refresh to 0, control connection gone) removes the record.
+ALLOCATION_TRANSITIONS: dict[AllocationState, frozenset[AllocationState]] = {
+    AllocationState.OPENING: frozenset({AllocationState.ACTIVE}),  # §7.2 relayed address bound
+    AllocationState.ACTIVE: frozenset(),
+}
+
+
+class TimerKind(Enum):
+    """What a server deadline is for."""
+
+    ALLOCATION_EXPIRES = "allocation"  # RFC 8656 §7: lifetime not refreshed
+    CONNECTION_DEADLINE = "connection"  # RFC 6062 §5.2 Connect, §5.3 ConnectionBind: 30 s
+    RESERVATION_EXPIRES = "reservation"  # RFC 8656 §7.2 RESERVATION-TOKEN: 30 s
+
+
+@dataclass(frozen=True, slots=True)
+class Timer:
+    """One deadline: an allocation or connection by ``id``, or a reservation by ``token``."""
+
+    kind: TimerKind
+    id: int = 0
+    token: bytes = b""
 
 
 class ConnectionState(Enum):
@@ -100,6 +125,12 @@ class Allocation:
         extra_open = self.extra_family is None or self.extra_relayed or self.extra_error
         return not (self.relay_ready and extra_open)
 
+    def move(self, to: AllocationState) -> None:
+        """Change state along ``ALLOCATION_TRANSITIONS``; anything else is a bug."""
+        if to not in ALLOCATION_TRANSITIONS[self.state]:
+            raise IllegalTransition(f"allocation {self.id:08x}: {self.state.name} -> {to.name}")
+        self.state = to
+
     def has_permission(self, peer_ip: str, now: float) -> bool:
         """RFC 8656 §9: permissions are per IP, port ignored."""
         expires = self.permissions.get(peer_ip)  # kernel-given addresses are canonical
@@ -141,8 +172,8 @@ CONNECTION_TRANSITIONS: dict[ConnectionState, frozenset[ConnectionState]] = {
 }
 
 
-class IllegalTransition(DelshareError, RuntimeError):
-    """A connection was asked to move to a state its life cycle does not allow."""
+class IllegalTransition(LocalProtocolError):
+    """An allocation or connection was asked to move to a state its life cycle does not allow."""
 
 
 @dataclass
