@@ -741,6 +741,45 @@ class TurnServer:
         if channel is not None and alloc.has_permission(channel.peer[0], now):
             self._outputs.append(SendToPeer(alloc.id, channel.peer, payload))
 
+    def channel_route(
+        self, five: FiveTuple, number: int, now: float
+    ) -> tuple[int, Address, float] | None:
+        """Where ChannelData on channel ``number`` from ``five`` goes (RFC 8656 §12.5), if
+        anywhere: ``(alloc_id, peer, valid_until)``.
+
+        The route holds until ``valid_until`` (the channel, the permission or the allocation
+        expires first), unless the allocation ends sooner, which ``CloseRelay`` announces. An
+        adapter may therefore forward that channel's data itself until then (the payload is
+        ``data[4 : 4 + length]``; a shorter datagram is dropped) instead of calling
+        :meth:`receive` for every datagram, and forget its routes on ``CloseRelay``.
+        """
+        alloc = self._udp_allocation(five)
+        channel = alloc.channel(number, now) if alloc is not None else None
+        if alloc is None or channel is None:
+            return None
+        allowed = alloc.permissions.get(canonical_ip(channel.peer[0]), 0.0)
+        until = min(channel.expires, allowed, alloc.expires)
+        return (alloc.id, channel.peer, until) if until > now else None
+
+    def peer_route(
+        self, alloc_id: int, peer: Address, now: float
+    ) -> tuple[FiveTuple, int, float] | None:
+        """How a datagram from ``peer`` to allocation ``alloc_id`` reaches the client when a
+        channel carries it (RFC 8656 §12.5): ``(client five-tuple, channel, valid_until)``.
+
+        None when no channel is bound (the datagram becomes a Data indication: call
+        :meth:`receive_peer_datagram`). Valid like :meth:`channel_route`'s routes.
+        """
+        alloc = self._by_id.get(alloc_id)
+        if alloc is None or alloc.state != AllocationState.ACTIVE:
+            return None
+        channel = alloc.channel_for_peer((canonical_ip(peer[0]), peer[1]), now)
+        if channel is None:
+            return None
+        allowed = alloc.permissions.get(canonical_ip(peer[0]), 0.0)
+        until = min(channel.expires, allowed, alloc.expires)
+        return (alloc.five, channel.number, until) if until > now else None
+
     def receive_peer_datagram(self, alloc_id: int, peer: Address, data: bytes, now: float) -> None:
         """A datagram reached a UDP relayed address: Data indication or ChannelData (§10.3)."""
         alloc = self._by_id.get(alloc_id)
