@@ -37,6 +37,7 @@ from tests.app.harness import DELSHARE, RelayProcess, env_for, start_relay_proce
 from tests.transfer.conftest import channel_pair
 
 HOLD = 30.0
+RECONNECT = "0"  # a silent link is also how a dead one looks: no reconnecting here (issue 14)
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +79,7 @@ def _never_answer(process: subprocess.Popen[bytes]) -> Script[None]:
 
 
 async def test_a_receiver_that_gets_no_offer_gives_up(relay: RelayProcess, tmp_path: Path) -> None:
-    env = env_for(relay.rendezvous, DELSHARE_PEER_TIMEOUT="2")
+    env = env_for(relay.rendezvous, DELSHARE_PEER_TIMEOUT="2", DELSHARE_RECONNECT_TIMEOUT=RECONNECT)
     for attempt in range(scaled(1, 3)):
         out = tmp_path / f"out{attempt}"
         out.mkdir()
@@ -103,7 +104,7 @@ async def test_a_sender_whose_receiver_goes_silent_gives_up(
 ) -> None:
     small = tmp_path / "small.txt"
     small.write_text("fits in any socket buffer\n")
-    env = env_for(relay.rendezvous, DELSHARE_PEER_TIMEOUT="2")
+    env = env_for(relay.rendezvous, DELSHARE_PEER_TIMEOUT="2", DELSHARE_RECONNECT_TIMEOUT=RECONNECT)
     code = f"{610 + (script is _never_answer)}-guitar-orbit"
     sender = start_cli(["send", str(small), "--code", code], env)
     try:

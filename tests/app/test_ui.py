@@ -12,12 +12,16 @@ from delshare.app.events import (
     Event,
     FileSkipped,
     FileVerified,
+    LinkLost,
     NoticeIssued,
     OfferPrepared,
     OfferReceived,
     PeerConnected,
     ProgressUpdated,
+    Reconnected,
     ResumeStarted,
+    TextReceived,
+    TextSent,
     TicketIssued,
     TransferFinished,
     TransferStarted,
@@ -189,6 +193,10 @@ def test_every_json_event_and_field_is_documented() -> None:
         OfferPrepared(1, 1, ("a",)),
         TicketIssued("t"),
         FileSkipped("a", "already there, same content"),
+        LinkLost("connection lost"),
+        Reconnected("relay", "203.0.113.5:3478", 1, 2),
+        TextReceived("hi"),
+        TextSent(2),
     ]
     for event in samples:
         obj = json_object(event)

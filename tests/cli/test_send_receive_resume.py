@@ -86,6 +86,7 @@ class Pair:
 def _start_pair(
     source: Path, out: Path, env: dict[str, str], code: str, flags: Sequence[str]
 ) -> Pair:
+    flags = [*flags, "--reconnect-timeout", "0"]  # the run fails, and a re-run resumes
     sender = start(["send", str(source), "--code", code, "--json", *flags], env)
     receiver = start(["receive", code, "-o", str(out), "--yes", *flags], env)
     return Pair(sender, receiver)

@@ -436,7 +436,8 @@ def test_bars_stop_where_an_interrupted_transfer_stopped(
     master, slave = pty.openpty()
     try:
         receiver = subprocess.Popen(
-            [DELSHARE, "receive", "72-guitar-orbit", "-o", str(out), "-y", "--direct-only"],
+            [DELSHARE, "receive", "72-guitar-orbit", "-o", str(out), "-y", "--direct-only",
+             "--reconnect-timeout", "0"],  # a dead sender: fail now, not after reconnecting
             env={**env, "COLUMNS": "120"}, stdin=subprocess.DEVNULL, stdout=slave, stderr=slave,
         )  # fmt: skip
         os.close(slave)

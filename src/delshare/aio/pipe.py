@@ -49,11 +49,13 @@ import sys
 from dataclasses import dataclass, field
 from typing import TypeAlias
 
+from delshare.portable import PORTABLE
+
 if sys.platform == "linux":
     import fcntl
     import termios
 
-    SPLICE_SUPPORTED: bool = hasattr(os, "splice")
+    SPLICE_SUPPORTED: bool = hasattr(os, "splice") and not PORTABLE
     _SPLICE_FLAGS = os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK if SPLICE_SUPPORTED else 0
 else:  # pragma: no cover - exercised only off Linux
     SPLICE_SUPPORTED = False

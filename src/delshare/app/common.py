@@ -11,6 +11,7 @@ from delshare.app.events import NoticeIssued, ProgressUpdated, Reporter
 from delshare.app.units import human_size
 from delshare.errors import DelshareError, PairingError
 from delshare.transfer.progress import ProgressCallback
+from delshare.transfer.protocol import STALL_TIMEOUT
 
 __all__ = [
     "CODE_VALID_FOR",
@@ -33,11 +34,20 @@ class UsageProblem(DelshareError):
 
 @dataclass(frozen=True)
 class SessionOptions:
-    """Rendezvous server (None: LAN mode), link options, how long to wait for the peer."""
+    """Rendezvous server (None: LAN mode), link options, how long to wait for the peer.
+
+    ``reconnect_timeout``: how long a broken link may take to heal (0: fail at once, as before
+    reconnection existed); ``stall_timeout``: seconds without progress that count as a broken
+    link.
+    """
 
     rendezvous: str | None
     connect: ConnectOptions
     pair_timeout: float = 30.0
+    reconnect_timeout: float = 120.0
+    stall_timeout: float = STALL_TIMEOUT
+    ca: str | None = None
+    """A CA file to trust for a ``wss:`` rendezvous server instead of the system's."""
 
 
 def check_rendezvous_url(url: str) -> None:

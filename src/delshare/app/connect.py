@@ -62,7 +62,9 @@ __all__ = [
     "Gathered",
     "HandedTurn",
     "connect_peer",
+    "connect_with",
     "gather",
+    "offer_candidates",
     "pair_and_gather",
     "race_gathered",
     "wants_handed_turn",
@@ -75,12 +77,16 @@ REFLEXIVE_TIMEOUT = 5.0
 
 @dataclass(frozen=True)
 class ConnectOptions:
-    """How to reach the peer: TURN server, forced path, race timings."""
+    """How to reach the peer: TURN server, forced path, race timings.
+
+    ``more_turn``: further TURN servers, tried in order when ``turn`` cannot allocate.
+    """
 
     turn: TurnSettings | None = None
     mode: Mode = "any"
     relay_delay: float = 0.25
     total_timeout: float = 30.0
+    more_turn: tuple[TurnSettings, ...] = ()
 
 
 @dataclass
@@ -135,7 +141,8 @@ async def gather(
             addresses = host_addresses()
             gathered.candidates += host_candidates(addresses, listener.port, ipv6=listener.ipv6)
         if options.turn is not None and options.mode != "direct":
-            gathered.relay = await _open_relay(options.turn, options.mode == "relay", notice)
+            servers = (options.turn, *options.more_turn)
+            gathered.relay = await _first_relay(servers, options.mode == "relay", notice)
             gathered.candidates += gathered.relay.candidates() if gathered.relay else []
         elif options.turn is not None:
             reflexive = await reflexive_address(options.turn)
@@ -146,18 +153,24 @@ async def gather(
     return gathered
 
 
-async def _open_relay(settings: TurnSettings, required: bool, notice: Notice) -> TurnRelay | None:
-    try:
-        return await open_relay(settings)
-    except (DelshareError, OSError, TimeoutError) as exc:
-        if required:
-            raise LinkError(f"TURN server {settings.label}: {exc or 'timed out'}") from exc
-        hint = turn_hint(exc)
-        notice(
-            f"TURN server {settings.label} unusable, trying direct paths only: "
-            f"{exc or 'timed out'}{f' ({hint})' if hint else ''}"
-        )
-        return None
+async def _first_relay(
+    servers: tuple[TurnSettings, ...], required: bool, notice: Notice
+) -> TurnRelay | None:
+    """An allocation on the first TURN server of ``servers`` that gives one, tried in order."""
+    for position, settings in enumerate(servers):
+        last = position == len(servers) - 1
+        try:
+            return await open_relay(settings)
+        except (DelshareError, OSError, TimeoutError) as exc:
+            if required and last:
+                raise LinkError(f"TURN server {settings.label}: {exc or 'timed out'}") from exc
+            hint = turn_hint(exc)
+            then = "trying direct paths only" if last else "trying the next one"
+            notice(
+                f"TURN server {settings.label} unusable, {then}: "
+                f"{exc or 'timed out'}{f' ({hint})' if hint else ''}"
+            )
+    return None
 
 
 def _candidates_message(gathered: Gathered, mode: Mode) -> dict[str, object]:
@@ -369,9 +382,35 @@ async def connect_peer(
     """
     if gathered is None:
         gathered = await gather(options, notice)
+    message = await offer_candidates(paired, gathered, options)
+    return await connect_with(paired, role, options, gathered, message)
+
+
+async def offer_candidates(
+    paired: PairedChannel, gathered: Gathered, options: ConnectOptions
+) -> dict[str, Any]:
+    """Send our candidates; return the peer's first message (its candidates, unless a sender
+    sends a text instead, see :mod:`delshare.app.text`). Closes ``gathered`` on failure."""
     try:
         await paired.send(_candidates_message(gathered, options.mode))
-        message = await _expect(paired, "candidates")
+        message = await paired.receive()
+    except BaseException:
+        await gathered.close()
+        raise
+    return message
+
+
+async def connect_with(
+    paired: PairedChannel,
+    role: Role,
+    options: ConnectOptions,
+    gathered: Gathered,
+    message: dict[str, Any],
+) -> Connection:
+    """The rest of :func:`connect_peer` once the peer's first ``message`` is in."""
+    try:
+        if message.get("t") == "error":
+            raise PairingError(f"peer gave up: {message.get('reason', '?')}")
         peer_mode, peer = _parse_peer(message)
         mode = combine_modes(options.mode, peer_mode)
         if _relay_setup_needed(message.get("v"), mode, gathered.candidates, peer):

@@ -16,13 +16,17 @@ __all__ = [
     "Event",
     "FileSkipped",
     "FileVerified",
+    "LinkLost",
     "NoticeIssued",
     "OfferPrepared",
     "OfferReceived",
     "PeerConnected",
     "ProgressUpdated",
+    "Reconnected",
     "Reporter",
     "ResumeStarted",
+    "TextReceived",
+    "TextSent",
     "TicketIssued",
     "TransferFinished",
     "TransferStarted",
@@ -64,6 +68,37 @@ class PeerConnected:
     @property
     def line(self) -> str:
         return f"connected: {self.kind} {self.address}"
+
+
+@dataclass(frozen=True, slots=True)
+class TextReceived:
+    """``send --text``: the sender's message (raw: the UI escapes what could steer a terminal)."""
+
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class TextSent:
+    """``send --text``: the receiver confirmed the message of ``characters`` characters."""
+
+    characters: int
+
+
+@dataclass(frozen=True, slots=True)
+class LinkLost:
+    """The link broke mid-transfer (``reason``); the session is trying to reconnect."""
+
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Reconnected:
+    """A new link replaced the lost one; the transfer continues at ``done`` of ``total`` bytes."""
+
+    kind: str
+    address: str
+    done: int
+    total: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,6 +194,10 @@ Event = (
     | OfferPrepared
     | TicketIssued
     | PeerConnected
+    | LinkLost
+    | Reconnected
+    | TextReceived
+    | TextSent
     | OfferReceived
     | TransferStarted
     | ResumeStarted

@@ -4,7 +4,9 @@ No rendezvous and no code: the ticket (:mod:`delshare.link.ticket`) carries the 
 candidates and a one-time key. The receiver gathers as usual (listener, TURN allocation),
 permits the ``--permit`` IPs on its allocation (it cannot learn the sender's address any other
 way), prints ``ticket: ...`` and waits for the sender's race; the sender races to the ticket's
-addresses. Both prove knowledge of the ticket key in the record handshake.
+addresses. Both prove knowledge of the ticket key in the record handshake. After a broken link
+the receiver listens again on the ticket's port and the sender dials the ticket's addresses
+again (:func:`delshare.app.session.ticket_healer`), with the same key.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from delshare.app.connect import LINK_KEY_PURPOSE, Gathered, gather, race_gather
 from delshare.app.events import NoticeIssued, Reporter, TicketIssued
 from delshare.app.receive import Ask, AskOverwrite, ReceiveOptions, check_output, receive_over
 from delshare.app.send import build, send_over
+from delshare.app.session import ticket_healer
 from delshare.errors import PairingError
 from delshare.link.candidates import Candidate, CandidateError
 from delshare.link.ticket import MAX_ADDRESSES, Ticket, TicketAddress, parse_ticket
@@ -67,8 +70,14 @@ async def run_listen(
     report(TicketIssued(ticket.encode()))
     key = derive_key(ticket.key, LINK_KEY_PURPOSE)
     connect = replace(session.connect, total_timeout=LISTEN_WAIT)
+    port = gathered.listener.port if gathered.listener is not None else None
     connection = await race_gathered(gathered, key, "receiver", connect.mode, [], connect)
-    await receive_over(connection, options, report, ask, ask_overwrite)
+    healer = None
+    if session.reconnect_timeout > 0:
+        healer = ticket_healer(key, "receiver", [], port, session, report)
+    await receive_over(
+        connection, options, report, ask, ask_overwrite, healer, session.stall_timeout
+    )
 
 
 async def run_send_to(paths: Sequence[str], ticket_text: str, session: SessionOptions,
@@ -89,7 +98,7 @@ async def run_send_to(paths: Sequence[str], ticket_text: str, session: SessionOp
     connection = await race_gathered(
         gathered, key, "sender", options.mode, peer, options, _nothing_else_can_connect
     )
-    try:
-        await send_over(connection, built, report)
-    finally:
-        await connection.close()
+    healer = None
+    if session.reconnect_timeout > 0:
+        healer = ticket_healer(key, "sender", peer, None, session, report)
+    await send_over(connection, built, report, healer, session.stall_timeout)

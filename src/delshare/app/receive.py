@@ -20,7 +20,8 @@ from delshare.app.common import (
 from delshare.app.connect import (
     Connection,
     HandedTurn,
-    connect_peer,
+    connect_with,
+    offer_candidates,
     pair_and_gather,
     wants_handed_turn,
 )
@@ -37,6 +38,15 @@ from delshare.app.events import (
 from delshare.app.lan import find_lan_rendezvous
 from delshare.app.observe import observe_file_ends
 from delshare.app.send import report_hashes, started
+from delshare.app.session import (
+    Healer,
+    ResumeAnnouncer,
+    count_data,
+    rendezvous_healer,
+    run_rounds,
+    with_handed_turn,
+)
+from delshare.app.text import is_text, take_text
 from delshare.errors import DelshareError, PairingError
 from delshare.link.records import RecordChannel
 from delshare.pairing import pair, parse_code
@@ -45,8 +55,10 @@ from delshare.transfer.errors import (
     DeclinedError,
     DestinationExistsError,
     InsufficientSpaceError,
+    PeerProtocolError,
 )
 from delshare.transfer.manifest import Manifest, display_name
+from delshare.transfer.protocol import STALL_TIMEOUT
 from delshare.transfer.receiver import ReceiveStats, receive_files
 
 RENAMED_NOTICES = 5
@@ -82,6 +94,8 @@ class ReceiveOptions:
     rename: bool = False
     yes: bool = False
     interactive: bool = True
+    single_file: bool = False
+    """Accept only an offer of exactly one file (``-o -``: it goes to standard output)."""
 
 
 async def _hash_missing(manifest: Manifest, stats: ReceiveStats, hashes: dict[int, bytes]) -> None:
@@ -156,6 +170,7 @@ class _Session:
         self.manifest: Manifest | None = None
         self.accepted = False
         self.refused_overwrite = False
+        self.confirmed = False  # a later round (after reconnecting) asks nothing again
         self.begin = 0.0
 
     def offered(self, manifest: Manifest) -> None:
@@ -167,17 +182,27 @@ class _Session:
     async def replace(self, names: tuple[str, ...]) -> bool:
         """The transfer layer's overwrite question, asked together with the offer."""
         assert self.ask_overwrite is not None and self.offer is not None
+        if self.confirmed:
+            return self.accepted
         self.accepted = await self.ask_overwrite(self.offer, names)
         self.refused_overwrite = not self.accepted
         return self.accepted
 
     async def confirm(self, manifest: Manifest) -> bool:
+        if self.confirmed:  # the same offer continues on a new link
+            if manifest != self.manifest:
+                raise PeerProtocolError("the sender offered something else after reconnecting")
+            return True
         self.offered(manifest)
         assert self.offer is not None
+        if self.options.single_file and len(manifest.entries) != 1:
+            self.report(NoticeIssued("-o - takes a single file; the offer holds more"))
+            return False
         if not (self.options.yes or self.accepted or await self.ask(self.offer)):
             return False
         self.report(started(manifest, "receive"))
         self.begin = time.monotonic()
+        self.confirmed = True
         return True
 
     def declined(self, exc: DeclinedError | DestinationExistsError) -> DelshareError:
@@ -191,7 +216,9 @@ class _Session:
         return DeclinedError("offer declined")
 
 
-async def _receive(channel: RecordChannel, session: _Session) -> ReceiveStats:
+async def _receive(
+    channel: RecordChannel, session: _Session, stall_timeout: float = STALL_TIMEOUT
+) -> ReceiveStats:
     options = session.options
     try:
         return await receive_files(
@@ -202,6 +229,7 @@ async def _receive(channel: RecordChannel, session: _Session) -> ReceiveStats:
             confirm=session.confirm,
             progress_cb=progress_reporter(session.report),
             ask_overwrite=session.replace if session.ask_overwrite is not None else None,
+            stall_timeout=stall_timeout,
         )
     except (DeclinedError, DestinationExistsError) as exc:
         raise session.declined(exc) from exc
@@ -247,11 +275,23 @@ async def run_receive(
         timeout=session.pair_timeout,
         connect_timeout=RENDEZVOUS_CONNECT_TIMEOUT,
         on_turn=handed.offer if handed else None,
+        ca=session.ca,
     )
     paired, gathered = await pair_and_gather(pairing, session.connect, notice, handed)
     async with paired:
-        connection = await connect_peer(paired, "receiver", session.connect, notice, gathered)
-    await receive_over(connection, options, report, ask, ask_overwrite)
+        message = await offer_candidates(paired, gathered, session.connect)
+        if is_text(message):
+            await gathered.close()
+            await take_text(paired, message, report)
+            return
+        connection = await connect_with(paired, "receiver", session.connect, gathered, message)
+    healer = None
+    if session.reconnect_timeout > 0:
+        healing = await with_handed_turn(session, handed)
+        healer = rendezvous_healer(rendezvous, paired.key, "receiver", healing, report)
+    await receive_over(
+        connection, options, report, ask, ask_overwrite, healer, session.stall_timeout
+    )
 
 
 async def receive_over(
@@ -260,48 +300,69 @@ async def receive_over(
     report: Reporter,
     ask: Ask,
     ask_overwrite: AskOverwrite | None = None,
+    healer: Healer | None = None,
+    stall_timeout: float = STALL_TIMEOUT,
 ) -> None:
-    """Report the path, receive one offer over the connection's link, report hashes; close."""
-    try:
-        path = connection.link.path
-        report(PeerConnected(path.kind, path.address))
-        hashes: dict[int, bytes] = {}
-        session = _Session(options, report, ask, ask_overwrite)
+    """Report the path, receive one offer over the connection's link, report hashes; close.
 
-        def resumed(index: int, offset: int) -> None:
-            manifest = session.manifest
-            entry = manifest.entries[index] if manifest and index < len(manifest.entries) else None
-            if entry is not None and offset > 0:
-                report(ResumeStarted(display_name(entry.path), offset, entry.size))
+    With ``healer``, a broken link is replaced and the same offer (checked to be the same)
+    resumes on the new one without asking again.
+    """
+    report(PeerConnected(connection.link.path.kind, connection.link.path.address))
+    hashes: dict[int, bytes] = {}
+    session = _Session(options, report, ask, ask_overwrite)
+    announcer: list[ResumeAnnouncer] = []
+    moved = [0]
 
-        channel = observe_file_ends(
-            connection.link.channel, hashes.__setitem__, resumed, session.offered
-        )
-        stats = await _receive(channel, session)
-        elapsed = time.monotonic() - session.begin
+    def resumed(index: int, offset: int) -> None:
         manifest = session.manifest
-        assert manifest is not None
-        for received in stats.files:
-            if received.skipped:
-                report(FileSkipped(display_name(received.path), SAME_CONTENT))
-        await _hash_missing(manifest, stats, hashes)
-        renamed = _renamed(options.output, stats)
-        for name, saved in list(renamed.items())[:RENAMED_NOTICES]:
-            report(NoticeIssued(f"{display_name(name)} exists: saved as {display_name(saved)}"))
-        if len(renamed) > RENAMED_NOTICES:
-            report(
-                NoticeIssued(f"{len(renamed) - RENAMED_NOTICES} more files saved under new names")
-            )
-        report_hashes(manifest, hashes, report, renamed)
-        report(
-            TransferFinished(
-                manifest.file_count,
-                manifest.total_bytes,
-                stats.bytes_received,
-                elapsed,
-                "receive",
-                _saved_to(options.output, manifest, stats),
-            )
+        if manifest is not None and not announcer:
+            announcer.append(ResumeAnnouncer(report, _file_sizes(manifest)))
+        if announcer:
+            announcer[0].file_begins(index, offset)
+        entry = manifest.entries[index] if manifest and index < len(manifest.entries) else None
+        if entry is not None and offset > 0:
+            report(ResumeStarted(display_name(entry.path), offset, entry.size))
+
+    async def one_round(link: Connection, number: int) -> tuple[ReceiveStats, set[int]]:
+        if number and session.manifest is not None:
+            if not announcer:
+                announcer.append(ResumeAnnouncer(report, _file_sizes(session.manifest)))
+            announcer[0].new_link(link)
+        earlier = set(hashes)
+        channel = observe_file_ends(link.link.channel, hashes.__setitem__, resumed, session.offered)
+        channel = count_data(channel, lambda n: moved.__setitem__(0, moved[0] + n))
+        stats = await _receive(channel, session, stall_timeout)
+        if announcer:
+            announcer[0].finished()
+        return stats, earlier
+
+    stats, earlier = await run_rounds(connection, healer, one_round)
+    elapsed = time.monotonic() - session.begin
+    manifest = session.manifest
+    assert manifest is not None
+    index_of = {e.path: i for i, e in enumerate(manifest.entries)}
+    for received in stats.files:
+        if received.skipped and index_of.get(received.path) not in earlier:
+            report(FileSkipped(display_name(received.path), SAME_CONTENT))
+    await _hash_missing(manifest, stats, hashes)
+    renamed = _renamed(options.output, stats)
+    for name, saved in list(renamed.items())[:RENAMED_NOTICES]:
+        report(NoticeIssued(f"{display_name(name)} exists: saved as {display_name(saved)}"))
+    if len(renamed) > RENAMED_NOTICES:
+        report(NoticeIssued(f"{len(renamed) - RENAMED_NOTICES} more files saved under new names"))
+    report_hashes(manifest, hashes, report, renamed)
+    report(
+        TransferFinished(
+            manifest.file_count,
+            manifest.total_bytes,
+            moved[0],
+            elapsed,
+            "receive",
+            _saved_to(options.output, manifest, stats),
         )
-    finally:
-        await connection.close()
+    )
+
+
+def _file_sizes(manifest: Manifest) -> dict[int, int]:
+    return {i: e.size for i, e in enumerate(manifest.entries) if e.kind == "file"}

@@ -39,6 +39,15 @@ from delshare.app.events import (
 )
 from delshare.app.lan import check_lan_route, lan_rendezvous
 from delshare.app.observe import observe_file_ends
+from delshare.app.session import (
+    Healer,
+    ResumeAnnouncer,
+    count_data,
+    rendezvous_healer,
+    run_rounds,
+    with_handed_turn,
+)
+from delshare.app.text import check_text, deliver_text
 from delshare.errors import PairingError
 from delshare.pairing import PairedChannel, generate_code, pair, parse_code
 from delshare.transfer.errors import ManifestError, UnsafePathError
@@ -49,7 +58,8 @@ from delshare.transfer.manifest import (
     check_rel_path,
     display_name,
 )
-from delshare.transfer.sender import send_files
+from delshare.transfer.protocol import STALL_TIMEOUT
+from delshare.transfer.sender import SendStats, send_files
 
 __all__ = ["build", "offer_summary", "run_send", "send_over"]
 
@@ -150,23 +160,32 @@ async def _expiring(pairing: Awaitable[PairedChannel]) -> PairedChannel:
 
 
 async def run_send(
-    paths: Sequence[str], code: str | None, options: SessionOptions, report: Reporter
+    paths: Sequence[str],
+    code: str | None,
+    options: SessionOptions,
+    report: Reporter,
+    *,
+    text: str | None = None,
 ) -> None:
-    """Send ``paths`` to whoever types the code; return once the receiver confirmed every file.
+    """Send ``paths`` (or the message ``text``) to whoever types the code; return once the
+    receiver confirmed every file (or the text).
 
     Everything checkable (paths, code, rendezvous reachable, LAN announcements possible) is
     checked before the code is printed. Raises UsageProblem before anything is sent,
     PairingError, LinkError or TransferError later.
     """
-    built = build(paths)
-    for skipped in built.skipped:
+    built = None if text is not None else build(paths)
+    for skipped in built.skipped if built else ():
         report(NoticeIssued(f"skipping {display_name(skipped)} (not a regular file or folder)"))
+    if text is not None and (problem := check_text(text)) is not None:
+        raise UsageProblem(problem)
     chosen = None if code is None else _checked_code(code)
-    offered = offer_summary(built.manifest)
+    offered = offer_summary(built.manifest) if built is not None else None
 
     def show_code(shown: str) -> None:
         report(CodeAllocated(shown, CODE_VALID_FOR))
-        report(offered)
+        if offered is not None:
+            report(offered)
 
     async with contextlib.AsyncExitStack() as stack:
         rendezvous = options.rendezvous
@@ -184,49 +203,80 @@ async def run_send(
         notice = notice_reporter(report)
         # Without a chosen code the server allocates the number (no one else holds it), which
         # is shown once the rendezvous answered.
-        handed = HandedTurn() if wants_handed_turn(options.connect) else None
+        wants_turn = built is not None and wants_handed_turn(options.connect)
+        handed = HandedTurn() if wants_turn else None
         pairing = pair(
             rendezvous,
             chosen,
             "sender",
             timeout=options.pair_timeout,
             connect_timeout=RENDEZVOUS_CONNECT_TIMEOUT,
+            ca=options.ca,
             on_code=lambda allocated: show_code(str(allocated)),
             on_turn=handed.offer if handed else None,
         )
+        if built is None:
+            async with await _expiring(pairing) as paired:
+                await deliver_text(paired, text or "", report)
+            return
         paired, gathered = await pair_and_gather(
             _expiring(pairing), options.connect, notice, handed
         )
         async with paired:
             connection = await connect_peer(paired, "sender", options.connect, notice, gathered)
-    try:
-        await send_over(connection, built, report)
-    finally:
-        await connection.close()
+        healer = None
+        if options.reconnect_timeout > 0:  # the LAN rendezvous then stays up for reconnecting
+            healing = await with_handed_turn(options, handed)
+            healer = rendezvous_healer(rendezvous, paired.key, "sender", healing, report)
+        else:
+            await stack.aclose()
+        await send_over(connection, built, report, healer, options.stall_timeout)
 
 
-async def send_over(connection: Connection, built: BuiltManifest, report: Reporter) -> None:
-    """Report the path, send ``built`` over the connection's link, report the hashes."""
-    path = connection.link.path
-    report(PeerConnected(path.kind, path.address))
+async def send_over(
+    connection: Connection,
+    built: BuiltManifest,
+    report: Reporter,
+    healer: Healer | None = None,
+    stall_timeout: float = STALL_TIMEOUT,
+) -> None:
+    """Report the path, send ``built`` over the connection's link, report the hashes; close.
+
+    With ``healer``, a broken link is replaced and the transfer resumes on the new one.
+    """
+    report(PeerConnected(connection.link.path.kind, connection.link.path.address))
     hashes: dict[int, bytes] = {}
     entries = built.manifest.entries
+    announcer = ResumeAnnouncer(report, _file_sizes(built.manifest))
+    moved = [0]
 
     def resumed(index: int, offset: int) -> None:
+        announcer.file_begins(index, offset)
         if offset > 0 and index < len(entries):
             report(ResumeStarted(display_name(entries[index].path), offset, entries[index].size))
 
-    channel = observe_file_ends(connection.link.channel, hashes.__setitem__, resumed)
+    async def one_round(link: Connection, number: int) -> tuple[SendStats, set[int]]:
+        if number:
+            announcer.new_link(link)
+        earlier = set(hashes)
+        channel = observe_file_ends(link.link.channel, hashes.__setitem__, resumed)
+        channel = count_data(channel, lambda n: moved.__setitem__(0, moved[0] + n))
+        progress = progress_reporter(report)
+        stats = await send_files(channel, built, progress, stall_timeout=stall_timeout)
+        announcer.finished()
+        return stats, earlier
+
     report(started(built.manifest, "send"))
     begin = time.monotonic()
-    stats = await send_files(channel, built, progress_reporter(report))
+    stats, earlier = await run_rounds(connection, healer, one_round)
     for index in stats.skipped:
-        report(FileSkipped(display_name(entries[index].path), SAME_CONTENT))
+        if index not in earlier:  # not a file finished before a reconnection
+            report(FileSkipped(display_name(entries[index].path), SAME_CONTENT))
     report_hashes(built.manifest, hashes, report)
     manifest = built.manifest
     elapsed = time.monotonic() - begin
-    report(
-        TransferFinished(
-            manifest.file_count, manifest.total_bytes, stats.bytes_sent, elapsed, "send"
-        )
-    )
+    report(TransferFinished(manifest.file_count, manifest.total_bytes, moved[0], elapsed, "send"))
+
+
+def _file_sizes(manifest: Manifest) -> dict[int, int]:
+    return {i: e.size for i, e in enumerate(manifest.entries) if e.kind == "file"}

@@ -19,6 +19,7 @@ COMMANDS = {
     "send": ("delshare.cli.send", "send"),
     "receive": ("delshare.cli.receive", "receive"),
     "relay": ("delshare.cli.relay", "relay"),
+    "config": ("delshare.cli.config", "config"),
     "turn-check": ("delshare.cli.turn_check", "turn_check"),
     "demo": ("delshare.cli.demo", "demo"),
 }

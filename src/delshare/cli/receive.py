@@ -12,12 +12,19 @@ from typing import Any
 
 import click
 
-from delshare.app.common import EXIT_USAGE, UsageProblem
+from delshare.app.common import EXIT_USAGE, SessionOptions, UsageProblem
 from delshare.app.events import OfferReceived
 from delshare.app.receive import Ask, AskOverwrite, ReceiveOptions, run_receive
 from delshare.cli.main import Finished
-from delshare.cli.send import EXIT_CODES_HELP, link_options, make_ui, run_app, session_options
-from delshare.cli.ui import Ui, describe_offer
+from delshare.cli.send import (
+    EXIT_CODES_HELP,
+    client_config,
+    link_options,
+    make_ui,
+    run_app,
+    session_options,
+)
+from delshare.cli.ui import Ui, describe_offer, pick_style
 from delshare.text import printable
 from delshare.transfer.manifest import display_name
 
@@ -98,10 +105,10 @@ def _overwrite_asker(ui: Ui) -> AskOverwrite | None:
 @click.option(
     "-o",
     "--output",
-    default=".",
     metavar="DIR",
     type=click.Path(file_okay=False),
-    help="Folder to receive into (default: the current folder).",
+    help="Folder to receive into (default: `output` in the configuration file, else the "
+    "current folder).",
 )
 @click.option(
     "--overwrite",
@@ -129,7 +136,7 @@ def _overwrite_asker(ui: Ui) -> AskOverwrite | None:
 @link_options
 def receive(
     code: str | None,
-    output: str,
+    output: str | None,
     overwrite: bool,
     rename: bool,
     yes: bool,
@@ -137,8 +144,17 @@ def receive(
     permit: tuple[str, ...],
     **kwargs: Any,
 ) -> None:
-    """Receive files from `delshare send` with its CODE (or DELSHARE_CODE)."""
-    ui = make_ui(kwargs)
+    """Receive files from `delshare send` with its CODE (or DELSHARE_CODE).
+
+    `-o -` writes the one file offered to standard output, once verified; every message then
+    goes to standard error.
+    """
+    to_stdout = output == "-"
+    if to_stdout:
+        style = pick_style(kwargs["json_output"], sys.stderr)
+        ui = Ui(style, out=sys.stderr, verbose=kwargs["verbose"])
+    else:
+        ui = make_ui(kwargs)
     try:
         if not code and not listen:
             raise UsageProblem("missing CODE (the code `delshare send` printed), or --listen")
@@ -148,14 +164,21 @@ def receive(
             raise UsageProblem("--permit only makes sense with --listen")
         if overwrite and rename:
             raise UsageProblem("--overwrite and --rename exclude each other")
-        session = session_options(kwargs, RECEIVER_WAIT)
+        config = client_config()
+        session = session_options(kwargs, RECEIVER_WAIT, config)
+        output = output or os.path.expanduser(config.output or ".")
         for ip in permit:
             _check_ip(ip)
     except UsageProblem as exc:
         ui.error(str(exc), EXIT_USAGE)
         raise SystemExit(EXIT_USAGE) from None
-    options = ReceiveOptions(output, overwrite, rename, yes, interactive=sys.stdin.isatty())
+    interactive = sys.stdin.isatty()
+    options = ReceiveOptions(
+        output, overwrite, rename, yes, interactive=interactive, single_file=to_stdout
+    )
     ask, ask_overwrite = _asker(ui), _overwrite_asker(ui)
+    if to_stdout:
+        raise Finished(_receive_to_stdout(code, listen, permit, session, options, ui))
     if listen:
         from delshare.app.manual import run_listen  # with --listen only
 
@@ -168,6 +191,39 @@ def receive(
     raise Finished(
         run_app(lambda: run_receive(code, session, options, ui, ask, ask_overwrite), ui, "receive")
     )
+
+
+def _receive_to_stdout(
+    code: str | None,
+    listen: bool,
+    permit: tuple[str, ...],
+    session: SessionOptions,
+    options: ReceiveOptions,
+    ui: Ui,
+) -> int:
+    """Receive into a private folder, then copy the verified file to standard output."""
+    from dataclasses import replace
+
+    from delshare.app.stdio import copy_out, private_folder
+
+    ask = _asker(ui)
+    with private_folder("delshare-out-") as folder:
+        options = replace(options, output=str(folder))
+        if listen:
+            from delshare.app.manual import run_listen
+
+            result = run_app(lambda: run_listen(session, options, permit, ui, ask), ui, "listen")
+        else:
+            assert code is not None
+            result = run_app(lambda: run_receive(code, session, options, ui, ask), ui, "receive")
+        if result != 0:
+            return result
+        try:
+            copy_out(folder, sys.stdout.buffer)
+        except (OSError, ValueError) as exc:
+            ui.error(f"cannot write to standard output: {exc}", 1)
+            return 1
+    return 0
 
 
 def _check_ip(text: str) -> None:

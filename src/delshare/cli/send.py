@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import os
 import signal
+import sys
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
@@ -32,13 +33,16 @@ from delshare.app.hints import Side, explain, resume_hint
 from delshare.app.send import run_send
 from delshare.cli.main import Finished
 from delshare.cli.ui import Ui, pick_style
+from delshare.config import ClientConfig
 from delshare.errors import DelshareError
 from delshare.link.race import Mode
 from delshare.link.relay import TurnSettings
+from delshare.transfer.protocol import STALL_TIMEOUT
 
 __all__ = ["link_options", "make_ui", "run_app", "send", "session_options"]
 
 F = TypeVar("F", bound=Callable[..., Any])
+DEFAULT_RECONNECT_TIMEOUT = 120.0
 SENDER_WAIT = 900.0  # how long the sender waits for the receiver to show up, per step
 EXIT_CODES_HELP = (
     "Exit codes: 0 done, 1 failed, 2 usage error, 3 refused (by the peer or declined), "
@@ -60,7 +64,16 @@ def link_options(f: F) -> F:
             "--turn",
             envvar="DELSHARE_TURN",
             metavar="URI",
-            help="TURN server for relaying, e.g. turn:relay.example:3478 [DELSHARE_TURN]",
+            multiple=True,
+            help="TURN server for relaying, e.g. turn:relay.example:3478; repeat it for servers "
+            "tried in order [DELSHARE_TURN, space-separated]",
+        ),
+        click.option(
+            "--ca",
+            envvar="DELSHARE_CA",
+            metavar="FILE",
+            type=click.Path(exists=True, dir_okay=False),
+            help="CA certificates to trust for wss: and turns: servers [DELSHARE_CA]",
         ),
         click.option(
             "--turn-user",
@@ -80,6 +93,16 @@ def link_options(f: F) -> F:
             metavar="SECRET",
             help="TURN REST shared secret (instead of a password) [DELSHARE_TURN_SECRET]",
         ),
+        click.option(
+            "--reconnect-timeout",
+            envvar="DELSHARE_RECONNECT_TIMEOUT",
+            type=click.FloatRange(min=0),
+            default=DEFAULT_RECONNECT_TIMEOUT,
+            show_default=True,
+            metavar="SECONDS",
+            help="When the link breaks mid-transfer, reconnect and resume for up to this long; "
+            "0 fails at once (the .part stays) [DELSHARE_RECONNECT_TIMEOUT]",
+        ),
         click.option("--direct-only", is_flag=True, help="Never relay; fail if no direct path."),
         click.option("--relay-only", is_flag=True, help="Always go through a TURN relay."),
         click.option(
@@ -96,11 +119,9 @@ def link_options(f: F) -> F:
 
 
 def _turn_settings(
-    turn: str | None, user: str | None, password: str | None, secret: str | None
-) -> TurnSettings | None:
-    if not turn:
-        return None
-    from delshare.turn.uri import TurnUriError, parse_turn_uri  # with --turn only
+    turn: str, user: str | None, password: str | None, secret: str | None, ca: str | None
+) -> TurnSettings:
+    from delshare.turn.uri import TurnUriError, parse_turn_uri  # with a TURN server only
 
     try:
         uri = parse_turn_uri(turn)
@@ -112,22 +133,87 @@ def _turn_settings(
             "server (RFC 6062): use transport=tcp or turns:"
         )
     if secret is None and (user is None or password is None):
-        raise UsageProblem("--turn needs --turn-user and --turn-password, or --turn-secret")
-    return TurnSettings(uri, user, password, secret)
+        raise UsageProblem(
+            f"TURN server {turn} needs --turn-user and --turn-password, or --turn-secret"
+        )
+    return TurnSettings(uri, user, password, secret, ca)
 
 
-def session_options(kwargs: dict[str, Any], pair_timeout: float) -> SessionOptions:
-    """Validate the shared options; UsageProblem on contradictions or missing servers."""
+def _turn_servers(
+    kwargs: dict[str, Any], config: ClientConfig, ca: str | None
+) -> list[TurnSettings]:
+    """``--turn``/DELSHARE_TURN servers with the flags' credentials; else the file's servers,
+    each with its own credentials unless a flag or variable gives one."""
+    user, password, secret = kwargs["turn_user"], kwargs["turn_password"], kwargs["turn_secret"]
+    if kwargs["turn"]:
+        return [_turn_settings(t, user, password, secret, ca) for t in kwargs["turn"]]
+    return [
+        _turn_settings(
+            entry.uri,
+            user or entry.user,
+            password or entry.password,
+            secret or entry.secret,
+            ca,
+        )
+        for entry in config.turn
+    ]
+
+
+def client_config() -> ClientConfig:
+    """The configuration file's settings (UsageProblem if it is broken)."""
+    from delshare.config import ConfigError, load_config
+
+    try:
+        return load_config()
+    except ConfigError as exc:
+        raise UsageProblem(str(exc)) from exc
+
+
+def session_options(
+    kwargs: dict[str, Any], pair_timeout: float, config: ClientConfig | None = None
+) -> SessionOptions:
+    """Validate the shared options; UsageProblem on contradictions or missing servers.
+
+    Each setting comes from its flag, else its DELSHARE_* variable, else the configuration file.
+    """
     if kwargs["direct_only"] and kwargs["relay_only"]:
         raise UsageProblem("--direct-only and --relay-only exclude each other")
-    rendezvous = kwargs["rendezvous"] or None  # None: zero-config LAN mode
+    config = config if config is not None else client_config()
+    rendezvous = kwargs["rendezvous"] or config.rendezvous or None  # None: zero-config LAN mode
     if rendezvous is not None:
         check_rendezvous_url(rendezvous)
+    ca = kwargs["ca"] or _expand(config.ca)
     mode: Mode = "direct" if kwargs["direct_only"] else "relay" if kwargs["relay_only"] else "any"
-    turn = _turn_settings(
-        kwargs["turn"], kwargs["turn_user"], kwargs["turn_password"], kwargs["turn_secret"]
+    turns = _turn_servers(kwargs, config, ca)
+    connect = ConnectOptions(
+        turn=turns[0] if turns else None, mode=mode, more_turn=tuple(turns[1:])
     )
-    return SessionOptions(rendezvous, ConnectOptions(turn=turn, mode=mode), pair_timeout)
+    return SessionOptions(
+        rendezvous,
+        connect,
+        pair_timeout,
+        reconnect_timeout=kwargs["reconnect_timeout"],
+        stall_timeout=_stall_timeout(),
+        ca=ca,
+    )
+
+
+def _expand(path: str | None) -> str | None:
+    return os.path.expanduser(path) if path else None
+
+
+def _stall_timeout() -> float:
+    """``DELSHARE_STALL_TIMEOUT``: seconds without progress that count as a broken link."""
+    text = os.environ.get("DELSHARE_STALL_TIMEOUT", "").strip()
+    if not text:
+        return STALL_TIMEOUT
+    try:
+        value = float(text)
+    except ValueError:
+        raise UsageProblem(f"DELSHARE_STALL_TIMEOUT must be a number, not {text!r}") from None
+    if not value > 0:
+        raise UsageProblem("DELSHARE_STALL_TIMEOUT must be positive")
+    return value
 
 
 def _event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
@@ -199,25 +285,70 @@ def run_app(make: Callable[[], Coroutine[Any, Any, None]], ui: Ui, side: Side = 
     metavar="TICKET",
     help="Send to the receiver that printed this ticket (`receive --listen`) [DELSHARE_TICKET]",
 )
+@click.option(
+    "--text",
+    metavar="TEXT",
+    help="Send this message instead of files; the receiver prints it (at most 16 KiB).",
+)
 @link_options
-def send(paths: tuple[str, ...], code: str | None, ticket: str | None, **kwargs: Any) -> None:
-    """Send files and folders; prints a code for `delshare receive`.
+def send(
+    paths: tuple[str, ...], code: str | None, ticket: str | None, text: str | None, **kwargs: Any
+) -> None:
+    """Send files and folders (`-`: standard input); prints a code for `delshare receive`.
 
     Prints `code: CODE` (once the rendezvous answers), what is offered, then `connected: direct
     ADDRESS` or `connected: relay TURN-SERVER` and one `sent N files, SIZE in T s` line;
     `--verbose` adds a `verified: blake3 HEX NAME` line per file. With `--to TICKET` no code
-    and no rendezvous are used.
+    and no rendezvous are used. With `--text` the message goes
+    through the rendezvous; `-` sends standard input.
     """
     ui = make_ui(kwargs)
     try:
         if code and ticket:
             raise UsageProblem("--code and --to exclude each other")
+        if text is not None and (paths or ticket):
+            raise UsageProblem(
+                "--text sends a message instead of PATHs, and needs a code (no --to)"
+            )
+        if "-" in paths and len(paths) != 1:
+            raise UsageProblem("- (standard input) must be the only PATH")
         options = session_options(kwargs, SENDER_WAIT)
     except UsageProblem as exc:
         ui.error(str(exc), EXIT_USAGE)
         raise SystemExit(EXIT_USAGE) from None
+    if paths == ("-",):
+        raise Finished(_send_stdin(code, ticket, options, ui))
+    raise Finished(_send(paths, code, ticket, text, options, ui))
+
+
+def _send(
+    paths: tuple[str, ...],
+    code: str | None,
+    ticket: str | None,
+    text: str | None,
+    options: SessionOptions,
+    ui: Ui,
+) -> int:
     if ticket:
         from delshare.app.manual import run_send_to  # with --to only
 
-        raise Finished(run_app(lambda: run_send_to(paths, ticket, options, ui), ui, "send-to"))
-    raise Finished(run_app(lambda: run_send(paths, code, options, ui), ui, "send"))
+        return run_app(lambda: run_send_to(paths, ticket, options, ui), ui, "send-to")
+    return run_app(lambda: run_send(paths, code, options, ui, text=text), ui, "send")
+
+
+def _send_stdin(code: str | None, ticket: str | None, options: SessionOptions, ui: Ui) -> int:
+    """Spool standard input to a private file, then send that file (named ``stdin``)."""
+    from delshare.app.events import NoticeIssued
+    from delshare.app.stdio import STDIN_NOTICE, private_folder, spool
+
+    ui(NoticeIssued(STDIN_NOTICE))
+    with private_folder("delshare-stdin-") as folder:
+        try:
+            path, _size = spool(sys.stdin.buffer, folder)
+        except KeyboardInterrupt:
+            ui.error("interrupted", EXIT_INTERRUPTED)
+            return EXIT_INTERRUPTED
+        except OSError as exc:
+            ui.error(f"cannot read standard input: {exc.strerror or exc}", 1)
+            return 1
+        return _send((str(path),), code, ticket, None, options, ui)

@@ -29,12 +29,16 @@ from delshare.app.events import (
     Event,
     FileSkipped,
     FileVerified,
+    LinkLost,
     NoticeIssued,
     OfferPrepared,
     OfferReceived,
     PeerConnected,
     ProgressUpdated,
+    Reconnected,
     ResumeStarted,
+    TextReceived,
+    TextSent,
     TicketIssued,
     TransferFinished,
     TransferStarted,
@@ -135,6 +139,15 @@ def key_line(event: Event, verbose: bool = False) -> str | None:
             return f"verified: blake3 {digest} {saved_as or name}" if verbose else None
         case FileSkipped(name, reason):
             return f"skipped {name}: {reason}"
+        case LinkLost(reason):
+            return f"link lost: {reason}; reconnecting\u2026"
+        case Reconnected(kind, address, done, total):
+            return (
+                f"reconnected: {kind} {address}, "
+                f"resuming at {human_size(done)} of {human_size(total)}"
+            )
+        case TextSent(characters):
+            return f"done: text, {characters} character{'s' * (characters != 1)}"
         case ResumeStarted(name, offset, size):
             return f"resuming {name} at {human_size(offset)} of {human_size(size)}"
         case TransferFinished():
@@ -157,6 +170,10 @@ def json_object(event: Event) -> dict[str, object]:
         OfferPrepared: "offering",
         TicketIssued: "ticket",
         PeerConnected: "connected",
+        LinkLost: "link-lost",
+        Reconnected: "reconnected",
+        TextReceived: "text",
+        TextSent: "text-sent",
         OfferReceived: "offer",
         TransferStarted: "started",
         ResumeStarted: "resuming",
@@ -246,6 +263,8 @@ class Ui:
             case OfferReceived():
                 self._offer = event
                 return []
+            case TextReceived(text):
+                return text.split("\n")  # each line escaped on its own
             case TransferStarted(direction="receive") if self._offer and not self.asked:
                 offer = self._offer
                 where = offer.output or "."

@@ -30,6 +30,7 @@ from typing import Literal
 from delshare.address import display_address
 from delshare.errors import DelshareError
 from delshare.fields import Fields
+from delshare.portable import PORTABLE
 
 __all__ = [
     "MAX_CANDIDATES",
@@ -182,11 +183,27 @@ def host_addresses() -> list[str]:
     if chosen:
         return [ipaddress.ip_address(a.strip()).compressed for a in chosen.split(",") if a.strip()]
     try:
+        if PORTABLE:
+            raise OSError("portable mode: getifaddrs not used")
         found = _getifaddrs()
-    except (OSError, AttributeError, TypeError):  # no getifaddrs (Windows): ask the resolver
-        found = ["127.0.0.1", "::1", *_resolver_addresses()]
+    except (OSError, AttributeError, TypeError):  # no getifaddrs (Windows): resolver, probing
+        found = ["127.0.0.1", "::1", *_resolver_addresses(), *_probed_addresses()]
     unique = dict.fromkeys(ipaddress.ip_address(a).compressed for a in found if _usable(a))
     return sorted(unique, key=lambda a: ipaddress.ip_address(a).version)
+
+
+def _probed_addresses() -> list[str]:
+    """The source address of the default route, per family: ``connect`` on a UDP socket picks
+    it without sending anything (to documentation addresses, RFC 5737 / RFC 3849)."""
+    found = []
+    for family, target in ((socket.AF_INET, "192.0.2.1"), (socket.AF_INET6, "2001:db8::1")):
+        try:
+            with socket.socket(family, socket.SOCK_DGRAM) as probe:
+                probe.connect((target, 9))
+                found.append(probe.getsockname()[0])
+        except OSError:
+            continue
+    return found
 
 
 def host_candidates(addresses: Iterable[str], port: int, *, ipv6: bool) -> list[Candidate]:
@@ -228,6 +245,7 @@ class Listener:
 def _dual_stack_socket(port: int) -> socket.socket:
     sock = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
     try:
+        _reuse_address(sock)
         sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
         sock.bind(("::", port))
     except OSError:
@@ -242,8 +260,16 @@ def _listening_socket(port: int) -> tuple[socket.socket, bool]:
         with contextlib.suppress(OSError):
             return _dual_stack_socket(port), True
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    _reuse_address(sock)
     sock.bind(("0.0.0.0", port))
     return sock, False
+
+
+def _reuse_address(sock: socket.socket) -> None:
+    """Listen again on a port whose old connections linger (a reconnecting ticket receiver);
+    not on Windows, where SO_REUSEADDR would let another socket take the port."""
+    if sys.platform != "win32":
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 
 
 async def start_listener(port: int = 0) -> Listener:

@@ -44,6 +44,7 @@ from delshare.link.crypto import (
     Role,
     SessionKeys,
 )
+from delshare.portable import PORTABLE
 
 __all__ = [  # the channel, and the sans-IO names its callers use with it
     "CONFIRM_SIZE",
@@ -427,12 +428,17 @@ def _detect_dead_peer(sock: _Socket) -> None:
     if sock.family not in (socket.AF_INET, socket.AF_INET6):
         return
     options = [(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)]
-    for name, value in (
-        ("TCP_KEEPIDLE", KEEPALIVE_IDLE),
-        ("TCP_KEEPINTVL", KEEPALIVE_INTERVAL),
-        ("TCP_KEEPCNT", KEEPALIVE_COUNT),
-        ("TCP_USER_TIMEOUT", USER_TIMEOUT_MS),
-    ):
+    tuned = (
+        ()
+        if PORTABLE
+        else (
+            ("TCP_KEEPIDLE", KEEPALIVE_IDLE),
+            ("TCP_KEEPINTVL", KEEPALIVE_INTERVAL),
+            ("TCP_KEEPCNT", KEEPALIVE_COUNT),
+            ("TCP_USER_TIMEOUT", USER_TIMEOUT_MS),
+        )
+    )
+    for name, value in tuned:
         if hasattr(socket, name):  # Linux has all; others keep their defaults
             options.append((socket.IPPROTO_TCP, getattr(socket, name), value))
     for level, option, value in options:

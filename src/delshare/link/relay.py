@@ -43,6 +43,8 @@ class TurnSettings:
     username: str | None = None
     password: str | None = None
     secret: str | None = None
+    ca: str | None = None
+    """A CA file to trust for ``turns:`` (instead of the system's)."""
 
     @property
     def label(self) -> str:
@@ -53,8 +55,13 @@ class TurnSettings:
 async def _connect(settings: TurnSettings) -> TurnClient:
     from delshare.aio.client import connect_turn
 
+    context = None
+    if settings.ca is not None and settings.uri.secure:
+        import ssl
+
+        context = ssl.create_default_context(cafile=settings.ca)
     return await connect_turn(
-        settings.uri, settings.username, settings.password, secret=settings.secret
+        settings.uri, settings.username, settings.password, secret=settings.secret, ssl=context
     )
 
 

@@ -14,7 +14,7 @@ The server side (mailbox table, rendezvous server) is imported on first use, so 
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from delshare.pairing.client import DEFAULT_TIMEOUT, PairedChannel, pair
+from delshare.pairing.client import DEFAULT_TIMEOUT, PairedChannel, pair, rejoin
 from delshare.pairing.codes import Code, generate_code, parse_code
 from delshare.pairing.pake import Pake, Side, derive_key
 
@@ -44,6 +44,7 @@ __all__ = [
     "generate_code",
     "pair",
     "parse_code",
+    "rejoin",
     "serve_rendezvous",
 ]
 

@@ -165,6 +165,7 @@ async def pair(
     words: int = DEFAULT_WORDS,
     connect_timeout: float | None = None,
     on_turn: TurnHandler | None = None,
+    ca: str | None = None,
 ) -> PairedChannel:
     """Meet the peer holding ``code`` and return the encrypted channel to it.
 
@@ -174,12 +175,13 @@ async def pair(
     sender may pass ``code=None``: the server then allocates the number, ``words`` secret words
     are drawn here, and ``on_code`` gets the code to show before the wait for the receiver.
     ``on_turn`` asks the server for TURN servers with credentials and gets them when they come.
+    ``ca``: a CA file to trust for a ``wss:`` server instead of the system's.
     """
     our_side = Side(side)
     parsed = code if isinstance(code, Code) or code is None else parse_code(code)
     if parsed is None and our_side is not Side.SENDER:
         raise PairingError("only a sender can ask for a new code")
-    connection = await _connect(rendezvous_url, connect_timeout or timeout)
+    connection = await _connect(rendezvous_url, connect_timeout or timeout, ca)
     try:
         mailbox = _Mailbox(connection, timeout, on_turn)
         if parsed is None:
@@ -206,10 +208,46 @@ async def pair(
     return PairedChannel(mailbox, key, our_side)
 
 
-async def _connect(url: str, open_timeout: float) -> ClientConnection:
+async def rejoin(
+    rendezvous_url: str,
+    nameplate: str,
+    key: bytes,
+    side: Side | str,
+    *,
+    timeout: float = DEFAULT_TIMEOUT,
+    ca: str | None = None,
+) -> PairedChannel:
+    """Meet an already paired peer again in the mailbox ``nameplate``, sealed with ``key``.
+
+    No PAKE: both sides derived ``nameplate`` and ``key`` from the session key they agreed on,
+    so only they can name the mailbox, and a stranger who joins it anyway cannot seal a
+    message that opens (:class:`MessageCipher`). Used to reconnect a broken link.
+    """
+    our_side = Side(side)
+    connection = await _connect(rendezvous_url, timeout, ca)
+    try:
+        mailbox = _Mailbox(connection, timeout)
+        await mailbox.open(nameplate, our_side)
+    except BaseException:
+        await connection.close()
+        raise
+    return PairedChannel(mailbox, key, our_side)
+
+
+async def _connect(url: str, open_timeout: float, ca: str | None = None) -> ClientConnection:
+    extra: dict[str, Any] = {}
+    if ca is not None and url.startswith("wss:"):
+        import ssl
+
+        extra["ssl"] = ssl.create_default_context(cafile=ca)
     try:
         return await connect(
-            url, open_timeout=open_timeout, proxy=None, compression=None, max_size=wire.MAX_FRAME
+            url,
+            open_timeout=open_timeout,
+            proxy=None,
+            compression=None,
+            max_size=wire.MAX_FRAME,
+            **extra,
         )
     except TimeoutError as exc:
         raise PairingError(

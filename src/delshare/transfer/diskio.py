@@ -22,6 +22,8 @@ import sys
 from collections.abc import Callable
 from typing import cast
 
+from delshare.portable import LINUX_FAST_PATHS, PORTABLE
+
 __all__ = [
     "ALIGN",
     "WRITEBACK_WINDOW",
@@ -39,7 +41,7 @@ _FALLOC_FL_KEEP_SIZE = 0x01
 
 def _libc_fallocate() -> Callable[[int, int, int, int], int] | None:
     """``fallocate(2)`` from the C library (Linux only: the ``os`` module has no KEEP_SIZE)."""
-    if not sys.platform.startswith("linux"):
+    if not LINUX_FAST_PATHS:
         return None
     try:
         function = ctypes.CDLL(None, use_errno=True).fallocate
@@ -76,12 +78,22 @@ def open_direct(fd: int) -> int | None:
     Reopened through ``/proc/self/fd`` so it is the very same inode, never a path looked up again.
     """
     flag = getattr(os, "O_DIRECT", 0)
-    if not flag or not sys.platform.startswith("linux"):
+    if sys.platform == "darwin" and not PORTABLE:
+        _no_cache(fd)  # macOS has no O_DIRECT: F_NOCACHE on the one descriptor instead
+        return None
+    if not flag or not LINUX_FAST_PATHS:
         return None
     try:
         return os.open(f"/proc/self/fd/{fd}", os.O_WRONLY | flag | getattr(os, "O_CLOEXEC", 0))
     except OSError:  # e.g. tmpfs before Linux 6.6, or no /proc
         return None
+
+
+def _no_cache(fd: int) -> None:
+    import fcntl
+
+    with contextlib.suppress(OSError, AttributeError):
+        fcntl.fcntl(fd, fcntl.F_NOCACHE, 1)  # type: ignore[attr-defined,unused-ignore]
 
 
 def _aligned(data: memoryview, position: int) -> bool:

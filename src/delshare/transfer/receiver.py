@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from delshare.link.records import MAX_PAYLOAD, LinkClosedError, RecordChannel, RecordKind
+from delshare.portable import metadata_on_descriptors
 from delshare.transfer.digest import Hasher, hash_file, new_hasher
 from delshare.transfer.diskio import PartWriter, aligned_buffer, open_direct, preallocate
 from delshare.transfer.errors import (
@@ -697,12 +698,19 @@ def _discard_part(target: _Target, fd: int) -> None:
 
 def _install(target: _Target, fd: int, overwrite: bool) -> None:
     """fsync, set mode and mtime, rename into place without clobbering, drop the sidecar."""
+    by_descriptor = metadata_on_descriptors()
     try:
         os.fsync(fd)
-        os.fchmod(fd, file_mode(target.entry.mode))
-        os.utime(fd, ns=(target.entry.mtime_ns, target.entry.mtime_ns))
+        if by_descriptor:
+            os.fchmod(fd, file_mode(target.entry.mode))
+            os.utime(fd, ns=(target.entry.mtime_ns, target.entry.mtime_ns))
     finally:
         os.close(fd)
+    if not by_descriptor:  # Windows has neither on a descriptor: by path, once closed
+        os.chmod(target.part, file_mode(target.entry.mode))
+        no_follow = os.utime in os.supports_follow_symlinks
+        ns = (target.entry.mtime_ns, target.entry.mtime_ns)
+        os.utime(target.part, ns=ns, follow_symlinks=not no_follow)
     if overwrite:
         os.replace(target.part, target.final)
     else:
