@@ -46,6 +46,7 @@ in the module named on the right. The tree (``tests/test_errors.py`` keeps it tr
         OutputDirError           the output folder is missing                transfer.errors
         LocalIOError             a local read or write failed                transfer.errors
       UsageProblem               the command line cannot work (exit 2)       app.common
+      ConfigError                the client config file is unreadable/invalid  config
       CheckFailed                a ``turn-check`` step failed                cli.turn_check
 
 ``StunDecodeError``, ``TurnUriError`` are also ``ValueError``; ``TurnConnectionError`` is also
