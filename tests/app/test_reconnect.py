@@ -81,10 +81,18 @@ def _wait_for_part(part: Path, processes: list[subprocess.Popen[str]]) -> None:
 
 
 def _break_the_relay(
-    tmp_path: Path, relays: list[RelayProcess], source: Path, reconnect: str
+    tmp_path: Path,
+    relays: list[RelayProcess],
+    source: Path,
+    reconnect: str,
+    relay_flags: tuple[str, ...] = (),
 ) -> tuple[Outcome, Outcome, Path]:
+    """Relay-only transfer; the relay SIGKILLed mid-transfer and started again on its ports.
+
+    With ``relay_flags`` (given to the new relay too) the clients have only the rendezvous URL
+    and relay through the TURN server and credentials it hands out."""
     old = relays[0]
-    env = env_for(old.rendezvous, old.turn)
+    env = env_for(old.rendezvous) if relay_flags else env_for(old.rendezvous, old.turn)
     out = tmp_path / "out"
     out.mkdir()
     flags = ["--relay-only", "--reconnect-timeout", reconnect]
@@ -96,7 +104,7 @@ def _break_the_relay(
         old.process.kill()  # SIGKILL: no goodbye to anyone
         old.process.wait(10)
         ports = (old.turn_port, old.rendezvous_port)
-        relays.append(start_relay_process(tmp_path, ports=ports))
+        relays.append(start_relay_process(tmp_path, ports=ports, extra=relay_flags))
         receiver.send_signal(signal.SIGCONT)
         received = finish(receiver)
     finally:
@@ -118,6 +126,24 @@ def test_the_same_processes_finish_after_the_relay_is_killed_and_restarted(
         assert RECONNECTED.match(outcome.line("reconnected: ")), outcome.stdout
     resumed = re.search(r"^resuming big\.bin at ([\d.]+ \w+) of ", received.stdout, re.MULTILINE)
     assert resumed is not None and resumed.group(1) != "0 B"
+
+
+def test_a_client_with_only_the_rendezvous_reconnects_through_the_handed_turn_server(
+    tmp_path: Path, source: Path
+) -> None:
+    """The relay hands out TURN credentials (``--auth-secret``); after its restart the same
+    short-lived credentials allocate again (the secret did not change)."""
+    flags = ("--auth-secret", "rest-secret-for-tests")
+    relays = [start_relay_process(tmp_path, extra=flags)]
+    try:
+        sent, received, out = _break_the_relay(tmp_path, relays, source, "60", flags)
+    finally:
+        for one in relays:
+            stop(one.process)
+    assert received.returncode == 0 and sent.returncode == 0, received.stderr + sent.stderr
+    assert sha256_file(out / NAME) == sha256_file(source)
+    for outcome in (sent, received):
+        assert RECONNECTED.match(outcome.line("reconnected: ")), outcome.stdout
 
 
 def test_reconnect_timeout_0_fails_as_before_and_keeps_the_part(
