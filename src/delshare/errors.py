@@ -9,6 +9,7 @@ in the module named on the right. The tree (``tests/test_errors.py`` keeps it tr
         MalformedRequestError    framed, an attribute malformed: 400         errors
       RemoteProtocolError        the peer broke a protocol                   errors
         StunProtocolError        refuse a request: code, reason, attributes  errors
+          CredentialsRefused     401 for wrong credentials (not a first challenge)  turn.auth
       LocalProtocolError         our side broke a protocol (a bug)           errors
         IllegalTransition        a state machine move its table forbids      turn.server_state
       TransactionError           a client request got an error response      errors
@@ -20,6 +21,8 @@ in the module named on the right. The tree (``tests/test_errors.py`` keeps it tr
       TransactionTimeout         no response in time                         errors
       TurnConnectionError        TURN server unreachable or connection lost  turn.client_errors
       TurnUriError               not a TURN URI                              turn.uri
+      TlsSetupError              a certificate, key or CA file cannot be loaded  tls
+      ConfigError                a client config file or setting is not valid  config
       PairingError               code, PAKE, rendezvous or ticket failed     errors
         RendezvousRefused        the rendezvous refuses a request (a limit)  pairing.mailbox
       CandidateError             the peer's candidate list is malformed      link.candidates

@@ -386,16 +386,18 @@ async def test_metrics_exporter_counts_allocations_and_bytes() -> None:
             with urllib.request.urlopen(url, timeout=STEP) as response:
                 return str(response.read().decode())
 
+        down = 'delshare_relay_bytes_total{direction="peer_to_client",transport="tcp"} 1000.0'
         text = ""
-        for _ in range(100):  # the bridge reports its bytes when it ends
+        for _ in range(100):
             text = await asyncio.to_thread(scrape)
-            if 'delshare_relay_bytes_total{relay="tcp"} 1000.0' in text:
+            if down in text:
                 break
             await asyncio.sleep(0.05)
         assert "delshare_relay_allocations 1.0" in text
         assert 'delshare_relay_allocations_created_total{transport="tcp"} 1.0' in text
-        assert 'delshare_relay_bytes_total{relay="tcp"} 1000.0' in text
-        assert 'delshare_relay_error_responses_total{code="401"}' in text
+        assert down in text
+        assert 'delshare_relay_auth_challenges_total{code="401"}' in text
+        assert 'delshare_relay_error_responses_total{code="401"}' not in text
         control.close()
     finally:
         await running.close()

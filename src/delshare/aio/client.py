@@ -47,6 +47,7 @@ from delshare.stun.constants import (
 from delshare.stun.credentials import rest_credentials
 from delshare.stun.framing import StreamFramer
 from delshare.stun.message import Message
+from delshare.tls import client_context, describe_secure_connect_error, describe_tls_error
 from delshare.turn.client import (
     ConnectionAttempted,
     PeerDataReceived,
@@ -150,7 +151,7 @@ class TurnClient:
                 else:
                     await self._open_datagram(host, port)
         except (OSError, TimeoutError) as exc:
-            reason = _reason(exc, tls=self.ssl is not None)
+            reason = _reason(exc, self.uri.host, self.ssl is not None)
             raise TurnConnectionError(f"cannot reach TURN server {host}:{port} ({reason})") from exc
         self._error = None
 
@@ -374,19 +375,14 @@ class TurnClient:
             self.allocation._connection_lost()
 
 
-def _reason(exc: OSError | TimeoutError, tls: bool = False) -> str:
-    """A short human reason for a failed connect, TLS failures included."""
+def _reason(exc: OSError | TimeoutError, host: str = "", secure: bool = False) -> str:
+    """A short human reason for a failed connect, TLS failures by cause (``delshare.tls``)."""
     if isinstance(exc, TimeoutError):
         return "timed out"
-    if tls and isinstance(exc, ConnectionError) and not exc.errno:
-        # The server dropped the connection in the middle of the TLS handshake: typically a
-        # plain TURN port (3478) given as turns: (RFC 7065 §3: turns: means TLS, port 5349).
-        return "TLS handshake failed: not a TLS server?"
-    if isinstance(exc, _ssl.SSLCertVerificationError):
-        return f"TLS certificate not trusted: {exc.verify_message}"
-    if isinstance(exc, _ssl.SSLError):
-        return f"TLS failed: {exc.reason or exc}"
-    return os.strerror(exc.errno) if exc.errno else str(exc)
+    tls = describe_secure_connect_error(exc, host) if secure else describe_tls_error(exc, host)
+    if tls is not None:
+        return tls
+    return os.strerror(exc.errno) if exc.errno else str(exc) or type(exc).__name__
 
 
 def _ssl_context(uri: TurnUri, ssl: SslArg) -> _ssl.SSLContext | None:
@@ -394,7 +390,7 @@ def _ssl_context(uri: TurnUri, ssl: SslArg) -> _ssl.SSLContext | None:
         return None
     if isinstance(ssl, _ssl.SSLContext):
         return ssl
-    return _ssl.create_default_context()
+    return client_context()  # the system's CAs, or DELSHARE_CA
 
 
 async def connect_turn(

@@ -31,6 +31,16 @@ Closing (RFC 6062 §5.5, and the lesson of relays that lose the tail of a stream
   closes, or ``LINGER_TIMEOUT`` passes. Then both are closed and the stats say ``reset=True``.
 - Cancellation closes both at once and re-raises ``CancelledError``.
 
+Bandwidth caps (``limits``, coturn's ``max-bps``): a direction given a ``TokenBucket`` reads at
+most what the bucket holds (splice still moves the bytes, just in measured lengths); when the
+bucket is empty it stops watching its source and sets one timer for when the bucket has refilled
+a quarter of its burst. Unread bytes stay in the kernel, so the sender is held back by TCP flow
+control and nothing is buffered beyond the usual one buffer per direction. Several bridges may
+share one bucket (all data connections of an allocation). Without a bucket nothing changes.
+
+Live counts: ``BridgeMeter`` reads a running bridge's per-direction totals at any moment (e.g. a
+metrics scrape from another thread) at no cost to the byte path, which already keeps them.
+
 Limits: a splice bridge holds 6 fds (2 sockets, 2 pipes), so size ``RLIMIT_NOFILE`` for the
 number of relays; pipes past ``fs.pipe-user-pages-soft`` cannot grow and those directions copy
 instead. With asyncio streams the reset rescue is best effort: a ``StreamReader`` whose
@@ -50,6 +60,7 @@ from dataclasses import dataclass, field
 from typing import TypeAlias
 
 from delshare.portable import PORTABLE
+from delshare.turn.ratelimit import TokenBucket
 
 if sys.platform == "linux":
     import fcntl
@@ -66,6 +77,7 @@ __all__ = [
     "PIPE_SIZE",
     "SPLICE_SUPPORTED",
     "STREAM_CHUNK",
+    "BridgeMeter",
     "BridgeStats",
     "BridgeTuning",
     "Endpoint",
@@ -74,6 +86,9 @@ __all__ = [
 
 Endpoint: TypeAlias = socket.socket | tuple[asyncio.StreamReader, asyncio.StreamWriter]
 _Stream: TypeAlias = tuple[asyncio.StreamReader, asyncio.StreamWriter]
+Limits: TypeAlias = tuple[TokenBucket | None, TokenBucket | None]
+"""Bandwidth caps of the a→b and b→a directions (``None``: uncapped)."""
+_NO_LIMITS: Limits = (None, None)
 
 PIPE_SIZE = 1 << 20
 """Requested capacity of each splice pipe (the kernel may grant less: ``pipe-user-pages-soft``)."""
@@ -120,6 +135,21 @@ class BridgeStats:
     """``"splice"``, ``"copy"`` or ``"stream"``: how the bytes were moved."""
 
 
+class BridgeMeter:
+    """The byte counts of a running bridge, readable at any time and from any thread."""
+
+    def __init__(self) -> None:
+        self._runner: _SocketBridge | _StreamBridge | None = None
+
+    def moved(self) -> tuple[int, int]:
+        """Bytes delivered so far, (a→b, b→a), prefixes included."""
+        runner = self._runner
+        if runner is None:
+            return 0, 0
+        done = runner.snapshot()
+        return done.a_to_b, done.b_to_a
+
+
 async def bridge(
     a: Endpoint,
     b: Endpoint,
@@ -128,6 +158,8 @@ async def bridge(
     b_to_a_prefix: bytes = b"",
     stats: BridgeStats | None = None,
     tuning: BridgeTuning = DEFAULT_TUNING,
+    limits: Limits = _NO_LIMITS,
+    meter: BridgeMeter | None = None,
 ) -> BridgeStats:
     """Move bytes both ways between ``a`` and ``b`` until both directions end; close both.
 
@@ -139,12 +171,14 @@ async def bridge(
     so a bridge stalled on a peer that never reads waits as TCP would: cancel it to end it.
     ``stats``, when given, is filled in as the bridge ends, even when it is cancelled.
     ``tuning`` overrides the splice/copy choice and the linger bound for this bridge.
+    ``limits`` caps each direction's rate (token buckets, shareable between bridges);
+    ``meter`` shows the counts while the bridge runs.
     """
     _check_endpoint(a)
     _check_endpoint(b)
     if isinstance(a, socket.socket) and isinstance(b, socket.socket) and _loop_watches_fds():
-        runner = _SocketBridge(a, b, a_to_b_prefix, b_to_a_prefix, tuning)
-        return await _run_reporting(runner, stats)
+        runner = _SocketBridge(a, b, a_to_b_prefix, b_to_a_prefix, tuning, limits)
+        return await _run_reporting(runner, stats, meter)
     streams: list[_Stream] = []
     try:
         for endpoint in (a, b):
@@ -155,13 +189,17 @@ async def bridge(
         for endpoint in (a, b)[len(streams) :]:
             _close_endpoint(endpoint)
         raise
-    streamer = _StreamBridge(streams[0], streams[1], a_to_b_prefix, b_to_a_prefix, tuning.linger)
-    return await _run_reporting(streamer, stats)
+    streamer = _StreamBridge(
+        streams[0], streams[1], a_to_b_prefix, b_to_a_prefix, tuning.linger, limits
+    )
+    return await _run_reporting(streamer, stats, meter)
 
 
 async def _run_reporting(
-    runner: _SocketBridge | _StreamBridge, out: BridgeStats | None
+    runner: _SocketBridge | _StreamBridge, out: BridgeStats | None, meter: BridgeMeter | None
 ) -> BridgeStats:
+    if meter is not None:
+        meter._runner = runner
     try:
         return await runner.run()
     finally:
@@ -239,6 +277,8 @@ class _Direction:
         self._reading = False
         self._writing = False
         self._closed = False
+        self.limit: TokenBucket | None = None  # set by the bridge before start()
+        self._throttle: asyncio.TimerHandle | None = None  # set while the bucket refills
 
     def start(self) -> None:
         self._pump()
@@ -247,6 +287,9 @@ class _Direction:
         """Stop watching both sockets (the bridge closes them)."""
         self._closed = True
         self._watch(read=False, write=False)
+        if self._throttle is not None:
+            self._throttle.cancel()
+            self._throttle = None
 
     def become_sink(self) -> None:
         """The destination failed: from now on read the source and discard it."""
@@ -300,6 +343,10 @@ class _Direction:
                 return
 
     def _read_source(self, room: int) -> int:
+        if self.limit is not None:
+            room = self._allowance(self.limit, room)
+            if room == 0:
+                return 0
         try:
             got = self._fill(room)
         except OSError:  # the source failed: deliver what was read before it, then FIN
@@ -307,7 +354,25 @@ class _Direction:
             self._owner.socket_failed(self.src)
             return 0
         self.peak = max(self.peak, self.buffered)
+        if self.limit is not None:
+            self.limit.spend(got, self._loop.time())
         return got
+
+    def _allowance(self, limit: TokenBucket, room: int) -> int:
+        """How much the cap lets this read take; 0 (and a wake-up timer) when it must wait."""
+        if self._throttle is not None:
+            return 0
+        now = self._loop.time()
+        enough = min(room, int(limit.burst) // 4)
+        allowed = limit.available(now)
+        if allowed >= enough:
+            return min(room, allowed)
+        self._throttle = self._loop.call_later(limit.delay(enough, now), self._unthrottle)
+        return 0
+
+    def _unthrottle(self) -> None:
+        self._throttle = None
+        self._pump()
 
     def _send_prefix(self) -> bool:
         with contextlib.suppress(BlockingIOError):
@@ -341,7 +406,7 @@ class _Direction:
                 self.dst.shutdown(socket.SHUT_WR)
             self.end()
         else:
-            self._watch(read=not pending, write=pending)
+            self._watch(read=not pending and self._throttle is None, write=pending)
 
     def _watch(self, *, read: bool, write: bool) -> None:
         if read != self._reading:
@@ -479,9 +544,11 @@ class _SocketBridge:
         a_to_b_prefix: bytes,
         b_to_a_prefix: bytes,
         tuning: BridgeTuning,
+        limits: Limits = _NO_LIMITS,
     ) -> None:
         self.loop = asyncio.get_running_loop()
         self.tuning = tuning
+        self._limits = limits
         self._sockets = (a, b)
         self._prefixes = (a_to_b_prefix, b_to_a_prefix)
         self._ended: asyncio.Future[None] = self.loop.create_future()
@@ -497,6 +564,8 @@ class _SocketBridge:
             b.setblocking(False)
             self._directions.append(_make_direction(self, a, b, self._prefixes[0]))
             self._directions.append(_make_direction(self, b, a, self._prefixes[1]))
+            for direction, limit in zip(self._directions, self._limits, strict=True):
+                direction.limit = limit
             for direction in self._directions:
                 direction.start()
             await self._ended
@@ -506,9 +575,10 @@ class _SocketBridge:
 
     def snapshot(self) -> BridgeStats:
         """What has been moved so far."""
-        if len(self._directions) < 2:
+        directions = tuple(self._directions)  # may be read from a metrics thread while starting
+        if len(directions) < 2:
             return BridgeStats(0, 0, bool(self._failed))
-        ab, ba = self._directions
+        ab, ba = directions
         path = "splice" if ab.path == ba.path == "splice" else "copy"
         peak = max(ab.peak, ba.peak)
         return BridgeStats(ab.delivered, ba.delivered, bool(self._failed), peak, path)
@@ -568,6 +638,7 @@ class _StreamDirection:
     reader: asyncio.StreamReader
     writer: asyncio.StreamWriter
     prefix: bytes
+    limit: TokenBucket | None = None
     delivered: int = 0
     peak: int = 0
     sink: bool = False
@@ -578,14 +649,20 @@ class _StreamBridge:
     """Two copy tasks over asyncio streams, with the same teardown rules as ``_SocketBridge``."""
 
     def __init__(
-        self, a: _Stream, b: _Stream, a_to_b_prefix: bytes, b_to_a_prefix: bytes, linger: float
+        self,
+        a: _Stream,
+        b: _Stream,
+        a_to_b_prefix: bytes,
+        b_to_a_prefix: bytes,
+        linger: float,
+        limits: Limits = _NO_LIMITS,
     ) -> None:
         self._loop = asyncio.get_running_loop()
         self._linger_timeout = linger
         self._writers = (a[1], b[1])
         self._directions = (
-            _StreamDirection(a[0], b[1], a_to_b_prefix),
-            _StreamDirection(b[0], a[1], b_to_a_prefix),
+            _StreamDirection(a[0], b[1], a_to_b_prefix, limits[0]),
+            _StreamDirection(b[0], a[1], b_to_a_prefix, limits[1]),
         )
         self._tasks: dict[int, asyncio.Task[None]] = {}
         self._failed: set[asyncio.StreamWriter] = set()
@@ -666,7 +743,7 @@ class _StreamBridge:
             await self._write(d, d.prefix)
             while True:
                 try:
-                    data = await d.reader.read(STREAM_CHUNK)
+                    data = await self._read(d)
                 except OSError:  # the source failed: deliver what came before, then FIN
                     self._socket_failed(self._source_of(d))
                     data = b""
@@ -680,6 +757,21 @@ class _StreamBridge:
             d.finished = True
         except OSError as exc:
             raise _DestinationFailed from exc
+
+    async def _read(self, d: _StreamDirection) -> bytes:
+        """Up to ``STREAM_CHUNK`` bytes, or what the direction's cap allows (waiting for it)."""
+        if d.limit is None:
+            return await d.reader.read(STREAM_CHUNK)
+        enough = min(STREAM_CHUNK, int(d.limit.burst) // 4)
+        wait = d.limit.delay(enough, self._loop.time())
+        if wait > 0:
+            await asyncio.sleep(wait)
+        # Another bridge sharing the bucket may have spent it meanwhile: take ``enough`` anyway;
+        # the bucket goes into debt and the next wait is longer, so the rate still holds.
+        allowed = max(enough, d.limit.available(self._loop.time()))
+        data = await d.reader.read(min(STREAM_CHUNK, allowed))
+        d.limit.spend(len(data), self._loop.time())
+        return data
 
     @staticmethod
     async def _write(d: _StreamDirection, data: bytes) -> None:

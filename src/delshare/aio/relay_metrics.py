@@ -1,31 +1,53 @@
-"""Prometheus metrics of the relay (``delshare relay --metrics-listen HOST:PORT``).
+"""Prometheus metrics and health of the relay (``delshare relay --metrics-listen HOST:PORT``).
 
-The server feeds every core event to ``RelayMetrics.observe`` and reports relayed bytes;
-``serve`` exposes them over HTTP (prometheus-client's own server thread).
+The server feeds every core event to ``RelayMetrics.observe`` and reports relayed bytes; ``serve``
+starts an HTTP server thread with two paths: ``/metrics`` (Prometheus text format) and
+``/healthz`` (``200 ready``, or ``503 draining`` once ``set_draining(True)`` was called, so a load
+balancer stops sending new clients while live relays finish).
+
+Relayed bytes are counted by transport (``udp``: UDP relays, ``tcp``: RFC 6062 data
+connections) and direction (``client_to_peer``, ``peer_to_client``). UDP datagrams are added as
+they pass; a running RFC 6062 bridge is read through its ``BridgeMeter`` at scrape time, so the
+counters move while a stream flows without costing the splice path anything. Totals of finished
+bridges and the live ones are summed under one lock, so the counter never goes backwards.
+
+The normal 401 challenge of a request without credentials, and a 438 stale nonce, are part of
+long-term authentication (RFC 8489 §9.2): they are counted as challenges, not as errors. A
+request whose credentials are wrong counts in ``delshare_relay_auth_failures_total`` by reason.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from wsgiref.simple_server import WSGIServer
+import socket
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, make_wsgi_app
 from prometheus_client.core import CounterMetricFamily
+from prometheus_client.exposition import ThreadingWSGIServer
 from prometheus_client.registry import Collector
 
+from delshare.aio.pipe import BridgeMeter
 from delshare.stun.constants import PROTO_TCP
 from delshare.turn.server_types import (
     AllocationCreated,
     AllocationDeleted,
+    AuthenticationFailed,
     ConnectionBound,
     ConnectionClosed,
     Output,
     RequestRefused,
 )
 
+UP = "client_to_peer"
+DOWN = "peer_to_client"
+CHALLENGE_CODES = (401, 438)  # RFC 8489 §9.2.4: the long-term mechanism's own round trips
+
 
 class RelayMetrics:
-    """Allocations, RFC 6062 connections, bytes relayed and error responses."""
+    """Allocations, RFC 6062 connections, bytes relayed, auth failures and error responses."""
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
@@ -37,11 +59,38 @@ class RelayMetrics:
         self.connections = Gauge(
             "delshare_relay_tcp_connections", "Bound RFC 6062 connections", registry=reg
         )
-        self.bytes = {"udp": 0, "tcp": 0}  # plain ints: the per-datagram path stays lock-free
-        reg.register(_BytesCollector(self.bytes))
-        self.errors = Counter(
-            "delshare_relay_error_responses", "Error responses sent", ["code"], registry=reg
+        self.connections_bound = Counter(
+            "delshare_relay_tcp_connections_bound", "RFC 6062 connections bound", registry=reg
         )
+        self.bytes = _ByteCounts()
+        reg.register(self.bytes)
+        self.errors = Counter(
+            "delshare_relay_error_responses",
+            "Error responses sent, other than authentication challenges (0: dropped)",
+            ["code"],
+            registry=reg,
+        )
+        self.challenges = Counter(
+            "delshare_relay_auth_challenges",
+            "401/438 challenges sent (normal long-term authentication round trips)",
+            ["code"],
+            registry=reg,
+        )
+        self.auth_failures = Counter(
+            "delshare_relay_auth_failures",
+            "Requests with wrong credentials, by reason",
+            ["reason"],
+            registry=reg,
+        )
+        self.bandwidth_drops = Counter(
+            "delshare_relay_bandwidth_dropped_bytes",
+            "UDP bytes dropped over an allocation's bandwidth cap (--max-bps)",
+            registry=reg,
+        )
+        self.draining = Gauge(
+            "delshare_relay_draining", "1 while the relay drains (healthz 503)", registry=reg
+        )
+        self._is_draining = False
         self._bound: set[int] = set()
         self._server: WSGIServer | None = None
 
@@ -56,20 +105,48 @@ class RelayMetrics:
         elif isinstance(event, ConnectionBound):
             self._bound.add(event.conn_id)
             self.connections.inc()
+            self.connections_bound.inc()
         elif isinstance(event, ConnectionClosed) and event.conn_id in self._bound:
             self._bound.discard(event.conn_id)
             self.connections.dec()
+        elif isinstance(event, AuthenticationFailed):
+            self.auth_failures.labels(event.reason).inc()
         elif isinstance(event, RequestRefused):
-            self.errors.labels(str(event.code) if event.code else "dropped").inc()
+            if event.code in CHALLENGE_CODES:
+                self.challenges.labels(str(event.code)).inc()
+            else:
+                self.errors.labels(str(event.code)).inc()
 
-    def relayed(self, kind: str, count: int) -> None:
-        """Add ``count`` bytes to the ``kind`` (udp/tcp) counter."""
-        self.bytes[kind] += count
+    def relayed(self, transport: str, direction: str, count: int) -> None:
+        """Add ``count`` bytes to the (``udp``/``tcp``, ``UP``/``DOWN``) counter."""
+        self.bytes.add(transport, direction, count)
+
+    def set_draining(self, draining: bool) -> None:
+        """``/healthz`` answers 503 ``draining`` while set, 200 ``ready`` otherwise."""
+        self._is_draining = draining
+        self.draining.set(1 if draining else 0)
 
     def serve(self, host: str, port: int) -> int:
-        """Start the HTTP exporter; returns the bound port."""
-        self._server, _thread = start_http_server(port, addr=host, registry=self.registry)
+        """Start the HTTP thread (``/metrics``, ``/healthz``); returns the bound port."""
+        server_class = _V6Server if ":" in host else _V4Server
+        self._server = make_server(
+            host, port, self._app, server_class=server_class, handler_class=_QuietHandler
+        )
+        threading.Thread(target=self._server.serve_forever, name="metrics", daemon=True).start()
         return int(self._server.server_address[1])
+
+    def _app(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        path = environ.get("PATH_INFO", "")
+        if path == "/healthz":
+            draining = self._is_draining
+            status = "503 Service Unavailable" if draining else "200 OK"
+            start_response(status, [("Content-Type", "text/plain; charset=utf-8")])
+            return [b"draining\n" if draining else b"ready\n"]
+        if path in ("/metrics", "/"):
+            body: Iterable[bytes] = make_wsgi_app(self.registry)(environ, start_response)
+            return body
+        start_response("404 Not Found", [("Content-Type", "text/plain; charset=utf-8")])
+        return [b"not found: try /metrics or /healthz\n"]
 
     def close(self) -> None:
         if self._server is not None:
@@ -78,14 +155,61 @@ class RelayMetrics:
             self._server = None
 
 
-class _BytesCollector(Collector):
-    """Exposes the relayed-byte totals, read at scrape time."""
+class _ByteCounts(Collector):
+    """``delshare_relay_bytes_total``: finished totals plus live bridges, read at scrape time."""
 
-    def __init__(self, totals: dict[str, int]) -> None:
-        self._totals = totals
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._totals: dict[tuple[str, str], int] = {
+            (transport, direction): 0 for transport in ("udp", "tcp") for direction in (UP, DOWN)
+        }
+        self._live: dict[int, tuple[BridgeMeter, int]] = {}
+
+    def add(self, transport: str, direction: str, count: int) -> None:
+        # A plain dict update: atomic under the GIL, cheap enough for every UDP datagram.
+        self._totals[transport, direction] += count
+
+    def track(self, key: int, meter: BridgeMeter, down_prefix: int) -> None:
+        """Count a running bridge (client = a, peer = b) until ``finish``; its b→a prefix
+        (``down_prefix`` bytes of STUN) is not relayed data."""
+        with self._lock:
+            self._live[key] = (meter, down_prefix)
+
+    def finish(self, key: int, up: int, down: int) -> None:
+        """The bridge ended having moved ``up``/``down`` relayed bytes."""
+        with self._lock:
+            self._live.pop(key, None)
+            self._totals["tcp", UP] += up
+            self._totals["tcp", DOWN] += down
+
+    def snapshot(self) -> dict[tuple[str, str], int]:
+        with self._lock:
+            totals = dict(self._totals)
+            for meter, prefix in self._live.values():
+                up, down = meter.moved()
+                totals["tcp", UP] += up
+                totals["tcp", DOWN] += max(0, down - prefix)
+        return totals
 
     def collect(self) -> Iterator[CounterMetricFamily]:
-        family = CounterMetricFamily("delshare_relay_bytes", "Bytes relayed", labels=["relay"])
-        for kind, total in sorted(self._totals.items()):
-            family.add_metric([kind], float(total))
+        family = CounterMetricFamily(
+            "delshare_relay_bytes", "Bytes relayed", labels=["transport", "direction"]
+        )
+        for (transport, direction), total in sorted(self.snapshot().items()):
+            family.add_metric([transport, direction], float(total))
         yield family
+
+
+class _V4Server(ThreadingWSGIServer):
+    pass
+
+
+class _V6Server(ThreadingWSGIServer):
+    address_family = socket.AF_INET6
+
+
+class _QuietHandler(WSGIRequestHandler):
+    """No access log on stderr for every scrape."""
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass

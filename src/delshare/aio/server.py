@@ -29,8 +29,9 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
-from delshare.aio.pipe import BridgeStats, bridge
-from delshare.aio.relay_metrics import RelayMetrics
+from delshare.address import format_address
+from delshare.aio.pipe import BridgeMeter, BridgeStats, Limits, bridge
+from delshare.aio.relay_metrics import DOWN, UP, RelayMetrics
 from delshare.aio.relay_sockets import (
     PortPool,
     UdpEndpoint,
@@ -46,6 +47,8 @@ from delshare.aio.udp_listener import udp_listener
 from delshare.errors import StunDecodeError
 from delshare.stun.attributes import Address
 from delshare.stun.constants import PROTO_TCP
+from delshare.text import printable
+from delshare.turn.ratelimit import BandwidthPool, TokenBucket
 from delshare.turn.server import TurnServer
 from delshare.turn.server_types import (
     TCP,
@@ -54,6 +57,7 @@ from delshare.turn.server_types import (
     AllocationCreated,
     AllocationDeleted,
     AllocationRefreshed,
+    AuthenticationFailed,
     BindDataConnection,
     ChannelBound,
     CloseClientConnection,
@@ -124,6 +128,8 @@ class RelayConfig:
     optional_listen: tuple[Address, ...] = field(default=())  # tried, skipped if unavailable
     metrics_listen: Address | None = None  # Prometheus exporter
     idle_timeout: float = 120.0  # close TCP/TLS connections idle this long without allocation
+    max_bps: int = 0  # coturn's max-bps: bytes/s per allocation and direction (0: uncapped)
+    bps_capacity: int = 0  # coturn's bps-capacity: bytes/s handed out in total (0: unlimited)
     relay_ips: tuple[str, ...] = ()  # coturn's relay-ip: local addresses relays bind to
     udp: bool = True  # UDP listeners on ``listen``
     tcp: bool = True  # TCP listeners on ``listen``
@@ -132,7 +138,7 @@ class RelayConfig:
     max_tls_handshakes_per_ip: int = 16  # ... and from one client IP (issue 10 item 3)
 
 
-_ChannelRoute = tuple[UdpEndpoint, Address, float]
+_ChannelRoute = tuple[UdpEndpoint, Address, float, "TokenBucket | None"]
 """A client's channel: the relay to send from, the peer, valid until (wall clock)."""
 _PeerRoute = tuple[FiveTuple, bytes, float]
 """A peer's channel: the client's five-tuple, the channel number (2 bytes), valid until."""
@@ -147,6 +153,7 @@ class _Relay:
     udp: UdpEndpoint | None = None
     listener: socket.socket | None = None
     accept_task: asyncio.Task[None] | None = None
+    limits: Limits = (None, None)  # the allocation's caps: client→peer, peer→client
 
 
 @dataclass
@@ -171,6 +178,8 @@ class RelayServer:
         self.bytes_relayed = 0
         self.metrics = RelayMetrics()
         self.metrics_port: int | None = None
+        self.bandwidth = BandwidthPool(config.bps_capacity)
+        self._caps: dict[int, tuple[int, Limits]] = {}  # alloc_id → reserved rate, its buckets
         self._loop = asyncio.get_running_loop()
         self._udp_listeners: dict[Address, UdpEndpoint] = {}
         self._tcp_listeners: list[socket.socket] = []
@@ -285,6 +294,7 @@ class RelayServer:
         """New allocations go to an alternate or get 508; listeners stay open for live ones
         (a new RFC 6062 data connection arrives on them) until ``close``."""
         self.core.start_draining()
+        self.metrics.set_draining(True)
         self._flush()
 
     async def wait_idle(self) -> None:
@@ -319,6 +329,7 @@ class RelayServer:
         self.core.reconfigure(config.server)
         self._deny_own_addresses()
         self._forget_routes()
+        self.bandwidth.capacity = config.bps_capacity  # live allocations keep their share
         self._flush()
         return restart
 
@@ -369,10 +380,11 @@ class RelayServer:
                     route = self._route_channel(server, client, number, now)
                 if route is not None:
                     length = (data[2] << 8) | data[3]
-                    if len(data) >= 4 + length:  # a short ChannelData is discarded
+                    # a short ChannelData is discarded, as is one over the allocation's cap
+                    if len(data) >= 4 + length and self._within(route[3], length):
                         route[0].sendto(data[4 : 4 + length], route[1])
                         self.bytes_relayed += length
-                        self.metrics.relayed("udp", length)
+                        self.metrics.relayed("udp", UP, length)
                     return
             self.core.receive(FiveTuple(UDP, client, server), data, now)
 
@@ -387,10 +399,10 @@ class RelayServer:
         if found is None:
             return None
         alloc_id, peer, until = found
-        endpoint = self._udp_relay_for(alloc_id, peer)
+        endpoint, bucket = self._udp_relay_for(alloc_id, peer)
         if endpoint is None:
             return None
-        route = (endpoint, peer, until)
+        route = (endpoint, peer, until, bucket)
         self._channel_routes[(server, client, number)] = route
         return route
 
@@ -516,6 +528,9 @@ class RelayServer:
         reason = "closed by allocation teardown"
         stats = BridgeStats(0, 0)
         stun_bytes = client.take_output() + response
+        cap = self._caps.get(link.alloc_id)
+        meter = BridgeMeter()
+        self.metrics.bytes.track(conn_id, meter, len(stun_bytes))
         try:
             await bridge(
                 client.endpoint,
@@ -523,6 +538,8 @@ class RelayServer:
                 a_to_b_prefix=client.leftover,
                 b_to_a_prefix=stun_bytes,
                 stats=stats,
+                limits=cap[1] if cap is not None else (None, None),
+                meter=meter,
             )
             reason = "closed"
         except OSError as exc:
@@ -530,7 +547,7 @@ class RelayServer:
         finally:
             down = max(0, stats.b_to_a - len(stun_bytes))
             self.bytes_relayed += stats.a_to_b + down
-            self.metrics.relayed("tcp", stats.a_to_b + down)
+            self.metrics.bytes.finish(conn_id, stats.a_to_b, down)
             reason += f" ({stats.a_to_b} bytes up, {down} down)"
             self._links.pop(conn_id, None)
             self.core.connection_closed(conn_id, time.time(), reason)
@@ -600,11 +617,11 @@ class RelayServer:
         if isinstance(out, SendToClient):
             self._send_to_client(out)
         elif isinstance(out, SendToPeer):
-            endpoint = self._udp_relay_for(out.alloc_id, out.peer)
-            if endpoint is not None:
+            endpoint, bucket = self._udp_relay_for(out.alloc_id, out.peer)
+            if endpoint is not None and self._within(bucket, len(out.data)):
                 endpoint.sendto(out.data, out.peer)
                 self.bytes_relayed += len(out.data)
-                self.metrics.relayed("udp", len(out.data))
+                self.metrics.relayed("udp", UP, len(out.data))
         elif isinstance(out, OpenRelay):
             self._open_relay(out)
         elif isinstance(out, CloseRelay):
@@ -626,12 +643,24 @@ class RelayServer:
             self.metrics.observe(out)
             _log_event(out)
 
-    def _udp_relay_for(self, alloc_id: int, peer: Address) -> UdpEndpoint | None:
-        """The allocation's UDP relay of ``peer``'s family (a dual allocation has two)."""
+    def _udp_relay_for(
+        self, alloc_id: int, peer: Address
+    ) -> tuple[UdpEndpoint | None, TokenBucket | None]:
+        """The allocation's UDP relay of ``peer``'s family (a dual allocation has two), and its
+        client→peer bandwidth cap."""
         relay = self._relays.get(alloc_id)
         if relay is not None and (":" in peer[0]) != (":" in relay.bind_address[0]):
             relay = self._extra_relays.get(alloc_id)
-        return relay.udp if relay is not None else None
+        if relay is None:
+            return None, None
+        return relay.udp, relay.limits[0]
+
+    def _within(self, bucket: TokenBucket | None, size: int) -> bool:
+        """UDP beyond an allocation's ``max_bps`` is dropped (coturn does the same)."""
+        if bucket is None or bucket.take(size, self._loop.time()):
+            return True
+        self.metrics.bandwidth_drops.inc(size)
+        return False
 
     def _send_to_client(self, out: SendToClient) -> None:
         self._send_frame(out.five, out.data)
@@ -680,7 +709,30 @@ class RelayServer:
             return None
 
     def _open_relay(self, out: OpenRelay) -> None:
+        """Reserve the allocation's bandwidth (once, also for a dual allocation), then bind."""
         now = time.time()
+        cap = self._caps.get(out.alloc_id)
+        if cap is None:
+            rate = self.bandwidth.reserve(self.config.max_bps)
+            if self.config.max_bps and not rate:  # coturn's answer when bps-capacity is spent
+                reason = "Allocation Bandwidth Quota Reached"
+                self.core.relay_failed(out.alloc_id, now, 486, reason, family=out.family)
+                return
+            clock = self._loop.time()
+            buckets = (TokenBucket(rate, clock), TokenBucket(rate, clock)) if rate else (None, None)
+            cap = self._caps[out.alloc_id] = (rate, buckets)
+        try:
+            self._open_relay_at(out, now, cap[1])
+        finally:
+            if out.alloc_id not in self._relays and out.alloc_id not in self._extra_relays:
+                self._release_cap(out.alloc_id)  # refused: the reservation goes back
+
+    def _release_cap(self, alloc_id: int) -> None:
+        cap = self._caps.pop(alloc_id, None)
+        if cap is not None:
+            self.bandwidth.release(cap[0])
+
+    def _open_relay_at(self, out: OpenRelay, now: float, limits: Limits) -> None:
         try:
             host = out.reserved[0] if out.reserved else self._relay_host(out)
         except (OSError, ValueError) as exc:  # no route back to the client
@@ -699,7 +751,7 @@ class RelayServer:
             self.core.relay_failed(out.alloc_id, now, family=out.family)
             return
         bound: Address = sock.getsockname()[:2]
-        relay = _Relay(out.alloc_id, bound)
+        relay = _Relay(out.alloc_id, bound, limits=limits)
         if kind == socket.SOCK_STREAM:
             sock.listen(128)
             relay.listener = sock
@@ -707,7 +759,7 @@ class RelayServer:
         else:
             if out.dont_fragment:
                 set_dont_fragment(sock)
-            handler = self._peer_datagram_handler(out.alloc_id)
+            handler = self._peer_datagram_handler(relay)
             relay.udp = UdpEndpoint(self._loop, sock, handler, self._flush)
         if out.alloc_id in self._relays:  # RFC 8656 §7.2 dual allocation: the second family
             self._extra_relays[out.alloc_id] = relay
@@ -726,13 +778,15 @@ class RelayServer:
             return sock, None
         return self.ports.bind(host, kind, even=out.even_port, reserve_next=out.reserve_next)
 
-    def _peer_datagram_handler(self, alloc_id: int) -> Callable[[bytes, Address], None]:
-        routes = self._peer_routes
+    def _peer_datagram_handler(self, relay: _Relay) -> Callable[[bytes, Address], None]:
+        alloc_id, routes, bucket = relay.alloc_id, self._peer_routes, relay.limits[1]
 
         def on_datagram(data: bytes, peer: Address) -> None:
+            if bucket is not None and not self._within(bucket, len(data)):
+                return
             now = time.time()
             self.bytes_relayed += len(data)
-            self.metrics.relayed("udp", len(data))
+            self.metrics.relayed("udp", DOWN, len(data))
             route = routes.get((alloc_id, peer))
             if route is None or route[2] <= now:
                 route = self._route_peer(alloc_id, peer, now)
@@ -763,6 +817,7 @@ class RelayServer:
         relay = self._relays.pop(alloc_id, None)
         if relay is not None:
             self._close_one_relay(relay)
+        self._release_cap(alloc_id)
 
     def _close_one_relay(self, relay: _Relay) -> None:
         if relay.udp is not None:
@@ -876,6 +931,10 @@ def _log_event(event: Output) -> None:
         )
     elif isinstance(event, PermissionCreated):
         log.debug("allocation %d: permission for %s", event.alloc_id, event.peer_ip)
+    elif isinstance(event, AuthenticationFailed):
+        log.info("login failed: user %s from %s %s (%s, %s)", _quoted_name(event.username),
+                 event.five.transport, format_address(*event.five.client), event.reason,
+                 event.method)  # fmt: skip
     elif isinstance(event, RequestRefused):
         level = logging.DEBUG if event.code in (0, 401, 438) else logging.INFO  # 0: dropped
         log.log(level, "%s from %s:%d refused: %d %s", event.method, *event.five.client,
@@ -884,6 +943,11 @@ def _log_event(event: Output) -> None:
         log.debug(
             "%s from %s %s:%d answered", event.method, event.five.transport, *event.five.client
         )
+
+
+def _quoted_name(text: str, limit: int = 128) -> str:
+    """A client-chosen name for a log line: cut, quoted, unsafe characters escaped."""
+    return f"'{printable(text[:limit])}'"
 
 
 @dataclass

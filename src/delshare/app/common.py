@@ -76,15 +76,25 @@ forgets a mailbox after this age by default."""
 NEW_CODE = "ask the sender for a new code (codes are single-use)"
 
 
-async def reach_rendezvous(url: str, timeout: float = RENDEZVOUS_CONNECT_TIMEOUT) -> None:
+async def reach_rendezvous(
+    url: str, timeout: float = RENDEZVOUS_CONNECT_TIMEOUT, ca: str | None = None
+) -> None:
     """Open and close one WebSocket connection to ``url``; PairingError naming the URL and the
-    likely cause if that fails (checked before a code is printed)."""
+    likely cause if that fails (checked before a code is printed). ``ca``: as ``--ca``."""
+    from urllib.parse import urlsplit
+
     from websockets.asyncio.client import connect
     from websockets.exceptions import InvalidHandshake, InvalidURI
 
+    from delshare.tls import client_context, describe_secure_connect_error
+
+    secure = url.lower().startswith("wss://")
+    tls = client_context(ca) if secure else None  # --ca, else DELSHARE_CA, else the system's
     try:
         async with asyncio.timeout(timeout):
-            connection = await connect(url, proxy=None, compression=None, open_timeout=None)
+            connection = await connect(
+                url, proxy=None, compression=None, open_timeout=None, ssl=tls
+            )
             await connection.close()
     except TimeoutError:
         raise PairingError(
@@ -97,6 +107,9 @@ async def reach_rendezvous(url: str, timeout: float = RENDEZVOUS_CONNECT_TIMEOUT
             "check the --rendezvous URL"
         ) from exc
     except OSError as exc:
+        cause = describe_secure_connect_error(exc, urlsplit(url).hostname or "") if secure else None
+        if cause is not None:  # a TLS failure: its cause says what to change
+            raise PairingError(f"cannot reach rendezvous server {url}: {cause}") from exc
         raise PairingError(
             f"cannot reach rendezvous server {url}: {exc.strerror or exc}; "
             "check the --rendezvous URL and that the server runs"

@@ -198,7 +198,7 @@ async def run_send(
             report(NoticeIssued(f"no rendezvous server set: announcing code {nameplate} on the "
                                 "local network"))  # fmt: skip
         elif chosen is not None:
-            await reach_rendezvous(rendezvous)  # the code is shown only once it can work
+            await reach_rendezvous(rendezvous, ca=options.ca)  # the code shows once it can work
             show_code(chosen)
         notice = notice_reporter(report)
         # Without a chosen code the server allocates the number (no one else holds it), which

@@ -19,6 +19,7 @@ import contextlib
 import logging
 import os
 import signal
+import ssl
 import sys
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
@@ -29,6 +30,7 @@ from click.core import ParameterSource
 
 from delshare.address import format_address, parse_address
 from delshare.aio.server import RelayConfig, RunningRelay, start_relay
+from delshare.cli.logsetup import LOG_FORMATS, setup_logging
 from delshare.cli.relay_config import (
     DEFAULTS,
     FIELD_NAMES,
@@ -45,6 +47,7 @@ from delshare.cli.relay_config import (
 )
 from delshare.errors import DelshareError
 from delshare.stun.attributes import Address
+from delshare.tls import server_context
 from delshare.turn.auth import AuthConfig
 from delshare.turn.peerfilter import parse_cidr
 from delshare.turn.server_types import ServerConfig
@@ -296,6 +299,11 @@ class OneLineErrors(click.Command):
     f"{DEFAULT_RENDEZVOUS[0]}:{DEFAULT_RENDEZVOUS[1]}.",
 )
 @click.option(
+    "--rendezvous-tls",
+    is_flag=True,
+    help="Serve the rendezvous as wss:// with the --cert/--key of TURN over TLS.",
+)
+@click.option(
     "--rendezvous-redis",
     metavar="URL",
     envvar="DELSHARE_RENDEZVOUS_REDIS",
@@ -350,9 +358,23 @@ class OneLineErrors(click.Command):
     "--metrics-listen",
     callback=_hostport,
     metavar="HOST:PORT",
-    help="Serve Prometheus metrics (allocations, connections, bytes relayed, errors) here.",
+    help="Serve Prometheus metrics (allocations, connections, bytes relayed, auth failures, "
+    "errors) at /metrics and readiness at /healthz (200 ready, 503 draining) here.",
 )
 @click.option("--pidfile", type=click.Path(dir_okay=False), help="Write the process id here.")
+@click.option("--max-bps", type=click.IntRange(0), default=0, show_default=True,
+              help="Bandwidth cap per allocation in bytes per second, each direction separately "
+              "(coturn's max-bps), for UDP relays and RFC 6062 data connections alike: UDP "
+              "beyond it is dropped, TCP is slowed by flow control. 0: uncapped.")  # fmt: skip
+@click.option("--bps-capacity", type=click.IntRange(0), default=0, show_default=True,
+              help="Total bytes per second handed out to allocations (coturn's bps-capacity): "
+              "each allocation reserves --max-bps, or what is left; when nothing is left new "
+              "allocations get 486. Needs --max-bps. 0: unlimited.")  # fmt: skip
+@click.option("--log-format", type=click.Choice(LOG_FORMATS), default="text", show_default=True,
+              help="Log lines as text or as one JSON object per line.")  # fmt: skip
+@click.option("--log-file", metavar="PATH",
+              help="Append logs to PATH (reopened after logrotate moves it; 'stdout' and "
+              "'stderr' name those streams). Default: stderr.")  # fmt: skip
 @click.option("--no-turn", is_flag=True, help="Run only the rendezvous service.")
 @click.option("--no-rendezvous", is_flag=True, help="Run only the TURN server.")
 @click.option("-v", "--verbose", is_flag=True, help="Log every STUN message (debug level).")
@@ -364,11 +386,12 @@ def relay(config_file: str | None, check_config: bool, **_opts: Any) -> None:
         _check_config(loader, settings, problems)
     if problems:
         raise click.UsageError("; ".join(problems))
-    logging.basicConfig(
-        level=logging.DEBUG if settings.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(message)s",
-        stream=sys.stderr,
-    )
+    level = logging.DEBUG if settings.verbose else logging.INFO
+    log_file = settings.log_file
+    try:
+        setup_logging(level, settings.log_format, log_file)
+    except OSError as exc:
+        raise click.UsageError(f"--log-file {log_file}: {exc.strerror or exc}") from exc
     if not settings.verbose:
         logging.getLogger("websockets").setLevel(logging.WARNING)
     for warning in loader.warnings(settings):
@@ -541,6 +564,8 @@ def relay_config(settings: RelaySettings) -> RelayConfig:
         tls_handshake_timeout=float(_extra(settings, "tls_handshake_timeout", 10.0)),
         max_tls_handshakes=_extra(settings, "max_tls_handshakes", 256),
         max_tls_handshakes_per_ip=_extra(settings, "max_tls_handshakes_per_ip", 16),
+        max_bps=settings.max_bps or 0,
+        bps_capacity=settings.bps_capacity or 0,
     )
 
 
@@ -561,7 +586,10 @@ async def _serve(loader: SettingsLoader, settings: RelaySettings) -> None:
         if not settings.no_rendezvous:
             registry = turn.server.metrics.registry if turn is not None else None
             grant = _turn_grant(settings, turn)
-            rendezvous = await _start_rendezvous(settings, registry, grant)
+            tls = None
+            if settings.rendezvous_tls and settings.cert and settings.key:
+                tls = server_context(settings.cert, settings.key)  # the TURN TLS certificate
+            rendezvous = await _start_rendezvous(settings, registry, grant, tls)
         _log_client_hint(settings, turn, rendezvous)
         await _lifecycle(signals, loader, settings, turn)
     finally:
@@ -643,7 +671,7 @@ def _reload(
         except (OSError, ValueError) as exc:
             log.error("reload of %s failed, keeping the old configuration: %s", loader.path, exc)
             return settings
-    kept = ("no_turn", "no_rendezvous", "pidfile", "max_bps", "bps_capacity", "log_file")
+    kept = ("no_turn", "no_rendezvous", "pidfile", "log_file", "log_format")
     restart += [
         setting_key(name)
         for name in new.names()
@@ -747,7 +775,9 @@ def _turn_grant(settings: RelaySettings, turn: RunningRelay | None) -> Any:
     )
 
 
-async def _start_rendezvous(settings: RelaySettings, registry: Any, turn_grant: Any) -> Any:
+async def _start_rendezvous(
+    settings: RelaySettings, registry: Any, turn_grant: Any, tls: ssl.SSLContext | None = None
+) -> Any:
     """Start the rendezvous; its metrics go on the relay's registry, or their own exporter."""
     from delshare.pairing.metrics import RendezvousMetrics
     from delshare.pairing.server import serve_rendezvous
@@ -765,12 +795,14 @@ async def _start_rendezvous(settings: RelaySettings, registry: Any, turn_grant: 
             redis_url=settings.rendezvous_redis,
             metrics=metrics,
             turn_grant=turn_grant,
+            ssl=tls,
         )
     except OSError as exc:
         metrics.close()
         where = format_address(*address)
         raise OSError(exc.errno, f"cannot listen on {where}: {exc.strerror or exc}") from exc
-    log.info("rendezvous listening on ws://%s", format_address(address[0], server.port))
+    scheme = "wss" if tls is not None else "ws"
+    log.info("rendezvous listening on %s://%s", scheme, format_address(address[0], server.port))
     return server
 
 

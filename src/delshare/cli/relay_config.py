@@ -38,11 +38,7 @@ COTURN_PORT = 3478
 
 # Settings carried for features wired elsewhere: while no flag of the name exists, a value for
 # them is reported as "accepted, not applied" instead of being silently dropped.
-PENDING_FEATURES: dict[str, Callable[[Any], Any]] = {
-    "max_bps": int,
-    "bps_capacity": int,
-    "log_file": str,
-}
+PENDING_FEATURES: dict[str, Callable[[Any], Any]] = {}
 
 
 @dataclass(frozen=True)
@@ -80,6 +76,7 @@ class RelaySettings:
     drain_timeout: float = 300.0
     rendezvous_listen: Address | None = None
     rendezvous_redis: str | None = None
+    rendezvous_tls: bool = False
     rendezvous_max_mailboxes: int = 1000
     rendezvous_max_mailboxes_per_ip: int = 20
     rendezvous_max_connections_per_ip: int = 40
@@ -98,6 +95,7 @@ class RelaySettings:
     max_bps: int | None = None
     bps_capacity: int | None = None
     log_file: str | None = None
+    log_format: str = "text"
     # settings of flags added after this record was written, by setting name
     extra: Mapping[str, Any] = field(default_factory=dict)
 
@@ -111,6 +109,10 @@ class RelaySettings:
             found.append("min-port is above max-port")
         if self.tls_listen and not (self.cert and self.key):
             found.append("tls-listen needs cert and key")
+        if self.rendezvous_tls and not (self.cert and self.key):
+            found.append("rendezvous-tls needs cert and key")
+        if self.bps_capacity and not self.max_bps:
+            found.append("bps-capacity needs max-bps (the share of each allocation)")
         if self.no_udp and self.no_tcp and not self.tls_listen and not self.no_turn:
             found.append("no-udp and no-tcp without tls-listen leave TURN nothing to listen on")
         if self.no_udp_relay and self.no_tcp_relay and not self.no_turn:

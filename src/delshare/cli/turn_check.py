@@ -27,6 +27,7 @@ from delshare.app.hints import AUTH_HINT
 from delshare.errors import DelshareError
 from delshare.stun.attributes import Address
 from delshare.text import printable
+from delshare.tls import TlsSetupError, client_context
 from delshare.turn.client_errors import AuthenticationError
 from delshare.turn.uri import TurnUriError, parse_turn_uri
 
@@ -194,7 +195,10 @@ async def _bulk(
 def _ssl_context(ca: str | None, insecure: bool) -> _ssl.SSLContext | None:
     if ca is None and not insecure:
         return None
-    context = _ssl.create_default_context(cafile=ca)
+    try:
+        context = client_context(ca)
+    except TlsSetupError as exc:
+        raise click.UsageError(f"--ca: {exc}") from exc
     if insecure:
         context.check_hostname = False
         context.verify_mode = _ssl.CERT_NONE
@@ -231,7 +235,8 @@ def _ssl_context(ca: str | None, insecure: bool) -> _ssl.SSLContext | None:
 )
 @click.option("--timeout", default=10.0, show_default=True, help="Seconds allowed per step.")
 @click.option("--size", default=16, show_default=True, help="MiB for the throughput test.")
-@click.option("--ca", type=click.Path(exists=True, dir_okay=False), help="CA file for turns:.")
+@click.option("--ca", type=click.Path(exists=True, dir_okay=False), envvar="DELSHARE_CA",
+              help="Trust only this CA (PEM) for turns: [DELSHARE_CA].")  # fmt: skip
 @click.option("--insecure", is_flag=True, help="turns: without certificate verification.")
 def turn_check(
     turn_uri: str,

@@ -15,6 +15,7 @@ import asyncio
 from collections.abc import Callable
 from types import TracebackType
 from typing import Any
+from urllib.parse import urlsplit
 
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
@@ -31,6 +32,7 @@ from delshare.pairing.codes import (
 )
 from delshare.pairing.envelope import Phase, decode_body, encode_body
 from delshare.pairing.pake import Pake, Side
+from delshare.tls import client_context, describe_secure_connect_error
 
 DEFAULT_TIMEOUT = 30.0
 _OLDER_SERVER = "unknown message type 'allocate'"  # how a rendezvous without allocate refuses
@@ -175,7 +177,8 @@ async def pair(
     sender may pass ``code=None``: the server then allocates the number, ``words`` secret words
     are drawn here, and ``on_code`` gets the code to show before the wait for the receiver.
     ``on_turn`` asks the server for TURN servers with credentials and gets them when they come.
-    ``ca``: a CA file to trust for a ``wss:`` server instead of the system's.
+    ``ca``: a CA file to trust for a ``wss:`` server instead of the system's (default:
+    ``DELSHARE_CA``, see ``delshare.tls.client_context``).
     """
     our_side = Side(side)
     parsed = code if isinstance(code, Code) or code is None else parse_code(code)
@@ -235,11 +238,8 @@ async def rejoin(
 
 
 async def _connect(url: str, open_timeout: float, ca: str | None = None) -> ClientConnection:
-    extra: dict[str, Any] = {}
-    if ca is not None and url.startswith("wss:"):
-        import ssl
-
-        extra["ssl"] = ssl.create_default_context(cafile=ca)
+    secure = url.lower().startswith("wss://")
+    tls: dict[str, Any] = {"ssl": client_context(ca)} if secure else {}
     try:
         return await connect(
             url,
@@ -247,7 +247,7 @@ async def _connect(url: str, open_timeout: float, ca: str | None = None) -> Clie
             proxy=None,
             compression=None,
             max_size=wire.MAX_FRAME,
-            **extra,
+            **tls,
         )
     except TimeoutError as exc:
         raise PairingError(
@@ -255,7 +255,25 @@ async def _connect(url: str, open_timeout: float, ca: str | None = None) -> Clie
             f"{open_timeout:g} s: is it a delshare rendezvous (`delshare relay`) on that port?"
         ) from exc
     except (OSError, InvalidURI, InvalidHandshake) as exc:
-        raise PairingError(f"cannot reach rendezvous server {url}: {exc}") from exc
+        raise PairingError(f"cannot reach rendezvous server {url}: {_why(exc, url)}") from exc
+
+
+def _why(exc: BaseException, url: str) -> str:
+    """A non-empty cause: the TLS failure in words, else the error (or its cause's) text."""
+    host = urlsplit(url).hostname or ""
+    secure = url.lower().startswith("wss://")
+    for error in (exc, exc.__cause__, exc.__context__):
+        if error is None:
+            continue
+        tls = describe_secure_connect_error(error, host) if secure else None
+        if tls is not None:
+            return tls
+    if isinstance(exc, TimeoutError):
+        return "timed out"
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    text = str(exc) or str(exc.__cause__ or "")
+    return text or type(exc).__name__
 
 
 async def _agree_key(mailbox: _Mailbox, password: bytes, side: Side) -> bytes:

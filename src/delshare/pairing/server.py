@@ -22,6 +22,7 @@ import itertools
 import socket
 import time
 from collections.abc import Iterable
+from ssl import SSLContext
 from types import TracebackType
 
 from websockets.asyncio.server import Server, ServerConnection, serve
@@ -308,6 +309,7 @@ async def serve_rendezvous(
     sweep_interval: float = SWEEP_INTERVAL,
     metrics: RendezvousMetrics | None = None,
     turn_grant: TurnGrant | None = None,
+    ssl: SSLContext | None = None,
 ) -> RendezvousServer:
     """Start a rendezvous server on ``host``:``port`` (0 picks a free port).
 
@@ -317,6 +319,7 @@ async def serve_rendezvous(
     node's clients) is noticed. ``metrics`` (e.g. on the relay's registry) counts mailboxes,
     pairings and refusals. ``turn_grant`` (a node with the TURN REST secret) hands clients that
     ask the TURN servers and short-lived credentials.
+    With ``ssl`` (a server context) it serves ``wss://``.
     """
     backend = _backend(limits, store, redis_url, sweep_interval)
     rendezvous = RendezvousServer(backend, metrics, turn_grant)
@@ -333,6 +336,7 @@ async def serve_rendezvous(
             open_timeout=limits.idle_timeout,
             close_timeout=CLOSE_TIMEOUT,
             create_connection=_guarded(rendezvous.guard),
+            ssl=ssl,
         )
     except BaseException:
         await backend.aclose()

@@ -86,6 +86,18 @@ class NonceState(Enum):
     INVALID = "invalid"  # not ours, or issued to another 5-tuple: 438 as well
 
 
+class CredentialsRefused(StunProtocolError):
+    """A 401 challenge answering credentials that were present but wrong (RFC 8489 §9.2.4), as
+    opposed to the normal challenge of a request without any. ``failure`` says why
+    (``unknown_user``, ``wrong_password``, ``expired``, ``wrong_realm``); ``username`` is as the
+    client sent it (unsanitized)."""
+
+    def __init__(self, challenge: StunProtocolError, failure: str, username: str) -> None:
+        super().__init__(challenge.code, challenge.reason, *challenge.attributes)
+        self.failure = failure
+        self.username = username
+
+
 class Authenticator:
     """Checks long-term credentials on requests; issues and validates nonces."""
 
@@ -163,15 +175,27 @@ class Authenticator:
             raise self.challenge(now, ErrorCode.STALE_NONCE, binding)
         algorithm = self._algorithm(request)
         username = self._username(request)
-        if username is None or realm != self.config.realm:
-            raise self.challenge(now, binding=binding)
+        if username is None:
+            named = request.get(USERNAME) or ""
+            raise CredentialsRefused(self.challenge(now, binding=binding), "unknown_user", named)
+        if realm != self.config.realm:
+            raise CredentialsRefused(self.challenge(now, binding=binding), "wrong_realm", username)
         password = self._password(username, now)
         if password is None:
-            raise self.challenge(now, binding=binding)
+            why = self._unknown_why(username, now)
+            raise CredentialsRefused(self.challenge(now, binding=binding), why, username)
         key = _cached_key(username, realm, password, algorithm)
         if not request.verify_integrity(key):
-            raise self.challenge(now, binding=binding)
+            challenge = self.challenge(now, binding=binding)
+            raise CredentialsRefused(challenge, "wrong_password", username)
         return Credentials(username, key, request.uses_sha256_integrity)
+
+    def _unknown_why(self, username: str, now: float) -> str:
+        """``expired`` for a well-formed TURN REST username past its time, else unknown."""
+        stamp = username.split(":", 1)[0]
+        if self.config.secret is not None and stamp.isdigit() and int(stamp) < now:
+            return "expired"
+        return "unknown_user"
 
     def _algorithm(self, request: Message) -> int:
         """PASSWORD-ALGORITHM negotiation (RFC 8489 §9.2.4 bullet on password algorithms)."""

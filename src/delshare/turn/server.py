@@ -63,7 +63,7 @@ from delshare.stun.constants import (
 )
 from delshare.stun.framing import ChannelData
 from delshare.stun.message import Message, decode_message, error_response, success_response
-from delshare.turn.auth import Authenticator, Credentials
+from delshare.turn.auth import Authenticator, Credentials, CredentialsRefused
 from delshare.turn.peerfilter import PeerFilter
 from delshare.turn.ratelimit import RateLimiter
 from delshare.turn.server_state import (
@@ -83,6 +83,7 @@ from delshare.turn.server_types import (
     AllocationCreated,
     AllocationDeleted,
     AllocationRefreshed,
+    AuthenticationFailed,
     BindDataConnection,
     ChannelBound,
     CloseClientConnection,
@@ -312,6 +313,11 @@ class TurnServer:
                 self._check_unknown(msg)
                 response = handler(five, msg, creds, now)
         except StunProtocolError as refusal:  # a challenge too: authenticate left creds None
+            if isinstance(refusal, CredentialsRefused):
+                failed = AuthenticationFailed(
+                    five, msg.method_name, refusal.username, refusal.failure
+                )
+                self._outputs.append(failed)
             response = error_response(msg, refusal.code, refusal.reason, *refusal.attributes)
         if response is not None:
             self._respond(five, msg, response, creds, now)

@@ -229,6 +229,19 @@ class RequestRefused:
 
 
 @dataclass(frozen=True)
+class AuthenticationFailed:
+    """A request carried credentials that did not check out (RFC 8489 §9.2.4), as opposed to
+    the normal 401 challenge of a request without any. ``reason``: ``unknown_user``,
+    ``wrong_password``, ``expired`` (a TURN REST username past its time), ``wrong_realm``.
+    ``username`` is as the client sent it (unsanitized; empty for an unknown USERHASH)."""
+
+    five: FiveTuple
+    method: str
+    username: str
+    reason: str
+
+
+@dataclass(frozen=True)
 class RequestAnswered:
     """Per-message debug: a request got a success response."""
 
@@ -257,6 +270,7 @@ Event = (
     | ConnectionBound
     | ConnectionClosed
     | RequestRefused
+    | AuthenticationFailed
     | RequestAnswered
 )
 Output = Command | Event

@@ -1,0 +1,62 @@
+"""Log output of long-running commands (``delshare relay``): text or JSON lines, stderr or a file.
+
+``--log-format text`` (the default) prints ``TIME LEVEL message``; ``--log-format json`` prints one
+JSON object per line (``time`` in ISO 8601 UTC, ``level``, ``logger``, ``message``, and
+``exception`` when there is one) for log shippers. ``--log-file PATH`` appends to PATH instead
+of stderr, reopening it when logrotate moves it (``WatchedFileHandler``); ``stdout`` and
+``stderr`` name those streams, as in coturn's ``log-file``.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import logging
+import logging.handlers
+import sys
+
+LOG_FORMATS = ("text", "json")
+TEXT_FORMAT = "%(asctime)s %(levelname)s %(message)s"
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per record, on one line (newlines inside the message are escaped)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        stamp = datetime.datetime.fromtimestamp(record.created, datetime.UTC)
+        entry: dict[str, str] = {
+            "time": stamp.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, ensure_ascii=False)
+
+
+def log_handler(log_file: str | None) -> logging.Handler:
+    """A handler writing to ``log_file`` (a path, ``stdout`` or ``stderr``; default stderr).
+
+    Raises OSError when the file cannot be opened.
+    """
+    if log_file is None or log_file == "stderr":
+        return logging.StreamHandler(sys.stderr)
+    if log_file == "stdout":
+        return logging.StreamHandler(sys.stdout)
+    return logging.handlers.WatchedFileHandler(log_file, encoding="utf-8")
+
+
+def setup_logging(level: int, log_format: str = "text", log_file: str | None = None) -> None:
+    """Send the root logger's records at ``level`` and above to one handler, replacing any."""
+    handler = log_handler(log_file)
+    if log_format == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter(TEXT_FORMAT))
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+        old.close()
+    root.addHandler(handler)
+    root.setLevel(level)

@@ -1,0 +1,116 @@
+"""``delshare relay --log-format json --log-file PATH``, and failed logins in those logs (issue 12).
+
+The relay runs as a real subprocess; a TURN client with a wrong password tries to allocate.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from delshare.aio.client import connect_turn
+from delshare.turn.client_errors import AuthenticationError
+
+CODE = "from delshare.cli.main import main; main()"
+START_TIMEOUT = 20.0
+
+
+def _relay(*args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-c", CODE, "relay", "--no-rendezvous", *args],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _wait_for(path: Path, pattern: str, process: subprocess.Popen[str]) -> re.Match[str]:
+    deadline = time.monotonic() + START_TIMEOUT
+    while time.monotonic() < deadline:
+        if path.exists() and (match := re.search(pattern, path.read_text())):
+            return match
+        assert process.poll() is None, process.communicate()
+        time.sleep(0.05)
+    raise AssertionError(f"{pattern!r} not in {path}")
+
+
+def _stop(process: subprocess.Popen[str]) -> tuple[str, str]:
+    if process.poll() is None:
+        os.kill(process.pid, signal.SIGTERM)
+    try:
+        return process.communicate(timeout=10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        return process.communicate()
+
+
+def test_json_log_file_has_one_object_per_line_and_failed_logins(tmp_path: Path) -> None:
+    log_file = tmp_path / "relay.log"
+    process = _relay(
+        "--listen", "127.0.0.1:0", "--user", "alice:right-password",
+        "--log-format", "json", "--log-file", str(log_file),
+    )  # fmt: skip
+    try:
+        port = int(_wait_for(log_file, r"TURN listening on tcp 127\.0\.0\.1:(\d+)", process)[1])
+
+        async def wrong_password() -> tuple[str, int]:
+            uri = f"turn:127.0.0.1:{port}?transport=tcp"
+            client = await connect_turn(uri, "alice", "wrong-password")
+            try:
+                where = client.local_address
+                with pytest.raises(AuthenticationError):
+                    await client.allocate_tcp()
+            finally:
+                await client.close()
+            return where
+
+        host, client_port = asyncio.run(wrong_password())
+        _wait_for(log_file, "login failed", process)
+    finally:
+        stdout, stderr = _stop(process)
+    assert process.returncode == 0
+    assert stdout == "" and stderr == ""  # everything went to the file
+    lines = log_file.read_text().splitlines()
+    entries = [json.loads(line) for line in lines]  # every line parses on its own
+    assert all({"time", "level", "logger", "message"} <= set(entry) for entry in entries)
+    failed = [e for e in entries if "login failed" in e["message"]]
+    assert len(failed) == 1
+    assert failed[0]["level"] == "INFO"
+    assert "'alice'" in failed[0]["message"]
+    assert f"{host}:{client_port}" in failed[0]["message"]
+    assert "wrong_password" in failed[0]["message"]
+    assert "wrong-password" not in log_file.read_text()  # never the password
+
+
+@pytest.mark.parametrize(
+    ("args", "complaint"),
+    [
+        (("--bps-capacity", "1000000"), "bps-capacity needs max-bps"),
+        (("--max-bps", "-1"), "--max-bps"),
+        (("--log-format", "xml"), "--log-format"),
+        (("--log-file", "/nonexistent-dir/relay.log"), "--log-file"),
+    ],
+)
+def test_bad_bandwidth_and_log_flags_are_usage_errors(
+    args: tuple[str, ...], complaint: str
+) -> None:
+    result = subprocess.run(
+        [sys.executable, "-c", CODE, "relay", *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        stdin=subprocess.DEVNULL,
+    )
+    assert result.returncode == 2
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("Error:") and complaint in lines[0], lines
