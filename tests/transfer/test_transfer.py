@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 from pathlib import Path
@@ -16,6 +17,7 @@ from delshare.transfer.errors import (
     DestinationExistsError,
     InsufficientSpaceError,
     ManifestError,
+    PeerProtocolError,
     RefusedByPeerError,
     TransferInterruptedError,
     UnsafePathError,
@@ -23,6 +25,8 @@ from delshare.transfer.errors import (
 from delshare.transfer.manifest import Entry, Manifest, build_manifest
 from delshare.transfer.protocol import (
     Accept,
+    Done,
+    ErrorMessage,
     FileBegin,
     Offer,
     Reject,
@@ -327,3 +331,55 @@ async def test_a_sender_that_stops_sending_fails_the_receiver_and_keeps_the_part
     assert (
         temp_paths(out / "half.bin")[0].read_bytes() == source.read_bytes()[: 1 << 20]
     )  # resumable
+
+
+async def test_a_sender_that_skips_its_offer_is_refused_by_the_state_table(out: Path) -> None:
+    """File data before any offer: the receiver's conversation table refuses it by name, the
+    receiver rejects, and nothing is written."""
+    sender, receiver = await channel_pair()
+
+    async def hostile_sender(channel: RecordChannel) -> object:
+        await send_message(channel, FileBegin(0, 0))
+        return await recv_message(channel)
+
+    try:
+        reply, outcome = await asyncio.gather(
+            hostile_sender(sender), receive_files(receiver, out), return_exceptions=True
+        )
+    finally:
+        await sender.close()
+        await receiver.close()
+    assert isinstance(reply, Reject) and "FileBegin from the sender in state offer" in reply.reason
+    assert isinstance(outcome, PeerProtocolError)
+    assert names(out) == []
+
+
+async def test_a_receiver_that_answers_done_too_early_is_refused(tmp_path: Path) -> None:
+    """The receiver's done before the sender's: the sender's table refuses it, the sender stops
+    with a protocol error and tells the receiver why."""
+    source = tmp_path / "a.bin"
+    source.write_bytes(os.urandom(64 << 20))  # still sending when the early done is read
+    manifest = build_manifest([source])
+    sender, receiver = await channel_pair()
+
+    async def hostile_receiver(channel: RecordChannel) -> object:
+        await recv_message(channel)
+        await send_message(channel, Accept())
+        await send_message(channel, Done())
+        for _ in range(1000):  # file-begin and the data in flight, then the sender's error
+            with contextlib.suppress(PeerProtocolError):  # a DATA record
+                message = await recv_message(channel)
+                if isinstance(message, ErrorMessage):
+                    return message
+        return None
+
+    try:
+        outcome, told = await asyncio.gather(
+            send_files(sender, manifest), hostile_receiver(receiver), return_exceptions=True
+        )
+    finally:
+        await sender.close()
+        await receiver.close()
+    assert isinstance(outcome, PeerProtocolError)
+    assert "Done from the receiver" in str(outcome)
+    assert isinstance(told, ErrorMessage)

@@ -59,7 +59,7 @@ import json
 import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from delshare.link.records import MAX_PAYLOAD, LinkError, RecordChannel, RecordKind
 from delshare.transfer.digest import ALGORITHM, DIGEST_SIZE
@@ -83,6 +83,7 @@ __all__ = [
     "Offer",
     "Reject",
     "ResumeOffer",
+    "Talk",
     "Timeouts",
     "Wait",
     "decode_message",
@@ -423,12 +424,28 @@ def write_message(channel: RecordChannel, message: Message) -> None:
         channel.write(payload, RecordKind.CONTROL)
 
 
+class Talk(Protocol):
+    """What sending and receiving feed: the conversation's state table
+    (:class:`delshare.transfer.states.Conversation`)."""
+
+    def sent(self, message: Message) -> None: ...
+
+    def received(self, message: Message) -> None: ...
+
+
 async def send_message(
-    channel: RecordChannel, message: Message, timeout: float | None = None
+    channel: RecordChannel,
+    message: Message,
+    timeout: float | None = None,
+    *,
+    talk: Talk | None = None,
 ) -> None:
     """Send one control message; PeerTimeoutError if the peer reads none of what waits to be
     sent for ``timeout`` seconds (default :func:`peer_timeout`): a big offer to a receiver that
-    stopped reading would otherwise wait for buffer room forever."""
+    stopped reading would otherwise wait for buffer room forever. ``talk`` checks first that
+    the message may be sent now."""
+    if talk is not None:
+        talk.sent(message)
     write_message(channel, message)
     await _drain(channel, peer_timeout() if timeout is None else timeout)
 
@@ -453,10 +470,12 @@ async def recv_message(
     waiting_for: str = "its next message",
     *,
     keep_waits: bool = False,
+    talk: Talk | None = None,
 ) -> Message:
     """Receive one control message; a DATA record here is a protocol error.
 
-    ``wait`` keepalives are skipped (returned if ``keep_waits``). With ``timeout``, a peer that
+    ``wait`` keepalives are skipped (returned if ``keep_waits``); any other message is fed to
+    ``talk``, which refuses one that may not come now. With ``timeout``, a peer that
     sends no record for that many seconds raises PeerTimeoutError naming ``waiting_for``. An
     oversized message is read to its end (bounded) and dropped before MessageTooLargeError, so
     the peer is reading again when it is refused.
@@ -472,8 +491,11 @@ async def recv_message(
             if record.payload[:1] == _MORE:
                 await _discard_rest(channel, timeout, waiting_for)
             raise
-        if message is not None and (keep_waits or not isinstance(message, Wait)):
-            return message
+        if message is None or (isinstance(message, Wait) and not keep_waits):
+            continue
+        if talk is not None and not isinstance(message, Wait):
+            talk.received(message)
+        return message
 
 
 async def _recv_record(channel: RecordChannel, timeout: float | None, waiting_for: str) -> Any:

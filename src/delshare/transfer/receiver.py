@@ -85,6 +85,7 @@ from delshare.transfer.resume import (
     temp_paths,
     write_sidecar,
 )
+from delshare.transfer.states import Conversation, Side
 
 __all__ = ["AskOverwrite", "ReceiveStats", "ReceivedFile", "existing_files", "receive_files"]
 
@@ -175,32 +176,33 @@ async def receive_files(
             concurrent.futures.ThreadPoolExecutor(1, "delshare-hash") as hash_pool,
         ):
             timeout = peer_timeout() if wait_timeout is None else wait_timeout
-            offer = await _receive_offer(channel, timeout)
+            talk = Conversation(Side.RECEIVER)
+            offer = await _receive_offer(channel, talk, timeout)
             async with keepalive(channel, keepalive_interval(timeout)):
                 policy = _Policy(overwrite, rename, ask_overwrite)
                 targets, overwrite = await _plan_or_reject(
-                    channel, pool, out, offer, policy, timeout
+                    channel, talk, pool, out, offer, policy, timeout
                 )
                 if confirm is not None and not await confirm(offer.manifest):
-                    await _reject(channel, "declined by the receiver")
+                    await _reject(channel, talk, "declined by the receiver")
                     raise DeclinedError("offer declined")
                 await asyncio.get_running_loop().run_in_executor(pool, _make_dirs, targets)
-                await send_message(channel, _accept_for(targets, verify), timeout)
+                await send_message(channel, _accept_for(targets, verify), timeout, talk=talk)
                 progress = ProgressThrottle(progress_cb)
                 timeouts = Timeouts(stall_timeout, timeout)
                 session = _ReceiveSession(
-                    channel, pool, hash_pool, targets, progress, overwrite, verify, timeouts
+                    channel, talk, pool, hash_pool, targets, progress, overwrite, verify, timeouts
                 )
                 return await session.run()
     except LinkClosedError as exc:
         raise TransferInterruptedError(f"link lost while receiving: {exc}") from exc
 
 
-async def _receive_offer(channel: RecordChannel, timeout: float) -> Offer:
+async def _receive_offer(channel: RecordChannel, talk: Conversation, timeout: float) -> Offer:
     try:
-        message = await recv_message(channel, timeout, "the sender's offer")
+        message = await recv_message(channel, timeout, "the sender's offer", talk=talk)
     except (ManifestError, PeerProtocolError) as exc:  # malformed, too big, too many entries
-        await _reject(channel, f"invalid offer: {exc}")
+        await _reject(channel, talk, f"invalid offer: {exc}")
         raise
     if isinstance(message, ErrorMessage):
         raise RefusedByPeerError(message.reason)
@@ -209,9 +211,12 @@ async def _receive_offer(channel: RecordChannel, timeout: float) -> Offer:
     return message
 
 
-async def _reject(channel: RecordChannel, reason: str) -> None:
+async def _reject(channel: RecordChannel, talk: Conversation, reason: str) -> None:
+    """Refuse the offer, unless the conversation has ended already (the sender aborted)."""
+    if talk.ended:
+        return
     with contextlib.suppress(LinkClosedError):
-        await send_message(channel, Reject(reason))
+        await send_message(channel, Reject(reason), talk=talk)
 
 
 @dataclass(frozen=True, slots=True)
@@ -225,6 +230,7 @@ class _Policy:
 
 async def _plan_or_reject(
     channel: RecordChannel,
+    talk: Conversation,
     pool: concurrent.futures.Executor,
     out: Path,
     offer: Offer,
@@ -237,7 +243,7 @@ async def _plan_or_reject(
     try:
         dest = Destinations(out)
         candidates = await loop.run_in_executor(pool, same_size_files, dest, manifest)
-        same = await _same_content(channel, pool, candidates, timeout)
+        same = await _same_content(channel, talk, pool, candidates, timeout)
         try:
             targets = await loop.run_in_executor(
                 pool, plan_targets, dest, manifest, chunk, policy.overwrite, rename, same
@@ -255,13 +261,13 @@ async def _plan_or_reject(
             overwrite = True
         _check_space(out, targets)
     except (ManifestError, DestinationExistsError, InsufficientSpaceError) as exc:
-        await _reject(channel, str(exc))
+        await _reject(channel, talk, str(exc))
         raise
     except PeerProtocolError as exc:
-        await _reject(channel, f"protocol error: {exc}")
+        await _reject(channel, talk, f"protocol error: {exc}")
         raise
     except OSError as exc:
-        await _reject(channel, "receiver cannot prepare the output folder")
+        await _reject(channel, talk, "receiver cannot prepare the output folder")
         raise LocalIOError(f"cannot prepare output folder: {exc}") from exc
     return targets, overwrite
 
@@ -285,6 +291,7 @@ def same_size_files(dest: Destinations, manifest: Manifest) -> dict[int, Path]:
 
 async def _same_content(
     channel: RecordChannel,
+    talk: Conversation,
     pool: concurrent.futures.Executor,
     candidates: dict[int, Path],
     timeout: float,
@@ -293,11 +300,11 @@ async def _same_content(
     if not candidates:
         return frozenset()
     indexes = tuple(sorted(candidates))
-    await send_message(channel, HashRequest(indexes), timeout)
+    await send_message(channel, HashRequest(indexes), timeout, talk=talk)
     loop = asyncio.get_running_loop()
     local = loop.run_in_executor(pool, _hash_all, [candidates[i] for i in indexes])
     try:
-        reply = await recv_message(channel, timeout, "the sender's content hashes")
+        reply = await recv_message(channel, timeout, "the sender's content hashes", talk=talk)
     finally:
         mine = await local
     if isinstance(reply, ErrorMessage):
@@ -482,6 +489,7 @@ class _ReceiveSession:
     def __init__(
         self,
         channel: RecordChannel,
+        talk: Conversation,
         pool: concurrent.futures.Executor,
         hash_pool: concurrent.futures.Executor,
         targets: list[_Target],
@@ -491,6 +499,7 @@ class _ReceiveSession:
         timeouts: Timeouts,
     ) -> None:
         self._channel = channel
+        self._talk = talk
         self.timeouts = timeouts
         self._pool = pool
         self._hash_pool = hash_pool
@@ -509,12 +518,12 @@ class _ReceiveSession:
             await asyncio.get_running_loop().run_in_executor(
                 self._pool, _finish_dirs, self._targets
             )
-            await send_message(self._channel, Done(), self.timeouts.wait)
+            await send_message(self._channel, Done(), self.timeouts.wait, talk=self._talk)
         except (IntegrityError, PeerProtocolError, LocalIOError) as exc:
-            await _abort(self._channel, str(exc))
+            await _abort(self._channel, self._talk, str(exc))
             raise
         except OSError as exc:
-            await _abort(self._channel, "receiver could not write a file")
+            await _abort(self._channel, self._talk, "receiver could not write a file")
             raise LocalIOError(f"cannot write: {exc}") from exc
         return self._stats()
 
@@ -530,7 +539,9 @@ class _ReceiveSession:
         order = [t for t in self._targets if t.entry.kind == "file" and not t.skip]
         position = 0
         while True:
-            message = await recv_message(self._channel, self.timeouts.wait, "the next file")
+            message = await recv_message(
+                self._channel, self.timeouts.wait, "the next file", talk=self._talk
+            )
             if isinstance(message, FileBegin) and position < len(order):
                 if message.index != order[position].index:
                     raise PeerProtocolError(f"file {message.index} out of order")
@@ -585,6 +596,7 @@ class _ReceiveSession:
                 if kind is RecordKind.CONTROL:
                     message = assembler.feed(bytes(unit[fill : fill + length]))
                     if message is not None:
+                        self._talk.received(message)
                         break
                     continue
                 offset += length
@@ -648,9 +660,12 @@ def _expect_end(message: object, target: _Target, received: int) -> FileEnd:
     return message
 
 
-async def _abort(channel: RecordChannel, reason: str) -> None:
+async def _abort(channel: RecordChannel, talk: Conversation, reason: str) -> None:
+    """Abort with ``reason``, unless the conversation has ended already."""
+    if talk.ended:
+        return
     with contextlib.suppress(LinkClosedError):
-        await send_message(channel, ErrorMessage(reason))
+        await send_message(channel, ErrorMessage(reason), talk=talk)
 
 
 def _hasher_for(target: _Target, offset: int) -> Hasher:

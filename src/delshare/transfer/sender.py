@@ -53,6 +53,7 @@ from delshare.transfer.protocol import (
     send_message,
 )
 from delshare.transfer.resume import verify_prefix
+from delshare.transfer.states import Conversation, Side
 
 __all__ = ["SendStats", "send_files"]
 
@@ -91,12 +92,14 @@ async def send_files(
     is due (to the offer, or ``done`` after the last byte).
     """
     timeout = peer_timeout() if wait_timeout is None else wait_timeout
+    talk = Conversation(Side.SENDER)
     try:
         with concurrent.futures.ThreadPoolExecutor(1, "delshare-read") as reader:
-            await send_message(channel, Offer(manifest.manifest, chunk), timeout)
-            accept = await _negotiate(channel, manifest, reader, timeout)
+            await send_message(channel, Offer(manifest.manifest, chunk), timeout, talk=talk)
+            accept = await _negotiate(channel, talk, manifest, reader, timeout)
             session = _SendSession(
                 channel,
+                talk,
                 manifest,
                 accept,
                 chunk,
@@ -106,7 +109,7 @@ async def send_files(
             )
             return await session.run()
     except PeerProtocolError as exc:  # e.g. a bad resume chunk list: tell the receiver why
-        await _send_error(channel, f"protocol error: {exc}")
+        await _send_error(channel, talk, f"protocol error: {exc}")
         raise
     except LinkClosedError as exc:
         raise TransferInterruptedError(f"link lost while sending: {exc}") from exc
@@ -114,13 +117,14 @@ async def send_files(
 
 async def _negotiate(
     channel: RecordChannel,
+    talk: Conversation,
     manifest: BuiltManifest,
     reader: concurrent.futures.Executor,
     timeout: float,
 ) -> Accept:
     """Wait for the accept, answering one ``hash-request`` (hashing with keepalives) first."""
     waiting_for = "the receiver's answer to the offer"
-    reply = await recv_message(channel, timeout, waiting_for)
+    reply = await recv_message(channel, timeout, waiting_for, talk=talk)
     if isinstance(reply, HashRequest):
         indexes = _check_indexes(reply.indexes, manifest)
         loop = asyncio.get_running_loop()
@@ -128,12 +132,13 @@ async def _negotiate(
             try:
                 digests = await loop.run_in_executor(reader, _hash_sources, manifest, indexes)
             except (SourceChangedError, OSError) as exc:
-                await _send_error(channel, str(exc))
+                await _send_error(channel, talk, str(exc))
                 if isinstance(exc, OSError):
                     raise SourceChangedError(f"cannot read source: {exc}") from exc
                 raise
-        await send_message(channel, Hashes(tuple(zip(indexes, digests, strict=True))), timeout)
-        reply = await recv_message(channel, timeout, waiting_for)
+        hashes = Hashes(tuple(zip(indexes, digests, strict=True)))
+        await send_message(channel, hashes, timeout, talk=talk)
+        reply = await recv_message(channel, timeout, waiting_for, talk=talk)
     return _expect_accept(reply, manifest)
 
 
@@ -160,9 +165,12 @@ def _hash_sources(manifest: BuiltManifest, indexes: tuple[int, ...]) -> list[byt
     return digests
 
 
-async def _send_error(channel: RecordChannel, reason: str) -> None:
+async def _send_error(channel: RecordChannel, talk: Conversation, reason: str) -> None:
+    """Abort with ``reason``, unless the conversation has ended already (nothing to abort)."""
+    if talk.ended:
+        return
     with contextlib.suppress(LinkClosedError):
-        await send_message(channel, ErrorMessage(reason))
+        await send_message(channel, ErrorMessage(reason), talk=talk)
 
 
 def _expect_accept(message: Message, manifest: BuiltManifest) -> Accept:
@@ -181,6 +189,7 @@ class _SendSession:
     def __init__(
         self,
         channel: RecordChannel,
+        talk: Conversation,
         manifest: BuiltManifest,
         accept: Accept,
         chunk: int,
@@ -189,6 +198,7 @@ class _SendSession:
         timeouts: Timeouts,
     ) -> None:
         self._channel = channel
+        self._talk = talk
         self._built = manifest
         self._skip = set(accept.skip)
         self._verify = accept.verify
@@ -213,7 +223,7 @@ class _SendSession:
         """The receiver's next message but ``wait`` keepalives, noting when it last spoke."""
         loop = asyncio.get_running_loop()
         while True:
-            message = await recv_message(self._channel, keep_waits=True)
+            message = await recv_message(self._channel, keep_waits=True, talk=self._talk)
             self._heard = loop.time()
             if not isinstance(message, Wait):
                 return message
@@ -230,7 +240,7 @@ class _SendSession:
                     continue
                 await self._send_file(index, entry)
                 sent += 1
-            await send_message(self._channel, Done(), self.wait_timeout)
+            await send_message(self._channel, Done(), self.wait_timeout, talk=self._talk)
             await self._expect_done()
         except (SourceChangedError, OSError) as exc:
             await self._abort(str(exc))
@@ -270,7 +280,7 @@ class _SendSession:
             raise PeerProtocolError(f"unexpected {type(reply).__name__} during transfer")
 
     async def _abort(self, reason: str) -> None:
-        await _send_error(self._channel, reason)
+        await _send_error(self._channel, self._talk, reason)
 
     async def _send_file(self, index: int, entry: Entry) -> None:
         source = self._built.sources[index]
@@ -278,12 +288,14 @@ class _SendSession:
             _check_unchanged(f, entry, source.name)
             whole = new_hasher()
             offset = await self._resume_offset(f, index, entry, whole)
-            await send_message(self._channel, FileBegin(index, offset), self.wait_timeout)
+            begin = FileBegin(index, offset)
+            await send_message(self._channel, begin, self.wait_timeout, talk=self._talk)
             self._total_done += offset
             await self._pump(f, index, entry, offset, whole)
             _check_unchanged(f, entry, source.name)
         digest = whole.digest() if self._verify else b""
-        await send_message(self._channel, FileEnd(index, digest), self.wait_timeout)
+        end = FileEnd(index, digest)
+        await send_message(self._channel, end, self.wait_timeout, talk=self._talk)
         self._progress.update(index, entry.size, self._total_done, final=True)
 
     async def _resume_offset(self, f: IO[bytes], index: int, entry: Entry, whole: Hasher) -> int:
