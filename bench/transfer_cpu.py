@@ -1,6 +1,6 @@
 """CPU per GiB of each process in case 5 (direct and relayed), robust on a loaded machine.
 
-Run: ``python -m bench.transfer_cpu [--mib N] [--reps N] [--tool strace|perf] [--paths ...]``.
+Run: ``python -m bench.transfer_cpu [--mib N] [--reps N] [--tool T] [--paths direct relay]``.
 
 Wall-clock rates swing 2x with whatever else runs on a shared VM; the CPU a process spends per
 byte does not (much). This runs ``delshare send`` / ``receive`` exactly as case 5 does (``--direct-
@@ -8,8 +8,9 @@ only``, or ``--relay-only`` through ``delshare relay``) and reports, per variant
 system CPU seconds per GiB of the sender, the receiver (each from ``wait4``'s rusage) and the
 relay (``/proc/PID/stat`` delta), and their total. ``--tool strace`` runs each command under
 ``strace -c -f`` (syscall counts; strace slows the commands, so CPU figures from such a run are
-not comparable, counts are), ``--tool perf`` under ``perf record -e cpu-clock -g``; their
-outputs go to bench/out/cpu/.
+not comparable, counts are), ``--tool perf`` under ``perf record -e cpu-clock -g``,
+``--tool py-spy`` under ``py-spy record --threads`` (raw stacks); their outputs go to
+bench/out/cpu/.
 """
 
 from __future__ import annotations
@@ -60,6 +61,10 @@ def _wrap(tool: str, name: str, argv: list[str]) -> list[str]:
     TOOL_DIR.mkdir(parents=True, exist_ok=True)
     if tool == "strace":
         return ["strace", "-c", "-f", "-o", str(TOOL_DIR / f"{name}.strace.txt"), *argv]
+    if tool == "py-spy":
+        out = str(TOOL_DIR / f"{name}.py-spy.txt")
+        return ["py-spy", "record", "--format", "raw", "--rate", "500", "--threads",
+                "--output", out, "--", *argv]  # fmt: skip
     out = str(TOOL_DIR / f"{name}.perf.data")
     return ["perf", "record", "-q", "-e", "cpu-clock", "-F", "2000", "-g", "-o", out, "--", *argv]
 
@@ -106,7 +111,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--mib", type=int, default=1024)
     parser.add_argument("--reps", type=int, default=3)
-    parser.add_argument("--tool", choices=["strace", "perf"])
+    parser.add_argument("--tool", choices=["strace", "perf", "py-spy"])
     parser.add_argument("--paths", nargs="+", default=["direct", "relay"])
     args = parser.parse_args()
     src = test_file(args.mib * MiB)

@@ -147,6 +147,45 @@ async def test_direct_race_on_loopback() -> None:
         lb.close()
 
 
+def _established_tcp_sockets() -> int:
+    """TCP sockets of this process in ESTABLISHED state (Linux /proc), both ends counted."""
+    inodes = set()
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            target = os.readlink(f"/proc/self/fd/{fd}")
+            if target.startswith("socket:["):
+                inodes.add(target[8:-1])
+    count = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError), open(table) as f:
+            for line in f.readlines()[1:]:
+                fields = line.split()
+                count += fields[3] == "01" and fields[9] in inodes
+    return count
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/net/tcp"), reason="needs Linux /proc")
+async def test_the_race_leaves_only_the_winner_connected() -> None:
+    """Both sides dial each other, so two links authenticate; every loser is closed before
+    the race returns (nothing competes with the transfer for the link or the CPU)."""
+    key = os.urandom(32)
+    before = _established_tcp_sockets()
+    la, lb = await start_listener(), await start_listener()
+    try:
+        ca = host_candidates(["127.0.0.1"], la.port, ipv6=la.ipv6)
+        cb = host_candidates(["127.0.0.1"], lb.port, ipv6=lb.ipv6)
+        a, b = await _race_both(key, key, LocalEndpoints(la), LocalEndpoints(lb), ca, cb)
+        for _ in range(100):  # an aborted transport closes its socket on the next loop pass
+            if _established_tcp_sockets() - before <= 2:
+                break
+            await asyncio.sleep(0.01)
+        assert _established_tcp_sockets() - before == 2  # the winner's two ends
+        await _exchange(a, b)
+    finally:
+        la.close()
+        lb.close()
+
+
 async def test_a_wrong_key_never_connects() -> None:
     la, lb = await start_listener(), await start_listener()
     try:

@@ -1,0 +1,39 @@
+"""Smoke tests of the CPU-per-byte tools of issue 15 (``bench.udp_cpu``, ``bench.transfer_cpu``).
+
+No timing asserts: they only must run to the end and print a figure for every line.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _run(*args: str) -> str:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "src"), str(REPO)])}
+    done = subprocess.run(
+        [sys.executable, "-m", *args], cwd=REPO, env=env, capture_output=True, text=True,
+        timeout=240,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout
+
+
+def test_udp_cpu_prints_every_figure() -> None:
+    out = _run("bench.udp_cpu", "--rounds", "1")
+    for name in ("relay", "relay without send", "read loop only", "bare loop"):
+        assert re.search(rf"^{name} +\d+\.\d\d us CPU per datagram$", out, re.M), out
+
+
+@pytest.mark.timeout(300)
+def test_transfer_cpu_prints_both_paths() -> None:
+    out = _run("bench.transfer_cpu", "--mib", "1", "--reps", "1")
+    for path in ("direct", "relay"):
+        assert re.search(rf"^  {path} *: send [\d.]+  recv [\d.]+  relay [\d.]+  total", out, re.M)
