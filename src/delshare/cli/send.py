@@ -169,6 +169,18 @@ def client_config() -> ClientConfig:
         raise UsageProblem(str(exc)) from exc
 
 
+def _check_ca(ca: str | None) -> None:
+    """A CA file that does not load is a usage error (exit 2), found before any connection."""
+    if not ca:
+        return
+    from delshare.tls import TlsSetupError, client_context
+
+    try:
+        client_context(ca)
+    except TlsSetupError as exc:
+        raise UsageProblem(f"--ca: {exc}") from exc
+
+
 def session_options(
     kwargs: dict[str, Any], pair_timeout: float, config: ClientConfig | None = None
 ) -> SessionOptions:
@@ -183,6 +195,7 @@ def session_options(
     if rendezvous is not None:
         check_rendezvous_url(rendezvous)
     ca = kwargs["ca"] or _expand(config.ca)
+    _check_ca(ca)
     mode: Mode = "direct" if kwargs["direct_only"] else "relay" if kwargs["relay_only"] else "any"
     turns = _turn_servers(kwargs, config, ca)
     connect = ConnectOptions(
