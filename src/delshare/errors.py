@@ -22,7 +22,6 @@ in the module named on the right. The tree (``tests/test_errors.py`` keeps it tr
       TurnConnectionError        TURN server unreachable or connection lost  turn.client_errors
       TurnUriError               not a TURN URI                              turn.uri
       TlsSetupError              a certificate, key or CA file cannot be loaded  tls
-      ConfigError                a client config file or setting is not valid  config
       PairingError               code, PAKE, rendezvous or ticket failed     errors
         RendezvousRefused        the rendezvous refuses a request (a limit)  pairing.mailbox
       CandidateError             the peer's candidate list is malformed      link.candidates
