@@ -13,6 +13,8 @@ import pytest
 
 from delshare.aio.client import connect_turn
 from delshare.aio.server import RelayConfig, RunningRelay, start_relay
+from delshare.stun.attributes import LIFETIME
+from delshare.stun.constants import Method
 from delshare.turn.auth import AuthConfig
 from delshare.turn.server_types import ServerConfig
 
@@ -86,3 +88,29 @@ async def test_a_channel_route_ends_with_its_allocation(relay: RunningRelay) -> 
     finally:
         first_peer.close()
         second_peer.close()
+
+
+async def test_no_datagram_is_relayed_after_a_refresh_to_zero_in_the_same_batch(
+    relay: RunningRelay,
+) -> None:
+    """Refresh 0 and a ChannelData right behind it reach the relay in one read batch: the
+    allocation ends before the ChannelData is looked at (RFC 8656 §7.3), cached route or not."""
+    peer = _peer()
+    uri = f"turn:{HOST}:{relay.turn_port}?transport=udp"
+    try:
+        async with await connect_turn(uri, "u", "p") as client:
+            allocation = await client.allocate_udp()
+            await allocation.bind_channel(peer.getsockname())
+            allocation.send(peer.getsockname(), b"before")  # fills the route
+            assert await _recv(peer) == (b"before", allocation.relayed_address)
+            # the request task sends at its first step, before this coroutine resumes and
+            # before the loop next polls, so both datagrams wait in the relay's socket together
+            refresh = asyncio.ensure_future(client.request(Method.REFRESH, [LIFETIME(0)]))
+            await asyncio.sleep(0)
+            allocation.send(peer.getsockname(), b"after")
+            await asyncio.wait_for(refresh, STEP)
+            assert not relay.core.allocations
+            with pytest.raises(BlockingIOError):  # relayed data would be here already
+                peer.recv(2048)
+    finally:
+        peer.close()

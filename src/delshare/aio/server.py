@@ -387,6 +387,9 @@ class RelayServer:
                         self.metrics.relayed("udp", UP, length)
                     return
             self.core.receive(FiveTuple(UDP, client, server), data, now)
+            # A request may end the allocation (Refresh 0): act on it before the next datagram
+            # of the batch, so no cached route outlives it by even one datagram.
+            self._flush()
 
         return on_datagram
 
