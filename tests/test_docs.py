@@ -25,7 +25,13 @@ CITED = re.compile(r"[A-Za-z0-9_./-]*[A-Za-z0-9_-]\.md\b")
 
 
 def python_files() -> list[Path]:
-    return sorted(p for top in ("src", "tests", "bench") for p in (ROOT / top).rglob("*.py"))
+    """Our Python files (not those in hidden folders such as ``bench/.venv-wormhole``)."""
+    return sorted(
+        p
+        for top in ("src", "tests", "bench")
+        for p in (ROOT / top).rglob("*.py")
+        if not any(part.startswith(".") for part in p.relative_to(ROOT / top).parts)
+    )
 
 
 def test_every_document_a_source_file_cites_exists() -> None:

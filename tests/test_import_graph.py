@@ -21,6 +21,8 @@ def module_paths(package: Path) -> dict[str, Path]:
     """Dotted module name -> file, for every module of ``package``."""
     found: dict[str, Path] = {}
     for path in sorted(package.rglob("*.py")):
+        if any(part.startswith(".") for part in path.relative_to(package).parts):
+            continue  # a hidden folder such as bench/.venv-wormhole holds other projects' code
         parts = list(path.relative_to(package.parent).with_suffix("").parts)
         if parts[-1] == "__init__":
             parts.pop()
