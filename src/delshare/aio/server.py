@@ -46,7 +46,7 @@ from delshare.aio.server_conn import ClientConnection
 from delshare.aio.udp_listener import udp_listener
 from delshare.errors import StunDecodeError
 from delshare.stun.attributes import Address
-from delshare.stun.constants import PROTO_TCP
+from delshare.stun.constants import PROTO_TCP, ErrorCode
 from delshare.text import printable
 from delshare.turn.ratelimit import BandwidthPool, TokenBucket
 from delshare.turn.server import TurnServer
@@ -744,7 +744,9 @@ class RelayServer:
             return
         if host is None:
             reason = "Address Family not Supported"
-            self.core.relay_failed(out.alloc_id, now, 440, reason, family=out.family)
+            self.core.relay_failed(
+                out.alloc_id, now, ErrorCode.ADDRESS_FAMILY_NOT_SUPPORTED, reason, family=out.family
+            )
             return
         kind = socket.SOCK_STREAM if out.transport == PROTO_TCP else socket.SOCK_DGRAM
         try:
@@ -939,7 +941,8 @@ def _log_event(event: Output) -> None:
                  event.five.transport, format_address(*event.five.client), event.reason,
                  event.method)  # fmt: skip
     elif isinstance(event, RequestRefused):
-        level = logging.DEBUG if event.code in (0, 401, 438) else logging.INFO  # 0: dropped
+        challenges = (0, ErrorCode.UNAUTHENTICATED, ErrorCode.STALE_NONCE)  # 0: dropped
+        level = logging.DEBUG if event.code in challenges else logging.INFO
         log.log(level, "%s from %s:%d refused: %d %s", event.method, *event.five.client,
                 event.code, event.reason)  # fmt: skip
     elif isinstance(event, RequestAnswered):
