@@ -22,7 +22,14 @@ import pytest
 from delshare.link.records import RecordChannel
 from delshare.transfer.errors import PeerTimeoutError
 from delshare.transfer.manifest import BuiltManifest, Entry, Manifest
-from delshare.transfer.protocol import Accept, Offer, recv_message, send_message
+from delshare.transfer.protocol import (
+    Accept,
+    Offer,
+    Wait,
+    recv_message,
+    send_message,
+    write_message,
+)
 from delshare.transfer.sender import send_files
 from tests.adversarial.conftest import scaled
 from tests.adversarial.hostile_peer import (
@@ -169,3 +176,89 @@ async def test_a_big_offer_to_a_receiver_that_reads_nothing_gives_up(tmp_path: P
     finally:
         sender.abort()
         receiver.abort()
+
+
+BUSY_TIMEOUT = "0.4"  # busy limit: 15 x 0.4 s = 6 s
+
+
+async def _say_wait_until_exit(channel: RecordChannel, process: subprocess.Popen[bytes]) -> None:
+    """Keepalives every 0.1 s, far within the peer timeout, until the CLI gives up."""
+    for _ in range(int(HOLD * 10)):
+        if process.poll() is not None:
+            return
+        write_message(channel, Wait())
+        await asyncio.sleep(0.1)
+
+
+def _busy_sender(process: subprocess.Popen[bytes]) -> Script[None]:
+    async def script(channel: RecordChannel) -> None:
+        await _say_wait_until_exit(channel, process)  # "busy" forever, never an offer
+
+    return script
+
+
+def _busy_at_the_offer(process: subprocess.Popen[bytes]) -> Script[None]:
+    async def script(channel: RecordChannel) -> None:
+        assert isinstance(await recv_message(channel), Offer)
+        await _say_wait_until_exit(channel, process)  # "at the prompt" forever
+
+    return script
+
+
+def _busy_instead_of_done(process: subprocess.Popen[bytes]) -> Script[None]:
+    async def script(channel: RecordChannel) -> None:
+        assert isinstance(await recv_message(channel), Offer)
+        await send_message(channel, Accept())
+        await _say_wait_until_exit(channel, process)  # "syncing" forever, never "done"
+
+    return script
+
+
+async def test_a_receiver_kept_waiting_by_keepalives_alone_gives_up(
+    relay: RelayProcess, tmp_path: Path
+) -> None:
+    """Issue 10 item 9, "a timeout on every wait": ``wait`` forever is not a way around it."""
+    env = env_for(
+        relay.rendezvous, DELSHARE_PEER_TIMEOUT=BUSY_TIMEOUT, DELSHARE_RECONNECT_TIMEOUT=RECONNECT
+    )
+    out = tmp_path / "out"
+    out.mkdir()
+    code = "630-guitar-orbit"
+    receiver = start_cli(["receive", code, "-o", str(out), "--yes"], env)
+    try:
+        await asyncio.wait_for(
+            as_peer(relay.rendezvous, code, "sender", _busy_sender(receiver)), HOLD + 30
+        )
+    finally:
+        returncode, _, stderr = await asyncio.to_thread(finish_cli, receiver)
+    assert returncode == 1, stderr
+    assert "the peer said it was busy for over 6 s while waiting for the sender's offer" in (
+        stderr.decode()
+    )
+    assert listing(out) == []
+
+
+@pytest.mark.parametrize(
+    "script", [_busy_at_the_offer, _busy_instead_of_done], ids=["accept", "done"]
+)
+async def test_a_sender_kept_waiting_by_keepalives_alone_gives_up(
+    relay: RelayProcess, tmp_path: Path, script: Callable[[subprocess.Popen[bytes]], Script[None]]
+) -> None:
+    small = tmp_path / "small.txt"
+    small.write_text("fits in any socket buffer\n")
+    env = env_for(
+        relay.rendezvous, DELSHARE_PEER_TIMEOUT=BUSY_TIMEOUT, DELSHARE_RECONNECT_TIMEOUT=RECONNECT
+    )
+    code = f"{631 + (script is _busy_instead_of_done)}-guitar-orbit"
+    sender = start_cli(["send", str(small), "--code", code], env)
+    try:
+        await asyncio.wait_for(
+            as_peer(relay.rendezvous, code, "receiver", script(sender)), HOLD + 30
+        )
+    finally:
+        returncode, _, stderr = await asyncio.to_thread(finish_cli, sender)
+    assert returncode == 1, stderr
+    waited = "confirmation" if script is _busy_instead_of_done else "answer to the offer"
+    assert f"the peer said it was busy for over 6 s while waiting for the receiver's {waited}" in (
+        stderr.decode()
+    )

@@ -32,6 +32,9 @@ Waits: every wait for the peer's next message is bounded (:func:`peer_timeout`, 
 ``DELSHARE_PEER_TIMEOUT``): a peer that sends nothing for that long is given up on. A side busy
 with local work that can take longer (hashing, its user's answer at a prompt, fsync) sends
 ``wait`` every few seconds (:func:`keepalive`); ``wait`` is skipped by :func:`recv_message`.
+Keepalives do not extend a wait without end either: a side accepts them for one step (one
+message awaited) for at most ``BUSY_FACTOR`` times the peer timeout (15 minutes by default,
+:func:`busy_limit`), so a peer that says ``wait`` forever is given up on too.
 The data phase has its own watchdog (``STALL_TIMEOUT``).
 
 Bounds checked before any work on an offer: ``MAX_MESSAGE`` bytes per message (64 MiB, counted
@@ -67,6 +70,7 @@ from delshare.transfer.errors import ManifestError, PeerProtocolError, PeerTimeo
 from delshare.transfer.manifest import MAX_ENTRIES, MAX_OFFER_BYTES, Entry, Manifest
 
 __all__ = [
+    "BUSY_FACTOR",
     "DEFAULT_CHUNK",
     "MAX_MESSAGE",
     "STALL_TIMEOUT",
@@ -86,6 +90,8 @@ __all__ = [
     "Talk",
     "Timeouts",
     "Wait",
+    "busy_error",
+    "busy_limit",
     "decode_message",
     "encode_message",
     "keepalive",
@@ -103,6 +109,8 @@ reading (a zero window) is kept alive by window probes forever."""
 PEER_TIMEOUT = 60.0
 """Seconds any wait for the peer's next control message may last without a word from it."""
 KEEPALIVE_MAX = 10.0
+BUSY_FACTOR = 15
+"""A step may be kept alive by ``wait`` keepalives for this many peer timeouts (15 min at 60 s)."""
 DEFAULT_CHUNK = 4 << 20
 MIN_CHUNK, MAX_CHUNK = 64 << 10, 64 << 20
 MAX_MESSAGE = MAX_OFFER_BYTES
@@ -126,6 +134,19 @@ def peer_timeout() -> float:
     except ValueError:
         return PEER_TIMEOUT
     return value if value > 0 else PEER_TIMEOUT
+
+
+def busy_limit(timeout: float) -> float:
+    """Seconds one wait for a peer's message may be stretched by its ``wait`` keepalives."""
+    return BUSY_FACTOR * timeout
+
+
+def busy_error(limit: float, waiting_for: str) -> PeerTimeoutError:
+    """The peer kept saying ``wait`` for longer than :func:`busy_limit` allows."""
+    return PeerTimeoutError(
+        f"the peer said it was busy for over {limit:g} s while waiting for {waiting_for}; "
+        "giving up (it may be stuck: try again, or ask the other side what it is doing)"
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -476,11 +497,14 @@ async def recv_message(
 
     ``wait`` keepalives are skipped (returned if ``keep_waits``); any other message is fed to
     ``talk``, which refuses one that may not come now. With ``timeout``, a peer that
-    sends no record for that many seconds raises PeerTimeoutError naming ``waiting_for``. An
+    sends no record for that many seconds raises PeerTimeoutError naming ``waiting_for``, and so
+    does one that keeps skipped ``wait`` messages coming for over :func:`busy_limit`. An
     oversized message is read to its end (bounded) and dropped before MessageTooLargeError, so
     the peer is reading again when it is refused.
     """
     assembler = MessageAssembler()
+    loop = asyncio.get_running_loop()
+    started = loop.time()
     while True:
         record = await _recv_record(channel, timeout, waiting_for)
         if record.kind is not RecordKind.CONTROL:
@@ -491,7 +515,11 @@ async def recv_message(
             if record.payload[:1] == _MORE:
                 await _discard_rest(channel, timeout, waiting_for)
             raise
-        if message is None or (isinstance(message, Wait) and not keep_waits):
+        if message is None:
+            continue
+        if isinstance(message, Wait) and not keep_waits:
+            if timeout is not None and loop.time() - started > busy_limit(timeout):
+                raise busy_error(busy_limit(timeout), waiting_for)
             continue
         if talk is not None and not isinstance(message, Wait):
             talk.received(message)

@@ -46,6 +46,8 @@ from delshare.transfer.protocol import (
     ResumeOffer,
     Timeouts,
     Wait,
+    busy_error,
+    busy_limit,
     keepalive,
     keepalive_interval,
     peer_timeout,
@@ -253,13 +255,17 @@ class _SendSession:
         return SendStats(self._bytes_sent, sent, len(self._skip), self._resumed_at, skipped)
 
     async def _expect_done(self) -> None:
-        """The receiver's ``done``; it must say something every ``wait_timeout`` seconds."""
+        """The receiver's ``done``; it must say something every ``wait_timeout`` seconds, and
+        its ``wait`` keepalives hold the sender for :func:`busy_limit` at most."""
         assert self._peer is not None
         loop = asyncio.get_running_loop()
-        self._heard = loop.time()
+        self._heard = started = loop.time()
+        limit = busy_limit(self.wait_timeout)
         while not self._peer.done():
-            left = self._heard + self.wait_timeout - loop.time()
-            if left <= 0:
+            if loop.time() - started > limit:
+                raise busy_error(limit, "the receiver's confirmation")
+            left = min(self._heard + self.wait_timeout, started + limit) - loop.time()
+            if self._heard + self.wait_timeout <= loop.time():
                 raise PeerTimeoutError(
                     f"the receiver confirmed nothing for {self.wait_timeout:g} s after the last "
                     "byte (it may have quit or lost its link)"
