@@ -233,6 +233,41 @@ def test_control_characters_in_folder_names_are_all_listed_before_the_code(
     assert "cannot send 2 names" in line and "\x1b" not in line
 
 
+def test_symlinks_left_out_of_a_folder_are_noted_on_both_sides(
+    env: dict[str, str], tmp_path: Path, out: Path
+) -> None:
+    """Friction: symlinks skipped with a note only the sender saw; the receiver is told too
+    (the first 20 by name, escaped; the rest counted), in text and in the ``offer`` event."""
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    (folder / "a.txt").write_text("kept\n")
+    (folder / "esc\x1b[2Jlink").symlink_to("/etc/passwd")
+    for n in range(21):
+        (folder / f"link{n:02d}").symlink_to("a.txt")
+    sent, received = run_pair([folder], out, env, code="74-guitar-orbit")
+    assert (sent.returncode, received.returncode) == (0, 0), sent.stderr + received.stderr
+    assert "note: skipping photos/esc\\x1b[2Jlink (not a regular file or folder)" in sent.stderr
+    notes = [line for line in received.stderr.splitlines() if line.startswith("note: ")]
+    assert "note: the sender left out photos/esc\\x1b[2Jlink (not a regular file or folder)" in (
+        notes
+    )
+    assert "note: the sender left out photos/link18 (not a regular file or folder)" in notes
+    assert "note: the sender left out 2 more (not a regular file or folder)" in notes
+    assert "\x1b" not in received.stderr
+    assert sorted(p.name for p in (out / "photos").iterdir()) == ["a.txt"]
+    shutil.rmtree(out / "photos")
+    _, received = run_pair([folder], out, env, code="75-guitar-orbit",
+                           receive_flags=("--yes", "--json"))  # fmt: skip
+    assert received.returncode == 0, received.stderr
+    offer = next(e for e in _events(received) if e["event"] == "offer")
+    assert offer["skipped_count"] == 22
+    assert offer["skipped"] == ["photos/esc\\x1b[2Jlink"] + [
+        f"photos/link{n:02d}" for n in range(19)
+    ]
+    notices = [e["text"] for e in _events(received) if e["event"] == "notice"]
+    assert "the sender left out 2 more (not a regular file or folder)" in notices
+
+
 # -- messages that say what to do next -----------------------------------------------------
 
 

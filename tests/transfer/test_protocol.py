@@ -102,6 +102,30 @@ def test_offer_total_must_match_entries() -> None:
         decode_message(json.dumps(obj).encode())
 
 
+def test_an_offer_names_what_the_sender_leaves_out() -> None:
+    offer = Offer(MANIFEST, 1 << 20, ("a/link",), 3)
+    assert decode_message(encode_message(offer)) == offer
+    plain = json.loads(encode_message(Offer(MANIFEST, 1 << 20)))
+    assert "skipped" not in plain and "skipped_count" not in plain  # as older senders send
+    assert decode_message(json.dumps(plain).encode()) == Offer(MANIFEST, 1 << 20)
+
+
+@pytest.mark.parametrize(
+    "skipped",
+    [
+        {"skipped": ["x"] * 21, "skipped_count": 21},
+        {"skipped": [1], "skipped_count": 1},
+        {"skipped": ["a", "b"], "skipped_count": 1},
+        {"skipped": "a", "skipped_count": 1},
+        {"skipped": [""], "skipped_count": 1},
+    ],
+)
+def test_a_malformed_left_out_list_is_a_protocol_error(skipped: dict[str, object]) -> None:
+    obj = {**json.loads(encode_message(Offer(MANIFEST, 1 << 20))), **skipped}
+    with pytest.raises(PeerProtocolError):
+        decode_message(json.dumps(obj).encode())
+
+
 @settings(max_examples=100, deadline=None)
 @given(raw=st.binary(max_size=200))
 def test_random_bytes_raise_only_transfer_errors(raw: bytes) -> None:

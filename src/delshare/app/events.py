@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 __all__ = [
+    "LEFT_OUT",
     "SAME_CONTENT",
     "CodeAllocated",
     "Event",
@@ -104,12 +105,16 @@ class Reconnected:
 @dataclass(frozen=True, slots=True)
 class OfferReceived:
     """The receiver got an offer of ``files`` files in ``total`` bytes (``names``: the
-    top-level names), to be saved into the folder ``output``."""
+    top-level names), to be saved into the folder ``output``. ``skipped_count``: entries of the
+    sender's folders it leaves out (symlinks, sockets, devices, FIFOs), ``skipped`` the
+    printable paths of the first of them."""
 
     files: int
     total: int
     names: tuple[str, ...]
     output: str = ""
+    skipped: tuple[str, ...] = ()
+    skipped_count: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,6 +159,8 @@ class FileVerified:
 
 
 SAME_CONTENT = "already there, same content"
+LEFT_OUT = "not a regular file or folder"
+"""Why a sender leaves an entry of its folders out (symlinks, sockets...); both sides say it."""
 """``FileSkipped.reason`` for a file whose BLAKE3 content the receiver already had."""
 
 

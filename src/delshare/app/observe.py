@@ -14,21 +14,20 @@ from collections.abc import Callable
 
 from delshare.errors import DelshareError
 from delshare.link.records import Record, RecordChannel, RecordKind
-from delshare.transfer.manifest import Manifest
 from delshare.transfer.protocol import FileBegin, FileEnd, MessageAssembler, Offer
 
 __all__ = ["observe_file_ends"]
 
 FileEndHook = Callable[[int, bytes], None]
 FileBeginHook = Callable[[int, int], None]
-OfferHook = Callable[[Manifest], None]
+OfferHook = Callable[[Offer], None]
 
 
 def _no_begin(index: int, offset: int) -> None:
     pass
 
 
-def _no_offer(manifest: Manifest) -> None:
+def _no_offer(offer: Offer) -> None:
     pass
 
 
@@ -47,7 +46,7 @@ def _watcher(
         elif isinstance(message, FileBegin):
             on_begin(message.index, message.offset)
         elif isinstance(message, Offer):
-            on_offer(message.manifest)
+            on_offer(message)
 
     return watch
 
@@ -59,7 +58,7 @@ def observe_file_ends(
     on_offer: OfferHook = _no_offer,
 ) -> RecordChannel:
     """Call ``hook(index, digest)`` for every file-end sent or received on ``channel``,
-    ``on_begin(index, offset)`` for every file-begin and ``on_offer(manifest)`` for an offer
+    ``on_begin(index, offset)`` for every file-begin and ``on_offer(offer)`` for an offer
     received (before the transfer layer plans it: the app shows the offer first)."""
     watch_sent = _watcher(hook, on_begin)
     watch_received = _watcher(hook, on_begin, on_offer)

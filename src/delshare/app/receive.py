@@ -26,6 +26,7 @@ from delshare.app.connect import (
     wants_handed_turn,
 )
 from delshare.app.events import (
+    LEFT_OUT,
     SAME_CONTENT,
     FileSkipped,
     NoticeIssued,
@@ -58,7 +59,7 @@ from delshare.transfer.errors import (
     PeerProtocolError,
 )
 from delshare.transfer.manifest import Manifest, display_name
-from delshare.transfer.protocol import STALL_TIMEOUT
+from delshare.transfer.protocol import STALL_TIMEOUT, Offer
 from delshare.transfer.receiver import ReceiveStats, receive_files
 
 RENAMED_NOTICES = 5
@@ -108,9 +109,13 @@ async def _hash_missing(manifest: Manifest, stats: ReceiveStats, hashes: dict[in
             hashes[index] = await loop.run_in_executor(None, hash_file, str(received.destination))
 
 
-def _offer_event(manifest: Manifest, output: str) -> OfferReceived:
+def _offer_event(
+    manifest: Manifest, output: str, skipped: tuple[str, ...] = (), skipped_count: int = 0
+) -> OfferReceived:
     names = tuple(display_name(e.path) for e in manifest.entries if "/" not in e.path)
-    return OfferReceived(manifest.file_count, manifest.total_bytes, names, output)
+    return OfferReceived(
+        manifest.file_count, manifest.total_bytes, names, output, skipped, skipped_count
+    )
 
 
 def check_output(options: ReceiveOptions) -> None:
@@ -173,11 +178,24 @@ class _Session:
         self.confirmed = False  # a later round (after reconnecting) asks nothing again
         self.begin = 0.0
 
-    def offered(self, manifest: Manifest) -> None:
-        if self.manifest is None:
-            self.manifest = manifest
-            self.offer = _offer_event(manifest, self.options.output)
-            self.report(self.offer)
+    def offered(self, manifest: Manifest, skipped: tuple[str, ...] = (), count: int = 0) -> None:
+        """Show the offer once, then a note for each entry the sender leaves out of its folders
+        (the first it named, the rest counted)."""
+        if self.manifest is not None:
+            return
+        self.manifest = manifest
+        names = tuple(display_name(name) for name in skipped)
+        self.offer = _offer_event(manifest, self.options.output, names, count)
+        self.report(self.offer)
+        for name in names:
+            self.report(NoticeIssued(f"the sender left out {name} ({LEFT_OUT})"))
+        if count > len(names):
+            more = count - len(names)
+            self.report(NoticeIssued(f"the sender left out {more} more ({LEFT_OUT})"))
+
+    def offer_seen(self, offer: Offer) -> None:
+        """The offer as it arrives on the link, before the transfer layer plans it."""
+        self.offered(offer.manifest, offer.skipped, offer.skipped_count)
 
     async def replace(self, names: tuple[str, ...]) -> bool:
         """The transfer layer's overwrite question, asked together with the offer."""
@@ -330,7 +348,9 @@ async def receive_over(
                 announcer.append(ResumeAnnouncer(report, _file_sizes(session.manifest)))
             announcer[0].new_link(link)
         earlier = set(hashes)
-        channel = observe_file_ends(link.link.channel, hashes.__setitem__, resumed, session.offered)
+        channel = observe_file_ends(
+            link.link.channel, hashes.__setitem__, resumed, session.offer_seen
+        )
         channel = count_data(channel, lambda n: moved.__setitem__(0, moved[0] + n))
         stats = await _receive(channel, session, stall_timeout)
         if announcer:

@@ -25,6 +25,7 @@ from delshare.app.connect import (
     wants_handed_turn,
 )
 from delshare.app.events import (
+    LEFT_OUT,
     SAME_CONTENT,
     CodeAllocated,
     FileSkipped,
@@ -176,7 +177,7 @@ async def run_send(
     """
     built = None if text is not None else build(paths)
     for skipped in built.skipped if built else ():
-        report(NoticeIssued(f"skipping {display_name(skipped)} (not a regular file or folder)"))
+        report(NoticeIssued(f"skipping {display_name(skipped)} ({LEFT_OUT})"))
     if text is not None and (problem := check_text(text)) is not None:
         raise UsageProblem(problem)
     chosen = None if code is None else _checked_code(code)

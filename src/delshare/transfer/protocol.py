@@ -3,7 +3,7 @@
 Theory of operation (S = sender, R = receiver)::
 
     S -> R  offer       {"v":3,"type":"offer","chunk":C,"total":T,"entries":[{path,kind,size,
-                          mode,mtime_ns}...]}
+                          mode,mtime_ns}...], "skipped":[path...], "skipped_count":N}
     R -> S  hash-request {"v":3,"type":"hash-request","indexes":[i...]}     (optional, once)
     S -> R  hashes      {"v":3,"type":"hashes","files":[{"index":i,"blake3":hex}...]}
     R -> S  accept      {"v":3,"type":"accept","files":[{"index":i,"offset":n,"chunks":[hex...]}],
@@ -22,6 +22,10 @@ size and mtime), ``accept`` carries the .part length ``offset`` and the BLAKE3 d
 ``C``-byte chunk of it (the last may be short). The sender hashes its source the same way and
 resumes at the end of the longest matching run of chunks; ``file-begin.offset`` tells the
 receiver where to cut the .part.
+
+Left out: ``skipped`` (optional, at most ``MAX_SKIPPED_NAMES`` paths) names what the sender's
+folders held but it does not send (symlinks, sockets, devices, FIFOs), ``skipped_count`` how
+many there were in all; the receiver only tells its user. Older receivers ignore both fields.
 
 Already there: a destination file of the offered size is never trusted by size and mtime. The
 receiver asks for the BLAKE3 digests of those files (``hash-request``), hashes its own copies
@@ -73,6 +77,7 @@ __all__ = [
     "BUSY_FACTOR",
     "DEFAULT_CHUNK",
     "MAX_MESSAGE",
+    "MAX_SKIPPED_NAMES",
     "STALL_TIMEOUT",
     "VERSION",
     "Accept",
@@ -114,6 +119,8 @@ BUSY_FACTOR = 15
 DEFAULT_CHUNK = 4 << 20
 MIN_CHUNK, MAX_CHUNK = 64 << 10, 64 << 20
 MAX_MESSAGE = MAX_OFFER_BYTES
+MAX_SKIPPED_NAMES = 20
+"""Left-out paths named in an offer (the rest are only counted)."""
 _DISCARD_LIMIT = 2 * MAX_MESSAGE  # read and dropped of an oversized message before giving up
 _MORE, _LAST = b"+", b"."
 
@@ -151,10 +158,13 @@ def busy_error(limit: float, waiting_for: str) -> PeerTimeoutError:
 
 @dataclass(frozen=True, slots=True)
 class Offer:
-    """The sender's manifest and its resume chunk size."""
+    """The sender's manifest and its resume chunk size; ``skipped``: the first (at most
+    ``MAX_SKIPPED_NAMES``) of the ``skipped_count`` entries its folders held that it leaves out."""
 
     manifest: Manifest
     chunk: int = DEFAULT_CHUNK
+    skipped: tuple[str, ...] = ()
+    skipped_count: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -251,10 +261,13 @@ def encode_message(message: Message) -> bytes:
     """Serialize one message to JSON bytes."""
     body: dict[str, Any]
     match message:
-        case Offer(manifest, chunk):
+        case Offer(manifest, chunk, skipped, skipped_count):
             entries = [e.to_wire() for e in manifest.entries]
             body = {"type": "offer", "chunk": chunk, "total": manifest.total_bytes}
             body["entries"] = entries
+            if skipped_count:
+                body["skipped"] = list(skipped[:MAX_SKIPPED_NAMES])
+                body["skipped_count"] = max(skipped_count, len(skipped))
         case Accept(resume, skip, verify):
             body = {"type": "accept", "files": [_resume_wire(r) for r in resume]}
             body["skip"] = list(skip)
@@ -358,7 +371,17 @@ def _decode_offer(obj: dict[str, Any]) -> Offer:
     manifest.validate()
     if _int(obj, "total") != manifest.total_bytes:
         raise ManifestError("offer total does not match its entries")
-    return Offer(manifest, chunk)
+    skipped: tuple[str, ...] = ()
+    count = 0
+    if "skipped" in obj or "skipped_count" in obj:  # optional: absent from older senders
+        names = _list(obj, "skipped")
+        if len(names) > MAX_SKIPPED_NAMES or not all(
+            isinstance(n, str) and 0 < len(n) <= 4096 for n in names
+        ):
+            raise PeerProtocolError("bad 'skipped' in offer")
+        skipped = tuple(names)
+        count = _int(obj, "skipped_count", len(skipped))
+    return Offer(manifest, chunk, skipped, count)
 
 
 def _decode_resume(item: object) -> ResumeOffer:

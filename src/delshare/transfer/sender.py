@@ -32,6 +32,7 @@ from delshare.transfer.manifest import BuiltManifest, Entry, display_name
 from delshare.transfer.progress import ProgressCallback, ProgressThrottle
 from delshare.transfer.protocol import (
     DEFAULT_CHUNK,
+    MAX_SKIPPED_NAMES,
     STALL_TIMEOUT,
     Accept,
     Done,
@@ -97,7 +98,9 @@ async def send_files(
     talk = Conversation(Side.SENDER)
     try:
         with concurrent.futures.ThreadPoolExecutor(1, "delshare-read") as reader:
-            await send_message(channel, Offer(manifest.manifest, chunk), timeout, talk=talk)
+            skipped = manifest.skipped
+            offer = Offer(manifest.manifest, chunk, skipped[:MAX_SKIPPED_NAMES], len(skipped))
+            await send_message(channel, offer, timeout, talk=talk)
             accept = await _negotiate(channel, talk, manifest, reader, timeout)
             session = _SendSession(
                 channel,
