@@ -53,7 +53,7 @@ def relay(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[RelayProce
 
 
 def test_turn_check_from_ipv6_gets_an_ipv4_relay(relay: tuple[RelayProcess, int]) -> None:
-    _, port = relay
+    process, port = relay
     result = subprocess.run(
         [sys.executable, "-c", CODE, "turn-check", f"turn:[::1]:{port}", "-u", "del", "-p", "del",
          "--size", "1"],
@@ -61,6 +61,10 @@ def test_turn_check_from_ipv6_gets_an_ipv4_relay(relay: tuple[RelayProcess, int]
     )  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr
     assert "relayed 127.0.0.1:" in result.stdout
+    # the log names the IPv6 client as an address, with brackets (not "tcp ::1:PORT")
+    log = process.wait_for(" created: ")
+    created = [line for line in log.splitlines() if " created: " in line and "::1" in line]
+    assert created and all("[::1]:" in line for line in created), log[-2000:]
 
 
 async def _relay_one_datagram(server: str, port: int, family: int | None) -> tuple[str, int]:

@@ -229,7 +229,10 @@ def test_coturn_conf_options_are_translated_with_coturns_meanings(tmp_path: Path
 
 def test_coturn_conf_problems_are_listed(tmp_path: Path) -> None:
     config = tmp_path / "turnserver.conf"
-    config.write_text("relay-ip=notanip\nno-such-coturn-option=1\nuse-auth-secret\nrealm\n")
+    key = "0x" + "0123456789abcdef" * 2  # coturn's precomputed MD5(user:realm:password)
+    config.write_text(
+        f"relay-ip=notanip\nno-such-coturn-option=1\nuse-auth-secret\nrealm\nuser=k:{key}\n"
+    )
     result = check("--config", str(config))
     assert result.returncode == 2
     text = result.stderr
@@ -237,6 +240,8 @@ def test_coturn_conf_problems_are_listed(tmp_path: Path) -> None:
     assert "unknown option 'no-such-coturn-option'" in text
     assert "use-auth-secret: needs static-auth-secret" in text
     assert "realm: needs a value" in text
+    assert "user: k: coturn's precomputed key (0x...) is not supported" in text
+    assert "0123456789abcdef" not in text
 
 
 def test_file_format_is_detected_by_extension_and_content(tmp_path: Path) -> None:

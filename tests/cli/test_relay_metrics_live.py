@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import re
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -53,3 +54,27 @@ def test_bytes_grow_during_a_relayed_transfer(tmp_path: Path) -> None:
     assert len(set(moving)) >= 2, during  # and growing between scrapes
     assert moving == sorted(moving)
     assert after >= SIZE
+
+
+def _get(url: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as response:
+            return int(response.status), response.read().decode()
+    except urllib.error.HTTPError as exc:
+        return int(exc.code), exc.read().decode()
+
+
+def test_a_rendezvous_only_node_serves_healthz_apart_from_metrics(tmp_path: Path) -> None:
+    """``--no-turn`` with ``--metrics-listen``: ``/healthz`` says ready, not the metrics text."""
+    metrics_port = free_port("tcp")
+    node = start_relay_process(
+        tmp_path, turn=False, extra=["--metrics-listen", f"127.0.0.1:{metrics_port}"]
+    )
+    try:
+        base = f"http://127.0.0.1:{metrics_port}"
+        assert _get(f"{base}/healthz") == (200, "ready\n")
+        status, text = _get(f"{base}/metrics")
+        assert status == 200 and "delshare_rendezvous_mailboxes" in text
+        assert _get(f"{base}/nothing")[0] == 404
+    finally:
+        stop(node.process)

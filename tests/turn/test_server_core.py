@@ -506,6 +506,27 @@ def test_reconfigure_changes_passwords_for_new_requests_only() -> None:
     assert new.allocate().cls == MessageClass.SUCCESS
 
 
+def test_a_live_allocation_keeps_its_key_after_a_password_change() -> None:
+    """A reload that changes alice's password must not cut her live relay at its next Refresh
+    (coturn keeps a session's key too); removing alice does: the user is revoked."""
+    server = make_server()
+    live = Client(server, five())
+    assert live.allocate().cls == MessageClass.SUCCESS
+    changed = AuthConfig(REALM, {**USERS, "alice": "new-password"}, SECRET, nonce_lifetime=600)
+    server.reconfigure(ServerConfig(auth=changed, allow_peers=("127.0.0.0/8",)))
+    assert live.request(Method.REFRESH).cls == MessageClass.SUCCESS
+    permit = live.request(Method.CREATE_PERMISSION, (Attr.XOR_PEER_ADDRESS, ("127.0.0.1", 1)))
+    assert permit.cls == MessageClass.SUCCESS
+    other = Client(server, five(port=2))  # the old password opens nothing new
+    assert code(other.allocate()) == 401
+    removed = {name: pw for name, pw in USERS.items() if name != "alice"}
+    server.reconfigure(
+        ServerConfig(auth=AuthConfig(REALM, removed, SECRET, nonce_lifetime=600),
+                     allow_peers=("127.0.0.0/8",))
+    )  # fmt: skip
+    assert code(live.request(Method.REFRESH)) == 401
+
+
 def test_denied_peers_are_refused_unless_allowed() -> None:
     server = make_server(deny_peers=("198.51.100.0/24",), allow_peers=("198.51.100.8/32",))
     client = Client(server, five())

@@ -128,25 +128,8 @@ class RelayMetrics:
 
     def serve(self, host: str, port: int) -> int:
         """Start the HTTP thread (``/metrics``, ``/healthz``); returns the bound port."""
-        server_class = _V6Server if ":" in host else _V4Server
-        self._server = make_server(
-            host, port, self._app, server_class=server_class, handler_class=_QuietHandler
-        )
-        threading.Thread(target=self._server.serve_forever, name="metrics", daemon=True).start()
+        self._server = serve_http(self.registry, host, port, lambda: self._is_draining)
         return int(self._server.server_address[1])
-
-    def _app(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
-        path = environ.get("PATH_INFO", "")
-        if path == "/healthz":
-            draining = self._is_draining
-            status = "503 Service Unavailable" if draining else "200 OK"
-            start_response(status, [("Content-Type", "text/plain; charset=utf-8")])
-            return [b"draining\n" if draining else b"ready\n"]
-        if path in ("/metrics", "/"):
-            body: Iterable[bytes] = make_wsgi_app(self.registry)(environ, start_response)
-            return body
-        start_response("404 Not Found", [("Content-Type", "text/plain; charset=utf-8")])
-        return [b"not found: try /metrics or /healthz\n"]
 
     def close(self) -> None:
         if self._server is not None:
@@ -198,6 +181,32 @@ class _ByteCounts(Collector):
         for (transport, direction), total in sorted(self.snapshot().items()):
             family.add_metric([transport, direction], float(total))
         yield family
+
+
+def serve_http(
+    registry: CollectorRegistry, host: str, port: int, draining: Callable[[], bool]
+) -> WSGIServer:
+    """An HTTP server thread with ``/metrics`` of ``registry`` and ``/healthz`` (``503
+    draining`` while ``draining()``, else ``200 ready``); the relay and a rendezvous-only node
+    both use it."""
+
+    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        path = environ.get("PATH_INFO", "")
+        if path == "/healthz":
+            busy = draining()
+            status = "503 Service Unavailable" if busy else "200 OK"
+            start_response(status, [("Content-Type", "text/plain; charset=utf-8")])
+            return [b"draining\n" if busy else b"ready\n"]
+        if path in ("/metrics", "/"):
+            body: Iterable[bytes] = make_wsgi_app(registry)(environ, start_response)
+            return body
+        start_response("404 Not Found", [("Content-Type", "text/plain; charset=utf-8")])
+        return [b"not found: try /metrics or /healthz\n"]
+
+    server_class = _V6Server if ":" in host else _V4Server
+    server = make_server(host, port, app, server_class=server_class, handler_class=_QuietHandler)
+    threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
+    return server
 
 
 class _V4Server(ThreadingWSGIServer):

@@ -910,13 +910,13 @@ def _log_event(event: Output) -> None:
     if isinstance(event, AllocationCreated):
         kind = "TCP" if event.transport == PROTO_TCP else "UDP"
         log.info(
-            "allocation %d created: %s relay %s:%d for %s (%s %s:%d), lifetime %ds",
+            "allocation %d created: %s relay %s for %s (%s %s), lifetime %ds",
             event.alloc_id,
             kind,
-            *event.relayed,
-            event.username,
+            format_address(*event.relayed[:2]),
+            _quoted_name(event.username),
             event.five.transport,
-            *event.five.client,
+            format_address(*event.five.client),
             event.lifetime,
         )
     elif isinstance(event, AllocationRefreshed):
@@ -925,14 +925,17 @@ def _log_event(event: Output) -> None:
         log.info("allocation %d deleted: %s", event.alloc_id, event.reason)
     elif isinstance(event, PeerConnected):
         how = "peer dialled in" if event.incoming else "connected to peer"
-        log.info("allocation %d: %s %s:%d", event.alloc_id, how, *event.peer)
+        log.info("allocation %d: %s %s", event.alloc_id, how, format_address(*event.peer))
     elif isinstance(event, ConnectionBound):
         log.info("allocation %d: connection %08x bound", event.alloc_id, event.conn_id)
     elif isinstance(event, ConnectionClosed):
         log.info("allocation %d: connection %08x %s", event.alloc_id, event.conn_id, event.reason)
     elif isinstance(event, ChannelBound):
         log.info(
-            "allocation %d: channel 0x%04x -> %s:%d", event.alloc_id, event.channel, *event.peer
+            "allocation %d: channel 0x%04x -> %s",
+            event.alloc_id,
+            event.channel,
+            format_address(*event.peer),
         )
     elif isinstance(event, PermissionCreated):
         log.debug("allocation %d: permission for %s", event.alloc_id, event.peer_ip)
@@ -943,12 +946,11 @@ def _log_event(event: Output) -> None:
     elif isinstance(event, RequestRefused):
         challenges = (0, ErrorCode.UNAUTHENTICATED, ErrorCode.STALE_NONCE)  # 0: dropped
         level = logging.DEBUG if event.code in challenges else logging.INFO
-        log.log(level, "%s from %s:%d refused: %d %s", event.method, *event.five.client,
-                event.code, event.reason)  # fmt: skip
+        log.log(level, "%s from %s refused: %d %s", event.method,
+                format_address(*event.five.client), event.code, event.reason)  # fmt: skip
     elif isinstance(event, RequestAnswered):
-        log.debug(
-            "%s from %s %s:%d answered", event.method, event.five.transport, *event.five.client
-        )
+        client = format_address(*event.five.client)
+        log.debug("%s from %s %s answered", event.method, event.five.transport, client)
 
 
 def _quoted_name(text: str, limit: int = 128) -> str:

@@ -298,7 +298,6 @@ _COTURN_DIRECT = {  # coturn option -> setting, value as is
     "min-port": "min_port",
     "max-port": "max_port",
     "realm": "realm",
-    "user": "users",
     "static-auth-secret": "auth_secret",
     "max-bps": "max_bps",
     "bps-capacity": "bps_capacity",
@@ -313,6 +312,7 @@ _COTURN_DIRECT = {  # coturn option -> setting, value as is
     "verbose": "verbose",
 }
 _COTURN_SPECIAL = {
+    "user",
     "listening-ip",
     "listening-port",
     "tls-listening-port",
@@ -389,6 +389,8 @@ def _translate(
             return  # coturn's 0: no limit
         else:
             out.values[name] = _one(key, values)
+    elif key == "user":
+        out.values["users"] = [_coturn_user(_one(key, [v])) for v in values]
     elif key == "user-quota":
         out.values["max_allocations_per_user"] = _quota(_one(key, values))
     elif key == "total-quota":
@@ -400,6 +402,22 @@ def _translate(
         out.values["alternate_server"] = [_coturn_hostport(_one(key, [v])) for v in values]
     elif key == "use-auth-secret" and "static-auth-secret" not in options:
         raise ValueError("needs static-auth-secret (secrets in a database are not supported)")
+
+
+def _coturn_user(text: str) -> str:
+    """coturn's ``NAME:PASSWORD``; its ``NAME:0xKEY`` (a precomputed long-term key, 32 or 64 hex
+    digits) would silently become a password nobody knows, so it is a problem instead."""
+    name, _, secret = text.partition(":")
+    digits = secret[2:]
+    if secret[:2].lower() == "0x" and len(digits) in (32, 64):
+        try:
+            bytes.fromhex(digits)
+        except ValueError:
+            return text
+        raise ValueError(
+            f"{name}: coturn's precomputed key (0x...) is not supported; give the password"
+        )
+    return text
 
 
 def _coturn_listeners(options: Mapping[str, list[str | None]], out: FileConfig) -> None:

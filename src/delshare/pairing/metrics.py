@@ -21,7 +21,9 @@ from __future__ import annotations
 from typing import Protocol
 from wsgiref.simple_server import WSGIServer
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+from delshare.aio.relay_metrics import serve_http
 
 
 class Watched(Protocol):
@@ -77,8 +79,9 @@ class RendezvousMetrics:
         self.refusals.labels(reason).inc()
 
     def serve(self, host: str, port: int) -> int:
-        """Start an HTTP exporter of this registry (a rendezvous-only node); the bound port."""
-        self._server, _thread = start_http_server(port, addr=host, registry=self.registry)
+        """Start ``/metrics`` and ``/healthz`` (always ``200 ready``: a rendezvous-only node
+        does not drain) for this registry; the bound port."""
+        self._server = serve_http(self.registry, host, port, lambda: False)
         return int(self._server.server_address[1])
 
     def close(self) -> None:

@@ -149,7 +149,12 @@ class Authenticator:
     # -- requests ----------------------------------------------------------------------------
 
     def authenticate(
-        self, request: Message, now: float, binding: str = "", also: tuple[str, ...] = ()
+        self,
+        request: Message,
+        now: float,
+        binding: str = "",
+        also: tuple[str, ...] = (),
+        session: Credentials | None = None,
     ) -> Credentials:
         """Return the sender's credentials or raise ``StunProtocolError`` (a challenge or a 400).
 
@@ -158,6 +163,11 @@ class Authenticator:
         438; unknown user or wrong MAC → 401. Every challenge carries a nonce for ``binding``;
         a nonce issued to one of ``also`` is accepted too (RFC 6062 §5.4: a ConnectionBind on a
         new connection may carry its control connection's nonce).
+
+        ``session`` are the credentials an existing allocation was created with: a request of
+        that allocation signed with its key is accepted although the user's password changed
+        since (a reload must not cut live relays at their next Refresh, as coturn keeps a
+        session's key); a user no longer configured, or an expired REST username, is refused.
         """
         if not request.has_integrity:
             raise self.challenge(now, binding=binding)
@@ -186,6 +196,9 @@ class Authenticator:
             raise CredentialsRefused(self.challenge(now, binding=binding), why, username)
         key = _cached_key(username, realm, password, algorithm)
         if not request.verify_integrity(key):
+            kept = session is not None and session.username == username
+            if kept and session is not None and request.verify_integrity(session.key):
+                return Credentials(username, session.key, request.uses_sha256_integrity)
             challenge = self.challenge(now, binding=binding)
             raise CredentialsRefused(challenge, "wrong_password", username)
         return Credentials(username, key, request.uses_sha256_integrity)

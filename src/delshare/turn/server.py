@@ -309,7 +309,9 @@ class TurnServer:
                 handler = self._handlers.get(msg.method)
                 if handler is None:
                     raise StunProtocolError(ErrorCode.BAD_REQUEST, "Unknown method")
-                creds = self.auth.authenticate(msg, now, *self._nonce_bindings(five, msg))
+                creds = self.auth.authenticate(
+                    msg, now, *self._nonce_bindings(five, msg), session=self._session(five, msg)
+                )
                 self._check_unknown(msg)
                 response = handler(five, msg, creds, now)
         except StunProtocolError as refusal:  # a challenge too: authenticate left creds None
@@ -335,6 +337,15 @@ class TurnServer:
             if alloc is not None:
                 also = (nonce_binding(alloc.five),)
         return nonce_binding(five), also
+
+    def _session(self, five: FiveTuple, msg: Message) -> Credentials | None:
+        """The credentials of the allocation this request belongs to: the 5-tuple's, or for a
+        ConnectionBind the one owning its CONNECTION-ID (RFC 6062 §5.4)."""
+        alloc = self.allocations.get(five)
+        if alloc is None and msg.method == Method.CONNECTION_BIND:
+            conn = self.connections.get(msg.get(CONNECTION_ID) or 0)
+            alloc = None if conn is None else self._by_id.get(conn.alloc_id)
+        return None if alloc is None else alloc.creds
 
     def _check_unknown(self, msg: Message) -> None:
         if msg.unknown_required:
