@@ -101,6 +101,19 @@ class RelayProcess:
         return f"turn:127.0.0.1:{self.turn_port}?transport=tcp"
 
 
+SHARED_RELAY_LIMITS = (
+    "--rendezvous-max-message-rate",
+    "1000",
+    "--rendezvous-max-mailboxes-per-ip",
+    "1000",
+    "--rendezvous-max-connections-per-ip",
+    "1000",
+)
+"""Per-address rendezvous limits for a relay a whole test module shares: every test's clients
+come from 127.0.0.1, like many users behind one NAT, so the default per-address limits (which
+tests/adversarial checks) would couple unrelated tests."""
+
+
 def start_relay_process(
     workdir: Path,
     *,
@@ -108,10 +121,12 @@ def start_relay_process(
     rendezvous: bool = True,
     extra: Sequence[str] = (),
     ports: tuple[int | None, int | None] | None = None,
+    shared: bool = False,
 ) -> RelayProcess:
     """``delshare relay`` on free loopback ports, loopback peers allowed.
 
-    ``ports`` (turn, rendezvous) reuses given ports, e.g. to restart a relay in place.
+    ``ports`` (turn, rendezvous) reuses given ports, e.g. to restart a relay in place; ``shared``
+    (a relay for a whole module) lifts the per-address rendezvous limits.
     """
     if ports is not None:
         turn_port, rendezvous_port = ports
@@ -125,6 +140,7 @@ def start_relay_process(
         f"{TURN_USER}:{TURN_PASSWORD}",
         "--allow-peer",
         "127.0.0.0/8",
+        *(SHARED_RELAY_LIMITS if shared and rendezvous else ()),
         *extra,
     ]
     argv += ["--listen", f"127.0.0.1:{turn_port}"] if turn else ["--no-turn"]

@@ -27,7 +27,7 @@ def test_delshare_loop_asyncio_opts_out(monkeypatch: pytest.MonkeyPatch, value: 
 @pytest.fixture(scope="module")
 def rendezvous(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A rendezvous where a sender waits for its receiver (it checks it answers first)."""
-    relay = start_relay_process(tmp_path_factory.mktemp("loop"), turn=False)
+    relay = start_relay_process(tmp_path_factory.mktemp("loop"), turn=False, shared=True)
     yield relay.rendezvous
     stop(relay.process)
 

@@ -38,7 +38,7 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def relay(workdir: Path) -> Iterator[RelayProcess]:
-    process = start_relay_process(workdir)
+    process = start_relay_process(workdir, shared=True)
     yield process
     stop(process.process)
 
@@ -54,7 +54,7 @@ def coturn() -> Iterator[Turnserver]:
 
 @pytest.fixture(scope="module")
 def rendezvous_only(workdir: Path) -> Iterator[RelayProcess]:
-    process = start_relay_process(workdir, turn=False)
+    process = start_relay_process(workdir, turn=False, shared=True)
     yield process
     stop(process.process)
 

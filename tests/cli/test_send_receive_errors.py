@@ -39,7 +39,7 @@ from tests.support.ports import free_port
 
 @pytest.fixture(scope="module")
 def relay(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RelayProcess]:
-    process = start_relay_process(tmp_path_factory.mktemp("relay"))
+    process = start_relay_process(tmp_path_factory.mktemp("relay"), shared=True)
     yield process
     stop(process.process)
 

@@ -30,7 +30,7 @@ PIPE_SIZE = int(os.environ.get("DELSHARE_TEST_PIPE_MIB", "32")) << 20
 
 @pytest.fixture(scope="module")
 def relay(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RelayProcess]:
-    process = start_relay_process(tmp_path_factory.mktemp("relay"))
+    process = start_relay_process(tmp_path_factory.mktemp("relay"), shared=True)
     yield process
     stop(process.process)
 

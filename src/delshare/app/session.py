@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, replace
 from typing import TypeVar
 
@@ -61,12 +61,23 @@ __all__ = [
 ]
 
 T = TypeVar("T")
-RETRY_PAUSE = 1.0
+RETRY_PAUSE = 1.0  # first pause between reconnect attempts; doubled after each failure ...
+RETRY_PAUSE_MAX = 8.0  # ... up to this, so a long outage costs the rendezvous few requests
 TICKET_RACE = 10.0  # seconds per ticket reconnect attempt (the peer may not listen yet)
 CLOSE_TIMEOUT = 5.0
 _NAMEPLATE_PURPOSE = b"delshare/reconnect/v1 nameplate"
 _KEY_PURPOSE = b"delshare/reconnect/v1 mailbox"
 _PREFIXES = ("link lost while sending: ", "link lost while receiving: ")
+
+
+def retry_pauses() -> Iterator[float]:
+    """Pauses between reconnect attempts: exponential backoff from ``RETRY_PAUSE`` to
+    ``RETRY_PAUSE_MAX``, so both sides of a long outage do not poll the rendezvous every second
+    (its per-address request rate is bounded, and a NAT may put many users behind one address)."""
+    pause = RETRY_PAUSE
+    while True:
+        yield pause
+        pause = min(pause * 2, RETRY_PAUSE_MAX)
 
 
 def reconnect_names(session_key: bytes) -> tuple[str, bytes]:
@@ -94,6 +105,7 @@ class Healer:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         last = "no attempt finished"
+        pauses = retry_pauses()
         while (remaining := deadline - loop.time()) > 0:
             try:
                 async with asyncio.timeout(remaining):
@@ -102,7 +114,7 @@ class Healer:
                 break
             except (DelshareError, OSError) as exc:
                 last = str(exc) or type(exc).__name__
-            await asyncio.sleep(min(RETRY_PAUSE, max(0.0, deadline - loop.time())))
+            await asyncio.sleep(min(next(pauses), max(0.0, deadline - loop.time())))
         self.report(NoticeIssued(f"could not reconnect within {timeout:g} s: {last}"))
         raise lost
 
