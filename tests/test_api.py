@@ -30,3 +30,37 @@ def test_the_example_in_docs_api_md_runs(tmp_path: Path) -> None:
     assert lines[0] == "connected: direct"
     assert re.fullmatch(r"verified: hello\.txt [0-9a-f]{16}", lines[1])
     assert lines[2] == "text: see you at 6"
+
+
+def test_a_stream_is_sent_as_read_and_arrives_whole(tmp_path: Path) -> None:
+    """``send(stream=...)``: one file of unknown size, named after ``paths[0]``, byte for byte."""
+    import asyncio
+    import io
+    import os
+
+    from delshare.app.events import Event, TransferStarted
+    from delshare.pairing import serve_rendezvous
+
+    data = os.urandom(3 << 20)
+    started: list[TransferStarted] = []
+
+    def note(event: Event) -> None:
+        if isinstance(event, TransferStarted):
+            started.append(event)
+
+    async def both() -> None:
+        server = await serve_rendezvous("127.0.0.1", 0)
+        url = f"ws://127.0.0.1:{server.port}"
+        try:
+            sent, received = await asyncio.gather(
+                send(["log.bin"], stream=io.BytesIO(data), code="9-guitar-orbit", rendezvous=url),
+                receive("9-guitar-orbit", output=tmp_path, rendezvous=url, events=note),
+            )
+        finally:
+            server.close()
+            await server.wait_closed()
+        assert sent.files == received.files and received.total == len(data)
+
+    asyncio.run(both())
+    assert (tmp_path / "log.bin").read_bytes() == data
+    assert [s.streaming for s in started] == [True]

@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from typing import BinaryIO
 
 from delshare.app.common import SessionOptions, UsageProblem
 from delshare.app.connect import ConnectOptions
@@ -121,6 +122,7 @@ async def send(
     *,
     code: str | None = None,
     text: str | None = None,
+    stream: BinaryIO | None = None,
     rendezvous: str | None = None,
     turn: Sequence[TurnServer] = (),
     mode: Mode = "any",
@@ -128,8 +130,9 @@ async def send(
     wait: float = 900.0,
     events: EventCallback | None = None,
 ) -> TransferResult:
-    """Send ``paths`` (or the message ``text``) to whoever uses the code; return once the
-    receiver confirmed everything.
+    """Send ``paths`` (or the message ``text``, or ``stream`` read to its end as one file named
+    ``paths[0]`` or ``stdin``) to whoever uses the code; return once the receiver confirmed
+    everything. A stream is sent as it is read, its size unknown, and never resumed.
 
     The code is ``code``, or one the rendezvous allocates: the first event is a
     :class:`~delshare.app.events.CodeAllocated` carrying it (pass ``events`` to show it), and the
@@ -140,7 +143,8 @@ async def send(
 
     collector = _Collector(events)
     options = _session(rendezvous, turn, mode, reconnect_timeout, wait)
-    await run_send([os.fspath(p) for p in paths], code, options, collector, text=text)
+    names = [os.fspath(p) for p in paths]
+    await run_send(names, code, options, collector, text=text, stream=stream)
     return collector.result
 
 

@@ -43,6 +43,7 @@ in the module named on the right. The tree (``tests/test_errors.py`` keeps it tr
         SourceChangedError       a source changed while being sent           transfer.errors
         TransferInterruptedError the link broke or stalled; resumable        transfer.errors
           PeerTimeoutError       the peer sent nothing for too long          transfer.errors
+          StreamInterruptedError a stream (``send -``) broke: not resumable  transfer.errors
         PeerProtocolError        the peer broke the transfer protocol        transfer.errors
           MessageTooLargeError   a control message over its bound            transfer.protocol
         OutputDirError           the output folder is missing                transfer.errors

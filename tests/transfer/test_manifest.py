@@ -211,3 +211,25 @@ def test_entry_from_wire_masks_special_mode_bits() -> None:
 
 def test_check_rel_path_returns_components() -> None:
     assert check_rel_path("a/b/c") == ("a", "b", "c")
+
+
+def test_a_stream_entry_has_no_size_on_the_wire_and_round_trips() -> None:
+    entry = Entry("stdin", "file", 0, 0o644, 1, stream=True)
+    wire = entry.to_wire()
+    assert wire["size"] is None and wire["stream"] is True
+    assert Entry.from_wire(wire) == entry
+    assert "stream" not in Entry("a", "file", 3).to_wire()  # an ordinary entry is unchanged
+
+
+@pytest.mark.parametrize(
+    "wire",
+    [
+        {"path": "a", "kind": "file", "size": None},  # no size, not a stream
+        {"path": "a", "kind": "file", "size": 5, "stream": True},  # a stream with a size
+        {"path": "a", "kind": "dir", "size": None, "stream": True},
+        {"path": "a", "kind": "file", "size": None, "stream": 1},
+    ],
+)
+def test_a_bad_stream_entry_is_refused(wire: dict[str, object]) -> None:
+    with pytest.raises(ManifestError):
+        Entry.from_wire(wire)

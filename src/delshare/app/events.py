@@ -50,6 +50,8 @@ class OfferPrepared:
     files: int
     total: int
     names: tuple[str, ...]
+    streaming: bool = False
+    """A file's size is unknown until its end (``send -``): ``total`` counts the others."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,6 +117,7 @@ class OfferReceived:
     output: str = ""
     skipped: tuple[str, ...] = ()
     skipped_count: int = 0
+    streaming: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,6 +128,9 @@ class TransferStarted:
     names: tuple[str, ...]
     sizes: tuple[int, ...]
     direction: str  # "send" or "receive"
+    streaming: bool = False
+    """The size is unknown until the end (a stream, whose ``sizes`` entry is 0): bytes and
+    rate only, no total, no percentage."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,12 +13,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import replace
+from typing import BinaryIO
 
 from delshare.app.common import SessionOptions, UsageProblem, notice_reporter
 from delshare.app.connect import LINK_KEY_PURPOSE, Gathered, gather, race_gathered
 from delshare.app.events import NoticeIssued, Reporter, TicketIssued
 from delshare.app.receive import Ask, AskOverwrite, ReceiveOptions, check_output, receive_over
-from delshare.app.send import build, send_over
+from delshare.app.send import build, send_over, streamed
 from delshare.app.session import ticket_healer
 from delshare.errors import PairingError
 from delshare.link.candidates import Candidate, CandidateError
@@ -81,9 +82,10 @@ async def run_listen(
 
 
 async def run_send_to(paths: Sequence[str], ticket_text: str, session: SessionOptions,
-                      report: Reporter) -> None:  # fmt: skip
-    """Send ``paths`` to the receiver that printed ``ticket_text``."""
-    built = build(paths)
+                      report: Reporter, stream: BinaryIO | None = None) -> None:  # fmt: skip
+    """Send ``paths`` (or ``stream``: :func:`run_send`) to the receiver that printed
+    ``ticket_text``."""
+    built = build(paths) if stream is None else streamed(paths, stream)
     try:
         ticket = parse_ticket(ticket_text)
     except PairingError as exc:
@@ -99,6 +101,6 @@ async def run_send_to(paths: Sequence[str], ticket_text: str, session: SessionOp
         gathered, key, "sender", options.mode, peer, options, _nothing_else_can_connect
     )
     healer = None
-    if session.reconnect_timeout > 0:
+    if session.reconnect_timeout > 0 and not built.manifest.streaming:
         healer = ticket_healer(key, "sender", peer, None, session, report)
     await send_over(connection, built, report, healer, session.stall_timeout)

@@ -80,6 +80,10 @@ AskOverwrite = Callable[[OfferReceived, tuple[str, ...]], Awaitable[bool]]
 """Asks the user, with the offer, whether to replace these existing files (printable names);
 a yes accepts the offer too."""
 
+STREAM_NOTICE = (
+    "the sender streams its input: the size is known only at its end, so free space is not "
+    "checked, and an interrupted transfer cannot be resumed"
+)
 DECLINED_HINT = "no answer on stdin: pass -y (--yes) to accept without asking"
 
 
@@ -114,7 +118,13 @@ def _offer_event(
 ) -> OfferReceived:
     names = tuple(display_name(e.path) for e in manifest.entries if "/" not in e.path)
     return OfferReceived(
-        manifest.file_count, manifest.total_bytes, names, output, skipped, skipped_count
+        manifest.file_count,
+        manifest.total_bytes,
+        names,
+        output,
+        skipped,
+        skipped_count,
+        manifest.streaming,
     )
 
 
@@ -192,6 +202,8 @@ class _Session:
         if count > len(names):
             more = count - len(names)
             self.report(NoticeIssued(f"the sender left out {more} more ({LEFT_OUT})"))
+        if manifest.streaming:
+            self.report(NoticeIssued(STREAM_NOTICE))
 
     def offer_seen(self, offer: Offer) -> None:
         """The offer as it arrives on the link, before the transfer layer plans it."""
@@ -375,7 +387,7 @@ async def receive_over(
     report(
         TransferFinished(
             manifest.file_count,
-            manifest.total_bytes,
+            moved[0] if manifest.streaming else manifest.total_bytes,
             moved[0],
             elapsed,
             "receive",

@@ -7,6 +7,7 @@ import contextlib
 import os
 import time
 from collections.abc import Awaitable, Sequence
+from typing import BinaryIO
 
 from delshare.app.common import (
     CODE_VALID_FOR,
@@ -58,6 +59,7 @@ from delshare.transfer.manifest import (
     build_manifest,
     check_rel_path,
     display_name,
+    stream_manifest,
 )
 from delshare.transfer.protocol import STALL_TIMEOUT
 from delshare.transfer.sender import SendStats, send_files
@@ -76,6 +78,15 @@ def build(paths: Sequence[str]) -> BuiltManifest:
     except ManifestError as exc:
         if isinstance(exc.__cause__, UnsafePathError):
             raise UsageProblem(_unsendable(paths) or str(exc)) from exc
+        raise UsageProblem(str(exc)) from exc
+
+
+def streamed(paths: Sequence[str], stream: BinaryIO) -> BuiltManifest:
+    """The offer of one stream named ``paths[0]`` (``stdin`` for ``-``)."""
+    name = paths[0] if paths and paths[0] != "-" else "stdin"
+    try:
+        return stream_manifest(stream, name)
+    except ManifestError as exc:
         raise UsageProblem(str(exc)) from exc
 
 
@@ -119,6 +130,7 @@ def started(manifest: Manifest, direction: str) -> TransferStarted:
         tuple(display_name(e.path) for _, e in files),
         tuple(e.size for _, e in files),
         direction,
+        manifest.streaming,
     )
 
 
@@ -140,7 +152,7 @@ def report_hashes(
 def offer_summary(manifest: Manifest) -> OfferPrepared:
     """What is offered: counts and the top-level names."""
     names = tuple(display_name(e.path) for e in manifest.entries if "/" not in e.path)
-    return OfferPrepared(manifest.file_count, manifest.total_bytes, names)
+    return OfferPrepared(manifest.file_count, manifest.total_bytes, names, manifest.streaming)
 
 
 async def _expiring(pairing: Awaitable[PairedChannel]) -> PairedChannel:
@@ -167,15 +179,19 @@ async def run_send(
     report: Reporter,
     *,
     text: str | None = None,
+    stream: BinaryIO | None = None,
 ) -> None:
-    """Send ``paths`` (or the message ``text``) to whoever types the code; return once the
-    receiver confirmed every file (or the text).
+    """Send ``paths`` (or the message ``text``, or what ``stream`` gives until its end, as one
+    file named ``paths[0]``) to whoever types the code; return once the receiver confirmed
+    every file (or the text). A stream is sent as it is read; it is never resumed.
 
     Everything checkable (paths, code, rendezvous reachable, LAN announcements possible) is
     checked before the code is printed. Raises UsageProblem before anything is sent,
     PairingError, LinkError or TransferError later.
     """
-    built = None if text is not None else build(paths)
+    built = (
+        None if text is not None else build(paths) if stream is None else streamed(paths, stream)
+    )
     for skipped in built.skipped if built else ():
         report(NoticeIssued(f"skipping {display_name(skipped)} ({LEFT_OUT})"))
     if text is not None and (problem := check_text(text)) is not None:
@@ -226,7 +242,9 @@ async def run_send(
         async with paired:
             connection = await connect_peer(paired, "sender", options.connect, notice, gathered)
         healer = None
-        if options.reconnect_timeout > 0:  # the LAN rendezvous then stays up for reconnecting
+        if (
+            options.reconnect_timeout > 0 and not built.manifest.streaming
+        ):  # the LAN rendezvous then stays up for reconnecting
             healing = await with_handed_turn(options, handed)
             healer = rendezvous_healer(rendezvous, paired.key, "sender", healing, report)
         else:
@@ -276,7 +294,8 @@ async def send_over(
     report_hashes(built.manifest, hashes, report)
     manifest = built.manifest
     elapsed = time.monotonic() - begin
-    report(TransferFinished(manifest.file_count, manifest.total_bytes, moved[0], elapsed, "send"))
+    total = moved[0] if manifest.streaming else manifest.total_bytes
+    report(TransferFinished(manifest.file_count, total, moved[0], elapsed, "send"))
 
 
 def _file_sizes(manifest: Manifest) -> dict[int, int]:

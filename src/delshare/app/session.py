@@ -46,7 +46,7 @@ from delshare.errors import DelshareError
 from delshare.link.candidates import Candidate, start_listener
 from delshare.link.records import LinkClosedError, RecordChannel, RecordKind, Role
 from delshare.pairing import derive_key, rejoin
-from delshare.transfer.errors import TransferInterruptedError
+from delshare.transfer.errors import StreamInterruptedError, TransferInterruptedError
 
 __all__ = [
     "Healer",
@@ -216,6 +216,7 @@ async def run_rounds(
                     healer is None
                     or healer.options.reconnect_timeout <= 0
                     or _closed_on_purpose(lost)
+                    or isinstance(lost, StreamInterruptedError)  # its bytes are gone
                 ):
                     raise
                 await drop(connection)

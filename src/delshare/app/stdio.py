@@ -1,11 +1,12 @@
 """Pipes: ``delshare send -`` reads standard input, ``delshare receive CODE -o -`` writes the one
 received file to standard output (every message then goes to standard error).
 
-Standard input is spooled to a private temporary file first (named :data:`STDIN_NAME`), so the
-transfer itself is an ordinary one: hashed, verified, sent at full speed. Its size is not known
-until the input ends, and a re-run reads a new input, so an interrupted pipe cannot be resumed
-(the sender says so). On the receiving side the file is received into a private temporary
-folder, verified, then copied to standard output: nothing unverified ever reaches the pipe.
+Standard input is sent as it is read: an offer of one file named :data:`STDIN_NAME` whose size
+is unknown (a *stream*, see docs/protocol.md), so the code is shown at once and no disk space is
+needed on the sending side. The size is known only at the input's end and a re-run reads new
+input, so an interrupted stream is neither healed nor resumed (the sender says so). On the
+receiving side the file is received into a private temporary folder, verified, then copied to
+standard output: nothing unverified ever reaches the pipe.
 """
 
 from __future__ import annotations
@@ -17,12 +18,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-__all__ = ["STDIN_NAME", "STDIN_NOTICE", "copy_out", "private_folder", "spool"]
+__all__ = ["STDIN_NAME", "STDIN_NOTICE", "copy_out", "private_folder"]
 
 STDIN_NAME = "stdin"
 STDIN_NOTICE = (
-    "reading standard input: its size is known only at its end, and an interrupted "
-    "transfer cannot be resumed (a re-run reads new input)"
+    "sending standard input as it is read: its size is known only at its end, and an "
+    "interrupted transfer cannot be resumed (a re-run reads new input)"
 )
 _BLOCK = 1 << 20
 
@@ -35,17 +36,6 @@ def private_folder(prefix: str) -> Iterator[Path]:
         yield folder
     finally:
         shutil.rmtree(folder, ignore_errors=True)
-
-
-def spool(source: BinaryIO, folder: Path) -> tuple[Path, int]:
-    """Copy ``source`` to ``folder/stdin`` until its end; return the path and byte count."""
-    path = folder / STDIN_NAME
-    size = 0
-    with path.open("wb") as out:
-        while block := source.read(_BLOCK):
-            out.write(block)
-            size += len(block)
-    return path, size
 
 
 def copy_out(folder: Path, target: BinaryIO) -> int:

@@ -78,7 +78,7 @@ def _where(offer: OfferReceived) -> str:
 def _asker(ui: Ui) -> Ask:
     async def ask(offer: OfferReceived) -> bool:
         ui.asked = True
-        described = describe_offer(offer.files, offer.total, offer.names)
+        described = describe_offer(offer.files, offer.total, offer.names, offer.streaming)
         return await _prompt(f"Receive {described} into {_where(offer)}? [y/N]: ")
 
     return ask
@@ -91,7 +91,7 @@ def _overwrite_asker(ui: Ui) -> AskOverwrite | None:
 
     async def ask_overwrite(offer: OfferReceived, names: tuple[str, ...]) -> bool:
         ui.asked = True
-        described = describe_offer(offer.files, offer.total, offer.names)
+        described = describe_offer(offer.files, offer.total, offer.names, offer.streaming)
         shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
         return await _prompt(
             f"Receive {described} into {_where(offer)}, replacing the existing {shown}? [y/N]: "

@@ -15,7 +15,7 @@ import os
 import signal
 import sys
 from collections.abc import Callable, Coroutine
-from typing import Any, TypeVar
+from typing import Any, BinaryIO, TypeVar
 
 import click
 
@@ -341,27 +341,19 @@ def _send(
     text: str | None,
     options: SessionOptions,
     ui: Ui,
+    stream: BinaryIO | None = None,
 ) -> int:
     if ticket:
         from delshare.app.manual import run_send_to  # with --to only
 
-        return run_app(lambda: run_send_to(paths, ticket, options, ui), ui, "send-to")
-    return run_app(lambda: run_send(paths, code, options, ui, text=text), ui, "send")
+        return run_app(lambda: run_send_to(paths, ticket, options, ui, stream), ui, "send-to")
+    return run_app(lambda: run_send(paths, code, options, ui, text=text, stream=stream), ui, "send")
 
 
 def _send_stdin(code: str | None, ticket: str | None, options: SessionOptions, ui: Ui) -> int:
-    """Spool standard input to a private file, then send that file (named ``stdin``)."""
+    """Send standard input as it is read: one file named ``stdin``, size unknown."""
     from delshare.app.events import NoticeIssued
-    from delshare.app.stdio import STDIN_NOTICE, private_folder, spool
+    from delshare.app.stdio import STDIN_NOTICE
 
     ui(NoticeIssued(STDIN_NOTICE))
-    with private_folder("delshare-stdin-") as folder:
-        try:
-            path, _size = spool(sys.stdin.buffer, folder)
-        except KeyboardInterrupt:
-            ui.error("interrupted", EXIT_INTERRUPTED)
-            return EXIT_INTERRUPTED
-        except OSError as exc:
-            ui.error(f"cannot read standard input: {exc.strerror or exc}", 1)
-            return 1
-        return _send((str(path),), code, ticket, None, options, ui)
+    return _send(("-",), code, ticket, None, options, ui, sys.stdin.buffer)

@@ -85,12 +85,13 @@ def _count(n: int, word: str) -> str:
     return f"{n} {word}{'s' * (n != 1)}"
 
 
-def describe_offer(files: int, total: int, names: tuple[str, ...]) -> str:
-    """``photos (3 files, 1.2 GiB)``, ``a.txt, b.txt and 2 more (4 files, 12 MiB)``."""
+def describe_offer(files: int, total: int, names: tuple[str, ...], streaming: bool = False) -> str:
+    """``photos (3 files, 1.2 GiB)``, ``a.txt, b.txt and 2 more (4 files, 12 MiB)``,
+    ``stdin (size unknown)``."""
     shown = ", ".join(names[:3])
     if len(names) > 3:
         shown = f"{', '.join(names[:2])} and {len(names) - 2} more"
-    size = human_size(total)
+    size = "size unknown" if streaming else human_size(total)
     if len(names) == 1 and files == 1:
         return f"{shown} ({size})"
     return f"{shown} ({_count(files, 'file')}, {size})"
@@ -129,8 +130,8 @@ def key_line(event: Event, verbose: bool = False) -> str | None:
     match event:
         case CodeAllocated(code):
             return f"code: {code}"
-        case OfferPrepared(files, total, names):
-            return f"offering {describe_offer(files, total, names)}"
+        case OfferPrepared(files, total, names, streaming):
+            return f"offering {describe_offer(files, total, names, streaming)}"
         case TicketIssued(ticket):
             return f"ticket: {ticket}"
         case PeerConnected():
@@ -184,6 +185,8 @@ def json_object(event: Event) -> dict[str, object]:
         NoticeIssued: "notice",
     }[type(event)]
     fields = {k: getattr(event, k) for k in event.__slots__}
+    if fields.get("streaming") is False:  # only a stream says so (older readers see no change)
+        del fields["streaming"]
     return {"event": name, **{k: list(v) if isinstance(v, tuple) else v for k, v in fields.items()}}
 
 
@@ -268,7 +271,7 @@ class Ui:
             case TransferStarted(direction="receive") if self._offer and not self.asked:
                 offer = self._offer
                 where = offer.output or "."
-                described = describe_offer(offer.files, offer.total, offer.names)
+                described = describe_offer(offer.files, offer.total, offer.names, offer.streaming)
                 return [f"receiving {described} into {where}"]
         line = key_line(event, self.verbose)
         return [line] if line is not None else []
@@ -324,7 +327,8 @@ class Ui:
         )
         verb = "sending" if plan.direction == "send" else "receiving"
         self._total_task = self._progress.add_task(
-            f"{self._label}{verb} {_count(len(plan.names), 'file')}", total=max(sum(plan.sizes), 1)
+            f"{self._label}{verb} {_count(len(plan.names), 'file')}",
+            total=None if plan.streaming else max(sum(plan.sizes), 1),  # None: bytes, rate only
         )
         self._progress.start()
 
@@ -350,7 +354,8 @@ class Ui:
         name = self._plan.names[position]
         short = name if len(name) <= 40 else "..." + name[-37:]
         self._file_task = self._progress.add_task(
-            f"{self._label}  {short}", total=max(self._plan.sizes[position], 1)
+            f"{self._label}  {short}",
+            total=None if self._plan.streaming else max(self._plan.sizes[position], 1),
         )
 
     def _stop_bars(self, finished: bool = False) -> None:

@@ -19,6 +19,7 @@ __all__ = [
     "PeerTimeoutError",
     "RefusedByPeerError",
     "SourceChangedError",
+    "StreamInterruptedError",
     "TransferInterruptedError",
     "UnsafePathError",
 ]
@@ -71,6 +72,11 @@ class TransferInterruptedError(TransferError):
 
 class PeerTimeoutError(TransferInterruptedError):
     """The peer sent nothing for the whole wait for its next message (it may be gone)."""
+
+
+class StreamInterruptedError(TransferInterruptedError):
+    """The link broke while a stream (``delshare send -``) was moving: its bytes cannot be read
+    again, so neither a reconnection nor a later run can resume it."""
 
 
 def stalled(seconds: float) -> TransferInterruptedError:

@@ -11,10 +11,11 @@ import json
 import os
 import re
 import stat
+import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import BinaryIO, Literal
 
 from delshare.text import is_printable, printable
 from delshare.transfer.errors import ManifestError, UnsafePathError
@@ -31,6 +32,7 @@ __all__ = [
     "check_rel_path",
     "display_name",
     "safe_destination",
+    "stream_manifest",
 ]
 
 MAX_ENTRIES = 100_000
@@ -53,23 +55,30 @@ _WINDOWS_DEVICES = frozenset(
 
 @dataclass(frozen=True, slots=True)
 class Entry:
-    """One file or directory: relative POSIX path, size, permission bits, mtime in ns."""
+    """One file or directory: relative POSIX path, size, permission bits, mtime in ns.
+
+    ``stream``: a file whose size is unknown until its end (``delshare send -``); ``size`` is
+    then 0 here and ``null`` on the wire (an older receiver rejects such an offer as invalid)."""
 
     path: str
     kind: Kind
     size: int = 0
     mode: int = 0o644
     mtime_ns: int = 0
+    stream: bool = False
 
     def to_wire(self) -> dict[str, object]:
         """The JSON object for an offer."""
-        return {
+        wire: dict[str, object] = {
             "path": self.path,
             "kind": self.kind,
-            "size": self.size,
+            "size": None if self.stream else self.size,
             "mode": self.mode,
             "mtime_ns": self.mtime_ns,
         }
+        if self.stream:
+            wire["stream"] = True
+        return wire
 
     @classmethod
     def from_wire(cls, obj: object) -> Entry:
@@ -80,6 +89,11 @@ class Entry:
         size, mode, mtime = obj.get("size", 0), obj.get("mode", 0o644), obj.get("mtime_ns", 0)
         if not isinstance(path, str) or kind not in ("file", "dir"):
             raise ManifestError("manifest entry needs a string path and kind file|dir")
+        stream = obj.get("stream", False)
+        if stream is not False and (stream is not True or kind != "file" or size is not None):
+            raise ManifestError(f"bad stream entry {display_name(path)}")
+        if stream:
+            size = 0
         for value in (size, mode, mtime):
             if not isinstance(value, int) or isinstance(value, bool):
                 raise ManifestError(f"bad number in manifest entry for {display_name(path)}")
@@ -88,7 +102,7 @@ class Entry:
         if not 0 <= mode <= 0o7777 or not -(1 << 62) < mtime < 1 << 62:
             raise ManifestError(f"bad mode or mtime for {display_name(path)}")
         check_rel_path(path)
-        return cls(path=path, kind=kind, size=size, mode=mode & 0o777, mtime_ns=mtime)
+        return cls(path, kind, size, mode & 0o777, mtime, stream)
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +115,11 @@ class Manifest:
     def total_bytes(self) -> int:
         """Sum of file sizes."""
         return sum(e.size for e in self.entries if e.kind == "file")
+
+    @property
+    def streaming(self) -> bool:
+        """Whether a file's size is unknown until its end (a stream: no resume, no total)."""
+        return any(e.stream for e in self.entries)
 
     @property
     def file_count(self) -> int:
@@ -131,6 +150,8 @@ class BuiltManifest:
     manifest: Manifest
     sources: tuple[Path, ...]
     skipped: tuple[str, ...] = field(default=())
+    stream: BinaryIO | None = None
+    """Where the bytes of the manifest's ``stream`` entry come from (read until its end)."""
 
 
 def check_rel_path(rel: str) -> tuple[str, ...]:
@@ -304,6 +325,13 @@ def build_manifest(paths: Iterable[str | os.PathLike[str]]) -> BuiltManifest:
     manifest.validate()
     _check_offer_size(manifest)
     return BuiltManifest(manifest, tuple(sources), tuple(skipped))
+
+
+def stream_manifest(source: BinaryIO, name: str = "stdin", mode: int = 0o644) -> BuiltManifest:
+    """An offer of one file read from ``source`` until its end (size unknown: a stream)."""
+    check_rel_path(name)
+    entry = Entry(name, "file", 0, mode, time.time_ns(), stream=True)
+    return BuiltManifest(Manifest((entry,)), (Path(name),), stream=source)
 
 
 def _check_offer_size(manifest: Manifest) -> None:

@@ -27,6 +27,14 @@ Left out: ``skipped`` (optional, at most ``MAX_SKIPPED_NAMES`` paths) names what
 folders held but it does not send (symlinks, sockets, devices, FIFOs), ``skipped_count`` how
 many there were in all; the receiver only tells its user. Older receivers ignore both fields.
 
+Streams (``delshare send -``): an entry ``{"kind":"file","size":null,"stream":true,...}`` is
+a file whose size is known only at its end. The sender sends DATA records as its source gives
+bytes (and ``wait`` between them while the source is slow) until the source ends, then
+``file-end`` with the BLAKE3 of everything sent; the receiver writes until ``file-end``, checks
+the digest and renames into place. A stream is never resumed, skipped or hashed on request, and
+the receiver keeps no state file for it. No version bump: a v3 receiver without streams refuses
+``"size":null`` as an invalid offer (``reject``), so nothing is misread.
+
 Already there: a destination file of the offered size is never trusted by size and mtime. The
 receiver asks for the BLAKE3 digests of those files (``hash-request``), hashes its own copies
 meanwhile, and lists in ``skip`` only the files whose content is the same; any other existing

@@ -50,11 +50,18 @@ from delshare.transfer.errors import (
     OutputDirError,
     PeerProtocolError,
     RefusedByPeerError,
+    StreamInterruptedError,
     TransferInterruptedError,
     UnsafePathError,
     stalled,
 )
-from delshare.transfer.manifest import Destinations, Entry, Manifest, display_name
+from delshare.transfer.manifest import (
+    MAX_FILE_SIZE,
+    Destinations,
+    Entry,
+    Manifest,
+    display_name,
+)
 from delshare.transfer.progress import ProgressCallback, ProgressThrottle
 from delshare.transfer.protocol import (
     STALL_TIMEOUT,
@@ -70,6 +77,7 @@ from delshare.transfer.protocol import (
     Reject,
     ResumeOffer,
     Timeouts,
+    Wait,
     keepalive,
     keepalive_interval,
     peer_timeout,
@@ -168,6 +176,7 @@ async def receive_files(
     its content hash equals the sender's; otherwise it is a conflict like any existing file.
     """
     out = Path(output_dir)
+    streaming = False
     if not os.path.isdir(out):  # noqa: ASYNC240 (one stat, before any network wait)
         raise OutputDirError(f"output folder {display_name(str(out))!r} does not exist")
     try:
@@ -178,6 +187,7 @@ async def receive_files(
             timeout = peer_timeout() if wait_timeout is None else wait_timeout
             talk = Conversation(Side.RECEIVER)
             offer = await _receive_offer(channel, talk, timeout)
+            streaming = offer.manifest.streaming
             async with keepalive(channel, keepalive_interval(timeout)):
                 policy = _Policy(overwrite, rename, ask_overwrite)
                 targets, overwrite = await _plan_or_reject(
@@ -195,7 +205,17 @@ async def receive_files(
                 )
                 return await session.run()
     except LinkClosedError as exc:
-        raise TransferInterruptedError(f"link lost while receiving: {exc}") from exc
+        raise _interrupted(f"link lost while receiving: {exc}", streaming) from exc
+    except TransferInterruptedError as exc:
+        if streaming and not isinstance(exc, StreamInterruptedError):
+            raise StreamInterruptedError(str(exc)) from exc
+        raise
+
+
+def _interrupted(reason: str, streaming: bool) -> TransferInterruptedError:
+    if streaming:
+        return StreamInterruptedError(reason.replace("receiving", "receiving a stream"))
+    return TransferInterruptedError(reason)
 
 
 async def _receive_offer(channel: RecordChannel, talk: Conversation, timeout: float) -> Offer:
@@ -278,7 +298,9 @@ def same_size_files(dest: Destinations, manifest: Manifest) -> dict[int, Path]:
     found: dict[int, Path] = {}
     for index, entry in enumerate(manifest.entries):
         final = dest(entry.path)
-        if entry.kind != "file" or not dest.folder_exists(entry.path.rpartition("/")[0]):
+        if entry.kind != "file" or entry.stream:
+            continue
+        if not dest.folder_exists(entry.path.rpartition("/")[0]):
             continue
         try:
             st = os.lstat(final)
@@ -364,7 +386,7 @@ def plan_targets(
             continue
         target = _plan_file(dest, index, entry, claimed, overwrite, rename, index in same)
         target.chunk = chunk
-        if not target.skip:
+        if not target.skip and not entry.stream:  # a stream is never resumed
             target.state = _resume_state(target, chunk)
         claimed.add(target.final)
         targets.append(target)
@@ -555,6 +577,8 @@ class _ReceiveSession:
                 raise PeerProtocolError(f"unexpected {type(message).__name__}")
 
     async def _receive_file(self, target: _Target, offset: int) -> None:
+        if target.entry.stream and offset:
+            raise PeerProtocolError(f"{display_name(target.entry.path)}: a stream starts at 0")
         hasher = _hasher_for(target, offset)
         self._resumed[target.index] = offset
         self._total_done += offset
@@ -562,20 +586,22 @@ class _ReceiveSession:
         fd = await loop.run_in_executor(self._pool, _open_part, target, offset)
         part = PartWriter(fd, offset, open_direct(fd))
         try:
-            end = await self._receive_body(target, part, offset, hasher)
+            end, size = await self._receive_body(target, part, offset, hasher)
         except BaseException:
             await loop.run_in_executor(self._pool, _close_part, part)
+            if target.entry.stream:  # no resume: nothing worth keeping
+                remove_quietly(target.part)
             raise
         part.close()
         if self._verify and hasher.digest() != end.digest:
             await loop.run_in_executor(self._pool, _discard_part, target, fd)
             raise IntegrityError(f"{display_name(target.entry.path)}: content hash mismatch")
         await loop.run_in_executor(self._pool, _install, target, fd, self._overwrite)
-        self._progress.update(target.index, target.entry.size, self._total_done, final=True)
+        self._progress.update(target.index, size, self._total_done, final=True)
 
     async def _receive_body(
         self, target: _Target, part: PartWriter, offset: int, hasher: Hasher
-    ) -> FileEnd:
+    ) -> tuple[FileEnd, int]:
         """Decrypt DATA records into ``_UNIT``-byte units; write and hash full units in workers.
 
         Units hold several records so that threads hand off rarely; a unit is reused once both
@@ -584,7 +610,7 @@ class _ReceiveSession:
         pending: deque[tuple[_Jobs, memoryview]] = deque()
         free = list(self._buffers)
         assembler = MessageAssembler()
-        size = target.entry.size
+        size = MAX_FILE_SIZE if target.entry.stream else target.entry.size
         unit, fill = free.pop(), 0
         try:
             while True:
@@ -595,6 +621,8 @@ class _ReceiveSession:
                 kind, length = await self._recv_into(unit[fill : fill + MAX_PAYLOAD])
                 if kind is RecordKind.CONTROL:
                     message = assembler.feed(bytes(unit[fill : fill + length]))
+                    if isinstance(message, Wait) and target.entry.stream:
+                        continue  # the sender's source is slow, not gone
                     if message is not None:
                         self._talk.received(message)
                         break
@@ -612,7 +640,7 @@ class _ReceiveSession:
             concurrent.futures.wait([job for jobs, _ in pending for job in jobs])
         for jobs, _ in pending:
             await _finished(jobs)
-        return _expect_end(message, target, offset)
+        return _expect_end(message, target, offset), offset
 
     async def _recv_into(self, buffer: memoryview) -> tuple[RecordKind, int]:
         stall = self.timeouts.stall
@@ -655,7 +683,7 @@ def _expect_end(message: object, target: _Target, received: int) -> FileEnd:
         raise RefusedByPeerError(message.reason)
     if not isinstance(message, FileEnd) or message.index != target.index:
         raise PeerProtocolError(f"expected file-end for {display_name(target.entry.path)}")
-    if received != target.entry.size:
+    if received != target.entry.size and not target.entry.stream:
         raise PeerProtocolError(f"{display_name(target.entry.path)}: size mismatch")
     return message
 
@@ -683,11 +711,13 @@ def _open_part(target: _Target, offset: int) -> int:
     """Write the sidecar, open the .part without following symlinks, cut it at ``offset``."""
     if offset == 0:
         remove_quietly(target.part, target.sidecar)
-    _write_new(target.sidecar, target)
+    if not target.entry.stream:  # a stream is never resumed: no state file
+        _write_new(target.sidecar, target)
     fd = os.open(target.part, _OPEN_FLAGS, 0o600)
     os.ftruncate(fd, offset)
     os.lseek(fd, offset, os.SEEK_SET)
-    preallocate(fd, offset, target.entry.size - offset)
+    if not target.entry.stream:
+        preallocate(fd, offset, target.entry.size - offset)
     return fd
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import functools
 import os
 from collections import deque
 from dataclasses import dataclass, field
@@ -25,6 +26,7 @@ from delshare.transfer.errors import (
     PeerTimeoutError,
     RefusedByPeerError,
     SourceChangedError,
+    StreamInterruptedError,
     TransferInterruptedError,
     stalled,
 )
@@ -117,7 +119,13 @@ async def send_files(
         await _send_error(channel, talk, f"protocol error: {exc}")
         raise
     except LinkClosedError as exc:
+        if manifest.manifest.streaming:
+            raise StreamInterruptedError(f"link lost while sending a stream: {exc}") from exc
         raise TransferInterruptedError(f"link lost while sending: {exc}") from exc
+    except TransferInterruptedError as exc:
+        if manifest.manifest.streaming and not isinstance(exc, StreamInterruptedError):
+            raise StreamInterruptedError(str(exc)) from exc
+        raise
 
 
 async def _negotiate(
@@ -152,7 +160,7 @@ def _check_indexes(indexes: tuple[int, ...], manifest: BuiltManifest) -> tuple[i
     if len(set(indexes)) != len(indexes):
         raise PeerProtocolError("hash request names a file twice")
     for index in indexes:
-        if index >= len(entries) or entries[index].kind != "file":
+        if index >= len(entries) or entries[index].kind != "file" or entries[index].stream:
             raise PeerProtocolError(f"hash request names unknown file index {index}")
     return indexes
 
@@ -185,7 +193,7 @@ def _expect_accept(message: Message, manifest: BuiltManifest) -> Accept:
         raise PeerProtocolError(f"expected accept, got {type(message).__name__}")
     entries = manifest.manifest.entries
     for index in [*message.skip, *(r.index for r in message.resume)]:
-        if index >= len(entries) or entries[index].kind != "file":
+        if index >= len(entries) or entries[index].kind != "file" or entries[index].stream:
             raise PeerProtocolError(f"accept names unknown file index {index}")
     return message
 
@@ -212,6 +220,8 @@ class _SendSession:
         self._reader = reader
         # units no bigger than the largest file (a 1 KiB send allocates next to nothing)
         largest = max((e.size for e in manifest.manifest.entries), default=0)
+        if manifest.manifest.streaming:
+            largest = _UNIT
         unit = max(min(_UNIT, largest), 1)
         self._unit = unit
         self._buffers = [aligned_buffer(unit) for _ in range(_RING)]
@@ -243,7 +253,10 @@ class _SendSession:
                 if index in self._skip:
                     self._total_done += entry.size
                     continue
-                await self._send_file(index, entry)
+                if entry.stream:
+                    await self._send_stream(index)
+                else:
+                    await self._send_file(index, entry)
                 sent += 1
             await send_message(self._channel, Done(), self.wait_timeout, talk=self._talk)
             await self._expect_done()
@@ -306,6 +319,29 @@ class _SendSession:
         end = FileEnd(index, digest)
         await send_message(self._channel, end, self.wait_timeout, talk=self._talk)
         self._progress.update(index, entry.size, self._total_done, final=True)
+
+    async def _send_stream(self, index: int) -> None:
+        """Send what the stream gives until its end, then ``file-end`` with the digest of it all.
+
+        Each read takes what the source has (up to a unit), so bytes leave as they come.
+        """
+        source = self._built.stream
+        if source is None:
+            raise SourceChangedError("no stream to read from")
+        whole = new_hasher()
+        await send_message(self._channel, FileBegin(index, 0), self.wait_timeout)
+        offset, buf = 0, self._buffers[0]
+        loop = asyncio.get_running_loop()
+        read = functools.partial(loop.run_in_executor, self._reader, _read_some, source, buf, whole)
+        # a slow source (a command still working) keeps the receiver waiting, not giving up
+        async with keepalive(self._channel, keepalive_interval(self._stall_timeout)):
+            while got := await read():
+                for start in range(0, got, MAX_PAYLOAD):
+                    record = buf[start : min(got, start + MAX_PAYLOAD)]
+                    offset = await self._send_record(index, record, offset)
+        digest = whole.digest() if self._verify else b""
+        await send_message(self._channel, FileEnd(index, digest), self.wait_timeout)
+        self._progress.update(index, offset, self._total_done, final=True)
 
     async def _resume_offset(self, f: IO[bytes], index: int, entry: Entry, whole: Hasher) -> int:
         offer: ResumeOffer | None = self._resume.get(index)
@@ -384,6 +420,14 @@ def _read_unit(f: IO[bytes], buf: memoryview, whole: Hasher | None) -> int:
         if n < len(piece):
             break
     return got
+
+
+def _read_some(source: IO[bytes], buf: memoryview, whole: Hasher) -> int:
+    """One read of what ``source`` has (0 at its end), hashed; runs in the reader thread."""
+    read1 = getattr(source, "readinto1", None)
+    n: int = (read1 or source.readinto)(buf)  # type: ignore[attr-defined]
+    whole.update(buf[:n])
+    return n
 
 
 def _read_full(f: IO[bytes], buf: memoryview) -> int:
