@@ -111,8 +111,16 @@ def test_receive_to_stdout_refuses_an_offer_of_several_files(
 def _first_line(process: subprocess.Popen[str], timeout: float = 30.0) -> str:
     """The process's first stdout line, waited for at most ``timeout`` s (killed after it)."""
     assert process.stdout is not None
+    fd = process.stdout.fileno()
+
+    def readline() -> str:  # byte by byte: the rest stays in the pipe for communicate()
+        line = b""
+        while not line.endswith(b"\n") and (byte := os.read(fd, 1)):
+            line += byte
+        return line.decode()
+
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
-        line = pool.submit(process.stdout.readline)
+        line = pool.submit(readline)
         try:
             return line.result(timeout)
         except TimeoutError:

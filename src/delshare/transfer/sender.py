@@ -329,7 +329,7 @@ class _SendSession:
         if source is None:
             raise SourceChangedError("no stream to read from")
         whole = new_hasher()
-        await send_message(self._channel, FileBegin(index, 0), self.wait_timeout)
+        await send_message(self._channel, FileBegin(index, 0), self.wait_timeout, talk=self._talk)
         offset, buf = 0, self._buffers[0]
         loop = asyncio.get_running_loop()
         read = functools.partial(loop.run_in_executor, self._reader, _read_some, source, buf, whole)
@@ -339,8 +339,8 @@ class _SendSession:
                 for start in range(0, got, MAX_PAYLOAD):
                     record = buf[start : min(got, start + MAX_PAYLOAD)]
                     offset = await self._send_record(index, record, offset)
-        digest = whole.digest() if self._verify else b""
-        await send_message(self._channel, FileEnd(index, digest), self.wait_timeout)
+        end = FileEnd(index, whole.digest() if self._verify else b"")
+        await send_message(self._channel, end, self.wait_timeout, talk=self._talk)
         self._progress.update(index, offset, self._total_done, final=True)
 
     async def _resume_offset(self, f: IO[bytes], index: int, entry: Entry, whole: Hasher) -> int:
