@@ -7,6 +7,12 @@ exceptions of :mod:`delshare.errors` (``PairingError``, ``LinkError``, ``Transfe
 a setting the CLI would refuse raises :class:`delshare.app.common.UsageProblem`. Settings are
 explicit arguments: the API reads no configuration file and no ``DELSHARE_*`` variable.
 See docs/api.md.
+
+Two layers: :func:`send` and :func:`receive` turn their arguments into session options, then call
+:func:`send_with` and :func:`receive_with`, which take options already resolved. The ``delshare``
+command is a thin client of that lower layer: it resolves flags, ``DELSHARE_*`` variables and
+the config file into the same options and calls :func:`send_with` / :func:`receive_with` with its
+renderer as the ``events`` callback (``--to`` and ``--listen`` go through them too).
 """
 
 from __future__ import annotations
@@ -14,7 +20,7 @@ from __future__ import annotations
 import os
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 from delshare.app.common import SessionOptions, UsageProblem
 from delshare.app.connect import ConnectOptions
@@ -31,7 +37,18 @@ from delshare.app.events import (
 from delshare.link.race import Mode
 from delshare.link.relay import TurnSettings
 
-__all__ = ["FileResult", "TransferResult", "TurnServer", "receive", "send"]
+if TYPE_CHECKING:
+    from delshare.app.receive import Ask, AskOverwrite, ReceiveOptions
+
+__all__ = [
+    "FileResult",
+    "TransferResult",
+    "TurnServer",
+    "receive",
+    "receive_with",
+    "send",
+    "send_with",
+]
 
 EventCallback = Callable[[Event], None]
 
@@ -139,12 +156,32 @@ async def send(
     result has it too. ``rendezvous=None`` serves one on the local network (LAN mode).
     ``mode``: ``"any"``, ``"direct"`` or ``"relay"``. ``wait``: seconds to wait for the receiver.
     """
-    from delshare.app.send import run_send
-
-    collector = _Collector(events)
     options = _session(rendezvous, turn, mode, reconnect_timeout, wait)
     names = [os.fspath(p) for p in paths]
-    await run_send(names, code, options, collector, text=text, stream=stream)
+    return await send_with(names, options, code=code, text=text, stream=stream, events=events)
+
+
+async def send_with(
+    paths: Sequence[str],
+    options: SessionOptions,
+    *,
+    code: str | None = None,
+    text: str | None = None,
+    stream: BinaryIO | None = None,
+    ticket: str | None = None,
+    events: EventCallback | None = None,
+) -> TransferResult:
+    """:func:`send` with its settings already resolved into ``options`` (what the CLI calls);
+    ``ticket``: send to the receiver that printed it (``receive --listen``), no code."""
+    collector = _Collector(events)
+    if ticket is not None:
+        from delshare.app.manual import run_send_to  # with --to only
+
+        await run_send_to(paths, ticket, options, collector, stream)
+    else:
+        from delshare.app.send import run_send
+
+        await run_send(paths, code, options, collector, text=text, stream=stream)
     return collector.result
 
 
@@ -167,15 +204,39 @@ async def receive(
     ``accept`` decides on the offer (None: accept it); existing files fail the offer unless
     ``overwrite`` or ``rename``. A text message is returned in ``result.text``.
     """
-    from delshare.app.receive import ReceiveOptions, run_receive
+    from delshare.app.receive import ReceiveOptions
 
-    collector = _Collector(events)
     options = _session(rendezvous, turn, mode, reconnect_timeout, wait)
     receive_options = ReceiveOptions(os.fspath(output), overwrite, rename, yes=accept is None)
 
     async def ask(offer: OfferReceived) -> bool:
         return True if accept is None else await accept(offer)
 
-    await run_receive(code, options, receive_options, collector, ask)
-    collector.result.code = code
+    return await receive_with(code, options, receive_options, ask, events=events)
+
+
+async def receive_with(
+    code: str | None,
+    options: SessionOptions,
+    receive_options: ReceiveOptions,
+    ask: Ask,
+    ask_overwrite: AskOverwrite | None = None,
+    *,
+    permit: Sequence[str] = (),
+    events: EventCallback | None = None,
+) -> TransferResult:
+    """:func:`receive` with its settings already resolved (what the CLI calls). ``code=None``
+    listens instead (``receive --listen``: a ``TicketIssued`` event carries the ticket; only
+    senders from ``permit`` addresses, if any, are let in). ``ask`` decides on the offer,
+    ``ask_overwrite`` (None: never asked) on replacing existing files."""
+    collector = _Collector(events)
+    if code is None:
+        from delshare.app.manual import run_listen  # with --listen only
+
+        await run_listen(options, receive_options, permit, collector, ask, ask_overwrite)
+    else:
+        from delshare.app.receive import run_receive
+
+        await run_receive(code, options, receive_options, collector, ask, ask_overwrite)
+        collector.result.code = code
     return collector.result

@@ -12,9 +12,10 @@ from typing import Any
 
 import click
 
+from delshare.api import receive_with
 from delshare.app.common import EXIT_USAGE, SessionOptions, UsageProblem
 from delshare.app.events import OfferReceived
-from delshare.app.receive import Ask, AskOverwrite, ReceiveOptions, run_receive
+from delshare.app.receive import Ask, AskOverwrite, ReceiveOptions
 from delshare.cli.main import Finished
 from delshare.cli.send import (
     EXIT_CODES_HELP,
@@ -176,20 +177,27 @@ def receive(
     options = ReceiveOptions(
         output, overwrite, rename, yes, interactive=interactive, single_file=to_stdout
     )
-    ask, ask_overwrite = _asker(ui), _overwrite_asker(ui)
+    ask_overwrite = _overwrite_asker(ui)
     if to_stdout:
         raise Finished(_receive_to_stdout(code, listen, permit, session, options, ui))
-    if listen:
-        from delshare.app.manual import run_listen  # with --listen only
+    raise Finished(_receive(None if listen else code, permit, session, options, ui, ask_overwrite))
 
-        raise Finished(
-            run_app(
-                lambda: run_listen(session, options, permit, ui, ask, ask_overwrite), ui, "listen"
-            )
-        )
-    assert code is not None
-    raise Finished(
-        run_app(lambda: run_receive(code, session, options, ui, ask, ask_overwrite), ui, "receive")
+
+def _receive(
+    code: str | None,
+    permit: tuple[str, ...],
+    session: SessionOptions,
+    options: ReceiveOptions,
+    ui: Ui,
+    ask_overwrite: AskOverwrite | None = None,
+) -> int:
+    """Through the API (:func:`delshare.api.receive_with`), the UI as its events callback;
+    ``code=None``: listen (``--listen``)."""
+    ask = _asker(ui)
+    return run_app(
+        lambda: receive_with(code, session, options, ask, ask_overwrite, permit=permit, events=ui),
+        ui,
+        "receive" if code else "listen",
     )
 
 
@@ -206,16 +214,9 @@ def _receive_to_stdout(
 
     from delshare.app.stdio import copy_out, private_folder
 
-    ask = _asker(ui)
     with private_folder("delshare-out-") as folder:
         options = replace(options, output=str(folder))
-        if listen:
-            from delshare.app.manual import run_listen
-
-            result = run_app(lambda: run_listen(session, options, permit, ui, ask), ui, "listen")
-        else:
-            assert code is not None
-            result = run_app(lambda: run_receive(code, session, options, ui, ask), ui, "receive")
+        result = _receive(None if listen else code, permit, session, options, ui)
         if result != 0:
             return result
         try:

@@ -19,6 +19,7 @@ from typing import Any, BinaryIO, TypeVar
 
 import click
 
+from delshare.api import send_with
 from delshare.app.common import (
     EXIT_INTERRUPTED,
     EXIT_OK,
@@ -30,7 +31,6 @@ from delshare.app.common import (
 )
 from delshare.app.connect import ConnectOptions
 from delshare.app.hints import Side, explain, resume_hint
-from delshare.app.send import run_send
 from delshare.cli.main import Finished
 from delshare.cli.ui import Ui, pick_style
 from delshare.config import ClientConfig
@@ -242,7 +242,7 @@ def _event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
     return factory
 
 
-async def _with_sigterm(coro: Coroutine[Any, Any, None]) -> None:
+async def _with_sigterm(coro: Coroutine[Any, Any, object]) -> None:
     """Run ``coro``; SIGTERM cancels it like Ctrl-C does."""
     task = asyncio.current_task()
     loop = asyncio.get_running_loop()
@@ -256,7 +256,7 @@ def make_ui(kwargs: dict[str, Any]) -> Ui:
     return Ui(pick_style(kwargs["json_output"]), verbose=kwargs["verbose"])
 
 
-def run_app(make: Callable[[], Coroutine[Any, Any, None]], ui: Ui, side: Side = "") -> int:
+def run_app(make: Callable[[], Coroutine[Any, Any, object]], ui: Ui, side: Side = "") -> int:
     """Run the app coroutine; one line and an exit code for every failure, naming the next
     step when there is one (:mod:`delshare.app.hints`)."""
     try:
@@ -343,11 +343,12 @@ def _send(
     ui: Ui,
     stream: BinaryIO | None = None,
 ) -> int:
-    if ticket:
-        from delshare.app.manual import run_send_to  # with --to only
+    def main() -> Coroutine[Any, Any, object]:  # through the API, the UI as its events callback
+        return send_with(
+            paths, options, code=code, text=text, stream=stream, ticket=ticket or None, events=ui
+        )
 
-        return run_app(lambda: run_send_to(paths, ticket, options, ui, stream), ui, "send-to")
-    return run_app(lambda: run_send(paths, code, options, ui, text=text, stream=stream), ui, "send")
+    return run_app(main, ui, "send-to" if ticket else "send")
 
 
 def _send_stdin(code: str | None, ticket: str | None, options: SessionOptions, ui: Ui) -> int:
