@@ -49,7 +49,7 @@ from delshare.app.session import (
 )
 from delshare.app.text import is_text, take_text
 from delshare.errors import DelshareError, PairingError
-from delshare.link.records import RecordChannel
+from delshare.link.records import MAX_PAYLOAD, LinkClosedError, RecordChannel
 from delshare.pairing import pair, parse_code
 from delshare.transfer.digest import hash_file
 from delshare.transfer.errors import (
@@ -57,9 +57,10 @@ from delshare.transfer.errors import (
     DestinationExistsError,
     InsufficientSpaceError,
     PeerProtocolError,
+    TransferInterruptedError,
 )
 from delshare.transfer.manifest import Manifest, display_name
-from delshare.transfer.protocol import STALL_TIMEOUT, Offer
+from delshare.transfer.protocol import STALL_TIMEOUT, Offer, peer_timeout
 from delshare.transfer.receiver import ReceiveStats, receive_files
 
 RENAMED_NOTICES = 5
@@ -367,9 +368,14 @@ async def receive_over(
         stats = await _receive(channel, session, stall_timeout)
         if announcer:
             announcer[0].finished()
+        if healer is not None and healer.options.reconnect_timeout > 0:
+            await _sender_hangs_up(channel, stats, earlier)
         return stats, earlier
 
-    stats, earlier = await run_rounds(connection, healer, one_round)
+    try:
+        stats, earlier = await run_rounds(connection, healer, one_round)
+    except DoneMaybeLostError as lost:  # no reconnection, but every file is in place
+        stats, earlier = lost.stats, lost.earlier
     elapsed = time.monotonic() - session.begin
     manifest = session.manifest
     assert manifest is not None
@@ -394,6 +400,34 @@ async def receive_over(
             _saved_to(options.output, manifest, stats),
         )
     )
+
+
+class DoneMaybeLostError(TransferInterruptedError):
+    """The link broke after our final ``done``: the sender may not have it. Reconnecting lets
+    the sender's next round find every file there (all skipped) and hear ``done`` again; if no
+    reconnection comes, this side still succeeded (``stats``)."""
+
+    def __init__(self, message: str, stats: ReceiveStats, earlier: set[int]) -> None:
+        super().__init__(message)
+        self.stats, self.earlier = stats, earlier
+
+
+async def _sender_hangs_up(channel: RecordChannel, stats: ReceiveStats, earlier: set[int]) -> None:
+    """After our ``done``, the sender's CLOSE (it closes once it has ``done``); a link that
+    breaks instead raises :class:`DoneMaybeLostError`. A quiet sender is left after the peer
+    timeout: it is there, so it has the ``done`` or will say otherwise."""
+    buffer = memoryview(bytearray(MAX_PAYLOAD))
+    try:
+        async with asyncio.timeout(peer_timeout()):
+            while True:
+                await channel.recv_into(buffer)
+    except LinkClosedError as exc:
+        if not exc.clean:
+            raise DoneMaybeLostError(
+                f"link lost after the last file: {exc}", stats, earlier
+            ) from exc
+    except TimeoutError:
+        pass
 
 
 def _file_sizes(manifest: Manifest) -> dict[int, int]:
