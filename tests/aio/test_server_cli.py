@@ -118,3 +118,41 @@ def test_no_options_starts_with_the_demo_user_and_stops_on_sigterm() -> None:
         if process.poll() is None:
             os.kill(process.pid, signal.SIGKILL)
             process.wait(5)
+
+
+def _startup_log(*args: str) -> str:
+    """What ``delshare relay ARGS`` logs until its start-up is done (the ``clients:`` hint is
+    its last start-up line; then it is stopped)."""
+    process = subprocess.Popen(
+        [sys.executable, "-c", CODE, "relay", "--no-rendezvous", *args],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert process.stderr is not None
+    seen = ""
+    try:
+        deadline = time.monotonic() + START_TIMEOUT
+        while "clients:" not in seen and time.monotonic() < deadline:
+            ready, _, _ = select.select([process.stderr], [], [], 0.5)
+            if ready:
+                line = process.stderr.readline()
+                if not line:
+                    break
+                seen += line
+    finally:
+        process.kill()
+        process.wait(5)
+    return seen
+
+
+def test_demo_password_given_with_user_is_warned_about_truthfully() -> None:
+    from tests.support.ports import free_port
+
+    port = free_port("both")
+    seen = _startup_log("--user", "del:del", "--listen", f"127.0.0.1:{port}")
+    assert "--user: demo user del:del" in seen, seen
+    assert "no --user" not in seen
+    strong = _startup_log("--user", "del:long-secret", "--listen", f"127.0.0.1:{free_port('both')}")
+    assert "demo user" not in strong, strong

@@ -576,10 +576,12 @@ async def _serve(loader: SettingsLoader, settings: RelaySettings) -> None:
     try:
         if not settings.no_turn:
             turn = await _start_turn(relay_config(settings))
-            if dict(turn.core.config.auth.users) == {DEMO_USER[0]: DEMO_USER[1]}:
+            if turn.core.config.auth.users.get(DEMO_USER[0]) == DEMO_USER[1]:
+                given = "--user" if settings.users else "no --user and no --auth-secret"
                 log.warning(
-                    "no --user and no --auth-secret: demo user %s:%s in realm %s — anyone "
-                    "who knows it can relay through this server",
+                    "%s: demo user %s:%s in realm %s — anyone who knows it can relay through "
+                    "this server",
+                    given,
                     *DEMO_USER,
                     turn.core.config.auth.realm,
                 )
