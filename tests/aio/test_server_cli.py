@@ -87,27 +87,39 @@ def _port_busy(port: int) -> bool:
     return False
 
 
-def test_no_options_starts_with_the_demo_user_and_stops_on_sigterm() -> None:
-    if _port_busy(3478) or _port_busy(4000):
-        pytest.skip("default port 3478 or 4000 is in use here")
-    process = subprocess.Popen(
-        [sys.executable, "-c", CODE, "relay"],
+def _start_relay(*args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-c", CODE, "relay", *args],
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
     )
+
+
+def _read_log_until(process: subprocess.Popen[str], marker: str) -> str:
+    """The relay's log up to ``marker`` (or the start timeout), read from the descriptor itself:
+    a buffered ``readline`` may already hold the marker while ``select`` waits for more."""
     assert process.stderr is not None
-    seen = ""
+    fd = process.stderr.fileno()
+    seen = b""
+    deadline = time.monotonic() + START_TIMEOUT
+    while marker.encode() not in seen and time.monotonic() < deadline:
+        ready, _, _ = select.select([fd], [], [], 0.5)
+        if ready:
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                break
+            seen += chunk
+    return seen.decode(errors="replace")
+
+
+def test_no_options_starts_with_the_demo_user_and_stops_on_sigterm() -> None:
+    if _port_busy(3478) or _port_busy(4000):
+        pytest.skip("default port 3478 or 4000 is in use here")
+    process = _start_relay()
     try:
-        deadline = time.monotonic() + START_TIMEOUT
-        while "rendezvous listening" not in seen and time.monotonic() < deadline:
-            ready, _, _ = select.select([process.stderr], [], [], 0.5)
-            if ready:
-                line = process.stderr.readline()
-                if not line:
-                    break
-                seen += line
+        seen = _read_log_until(process, "rendezvous listening")
         assert "TURN listening on udp 0.0.0.0:3478" in seen, seen
         assert "TURN listening on tcp 0.0.0.0:3478" in seen, seen
         assert "demo user del:del" in seen
@@ -121,30 +133,14 @@ def test_no_options_starts_with_the_demo_user_and_stops_on_sigterm() -> None:
 
 
 def _startup_log(*args: str) -> str:
-    """What ``delshare relay ARGS`` logs until its start-up is done (the ``clients:`` hint is
-    its last start-up line; then it is stopped)."""
-    process = subprocess.Popen(
-        [sys.executable, "-c", CODE, "relay", "--no-rendezvous", *args],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    assert process.stderr is not None
-    seen = ""
+    """What ``delshare relay --no-rendezvous ARGS`` logs until its start-up is done (the
+    ``clients:`` hint is its last start-up line; then it is stopped)."""
+    process = _start_relay("--no-rendezvous", *args)
     try:
-        deadline = time.monotonic() + START_TIMEOUT
-        while "clients:" not in seen and time.monotonic() < deadline:
-            ready, _, _ = select.select([process.stderr], [], [], 0.5)
-            if ready:
-                line = process.stderr.readline()
-                if not line:
-                    break
-                seen += line
+        return _read_log_until(process, "clients:")
     finally:
         process.kill()
         process.wait(5)
-    return seen
 
 
 def test_demo_password_given_with_user_is_warned_about_truthfully() -> None:
@@ -155,4 +151,5 @@ def test_demo_password_given_with_user_is_warned_about_truthfully() -> None:
     assert "--user: demo user del:del" in seen, seen
     assert "no --user" not in seen
     strong = _startup_log("--user", "del:long-secret", "--listen", f"127.0.0.1:{free_port('both')}")
+    assert "clients:" in strong, strong  # the whole start-up was read
     assert "demo user" not in strong, strong
