@@ -90,6 +90,24 @@ async def test_records_flow_both_ways_with_kinds() -> None:
     await b.close()
 
 
+async def test_channels_count_the_data_bytes_they_move() -> None:
+    """DATA payload bytes are counted per channel, each way; CONTROL records are not."""
+    a, b = await linked()
+    await a.send(b"hello")
+    await a.send_control(b'{"type":"x"}')
+    await a.send(bytes(MAX_PAYLOAD))
+    await b.send(b"abc")
+    assert (await b.recv_record()).payload == b"hello"
+    await b.recv_record()
+    kind, length = await b.recv_into(memoryview(bytearray(MAX_PAYLOAD)))
+    assert (kind, length) == (RecordKind.DATA, MAX_PAYLOAD)
+    assert await a.recv() == b"abc"
+    assert (a.data_sent, a.data_received) == (5 + MAX_PAYLOAD, 3)
+    assert (b.data_sent, b.data_received) == (3, 5 + MAX_PAYLOAD)
+    await a.close()
+    await b.close()
+
+
 async def test_sender_and_receiver_are_role_aliases() -> None:
     a, b = await stream_pair()
     x, y = await asyncio.gather(

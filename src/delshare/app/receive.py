@@ -42,7 +42,6 @@ from delshare.app.send import report_hashes, started
 from delshare.app.session import (
     Healer,
     ResumeAnnouncer,
-    count_data,
     rendezvous_healer,
     run_rounds,
     with_handed_turn,
@@ -364,8 +363,10 @@ async def receive_over(
         channel = observe_file_ends(
             link.link.channel, hashes.__setitem__, resumed, session.offer_seen
         )
-        channel = count_data(channel, lambda n: moved.__setitem__(0, moved[0] + n))
-        stats = await _receive(channel, session, stall_timeout)
+        try:
+            stats = await _receive(channel, session, stall_timeout)
+        finally:  # the bytes a round moved count even if it fails
+            moved[0] += channel.data_sent + channel.data_received
         if announcer:
             announcer[0].finished()
         if healer is not None and healer.options.reconnect_timeout > 0:

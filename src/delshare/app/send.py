@@ -44,7 +44,6 @@ from delshare.app.observe import observe_file_ends
 from delshare.app.session import (
     Healer,
     ResumeAnnouncer,
-    count_data,
     rendezvous_healer,
     run_rounds,
     with_handed_turn,
@@ -279,9 +278,11 @@ async def send_over(
             announcer.new_link(link)
         earlier = set(hashes)
         channel = observe_file_ends(link.link.channel, hashes.__setitem__, resumed)
-        channel = count_data(channel, lambda n: moved.__setitem__(0, moved[0] + n))
         progress = progress_reporter(report)
-        stats = await send_files(channel, built, progress, stall_timeout=stall_timeout)
+        try:
+            stats = await send_files(channel, built, progress, stall_timeout=stall_timeout)
+        finally:  # the bytes a round moved count even if it fails
+            moved[0] += channel.data_sent + channel.data_received
         announcer.finished()
         return stats, earlier
 

@@ -44,14 +44,13 @@ from delshare.app.connect import (
 from delshare.app.events import LinkLost, NoticeIssued, Reconnected, Reporter
 from delshare.errors import DelshareError
 from delshare.link.candidates import Candidate, start_listener
-from delshare.link.records import LinkClosedError, RecordChannel, RecordKind, Role
+from delshare.link.records import LinkClosedError, Role
 from delshare.pairing import derive_key, rejoin
 from delshare.transfer.errors import StreamInterruptedError, TransferInterruptedError
 
 __all__ = [
     "Healer",
     "ResumeAnnouncer",
-    "count_data",
     "drop",
     "reconnect_names",
     "rendezvous_healer",
@@ -224,29 +223,6 @@ async def run_rounds(
                 number += 1
     finally:
         await connection.close()
-
-
-def count_data(channel: RecordChannel, count: Callable[[int], None]) -> RecordChannel:
-    """Call ``count(n)`` for the ``n`` bytes of every DATA record written or received on this
-    channel instance (the bytes a round moved, even if it fails)."""
-    write = channel.write
-
-    def counted_write(data: bytes | memoryview, kind: RecordKind = RecordKind.DATA) -> None:
-        write(data, kind)
-        if kind is RecordKind.DATA:
-            count(len(data))
-
-    channel.write = counted_write  # type: ignore[method-assign]
-    recv_into = channel.recv_into
-
-    async def counted_recv_into(buffer: memoryview) -> tuple[RecordKind, int]:
-        kind, length = await recv_into(buffer)
-        if kind is RecordKind.DATA:
-            count(length)
-        return kind, length
-
-    channel.recv_into = counted_recv_into  # type: ignore[method-assign]
-    return channel
 
 
 class ResumeAnnouncer:

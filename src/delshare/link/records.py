@@ -290,6 +290,10 @@ class RecordChannel:
         self._out_end = [0] * len(self._out)
         self._out_next = 0
         self._written = 0
+        self.data_sent = 0
+        """Payload bytes of the DATA records written on this channel."""
+        self.data_received = 0
+        """Payload bytes of the DATA records received on this channel."""
 
     @classmethod
     async def open(cls, sock: socket.socket, leftover: bytes, keys: SessionKeys) -> RecordChannel:
@@ -337,6 +341,8 @@ class RecordChannel:
             size = len(header) + len(ciphertext)
             self._transport.write(header + ciphertext)
         self._written += size
+        if kind is RecordKind.DATA:
+            self.data_sent += len(data)
 
     async def drain(self) -> None:
         """Wait until the transport's write buffer is below its high-water mark."""
@@ -362,6 +368,8 @@ class RecordChannel:
             self._protocol.release(index)
         if record.kind is RecordKind.CLOSE:
             self._peer_closed()
+        if record.kind is RecordKind.DATA:
+            self.data_received += len(record.payload)
         return record
 
     async def recv_into(self, buffer: memoryview) -> tuple[RecordKind, int]:
@@ -379,7 +387,10 @@ class RecordChannel:
             self._protocol.release(index)
         if kind is RecordKind.CLOSE:
             self._peer_closed()
-        return kind, len(ciphertext) - TAG_SIZE
+        length = len(ciphertext) - TAG_SIZE
+        if kind is RecordKind.DATA:
+            self.data_received += length
+        return kind, length
 
     def _peer_closed(self) -> NoReturn:
         error = LinkClosedError("peer closed the link", clean=True)
