@@ -44,7 +44,8 @@ in the module named on the right. The tree (``tests/test_errors.py`` keeps it tr
         TransferInterruptedError the link broke or stalled; resumable        transfer.errors
           PeerTimeoutError       the peer sent nothing for too long          transfer.errors
           StreamInterruptedError a stream (``send -``) broke: not resumable  transfer.errors
-          DoneMaybeLostError     the link broke after the receiver's done    app.receive
+          FinishedLinkLostError  the link broke after this side finished     app.session
+            DoneMaybeLostError   the link broke after the receiver's done    app.receive
         PeerProtocolError        the peer broke the transfer protocol        transfer.errors
           MessageTooLargeError   a control message over its bound            transfer.protocol
         OutputDirError           the output folder is missing                transfer.errors

@@ -40,6 +40,7 @@ from delshare.app.lan import find_lan_rendezvous
 from delshare.app.observe import observe_file_ends
 from delshare.app.send import report_hashes, started
 from delshare.app.session import (
+    FinishedLinkLostError,
     Healer,
     ResumeAnnouncer,
     rendezvous_healer,
@@ -56,7 +57,6 @@ from delshare.transfer.errors import (
     DestinationExistsError,
     InsufficientSpaceError,
     PeerProtocolError,
-    TransferInterruptedError,
 )
 from delshare.transfer.manifest import Manifest, display_name
 from delshare.transfer.protocol import STALL_TIMEOUT, Offer, peer_timeout
@@ -403,7 +403,7 @@ async def receive_over(
     )
 
 
-class DoneMaybeLostError(TransferInterruptedError):
+class DoneMaybeLostError(FinishedLinkLostError):
     """The link broke after our final ``done``: the sender may not have it. Reconnecting lets
     the sender's next round find every file there (all skipped) and hear ``done`` again; if no
     reconnection comes, this side still succeeded (``stats``)."""

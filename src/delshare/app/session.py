@@ -49,6 +49,7 @@ from delshare.pairing import derive_key, rejoin
 from delshare.transfer.errors import StreamInterruptedError, TransferInterruptedError
 
 __all__ = [
+    "FinishedLinkLostError",
     "Healer",
     "ResumeAnnouncer",
     "drop",
@@ -62,11 +63,19 @@ __all__ = [
 T = TypeVar("T")
 RETRY_PAUSE = 1.0  # first pause between reconnect attempts; doubled after each failure ...
 RETRY_PAUSE_MAX = 8.0  # ... up to this, so a long outage costs the rendezvous few requests
+FINISHED_RECONNECT = 15.0  # seconds a side that has finished waits for a reconnection
 TICKET_RACE = 10.0  # seconds per ticket reconnect attempt (the peer may not listen yet)
 CLOSE_TIMEOUT = 5.0
 _NAMEPLATE_PURPOSE = b"delshare/reconnect/v1 nameplate"
 _KEY_PURPOSE = b"delshare/reconnect/v1 mailbox"
 _PREFIXES = ("link lost while sending: ", "link lost while receiving: ")
+
+
+class FinishedLinkLostError(TransferInterruptedError):
+    """The link broke after this side finished its part: the peer may still need one more round
+    (it may not have heard the last message), so a reconnection is waited for, but only for
+    ``FINISHED_RECONNECT`` seconds, not the whole reconnect deadline: a peer that simply exited
+    without a clean CLOSE must not keep a finished side waiting for minutes."""
 
 
 def retry_pauses() -> Iterator[float]:
@@ -98,9 +107,12 @@ class Healer:
     report: Reporter
 
     async def reconnect(self, lost: TransferInterruptedError) -> Connection:
-        """A new authenticated link to the same peer; raises ``lost`` when the deadline passes."""
+        """A new authenticated link to the same peer; raises ``lost`` when the deadline passes
+        (``reconnect_timeout``, or at most ``FINISHED_RECONNECT`` for a side already finished)."""
         self.report(LinkLost(_reason(lost)))
         timeout = self.options.reconnect_timeout
+        if isinstance(lost, FinishedLinkLostError):
+            timeout = min(timeout, FINISHED_RECONNECT)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         last = "no attempt finished"
