@@ -6,9 +6,7 @@ the transfer protocol however the test wants. The other side is the real CLI in 
 from __future__ import annotations
 
 import os
-import select
 import subprocess
-import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TypeVar
@@ -64,21 +62,3 @@ def finish_cli(process: subprocess.Popen[bytes], timeout: float = 60) -> tuple[i
 
 def listing(folder: Path) -> list[str]:
     return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*"))
-
-
-def read_until(fd: int, marker: bytes, timeout: float) -> bytes:
-    """Read a pty master until ``marker`` shows up (bounded); return what was read."""
-    seen = b""
-    deadline = time.monotonic() + timeout
-    while marker not in seen:
-        left = deadline - time.monotonic()
-        if left <= 0 or not select.select([fd], [], [], left)[0]:
-            raise AssertionError(f"no {marker!r} on the terminal: {seen!r}")
-        try:
-            chunk = os.read(fd, 4096)
-        except OSError:  # EIO: the child closed the terminal
-            chunk = b""
-        if not chunk:
-            raise AssertionError(f"terminal closed before {marker!r}: {seen!r}")
-        seen += chunk
-    return seen

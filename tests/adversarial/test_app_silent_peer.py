@@ -37,10 +37,10 @@ from tests.adversarial.hostile_peer import (
     as_peer,
     finish_cli,
     listing,
-    read_until,
     start_cli,
 )
 from tests.app.harness import DELSHARE, RelayProcess, env_for, start_relay_process, stop
+from tests.support.terminal import read_until
 from tests.transfer.conftest import channel_pair
 
 HOLD = 30.0

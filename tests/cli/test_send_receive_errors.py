@@ -35,6 +35,7 @@ from tests.app.harness import (
     stop,
 )
 from tests.support.ports import free_port
+from tests.support.terminal import read_until
 
 
 @pytest.fixture(scope="module")
@@ -170,24 +171,6 @@ def test_existing_file_is_kept_unless_overwrite_or_rename(
     assert (out / "small.txt").read_text() == "hello\n"
 
 
-def _read_until(fd: int, marker: bytes, timeout: float) -> bytes:
-    """Read a pty master until ``marker`` shows up (bounded); return what was read."""
-    seen = b""
-    deadline = time.monotonic() + timeout
-    while marker not in seen:
-        left = deadline - time.monotonic()
-        if left <= 0 or not select.select([fd], [], [], left)[0]:
-            raise AssertionError(f"no {marker!r} on the terminal: {seen!r}")
-        try:
-            chunk = os.read(fd, 4096)
-        except OSError:  # EIO: the child closed the terminal
-            chunk = b""
-        if not chunk:
-            raise AssertionError(f"terminal closed before {marker!r}: {seen!r}")
-        seen += chunk
-    return seen
-
-
 def _receive_on_terminal(
     code: str, out: Path, env: dict[str, str], answer: str
 ) -> tuple[Outcome, str]:
@@ -205,7 +188,7 @@ def _receive_on_terminal(
         os.close(slave)
         slave = -1
         try:
-            seen = _read_until(master, b"? [y/N]: ", 60)
+            seen = read_until(master, b"? [y/N]: ", 60)
             os.write(master, answer.encode() + b"\n")
             outcome = finish(receiver, 60)
         finally:
