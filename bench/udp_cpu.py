@@ -27,7 +27,7 @@ from delshare.aio.client import connect_turn
 from delshare.aio.server import RelayConfig, start_relay
 from delshare.stun.framing import ChannelData
 from delshare.turn.auth import AuthConfig
-from delshare.turn.server_types import ServerConfig
+from delshare.turn.server_config import ServerConfig
 
 BURST, BURSTS, PAYLOAD = 400, 40, 100
 HOST = "127.0.0.1"

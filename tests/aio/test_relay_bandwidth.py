@@ -22,7 +22,7 @@ from delshare.aio.server import RelayConfig, RunningRelay, start_relay
 from delshare.stun.constants import PROTO_TCP, Attr, MessageClass, Method
 from delshare.turn.auth import AuthConfig
 from delshare.turn.ratelimit import TokenBucket
-from delshare.turn.server_types import ServerConfig
+from delshare.turn.server_config import ServerConfig
 from tests.aio.test_server_relay import (
     HOST,
     PASSWORD,

@@ -21,7 +21,7 @@ from delshare.stun.constants import PROTO_TCP, Attr, MessageClass, Method
 from delshare.stun.credentials import long_term_key
 from delshare.stun.message import Message
 from delshare.turn.auth import AuthConfig
-from delshare.turn.server_types import ServerConfig
+from delshare.turn.server_config import ServerConfig
 from tests.aio.test_server_relay import (
     HOST,
     PASSWORD,

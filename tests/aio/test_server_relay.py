@@ -27,7 +27,7 @@ from delshare.stun.credentials import long_term_key
 from delshare.stun.framing import StreamFramer
 from delshare.stun.message import Message, decode_message
 from delshare.turn.auth import AuthConfig
-from delshare.turn.server_types import ServerConfig
+from delshare.turn.server_config import ServerConfig
 
 REALM, USER, PASSWORD = "test.realm", "alice", "secret"
 KEY = long_term_key(USER, REALM, PASSWORD)

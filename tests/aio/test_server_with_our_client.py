@@ -17,7 +17,7 @@ from delshare.aio.server import RelayConfig, RunningRelay, start_relay
 from delshare.stun import attributes as at
 from delshare.stun.constants import PASSWORD_ALGORITHM_SHA256
 from delshare.turn.auth import AuthConfig
-from delshare.turn.server_types import ServerConfig
+from delshare.turn.server_config import ServerConfig
 
 HOST = "127.0.0.1"
 STEP = 10.0

@@ -16,7 +16,7 @@ from delshare.aio.server import RelayConfig, RunningRelay, start_relay
 from delshare.stun.attributes import LIFETIME
 from delshare.stun.constants import Method
 from delshare.turn.auth import AuthConfig
-from delshare.turn.server_types import ServerConfig
+from delshare.turn.server_config import ServerConfig
 
 HOST = "127.0.0.1"
 STEP = 10.0

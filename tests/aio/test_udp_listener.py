@@ -16,7 +16,7 @@ from delshare.stun import attributes as at
 from delshare.stun.constants import MessageClass, Method
 from delshare.stun.message import Message, decode_message
 from delshare.turn.auth import AuthConfig
-from delshare.turn.server_types import ServerConfig
+from delshare.turn.server_config import ServerConfig
 
 pytestmark = pytest.mark.skipif(
     sys.platform != "linux" or not os.environ.get("DELSHARE_TEST_NETNS"),

@@ -35,7 +35,7 @@ from delshare.link.race import (
 from delshare.link.records import LinkError
 from delshare.link.relay import TurnRelay, TurnSettings, open_relay
 from delshare.turn.auth import AuthConfig
-from delshare.turn.server_types import ServerConfig
+from delshare.turn.server_config import ServerConfig
 from delshare.turn.uri import parse_turn_uri
 
 USER, PASSWORD = "racer", "pw-for-racing"

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from delshare.stun.constants import PROTO_UDP, Attr, Method
 from delshare.stun.credentials import rest_password
-from delshare.turn.server_types import AuthenticationFailed, Output
+from delshare.turn.server_events import AuthenticationFailed, Output
 from tests.turn.test_server_core import SECRET, T0, USERS, Client, five, make_server
 
 

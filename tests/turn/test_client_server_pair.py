@@ -31,7 +31,8 @@ from delshare.turn.client import (
 )
 from delshare.turn.client_errors import AllocationError, AuthenticationError, PeerConnectError
 from delshare.turn.server import TurnServer
-from delshare.turn.server_types import (
+from delshare.turn.server_config import ServerConfig
+from delshare.turn.server_events import (
     TCP,
     UDP,
     AllocationCreated,
@@ -44,7 +45,6 @@ from delshare.turn.server_types import (
     Output,
     SendToClient,
     SendToPeer,
-    ServerConfig,
 )
 
 REALM = "pair.example"

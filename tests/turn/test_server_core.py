@@ -31,7 +31,8 @@ from delshare.stun.framing import ChannelData, decode_channel_data
 from delshare.stun.message import Message, decode_message
 from delshare.turn.auth import AuthConfig
 from delshare.turn.server import TurnServer
-from delshare.turn.server_types import (
+from delshare.turn.server_config import ServerConfig
+from delshare.turn.server_events import (
     TCP,
     TLS,
     UDP,
@@ -43,7 +44,6 @@ from delshare.turn.server_types import (
     Output,
     SendToClient,
     SendToPeer,
-    ServerConfig,
 )
 
 REALM = "test.realm"

@@ -11,13 +11,7 @@ from delshare.stun.constants import PROTO_TCP, Attr, MessageClass, Method
 from delshare.stun.message import Message
 from delshare.turn.auth import AuthConfig, Authenticator, NonceState
 from delshare.turn.peerfilter import PeerFilter
-from delshare.turn.server_state import (
-    AllocationState,
-    ConnectionState,
-    IllegalTransition,
-    TcpConnection,
-)
-from delshare.turn.server_types import (
+from delshare.turn.server_events import (
     TCP,
     UDP,
     BindDataConnection,
@@ -26,6 +20,12 @@ from delshare.turn.server_types import (
     ConnectionClosed,
     ConnectToPeer,
     SendToClient,
+)
+from delshare.turn.server_state import (
+    AllocationState,
+    ConnectionState,
+    IllegalTransition,
+    TcpConnection,
 )
 from tests.turn.test_server_core import T0, Client, code, five, make_server
 

@@ -31,7 +31,7 @@ from prometheus_client.registry import Collector
 
 from delshare.aio.pipe import BridgeMeter
 from delshare.stun.constants import PROTO_TCP
-from delshare.turn.server_types import (
+from delshare.turn.server_events import (
     AllocationCreated,
     AllocationDeleted,
     AuthenticationFailed,

@@ -50,7 +50,8 @@ from delshare.stun.constants import PROTO_TCP, ErrorCode
 from delshare.text import printable
 from delshare.turn.ratelimit import BandwidthPool, TokenBucket
 from delshare.turn.server import TurnServer
-from delshare.turn.server_types import (
+from delshare.turn.server_config import ServerConfig
+from delshare.turn.server_events import (
     TCP,
     TLS,
     UDP,
@@ -76,7 +77,6 @@ from delshare.turn.server_types import (
     RequestRefused,
     SendToClient,
     SendToPeer,
-    ServerConfig,
 )
 
 log = logging.getLogger("delshare.relay")

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from delshare.aio.pipe import Endpoint
 from delshare.errors import StunDecodeError
 from delshare.stun.framing import frame_length
-from delshare.turn.server_types import FiveTuple
+from delshare.turn.server_events import FiveTuple
 
 READ_SIZE = 65536
 MAX_PENDING_INPUT = 2 * 65536 + 8  # one maximal frame plus slack (RFC 8656 §12.5)

@@ -29,7 +29,7 @@ from delshare.link.relay import TurnSettings
 from delshare.pairing import generate_code, serve_rendezvous
 from delshare.transfer.digest import hash_file, new_hasher
 from delshare.turn.auth import AuthConfig
-from delshare.turn.server_types import ServerConfig
+from delshare.turn.server_config import ServerConfig
 from delshare.turn.uri import TurnUri
 
 __all__ = ["DemoResult", "run_demo"]

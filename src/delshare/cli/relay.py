@@ -50,7 +50,7 @@ from delshare.stun.attributes import Address
 from delshare.tls import server_context
 from delshare.turn.auth import AuthConfig
 from delshare.turn.peerfilter import parse_cidr
-from delshare.turn.server_types import ServerConfig
+from delshare.turn.server_config import ServerConfig
 
 DEMO_USER = ("del", "del")
 DEFAULT_REALM = DEFAULTS.realm

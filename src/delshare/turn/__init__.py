@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     )
     from delshare.turn.client_allocation import AllocationSchedule
     from delshare.turn.server import TurnServer
-    from delshare.turn.server_types import ServerConfig
+    from delshare.turn.server_config import ServerConfig
     from delshare.turn.uri import TurnUri, TurnUriError, parse_turn_uri
 
 __all__ = [
@@ -46,7 +46,7 @@ __getattr__ = lazy_exports(
         "TurnClientCore": "delshare.turn.client",
         "AllocationSchedule": "delshare.turn.client_allocation",
         "TurnServer": "delshare.turn.server",
-        "ServerConfig": "delshare.turn.server_types",
+        "ServerConfig": "delshare.turn.server_config",
         "TurnUri": "delshare.turn.uri",
         "TurnUriError": "delshare.turn.uri",
         "parse_turn_uri": "delshare.turn.uri",

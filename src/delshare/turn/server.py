@@ -66,19 +66,8 @@ from delshare.stun.message import Message, decode_message, error_response, succe
 from delshare.turn.auth import Authenticator, Credentials, CredentialsRefused
 from delshare.turn.peerfilter import PeerFilter
 from delshare.turn.ratelimit import RateLimiter
-from delshare.turn.server_state import (
-    Allocation,
-    AllocationState,
-    ConnectionState,
-    Reservation,
-    ResponseCache,
-    TcpConnection,
-    Timer,
-    TimerKind,
-    canonical_ip,
-    ip_family,
-)
-from delshare.turn.server_types import (
+from delshare.turn.server_config import ServerConfig
+from delshare.turn.server_events import (
     TLS,
     AllocationCreated,
     AllocationDeleted,
@@ -102,7 +91,18 @@ from delshare.turn.server_types import (
     RequestRefused,
     SendToClient,
     SendToPeer,
-    ServerConfig,
+)
+from delshare.turn.server_state import (
+    Allocation,
+    AllocationState,
+    ConnectionState,
+    Reservation,
+    ResponseCache,
+    TcpConnection,
+    Timer,
+    TimerKind,
+    canonical_ip,
+    ip_family,
 )
 
 # RFC 8656 §12 narrowed channels to 0x4000-0x4FFF; RFC 5766 clients (coturn's uclient) still pick

@@ -19,7 +19,7 @@ from delshare.errors import LocalProtocolError
 from delshare.stun.attributes import Address
 from delshare.stun.message import Message
 from delshare.turn.auth import Credentials
-from delshare.turn.server_types import FiveTuple
+from delshare.turn.server_events import FiveTuple
 
 
 @functools.lru_cache(maxsize=8192)
