@@ -18,6 +18,7 @@ CHECKED = [
     "turn/client_allocation.py",
     "aio/client.py",
     "aio/client_allocation.py",
+    "aio/client_renewal.py",
     "cli/turn_check.py",
     "link/relay.py",
     "turn/server.py",

@@ -25,7 +25,8 @@ import time
 from types import TracebackType
 from typing import Any, Self
 
-from delshare.aio.client_allocation import RelayedStream, TcpAllocation, UdpAllocation, _Allocation
+from delshare.aio.client_allocation import RelayedStream, TcpAllocation, UdpAllocation
+from delshare.aio.client_renewal import RenewingAllocation
 from delshare.errors import DelshareError, StunDecodeError
 from delshare.stun.attributes import (
     LIFETIME,
@@ -132,7 +133,7 @@ class TurnClient:
         self.ssl = _ssl_context(uri, ssl)
         self.server_address: Address = (uri.host, uri.port)
         self.local_address: Address = ("", 0)
-        self.allocation: _Allocation | None = None
+        self.allocation: RenewingAllocation | None = None
         self._loop = asyncio.get_running_loop()
         self._transport: asyncio.BaseTransport | None = None
         self._waiters: dict[bytes, asyncio.Future[Message]] = {}
@@ -335,7 +336,7 @@ class TurnClient:
         elif isinstance(event, PeerDataReceived) and isinstance(allocation, UdpAllocation):
             allocation._data_received(event)
 
-    def _adopt(self, allocation: _Allocation) -> None:
+    def _adopt(self, allocation: RenewingAllocation) -> None:
         self.allocation = allocation
         early, self._early = self._early, []
         for event in early:
