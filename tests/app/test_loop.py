@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from delshare.cli.send import _event_loop_factory
+from delshare.cli.common import _event_loop_factory
 from tests.app.harness import env_for, finish, start, start_relay_process, stop
 
 uvloop = pytest.importorskip("uvloop")

@@ -1,6 +1,6 @@
 """``delshare send`` / ``receive``: exit codes, one-line errors, JSON events, hostile offers.
 
-Exit codes (documented in ``delshare.cli.send``): 0 done, 1 failed, 2 usage, 3 refused,
+Exit codes (documented in ``delshare.cli.common``): 0 done, 1 failed, 2 usage, 3 refused,
 4 interrupted. No failure may print a traceback.
 """
 

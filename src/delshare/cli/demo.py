@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from delshare.app.common import EXIT_OK
-from delshare.cli.send import run_app
+from delshare.cli.common import run_app
 from delshare.cli.ui import Ui, human_size, pick_style
 
 __all__ = ["demo"]

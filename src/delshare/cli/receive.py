@@ -16,8 +16,7 @@ from delshare.api import receive_with
 from delshare.app.common import EXIT_USAGE, SessionOptions, UsageProblem
 from delshare.app.events import OfferReceived
 from delshare.app.receive import Ask, AskOverwrite, ReceiveOptions
-from delshare.cli.main import Finished
-from delshare.cli.send import (
+from delshare.cli.common import (
     EXIT_CODES_HELP,
     client_config,
     link_options,
@@ -25,6 +24,7 @@ from delshare.cli.send import (
     run_app,
     session_options,
 )
+from delshare.cli.main import Finished
 from delshare.cli.ui import Ui, describe_offer, pick_style
 from delshare.text import printable
 from delshare.transfer.manifest import display_name
