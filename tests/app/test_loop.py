@@ -1,27 +1,39 @@
-"""`delshare send`/`receive` run on uvloop when installed; `DELSHARE_LOOP=asyncio` opts out."""
+"""`delshare send`, `receive` and `relay` run on uvloop when installed; `DELSHARE_LOOP=asyncio`
+opts out."""
 
 from __future__ import annotations
 
+import os
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from delshare.cli.common import _event_loop_factory
-from tests.app.harness import env_for, finish, start, start_relay_process, stop
+from delshare.cli.loop import event_loop_factory
+from tests.app.harness import (
+    DELSHARE,
+    env_for,
+    finish,
+    start,
+    start_relay_process,
+    stop,
+    wait_listening,
+)
+from tests.support.ports import free_port
 
 uvloop = pytest.importorskip("uvloop")
 
 
 def test_uvloop_is_the_default(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("DELSHARE_LOOP", raising=False)
-    assert _event_loop_factory() is uvloop.new_event_loop
+    assert event_loop_factory() is uvloop.new_event_loop
 
 
 @pytest.mark.parametrize("value", ["asyncio", "ASYNCIO "])
 def test_delshare_loop_asyncio_opts_out(monkeypatch: pytest.MonkeyPatch, value: str) -> None:
     monkeypatch.setenv("DELSHARE_LOOP", value)
-    assert _event_loop_factory() is None
+    assert event_loop_factory() is None
 
 
 @pytest.fixture(scope="module")
@@ -47,4 +59,25 @@ def test_running_sender_loads_uvloop_unless_opted_out(
     finally:
         sender.kill()
         finish(sender, 10)
+    assert ("/uvloop/loop." in maps) is loaded
+
+
+@pytest.mark.parametrize(("loop", "loaded"), [(None, True), ("asyncio", False)])
+def test_running_relay_loads_uvloop_unless_opted_out(
+    tmp_path: Path, loop: str | None, loaded: bool
+) -> None:
+    """The relay runs on the same loop as send and receive (one runner, ``delshare.cli.loop``)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DELSHARE_")}
+    if loop:
+        env["DELSHARE_LOOP"] = loop
+    port = free_port("tcp")
+    argv = [DELSHARE, "relay", "--no-turn", "--rendezvous-listen", f"127.0.0.1:{port}"]
+    log = tmp_path / "relay.log"
+    with log.open("wb") as out:
+        relay = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=out)
+    try:
+        wait_listening(relay, [port], log=log)  # running its event loop
+        maps = Path(f"/proc/{relay.pid}/maps").read_text()
+    finally:
+        stop(relay)
     assert ("/uvloop/loop." in maps) is loaded

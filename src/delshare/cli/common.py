@@ -3,8 +3,8 @@
 The rendezvous and TURN options (each with a ``DELSHARE_*`` variable), their validation into
 ``SessionOptions``, and :func:`run_app`, which runs a coroutine and maps its outcome to the
 documented exit codes: 0 done, 1 failed, 2 usage, 3 refused (by the peer, or declined here),
-4 interrupted (Ctrl-C, SIGTERM). It runs on uvloop when installed; ``DELSHARE_LOOP=asyncio``
-selects the standard event loop instead.
+4 interrupted (Ctrl-C, SIGTERM). It runs on the loop ``delshare.cli.loop`` picks (uvloop when
+installed; ``DELSHARE_LOOP=asyncio`` selects the standard event loop instead).
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from delshare.app.common import (
 )
 from delshare.app.connect import ConnectOptions
 from delshare.app.hints import Side, explain, resume_hint
+from delshare.cli.loop import run_on_loop
 from delshare.cli.ui import Ui, pick_style
 from delshare.config import ClientConfig
 from delshare.errors import DelshareError
@@ -45,7 +46,6 @@ __all__ = [
 ]
 
 F = TypeVar("F", bound=Callable[..., Any])
-DEFAULT_RECONNECT_TIMEOUT = 120.0
 EXIT_CODES_HELP = (
     "Exit codes: 0 done, 1 failed, 2 usage error, 3 refused (by the peer or declined), "
     "4 interrupted."
@@ -99,7 +99,7 @@ def link_options(f: F) -> F:
             "--reconnect-timeout",
             envvar="DELSHARE_RECONNECT_TIMEOUT",
             type=click.FloatRange(min=0),
-            default=DEFAULT_RECONNECT_TIMEOUT,
+            default=SessionOptions.reconnect_timeout,
             show_default=True,
             metavar="SECONDS",
             help="When the link breaks mid-transfer, reconnect and resume for up to this long; "
@@ -231,19 +231,6 @@ def _stall_timeout() -> float:
     return value
 
 
-def _event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
-    """uvloop when installed (the ``fast`` extra: cheaper socket I/O), unless
-    ``DELSHARE_LOOP=asyncio`` asks for the standard loop; None means the standard loop."""
-    if os.environ.get("DELSHARE_LOOP", "").strip().lower() == "asyncio":
-        return None
-    try:
-        import uvloop
-    except ImportError:
-        return None
-    factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
-    return factory
-
-
 async def _with_sigterm(coro: Coroutine[Any, Any, object]) -> None:
     """Run ``coro``; SIGTERM cancels it like Ctrl-C does."""
     task = asyncio.current_task()
@@ -262,8 +249,7 @@ def run_app(make: Callable[[], Coroutine[Any, Any, object]], ui: Ui, side: Side 
     """Run the app coroutine; one line and an exit code for every failure, naming the next
     step when there is one (:mod:`delshare.app.hints`)."""
     try:
-        with asyncio.Runner(loop_factory=_event_loop_factory()) as runner:
-            runner.run(_with_sigterm(make()))
+        run_on_loop(_with_sigterm(make()))
     except (KeyboardInterrupt, asyncio.CancelledError):
         hint = f"; {resume_hint(side)}" if ui.transferring and side else ""
         ui.error(f"interrupted{hint}", EXIT_INTERRUPTED)

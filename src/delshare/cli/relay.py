@@ -21,7 +21,6 @@ import os
 import signal
 import ssl
 import sys
-from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,6 +30,7 @@ from click.core import ParameterSource
 from delshare.address import format_address, parse_address
 from delshare.aio.server import RelayConfig, RunningRelay, start_relay
 from delshare.cli.logsetup import LOG_FORMATS, setup_logging
+from delshare.cli.loop import run_on_loop
 from delshare.cli.relay_config import (
     DEFAULTS,
     FIELD_NAMES,
@@ -260,19 +260,24 @@ class OneLineErrors(click.Command):
 @click.option("--max-pending-connections", type=click.IntRange(1),
               default=DEFAULTS.max_pending_connections, show_default=True,
               help="RFC 6062 connections not yet bound, in total.")  # fmt: skip
-@click.option("--max-pending-per-allocation", type=click.IntRange(1), default=32,
+@click.option("--max-pending-per-allocation", type=click.IntRange(1),
+              default=ServerConfig.max_pending_per_allocation,
               show_default=True, help="RFC 6062 connections not yet bound, per allocation "
               "(beyond: 508 / the peer is refused).")  # fmt: skip
-@click.option("--max-pending-per-user", type=click.IntRange(1), default=64, show_default=True,
+@click.option("--max-pending-per-user", type=click.IntRange(1),
+              default=ServerConfig.max_pending_per_user, show_default=True,
               help="RFC 6062 connections not yet bound, per username, so one user cannot "
               "hold the whole --max-pending-connections budget.")  # fmt: skip
-@click.option("--tls-handshake-timeout", type=click.FloatRange(0.1), default=10.0,
+@click.option("--tls-handshake-timeout", type=click.FloatRange(0.1),
+              default=RelayConfig.tls_handshake_timeout,
               show_default=True, help="Seconds a TLS client may take to finish its handshake."
               )  # fmt: skip
-@click.option("--max-tls-handshakes", type=click.IntRange(1), default=256, show_default=True,
+@click.option("--max-tls-handshakes", type=click.IntRange(1),
+              default=RelayConfig.max_tls_handshakes, show_default=True,
               help="TLS handshakes in progress at once; beyond, new connections are closed."
               )  # fmt: skip
-@click.option("--max-tls-handshakes-per-ip", type=click.IntRange(1), default=16,
+@click.option("--max-tls-handshakes-per-ip", type=click.IntRange(1),
+              default=RelayConfig.max_tls_handshakes_per_ip,
               show_default=True, help="TLS handshakes in progress at once from one client IP."
               )  # fmt: skip
 @click.option("--max-lifetime", type=click.IntRange(1), default=DEFAULTS.max_lifetime,
@@ -362,11 +367,13 @@ class OneLineErrors(click.Command):
     "errors) at /metrics and readiness at /healthz (200 ready, 503 draining) here.",
 )
 @click.option("--pidfile", type=click.Path(dir_okay=False), help="Write the process id here.")
-@click.option("--max-bps", type=click.IntRange(0), default=0, show_default=True,
+@click.option("--max-bps", type=click.IntRange(0),
+              default=RelayConfig.max_bps, show_default=True,
               help="Bandwidth cap per allocation in bytes per second, each direction separately "
               "(coturn's max-bps), for UDP relays and RFC 6062 data connections alike: UDP "
               "beyond it is dropped, TCP is slowed by flow control. 0: uncapped.")  # fmt: skip
-@click.option("--bps-capacity", type=click.IntRange(0), default=0, show_default=True,
+@click.option("--bps-capacity", type=click.IntRange(0),
+              default=RelayConfig.bps_capacity, show_default=True,
               help="Total bytes per second handed out to allocations (coturn's bps-capacity): "
               "each allocation reserves --max-bps, or what is left; when nothing is left new "
               "allocations get 486. Needs --max-bps. 0: unlimited.")  # fmt: skip
@@ -398,7 +405,7 @@ def relay(config_file: str | None, check_config: bool, **_opts: Any) -> None:
         log.warning("%s", warning)
     try:
         with _pidfile(settings.pidfile):
-            _run(_serve(loader, settings))
+            run_on_loop(_serve(loader, settings))
     except KeyboardInterrupt:
         pass
     except OSError as exc:
@@ -505,17 +512,6 @@ class SettingsLoader:
         return found
 
 
-def _run(main: Coroutine[Any, Any, None]) -> None:
-    """asyncio.run, on uvloop when it is installed (the ``fast`` extra)."""
-    try:
-        import uvloop
-    except ImportError:
-        asyncio.run(main)
-        return
-    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        runner.run(main)
-
-
 def _extra(settings: RelaySettings, name: str, default: Any) -> Any:
     """A setting of a flag that ``RelaySettings`` has no field for (its default otherwise)."""
     return settings.extra.get(name, default)
@@ -539,8 +535,12 @@ def relay_config(settings: RelaySettings) -> RelayConfig:
         request_burst=max(1, int(settings.max_request_rate * 4)),
         max_connections_per_allocation=settings.max_connections_per_allocation,
         max_pending_connections=settings.max_pending_connections,
-        max_pending_per_allocation=_extra(settings, "max_pending_per_allocation", 32),
-        max_pending_per_user=_extra(settings, "max_pending_per_user", 64),
+        max_pending_per_allocation=_extra(
+            settings, "max_pending_per_allocation", ServerConfig.max_pending_per_allocation
+        ),
+        max_pending_per_user=_extra(
+            settings, "max_pending_per_user", ServerConfig.max_pending_per_user
+        ),
         max_lifetime=settings.max_lifetime,
         alternate_servers=settings.alternate_server,
         udp_relays=not settings.no_udp_relay,
@@ -561,9 +561,13 @@ def relay_config(settings: RelaySettings) -> RelayConfig:
         relay_ips=settings.relay_ip + settings.relay_ip6,
         udp=not settings.no_udp,
         tcp=not settings.no_tcp,
-        tls_handshake_timeout=float(_extra(settings, "tls_handshake_timeout", 10.0)),
-        max_tls_handshakes=_extra(settings, "max_tls_handshakes", 256),
-        max_tls_handshakes_per_ip=_extra(settings, "max_tls_handshakes_per_ip", 16),
+        tls_handshake_timeout=float(
+            _extra(settings, "tls_handshake_timeout", RelayConfig.tls_handshake_timeout)
+        ),
+        max_tls_handshakes=_extra(settings, "max_tls_handshakes", RelayConfig.max_tls_handshakes),
+        max_tls_handshakes_per_ip=_extra(
+            settings, "max_tls_handshakes_per_ip", RelayConfig.max_tls_handshakes_per_ip
+        ),
         max_bps=settings.max_bps or 0,
         bps_capacity=settings.bps_capacity or 0,
     )
