@@ -13,6 +13,9 @@ CORE_MODULES = [
     "address.py",
     "fields.py",
     "link/crypto.py",
+    "pairing/mailbox.py",
+    "pairing/redis_scripts.py",
+    "pairing/wire.py",
     "transfer/states.py",
 ]  # sans-IO modules outside the core packages
 FORBIDDEN = {"asyncio", "socket", "time", "selectors", "ssl", "threading"}

@@ -1,8 +1,8 @@
 """What a rendezvous mailbox backend is, as the server sees it.
 
-``server.LocalBackend`` (in memory) and ``redis_backend.RedisBackend`` (shared by several nodes)
-both implement ``MailboxBackend``; the server hands each a ``Deliver`` callback. These types live
-here, apart from both, so that neither backend imports the server.
+``local_backend.LocalBackend`` (in memory) and ``redis_backend.RedisBackend`` (shared by
+several nodes) both implement ``MailboxBackend``; the server hands each a ``Deliver`` callback.
+These types live here, apart from both, so that neither backend imports the server.
 """
 
 from __future__ import annotations

@@ -8,9 +8,9 @@ mailbox within ``idle_timeout`` is closed. An ``AddressGuard`` bounds connection
 message rate per client address (per node); the store bounds mailboxes per address, in number
 and in bytes (across nodes with Redis).
 
-Two backends: ``LocalBackend`` puts a sans-IO ``MailboxStore`` (the in-memory ``MailboxTable``)
-on the loop clock and sweeps expired mailboxes; ``RedisBackend`` (``redis_backend``) keeps the
-mailboxes in Redis so that independent nodes share them.
+Two backends: ``LocalBackend`` (``local_backend``) puts a sans-IO ``MailboxStore`` (the
+in-memory ``MailboxTable``) on the loop clock and sweeps expired mailboxes; ``RedisBackend``
+(``redis_backend``) keeps the mailboxes in Redis so that independent nodes share them.
 """
 
 from __future__ import annotations
@@ -30,9 +30,9 @@ from websockets.exceptions import ConnectionClosed
 
 from delshare.errors import PairingError
 from delshare.pairing import wire
-from delshare.pairing.backend import Deliver, MailboxBackend
-from delshare.pairing.codes import nameplate_candidates
+from delshare.pairing.backend import MailboxBackend
 from delshare.pairing.guard import AddressGuard, address_key
+from delshare.pairing.local_backend import SWEEP_INTERVAL, LocalBackend
 from delshare.pairing.mailbox import (
     LOST,
     BodyRelayed,
@@ -50,7 +50,6 @@ from delshare.pairing.mailbox import (
 from delshare.pairing.metrics import RendezvousMetrics
 from delshare.pairing.turn_grant import TurnGrant, reached_host
 
-SWEEP_INTERVAL = 1.0
 CONNECTION_GRACE = 5.0  # a connection may outlive its mailbox's max_age by this much
 FRAME_OVERHEAD = 1024  # JSON around a body of max_message_size
 MAX_QUEUE = 4  # frames websockets buffers per connection before it stops reading
@@ -61,61 +60,6 @@ CLOSE_TIMEOUT = 2.0
 # checked every TRIM_INTERVAL s once the count fell to half of a peak of at least TRIM_PEAK.
 TRIM_INTERVAL = 2.0
 TRIM_PEAK = 64
-
-
-class LocalBackend:
-    """A sans-IO ``MailboxStore`` on the loop clock, with a task that sweeps expired mailboxes."""
-
-    def __init__(self, store: MailboxStore, sweep_interval: float = SWEEP_INTERVAL) -> None:
-        self.store = store
-        self.limits = store.limits
-        self._sweep_interval = sweep_interval
-        self._deliver: Deliver | None = None
-        self._sweeper: asyncio.Task[None] | None = None
-
-    async def start(self, deliver: Deliver) -> None:
-        self._deliver = deliver
-        self._sweeper = asyncio.create_task(self._sweep())
-
-    async def open(
-        self, client: ClientId, nameplate: str, *, side: str | None = None, ip: str = ""
-    ) -> bool:
-        await self._emit(self.store.open(client, nameplate, self._now(), side=side, ip=ip))
-        return self.store.paired(client)
-
-    async def allocate(self, client: ClientId, *, ip: str = "") -> str:
-        return self.store.allocate(client, nameplate_candidates(), self._now(), ip=ip)
-
-    def mailboxes(self) -> int:
-        size = getattr(self.store, "__len__", None)
-        return int(size()) if size is not None else 0
-
-    async def add(self, client: ClientId, body: str) -> None:
-        await self._emit(self.store.add(client, body, self._now()))
-
-    async def close(self, client: ClientId) -> None:
-        await self._emit(self.store.close(client, self._now()))
-
-    async def aclose(self) -> None:
-        if self._sweeper is not None:
-            self._sweeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._sweeper
-
-    async def _emit(self, events: list[Event]) -> None:
-        if events and self._deliver is not None:
-            await self._deliver(events)
-
-    async def _sweep(self) -> None:
-        while True:
-            deadline = self.store.next_expiry()
-            delay = self._sweep_interval if deadline is None else deadline - self._now()
-            await asyncio.sleep(min(max(delay, 0.0), self._sweep_interval))
-            await self._emit(self.store.expire(self._now()))
-
-    @staticmethod
-    def _now() -> float:
-        return asyncio.get_running_loop().time()
 
 
 class RendezvousServer:
