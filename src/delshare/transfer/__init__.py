@@ -1,4 +1,4 @@
-"""Moving files over a link: manifest, sender, receiver, resume, BLAKE3 digests."""
+"""Moving files over a link: manifest, sender, receiver (plan, session, install), resume, BLAKE3."""
 
 from typing import TYPE_CHECKING
 
