@@ -13,6 +13,7 @@ CORE_MODULES = [
     "address.py",
     "fields.py",
     "link/crypto.py",
+    "transfer/events.py",
     "transfer/states.py",
 ]  # sans-IO modules outside the core packages
 FORBIDDEN = {"asyncio", "socket", "time", "selectors", "ssl", "threading"}

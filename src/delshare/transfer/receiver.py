@@ -43,6 +43,13 @@ from delshare.transfer.errors import (
     TransferInterruptedError,
     stalled,
 )
+from delshare.transfer.events import (
+    FileReceived,
+    FileStarted,
+    OfferArrived,
+    ReceiveEvent,
+    ReceiveEventCallback,
+)
 from delshare.transfer.install import (
     close_part,
     discard_part,
@@ -122,6 +129,7 @@ async def receive_files(
     ask_overwrite: AskOverwrite | None = None,
     stall_timeout: float = STALL_TIMEOUT,
     wait_timeout: float | None = None,
+    on_event: ReceiveEventCallback | None = None,
 ) -> ReceiveStats:
     """Receive one offer into ``output_dir``; return once every file is verified and in place.
 
@@ -136,6 +144,10 @@ async def receive_files(
     one that sends no message for ``wait_timeout`` seconds (default :func:`peer_timeout`) when
     one is due, with PeerTimeoutError. A destination file of the offered size is skipped only if
     its content hash equals the sender's; otherwise it is a conflict like any existing file.
+    ``on_event`` gets an :class:`~delshare.transfer.events.OfferArrived` before the offer is
+    planned (before ``ask_overwrite`` and ``confirm``), then a
+    :class:`~delshare.transfer.events.FileStarted` and a
+    :class:`~delshare.transfer.events.FileReceived` for every file received.
     """
     out = Path(output_dir)
     streaming = False
@@ -150,6 +162,8 @@ async def receive_files(
             talk = Conversation(Side.RECEIVER)
             offer = await _receive_offer(channel, talk, timeout)
             streaming = offer.manifest.streaming
+            report = on_event or _ignore
+            report(OfferArrived(offer.manifest, offer.skipped, offer.skipped_count))
             async with keepalive(channel, keepalive_interval(timeout)):
                 policy = Policy(overwrite, rename, ask_overwrite)
                 targets, overwrite = await plan_or_reject(
@@ -163,7 +177,16 @@ async def receive_files(
                 progress = ProgressThrottle(progress_cb)
                 timeouts = Timeouts(stall_timeout, timeout)
                 session = _ReceiveSession(
-                    channel, talk, pool, hash_pool, targets, progress, overwrite, verify, timeouts
+                    channel,
+                    talk,
+                    pool,
+                    hash_pool,
+                    targets,
+                    progress,
+                    overwrite,
+                    verify,
+                    timeouts,
+                    report,
                 )
                 return await session.run()
     except LinkClosedError as exc:
@@ -205,6 +228,7 @@ class _ReceiveSession:
         overwrite: bool,
         verify: bool,
         timeouts: Timeouts,
+        on_event: ReceiveEventCallback,
     ) -> None:
         self._channel = channel
         self._talk = talk
@@ -219,6 +243,7 @@ class _ReceiveSession:
         self._resumed: dict[int, int] = {}
         self._verify = verify
         self._buffers = [aligned_buffer(_UNIT) for _ in range(_RING)]  # O_DIRECT-ready
+        self._on_event = on_event
 
     async def run(self) -> ReceiveStats:
         try:
@@ -264,6 +289,7 @@ class _ReceiveSession:
         if target.entry.stream and offset:
             raise PeerProtocolError(f"{display_name(target.entry.path)}: a stream starts at 0")
         hasher = _hasher_for(target, offset)
+        self._on_event(FileStarted(target.index, offset))
         self._resumed[target.index] = offset
         self._total_done += offset
         loop = asyncio.get_running_loop()
@@ -281,6 +307,7 @@ class _ReceiveSession:
             await loop.run_in_executor(self._pool, discard_part, target, fd)
             raise IntegrityError(f"{display_name(target.entry.path)}: content hash mismatch")
         await loop.run_in_executor(self._pool, install_file, target, fd, self._overwrite)
+        self._on_event(FileReceived(target.index, end.digest, target.final))
         self._progress.update(target.index, size, self._total_done, final=True)
 
     async def _receive_body(
@@ -386,6 +413,10 @@ def _hasher_for(target: Target, offset: int) -> Hasher:
     if target.state is None or offset > target.state.length:
         raise PeerProtocolError(f"resume offset {offset} beyond the offered .part")
     return target.state.hasher_at(offset)
+
+
+def _ignore(event: ReceiveEvent) -> None:
+    pass
 
 
 def _hash_unit(hasher: Hasher, data: memoryview) -> None:
