@@ -16,6 +16,7 @@ CORE_MODULES = [
     "pairing/mailbox.py",
     "pairing/redis_scripts.py",
     "pairing/wire.py",
+    "transfer/events.py",
     "transfer/states.py",
 ]  # sans-IO modules outside the core packages
 FORBIDDEN = {"asyncio", "socket", "time", "selectors", "ssl", "threading"}

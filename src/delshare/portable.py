@@ -7,7 +7,7 @@ at run time elsewhere: ``O_DIRECT`` writes and ``fallocate(2)`` preallocation
 timings on links (:mod:`delshare.link.records`; plain ``SO_KEEPALIVE`` otherwise),
 ``getifaddrs(3)`` for interface addresses (:mod:`delshare.link.candidates`; the resolver and
 socket probing otherwise), and the receiver's ``fchmod``/``utime`` on a descriptor
-(:mod:`delshare.transfer.receiver`; by path after closing, as on Windows). With the switch on,
+(:mod:`delshare.transfer.install`; by path after closing, as on Windows). With the switch on,
 every one of them takes its portable fallback, so the test suite exercises the fallbacks on
 Linux too (``tests/transfer/test_portable.py`` reruns the transfer tests that way).
 """

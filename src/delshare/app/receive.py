@@ -37,7 +37,6 @@ from delshare.app.events import (
     TransferFinished,
 )
 from delshare.app.lan import find_lan_rendezvous
-from delshare.app.observe import observe_file_ends
 from delshare.app.send import report_hashes, started
 from delshare.app.session import (
     FinishedLinkLostError,
@@ -58,8 +57,15 @@ from delshare.transfer.errors import (
     InsufficientSpaceError,
     PeerProtocolError,
 )
+from delshare.transfer.events import (
+    FileReceived,
+    FileStarted,
+    OfferArrived,
+    ReceiveEvent,
+    ReceiveEventCallback,
+)
 from delshare.transfer.manifest import Manifest, display_name
-from delshare.transfer.protocol import STALL_TIMEOUT, Offer, peer_timeout
+from delshare.transfer.protocol import STALL_TIMEOUT, peer_timeout
 from delshare.transfer.receiver import ReceiveStats, receive_files
 
 RENAMED_NOTICES = 5
@@ -104,7 +110,7 @@ class ReceiveOptions:
 
 
 async def _hash_missing(manifest: Manifest, stats: ReceiveStats, hashes: dict[int, bytes]) -> None:
-    """Hash from disk any received file whose ``file-end`` the observer did not see."""
+    """Hash from disk any received file this run saw no ``FileReceived`` event for."""
     index_of = {e.path: i for i, e in enumerate(manifest.entries)}
     loop = asyncio.get_running_loop()
     for received in stats.files:
@@ -205,10 +211,6 @@ class _Session:
         if manifest.streaming:
             self.report(NoticeIssued(STREAM_NOTICE))
 
-    def offer_seen(self, offer: Offer) -> None:
-        """The offer as it arrives on the link, before the transfer layer plans it."""
-        self.offered(offer.manifest, offer.skipped, offer.skipped_count)
-
     async def replace(self, names: tuple[str, ...]) -> bool:
         """The transfer layer's overwrite question, asked together with the offer."""
         assert self.ask_overwrite is not None and self.offer is not None
@@ -247,7 +249,10 @@ class _Session:
 
 
 async def _receive(
-    channel: RecordChannel, session: _Session, stall_timeout: float = STALL_TIMEOUT
+    channel: RecordChannel,
+    session: _Session,
+    on_event: ReceiveEventCallback,
+    stall_timeout: float = STALL_TIMEOUT,
 ) -> ReceiveStats:
     options = session.options
     try:
@@ -260,6 +265,7 @@ async def _receive(
             progress_cb=progress_reporter(session.report),
             ask_overwrite=session.replace if session.ask_overwrite is not None else None,
             stall_timeout=stall_timeout,
+            on_event=on_event,
         )
     except (DeclinedError, DestinationExistsError) as exc:
         raise session.declined(exc) from exc
@@ -346,13 +352,22 @@ async def receive_over(
 
     def resumed(index: int, offset: int) -> None:
         manifest = session.manifest
-        if manifest is not None and not announcer:
+        assert manifest is not None  # the offer came first
+        if not announcer:
             announcer.append(ResumeAnnouncer(report, _file_sizes(manifest)))
-        if announcer:
-            announcer[0].file_begins(index, offset)
-        entry = manifest.entries[index] if manifest and index < len(manifest.entries) else None
-        if entry is not None and offset > 0:
+        announcer[0].file_begins(index, offset)
+        if offset > 0:
+            entry = manifest.entries[index]
             report(ResumeStarted(display_name(entry.path), offset, entry.size))
+
+    def on_event(event: ReceiveEvent) -> None:
+        match event:
+            case OfferArrived(manifest, skipped, count):
+                session.offered(manifest, skipped, count)
+            case FileStarted(index, offset):
+                resumed(index, offset)
+            case FileReceived(index, digest):
+                hashes[index] = digest
 
     async def one_round(link: Connection, number: int) -> tuple[ReceiveStats, set[int]]:
         if number and session.manifest is not None:
@@ -360,11 +375,9 @@ async def receive_over(
                 announcer.append(ResumeAnnouncer(report, _file_sizes(session.manifest)))
             announcer[0].new_link(link)
         earlier = set(hashes)
-        channel = observe_file_ends(
-            link.link.channel, hashes.__setitem__, resumed, session.offer_seen
-        )
+        channel = link.link.channel
         try:
-            stats = await _receive(channel, session, stall_timeout)
+            stats = await _receive(channel, session, on_event, stall_timeout)
         finally:  # the bytes a round moved count even if it fails
             moved[0] += channel.data_sent + channel.data_received
         if announcer:

@@ -40,7 +40,6 @@ from delshare.app.events import (
     TransferStarted,
 )
 from delshare.app.lan import check_lan_route, lan_rendezvous
-from delshare.app.observe import observe_file_ends
 from delshare.app.session import (
     Healer,
     ResumeAnnouncer,
@@ -52,6 +51,7 @@ from delshare.app.text import check_text, deliver_text
 from delshare.errors import PairingError
 from delshare.pairing import PairedChannel, generate_code, pair, parse_code
 from delshare.transfer.errors import ManifestError, UnsafePathError
+from delshare.transfer.events import FileSent, FileStarted, SendEvent
 from delshare.transfer.manifest import (
     BuiltManifest,
     Manifest,
@@ -268,19 +268,26 @@ async def send_over(
     announcer = ResumeAnnouncer(report, _file_sizes(built.manifest))
     moved = [0]
 
-    def resumed(index: int, offset: int) -> None:
-        announcer.file_begins(index, offset)
-        if offset > 0 and index < len(entries):
-            report(ResumeStarted(display_name(entries[index].path), offset, entries[index].size))
+    def on_event(event: SendEvent) -> None:
+        match event:
+            case FileStarted(index, offset):
+                announcer.file_begins(index, offset)
+                if offset > 0:
+                    entry = entries[index]
+                    report(ResumeStarted(display_name(entry.path), offset, entry.size))
+            case FileSent(index, digest):
+                hashes[index] = digest
 
     async def one_round(link: Connection, number: int) -> tuple[SendStats, set[int]]:
         if number:
             announcer.new_link(link)
         earlier = set(hashes)
-        channel = observe_file_ends(link.link.channel, hashes.__setitem__, resumed)
+        channel = link.link.channel
         progress = progress_reporter(report)
         try:
-            stats = await send_files(channel, built, progress, stall_timeout=stall_timeout)
+            stats = await send_files(
+                channel, built, progress, stall_timeout=stall_timeout, on_event=on_event
+            )
         finally:  # the bytes a round moved count even if it fails
             moved[0] += channel.data_sent + channel.data_received
         announcer.finished()

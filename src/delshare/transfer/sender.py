@@ -30,6 +30,7 @@ from delshare.transfer.errors import (
     TransferInterruptedError,
     stalled,
 )
+from delshare.transfer.events import FileSent, FileStarted, SendEvent, SendEventCallback
 from delshare.transfer.manifest import BuiltManifest, Entry, display_name
 from delshare.transfer.progress import ProgressCallback, ProgressThrottle
 from delshare.transfer.protocol import (
@@ -87,6 +88,7 @@ async def send_files(
     chunk: int = DEFAULT_CHUNK,
     stall_timeout: float = STALL_TIMEOUT,
     wait_timeout: float | None = None,
+    on_event: SendEventCallback | None = None,
 ) -> SendStats:
     """Offer ``manifest``, then send what the receiver accepted; return once it confirmed all.
 
@@ -94,7 +96,9 @@ async def send_files(
     since the manifest was built, TransferInterruptedError if the link breaks or the receiver
     takes nothing for ``stall_timeout`` seconds while data waits (resumable), PeerTimeoutError
     if it says nothing for ``wait_timeout`` seconds (default :func:`peer_timeout`) when an answer
-    is due (to the offer, or ``done`` after the last byte).
+    is due (to the offer, or ``done`` after the last byte). ``on_event`` gets a
+    :class:`~delshare.transfer.events.FileStarted` and a :class:`~delshare.transfer.events.FileSent`
+    for every file sent (not for those the receiver skips).
     """
     timeout = peer_timeout() if wait_timeout is None else wait_timeout
     talk = Conversation(Side.SENDER)
@@ -113,6 +117,7 @@ async def send_files(
                 reader,
                 progress_cb,
                 Timeouts(stall_timeout, timeout),
+                on_event or _ignore,
             )
             return await session.run()
     except PeerProtocolError as exc:  # e.g. a bad resume chunk list: tell the receiver why
@@ -209,8 +214,10 @@ class _SendSession:
         reader: concurrent.futures.Executor,
         progress_cb: ProgressCallback | None,
         timeouts: Timeouts,
+        on_event: SendEventCallback,
     ) -> None:
         self._channel = channel
+        self._on_event = on_event
         self._talk = talk
         self._built = manifest
         self._skip = set(accept.skip)
@@ -312,12 +319,14 @@ class _SendSession:
             offset = await self._resume_offset(f, index, entry, whole)
             begin = FileBegin(index, offset)
             await send_message(self._channel, begin, self.wait_timeout, talk=self._talk)
+            self._on_event(FileStarted(index, offset))
             self._total_done += offset
             await self._pump(f, index, entry, offset, whole)
             _check_unchanged(f, entry, source.name)
         digest = whole.digest() if self._verify else b""
         end = FileEnd(index, digest)
         await send_message(self._channel, end, self.wait_timeout, talk=self._talk)
+        self._on_event(FileSent(index, digest))
         self._progress.update(index, entry.size, self._total_done, final=True)
 
     async def _send_stream(self, index: int) -> None:
@@ -330,6 +339,7 @@ class _SendSession:
             raise SourceChangedError("no stream to read from")
         whole = new_hasher()
         await send_message(self._channel, FileBegin(index, 0), self.wait_timeout, talk=self._talk)
+        self._on_event(FileStarted(index, 0))
         offset, buf = 0, self._buffers[0]
         loop = asyncio.get_running_loop()
         read = functools.partial(loop.run_in_executor, self._reader, _read_some, source, buf, whole)
@@ -341,6 +351,7 @@ class _SendSession:
                     offset = await self._send_record(index, record, offset)
         end = FileEnd(index, whole.digest() if self._verify else b"")
         await send_message(self._channel, end, self.wait_timeout, talk=self._talk)
+        self._on_event(FileSent(index, end.digest))
         self._progress.update(index, offset, self._total_done, final=True)
 
     async def _resume_offset(self, f: IO[bytes], index: int, entry: Entry, whole: Hasher) -> int:
@@ -406,6 +417,10 @@ class _SendSession:
             raise stalled(self._stall_timeout) from None
         self._progress.update(index, offset + len(data), self._total_done)
         return offset + len(data)
+
+
+def _ignore(event: SendEvent) -> None:
+    pass
 
 
 def _read_unit(f: IO[bytes], buf: memoryview, whole: Hasher | None) -> int:
