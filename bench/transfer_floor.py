@@ -23,6 +23,7 @@ with fsync). Both digests are compared, so the work is really done.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import mmap
 import os
 import queue
@@ -55,10 +56,8 @@ def _nonce(counter: int) -> bytes:
 
 def _open_out(path: Path, size: int) -> tuple[int, int | None]:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
+    with contextlib.suppress(OSError):
         os.posix_fallocate(fd, 0, size)
-    except OSError:
-        pass
     try:
         direct: int | None = os.open(f"/proc/self/fd/{fd}", os.O_WRONLY | os.O_DIRECT)
     except (OSError, AttributeError):
@@ -136,7 +135,7 @@ def _receive(
                     os.pwrite(fd, data[whole:n], position + whole)
                 position += n
                 units.put(data)
-        except BaseException as exc:  # noqa: BLE001 (reported by the main thread)
+        except BaseException as exc:  # reported by the main thread
             errors.append(exc)
 
     thread = threading.Thread(target=writer)

@@ -37,3 +37,17 @@ def test_transfer_cpu_prints_both_paths() -> None:
     out = _run("bench.transfer_cpu", "--mib", "1", "--reps", "1")
     for path in ("direct", "relay"):
         assert re.search(rf"^  {path} *: send [\d.]+  recv [\d.]+  relay [\d.]+  total", out, re.M)
+
+
+def test_transfer_floor_prints_disk_and_both_sides() -> None:
+    out = _run("bench.transfer_floor", "--mib", "8", "--reps", "1")
+    assert re.search(r"^disk alone: \d+ MB/s \([\d.]+ s per GiB\)$", out, re.M), out
+    assert re.search(r"^median CPU-s per GiB: recv [\d.]+  send [\d.]+  total", out, re.M), out
+
+
+@pytest.mark.timeout(300)
+def test_transfer_ab_prints_both_trees() -> None:
+    src = str(REPO / "src")
+    out = _run("bench.transfer_ab", src, src, "--rounds", "1", "--mib", "4")
+    for tree in "AB":
+        assert re.search(rf"^  {tree}: recv [\d.]+  send [\d.]+  total", out, re.M), out
