@@ -1,12 +1,15 @@
 """CPU per GiB of each process in case 5 (direct and relayed), robust on a loaded machine.
 
-Run: ``python -m bench.transfer_cpu [--mib N] [--reps N] [--tool T] [--paths direct relay]``.
+Run: ``python -m bench.transfer_cpu [--mib N] [--reps N] [--tool T] [--paths direct relay]
+[--streaming]``.
 
 Wall-clock rates swing 2x with whatever else runs on a shared VM; the CPU a process spends per
 byte does not (much). This runs ``delshare send`` / ``receive`` exactly as case 5 does (``--direct-
 only``, or ``--relay-only`` through ``delshare relay``) and reports, per variant, the user and
 system CPU seconds per GiB of the sender, the receiver (each from ``wait4``'s rusage) and the
-relay (``/proc/PID/stat`` delta), and their total. ``--tool strace`` runs each command under
+relay (``/proc/PID/stat`` delta), and their total. ``--streaming`` also runs a 1 MiB pair before
+each transfer and subtracts it per side: the start-up (~0.19 CPU-s per command) would otherwise
+count twice per GiB in a 512 MiB run. ``--tool strace`` runs each command under
 ``strace -c -f`` (syscall counts; strace slows the commands, so CPU figures from such a run are
 not comparable, counts are), ``--tool perf`` under ``perf record -e cpu-clock -g``,
 ``--tool py-spy`` under ``py-spy record --threads`` (raw stacks); their outputs go to
@@ -113,16 +116,27 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--tool", choices=["strace", "perf", "py-spy"])
     parser.add_argument("--paths", nargs="+", default=["direct", "relay"])
+    parser.add_argument(
+        "--streaming",
+        action="store_true",
+        help="also run a 1 MiB pair before each transfer and print the CPU per GiB without it "
+        "(start-up, pairing and the race), i.e. what streaming the file costs each side",
+    )
     args = parser.parse_args()
     src = test_file(args.mib * MiB)
+    tiny = test_file(MiB) if args.streaming else None
     byte_compile_ours()
     rendezvous = free_port()
     server = start_delshare_relay("delshare-cpu", rendezvous_port=rendezvous)
     scale = GiB / src.stat().st_size
     results: dict[str, list[dict[str, Usage]]] = {p: [] for p in args.paths}
+    streaming: dict[str, list[dict[str, float]]] = {p: [] for p in args.paths}
     try:
         for rep in range(args.reps):
             for path in args.paths:
+                fixed = None
+                if tiny is not None:
+                    fixed = one(path == "relay", tiny, server, rendezvous, None, f"r{rep}-fixed")
                 relay0 = cpu_seconds(server.child.pid)
                 usage = one(path == "relay", src, server, rendezvous, args.tool, f"r{rep}")
                 relay_cpu = cpu_seconds(server.child.pid) - relay0
@@ -132,6 +146,12 @@ def main() -> None:
                     f"{k} {u.user * scale:.3f}u+{u.system * scale:.3f}s" for k, u in usage.items()
                 )
                 print(f"rep {rep} {path:6}: {line}  (CPU-s per GiB)", flush=True)
+                if fixed is not None:
+                    # the 1 MiB pair is all fixed cost; what is left of the big one is the stream
+                    left = {k: (usage[k].total - fixed[k].total) * scale for k in fixed}
+                    streaming[path].append(left)
+                    line = "  ".join(f"{k} {left[k]:.3f}" for k in ("send", "recv"))
+                    print(f"rep {rep} {path:6}: streaming only: {line}", flush=True)
     finally:
         server.stop()
     print("\nmedian CPU-s per GiB (user+sys):")
@@ -141,6 +161,12 @@ def main() -> None:
             parts.append(f"{key} {statistics.median(r[key].total for r in runs) * scale:.3f}")
         total = statistics.median(sum(u.total for u in r.values()) for r in runs) * scale
         print(f"  {path:6}: {'  '.join(parts)}  total {total:.3f}")
+    for path, lefts in streaming.items():
+        if lefts:
+            send = statistics.median(x["send"] for x in lefts)
+            recv = statistics.median(x["recv"] for x in lefts)
+            total = send + recv
+            print(f"  {path:6} streaming only: send {send:.3f}  recv {recv:.3f}  total {total:.3f}")
     if args.tool:
         print(f"\n{args.tool} outputs in {TOOL_DIR}")
     sys.stdout.flush()

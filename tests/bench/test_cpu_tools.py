@@ -34,9 +34,11 @@ def test_udp_cpu_prints_every_figure() -> None:
 
 @pytest.mark.timeout(300)
 def test_transfer_cpu_prints_both_paths() -> None:
-    out = _run("bench.transfer_cpu", "--mib", "1", "--reps", "1")
+    out = _run("bench.transfer_cpu", "--mib", "1", "--reps", "1", "--streaming")
     for path in ("direct", "relay"):
         assert re.search(rf"^  {path} *: send [\d.]+  recv [\d.]+  relay [\d.]+  total", out, re.M)
+        streaming = rf"^  {path} *streaming only: send -?[\d.]+  recv -?[\d.]+  total"
+        assert re.search(streaming, out, re.M), out
 
 
 def test_transfer_floor_prints_disk_and_both_sides() -> None:
