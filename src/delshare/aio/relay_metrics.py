@@ -25,7 +25,7 @@ from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, make_wsgi_app
-from prometheus_client.core import CounterMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import ThreadingWSGIServer
 from prometheus_client.registry import Collector
 
@@ -222,3 +222,79 @@ class _QuietHandler(WSGIRequestHandler):
 
     def log_message(self, format: str, *args: Any) -> None:
         pass
+
+
+class WorkerScrape(Collector):
+    """``delshare relay --workers N``: the sum of every worker's metrics, read at scrape time.
+
+    Each worker serves its own registry on loopback; this collector fetches them, adds up the
+    samples of the same name and labels (counters, gauges; counters' ``_created`` timestamps are
+    left out), and adds per-worker gauges: ``delshare_relay_worker_up``,
+    ``delshare_relay_worker_allocations`` and ``delshare_relay_worker_allocations_created``
+    (labelled ``worker``), so one can see how the kernel spread the load.
+    """
+
+    def __init__(self, targets: Callable[[], list[tuple[int, int]]], timeout: float = 2.0) -> None:
+        self._targets = targets
+        self._timeout = timeout
+
+    def _fetch(self, port: int) -> str | None:
+        import urllib.request
+
+        try:
+            with urllib.request.urlopen(
+                f"http://127.0.0.1:{port}/metrics", timeout=self._timeout
+            ) as answer:
+                text: str = answer.read().decode()
+                return text
+        except OSError:
+            return None
+
+    def collect(self) -> Iterator[Metric]:
+        from prometheus_client.parser import text_string_to_metric_families
+
+        families: dict[str, Metric] = {}
+        sums: dict[tuple[str, str, tuple[tuple[str, str], ...]], float] = {}
+        per_worker = {
+            name: GaugeMetricFamily(f"delshare_relay_worker_{name}", text, labels=["worker"])
+            for name, text in (
+                ("up", "1 if the worker answered the scrape"),
+                ("allocations", "Active allocations per worker"),
+                ("allocations_created", "Allocations created per worker since it started"),
+            )
+        }
+        for index, port in self._targets():
+            text = self._fetch(port)
+            mine = {"up": 0.0 if text is None else 1.0, "allocations": 0.0,
+                    "allocations_created": 0.0}  # fmt: skip
+            for family in text_string_to_metric_families(text or ""):
+                base = family.name.removesuffix("_created")
+                if base != family.name and base in families and families[base].type == "counter":
+                    continue  # a counter's creation time: no sum of it makes sense
+                kept = families.setdefault(
+                    family.name, Metric(family.name, family.documentation, family.type)
+                )
+                for sample in family.samples:
+                    if kept.type == "counter" and sample.name.endswith("_created"):
+                        continue
+                    key = (family.name, sample.name, tuple(sorted(sample.labels.items())))
+                    sums[key] = sums.get(key, 0.0) + sample.value
+                    if sample.name == "delshare_relay_allocations":
+                        mine["allocations"] += sample.value
+                    elif sample.name == "delshare_relay_allocations_created_total":
+                        mine["allocations_created"] += sample.value
+            for name, value in mine.items():
+                per_worker[name].add_metric([str(index)], value)
+        for (family_name, name, labels), value in sums.items():
+            families[family_name].add_sample(name, dict(labels), value)
+        yield from families.values()
+        yield from per_worker.values()
+
+
+def serve_workers_http(
+    host: str, port: int, targets: Callable[[], list[tuple[int, int]]], draining: Callable[[], bool]
+) -> WSGIServer:
+    """``serve_http`` of a registry holding only the workers' sums (``WorkerScrape``)."""
+    registry = CollectorRegistry()
+    registry.register(WorkerScrape(targets))
+    return serve_http(registry, host, port, draining)

@@ -170,7 +170,12 @@ class _PeerLink:
 class RelayServer:
     """Owns the sockets; one per process. Use ``start_relay`` to create and start it."""
 
-    def __init__(self, config: RelayConfig, core: TurnServer | None = None) -> None:
+    def __init__(
+        self,
+        config: RelayConfig,
+        core: TurnServer | None = None,
+        listeners: dict[tuple[str, Address], socket.socket] | None = None,
+    ) -> None:
         self.config = config
         self.core = core or TurnServer(config.server)
         self.ports = PortPool(config.min_port, config.max_port)
@@ -202,6 +207,12 @@ class RelayServer:
         # UDP fast paths (the core's channel_route / peer_route), forgotten on every CloseRelay
         self._channel_routes: dict[tuple[Address, Address, int], _ChannelRoute] = {}
         self._peer_routes: dict[tuple[int, Address], _PeerRoute] = {}
+        # --workers N (delshare.aio.workers): listeners bound by the parent, by (kind, address
+        # as configured); which worker owns a ConnectionBind frame's CONNECTION-ID (None: this
+        # one) and how to hand it the connection
+        self._inherited = dict(listeners or {})
+        self.bind_owner: Callable[[bytes], int | None] | None = None
+        self.hand_over: Callable[[ClientConnection], None] | None = None
 
     # -- start and stop ---------------------------------------------------------------------------
 
@@ -240,6 +251,12 @@ class RelayServer:
         """UDP and TCP on the same port; port 0 picks one free for both (a few tries)."""
         for attempt in range(16):
             try:
+                if self._inherited:
+                    tcp = self._inherited.pop((TCP, (host, port)), None)
+                    udp = self._inherited.pop((UDP, (host, port)), None)
+                    if tcp is None and udp is None:
+                        raise OSError(f"no inherited listener on {host}:{port}")
+                    break
                 tcp, udp = _bind_pair(host, port, self.config.tcp, self.config.udp)
                 break
             except OSError:
@@ -271,15 +288,7 @@ class RelayServer:
             self._tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
             self._tls.load_cert_chain(self.config.cert, self.config.key)
         context = self._tls
-        listener = new_socket(host, socket.SOCK_STREAM)
-        try:
-            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            listener.bind((host, port))
-            listener.listen(LISTEN_BACKLOG)
-            listener.setblocking(False)
-        except OSError:
-            listener.close()
-            raise
+        listener = self._inherited.pop((TLS, (host, port)), None) or _bind_stream(host, port)
         self._tcp_listeners.append(listener)
         self._spawn(self._accept_loop(listener, context))
         self.addresses.append((TLS, listener.getsockname()[:2]))
@@ -490,21 +499,28 @@ class RelayServer:
         if self._handshakes == 0:
             release_free_memory()
 
-    async def _serve_client(self, client: ClientConnection) -> None:
-        """Frames until EOF, or until a ConnectionBind turns the connection into a pipe."""
+    def adopt(self, five: FiveTuple, sock: socket.socket, initial: bytes) -> None:
+        """Serve a connection another worker accepted and read ``initial`` from."""
+        self._spawn(self._serve_client(ClientConnection(five, sock, self._on_frame), initial))
+
+    async def _serve_client(self, client: ClientConnection, initial: bytes = b"") -> None:
+        """Frames until EOF, or until a ConnectionBind turns the connection into a pipe (or
+        names another worker's connection: ``hand_over`` passes it on)."""
         self._clients[client.five] = client
         try:
             with contextlib.suppress(OSError, StunDecodeError, ssl.SSLError):
-                await client.read_frames(lambda: self._idle_timeout(client.five))
+                await client.read_frames(lambda: self._idle_timeout(client.five), initial)
         except Exception:  # a bug must cost one connection, not the server
             log.exception("connection %s:%d failed", *client.five.client)
         finally:
             self._clients.pop(client.five, None)
-            if client.bind is None:
+            if client.bind is None and client.handover is None:
                 client.close()
                 self.core.client_closed(client.five, time.time())
                 self._flush()
-        if client.bind is not None:
+        if client.handover is not None and self.hand_over is not None:
+            self.hand_over(client)
+        elif client.bind is not None:
             await self._run_data_connection(client)
 
     def _idle_timeout(self, five: FiveTuple) -> float | None:
@@ -512,6 +528,11 @@ class RelayServer:
         return None if five in self.core.allocations else self.config.idle_timeout
 
     def _on_frame(self, client: ClientConnection, frame: bytes) -> None:
+        if self.bind_owner is not None and frame[:2] == b"\x00\x0b":  # ConnectionBind request
+            owner = None if client.five in self.core.allocations else self.bind_owner(frame)
+            if owner is not None:  # its CONNECTION-ID names another worker (RFC 6062 §5.4)
+                client.handover = (owner, frame)
+                return
         self.core.receive(client.five, frame, time.time())
         self._flush()
 
@@ -877,6 +898,20 @@ class RelayServer:
         self._timer_at = None
         self.core.handle_timer(time.time())
         self._flush()
+
+
+def _bind_stream(host: str, port: int) -> socket.socket:
+    """A listening TCP socket (the TLS listener's)."""
+    listener = new_socket(host, socket.SOCK_STREAM)
+    try:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind((host, port))
+        listener.listen(LISTEN_BACKLOG)
+        listener.setblocking(False)
+    except OSError:
+        listener.close()
+        raise
+    return listener
 
 
 def _bind_pair(

@@ -41,6 +41,7 @@ class ClientConnection:
         self._out = bytearray()
         self._writing = False
         self.bind: tuple[int, bytes] | None = None  # (conn_id, ConnectionBind response)
+        self.handover: tuple[int, bytes] | None = None  # (worker, frame): another owns it
         self.leftover = b""
         self.closed = False
 
@@ -51,12 +52,18 @@ class ClientConnection:
             return await self._loop.sock_recv(self.endpoint, READ_SIZE)
         return await self.endpoint[0].read(READ_SIZE)
 
-    async def read_frames(self, idle_timeout: Callable[[], float | None] = lambda: None) -> None:
+    async def read_frames(
+        self, idle_timeout: Callable[[], float | None] = lambda: None, initial: bytes = b""
+    ) -> None:
         """Feed frames to the core until EOF, a framing error, or a ConnectionBind success.
 
         ``idle_timeout()`` bounds each wait for bytes (None: unbounded); running out ends it.
+        ``initial``: bytes another relay worker read before handing the connection over.
         """
-        buffer = bytearray()
+        buffer = bytearray(initial)
+        if initial and self._cut_frames(buffer):
+            self.leftover = bytes(buffer)
+            return
         while True:
             try:
                 async with asyncio.timeout(idle_timeout()):  # a timer, not a task per read
@@ -85,7 +92,7 @@ class ClientConnection:
             frame = bytes(buffer[:size])
             del buffer[:size]
             self._on_frame(self, frame)
-            if self.bind is not None:
+            if self.bind is not None or self.handover is not None:
                 return True
         return False
 

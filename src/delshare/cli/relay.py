@@ -29,6 +29,7 @@ from click.core import ParameterSource
 
 from delshare.address import format_address, parse_address
 from delshare.aio.server import RelayConfig, RunningRelay, start_relay
+from delshare.aio.workers import WorkerContext
 from delshare.cli.logsetup import LOG_FORMATS, setup_logging
 from delshare.cli.loop import run_on_loop
 from delshare.cli.relay_config import (
@@ -57,6 +58,7 @@ DEFAULT_REALM = DEFAULTS.realm
 DEFAULT_LISTEN_HOSTS = ("0.0.0.0", "::")
 DEFAULT_RENDEZVOUS: Address = ("0.0.0.0", 4000)
 SECOND_SIGNAL_EXIT = 0
+DEFAULT_WORKERS = 1  # docs/operations.md "Worker processes": why not one per core
 
 log = logging.getLogger("delshare.relay")
 
@@ -382,6 +384,11 @@ class OneLineErrors(click.Command):
 @click.option("--log-file", metavar="PATH",
               help="Append logs to PATH (reopened after logrotate moves it; 'stdout' and "
               "'stderr' name those streams). Default: stderr.")  # fmt: skip
+@click.option("--workers", type=click.IntRange(1), default=DEFAULT_WORKERS, show_default=True,
+              help="TURN worker processes sharing the listeners (SO_REUSEPORT), each with its "
+              "own allocations; quotas, RFC 6062 and metrics work across them; worker 0 "
+              "serves the rendezvous. See docs/operations.md for when more than one pays."
+              )  # fmt: skip
 @click.option("--no-turn", is_flag=True, help="Run only the rendezvous service.")
 @click.option("--no-rendezvous", is_flag=True, help="Run only the TURN server.")
 @click.option("-v", "--verbose", is_flag=True, help="Log every STUN message (debug level).")
@@ -403,9 +410,15 @@ def relay(config_file: str | None, check_config: bool, **_opts: Any) -> None:
         logging.getLogger("websockets").setLevel(logging.WARNING)
     for warning in loader.warnings(settings):
         log.warning("%s", warning)
+    workers = int(_extra(settings, "workers", DEFAULT_WORKERS))
     try:
         with _pidfile(settings.pidfile):
-            run_on_loop(_serve(loader, settings))
+            if workers > 1:
+                code = _run_workers(loader, settings, workers)
+                if code:
+                    sys.exit(code)
+            else:
+                run_on_loop(_serve(loader, settings))
     except KeyboardInterrupt:
         pass
     except OSError as exc:
@@ -573,13 +586,50 @@ def relay_config(settings: RelaySettings) -> RelayConfig:
     )
 
 
-async def _serve(loader: SettingsLoader, settings: RelaySettings) -> None:
+def _run_workers(loader: SettingsLoader, settings: RelaySettings, count: int) -> int:
+    """``--workers N`` (N > 1): the parent binds and supervises; each worker runs ``_serve``."""
+    from delshare.aio.workers import Supervisor, port_share
+
+    if settings.no_turn:
+        raise click.UsageError("--workers needs the TURN server (it splits TURN, not --no-turn)")
+    config = relay_config(settings)
+    try:
+        port_share(config.min_port, config.max_port, 0, count)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from exc
+    try:
+        supervisor = Supervisor(count, config)
+    except OSError as exc:
+        where = ", ".join(format_address(*a) for a in config.listen + config.tls_listen)
+        raise OSError(exc.errno, f"cannot listen on {where}: {exc.strerror or exc}") from exc
+    if config.metrics_listen is not None:
+        where = format_address(*config.metrics_listen)
+        log.info("metrics of all workers on http://%s/metrics", where)
+
+    def worker_main(worker: WorkerContext) -> int:
+        try:
+            run_on_loop(_serve(loader, settings, worker))
+        except OSError as exc:
+            log.error("%s", exc.strerror or exc)
+            return 1
+        except DelshareError as exc:
+            log.error("%s", exc)
+            return 1
+        return 0
+
+    return supervisor.run(worker_main)
+
+
+async def _serve(
+    loader: SettingsLoader, settings: RelaySettings, worker: WorkerContext | None = None
+) -> None:
     turn: RunningRelay | None = None
     rendezvous = None
     signals = Signals()
+    first = worker is None or worker.index == 0
     try:
         if not settings.no_turn:
-            turn = await _start_turn(relay_config(settings))
+            turn = await _start_turn(relay_config(settings), worker)
             if turn.core.config.auth.users.get(DEMO_USER[0]) == DEMO_USER[1]:
                 given = "--user" if settings.users else "no --user and no --auth-secret"
                 log.warning(
@@ -589,15 +639,18 @@ async def _serve(loader: SettingsLoader, settings: RelaySettings) -> None:
                     *DEMO_USER,
                     turn.core.config.auth.realm,
                 )
-        if not settings.no_rendezvous:
+        if not settings.no_rendezvous and first:  # in-memory mailboxes: one process
             registry = turn.server.metrics.registry if turn is not None else None
             grant = _turn_grant(settings, turn)
             tls = None
             if settings.rendezvous_tls and settings.cert and settings.key:
                 tls = server_context(settings.cert, settings.key)  # the TURN TLS certificate
             rendezvous = await _start_rendezvous(settings, registry, grant, tls)
-        _log_client_hint(settings, turn, rendezvous)
-        await _lifecycle(signals, loader, settings, turn)
+        if first:
+            _log_client_hint(settings, turn, rendezvous)
+        if worker is not None:
+            worker.ready()
+        await _lifecycle(signals, loader, settings, turn, worker)
     finally:
         signals.remove()
         if rendezvous is not None:
@@ -608,13 +661,17 @@ async def _serve(loader: SettingsLoader, settings: RelaySettings) -> None:
 
 
 async def _lifecycle(
-    signals: Signals, loader: SettingsLoader, settings: RelaySettings, turn: RunningRelay | None
+    signals: Signals,
+    loader: SettingsLoader,
+    settings: RelaySettings,
+    turn: RunningRelay | None,
+    worker: WorkerContext | None = None,
 ) -> None:
     """Serve until a stop; SIGHUP reloads meanwhile; SIGTERM drains first."""
     while True:
         what = await signals.next()
         if what == "reload":
-            settings = _reload(loader, settings, turn)
+            settings = _reload(loader, settings, turn, worker)
         elif what == "drain" and turn is not None:
             await _drain(signals, turn, settings.drain_timeout)
             return
@@ -659,7 +716,10 @@ async def _drain(signals: Signals, turn: RunningRelay, timeout: float) -> None:
 
 
 def _reload(
-    loader: SettingsLoader, settings: RelaySettings, turn: RunningRelay | None
+    loader: SettingsLoader,
+    settings: RelaySettings,
+    turn: RunningRelay | None,
+    worker: WorkerContext | None = None,
 ) -> RelaySettings:
     """SIGHUP: re-read the file; apply users, secrets, certificates, limits and peer rules."""
     if loader.path is None:
@@ -673,11 +733,12 @@ def _reload(
     restart: list[str] = []
     if turn is not None:
         try:
-            restart = turn.server.reconfigure(relay_config(new))
+            config = relay_config(new)
+            restart = turn.server.reconfigure(worker.adapt(config) if worker else config)
         except (OSError, ValueError) as exc:
             log.error("reload of %s failed, keeping the old configuration: %s", loader.path, exc)
             return settings
-    kept = ("no_turn", "no_rendezvous", "pidfile", "log_file", "log_format")
+    kept = ("no_turn", "no_rendezvous", "pidfile", "log_file", "log_format", "workers")
     restart += [
         setting_key(name)
         for name in new.names()
@@ -732,9 +793,9 @@ class Signals:
                 self._loop.remove_signal_handler(sig)
 
 
-async def _start_turn(config: RelayConfig) -> RunningRelay:
+async def _start_turn(config: RelayConfig, worker: WorkerContext | None = None) -> RunningRelay:
     try:
-        running = await start_relay(config)
+        running = await (worker.start_relay(config) if worker else start_relay(config))
     except OSError as exc:
         where = ", ".join(format_address(*a) for a in config.listen + config.tls_listen)
         raise OSError(exc.errno, f"cannot listen on {where}: {exc.strerror or exc}") from exc

@@ -25,7 +25,7 @@ import secrets
 import struct
 from collections import Counter
 from collections.abc import Callable
-from typing import NoReturn
+from typing import NoReturn, Protocol
 
 from delshare.errors import MalformedRequestError, StunDecodeError, StunProtocolError
 from delshare.stun.attributes import (
@@ -113,6 +113,19 @@ _FAMILIES = {FAMILY_IPV4: 4, FAMILY_IPV6: 6}
 Handler = Callable[[FiveTuple, Message, Credentials, float], Message | None]
 
 
+class QuotaLedger(Protocol):
+    """Allocation counts shared by several relay processes (``delshare relay --workers N``).
+
+    ``take`` counts one allocation of ``username`` from ``ip`` if it stays within
+    ``(per_user, per_ip, total)`` and returns None, else names the limit hit (``"user"``,
+    ``"ip"``, ``"total"``) and counts nothing; ``release`` gives one back.
+    """
+
+    def take(self, username: str, ip: str, limits: tuple[int, int, int]) -> str | None: ...
+
+    def release(self, username: str, ip: str) -> None: ...
+
+
 def nonce_binding(five: FiveTuple) -> str:
     """What a nonce is bound to: transport, client and server address (issue 10 item 5)."""
     return f"{five.transport} {five.client[0]} {five.client[1]} {five.server[0]} {five.server[1]}"
@@ -136,6 +149,8 @@ class TurnServer:
         self._per_user: Counter[str] = Counter()
         self._per_ip: Counter[str] = Counter()
         self._pending_per_user: Counter[str] = Counter()
+        self.quota_ledger: QuotaLedger | None = None  # counts of every worker (None: this core's)
+        self.conn_id_slot = (0, 1)  # CONNECTION-IDs ≡ slot[0] mod slot[1]: they name a worker
         self._close_after_answer: list[FiveTuple] = []  # control connections Refresh 0 ended
         self._answers = ResponseCache(
             config.retransmit_cache_ttl,
@@ -406,6 +421,8 @@ class TurnServer:
         if reserved is not None:
             family = reserved.family
         lifetime = self._lifetime(msg)
+        if self.quota_ledger is not None:
+            self._take_shared_quota(creds.username, five)
         alloc = Allocation(
             next(self._ids), five, creds.username, transport, family, lifetime, msg, creds
         )
@@ -517,6 +534,22 @@ class TurnServer:
                 ErrorCode.ALLOCATION_QUOTA_REACHED, "Allocation Quota Reached for this address"
             )
         if len(self.allocations) >= self.config.max_allocations:
+            self._try_alternate(five, "Insufficient Capacity")
+
+    def _take_shared_quota(self, username: str, five: FiveTuple) -> None:
+        """The same limits over every worker's allocations, checked and counted at once."""
+        assert self.quota_ledger is not None
+        config = self.config
+        limits = (config.max_allocations_per_user, config.max_allocations_per_ip,
+                  config.max_allocations)  # fmt: skip
+        hit = self.quota_ledger.take(username, five.client[0], limits)
+        if hit == "user":
+            raise StunProtocolError(ErrorCode.ALLOCATION_QUOTA_REACHED, "Allocation Quota Reached")
+        if hit == "ip":
+            raise StunProtocolError(
+                ErrorCode.ALLOCATION_QUOTA_REACHED, "Allocation Quota Reached for this address"
+            )
+        if hit is not None:
             self._try_alternate(five, "Insufficient Capacity")
 
     def _try_alternate(self, five: FiveTuple, reason: str) -> NoReturn:
@@ -848,9 +881,11 @@ class TurnServer:
 
     def _new_connection_id(self) -> int:
         """Unpredictable, unique, non-zero CONNECTION-ID (RFC 6062 §6.2.1)."""
+        slot, count = self.conn_id_slot
         while True:
             cid = secrets.randbits(32)
-            if cid and cid not in self.connections:
+            cid -= (cid - slot) % count  # the low part names the worker owning it
+            if cid > 0 and cid not in self.connections:
                 return cid
 
     def _connect(self, five: FiveTuple, msg: Message, creds: Credentials, now: float) -> None:
@@ -1011,6 +1046,8 @@ class TurnServer:
         self._per_ip[alloc.five.client[0]] -= 1
         if self._per_ip[alloc.five.client[0]] <= 0:
             del self._per_ip[alloc.five.client[0]]
+        if self.quota_ledger is not None:
+            self.quota_ledger.release(alloc.username, alloc.five.client[0])
 
     def _delete_allocation(
         self, alloc: Allocation, reason: str, *, close_control: bool = False
