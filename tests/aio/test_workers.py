@@ -10,15 +10,21 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
+import signal
+import ssl
+import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from delshare.aio.client import connect_turn
+from delshare.aio.client import TurnClient, connect_turn
+from delshare.errors import TransactionError
 from tests.support.ports import free_port
 from tests.support.relay_process import RelayProcess, start_relay_process
+from tests.support.tlscert import make_self_signed
 
 HOST = "127.0.0.1"
 STEP = 10.0
@@ -46,12 +52,26 @@ class Workers:
     def metrics(self) -> dict[str, float]:
         return metrics(self.metrics_port)
 
+    def per_worker(self, name: str) -> list[float]:
+        seen = self.metrics()
+        return [seen[f'delshare_relay_worker_{name}{{worker="{i}"}}'] for i in (0, 1)]
 
-def start_workers(tmp_path: Path, *extra: str) -> Workers:
+    def pids(self) -> list[int]:
+        """The workers' PIDs, from the parent's log (restarts included)."""
+        text = self.relay.text()
+        found = re.search(r"2 workers started \(pids (\d+) (\d+)\)", text)
+        assert found is not None, text
+        pids = [int(found[1]), int(found[2])]
+        for index, pid in re.findall(r"worker (\d) restarted \(pid (\d+)\)", text):
+            pids[int(index)] = int(pid)
+        return pids
+
+
+def start_workers(tmp_path: Path, *extra: str, users: tuple[str, ...] = ("u:p",)) -> Workers:
     turn_port, metrics_port = free_port("both"), free_port("tcp")
     args = ["--workers", "2", "--listen", f"{HOST}:{turn_port}", "--no-rendezvous",
-            "--metrics-listen", f"{HOST}:{metrics_port}", "--user", "u:p",
-            "--allow-peer", "127.0.0.0/8", *extra]  # fmt: skip
+            "--metrics-listen", f"{HOST}:{metrics_port}", "--allow-peer", "127.0.0.0/8",
+            *(f"--user={user}" for user in users), *extra]  # fmt: skip
     relay = start_relay_process(args, tmp_path / "relay.log", ready="all 2 workers ready")
     return Workers(relay, turn_port, metrics_port)
 
@@ -65,20 +85,21 @@ def workers(tmp_path: Path) -> Iterator[Workers]:
         running.relay.stop()
 
 
-async def _incoming_and_outgoing(uri: str) -> None:
+async def _incoming_and_outgoing(uri: str, tls: ssl.SSLContext | None = None) -> None:
     """One TCP allocation: a peer dials in, and a Connect goes out; bytes both ways."""
-    async with await connect_turn(uri, "u", "p") as client:
+    async with await connect_turn(uri, "u", "p", ssl=tls) as client:
         allocation = await client.allocate_tcp()
         await allocation.permit(HOST)
         peer_reader, peer_writer = await asyncio.open_connection(*allocation.relayed_address)
         stream = await asyncio.wait_for(allocation.accept(), STEP)
         payload = os.urandom(100_000)
         peer_writer.write(payload)
-        peer_writer.write_eof()
+        if tls is None:  # TLS has no half-close: the relay would close the whole connection
+            peer_writer.write_eof()
         assert await asyncio.wait_for(stream.reader.readexactly(len(payload)), STEP) == payload
         stream.writer.write(b"back")
+        assert await asyncio.wait_for(peer_reader.readexactly(4), STEP) == b"back"
         stream.writer.close()
-        assert await asyncio.wait_for(peer_reader.read(), STEP) == b"back"
         peer_writer.close()
 
         async def on_peer(_r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
@@ -109,3 +130,129 @@ async def test_rfc6062_both_ways_across_two_workers(workers: Workers) -> None:
         seen["delshare_relay_binds_adopted_total"] == seen["delshare_relay_binds_handed_over_total"]
     ), (seen, workers.relay.text())
     assert seen["delshare_relay_tcp_connections_bound_total"] == 2 * ALLOCATIONS
+
+
+async def test_rfc6062_over_tls_across_two_workers(tmp_path: Path) -> None:
+    """A TLS data connection cannot move: the worker that took it bridges it to the owner."""
+    pki = make_self_signed(tmp_path / "pki")
+    tls_port = free_port("tcp")
+    running = start_workers(tmp_path, "--tls-listen", f"{HOST}:{tls_port}", "--cert",
+                            str(pki.cert), "--key", str(pki.key))  # fmt: skip
+    context = ssl.create_default_context(cafile=str(pki.cert))
+    try:
+        for _ in range(6):  # 12 binds: none crossing with probability 2**-12
+            await _incoming_and_outgoing(f"turns:{HOST}:{tls_port}?transport=tcp", context)
+        seen = running.metrics()
+        assert seen["delshare_relay_binds_handed_over_total"] > 0, seen
+        assert seen["delshare_relay_tcp_connections_bound_total"] == 12
+    finally:
+        running.relay.stop()
+
+
+async def _allocate(uri: str, user: str = "u", password: str = "p") -> TurnClient:
+    client = await connect_turn(uri, user, password)
+    try:
+        await client.allocate_udp()
+    except BaseException:
+        await client.close()
+        raise
+    return client
+
+
+async def _wait_metric(workers: Workers, name: str, value: float) -> None:
+    deadline = time.monotonic() + STEP
+    while workers.metrics()[name] != value:
+        assert time.monotonic() < deadline, workers.metrics()
+        await asyncio.sleep(0.05)
+
+
+async def test_a_per_user_quota_holds_across_workers(tmp_path: Path) -> None:
+    limit = 4
+    running = start_workers(tmp_path, "--max-allocations-per-user", str(limit),
+                            users=("u:p", "other:pw"))  # fmt: skip
+    try:
+        for _round in range(12):  # until the allowed ones sit on both workers (7/8 each round)
+            clients = [await _allocate(running.uri) for _ in range(limit)]
+            if min(running.per_worker("allocations")) > 0:
+                break
+            for client in clients:
+                await client.close()
+            await _wait_metric(running, "delshare_relay_allocations", 0)
+        held = running.per_worker("allocations")
+        assert min(held) > 0 and sum(held) == limit, held  # each worker holds fewer than limit
+        for _ in range(8):  # fresh connections land on either worker: all are refused
+            with pytest.raises(TransactionError) as caught:
+                await _allocate(running.uri)
+            assert caught.value.code == 486
+        other = await _allocate(running.uri, "other", "pw")  # another user is not counted
+        await other.close()
+        await clients[0].close()  # one freed: one more fits, wherever it lands
+        await _wait_metric(running, "delshare_relay_allocations", limit - 1)
+        clients[0] = await _allocate(running.uri)
+        for client in clients:
+            await client.close()
+    finally:
+        running.relay.stop()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with open(f"/proc/{pid}/stat") as stat:  # a zombie is dead
+        return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def test_sigterm_stops_every_worker_and_sighup_reloads_each(tmp_path: Path) -> None:
+    config = tmp_path / "relay.toml"
+    config.write_text('user = ["u:p"]\nmax-allocations = 50\n')
+    running = start_workers(tmp_path, "--config", str(config), users=())
+    try:
+        pids = running.pids()
+        assert all(_alive(pid) for pid in pids)
+        config.write_text('user = ["u:new"]\nmax-allocations = 40\n')
+        running.relay.signal(signal.SIGHUP)
+        for index in (0, 1):
+            running.relay.wait_for(f"worker {index}: reloaded {config}")
+        assert running.relay.text().count("max-allocations 50 -> 40") == 2
+        running.relay.signal(signal.SIGTERM)
+        assert running.relay.wait(STEP) == 0
+        assert not any(_alive(pid) for pid in pids)
+        for index in (0, 1):
+            assert f"worker {index}: drained" in running.relay.text()
+    finally:
+        running.relay.stop()
+
+
+async def test_a_killed_worker_is_restarted_and_its_quota_freed(tmp_path: Path) -> None:
+    running = start_workers(tmp_path, "--max-allocations", "2")
+    try:
+        clients = []
+        for _ in range(40):  # until both workers hold one allocation (the quota of two)
+            client = await _allocate(running.uri)
+            if min(running.per_worker("allocations")) > 0:
+                clients.append(client)
+                break
+            if len(clients) < 1:
+                clients.append(client)
+            else:
+                await client.close()
+                await _wait_metric(running, "delshare_relay_allocations", 1)
+        assert running.per_worker("allocations") == [1, 1]
+        with pytest.raises(TransactionError):
+            await _allocate(running.uri)  # full (508)
+        victim = running.pids()[0]
+        os.kill(victim, signal.SIGKILL)
+        running.relay.wait_for("worker 0 restarted")
+        running.relay.wait_for("all 2 workers ready", count=1)
+        deadline = time.monotonic() + STEP
+        while running.pids()[0] == victim or min(running.per_worker("up")) < 1:
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.05)
+        fresh = await _allocate(running.uri)  # worker 0's row was zeroed: room for one
+        await fresh.close()
+        for client in clients:
+            await client.close()
+    finally:
+        running.relay.stop()

@@ -235,11 +235,16 @@ class WorkerScrape(Collector):
     """
 
     def __init__(self, targets: Callable[[], list[tuple[int, int]]], timeout: float = 2.0) -> None:
+        """``targets()``: (worker index, its metrics port on loopback, 0 while it is down)."""
         self._targets = targets
         self._timeout = timeout
 
     def _fetch(self, port: int) -> str | None:
+        """The worker's metrics text; None if it is down (port 0: not running or not ready)."""
         import urllib.request
+
+        if not port:
+            return None
 
         try:
             with urllib.request.urlopen(

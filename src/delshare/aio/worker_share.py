@@ -177,6 +177,7 @@ class Handover:
             sock, mine = client.endpoint, None
         else:  # TLS stays here: hand over a socketpair end, bridged to the TLS stream
             mine, sock = socket.socketpair()
+            mine.setblocking(False)
         try:
             if len(message) > MAX_HANDOVER:
                 raise OSError("too much data before the ConnectionBind")

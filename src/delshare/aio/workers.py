@@ -431,7 +431,7 @@ class Supervisor:
         self._http = serve_workers_http(
             host,
             port,
-            lambda: [(w.index, w.metrics_port) for w in self.workers if w.pid and w.ready],
+            lambda: [(w.index, w.metrics_port if w.pid and w.ready else 0) for w in self.workers],
             lambda: self.draining,
         )
 
