@@ -1,4 +1,4 @@
-"""``python -m bench [all|stream|many|allocs|udp|transfer|ttfb|setup] [--quick] [--reps N]``.
+"""``python -m bench [all|stream|many|allocs|udp|transfer|ttfb|workers|setup] [--quick]``.
 
 Runs ours and the reference in the same run, prints a Markdown table of medians and ratios plus
 the targets of issue 6, and writes bench/out/results-<time>.json (and results-latest.json).
@@ -13,7 +13,7 @@ import traceback
 from collections.abc import Callable
 from dataclasses import replace
 
-from bench import netns, profile, relay_cases, transfer_cases
+from bench import netns, profile, relay_cases, transfer_cases, workers_case
 from bench.common import OUT_DIR, NotAvailable, Row
 from bench.config import FULL, QUICK, Config
 from bench.report import dump, machine, table, targets_table
@@ -29,9 +29,12 @@ CASES: dict[str, list[Case]] = {
     "udp": [relay_cases.case4],
     "transfer": [transfer_cases.case5],
     "ttfb": [transfer_cases.case6],
+    "workers": [workers_case.case7],
 }
 CASES["all"] = [
-    c for key in ("stream", "many", "allocs", "udp", "transfer", "ttfb") for c in CASES[key]
+    c
+    for key in ("stream", "many", "allocs", "udp", "transfer", "ttfb", "workers")
+    for c in CASES[key]
 ]
 
 

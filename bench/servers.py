@@ -6,6 +6,7 @@ import re
 import shutil
 import subprocess
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -126,8 +127,11 @@ _GENEROUS = {
 }
 
 
-def start_delshare_relay(tag: str = "delshare", rendezvous_port: int | None = None) -> Server:
-    """`delshare relay` on 127.0.0.1 allowing loopback peers (``--allow-peer 127.0.0.0/8``)."""
+def start_delshare_relay(
+    tag: str = "delshare", rendezvous_port: int | None = None, extra: Sequence[str] = ()
+) -> Server:
+    """`delshare relay` on 127.0.0.1 allowing loopback peers (``--allow-peer 127.0.0.0/8``);
+    ``extra`` flags go last (e.g. ``--workers 2``)."""
     known = set(re.findall(r"--[a-z0-9-]+", _relay_help()))
     port = free_port()
     rundir = OUT_DIR / "run" / tag
@@ -150,6 +154,7 @@ def start_delshare_relay(tag: str = "delshare", rendezvous_port: int | None = No
         argv += ["--rendezvous-listen", f"127.0.0.1:{rendezvous_port}"]
     elif "--no-rendezvous" in known:
         argv += ["--no-rendezvous"]
+    argv += extra
     child = Child(argv, log=rundir / "stdout.log")
     try:
         wait_port(port, 20.0, child.proc)
