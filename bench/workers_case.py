@@ -4,8 +4,10 @@ Per repetition and N, a fresh relay carries ``many_streams`` RFC 6062 streams (c
 and pump); the row gives the aggregate MB/s, and its details the CPU seconds each worker spent
 pumping (``cpu_s_w0``, ``cpu_s_w1``; the parent's in ``cpu_s_parent``), the streams each worker
 held (``streams_w0``/``streams_w1``, from the relay's per-worker metrics) and MB per CPU-second.
-A last row checks RFC 6062 across 2 workers: allocations whose peer dials in and which Connect
-out, with the count of ConnectionBinds that landed on the other worker and were handed over.
+Two more rows give case 3's allocation rate (fresh control connections, so they spread over the
+workers) on the same relays. A last row checks RFC 6062 across 2 workers: allocations whose peer
+dials in and which Connect out, with the count of ConnectionBinds that landed on the other worker
+and were handed over.
 """
 
 from __future__ import annotations
@@ -18,12 +20,13 @@ import time
 import urllib.request
 from collections.abc import Callable, Coroutine
 from contextlib import ExitStack
+from functools import partial
 from typing import Any
 
 from bench.common import NotAvailable, Row, cpu_seconds, free_port
 from bench.config import Config
 from bench.pumps import pump_many
-from bench.relay_cases import _listener, _run_once, _start, _unavailable
+from bench.relay_cases import _alloc_rate_once, _listener, _run_once, _start, _unavailable
 from bench.servers import PASSWORD, USER, Server, start_delshare_relay
 from bench.turnclients import backend
 
@@ -64,7 +67,7 @@ def _starter(count: int, metrics_port: int, tag: str) -> Server:
     return start_delshare_relay(tag, extra=extra)
 
 
-def _many_once(server: Server, row: Row, cfg: Config, count: int, metrics_port: int) -> None:
+def _many_once(server: Server, row: Row, *, cfg: Config, count: int, metrics_port: int) -> None:
     """Case 2's load through ``server``; per-worker CPU of the pump phase."""
     pids = _workers_ready(server, count)
     client = backend()
@@ -164,25 +167,39 @@ def _capture(outcome: list[BaseException], main: Callable[[], Coroutine[Any, Any
         outcome.append(exc)
 
 
-def case7(cfg: Config) -> list[Row]:
-    """Relay workers: case 2's many streams with --workers 1 and 2, and RFC 6062 across 2."""
-    workload = f"{cfg.many_streams} streams x {cfg.many_bytes_each // 1024} KiB"
-    rows = {n: Row(CASE, f"ours --workers {n}", workload, "MB/s") for n in (1, 2)}
-    check = Row(CASE, "ours --workers 2: RFC 6062 in+out", f"{RFC6062_ALLOCATIONS} allocations",
-                "binds")  # fmt: skip
-    for rep in range(cfg.reps):
-        for count, row in rows.items():
-            port = free_port()
-            with ExitStack() as stack:
-                tag = f"case7-w{count}-rep{rep}"
-                server = _start(stack, lambda c=count, p=port, t=tag: _starter(c, p, t), "", row)
-                if server is not None:
-                    _run_once(
-                        lambda s, r, c=count, p=port: _many_once(s, r, cfg, c, p), server, row
-                    )
+def _allocs_once(server: Server, row: Row, *, cfg: Config, count: int) -> None:
+    """Case 3's allocation rate (fresh control connections) through ``server``."""
+    _workers_ready(server, count)
+    _alloc_rate_once(server, row, cfg=cfg)
+
+
+def _one_relay(cfg: Config, count: int, tag: str, streams: Row, rate: Row) -> None:
+    """A fresh relay with ``count`` workers: the many-streams load, then the allocation rate."""
     port = free_port()
     with ExitStack() as stack:
-        server = _start(stack, lambda: _starter(2, port, "case7-rfc6062"), "", check)
+        server = _start(stack, partial(_starter, count, port, tag), "", streams)
+        if server is None:
+            return
+        rate.note = streams.note
+        _run_once(partial(_many_once, cfg=cfg, count=count, metrics_port=port), server, streams)
+        _run_once(partial(_allocs_once, cfg=cfg, count=count), server, rate)
+
+
+def case7(cfg: Config) -> list[Row]:
+    """Relay workers: case 2's many streams and case 3's allocation rate with --workers 1 and 2,
+    and RFC 6062 across 2 workers."""
+    workload = f"{cfg.many_streams} streams x {cfg.many_bytes_each // 1024} KiB"
+    rows = {n: Row(CASE, f"ours --workers {n}", workload, "MB/s") for n in (1, 2)}
+    allocs = f"{cfg.allocs} allocs, {cfg.alloc_threads} threads"
+    rates = {n: Row(CASE, f"ours --workers {n} allocations", allocs, "allocs/s") for n in (1, 2)}
+    check = Row(CASE, "ours --workers 2: RFC 6062 in+out", f"{RFC6062_ALLOCATIONS} allocations",
+                "binds")  # fmt: skip
+    for rep in range(cfg.reps):  # interleaved: load drifts hit both counts alike
+        for count in (1, 2):
+            _one_relay(cfg, count, f"case7-w{count}-rep{rep}", rows[count], rates[count])
+    port = free_port()
+    with ExitStack() as stack:
+        server = _start(stack, partial(_starter, 2, port, "case7-rfc6062"), "", check)
         if server is not None:
             try:
                 _rfc6062_once(server, check, port)
@@ -190,4 +207,4 @@ def case7(cfg: Config) -> list[Row]:
                 _unavailable([check], f"{type(exc).__name__}: {exc}")
     if check.values and not check.extra.get("handed_over", [0])[0]:
         check.note = "no ConnectionBind crossed workers in this run"
-    return [*rows.values(), check]
+    return [*rows.values(), *rates.values(), check]

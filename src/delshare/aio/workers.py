@@ -452,9 +452,9 @@ class Supervisor:
 
 
 def _die_with_parent() -> None:
-    """Linux: this worker gets SIGTERM if the parent dies (even by SIGKILL)."""
+    """Linux: this worker gets SIGINT (stop) if the parent dies, even by SIGKILL."""
     if not sys.platform.startswith("linux"):
         return
     with contextlib.suppress(OSError, AttributeError):
         libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        libc.prctl(1, signal.SIGINT)  # PR_SET_PDEATHSIG: stop at once, nobody supervises
