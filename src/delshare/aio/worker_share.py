@@ -45,7 +45,7 @@ from delshare.aio.server_conn import ClientConnection
 from delshare.errors import StunDecodeError
 from delshare.stun.attributes import CONNECTION_ID
 from delshare.stun.message import decode_message
-from delshare.turn.server_types import FiveTuple
+from delshare.turn.server_events import FiveTuple
 
 log = logging.getLogger("delshare.relay")
 

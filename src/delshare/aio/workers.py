@@ -51,7 +51,7 @@ from delshare.aio.server import LISTEN_BACKLOG, RelayConfig, RelayServer, Runnin
 from delshare.aio.worker_share import Handover, SharedQuota
 from delshare.stun.attributes import Address
 from delshare.turn.server import TurnServer
-from delshare.turn.server_types import TCP, TLS, UDP
+from delshare.turn.server_events import TCP, TLS, UDP
 
 log = logging.getLogger("delshare.relay")
 
