@@ -12,6 +12,7 @@ import asyncio
 import os
 import re
 import signal
+import socket
 import ssl
 import time
 import urllib.request
@@ -256,3 +257,26 @@ async def test_a_killed_worker_is_restarted_and_its_quota_freed(tmp_path: Path) 
             await client.close()
     finally:
         running.relay.stop()
+
+
+def test_a_worker_that_cannot_start_stops_the_relay(tmp_path: Path) -> None:
+    """Worker 0 serves the rendezvous; its port is taken: exit 1, no worker left behind."""
+    with socket.socket() as taken:
+        taken.bind((HOST, 0))
+        taken.listen()
+        busy = taken.getsockname()[1]
+        relay = start_relay_process(
+            ["--workers", "2", "--listen", f"{HOST}:0", "--user", "u:p",
+             "--rendezvous-listen", f"{HOST}:{busy}"],
+            tmp_path / "relay.log",
+            ready=None,
+        )  # fmt: skip
+        try:
+            assert relay.wait(STEP) == 1
+            text = relay.text()
+            assert "worker 0 failed to start (exit code 1): stopping" in text, text
+            found = re.search(r"2 workers started \(pids (\d+) (\d+)\)", text)
+            assert found is not None, text
+            assert not any(_alive(int(pid)) for pid in found.groups())
+        finally:
+            relay.stop()

@@ -384,7 +384,7 @@ class OneLineErrors(click.Command):
 @click.option("--log-file", metavar="PATH",
               help="Append logs to PATH (reopened after logrotate moves it; 'stdout' and "
               "'stderr' name those streams). Default: stderr.")  # fmt: skip
-@click.option("--workers", type=click.IntRange(1), default=DEFAULT_WORKERS, show_default=True,
+@click.option("--workers", type=click.IntRange(1, 256), default=DEFAULT_WORKERS, show_default=True,
               help="TURN worker processes sharing the listeners (SO_REUSEPORT), each with its "
               "own allocations; quotas, RFC 6062 and metrics work across them; worker 0 "
               "serves the rendezvous. See docs/operations.md for when more than one pays."
