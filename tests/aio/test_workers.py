@@ -280,3 +280,29 @@ def test_a_worker_that_cannot_start_stops_the_relay(tmp_path: Path) -> None:
             assert not any(_alive(int(pid)) for pid in found.groups())
         finally:
             relay.stop()
+
+
+async def test_udp_allocations_on_both_workers(workers: Workers) -> None:
+    """UDP flows hash to a worker by their 4-tuple; each worker relays its own both ways."""
+    loop = asyncio.get_running_loop()
+    peer = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    peer.bind((HOST, 0))
+    peer.setblocking(False)
+    uri = workers.uri.replace("transport=tcp", "transport=udp")
+    try:
+        for index in range(ALLOCATIONS):
+            async with await connect_turn(uri, "u", "p") as client:
+                allocation = await client.allocate_udp()
+                await allocation.bind_channel(peer.getsockname())
+                allocation.send(peer.getsockname(), b"ping %d" % index)
+                data, relayed = await asyncio.wait_for(loop.sock_recvfrom(peer, 100), STEP)
+                assert data == b"ping %d" % index
+                await loop.sock_sendto(peer, b"pong", relayed)
+                assert await asyncio.wait_for(allocation.recv(), STEP) == (
+                    b"pong",
+                    peer.getsockname(),
+                )
+    finally:
+        peer.close()
+    created = workers.per_worker("allocations_created")
+    assert min(created) > 0 and sum(created) == ALLOCATIONS, created
