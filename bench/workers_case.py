@@ -178,9 +178,9 @@ def _one_relay(cfg: Config, count: int, tag: str, streams: Row, rate: Row) -> No
     port = free_port()
     with ExitStack() as stack:
         server = _start(stack, partial(_starter, count, port, tag), "", streams)
+        rate.note = streams.note  # the server's note, or why it did not start
         if server is None:
             return
-        rate.note = streams.note
         _run_once(partial(_many_once, cfg=cfg, count=count, metrics_port=port), server, streams)
         _run_once(partial(_allocs_once, cfg=cfg, count=count), server, rate)
 

@@ -44,7 +44,13 @@ EXPECTED = {
         "ours startup (send --help)",
         "wormhole startup (send --help)",
     ],
-    "7": ["ours --workers 1", "ours --workers 2", "ours --workers 2: RFC 6062 in+out"],
+    "7": [
+        "ours --workers 1",
+        "ours --workers 2",
+        "ours --workers 1 allocations",
+        "ours --workers 2 allocations",
+        "ours --workers 2: RFC 6062 in+out",
+    ],
 }
 TARGETS = 12
 NUMBER = re.compile(r"^-?[\d,]+(\.\d+)?(e-?\d+)?$")
