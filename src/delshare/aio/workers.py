@@ -42,6 +42,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from types import FrameType
+from wsgiref.simple_server import WSGIServer
 
 from prometheus_client.core import CounterMetricFamily
 from prometheus_client.registry import Collector
@@ -276,28 +277,21 @@ class Supervisor:
         self.code = 0
         self._reports = b""
         self._all_ready = False
-        self._http: object | None = None
-
-    @property
-    def addresses(self) -> list[tuple[str, Address]]:
-        """Where the workers listen (kind, address)."""
-        return [
-            (kind, sock.getsockname()[:2]) for (kind, _), sock in self.shared.listeners[0].items()
-        ]
+        self._http: WSGIServer | None = None
 
     def run(self, main: WorkerMain) -> int:
         """Start the workers, watch them until all have stopped; the exit code."""
         self._install_signals()
         try:
-            for worker in self.workers:
-                self._start(worker, main)
             if self.config.metrics_listen is not None:
                 self._serve_metrics(*self.config.metrics_listen)
+            for worker in self.workers:
+                self._start(worker, main)
             pids = " ".join(str(w.pid) for w in self.workers)
             log.info("%d workers started (pids %s)", len(self.workers), pids)
             while any(w.pid or w.restart_at is not None for w in self.workers):
+                self._read_reports()  # first: a worker's last report precedes its exit
                 self._reap()
-                self._read_reports()
                 self._restarts_due(main)
                 time.sleep(POLL)
         finally:
@@ -332,8 +326,7 @@ class Supervisor:
         _die_with_parent()
         os.setpgid(0, 0)  # a terminal's Ctrl-C reaches the parent, which forwards it once
         if self._http is not None:
-            with contextlib.suppress(Exception):
-                self._http.socket.close()  # type: ignore[attr-defined]
+            self._http.socket.close()  # the parent's: this process does not serve it
         os.close(self.shared.reports[0])
         for other, listeners in enumerate(self.shared.listeners):
             if other != index:
@@ -437,8 +430,8 @@ class Supervisor:
 
     def _close(self) -> None:
         if self._http is not None:
-            self._http.shutdown()  # type: ignore[attr-defined]
-            self._http.server_close()  # type: ignore[attr-defined]
+            self._http.shutdown()
+            self._http.server_close()
         for listeners in self.shared.listeners:
             for sock in listeners.values():
                 sock.close()
