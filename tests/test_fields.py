@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 
 import pytest
 from hypothesis import given
@@ -12,6 +13,8 @@ from hypothesis import strategies as st
 
 from delshare.errors import PairingError
 from delshare.fields import Fields
+
+HEX32 = "ab" * 32
 
 
 def fields(obj: object) -> Fields:
@@ -63,6 +66,66 @@ def test_defaults_only_for_missing_fields() -> None:
 def test_wrong_types_sizes_and_ranges_are_refused(obj: dict[str, object], read: object) -> None:
     with pytest.raises(PairingError, match="offer"):
         read(fields(obj))  # type: ignore[operator]
+
+
+def test_list_reads_check_every_item() -> None:
+    view = fields({"t": ["a", "bc"], "i": [0, 3], "h": [HEX32], "o": [{"k": 1}], "x": "7"})
+    assert view.texts("t", max_items=2, max_len=2, min_len=1) == ["a", "bc"]
+    assert view.integers("i", 0, 3, max_items=2) == [0, 3]
+    assert view.hexes("h", 32, max_items=1) == [bytes.fromhex(HEX32)]
+    assert [o.integer("k", 1, 1) for o in view.objects("o", max_items=1)] == [1]
+    assert view.texts("missing", max_items=1, max_len=1, default=[]) == []
+    assert view.text("x", max_len=1, matching=re.compile("[0-9]")) == "7"
+
+
+@pytest.mark.parametrize(
+    ("obj", "read", "error"),
+    [
+        ({"t": ["a", ""]}, lambda f: f.texts("t", max_items=2, max_len=2, min_len=1), "'t' must"),
+        ({"t": ["a", "b"]}, lambda f: f.texts("t", max_items=1, max_len=2), "at most 1 strings"),
+        ({"i": [True]}, lambda f: f.integers("i", 0, 3, max_items=1), "integers from 0 to 3"),
+        ({"i": [4]}, lambda f: f.integers("i", 0, 3, max_items=1), "integers from 0 to 3"),
+        ({"h": ["ab" * 31]}, lambda f: f.hexes("h", 32, max_items=1), "strings of 64 hex"),
+        ({"h": "ab"}, lambda f: f.hexes("h", 1, max_items=1), "'h' must be a list"),
+        ({"h": "zz"}, lambda f: f.hex("h", 1), "'h' must be 2 hex digits"),
+        ({"h": "a b "}, lambda f: f.hex("h", 2), "'h' must be 4 hex digits"),
+        ({"o": [{}, 1]}, lambda f: f.objects("o", max_items=2), r"offer\.o\[1\] is not"),
+        ({"o": [{}, {}]}, lambda f: f.objects("o", max_items=1), "at most 1 JSON objects"),
+        ({"x": "7a"}, lambda f: f.text("x", max_len=2, matching=re.compile("[0-9]+")), "match"),
+        ({"type": "nope"}, lambda f: f.message_type({"yes"}), "unknown message type 'nope'"),
+        ({"type": 1}, lambda f: f.message_type({"yes"}), "'type' must be a string"),
+    ],
+)
+def test_list_and_pattern_reads_refuse_with_the_field_named(
+    obj: dict[str, object], read: object, error: str
+) -> None:
+    with pytest.raises(PairingError, match=error):
+        read(fields(obj))  # type: ignore[operator]
+
+
+def test_null_is_absent_or_null() -> None:
+    view = fields({"a": None, "b": 0})
+    assert view.null("a") and view.null("c") and not view.null("b")
+
+
+def test_shown_quotes_a_value_briefly() -> None:
+    view = fields({"n": 123456789, "l": [1] * 1000})
+    assert view.shown("n", 4) == "1234"
+    assert view.shown("l") == "list"
+
+
+@pytest.mark.parametrize(
+    "data", [b"nope", b"\xff\xfe\xfd", b"[" * 100_000, "{" * 10_000], ids=lambda d: repr(d)[:12]
+)
+def test_load_turns_any_undecodable_input_into_the_callers_error(data: str | bytes) -> None:
+    with pytest.raises(PairingError, match="offer is not JSON"):
+        Fields.load(data, PairingError, "offer")
+
+
+def test_load_reads_one_object_under_a_new_name() -> None:
+    view = Fields.load(b'{"type":"x","n":1}', PairingError, "offer").named("x offer")
+    with pytest.raises(PairingError, match="x offer: 'n' must be"):
+        view.integer("n", 2, 3)
 
 
 def test_nested_objects_name_their_path() -> None:

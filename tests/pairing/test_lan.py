@@ -32,6 +32,14 @@ def test_announcement_round_trip(nameplate: str, port: int) -> None:
         b'{"del":1,"nameplate":"7","port":"80"}',
         b'{"del":1,"nameplate":"7","port":80,"pad":"' + b"x" * 300 + b'"}',
         b"[1,2]",
+        # through delshare.fields: bools are not numbers, digits are ASCII, nesting is bounded
+        b'{"del":true,"nameplate":"7","port":80}',
+        b'{"del":1,"nameplate":"7","port":true}',
+        '{"del":1,"nameplate":"\u0661\u0662","port":80}'.encode(),
+        '{"del":1,"nameplate":"\u00b2","port":80}'.encode(),
+        b'{"del":1,"nameplate":"123456789","port":80}',
+        b'{"del":1,"port":80}',
+        b"[" * 255,
     ],
 )
 def test_bad_announcements_are_ignored(data: bytes) -> None:

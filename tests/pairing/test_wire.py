@@ -55,6 +55,48 @@ def test_bad_client_frames_raise_pairing_error(frame: str | bytes) -> None:
         wire.decode_client(frame)
 
 
+@pytest.mark.parametrize(
+    ("frame", "error"),
+    [
+        ('{"type": "add"}', "add message: 'body' is missing"),
+        ('{"type": "add", "body": 3}', "add message: 'body' must be a string"),
+        ('{"type": "open", "nameplate": "a b"}', r"'nameplate' must match \[A-Za-z0-9_-\]"),
+        ('{"type": "open", "nameplate": "7", "side": "x"}', "'side' must be one of 'sender'"),
+        ('{"type": "open", "nameplate": "7", "turn": "yes"}', "'turn' must be true or false"),
+        ('{"type": "allocate", "turn": 1}', "allocate message: 'turn' must be true or false"),
+        ('{"type": 3}', "message: 'type' must be a string"),
+        ('{"nameplate": "7"}', "message: 'type' is missing"),
+        ('{"type": "nope"}', "unknown message type 'nope'"),
+        (b"\xff", "message is not JSON"),
+        pytest.param("[" * 100_000, "message is not JSON", id="deep-nesting"),
+    ],
+)
+def test_bad_client_frames_name_the_field(frame: str | bytes, error: str) -> None:
+    with pytest.raises(PairingError, match=error):
+        wire.decode_client(frame)
+
+
+def test_an_open_without_side_or_with_null_takes_the_first_free_seat() -> None:
+    for frame in ('{"type":"open","nameplate":"7"}', '{"type":"open","nameplate":"7","side":null}'):
+        assert wire.decode_client(frame) == wire.OpenMessage("7")
+
+
+@pytest.mark.parametrize(
+    ("servers", "error"),
+    [
+        ([{"urls": "turn:h:1", "username": "u"}], r"turn message\.servers\[0\]: 'credential'"),
+        ([{"urls": 1, "username": "u", "credential": "c"}], r"servers\[0\]: 'urls' must be"),
+        (["turn:h:1"], r"servers\[0\] is not a JSON object"),
+        ([{}] * 9, "'servers' must be a list of at most 8 JSON objects"),
+        ("turn:h:1", "'servers' must be a list"),
+    ],
+)
+def test_bad_turn_servers_name_the_field(servers: object, error: str) -> None:
+    frame = json.dumps({"type": "turn", "servers": servers})
+    with pytest.raises(PairingError, match=error):
+        wire.decode_server(frame)
+
+
 @given(st.one_of(st.text(max_size=80), st.binary(max_size=80)))
 def test_random_frames_raise_only_pairing_error(frame: str | bytes) -> None:
     for decode in (wire.decode_client, wire.decode_server):

@@ -95,6 +95,47 @@ def test_malformed_messages_raise_protocol_errors(raw: bytes) -> None:
         decode_message(raw)
 
 
+SPACED = '"' + "00" * 20 + " " * 24 + '"'  # 64 characters, but only 20 bytes of hex
+
+
+@pytest.mark.parametrize(
+    ("raw", "error"),
+    [
+        pytest.param(b"[" * 100_000, "control message is not JSON", id="deep-nesting"),
+        (b"\xff\xfe\x00", "control message is not JSON"),
+        (b'{"type":"done"}', "control message: 'v' is missing"),
+        (b'{"v":2,"type":"done"}', r"unsupported protocol version 2 \(this side speaks 3\)"),
+        (b'{"v":3,"type":5}', "control message: 'type' must be a string"),
+        (b'{"v":3,"type":"nope"}', "unknown message type 'nope'"),
+        (b'{"v":3,"type":"file-begin","index":-1,"offset":0}', "file-begin message: 'index'"),
+        (b'{"v":3,"type":"file-begin","index":0}', "file-begin message: 'offset' is missing"),
+        (b'{"v":3,"type":"file-end","index":0,"blake3":"zz"}', "'blake3' must be 64 hex digits"),
+        (b'{"v":3,"type":"accept","verify":"yes"}', "'verify' must be true or false"),
+        (b'{"v":3,"type":"accept","skip":[true]}', "accept message: 'skip' must be a list"),
+        (b'{"v":3,"type":"accept","files":[1]}', r"accept message\.files\[0\] is not"),
+        (
+            b'{"v":3,"type":"accept","files":[{"index":0,"offset":0,"chunks":['
+            + SPACED.encode()
+            + b"]}]}",
+            r"accept message\.files\[0\]: 'chunks' must be a list of at most \d+ strings of 64",
+        ),
+        (b'{"v":3,"type":"hashes","files":[{"index":0}]}', r"hashes message\.files\[0\]: 'blake3'"),
+        (b'{"v":3,"type":"hash-request","indexes":[-1]}', "'indexes' must be a list"),
+        (b'{"v":3,"type":"reject"}', "reject message: 'reason' is missing"),
+        (b'{"v":3,"type":"offer","chunk":true,"total":0}', "bad chunk size True"),
+        (b'{"v":3,"type":"offer","chunk":[1],"total":0}', "bad chunk size list"),
+    ],
+)
+def test_malformed_fields_are_named_in_the_error(raw: bytes, error: str) -> None:
+    with pytest.raises(PeerProtocolError, match=error):
+        decode_message(raw)
+
+
+def test_a_long_reason_is_cut_not_refused() -> None:
+    raw = json.dumps({"v": 3, "type": "error", "reason": "x" * 5000}).encode()
+    assert decode_message(raw) == ErrorMessage("x" * 1000)
+
+
 def test_offer_total_must_match_entries() -> None:
     obj = json.loads(encode_message(Offer(MANIFEST, 1 << 20)))
     obj["total"] = 11

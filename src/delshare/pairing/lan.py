@@ -12,17 +12,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import re
 import socket
 import struct
 from dataclasses import dataclass
 
 from delshare.errors import PairingError
+from delshare.fields import Fields
 
 GROUP = "239.255.67.76"  # RFC 2365 organisation-local scope
 PORT = 47689
 ANNOUNCE_INTERVAL = 0.25
 MAX_ANNOUNCEMENT = 256
 VERSION = 1
+_NAMEPLATE = re.compile(r"[0-9]{1,8}")  # decimal digits (ASCII: str.isdigit takes others)
 
 
 @dataclass(frozen=True)
@@ -38,22 +41,21 @@ class Announcement:
         return json.dumps(body, separators=(",", ":")).encode()
 
 
+class _NotAnnouncement(Exception):
+    """A datagram on the group that is not a valid announcement (it is ignored)."""
+
+
 def parse_announcement(data: bytes) -> Announcement | None:
     """Decode a datagram; anything that is not a valid announcement gives None."""
     if len(data) > MAX_ANNOUNCEMENT:
         return None
     try:
-        body = json.loads(data)
-    except (UnicodeDecodeError, ValueError):
+        fields = Fields.load(data, _NotAnnouncement, "announcement")
+        fields.one_of("del", (VERSION,))
+        nameplate = fields.text("nameplate", max_len=8, matching=_NAMEPLATE)
+        return Announcement(nameplate, fields.integer("port", 1, 65535))
+    except _NotAnnouncement:
         return None
-    if not isinstance(body, dict) or body.get("del") != VERSION:
-        return None
-    nameplate, port = body.get("nameplate"), body.get("port")
-    if not isinstance(nameplate, str) or not nameplate.isdigit() or len(nameplate) > 8:
-        return None
-    if not isinstance(port, int) or not 0 < port < 65536:
-        return None
-    return Announcement(nameplate, port)
 
 
 async def announce(announcement: Announcement, stop: asyncio.Event, ttl: int = 1) -> None:

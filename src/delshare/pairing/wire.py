@@ -15,6 +15,10 @@ TURN servers for clients without secrets (issue 12 item 9): ``open`` and ``alloc
 ``{"type": "turn", "servers": [{"urls": "turn:HOST:PORT?transport=tcp", "username":
 "<expiry>:<id>", "credential": "<base64 HMAC-SHA1>"}, ...]}`` (WebRTC's RTCIceServer fields;
 an empty list when it has none). Older servers ignore the field and send no such message.
+
+Frames are read through ``delshare.fields``: a missing or mistyped field is refused with a
+``PairingError`` naming it (``add message: 'body' is missing``); an unknown type is
+``unknown message type 'x'`` (how an older server refuses ``allocate``).
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from delshare.errors import PairingError
+from delshare.fields import Fields
 
 MAX_FRAME = 64 * 1024  # bytes per WebSocket frame, enforced by both ends
 _NAMEPLATE = re.compile(r"[A-Za-z0-9_-]{1,64}")
@@ -115,71 +120,48 @@ def encode(message: ClientMessage | ServerMessage) -> str:
 
 def decode_client(frame: str | bytes) -> ClientMessage:
     """Parse a client frame; PairingError (the reason to answer) if it is not valid."""
-    fields = _load(frame)
-    kind = fields.get("type")
+    fields = Fields.load(frame, PairingError)
+    kind = fields.message_type(("open", "allocate", "add"))
+    fields = fields.named(f"{kind} message")
     if kind == "open":
-        side = fields.get("side")
-        if side is not None and side not in SIDES:
-            raise PairingError(f"side must be one of {', '.join(SIDES)}")
-        return OpenMessage(_nameplate(fields), side, fields.get("turn") is True)
+        side = None if fields.null("side") else fields.one_of("side", SIDES)
+        return OpenMessage(_nameplate(fields), side, _turn_asked(fields))
     if kind == "allocate":
-        return AllocateMessage(fields.get("turn") is True)
-    if kind == "add":
-        return AddMessage(_string(fields, "body"))
-    raise PairingError(f"unknown message type {kind!r}")
+        return AllocateMessage(_turn_asked(fields))
+    return AddMessage(fields.text("body", max_len=MAX_FRAME))
 
 
 def decode_server(frame: str | bytes) -> ServerMessage:
     """Parse a server frame; PairingError if it is not valid."""
-    fields = _load(frame)
-    kind = fields.get("type")
+    fields = Fields.load(frame, PairingError)
+    kind = fields.message_type(("message", "allocated", "turn", "error", "close"))
+    fields = fields.named(f"{kind} message")
     if kind == "message":
-        return RelayMessage(_string(fields, "body"))
+        return RelayMessage(fields.text("body", max_len=MAX_FRAME))
     if kind == "allocated":
         return AllocatedMessage(_nameplate(fields))
     if kind == "turn":
-        return TurnMessage(_turn_servers(fields.get("servers")))
+        return TurnMessage(_turn_servers(fields))
     if kind == "error":
-        return ErrorMessage(_string(fields, "reason"))
-    if kind == "close":
-        return CloseMessage(_string(fields, "reason"))
-    raise PairingError(f"unknown message type {kind!r}")
+        return ErrorMessage(fields.text("reason", max_len=MAX_FRAME))
+    return CloseMessage(fields.text("reason", max_len=MAX_FRAME))
 
 
-def _load(frame: str | bytes) -> dict[str, Any]:
-    try:
-        fields = json.loads(frame)
-    except (ValueError, RecursionError) as exc:
-        raise PairingError("message is not JSON") from exc
-    if not isinstance(fields, dict):
-        raise PairingError("message is not a JSON object")
-    return fields
+def _nameplate(fields: Fields) -> str:
+    return fields.text("nameplate", max_len=64, matching=_NAMEPLATE)
 
 
-def _string(fields: dict[str, Any], name: str) -> str:
-    value = fields.get(name)
-    if not isinstance(value, str):
-        raise PairingError(f"field {name!r} must be a string")
-    return value
+def _turn_asked(fields: Fields) -> bool:
+    """``"turn": true`` asks for TURN servers (absent: false)."""
+    return fields.flag("turn", default=False)
 
 
-def _nameplate(fields: dict[str, Any]) -> str:
-    nameplate = _string(fields, "nameplate")
-    if not _NAMEPLATE.fullmatch(nameplate):
-        raise PairingError("bad nameplate")
-    return nameplate
-
-
-def _turn_servers(value: Any) -> tuple[TurnServer, ...]:
-    if not isinstance(value, list) or len(value) > MAX_TURN_SERVERS:
-        raise PairingError(f"field 'servers' must be a list of at most {MAX_TURN_SERVERS}")
-    servers = []
-    for entry in value:
-        if not isinstance(entry, dict):
-            raise PairingError("a TURN server must be a JSON object")
-        servers.append(
-            TurnServer(
-                _string(entry, "urls"), _string(entry, "username"), _string(entry, "credential")
-            )
+def _turn_servers(fields: Fields) -> tuple[TurnServer, ...]:
+    return tuple(
+        TurnServer(
+            server.text("urls", max_len=MAX_FRAME),
+            server.text("username", max_len=MAX_FRAME),
+            server.text("credential", max_len=MAX_FRAME),
         )
-    return tuple(servers)
+        for server in fields.objects("servers", max_items=MAX_TURN_SERVERS)
+    )

@@ -72,10 +72,11 @@ import asyncio
 import contextlib
 import json
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from delshare.fields import Fields
 from delshare.link.records import MAX_PAYLOAD, LinkError, RecordChannel, RecordKind
 from delshare.transfer.digest import ALGORITHM, DIGEST_SIZE
 from delshare.transfer.errors import ManifestError, PeerProtocolError, PeerTimeoutError
@@ -305,129 +306,92 @@ def _resume_wire(r: ResumeOffer) -> dict[str, Any]:
 
 def decode_message(data: bytes) -> Message:
     """Parse and validate one message; anything malformed raises PeerProtocolError."""
-    try:
-        obj = json.loads(data)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise PeerProtocolError(f"control message is not JSON: {exc}") from None
-    if not isinstance(obj, dict):
-        raise PeerProtocolError("control message is not a JSON object")
-    if obj.get("v") != VERSION:
-        raise PeerProtocolError(f"unsupported protocol version {obj.get('v')!r}")
-    kind = obj.get("type")
-    decoder = _DECODERS.get(kind) if isinstance(kind, str) else None
-    if decoder is None:
-        raise PeerProtocolError(f"unknown message type {kind!r}")
-    message: Message = decoder(obj)
+    fields = Fields.load(data, PeerProtocolError, "control message")
+    fields.version({VERSION})
+    kind = fields.message_type(_DECODERS)
+    message: Message = _DECODERS[kind](fields.named(f"{kind} message"))
     return message
 
 
-def _int(obj: dict[str, Any], key: str, low: int = 0, high: int = 1 << 62) -> int:
-    value = obj.get(key)
-    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
-        raise PeerProtocolError(f"bad {key!r} in {obj.get('type')} message")
-    return value
+_MAX_INT = 1 << 62  # sizes, offsets and indexes: far beyond any file, still an exact integer
+_MAX_REASON = 1000  # characters of a peer's reason kept (the rest is cut, not refused)
 
 
-def _str(obj: dict[str, Any], key: str) -> str:
-    value = obj.get(key)
-    if not isinstance(value, str):
-        raise PeerProtocolError(f"bad {key!r} in {obj.get('type')} message")
-    return value[:1000]
+def _index(fields: Fields) -> int:
+    return fields.integer("index", 0, _MAX_INT)
 
 
-def _digest(value: object) -> bytes:
-    if not isinstance(value, str) or len(value) != 2 * DIGEST_SIZE:
-        raise PeerProtocolError(f"bad {ALGORITHM} hex digest")
-    try:
-        return bytes.fromhex(value)
-    except ValueError:
-        raise PeerProtocolError(f"bad {ALGORITHM} hex digest") from None
+def _reason(fields: Fields) -> str:
+    return fields.text("reason", max_len=MAX_MESSAGE)[:_MAX_REASON]
 
 
-def _optional_digest(value: object) -> bytes:
-    return b"" if value is None else _digest(value)
-
-
-def _list(obj: dict[str, Any], key: str) -> list[Any]:
-    value = obj.get(key, [])
-    if not isinstance(value, list) or len(value) > MAX_ENTRIES:
-        raise PeerProtocolError(f"bad {key!r} in {obj.get('type')} message")
-    return value
-
-
-def _indexes(obj: dict[str, Any], key: str) -> tuple[int, ...]:
-    values = _list(obj, key)
-    if not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in values):
-        raise PeerProtocolError(f"bad {key!r} in {obj.get('type')} message")
-    return tuple(values)
-
-
-def _decode_offer(obj: dict[str, Any]) -> Offer:
-    entries_wire = obj.get("entries")
-    if isinstance(entries_wire, list) and len(entries_wire) > MAX_ENTRIES:
+def _decode_offer(fields: Fields) -> Offer:
+    entries_wire = fields.items("entries", max_len=_MAX_INT, default=[])
+    if len(entries_wire) > MAX_ENTRIES:  # counted before any entry is examined
         raise ManifestError(
             f"offer of {len(entries_wire)} files and folders: at most {MAX_ENTRIES} in one "
             "transfer (send fewer at once)"
         )
-    chunk = obj.get("chunk")
-    if not isinstance(chunk, int) or isinstance(chunk, bool) or not MIN_CHUNK <= chunk <= MAX_CHUNK:
-        raise PeerProtocolError(
-            f"bad chunk size {str(chunk)[:20]} (must be {MIN_CHUNK} to {MAX_CHUNK} bytes)"
-        )
-    entries = tuple(Entry.from_wire(e) for e in _list(obj, "entries"))
-    manifest = Manifest(entries)
+    chunk = _chunk(fields)
+    manifest = Manifest(tuple(Entry.from_wire(e) for e in entries_wire))
     manifest.validate()
-    if _int(obj, "total") != manifest.total_bytes:
+    if fields.integer("total", 0, _MAX_INT) != manifest.total_bytes:
         raise ManifestError("offer total does not match its entries")
     skipped: tuple[str, ...] = ()
     count = 0
-    if "skipped" in obj or "skipped_count" in obj:  # optional: absent from older senders
-        names = _list(obj, "skipped")
-        if len(names) > MAX_SKIPPED_NAMES or not all(
-            isinstance(n, str) and 0 < len(n) <= 4096 for n in names
-        ):
-            raise PeerProtocolError("bad 'skipped' in offer")
+    if not (fields.null("skipped") and fields.null("skipped_count")):  # absent: older senders
+        names = fields.texts(
+            "skipped", max_items=MAX_SKIPPED_NAMES, min_len=1, max_len=4096, default=[]
+        )
         skipped = tuple(names)
-        count = _int(obj, "skipped_count", len(skipped))
+        count = fields.integer("skipped_count", len(skipped), _MAX_INT)
     return Offer(manifest, chunk, skipped, count)
 
 
-def _decode_resume(item: object) -> ResumeOffer:
-    if not isinstance(item, dict):
-        raise PeerProtocolError("bad resume entry in accept")
-    chunks = tuple(_digest(c) for c in _list(item, "chunks"))
-    return ResumeOffer(_int(item, "index"), _int(item, "offset"), chunks)
+def _chunk(fields: Fields) -> int:
+    """The resume granularity; out of range, the documented "bad chunk size N" reason."""
+    try:
+        return fields.integer("chunk", MIN_CHUNK, MAX_CHUNK)
+    except PeerProtocolError:
+        raise PeerProtocolError(
+            f"bad chunk size {fields.shown('chunk')} (must be {MIN_CHUNK} to {MAX_CHUNK} bytes)"
+        ) from None
 
 
-def _decode_accept(obj: dict[str, Any]) -> Accept:
-    resume = tuple(_decode_resume(item) for item in _list(obj, "files"))
-    skip = _indexes(obj, "skip")
-    verify = obj.get("verify", True)
-    if not isinstance(verify, bool):
-        raise PeerProtocolError("bad verify flag in accept")
-    return Accept(resume, skip, verify)
+def _decode_resume(fields: Fields) -> ResumeOffer:
+    chunks = fields.hexes("chunks", DIGEST_SIZE, max_items=MAX_ENTRIES, default=[])
+    return ResumeOffer(_index(fields), fields.integer("offset", 0, _MAX_INT), tuple(chunks))
 
 
-def _decode_hashes(obj: dict[str, Any]) -> Hashes:
-    files = []
-    for item in _list(obj, "files"):
-        if not isinstance(item, dict):
-            raise PeerProtocolError("bad entry in hashes")
-        files.append((_int(item, "index"), _digest(item.get(ALGORITHM))))
-    return Hashes(tuple(files))
+def _decode_accept(fields: Fields) -> Accept:
+    resume = [_decode_resume(f) for f in fields.objects("files", max_items=MAX_ENTRIES, default=[])]
+    skip = fields.integers("skip", 0, _MAX_INT, max_items=MAX_ENTRIES, default=[])
+    return Accept(tuple(resume), tuple(skip), fields.flag("verify", default=True))
 
 
-_DECODERS: dict[str, Any] = {
+def _decode_hashes(fields: Fields) -> Hashes:
+    files = fields.objects("files", max_items=MAX_ENTRIES, default=[])
+    return Hashes(tuple((_index(f), f.hex(ALGORITHM, DIGEST_SIZE)) for f in files))
+
+
+def _decode_file_end(fields: Fields) -> FileEnd:
+    digest = b"" if fields.null(ALGORITHM) else fields.hex(ALGORITHM, DIGEST_SIZE)
+    return FileEnd(_index(fields), digest)
+
+
+_DECODERS: dict[str, Callable[[Fields], Message]] = {
     "offer": _decode_offer,
     "accept": _decode_accept,
-    "reject": lambda o: Reject(_str(o, "reason")),
-    "file-begin": lambda o: FileBegin(_int(o, "index"), _int(o, "offset")),
-    "file-end": lambda o: FileEnd(_int(o, "index"), _optional_digest(o.get(ALGORITHM))),
-    "done": lambda o: Done(),
-    "error": lambda o: ErrorMessage(_str(o, "reason")),
-    "hash-request": lambda o: HashRequest(_indexes(o, "indexes")),
+    "reject": lambda f: Reject(_reason(f)),
+    "file-begin": lambda f: FileBegin(_index(f), f.integer("offset", 0, _MAX_INT)),
+    "file-end": _decode_file_end,
+    "done": lambda f: Done(),
+    "error": lambda f: ErrorMessage(_reason(f)),
+    "hash-request": lambda f: HashRequest(
+        tuple(f.integers("indexes", 0, _MAX_INT, max_items=MAX_ENTRIES, default=[]))
+    ),
     "hashes": _decode_hashes,
-    "wait": lambda o: Wait(),
+    "wait": lambda f: Wait(),
 }
 
 
