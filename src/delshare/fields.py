@@ -61,11 +61,10 @@ class Fields:
         return Fields(self._obj, self._error, what)
 
     def _get(self, name: str, default: object) -> object:
-        if name in self._obj:
-            return self._obj[name]
-        if default is _MISSING:
+        value = self._obj.get(name, default)
+        if value is _MISSING:
             raise self._fail(name, "is missing")
-        return default
+        return value
 
     def _fail(self, name: str, problem: str) -> Exception:
         return self._error(f"{self._what}: {name!r} {problem}")
@@ -93,6 +92,10 @@ class Fields:
             raise self._error(f"unknown message type {kind!r}")
         return kind
 
+    def has(self, name: str) -> bool:
+        """Is the field present (even as ``null``)?"""
+        return name in self._obj
+
     def null(self, name: str) -> bool:
         """Is the field absent or ``null``?"""
         return self._obj.get(name) is None
@@ -113,7 +116,7 @@ class Fields:
     def integer(self, name: str, low: int, high: int, *, default: int = _MISSING) -> int:
         """An integer in ``[low, high]`` (never a bool)."""
         value = self._get(name, default)
-        if not _is_int(value) or not low <= value <= high:
+        if type(value) is not int or not low <= value <= high:  # JSON ints: exactly int, no bool
             raise self._fail(name, f"must be an integer from {low} to {high}")
         return value
 

@@ -233,3 +233,26 @@ def test_a_stream_entry_has_no_size_on_the_wire_and_round_trips() -> None:
 def test_a_bad_stream_entry_is_refused(wire: dict[str, object]) -> None:
     with pytest.raises(ManifestError):
         Entry.from_wire(wire)
+
+
+@pytest.mark.parametrize(
+    ("wire", "error"),
+    [
+        ([], "manifest entry is not a JSON object"),
+        ({"kind": "file"}, "manifest entry: 'path' is missing"),
+        ({"path": 3, "kind": "file"}, "manifest entry: 'path' must be a string"),
+        ({"path": "a\u202eb", "kind": "fifo"}, r"manifest entry a\\u202eb: 'kind' must be one of"),
+        ({"path": "a"}, "manifest entry a: 'kind' is missing"),
+        ({"path": "a", "kind": "file", "size": True}, "manifest entry a: 'size' must be an int"),
+        ({"path": "a", "kind": "file", "size": 1 << 51}, "'size' must be an integer from 0 to"),
+        ({"path": "a", "kind": "file", "mode": 0o10000}, "'mode' must be an integer from 0 to"),
+        ({"path": "a", "kind": "file", "mtime_ns": 1.5}, "'mtime_ns' must be an integer"),
+        ({"path": "a", "kind": "file", "stream": True}, "bad stream entry a"),  # size: null
+        ({"path": "a", "kind": "file", "stream": "yes"}, "'stream' must be true or false"),
+        ({"path": "d", "kind": "dir", "size": 1}, "bad size for d"),
+    ],
+)
+def test_a_malformed_entry_names_the_field_and_the_path(wire: object, error: str) -> None:
+    """Through delshare.fields; the path is shown escaped (delshare.text), as in every message."""
+    with pytest.raises(ManifestError, match=error):
+        Entry.from_wire(wire)

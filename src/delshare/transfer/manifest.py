@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, Literal
 
+from delshare.fields import Fields
 from delshare.text import is_printable, printable
 from delshare.transfer.errors import ManifestError, UnsafePathError
 
@@ -82,27 +83,42 @@ class Entry:
 
     @classmethod
     def from_wire(cls, obj: object) -> Entry:
-        """Parse and validate one offered entry (raises ManifestError / UnsafePathError)."""
-        if not isinstance(obj, dict):
-            raise ManifestError("manifest entry is not an object")
-        path, kind = obj.get("path"), obj.get("kind")
-        size, mode, mtime = obj.get("size", 0), obj.get("mode", 0o644), obj.get("mtime_ns", 0)
-        if not isinstance(path, str) or kind not in ("file", "dir"):
-            raise ManifestError("manifest entry needs a string path and kind file|dir")
-        stream = obj.get("stream", False)
-        if stream is not False and (stream is not True or kind != "file" or size is not None):
+        """Parse and validate one offered entry (raises ManifestError / UnsafePathError).
+
+        Read through :class:`delshare.fields.Fields`: an error names the field and the entry.
+        """
+        error = _EntryError()
+        fields = Fields(obj, error, _ENTRY)
+        path = error.path = fields.text("path", max_len=MAX_OFFER_BYTES)  # length: check_rel_path
+        kind = fields.one_of("kind", _KINDS)
+        stream = fields.flag("stream", default=False)
+        if stream and (kind != "file" or not fields.has("size") or not fields.null("size")):
             raise ManifestError(f"bad stream entry {display_name(path)}")
-        if stream:
-            size = 0
-        for value in (size, mode, mtime):
-            if not isinstance(value, int) or isinstance(value, bool):
-                raise ManifestError(f"bad number in manifest entry for {display_name(path)}")
-        if not 0 <= size <= MAX_FILE_SIZE or (kind == "dir" and size):
+        size = 0 if stream else fields.integer("size", 0, MAX_FILE_SIZE, default=0)
+        if kind == "dir" and size:
             raise ManifestError(f"bad size for {display_name(path)}")
-        if not 0 <= mode <= 0o7777 or not -(1 << 62) < mtime < 1 << 62:
-            raise ManifestError(f"bad mode or mtime for {display_name(path)}")
+        mode = fields.integer("mode", 0, 0o7777, default=0o644)
+        mtime = fields.integer("mtime_ns", 1 - (1 << 62), (1 << 62) - 1, default=0)
         check_rel_path(path)
         return cls(path, kind, size, mode & 0o777, mtime, stream)
+
+
+_ENTRY = "manifest entry"
+_KINDS: tuple[Kind, ...] = ("file", "dir")
+
+
+class _EntryError:
+    """ManifestError naming the entry by its path once known, made printable only on failure."""
+
+    __slots__ = ("path",)
+
+    def __init__(self) -> None:
+        self.path = ""
+
+    def __call__(self, message: str) -> Exception:
+        if self.path:
+            message = message.replace(_ENTRY, f"{_ENTRY} {display_name(self.path)}", 1)
+        return ManifestError(message)
 
 
 @dataclass(frozen=True, slots=True)
