@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import pytest
+from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from hypothesis import given
 from hypothesis import strategies as st
 
 from delshare.errors import PairingError
-from delshare.pairing.cipher import MessageCipher
+from delshare.pairing.cipher import MessageCipher, direction_key
 from delshare.pairing.pake import Pake, Side, derive_key
 
 
@@ -94,3 +95,23 @@ def test_sealed_messages_reject_wrong_key_tamper_replay_and_reflection() -> None
     assert receiver.open(sealed) == {"secret": 1}
     with pytest.raises(PairingError, match="wrong code or tampered"):
         receiver.open(sealed)  # replay: the counter moved on
+
+
+@pytest.mark.parametrize(
+    ("plaintext", "error"),
+    [
+        (b"[" * 5000, "not JSON"),  # deeper than the parser recurses: an error, not a crash
+        (b"\xff\xfe", "not JSON"),
+        (b"[1]", "not an object"),
+    ],
+    ids=["deep-nesting", "bad-utf8", "a-list"],
+)
+def test_a_sealed_message_that_is_no_json_object_is_a_pairing_error(
+    plaintext: bytes, error: str
+) -> None:
+    """The peer knows the key (it paired) but sends garbage: one clear error."""
+    key = b"k" * 32
+    first = b"\x00" * 12  # the sender's first message: counter 0
+    sealed = ChaCha20Poly1305(direction_key(key, Side.SENDER)).encrypt(first, plaintext, None)
+    with pytest.raises(PairingError, match=error):
+        MessageCipher(key, Side.RECEIVER).open(sealed)

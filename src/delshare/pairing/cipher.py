@@ -56,7 +56,7 @@ class MessageCipher:
         self._received += 1
         try:
             obj = json.loads(plaintext)
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:  # bad UTF-8; nesting too deep to parse
             raise PairingError("peer sent a message that is not JSON") from exc
         if not isinstance(obj, dict):
             raise PairingError("peer sent a JSON value that is not an object")
