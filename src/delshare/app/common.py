@@ -20,7 +20,6 @@ __all__ = [
     "SessionOptions",
     "UsageProblem",
     "check_rendezvous_url",
-    "exit_code_for",
     "human_size",
     "notice_reporter",
     "progress_reporter",
@@ -132,17 +131,3 @@ def progress_reporter(report: Reporter) -> ProgressCallback:
         report(ProgressUpdated(index, file_done, total_done))
 
     return callback
-
-
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_REFUSED, EXIT_INTERRUPTED = 0, 1, 2, 3, 4
-
-
-def exit_code_for(exc: BaseException) -> int:
-    """The documented exit code: 2 usage, 3 refused (by the peer or declined here), else 1."""
-    from delshare.transfer.errors import DeclinedError, RefusedByPeerError
-
-    if isinstance(exc, UsageProblem):
-        return EXIT_USAGE
-    if isinstance(exc, RefusedByPeerError | DeclinedError):
-        return EXIT_REFUSED
-    return EXIT_FAILED

@@ -18,14 +18,7 @@ from typing import Any, TypeVar
 
 import click
 
-from delshare.app.common import (
-    EXIT_INTERRUPTED,
-    EXIT_OK,
-    SessionOptions,
-    UsageProblem,
-    check_rendezvous_url,
-    exit_code_for,
-)
+from delshare.app.common import SessionOptions, UsageProblem, check_rendezvous_url
 from delshare.app.connect import ConnectOptions
 from delshare.app.hints import Side, explain, resume_hint
 from delshare.cli.loop import run_on_loop
@@ -38,7 +31,13 @@ from delshare.transfer.protocol import STALL_TIMEOUT
 
 __all__ = [
     "EXIT_CODES_HELP",
+    "EXIT_FAILED",
+    "EXIT_INTERRUPTED",
+    "EXIT_OK",
+    "EXIT_REFUSED",
+    "EXIT_USAGE",
     "client_config",
+    "exit_code_for",
     "link_options",
     "make_ui",
     "run_app",
@@ -46,10 +45,22 @@ __all__ = [
 ]
 
 F = TypeVar("F", bound=Callable[..., Any])
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_REFUSED, EXIT_INTERRUPTED = 0, 1, 2, 3, 4
 EXIT_CODES_HELP = (
     "Exit codes: 0 done, 1 failed, 2 usage error, 3 refused (by the peer or declined), "
     "4 interrupted."
 )
+
+
+def exit_code_for(exc: BaseException) -> int:
+    """The documented exit code: 2 usage, 3 refused (by the peer or declined here), else 1."""
+    from delshare.transfer.errors import DeclinedError, RefusedByPeerError
+
+    if isinstance(exc, UsageProblem):
+        return EXIT_USAGE
+    if isinstance(exc, RefusedByPeerError | DeclinedError):
+        return EXIT_REFUSED
+    return EXIT_FAILED
 
 
 def link_options(f: F) -> F:

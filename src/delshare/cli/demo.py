@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import click
 
-from delshare.app.common import EXIT_OK
-from delshare.cli.common import run_app
+from delshare.cli.common import EXIT_OK, run_app
 from delshare.cli.ui import Ui, human_size, pick_style
 
 __all__ = ["demo"]

@@ -13,11 +13,12 @@ from typing import Any
 import click
 
 from delshare.api import receive_with
-from delshare.app.common import EXIT_USAGE, SessionOptions, UsageProblem
+from delshare.app.common import SessionOptions, UsageProblem
 from delshare.app.events import OfferReceived
 from delshare.app.receive import Ask, AskOverwrite, ReceiveOptions
 from delshare.cli.common import (
     EXIT_CODES_HELP,
+    EXIT_USAGE,
     client_config,
     link_options,
     make_ui,

@@ -12,8 +12,15 @@ from typing import Any, BinaryIO
 import click
 
 from delshare.api import send_with
-from delshare.app.common import EXIT_USAGE, SessionOptions, UsageProblem
-from delshare.cli.common import EXIT_CODES_HELP, link_options, make_ui, run_app, session_options
+from delshare.app.common import SessionOptions, UsageProblem
+from delshare.cli.common import (
+    EXIT_CODES_HELP,
+    EXIT_USAGE,
+    link_options,
+    make_ui,
+    run_app,
+    session_options,
+)
 from delshare.cli.main import Finished
 from delshare.cli.ui import Ui
 

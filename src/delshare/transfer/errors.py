@@ -1,6 +1,6 @@
 """Typed transfer failures, all derived from :class:`delshare.errors.TransferError`.
 
-The CLI's exit codes are chosen in one place, ``delshare.app.common.exit_code_for``.
+The CLI's exit codes are chosen in one place, ``delshare.cli.common.exit_code_for``.
 """
 
 from __future__ import annotations
