@@ -14,9 +14,11 @@ import pytest
 from delshare.aio.server import RelayConfig
 from delshare.app.common import SessionOptions
 from delshare.cli.receive import receive
-from delshare.cli.relay import relay, relay_config
+from delshare.cli.relay import relay, relay_config, rendezvous_limits
 from delshare.cli.relay_config import DEFAULTS, RelaySettings
 from delshare.cli.send import send
+from delshare.pairing.mailbox import MailboxLimits
+from delshare.turn.auth import DEFAULT_NONCE_LIFETIME
 from delshare.turn.server_config import ServerConfig
 
 CORE_FLAGS = {  # the record whose default a flag shows (RelaySettings keeps None: not given)
@@ -61,5 +63,7 @@ def test_relay_flags_show_the_core_defaults(name: str, record: type) -> None:
 def test_a_relay_without_flags_runs_with_the_core_defaults() -> None:
     config = relay_config(DEFAULTS)
     assert config.server == ServerConfig(auth=config.server.auth)
+    assert config.server.auth.nonce_lifetime == DEFAULT_NONCE_LIFETIME
     plain = RelayConfig(server=config.server, optional_listen=config.optional_listen)
     assert config == plain
+    assert rendezvous_limits(DEFAULTS) == MailboxLimits()

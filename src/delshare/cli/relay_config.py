@@ -29,7 +29,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+from delshare.pairing.mailbox import MailboxLimits
 from delshare.stun.attributes import Address
+from delshare.turn.auth import DEFAULT_NONCE_LIFETIME
+from delshare.turn.server_config import ServerConfig
 
 SECRET = "********"
 UNLIMITED = 1_000_000_000  # coturn's quota 0 ("no limit")
@@ -43,7 +46,10 @@ PENDING_FEATURES: dict[str, Callable[[Any], Any]] = {}
 
 @dataclass(frozen=True)
 class RelaySettings:
-    """Everything ``delshare relay`` runs with; field names are the flags' (dashes → ``_``)."""
+    """Everything ``delshare relay`` runs with; field names are the flags' (dashes → ``_``).
+
+    Defaults that are the core's own (``ServerConfig``, ``MailboxLimits``) are read from there.
+    """
 
     listen: tuple[Address, ...] = ()  # empty: 0.0.0.0 and [::] on ``port``
     port: int = COTURN_PORT
@@ -64,29 +70,29 @@ class RelaySettings:
     max_port: int = 65535
     no_udp_relay: bool = False
     no_tcp_relay: bool = False
-    max_allocations: int = 1000
-    max_allocations_per_user: int = 100
-    max_allocations_per_ip: int = 500
-    max_request_rate: float = 1000.0
-    max_connections_per_allocation: int = 64
-    max_pending_connections: int = 256
-    max_lifetime: int = 3600
-    nonce_lifetime: int = 600
+    max_allocations: int = ServerConfig.max_allocations
+    max_allocations_per_user: int = ServerConfig.max_allocations_per_user
+    max_allocations_per_ip: int = ServerConfig.max_allocations_per_ip
+    max_request_rate: float = ServerConfig.request_rate
+    max_connections_per_allocation: int = ServerConfig.max_connections_per_allocation
+    max_pending_connections: int = ServerConfig.max_pending_connections
+    max_lifetime: int = ServerConfig.max_lifetime
+    nonce_lifetime: int = int(DEFAULT_NONCE_LIFETIME)
     alternate_server: tuple[Address, ...] = ()
     drain_timeout: float = 300.0
     rendezvous_listen: Address | None = None
     rendezvous_redis: str | None = None
     rendezvous_tls: bool = False
-    rendezvous_max_mailboxes: int = 1000
-    rendezvous_max_mailboxes_per_ip: int = 20
-    rendezvous_max_connections_per_ip: int = 40
-    rendezvous_max_message_size: int = 16 * 1024
-    rendezvous_max_messages: int = 64
-    rendezvous_max_mailbox_bytes: int = 64 * 1024
-    rendezvous_max_total_bytes: int = 32 * 1024 * 1024
-    rendezvous_code_lifetime: float = 600.0
-    rendezvous_max_message_rate: float = 20.0
-    rendezvous_idle_timeout: float = 10.0
+    rendezvous_max_mailboxes: int = MailboxLimits.max_mailboxes
+    rendezvous_max_mailboxes_per_ip: int = MailboxLimits.max_mailboxes_per_ip
+    rendezvous_max_connections_per_ip: int = MailboxLimits.max_connections_per_ip
+    rendezvous_max_message_size: int = MailboxLimits.max_message_size
+    rendezvous_max_messages: int = MailboxLimits.max_messages
+    rendezvous_max_mailbox_bytes: int = MailboxLimits.max_bytes
+    rendezvous_max_total_bytes: int = MailboxLimits.max_total_bytes
+    rendezvous_code_lifetime: float = MailboxLimits.max_age
+    rendezvous_max_message_rate: float = MailboxLimits.message_rate
+    rendezvous_idle_timeout: float = MailboxLimits.idle_timeout
     metrics_listen: Address | None = None
     no_turn: bool = False
     no_rendezvous: bool = False
