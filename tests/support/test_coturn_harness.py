@@ -62,8 +62,8 @@ def _jobs(servers: Servers, peer: tuple[str, int]) -> dict[str, Callable[[], Ucl
         assert port is not None
         jobs[mode.name] = partial(
             run_uclient, plain.host, port, mode_flags=mode.flags, user="user", password="pass",
-            peer=peer if mode.needs_peer else None, retries=int(mode.lossless),
-            clients=CLIENTS, messages=MESSAGES,
+            peer=peer if mode.needs_peer else None, retries=1,
+            tolerated_loss=0 if mode.lossless else CLIENTS, clients=CLIENTS, messages=MESSAGES,
         )  # fmt: skip
     rest_user, rest_password = rest_credentials(SECRET, "alice")
     jobs["rest-W"] = partial(
@@ -172,7 +172,8 @@ def test_tls_udp_relay_loses_at_most_one_per_session(outcomes: dict[str, Outcome
     """``-S -t -y`` to the TLS port: UDP allocations over TLS.
 
     coturn 4.6.1: sent=40 received=36 or 37, lost=4 or 3, every run (the tool seems to leave
-    the last TLS record unread), about 15 s. So only "at most one lost per session" holds.
+    the last TLS record unread), about 15 s. So only "at most one lost per session" holds; a run
+    that loses more (5 of 40 once, with the 2 cores loaded by other work) is run once more.
     """
     result = _result(outcomes, "tls-udp-relay")
     assert result.sent_messages == CLIENTS * MESSAGES
