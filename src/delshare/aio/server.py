@@ -138,8 +138,9 @@ class RelayConfig:
     max_tls_handshakes_per_ip: int = 16  # ... and from one client IP (issue 10 item 3)
 
 
-_ChannelRoute = tuple[UdpEndpoint, Address, float, "TokenBucket | None"]
-"""A client's channel: the relay to send from, the peer, valid until (wall clock)."""
+_ChannelRoute = tuple[Callable[[bytes, Address], int], Address, float, "TokenBucket | None"]
+"""A client's channel: the relay socket's ``sendto``, the peer, valid until (wall clock), the
+allocation's client→peer cap."""
 _PeerRoute = tuple[FiveTuple, bytes, float]
 """A peer's channel: the client's five-tuple, the channel number (2 bytes), valid until."""
 
@@ -205,7 +206,8 @@ class RelayServer:
         self._throttle = LogThrottle()
         self._trim: asyncio.TimerHandle | None = None
         # UDP fast paths (the core's channel_route / peer_route), forgotten on every CloseRelay
-        self._channel_routes: dict[tuple[Address, Address, int], _ChannelRoute] = {}
+        # (per listener: (client, channel number) → route)
+        self._channel_routes: dict[Address, dict[tuple[Address, int], _ChannelRoute]] = {}
         self._peer_routes: dict[tuple[int, Address], _PeerRoute] = {}
         # --workers N (delshare.aio.workers): listeners bound by the parent, by (kind, address
         # as configured); which worker owns a ConnectionBind frame's CONNECTION-ID (None: this
@@ -213,6 +215,9 @@ class RelayServer:
         self._inherited = dict(listeners or {})
         self.bind_owner: Callable[[bytes], int | None] | None = None
         self.hand_over: Callable[[ClientConnection], None] | None = None
+        # UDP bytes relayed in the current read batch, added to the metrics at its end
+        self._udp_up = 0
+        self._udp_down = 0
 
     # -- start and stop ---------------------------------------------------------------------------
 
@@ -267,7 +272,7 @@ class RelayServer:
         bound: Address = some.getsockname()[:2]
         if udp is not None:
             handler = self._client_datagram_handler(bound)
-            self._udp_listeners[bound] = udp_listener(self._loop, udp, handler, self._flush)
+            self._udp_listeners[bound] = udp_listener(self._loop, udp, handler, self._end_batch)
             self.addresses.append((UDP, bound))
         if tcp is not None:
             self._tcp_listeners.append(tcp)
@@ -378,22 +383,29 @@ class RelayServer:
     # -- client input -----------------------------------------------------------------------------
 
     def _client_datagram_handler(self, server: Address) -> Callable[[bytes, Address], None]:
-        routes = self._channel_routes
+        routes = self._channel_routes.setdefault(server, {})
+        clock = time.time
 
         def on_datagram(data: bytes, client: Address) -> None:
-            now = time.time()
+            # The per-datagram path of case 4: a dict lookup, a slice, one sendto. Counters are
+            # summed per read batch (``_end_batch``), the clock is read once per datagram.
+            now = clock()
             if len(data) >= 4 and data[0] >> 6 == 0b01:  # ChannelData (RFC 8656 §12.5)
                 number = (data[0] << 8) | data[1]
-                route = routes.get((server, client, number))
+                route = routes.get((client, number))
                 if route is None or route[2] <= now:
                     route = self._route_channel(server, client, number, now)
                 if route is not None:
                     length = (data[2] << 8) | data[3]
                     # a short ChannelData is discarded, as is one over the allocation's cap
-                    if len(data) >= 4 + length and self._within(route[3], length):
-                        route[0].sendto(data[4 : 4 + length], route[1])
-                        self.bytes_relayed += length
-                        self.metrics.relayed("udp", UP, length)
+                    if len(data) >= 4 + length and (
+                        route[3] is None or self._within(route[3], length)
+                    ):
+                        self._udp_up += length
+                        try:
+                            route[0](data[4 : 4 + length], route[1])
+                        except OSError:
+                            return  # best effort, like UDP itself (a full buffer, an ICMP error)
                     return
             self.core.receive(FiveTuple(UDP, client, server), data, now)
             # A request may end the allocation (Refresh 0): act on it before the next datagram
@@ -401,6 +413,15 @@ class RelayServer:
             self._flush()
 
         return on_datagram
+
+    def _end_batch(self) -> None:
+        """After a UDP read batch: count its relayed bytes, then act on the core's commands."""
+        if self._udp_up or self._udp_down:
+            up, down, self._udp_up, self._udp_down = self._udp_up, self._udp_down, 0, 0
+            self.bytes_relayed += up + down
+            self.metrics.relayed("udp", UP, up)
+            self.metrics.relayed("udp", DOWN, down)
+        self._flush()
 
     def _route_channel(
         self, server: Address, client: Address, number: int, now: float
@@ -414,12 +435,13 @@ class RelayServer:
         endpoint, bucket = self._udp_relay_for(alloc_id, peer)
         if endpoint is None:
             return None
-        route = (endpoint, peer, until, bucket)
-        self._channel_routes[(server, client, number)] = route
+        route = (endpoint.sock.sendto, peer, until, bucket)
+        self._channel_routes.setdefault(server, {})[(client, number)] = route
         return route
 
     def _forget_routes(self) -> None:
-        self._channel_routes.clear()
+        for routes in self._channel_routes.values():
+            routes.clear()
         self._peer_routes.clear()
 
     async def _accept_loop(
@@ -786,7 +808,7 @@ class RelayServer:
             if out.dont_fragment:
                 set_dont_fragment(sock)
             handler = self._peer_datagram_handler(relay)
-            relay.udp = UdpEndpoint(self._loop, sock, handler, self._flush)
+            relay.udp = UdpEndpoint(self._loop, sock, handler, self._end_batch)
         if out.alloc_id in self._relays:  # RFC 8656 §7.2 dual allocation: the second family
             self._extra_relays[out.alloc_id] = relay
         else:
@@ -811,8 +833,7 @@ class RelayServer:
             if bucket is not None and not self._within(bucket, len(data)):
                 return
             now = time.time()
-            self.bytes_relayed += len(data)
-            self.metrics.relayed("udp", DOWN, len(data))
+            self._udp_down += len(data)  # counted at the end of the read batch
             route = routes.get((alloc_id, peer))
             if route is None or route[2] <= now:
                 route = self._route_peer(alloc_id, peer, now)

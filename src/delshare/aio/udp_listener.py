@@ -78,7 +78,7 @@ class AnsweringUdpEndpoint(UdpEndpoint):
             (socket.IPPROTO_IPV6, _IPV6_PKTINFO) if self._v6 else (socket.IPPROTO_IP, _IP_PKTINFO)
         )
         try:
-            self.sent += self.sock.sendmsg([data], [(level, kind, info)], 0, addr)
+            self.sock.sendmsg([data], [(level, kind, info)], 0, addr)
         except OSError:
             return
 

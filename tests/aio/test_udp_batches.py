@@ -1,0 +1,112 @@
+"""The relay's UDP reader (``UdpEndpoint``) reads datagrams in bounded batches, on real sockets.
+
+One readiness callback reads until the socket is empty or ``UDP_BATCH`` datagrams were read: a
+flooded socket must not starve another one, datagrams reach the handler in arrival order, the
+owner hears about each batch's end once, and an error reported by a read (ICMP port unreachable
+from an earlier send) costs that read only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import sys
+from typing import Any
+
+import pytest
+
+from delshare.aio.relay_sockets import UDP_BATCH, UdpEndpoint
+
+HOST = "127.0.0.1"
+STEP = 10.0
+IP_RECVERR = getattr(socket, "IP_RECVERR", 11)  # <linux/in.h>
+
+
+def _udp() -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+    sock.bind((HOST, 0))
+    return sock
+
+
+class _Recorder:
+    """Every datagram handled, in order, tagged by endpoint; the batch ends seen."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, bytes]] = []
+        self.batch_ends = 0
+        self.wanted = 0
+        self.done = asyncio.Event()
+
+    def handler(self, tag: str) -> Any:
+        def on_datagram(data: bytes, _addr: tuple[str, int]) -> None:
+            self.seen.append((tag, data))
+            if len(self.seen) >= self.wanted:
+                self.done.set()
+
+        return on_datagram
+
+    def batch_end(self) -> None:
+        self.batch_ends += 1
+
+
+async def test_a_flooded_socket_does_not_starve_another_and_order_is_kept() -> None:
+    loop = asyncio.get_running_loop()
+    flooded, quiet, source = _udp(), _udp(), _udp()
+    record = _Recorder()
+    count = 3 * UDP_BATCH + 5
+    record.wanted = count + 1
+    a = UdpEndpoint(loop, flooded, record.handler("a"), record.batch_end)
+    b = UdpEndpoint(loop, quiet, record.handler("b"), record.batch_end)
+    try:
+        # queued before the loop looks at either socket: both are readable at the next poll
+        for n in range(count):
+            source.sendto(n.to_bytes(4, "big"), a.address)
+        source.sendto(b"quiet", b.address)
+        await asyncio.wait_for(record.done.wait(), STEP)
+        tags = [tag for tag, _ in record.seen]
+        # the quiet socket's datagram is read after at most one batch of the flooded one
+        assert tags.index("b") <= UDP_BATCH
+        numbers = [int.from_bytes(data, "big") for tag, data in record.seen if tag == "a"]
+        assert numbers == list(range(count))
+        # the flooded socket took several wake-ups, each ending in one batch_end
+        assert record.batch_ends >= count // UDP_BATCH + 1
+    finally:
+        a.close()
+        b.close()
+        source.close()
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="IP_RECVERR is Linux's")
+async def test_an_icmp_error_on_read_costs_that_read_only() -> None:
+    loop = asyncio.get_running_loop()
+    closed = _udp()
+    gone = closed.getsockname()
+    closed.close()  # nothing listens there: a datagram to it draws ICMP port unreachable
+
+    # control: with IP_RECVERR the next read of an unconnected socket reports the ICMP error
+    with _udp() as probe:
+        probe.setsockopt(socket.IPPROTO_IP, IP_RECVERR, 1)
+        probe.settimeout(STEP)
+        probe.sendto(b"x", gone)
+        with pytest.raises(ConnectionRefusedError):
+            probe.recvfrom(2048)
+
+    errors: list[dict[str, Any]] = []
+    loop.set_exception_handler(lambda _loop, context: errors.append(context))
+    sock, source = _udp(), _udp()
+    sock.setsockopt(socket.IPPROTO_IP, IP_RECVERR, 1)
+    record = _Recorder()
+    record.wanted = 5
+    endpoint = UdpEndpoint(loop, sock, record.handler("a"), record.batch_end)
+    try:
+        endpoint.sendto(b"x", gone)  # the error waits in the socket for its next read
+        for n in range(5):
+            source.sendto(bytes([n]), endpoint.address)
+        await asyncio.wait_for(record.done.wait(), STEP)
+        assert [data for _, data in record.seen] == [bytes([n]) for n in range(5)]
+        assert errors == []
+    finally:
+        loop.set_exception_handler(None)
+        endpoint.close()
+        source.close()
