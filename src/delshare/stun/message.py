@@ -131,10 +131,7 @@ class Message:
     @property
     def method_name(self) -> str:
         """The method's name, for logs and errors."""
-        try:
-            return Method(self.method).name
-        except ValueError:
-            return f"0x{self.method:03x}"
+        return _METHOD_NAMES.get(self.method) or f"0x{self.method:03x}"
 
     def encode(
         self,
@@ -188,6 +185,9 @@ class Message:
     def has_integrity(self) -> bool:
         """Whether the message carried either integrity attribute."""
         return self.integrity_offset is not None or self.integrity_sha256_offset is not None
+
+
+_METHOD_NAMES = {int(method): method.name for method in Method}  # one lookup per request
 
 
 def _code(key: Key) -> int:

@@ -34,8 +34,9 @@ def canonical_ip(host: str) -> str:
         return host
 
 
+@functools.lru_cache(maxsize=8192)
 def ip_family(host: str) -> int:
-    """4 or 6."""
+    """4 or 6 (cached: asked several times per allocation for the same few addresses)."""
     return ipaddress.ip_address(host).version
 
 
