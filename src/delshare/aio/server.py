@@ -83,6 +83,8 @@ log = logging.getLogger("delshare.relay")
 LISTEN_BACKLOG = 512  # TCP and TLS listeners alike
 LOG_EVERY = 10.0  # seconds between two lines about the same recurring failure
 TRIM_AFTER = 1.0  # seconds after the last TLS handshake ends before freed memory is returned
+PEER_ACCEPT_BATCH = 16  # peer connections accepted per readiness callback of a relay listener
+PEER_ACCEPT_RETRY = 0.1  # seconds a relay listener rests after an accept error (EMFILE)
 
 
 class LogThrottle:
@@ -153,7 +155,7 @@ class _Relay:
     bind_address: Address
     udp: UdpEndpoint | None = None
     listener: socket.socket | None = None
-    accept_task: asyncio.Task[None] | None = None
+    accept_retry: asyncio.TimerHandle | None = None  # a listener resting after an accept error
     limits: Limits = (None, None)  # the allocation's caps: client→peer, peer→client
 
 
@@ -625,20 +627,36 @@ class RelayServer:
             self.core.peer_connect_failed(link.conn_id, time.time())
         self._flush()
 
-    async def _accept_peers(self, relay: _Relay) -> None:
-        """RFC 6062 §5.3: peers dial the relayed address; refused ones are closed at once."""
-        assert relay.listener is not None
-        while True:
+    def _watch_peers(self, relay: _Relay) -> None:
+        """RFC 6062 §5.3: peers dial the relayed address. A readiness callback on the listener,
+        not a task per allocation: case 3 of the bench opens and closes one per allocation, and
+        a task (its first step, a future per accept, the cancellation) cost more than the rest
+        of the listener's set-up."""
+        relay.accept_retry = None
+        if relay.listener is not None and relay.listener.fileno() >= 0:
+            self._loop.add_reader(relay.listener.fileno(), self._accept_peers, relay)
+
+    def _accept_peers(self, relay: _Relay) -> None:
+        """Accept what the listener's backlog holds (bounded per call); refused peers are
+        closed at once; an accept error (EMFILE) rests the listener, keeping the allocation."""
+        listener = relay.listener
+        assert listener is not None
+        for _ in range(PEER_ACCEPT_BATCH):
             try:
-                sock, addr = await self._loop.sock_accept(relay.listener)
-            except OSError as exc:  # e.g. EMFILE: keep the allocation, retry shortly
-                if relay.listener.fileno() < 0:
+                sock, addr = listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                if listener.fileno() < 0:  # closed by a command acted on in this batch
                     return
                 self._throttle.warning(
                     "relay accept", "relay %s:%d accept failed: %s", *relay.bind_address, exc
                 )
-                await asyncio.sleep(0.1)
-                continue
+                self._loop.remove_reader(listener.fileno())
+                relay.accept_retry = self._loop.call_later(
+                    PEER_ACCEPT_RETRY, self._watch_peers, relay
+                )
+                return
             conn_id = self.core.peer_accepted(relay.alloc_id, addr[:2], time.time())
             if conn_id is None:
                 sock.close()
@@ -803,7 +821,7 @@ class RelayServer:
         if kind == socket.SOCK_STREAM:
             sock.listen(128)
             relay.listener = sock
-            relay.accept_task = self._spawn(self._accept_peers(relay))
+            self._watch_peers(relay)
         else:
             if out.dont_fragment:
                 set_dont_fragment(sock)
@@ -869,9 +887,11 @@ class RelayServer:
     def _close_one_relay(self, relay: _Relay) -> None:
         if relay.udp is not None:
             relay.udp.close()
-        if relay.accept_task is not None:
-            relay.accept_task.cancel()
+        if relay.accept_retry is not None:
+            relay.accept_retry.cancel()
         if relay.listener is not None:
+            if relay.listener.fileno() >= 0:
+                self._loop.remove_reader(relay.listener.fileno())
             relay.listener.close()
         self.ports.release(relay.bind_address)
 
