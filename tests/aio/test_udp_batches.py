@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from delshare.aio.relay_sockets import UDP_BATCH, UdpEndpoint
+from delshare.aio.udp_listener import LISTENER_BUFFER
 
 HOST = "127.0.0.1"
 STEP = 10.0
@@ -110,3 +111,54 @@ async def test_an_icmp_error_on_read_costs_that_read_only() -> None:
         loop.set_exception_handler(None)
         endpoint.close()
         source.close()
+
+
+def _rmem_max() -> int:
+    try:
+        with open("/proc/sys/net/core/rmem_max") as limit:
+            return int(limit.read())
+    except OSError:
+        return 0
+
+
+@pytest.mark.skipif(
+    _rmem_max() < 2 * LISTENER_BUFFER,
+    reason="net.core.rmem_max caps UDP socket buffers below what the listener asks for",
+)
+async def test_a_burst_beyond_the_default_buffer_is_relayed_whole() -> None:
+    """2000 ChannelData datagrams reach the listener while the relay cannot read (this test
+    holds the loop): with the kernel's default ~208 KiB buffer only ~270 would be kept."""
+    from delshare.aio.client import connect_turn
+    from delshare.aio.server import RelayConfig, start_relay
+    from delshare.stun.framing import ChannelData
+    from delshare.turn.auth import AuthConfig
+    from delshare.turn.server_types import ServerConfig
+
+    server = ServerConfig(auth=AuthConfig("burst.test", {"u": "p"}), allow_peers=("127.0.0.0/8",))
+    relay = await start_relay(RelayConfig(server=server, listen=((HOST, 0),)))
+    peer = _udp()
+    peer.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+    peer.setblocking(False)
+    count, got = 2000, 0
+    try:
+        uri = f"turn:{HOST}:{relay.turn_port}?transport=udp"
+        async with await connect_turn(uri, "u", "p") as client:
+            allocation = await client.allocate_udp()
+            channel = await allocation.bind_channel(peer.getsockname())
+            transport = client._transport
+            assert transport is not None
+            with transport.get_extra_info("socket").dup() as source:
+                for n in range(count):  # no await: the relay reads only once this is done
+                    frame = ChannelData(channel, n.to_bytes(4, "big") + bytes(96))
+                    source.sendto(frame.encode(pad=False), (HOST, relay.turn_port))
+            loop = asyncio.get_running_loop()
+            while got < count:
+                try:
+                    data = await asyncio.wait_for(loop.sock_recv(peer, 2048), STEP)
+                except TimeoutError:
+                    pytest.fail(f"only {got} of {count} datagrams relayed")
+                assert int.from_bytes(data[:4], "big") == got  # none lost, in order
+                got += 1
+    finally:
+        peer.close()
+        await relay.close()

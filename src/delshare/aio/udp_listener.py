@@ -11,6 +11,7 @@ ancillary data). Linux only; elsewhere :func:`udp_listener` returns the plain en
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import struct
 import sys
@@ -20,7 +21,7 @@ from collections.abc import Callable
 from delshare.aio.relay_sockets import UDP_RECV_SIZE, UdpEndpoint, is_unspecified
 from delshare.stun.attributes import Address
 
-__all__ = ["AnsweringUdpEndpoint", "udp_listener"]
+__all__ = ["LISTENER_BUFFER", "AnsweringUdpEndpoint", "grow_buffers", "udp_listener"]
 
 _IP_PKTINFO = getattr(socket, "IP_PKTINFO", 8)  # Linux's value; Python 3.11 lacks the name
 _IPV6_RECVPKTINFO = getattr(socket, "IPV6_RECVPKTINFO", 49)
@@ -28,6 +29,20 @@ _IPV6_PKTINFO = getattr(socket, "IPV6_PKTINFO", 50)
 _ANCILLARY = socket.CMSG_SPACE(20)  # room for one in_pktinfo (12 bytes) or in6_pktinfo (20)
 MAX_CLIENTS = 65536
 """Clients whose local address is remembered; beyond, the oldest fall back to the route's."""
+LISTENER_BUFFER = 2 << 20
+"""SO_RCVBUF/SO_SNDBUF asked for on a UDP listener (Linux doubles it, capped by
+``net.core.rmem_max``/``wmem_max``), as coturn does (its listeners show 4 MiB in ``ss -m``).
+Every client's datagrams share this one socket: with the ~208 KiB default, ~270 small
+ChannelData fit, so a relay that is off the CPU for a moment (other work, another process on
+a busy host) drops what arrives meanwhile and then idles once it has drained the rest."""
+
+
+def grow_buffers(sock: socket.socket, size: int = LISTENER_BUFFER) -> None:
+    """Ask for ``size`` bytes of receive and send buffer; the kernel's limits have the last word."""
+    for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
+        if sock.getsockopt(socket.SOL_SOCKET, option) < size:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, option, size)
 
 
 class AnsweringUdpEndpoint(UdpEndpoint):
@@ -89,7 +104,9 @@ def udp_listener(
     on_datagram: Callable[[bytes, Address], None],
     on_batch_end: Callable[[], None] | None = None,
 ) -> UdpEndpoint:
-    """The endpoint for a TURN listener socket: answering from the right address if needed."""
+    """The endpoint for a TURN listener socket: answering from the right address if needed,
+    with room for bursts (``LISTENER_BUFFER``)."""
+    grow_buffers(sock)
     host = str(sock.getsockname()[0])
     if is_unspecified(host) and sys.platform.startswith("linux"):
         return AnsweringUdpEndpoint(loop, sock, on_datagram, on_batch_end)
