@@ -15,8 +15,13 @@ from typing import Any
 
 import pytest
 
+from delshare.aio.client import connect_turn
 from delshare.aio.relay_sockets import UDP_BATCH, UdpEndpoint
+from delshare.aio.server import RelayConfig, start_relay
 from delshare.aio.udp_listener import LISTENER_BUFFER
+from delshare.stun.framing import ChannelData
+from delshare.turn.auth import AuthConfig
+from delshare.turn.server_config import ServerConfig
 
 HOST = "127.0.0.1"
 STEP = 10.0
@@ -128,12 +133,6 @@ def _rmem_max() -> int:
 async def test_a_burst_beyond_the_default_buffer_is_relayed_whole() -> None:
     """2000 ChannelData datagrams reach the listener while the relay cannot read (this test
     holds the loop): with the kernel's default ~208 KiB buffer only ~270 would be kept."""
-    from delshare.aio.client import connect_turn
-    from delshare.aio.server import RelayConfig, start_relay
-    from delshare.stun.framing import ChannelData
-    from delshare.turn.auth import AuthConfig
-    from delshare.turn.server_types import ServerConfig
-
     server = ServerConfig(auth=AuthConfig("burst.test", {"u": "p"}), allow_peers=("127.0.0.0/8",))
     relay = await start_relay(RelayConfig(server=server, listen=((HOST, 0),)))
     peer = _udp()
