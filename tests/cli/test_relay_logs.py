@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import re
 import signal
@@ -18,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from delshare.aio.client import connect_turn
+from delshare.cli.logsetup import setup_logging
 from delshare.turn.client_errors import AuthenticationError
 
 CODE = "from delshare.cli.main import main; main()"
@@ -114,3 +116,45 @@ def test_bad_bandwidth_and_log_flags_are_usage_errors(
     assert result.returncode == 2
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("Error:") and complaint in lines[0], lines
+
+
+class _Keep(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+def test_log_records_skip_the_caller_thread_and_process_lookups(tmp_path: Path) -> None:
+    """Neither format shows them; the relay logs per allocation (BENCHMARKS.md, issue 15)."""
+    root = logging.getLogger()
+    saved = (
+        list(root.handlers),
+        root.level,
+        logging._srcfile,
+        logging.logThreads,
+        logging.logProcesses,
+        logging.logMultiprocessing,
+    )
+    path = tmp_path / "relay.log"
+    keep = _Keep()
+    try:
+        setup_logging(logging.INFO, "text", str(path))
+        root.addHandler(keep)
+        logging.getLogger("delshare.test").info("allocation %d created", 7)
+    finally:
+        for handler in list(root.handlers):
+            root.removeHandler(handler)
+            if handler is not keep:
+                handler.close()
+        for handler in saved[0]:
+            root.addHandler(handler)
+        root.setLevel(saved[1])
+        logging._srcfile = saved[2]
+        logging.logThreads, logging.logProcesses, logging.logMultiprocessing = saved[3:]
+    (record,) = keep.records
+    assert (record.funcName, record.lineno) == ("(unknown function)", 0)
+    assert (record.threadName, record.processName) == (None, None)
+    assert re.fullmatch(r"\S+ \S+ INFO allocation 7 created\n", path.read_text())
