@@ -98,7 +98,7 @@ async def _relay_figures(rounds: int) -> dict[str, float]:
             for key, route in routes.items():
                 routes[key] = (_no_send, *route[1:])
         figures["relay without send"] = _rounds(rounds, burst, drain_listener, peer)
-        listener._on_datagram = _no_handler
+        listener._on_datagrams = _no_handler
         figures["read loop only"] = _rounds(rounds, burst, drain_listener, peer)
         await client.close()
         return figures
@@ -113,7 +113,7 @@ def _no_send(data: bytes, addr: tuple[str, int]) -> int:
     return 0
 
 
-def _no_handler(data: bytes, addr: tuple[str, int]) -> None:
+def _no_handler(batch: list[tuple[bytes, tuple[str, int]]]) -> None:
     return None
 
 

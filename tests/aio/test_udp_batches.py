@@ -11,12 +11,13 @@ from __future__ import annotations
 import asyncio
 import socket
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 
 from delshare.aio.client import connect_turn
-from delshare.aio.relay_sockets import UDP_BATCH, UdpEndpoint
+from delshare.aio.relay_sockets import UDP_BATCH, Datagrams, UdpEndpoint
 from delshare.aio.server import RelayConfig, start_relay
 from delshare.aio.udp_listener import LISTENER_BUFFER
 from delshare.stun.framing import ChannelData
@@ -36,24 +37,23 @@ def _udp() -> socket.socket:
 
 
 class _Recorder:
-    """Every datagram handled, in order, tagged by endpoint; the batch ends seen."""
+    """Every datagram handled, in order, tagged by endpoint; the batches seen."""
 
     def __init__(self) -> None:
         self.seen: list[tuple[str, bytes]] = []
-        self.batch_ends = 0
+        self.batches = 0
         self.wanted = 0
         self.done = asyncio.Event()
 
-    def handler(self, tag: str) -> Any:
-        def on_datagram(data: bytes, _addr: tuple[str, int]) -> None:
-            self.seen.append((tag, data))
+    def handler(self, tag: str) -> Callable[[Datagrams], None]:
+        def on_datagrams(batch: Datagrams) -> None:
+            assert 0 < len(batch) <= UDP_BATCH
+            self.batches += 1
+            self.seen += [(tag, data) for data, _addr in batch]
             if len(self.seen) >= self.wanted:
                 self.done.set()
 
-        return on_datagram
-
-    def batch_end(self) -> None:
-        self.batch_ends += 1
+        return on_datagrams
 
 
 async def test_a_flooded_socket_does_not_starve_another_and_order_is_kept() -> None:
@@ -62,8 +62,8 @@ async def test_a_flooded_socket_does_not_starve_another_and_order_is_kept() -> N
     record = _Recorder()
     count = 3 * UDP_BATCH + 5
     record.wanted = count + 1
-    a = UdpEndpoint(loop, flooded, record.handler("a"), record.batch_end)
-    b = UdpEndpoint(loop, quiet, record.handler("b"), record.batch_end)
+    a = UdpEndpoint(loop, flooded, record.handler("a"))
+    b = UdpEndpoint(loop, quiet, record.handler("b"))
     try:
         # queued before the loop looks at either socket: both are readable at the next poll
         for n in range(count):
@@ -75,8 +75,8 @@ async def test_a_flooded_socket_does_not_starve_another_and_order_is_kept() -> N
         assert tags.index("b") <= UDP_BATCH
         numbers = [int.from_bytes(data, "big") for tag, data in record.seen if tag == "a"]
         assert numbers == list(range(count))
-        # the flooded socket took several wake-ups, each ending in one batch_end
-        assert record.batch_ends >= count // UDP_BATCH + 1
+        # the flooded socket took several wake-ups, each handing on one batch
+        assert record.batches >= count // UDP_BATCH + 2
     finally:
         a.close()
         b.close()
@@ -104,7 +104,7 @@ async def test_an_icmp_error_on_read_costs_that_read_only() -> None:
     sock.setsockopt(socket.IPPROTO_IP, IP_RECVERR, 1)
     record = _Recorder()
     record.wanted = 5
-    endpoint = UdpEndpoint(loop, sock, record.handler("a"), record.batch_end)
+    endpoint = UdpEndpoint(loop, sock, record.handler("a"))
     try:
         endpoint.sendto(b"x", gone)  # the error waits in the socket for its next read
         for n in range(5):

@@ -22,6 +22,8 @@ from delshare.stun.attributes import Address
 _BIND_ATTEMPTS = 128
 UDP_RECV_SIZE = 65536
 UDP_BATCH = 64  # datagrams read per readiness callback
+Datagrams = list[tuple[bytes, Address]]
+"""One read batch: (payload, sender) in arrival order."""
 
 
 def family_of(host: str) -> socket.AddressFamily:
@@ -174,22 +176,21 @@ class UdpEndpoint:
     One readiness callback reads until the socket is empty (``EAGAIN``) or ``UDP_BATCH``
     datagrams have been read, whichever comes first: a flooded socket costs one wake-up per
     batch instead of one per datagram, and the bound keeps one busy socket from starving the
-    loop's other sockets and timers. Datagrams are handed on in arrival order; an error
-    reported by a read (an ICMP port unreachable from an earlier send) skips that read only.
+    loop's other sockets and timers. The batch goes to ``on_datagrams`` in one call, in arrival
+    order (one Python call per batch, not per datagram); an error reported by a read (an ICMP
+    port unreachable from an earlier send) skips that read only.
     """
 
     def __init__(
         self,
         loop: asyncio.AbstractEventLoop,
         sock: socket.socket,
-        on_datagram: Callable[[bytes, Address], None],
-        on_batch_end: Callable[[], None] | None = None,
+        on_datagrams: Callable[[Datagrams], None],
     ) -> None:
         self.loop = loop
         self.sock = sock
         self.address: Address = sock.getsockname()[:2]
-        self._on_datagram = on_datagram
-        self._on_batch_end = on_batch_end
+        self._on_datagrams = on_datagrams
         self._read_one: Callable[[], tuple[bytes, Address]] = self._receive
         if sock.family == socket.AF_INET and type(self)._receive is UdpEndpoint._receive:
             # an IPv4 address is already (host, port): no slicing, no method hop per datagram
@@ -199,19 +200,18 @@ class UdpEndpoint:
 
     def _readable(self) -> None:
         """Read up to ``UDP_BATCH`` datagrams, then let the owner act on them all at once."""
-        read_one, handle = self._read_one, self._on_datagram
-        try:
-            for _ in range(UDP_BATCH):
-                try:
-                    data, addr = read_one()
-                except (BlockingIOError, InterruptedError):
-                    return
-                except OSError:
-                    continue  # e.g. ICMP port unreachable reported on a later recv
-                handle(data, addr)
-        finally:
-            if self._on_batch_end is not None:
-                self._on_batch_end()
+        read_one = self._read_one
+        batch: Datagrams = []
+        keep = batch.append
+        for _ in range(UDP_BATCH):
+            try:
+                keep(read_one())
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError:
+                continue  # e.g. ICMP port unreachable reported on a later recv
+        if batch:
+            self._on_datagrams(batch)
 
     def _receive(self) -> tuple[bytes, Address]:
         data, addr = self.sock.recvfrom(UDP_RECV_SIZE)

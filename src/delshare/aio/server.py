@@ -33,6 +33,7 @@ from delshare.address import format_address
 from delshare.aio.pipe import BridgeMeter, BridgeStats, Limits, bridge
 from delshare.aio.relay_metrics import DOWN, UP, RelayMetrics
 from delshare.aio.relay_sockets import (
+    Datagrams,
     PortPool,
     UdpEndpoint,
     allow_port_sharing,
@@ -217,9 +218,6 @@ class RelayServer:
         self._inherited = dict(listeners or {})
         self.bind_owner: Callable[[bytes], int | None] | None = None
         self.hand_over: Callable[[ClientConnection], None] | None = None
-        # UDP bytes relayed in the current read batch, added to the metrics at its end
-        self._udp_up = 0
-        self._udp_down = 0
 
     # -- start and stop ---------------------------------------------------------------------------
 
@@ -274,7 +272,7 @@ class RelayServer:
         bound: Address = some.getsockname()[:2]
         if udp is not None:
             handler = self._client_datagram_handler(bound)
-            self._udp_listeners[bound] = udp_listener(self._loop, udp, handler, self._end_batch)
+            self._udp_listeners[bound] = udp_listener(self._loop, udp, handler)
             self.addresses.append((UDP, bound))
         if tcp is not None:
             self._tcp_listeners.append(tcp)
@@ -384,42 +382,43 @@ class RelayServer:
 
     # -- client input -----------------------------------------------------------------------------
 
-    def _client_datagram_handler(self, server: Address) -> Callable[[bytes, Address], None]:
+    def _client_datagram_handler(self, server: Address) -> Callable[[Datagrams], None]:
         routes = self._channel_routes.setdefault(server, {})
         clock = time.time
 
-        def on_datagram(data: bytes, client: Address) -> None:
-            # The per-datagram path of case 4: a dict lookup, a slice, one sendto. Counters are
-            # summed per read batch (``_end_batch``), the clock is read once per datagram.
-            now = clock()
-            if len(data) >= 4 and data[0] >> 6 == 0b01:  # ChannelData (RFC 8656 §12.5)
-                number = (data[0] << 8) | data[1]
-                route = routes.get((client, number))
-                if route is None or route[2] <= now:
-                    route = self._route_channel(server, client, number, now)
-                if route is not None:
-                    length = (data[2] << 8) | data[3]
-                    # a short ChannelData is discarded, as is one over the allocation's cap
-                    if len(data) >= 4 + length and (
-                        route[3] is None or self._within(route[3], length)
-                    ):
-                        self._udp_up += length
-                        try:
-                            route[0](data[4 : 4 + length], route[1])
-                        except OSError:
-                            return  # best effort, like UDP itself (a full buffer, an ICMP error)
-                    return
-            self.core.receive(FiveTuple(UDP, client, server), data, now)
-            # A request may end the allocation (Refresh 0): act on it before the next datagram
-            # of the batch, so no cached route outlives it by even one datagram.
-            self._flush()
+        def on_datagrams(batch: Datagrams) -> None:
+            # The per-datagram path of case 4: a dict lookup, a slice, one sendto; the clock
+            # is read and the relayed bytes are counted once per read batch.
+            now, up = clock(), 0
+            for data, client in batch:
+                if len(data) >= 4 and data[0] >> 6 == 0b01:  # ChannelData (RFC 8656 §12.5)
+                    number = (data[0] << 8) | data[1]
+                    route = routes.get((client, number))
+                    if route is None or route[2] <= now:
+                        route = self._route_channel(server, client, number, now)
+                    if route is not None:
+                        length = (data[2] << 8) | data[3]
+                        # a short ChannelData is discarded, as is one over the allocation's cap
+                        if len(data) >= 4 + length and (
+                            route[3] is None or self._within(route[3], length)
+                        ):
+                            up += length
+                            try:
+                                route[0](data[4 : 4 + length], route[1])
+                            except OSError:
+                                continue  # best effort, like UDP (a full buffer, an ICMP error)
+                        continue
+                self.core.receive(FiveTuple(UDP, client, server), data, now)
+                # A request may end the allocation (Refresh 0): act on it before the next
+                # datagram of the batch, so no cached route outlives it by even one datagram.
+                self._flush()
+            self._end_batch(up, 0)
 
-        return on_datagram
+        return on_datagrams
 
-    def _end_batch(self) -> None:
+    def _end_batch(self, up: int, down: int) -> None:
         """After a UDP read batch: count its relayed bytes, then act on the core's commands."""
-        if self._udp_up or self._udp_down:
-            up, down, self._udp_up, self._udp_down = self._udp_up, self._udp_down, 0, 0
+        if up or down:
             self.bytes_relayed += up + down
             self.metrics.relayed("udp", UP, up)
             self.metrics.relayed("udp", DOWN, down)
@@ -826,7 +825,7 @@ class RelayServer:
             if out.dont_fragment:
                 set_dont_fragment(sock)
             handler = self._peer_datagram_handler(relay)
-            relay.udp = UdpEndpoint(self._loop, sock, handler, self._end_batch)
+            relay.udp = UdpEndpoint(self._loop, sock, handler)
         if out.alloc_id in self._relays:  # RFC 8656 §7.2 dual allocation: the second family
             self._extra_relays[out.alloc_id] = relay
         else:
@@ -844,27 +843,30 @@ class RelayServer:
             return sock, None
         return self.ports.bind(host, kind, even=out.even_port, reserve_next=out.reserve_next)
 
-    def _peer_datagram_handler(self, relay: _Relay) -> Callable[[bytes, Address], None]:
+    def _peer_datagram_handler(self, relay: _Relay) -> Callable[[Datagrams], None]:
         alloc_id, routes, bucket = relay.alloc_id, self._peer_routes, relay.limits[1]
+        clock = time.time
 
-        def on_datagram(data: bytes, peer: Address) -> None:
-            if bucket is not None and not self._within(bucket, len(data)):
-                return
-            now = time.time()
-            self._udp_down += len(data)  # counted at the end of the read batch
-            route = routes.get((alloc_id, peer))
-            if route is None or route[2] <= now:
-                route = self._route_peer(alloc_id, peer, now)
-            if route is None:  # no channel: a Data indication, built by the core
-                self.core.receive_peer_datagram(alloc_id, peer, data, now)
-                return
-            five, channel, _until = route
-            frame = channel + len(data).to_bytes(2, "big") + data  # ChannelData (§12.4)
-            if five.stream:
-                frame += bytes(-len(data) % 4)  # padded on TCP/TLS (RFC 8656 §12.5)
-            self._send_frame(five, frame)
+        def on_datagrams(batch: Datagrams) -> None:
+            now, down = clock(), 0
+            for data, peer in batch:
+                if bucket is not None and not self._within(bucket, len(data)):
+                    continue
+                down += len(data)
+                route = routes.get((alloc_id, peer))
+                if route is None or route[2] <= now:
+                    route = self._route_peer(alloc_id, peer, now)
+                if route is None:  # no channel: a Data indication, built by the core
+                    self.core.receive_peer_datagram(alloc_id, peer, data, now)
+                    continue
+                five, channel, _until = route
+                frame = channel + len(data).to_bytes(2, "big") + data  # ChannelData (§12.4)
+                if five.stream:
+                    frame += bytes(-len(data) % 4)  # padded on TCP/TLS (RFC 8656 §12.5)
+                self._send_frame(five, frame)
+            self._end_batch(0, down)
 
-        return on_datagram
+        return on_datagrams
 
     def _route_peer(self, alloc_id: int, peer: Address, now: float) -> _PeerRoute | None:
         found = self.core.peer_route(alloc_id, peer, now)

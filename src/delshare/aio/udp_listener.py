@@ -18,7 +18,7 @@ import sys
 from collections import OrderedDict
 from collections.abc import Callable
 
-from delshare.aio.relay_sockets import UDP_RECV_SIZE, UdpEndpoint, is_unspecified
+from delshare.aio.relay_sockets import UDP_RECV_SIZE, Datagrams, UdpEndpoint, is_unspecified
 from delshare.stun.attributes import Address
 
 __all__ = ["LISTENER_BUFFER", "AnsweringUdpEndpoint", "grow_buffers", "udp_listener"]
@@ -52,8 +52,7 @@ class AnsweringUdpEndpoint(UdpEndpoint):
         self,
         loop: asyncio.AbstractEventLoop,
         sock: socket.socket,
-        on_datagram: Callable[[bytes, Address], None],
-        on_batch_end: Callable[[], None] | None = None,
+        on_datagrams: Callable[[Datagrams], None],
     ) -> None:
         self._v6 = sock.family == socket.AF_INET6
         if self._v6:
@@ -61,7 +60,7 @@ class AnsweringUdpEndpoint(UdpEndpoint):
         else:
             sock.setsockopt(socket.IPPROTO_IP, _IP_PKTINFO, 1)
         self._reply_info: OrderedDict[Address, bytes] = OrderedDict()
-        super().__init__(loop, sock, on_datagram, on_batch_end)
+        super().__init__(loop, sock, on_datagrams)
 
     def _receive(self) -> tuple[bytes, Address]:
         data, ancillary, _flags, addr = self.sock.recvmsg(UDP_RECV_SIZE, _ANCILLARY)
@@ -101,13 +100,12 @@ class AnsweringUdpEndpoint(UdpEndpoint):
 def udp_listener(
     loop: asyncio.AbstractEventLoop,
     sock: socket.socket,
-    on_datagram: Callable[[bytes, Address], None],
-    on_batch_end: Callable[[], None] | None = None,
+    on_datagrams: Callable[[Datagrams], None],
 ) -> UdpEndpoint:
     """The endpoint for a TURN listener socket: answering from the right address if needed,
     with room for bursts (``LISTENER_BUFFER``)."""
     grow_buffers(sock)
     host = str(sock.getsockname()[0])
     if is_unspecified(host) and sys.platform.startswith("linux"):
-        return AnsweringUdpEndpoint(loop, sock, on_datagram, on_batch_end)
-    return UdpEndpoint(loop, sock, on_datagram, on_batch_end)
+        return AnsweringUdpEndpoint(loop, sock, on_datagrams)
+    return UdpEndpoint(loop, sock, on_datagrams)
