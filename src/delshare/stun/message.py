@@ -121,7 +121,10 @@ class Message:
     def has(self, key: Key) -> bool:
         """Whether the attribute is present."""
         code = _code(key)
-        return any(kind == code for kind, _ in self.attributes)
+        for kind, _value in self.attributes:  # noqa: SIM110 (any(genexpr) costs ~3x more here)
+            if kind == code:
+                return True
+        return False
 
     @property
     def error(self) -> tuple[int, str] | None:
@@ -188,6 +191,7 @@ class Message:
 
 
 _METHOD_NAMES = {int(method): method.name for method in Method}  # one lookup per request
+_TLV = struct.Struct("!HH")  # an attribute's type and length (RFC 8489 §14)
 
 
 def _code(key: Key) -> int:
@@ -269,7 +273,7 @@ def _decode_attributes(msg: Message, data: bytes) -> None:
     while pos < len(data):
         if pos + 4 > len(data):
             raise _malformed(msg, "truncated attribute header", None)
-        kind, alen = struct.unpack("!HH", data[pos : pos + 4])
+        kind, alen = _TLV.unpack_from(data, pos)
         end = pos + 4 + alen
         if end > len(data):
             raise _malformed(msg, f"attribute 0x{kind:04x} overruns the message", kind)
