@@ -2,7 +2,9 @@
 
 Imports are most of a tiny transfer's time (benchmark case 6), so the TURN client, the STUN
 codec, the rendezvous server and the ticket flow load only when their options are used, and
-``rich`` only when a terminal shows progress bars.
+``rich`` only when a terminal shows progress bars. ``send --help`` and ``receive --help`` load
+none of the app: click builds the commands from ``delshare.cli.common`` and ``delshare.app.common``
+alone.
 """
 
 from __future__ import annotations
@@ -35,11 +37,64 @@ def loaded_after_import(module: str) -> set[str]:
     return set(json.loads(done.stdout))
 
 
-@pytest.mark.parametrize("module", ["delshare.cli.send", "delshare.cli.receive"])
+@pytest.mark.parametrize(
+    "module",
+    [
+        "delshare.api",  # what `send` and `receive` import once their options are checked
+        "delshare.api, delshare.cli.send",
+        "delshare.api, delshare.cli.receive",
+    ],
+)
 def test_command_module_leaves_optional_parts_unloaded(module: str) -> None:
     loaded = loaded_after_import(module)
     assert "delshare.pairing.client" in loaded  # the check itself sees real imports
     assert sorted(loaded.intersection(NOT_AT_START)) == []
+
+
+# What `send --help` and `receive --help` (the benchmark's start-up row, and the first thing a
+# command does before it runs) must not load: the event loop, the link, crypto, the rendezvous
+# client and the PAKE are imported only once the command runs.
+NOT_FOR_HELP = (
+    "asyncio",
+    "uvloop",
+    "cryptography",
+    "websockets",
+    "spake2",
+    "rich",
+    "delshare.api",
+    "delshare.app.connect",
+    "delshare.app.send",
+    "delshare.app.receive",
+    "delshare.link.race",
+    "delshare.link.records",
+    "delshare.pairing.client",
+    "delshare.transfer.protocol",
+)
+
+_HELP = """
+import json, sys
+from delshare.cli.main import cli
+try:
+    cli([{command!r}, "--help"], prog_name="delshare")
+except SystemExit as exc:
+    assert exc.code in (0, None), exc.code
+print(json.dumps(sorted(sys.modules)))
+"""
+
+
+@pytest.mark.parametrize("command", ["send", "receive"])
+def test_help_loads_none_of_the_transfer_code(command: str) -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", _HELP.format(command=command)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert f"Usage: delshare {command}" in done.stdout  # the help was really printed
+    loaded = set(json.loads(done.stdout.splitlines()[-1]))
+    assert f"delshare.cli.{command}" in loaded
+    assert sorted(loaded.intersection(NOT_FOR_HELP)) == []
 
 
 def test_server_side_names_still_import_from_the_package() -> None:

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from delshare.app.connect import ConnectOptions
 from delshare.app.events import NoticeIssued, ProgressUpdated, Reporter
 from delshare.app.units import human_size
 from delshare.errors import DelshareError, PairingError
 from delshare.transfer.progress import ProgressCallback
-from delshare.transfer.protocol import STALL_TIMEOUT
+from delshare.transfer.timeouts import STALL_TIMEOUT
+
+if TYPE_CHECKING:  # `delshare send --help` imports this module, not the link code
+    from delshare.app.connect import ConnectOptions
 
 __all__ = [
     "CODE_VALID_FOR",
@@ -80,6 +82,7 @@ async def reach_rendezvous(
 ) -> None:
     """Open and close one WebSocket connection to ``url``; PairingError naming the URL and the
     likely cause if that fails (checked before a code is printed). ``ca``: as ``--ca``."""
+    import asyncio
     from urllib.parse import urlsplit
 
     from websockets.asyncio.client import connect

@@ -9,25 +9,26 @@ installed; ``DELSHARE_LOOP=asyncio`` selects the standard event loop instead).
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 import signal
 from collections.abc import Callable, Coroutine
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
 from delshare.app.common import SessionOptions, UsageProblem, check_rendezvous_url
-from delshare.app.connect import ConnectOptions
-from delshare.app.hints import Side, explain, resume_hint
-from delshare.cli.loop import run_on_loop
 from delshare.cli.ui import Ui, pick_style
-from delshare.config import ClientConfig
 from delshare.errors import DelshareError
-from delshare.link.race import Mode
-from delshare.link.relay import TurnSettings
-from delshare.transfer.protocol import STALL_TIMEOUT
+from delshare.transfer.timeouts import STALL_TIMEOUT
+
+if TYPE_CHECKING:
+    # Imported where used: `send --help` and `receive --help` build these commands without
+    # asyncio, the link code, cryptography, websockets or spake2 (start-up time).
+    from delshare.app.hints import Side
+    from delshare.config import ClientConfig
+    from delshare.link.race import Mode
+    from delshare.link.relay import TurnSettings
 
 __all__ = [
     "EXIT_CODES_HELP",
@@ -134,6 +135,7 @@ def link_options(f: F) -> F:
 def _turn_settings(
     turn: str, user: str | None, password: str | None, secret: str | None, ca: str | None
 ) -> TurnSettings:
+    from delshare.link.relay import TurnSettings
     from delshare.turn.uri import TurnUriError, parse_turn_uri  # with a TURN server only
 
     try:
@@ -201,6 +203,8 @@ def session_options(
 
     Each setting comes from its flag, else its DELSHARE_* variable, else the configuration file.
     """
+    from delshare.app.connect import ConnectOptions
+
     if kwargs["direct_only"] and kwargs["relay_only"]:
         raise UsageProblem("--direct-only and --relay-only exclude each other")
     config = config if config is not None else client_config()
@@ -244,6 +248,8 @@ def _stall_timeout() -> float:
 
 async def _with_sigterm(coro: Coroutine[Any, Any, object]) -> None:
     """Run ``coro``; SIGTERM cancels it like Ctrl-C does."""
+    import asyncio
+
     task = asyncio.current_task()
     loop = asyncio.get_running_loop()
     with contextlib.suppress(NotImplementedError, RuntimeError):
@@ -259,6 +265,11 @@ def make_ui(kwargs: dict[str, Any]) -> Ui:
 def run_app(make: Callable[[], Coroutine[Any, Any, object]], ui: Ui, side: Side = "") -> int:
     """Run the app coroutine; one line and an exit code for every failure, naming the next
     step when there is one (:mod:`delshare.app.hints`)."""
+    import asyncio
+
+    from delshare.app.hints import explain, resume_hint
+    from delshare.cli.loop import run_on_loop
+
     try:
         run_on_loop(_with_sigterm(make()))
     except (KeyboardInterrupt, asyncio.CancelledError):

@@ -2,20 +2,17 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import ipaddress
 import os
 import sys
 import threading
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from delshare.api import receive_with
 from delshare.app.common import SessionOptions, UsageProblem
 from delshare.app.events import OfferReceived
-from delshare.app.receive import Ask, AskOverwrite, ReceiveOptions
 from delshare.cli.common import (
     EXIT_CODES_HELP,
     EXIT_USAGE,
@@ -28,7 +25,11 @@ from delshare.cli.common import (
 from delshare.cli.main import Finished
 from delshare.cli.ui import Ui, describe_offer, pick_style
 from delshare.text import printable
-from delshare.transfer.manifest import display_name
+
+if TYPE_CHECKING:  # imported where used: `receive --help` needs none of the app (start-up time)
+    import asyncio
+
+    from delshare.app.receive import Ask, AskOverwrite, ReceiveOptions
 
 __all__ = ["receive"]
 
@@ -58,6 +59,8 @@ def _read_answer() -> bool:
 
 async def _prompt(question: str) -> bool:
     """Ask a yes/no question on stderr, read the answer from stdin (no means no)."""
+    import asyncio
+
     loop = asyncio.get_running_loop()
     answer: asyncio.Future[bool] = loop.create_future()
 
@@ -74,6 +77,8 @@ async def _prompt(question: str) -> bool:
 
 
 def _where(offer: OfferReceived) -> str:
+    from delshare.transfer.manifest import display_name
+
     return display_name(os.path.abspath(offer.output or "."))
 
 
@@ -174,6 +179,8 @@ def receive(
     except UsageProblem as exc:
         ui.error(str(exc), EXIT_USAGE)
         raise SystemExit(EXIT_USAGE) from None
+    from delshare.app.receive import ReceiveOptions
+
     interactive = sys.stdin.isatty()
     options = ReceiveOptions(
         output, overwrite, rename, yes, interactive=interactive, single_file=to_stdout
@@ -194,6 +201,8 @@ def _receive(
 ) -> int:
     """Through the API (:func:`delshare.api.receive_with`), the UI as its events callback;
     ``code=None``: listen (``--listen``)."""
+    from delshare.api import receive_with
+
     ask = _asker(ui)
     return run_app(
         lambda: receive_with(code, session, options, ask, ask_overwrite, permit=permit, events=ui),

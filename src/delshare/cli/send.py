@@ -11,7 +11,6 @@ from typing import Any, BinaryIO
 
 import click
 
-from delshare.api import send_with
 from delshare.app.common import SessionOptions, UsageProblem
 from delshare.cli.common import (
     EXIT_CODES_HELP,
@@ -89,6 +88,8 @@ def _send(
     ui: Ui,
     stream: BinaryIO | None = None,
 ) -> int:
+    from delshare.api import send_with  # not at import: `send --help` needs none of the app
+
     def main() -> Coroutine[Any, Any, object]:  # through the API, the UI as its events callback
         return send_with(
             paths, options, code=code, text=text, stream=stream, ticket=ticket or None, events=ui

@@ -81,6 +81,7 @@ from delshare.link.records import MAX_PAYLOAD, LinkError, RecordChannel, RecordK
 from delshare.transfer.digest import ALGORITHM, DIGEST_SIZE
 from delshare.transfer.errors import ManifestError, PeerProtocolError, PeerTimeoutError
 from delshare.transfer.manifest import MAX_ENTRIES, MAX_OFFER_BYTES, Entry, Manifest
+from delshare.transfer.timeouts import STALL_TIMEOUT
 
 __all__ = [
     "BUSY_FACTOR",
@@ -115,7 +116,6 @@ __all__ = [
 ]
 
 VERSION = 3
-STALL_TIMEOUT = 60.0
 """Seconds the data phase may go without a byte moving before either side gives up (resumably).
 
 TCP's own timeouts cannot see this stall: a peer or relay that keeps acknowledging but stops
