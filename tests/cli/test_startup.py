@@ -105,3 +105,44 @@ def test_server_side_names_still_import_from_the_package() -> None:
     assert serve_rendezvous.__module__ == "delshare.pairing.server"
     with pytest.raises(AttributeError):
         _ = __import__("delshare.pairing").pairing.no_such_name
+
+
+_GC_WATCH = """
+import atexit, gc, json, sys
+from delshare.cli.main import main
+collections = []
+gc.callbacks.append(lambda phase, info: collections.append(phase) if phase == "start" else None)
+atexit.register(lambda: print(json.dumps(
+    {{"collections": len(collections), "enabled": gc.isenabled(), "frozen": gc.get_freeze_count()}}
+)))
+sys.argv = ["delshare", *{args!r}]
+main()
+"""
+
+
+def _gc_after(args: list[str]) -> dict[str, int]:
+    done = subprocess.run(
+        [sys.executable, "-c", _GC_WATCH.format(args=args)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    result: dict[str, int] = json.loads(done.stdout.splitlines()[-1])
+    return result
+
+
+def test_start_up_runs_without_the_collector() -> None:
+    """Loading a command collects nothing (the collector is paused until its loop runs)."""
+    stats = _gc_after(["send", "--help"])
+    assert stats["collections"] == 0
+    assert stats["frozen"] == 0  # nothing ran a loop: nothing was frozen
+
+
+def test_the_collector_runs_again_once_the_loop_starts() -> None:
+    """A command that runs its event loop (here ``demo``: a real relayed transfer in one
+    process) has the collector back on, with what start-up built frozen out of its way."""
+    stats = _gc_after(["demo", "--size", "1"])
+    assert stats["enabled"]
+    assert stats["frozen"] > 1000

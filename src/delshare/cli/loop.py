@@ -30,6 +30,10 @@ def event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
 
 
 def run_on_loop(main: Coroutine[Any, Any, T]) -> T:
-    """``asyncio.run(main)`` on the loop :func:`event_loop_factory` picks."""
+    """``asyncio.run(main)`` on the loop :func:`event_loop_factory` picks; start-up ends here
+    (:func:`delshare.cli.main.end_startup`)."""
+    from delshare.cli.main import end_startup
+
+    end_startup()
     with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
         return runner.run(main)
