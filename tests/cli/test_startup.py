@@ -133,11 +133,21 @@ def _gc_after(args: list[str]) -> dict[str, int]:
     return result
 
 
-def test_start_up_runs_without_the_collector() -> None:
-    """Loading a command collects nothing (the collector is paused until its loop runs)."""
-    stats = _gc_after(["send", "--help"])
+@pytest.mark.parametrize("command", ["send", "receive"])
+def test_start_up_runs_without_the_collector(command: str) -> None:
+    """Loading send or receive collects nothing (the collector is paused until its loop runs)."""
+    stats = _gc_after([command, "--help"])
     assert stats["collections"] == 0
+    assert not stats["enabled"]
     assert stats["frozen"] == 0  # nothing ran a loop: nothing was frozen
+
+
+def test_other_commands_keep_the_collector() -> None:
+    """The relay (whose supervisor never runs ``run_on_loop`` with ``--workers``) starts with
+    the collector on, as it would without the CLI."""
+    stats = _gc_after(["relay", "--help"])
+    assert stats["enabled"]
+    assert stats["frozen"] == 0
 
 
 def test_the_collector_runs_again_once_the_loop_starts() -> None:

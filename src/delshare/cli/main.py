@@ -59,11 +59,15 @@ class Finished(SystemExit):
 
 
 _gc_paused = False
+PAUSE_GC_FOR = ("send", "receive", "demo")
+"""Commands that start without the collector: their start-up is part of a transfer's time,
+and each ends it in ``run_on_loop``. Others (the relay's supervisor, ``turn-check``) never
+pause it."""
 
 
 def pause_gc() -> None:
-    """Start-up without the cyclic garbage collector (the imports alone trigger dozens of
-    collections that find nothing); :func:`end_startup` turns it back on."""
+    """Start-up without the cyclic garbage collector (loading send/receive runs ~50 collections
+    that find nothing); :func:`end_startup` turns it back on."""
     global _gc_paused
     if gc.isenabled():
         gc.disable()
@@ -84,7 +88,8 @@ def end_startup() -> None:
 
 def main() -> None:
     """Console-script entry point."""
-    pause_gc()
+    if sys.argv[1:2] and sys.argv[1] in PAUSE_GC_FOR:
+        pause_gc()
     try:
         cli()
     except Finished as exc:

@@ -24,7 +24,6 @@ from delshare.address import format_address
 from delshare.aio.client import TurnClient, connect_turn
 from delshare.aio.client_allocation import TcpAllocation
 from delshare.app.hints import AUTH_HINT
-from delshare.cli.main import end_startup
 from delshare.errors import DelshareError
 from delshare.stun.attributes import Address
 from delshare.text import printable
@@ -266,7 +265,6 @@ def turn_check(
     def connect() -> Awaitable[TurnClient]:
         return connect_turn(uri, user, password, secret=secret, ssl=tls, timeout=timeout)
 
-    end_startup()  # the collector runs again (paused while the CLI loads)
     try:
         asyncio.run(Checker(timeout, size << 20).run(connect))
     except CheckFailed as exc:
