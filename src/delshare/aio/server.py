@@ -15,14 +15,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import dataclasses
-import functools
 import ipaddress
 import logging
 import socket
 import ssl
-import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Coroutine
@@ -46,6 +43,7 @@ from delshare.aio.relay_sockets import (
 from delshare.aio.server_conn import ClientConnection
 from delshare.aio.udp_listener import udp_listener
 from delshare.errors import StunDecodeError
+from delshare.portable import release_free_memory
 from delshare.stun.attributes import Address
 from delshare.stun.constants import PROTO_TCP, ErrorCode
 from delshare.text import printable
@@ -1087,26 +1085,3 @@ def _no_delay(sock: socket.socket) -> None:
     tail held back until the previous segment's (delayed) ACK stalls a request/response ~40 ms."""
     with contextlib.suppress(OSError):
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-
-
-def release_free_memory() -> None:
-    """Give freed heap memory back to the OS (glibc ``malloc_trim``), where there is one.
-
-    TLS connections allocate large buffers; after a burst of handshakes closes, glibc keeps the
-    freed memory in the heap unless asked, and RSS stays at the peak (issue 10 item 3).
-    """
-    trim = _malloc_trim()
-    if trim is not None:
-        trim(0)
-
-
-@functools.cache
-def _malloc_trim() -> Callable[[int], int] | None:
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        libc = ctypes.CDLL(None)
-        trim: Callable[[int], int] = libc.malloc_trim
-    except (OSError, AttributeError):
-        return None
-    return trim

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import itertools
 import socket
 import time
@@ -49,6 +48,7 @@ from delshare.pairing.mailbox import (
 )
 from delshare.pairing.metrics import RendezvousMetrics
 from delshare.pairing.turn_grant import TurnGrant, reached_host
+from delshare.portable import release_free_memory
 
 CONNECTION_GRACE = 5.0  # a connection may outlive its mailbox's max_age by this much
 FRAME_OVERHEAD = 1024  # JSON around a body of max_message_size
@@ -302,15 +302,6 @@ def _backend(
     from delshare.pairing.redis_backend import RedisBackend  # redis is an optional dependency
 
     return RedisBackend(redis_url, limits or MailboxLimits(), heartbeat=sweep_interval)
-
-
-def release_free_memory() -> None:
-    """Give freed heap pages back to the OS (glibc's ``malloc_trim``); nothing elsewhere."""
-    try:
-        trim = ctypes.CDLL(None).malloc_trim
-    except (OSError, AttributeError):
-        return
-    trim(0)
 
 
 def _guarded(guard: AddressGuard) -> type[ServerConnection]:
