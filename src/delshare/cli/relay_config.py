@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+from delshare.address import format_address
 from delshare.pairing.mailbox import MailboxLimits
 from delshare.stun.attributes import Address
 from delshare.turn.auth import DEFAULT_NONCE_LIFETIME
@@ -438,16 +439,12 @@ def _coturn_listeners(options: Mapping[str, list[str | None]], out: FileConfig) 
     if "tls-listening-port" in options:
         tls_port = int(_one("tls-listening-port", options["tls-listening-port"]))
     if ips:
-        out.values["listen"] = [_join(ip, port) for ip in ips]
+        out.values["listen"] = [format_address(ip, port) for ip in ips]
     else:
         out.values["port"] = port
     has_cert = "cert" in options and "pkey" in options
     if has_cert and "no-tls" not in options:
-        out.values["tls_listen"] = [_join(ip, tls_port) for ip in ips or ["0.0.0.0"]]
-
-
-def _join(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        out.values["tls_listen"] = [format_address(ip, tls_port) for ip in ips or ["0.0.0.0"]]
 
 
 def _quota(text: str) -> int:
@@ -462,7 +459,7 @@ def _coturn_hostport(text: str) -> str:
         return text if "]:" in text else f"{text}:{COTURN_PORT}"
     if text.count(":") == 1:
         return text
-    return _join(text, COTURN_PORT)  # an IPv4 address or a bare IPv6 literal
+    return format_address(text, COTURN_PORT)  # an IPv4 address or a bare IPv6 literal
 
 
 def coturn_range(text: str) -> list[str]:
@@ -489,9 +486,9 @@ def _show(name: str, value: Any) -> str:
     if name == "rendezvous_redis":
         return mask_url(str(value))
     if isinstance(value, tuple) and value and isinstance(value[0], tuple):
-        return ", ".join(_join(str(h), int(p)) for h, p in value)
+        return ", ".join(format_address(str(h), int(p)) for h, p in value)
     if isinstance(value, tuple) and len(value) == 2 and isinstance(value[1], int):
-        return _join(str(value[0]), value[1])
+        return format_address(str(value[0]), value[1])
     if isinstance(value, tuple):
         return ", ".join(str(v) for v in value) or "(none)"
     return str(value)

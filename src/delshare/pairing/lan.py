@@ -17,6 +17,7 @@ import socket
 import struct
 from dataclasses import dataclass
 
+from delshare.address import format_address
 from delshare.errors import PairingError
 from delshare.fields import Fields
 
@@ -82,7 +83,7 @@ class _Listener(asyncio.DatagramProtocol):
     def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
         offer = parse_announcement(data)
         if offer and offer.nameplate == self._nameplate and not self._found.done():
-            self._found.set_result(f"ws://{addr[0]}:{offer.port}")
+            self._found.set_result(f"ws://{format_address(addr[0], offer.port)}")
 
 
 def _group_socket() -> socket.socket:
