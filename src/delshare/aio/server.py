@@ -777,7 +777,9 @@ class RelayServer:
             rate = self.bandwidth.reserve(self.config.max_bps)
             if self.config.max_bps and not rate:  # coturn's answer when bps-capacity is spent
                 reason = "Allocation Bandwidth Quota Reached"
-                self.core.relay_failed(out.alloc_id, now, 486, reason, family=out.family)
+                self.core.relay_failed(
+                    out.alloc_id, now, ErrorCode.ALLOCATION_QUOTA_REACHED, reason, family=out.family
+                )
                 return
             clock = self._loop.time()
             buckets = (TokenBucket(rate, clock), TokenBucket(rate, clock)) if rate else (None, None)

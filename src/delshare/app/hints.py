@@ -43,12 +43,13 @@ def _chain(exc: BaseException) -> Iterator[BaseException]:
 
 def turn_hint(exc: BaseException) -> str:
     """The hint for a TURN failure anywhere in ``exc``'s chain, or ``""``."""
+    from delshare.stun.constants import ErrorCode
     from delshare.turn.client_errors import AuthenticationError
 
     for link in _chain(exc):
         if isinstance(link, AuthenticationError):
             return AUTH_HINT
-        if isinstance(link, TransactionError) and link.code == 403:
+        if isinstance(link, TransactionError) and link.code == ErrorCode.FORBIDDEN:
             return ALLOW_PEER_HINT
     # The race reports its attempts' failures as text (``CONNECT failed: 403 Forbidden ...``).
     text = str(exc)
