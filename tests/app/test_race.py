@@ -32,7 +32,7 @@ from delshare.link.race import (
     combine_modes,
     race,
 )
-from delshare.link.records import LinkError
+from delshare.link.records import LinkError, handshake
 from delshare.link.relay import TurnRelay, TurnSettings, open_relay
 from delshare.turn.auth import AuthConfig
 from delshare.turn.server_config import ServerConfig
@@ -197,6 +197,30 @@ async def test_a_wrong_key_never_connects() -> None:
     finally:
         la.close()
         lb.close()
+
+
+async def test_a_path_record_nested_too_deeply_is_a_protocol_error() -> None:
+    """A peer that knows the key but sends a ``path`` record JSON cannot parse (nesting deeper
+    than the decoder recurses) fails that path with a clear "not JSON", not a RecursionError."""
+    key = os.urandom(32)
+    deep = b'{"t":"path","path":' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+
+    async def rogue(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        channel = await handshake(reader, writer, key, "receiver", 5.0)
+        await channel.send_control(deep)
+        with contextlib.suppress(LinkError, OSError):
+            await channel.recv()  # until the racer drops this path
+
+    server = await asyncio.start_server(rogue, "127.0.0.1", 0)
+    la = await start_listener()
+    try:
+        peer = [Candidate("host", "127.0.0.1", server.sockets[0].getsockname()[1])]
+        config = RaceConfig(key, "sender", "direct", total_timeout=2.0)
+        with pytest.raises(NoPathError, match="'path' control record is not JSON"):
+            await race(config, LocalEndpoints(la), peer)
+    finally:
+        la.close()
+        server.close()
 
 
 @pytest.fixture

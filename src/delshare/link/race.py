@@ -163,11 +163,10 @@ def _control(obj: dict[str, object]) -> bytes:
 async def _read_path(channel: RecordChannel, kind: str) -> LinkPath:
     """The path in the peer's ``kind`` control record (``path`` or ``chosen``)."""
     record = await channel.recv_record()
-    try:
-        obj = json.loads(record.payload) if record.kind is RecordKind.CONTROL else None
-    except ValueError:
-        obj = None
-    fields = Fields(obj, LinkProtocolError, f"{kind!r} control record")
+    what = f"{kind!r} control record"
+    if record.kind is not RecordKind.CONTROL:
+        raise LinkProtocolError(f"{what} is not a JSON object")
+    fields = Fields.load(record.payload, LinkProtocolError, what)  # not JSON, or nested too deep
     fields.one_of("t", (kind,))
     return LinkPath.from_wire(fields.nested("path"))
 
