@@ -17,6 +17,7 @@ import pytest
 
 from delshare.link.records import RecordChannel
 from delshare.transfer.errors import (
+    DestinationExistsError,
     IntegrityError,
     RefusedByPeerError,
     SourceChangedError,
@@ -152,6 +153,22 @@ async def test_changed_source_starts_over(
     assert received.resumed_at == {"blob.bin": 0}
     assert sent.bytes_sent == SIZE
     assert sha256_file(out / "blob.bin") == sha256_file(source)
+
+
+async def test_a_state_file_nested_too_deeply_is_not_ours(
+    setup: tuple[Path, Path], proxy_factory: Callable[[int], CuttingProxy]
+) -> None:
+    """A ``.part`` whose state file is JSON too deeply nested to parse is someone else's: the
+    receiver refuses the name as taken (its policy for a foreign ``.part``), not with a
+    RecursionError."""
+    source, out = setup
+    await broken_run([source], out, proxy_factory(3 * 1024 * 1024))
+    part, sidecar = temp_paths(out / "blob.bin")
+    sidecar.write_text("[" * 100_000 + "]" * 100_000, encoding="utf-8")
+    sent, received = await run([source], out)
+    assert isinstance(received, DestinationExistsError), received
+    assert isinstance(sent, RefusedByPeerError), sent
+    assert part.exists()  # not ours to delete
 
 
 async def test_content_change_with_same_mtime_is_caught_by_chunk_hashes(

@@ -131,10 +131,12 @@ def write_sidecar(path: Path, entry: Entry, chunk: int, final: Path) -> None:
 
 
 def read_sidecar(path: Path) -> dict[str, object] | None:
-    """The sidecar's JSON object, or None if it is missing or unreadable."""
+    """The sidecar's JSON object, or None if it is missing or unreadable (not UTF-8, not JSON,
+    nested too deeply to parse). It is checked whole, against the body we would write
+    (:func:`sidecar_matches`), so no field needs reading one by one."""
     try:
         obj = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return None
     return obj if isinstance(obj, dict) else None
 
