@@ -47,6 +47,15 @@ def test_truncated_ticket_is_refused() -> None:
         parse_ticket(text[:-6])
 
 
+def test_a_ticket_nested_too_deeply_to_parse_is_damaged() -> None:
+    """JSON nested deeper than the decoder recurses (fits in a 4 KiB ticket) is a PairingError."""
+    depth = 1500
+    raw = b"[" * depth + b"]" * depth
+    text = "del1" + base64.urlsafe_b64encode(raw).decode().rstrip("=")
+    with pytest.raises(PairingError, match="damaged"):
+        parse_ticket(text)
+
+
 def _ticket(body: object) -> str:
     raw = json.dumps(body, separators=(",", ":")).encode()
     return "del1" + base64.urlsafe_b64encode(raw).decode().rstrip("=")

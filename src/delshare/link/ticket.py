@@ -83,7 +83,7 @@ def parse_ticket(text: str) -> Ticket:
     try:
         fields = Fields(json.loads(_b64(text[len(PREFIX) :])), _damaged, "ticket")
         key = _b64(fields.text("k", max_len=MAX_TICKET))
-    except (binascii.Error, ValueError):
+    except (binascii.Error, ValueError, RecursionError):  # RecursionError: nested too deeply
         raise _damaged("copy it again, whole") from None
     items = fields.items("a", max_len=MAX_ADDRESSES)
     if len(key) != KEY_BYTES:
