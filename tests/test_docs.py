@@ -128,11 +128,36 @@ def test_protocol_page_lists_every_link_signal(signal: signalling.Signal) -> Non
         assert f'"{name}"' in PROTOCOL_DOC
 
 
-def test_readme_layout_names_every_part_of_the_package() -> None:
+def readme_layout() -> dict[str, str]:
+    """README.md's "Layout" block: each entry (two spaces in) and its description (with the
+    continuation lines indented deeper)."""
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     layout = readme.split("## Layout", 1)[1].split("```")[1]
-    listed = {line.split()[0] for line in layout.splitlines() if line.startswith("  ")}
+    entries: dict[str, str] = {}
+    name = ""
+    for line in layout.splitlines():
+        if re.match(r"  \S", line):
+            name, _, text = line.strip().partition(" ")
+            entries[name] = text
+        elif line.startswith("   ") and name:
+            entries[name] += " " + line.strip()
+    return entries
+
+
+def test_readme_layout_names_every_part_of_the_package() -> None:
+    listed = set(readme_layout())
     package = ROOT / "src" / "delshare"
     parts = {f"{p.name}/" for p in package.iterdir() if (p / "__init__.py").is_file()}
     parts |= {p.name for p in package.glob("*.py") if not p.name.startswith("_")}
     assert parts == listed
+
+
+def test_readme_layout_names_only_modules_that_exist() -> None:
+    """A module named in a package's description (snake_case: ``receive_plan``) is one of its
+    files, so a split or rename that leaves the layout behind fails here."""
+    package = ROOT / "src" / "delshare"
+    for name, text in readme_layout().items():
+        if not name.endswith("/") or not (package / name).is_dir():
+            continue
+        for module in re.findall(r"\b[a-z]+(?:_[a-z]+)+\b", text):
+            assert (package / name / f"{module}.py").is_file(), f"README layout: {name}{module}"
