@@ -10,10 +10,7 @@ from __future__ import annotations
 
 import os
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
 
 from tests.app.harness import (
     DELSHARE,
@@ -22,17 +19,8 @@ from tests.app.harness import (
     RelayProcess,
     finish,
     sha256_file,
-    start_relay_process,
-    stop,
 )
 from tests.support.ports import free_port
-
-
-@pytest.fixture(scope="module")
-def relay(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RelayProcess]:
-    process = start_relay_process(tmp_path_factory.mktemp("relay"), shared=True)
-    yield process
-    stop(process.process)
 
 
 def _env(config: Path, **more: str) -> dict[str, str]:

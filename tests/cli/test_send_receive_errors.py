@@ -14,7 +14,6 @@ import select
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -31,23 +30,9 @@ from tests.app.harness import (
     finish,
     run_pair,
     start,
-    start_relay_process,
-    stop,
 )
 from tests.support.ports import free_port
 from tests.support.terminal import read_until
-
-
-@pytest.fixture(scope="module")
-def relay(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RelayProcess]:
-    process = start_relay_process(tmp_path_factory.mktemp("relay"), shared=True)
-    yield process
-    stop(process.process)
-
-
-@pytest.fixture
-def env(relay: RelayProcess) -> dict[str, str]:
-    return env_for(relay.rendezvous, relay.turn)
 
 
 @pytest.fixture

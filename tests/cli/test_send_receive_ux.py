@@ -30,22 +30,9 @@ from tests.app.harness import (
     finish,
     run_pair,
     start,
-    start_relay_process,
     stop,
 )
 from tests.support.ports import free_port
-
-
-@pytest.fixture(scope="module")
-def relay(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RelayProcess]:
-    process = start_relay_process(tmp_path_factory.mktemp("relay"), shared=True)
-    yield process
-    stop(process.process)
-
-
-@pytest.fixture
-def env(relay: RelayProcess) -> dict[str, str]:
-    return env_for(relay.rendezvous, relay.turn)
 
 
 @pytest.fixture

@@ -12,7 +12,6 @@ import hashlib
 import os
 import subprocess
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
@@ -26,19 +25,10 @@ from tests.app.harness import (
     finish,
     sha256_file,
     start,
-    start_relay_process,
-    stop,
 )
 
 PIPE_SIZE = int(os.environ.get("DELSHARE_TEST_PIPE_MIB", "32")) << 20
 STREAM_MIB = int(os.environ.get("DELSHARE_TEST_PIPE_MIB", "8"))
-
-
-@pytest.fixture(scope="module")
-def relay(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RelayProcess]:
-    process = start_relay_process(tmp_path_factory.mktemp("relay"), shared=True)
-    yield process
-    stop(process.process)
 
 
 @pytest.fixture
