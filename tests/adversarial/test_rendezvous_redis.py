@@ -24,7 +24,7 @@ from tests.adversarial.rendezvous import (
     rendezvous,
     sources,
 )
-from tests.support.redis_server import redis_missing, start_redis
+from tests.support.redis_server import redis_missing, redis_running
 
 PER_IP = 20
 
@@ -33,12 +33,8 @@ PER_IP = 20
 def redis_url() -> Iterator[str]:
     if redis_missing():
         pytest.skip(str(redis_missing()))
-    process, url = start_redis()
-    try:
+    with redis_running() as url:
         yield url
-    finally:
-        process.kill()
-        process.wait()
 
 
 @contextlib.contextmanager

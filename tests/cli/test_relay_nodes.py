@@ -20,19 +20,15 @@ from tests.app.harness import (
     stop,
 )
 from tests.support.ports import free_port
-from tests.support.redis_server import redis_missing, start_redis
+from tests.support.redis_server import redis_missing, redis_running
 
 
 @pytest.fixture
 def redis_url() -> Iterator[str]:
     if redis_missing():
         pytest.skip(str(redis_missing()))
-    process, url = start_redis()
-    try:
+    with redis_running() as url:
         yield url
-    finally:
-        process.kill()
-        process.wait()
 
 
 def test_sender_and_receiver_on_different_nodes(tmp_path: Path, redis_url: str) -> None:

@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 import pytest
 
 from tests.support.ports import free_port
-from tests.support.redis_server import redis_missing, start_redis
+from tests.support.redis_server import redis_missing, redis_running, start_redis
 
 if redis_missing():
     pytest.skip(str(redis_missing()), allow_module_level=True)
@@ -48,12 +48,8 @@ asyncio.run(main())
 
 @pytest.fixture(scope="module")
 def redis_url() -> Iterator[str]:
-    process, url = start_redis()
-    try:
+    with redis_running() as url:
         yield url
-    finally:
-        process.kill()
-        process.wait()
 
 
 @pytest.fixture

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import subprocess
 import time
+from collections.abc import Iterator
 
 from tests.support.ports import free_port
 
@@ -41,3 +43,14 @@ def start_redis(port: int | None = None) -> tuple[subprocess.Popen[bytes], str]:
         raise RuntimeError("redis-server did not start")
     finally:
         probe.close()
+
+
+@contextlib.contextmanager
+def redis_running() -> Iterator[str]:
+    """A redis-server (:func:`start_redis`) for a ``with`` block: yields its URL, then kills it."""
+    process, url = start_redis()
+    try:
+        yield url
+    finally:
+        process.kill()
+        process.wait()
