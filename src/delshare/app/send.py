@@ -49,7 +49,7 @@ from delshare.app.session import (
 )
 from delshare.app.text import check_text, deliver_text
 from delshare.errors import PairingError
-from delshare.pairing import PairedChannel, generate_code, pair, parse_code
+from delshare.pairing import Code, PairedChannel, generate_code, pair, parse_code
 from delshare.transfer.errors import ManifestError, UnsafePathError
 from delshare.transfer.events import FileSent, FileStarted, SendEvent
 from delshare.transfer.manifest import (
@@ -114,9 +114,9 @@ def _unsendable(paths: Sequence[str]) -> str:
     )
 
 
-def _checked_code(code: str) -> str:
+def _checked_code(code: str) -> Code:
     try:
-        return str(parse_code(code))
+        return parse_code(code)
     except PairingError as exc:
         raise UsageProblem(f"bad code: {exc}") from exc
 
@@ -198,8 +198,8 @@ async def run_send(
     chosen = None if code is None else _checked_code(code)
     offered = offer_summary(built.manifest) if built is not None else None
 
-    def show_code(shown: str) -> None:
-        report(CodeAllocated(shown, CODE_VALID_FOR))
+    def show_code(shown: Code) -> None:
+        report(CodeAllocated(str(shown), CODE_VALID_FOR))
         if offered is not None:
             report(offered)
 
@@ -207,8 +207,9 @@ async def run_send(
         rendezvous = options.rendezvous
         if rendezvous is None:
             check_lan_route()
-            chosen = chosen or generate_code()  # our own rendezvous (LAN mode): all numbers free
-            nameplate = parse_code(chosen).nameplate
+            # Our own rendezvous (LAN mode): every number is free.
+            chosen = chosen or parse_code(generate_code())
+            nameplate = chosen.nameplate
             rendezvous = await stack.enter_async_context(lan_rendezvous(nameplate))
             show_code(chosen)
             report(NoticeIssued(f"no rendezvous server set: announcing code {nameplate} on the "
@@ -228,7 +229,7 @@ async def run_send(
             timeout=options.pair_timeout,
             connect_timeout=RENDEZVOUS_CONNECT_TIMEOUT,
             ca=options.ca,
-            on_code=lambda allocated: show_code(str(allocated)),
+            on_code=show_code,
             on_turn=handed.offer if handed else None,
         )
         if built is None:
