@@ -22,7 +22,7 @@ from delshare.transfer.errors import (
     TransferInterruptedError,
     UnsafePathError,
 )
-from delshare.transfer.manifest import Entry, Manifest, build_manifest
+from delshare.transfer.manifest import MAX_FILE_SIZE, Entry, Manifest, build_manifest
 from delshare.transfer.protocol import (
     Accept,
     Done,
@@ -198,17 +198,12 @@ async def test_already_received_file_is_skipped(tmp_path: Path, out: Path) -> No
     assert received.files[0].skipped
 
 
-async def test_offer_bigger_than_free_space_is_rejected(
-    tmp_path: Path, out: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    source = random_file(tmp_path / "src" / "huge.bin", 10_000)
-    real = shutil.disk_usage
-
-    def tiny_disk(path: str | os.PathLike[str]) -> Any:
-        return real(path)._replace(free=9_999)
-
-    monkeypatch.setattr(shutil, "disk_usage", tiny_disk)
-    await transfer_expecting([source], out, InsufficientSpaceError)
+async def test_offer_bigger_than_free_space_is_rejected(out: Path) -> None:
+    """A file of the largest size an offer may name (1 PiB) fits on no disk this runs on."""
+    assert shutil.disk_usage(out).free < MAX_FILE_SIZE
+    reply, outcome = await offer_raw([Entry("huge.bin", "file", MAX_FILE_SIZE)], out)
+    assert isinstance(reply, Reject)
+    assert isinstance(outcome, InsufficientSpaceError)
     assert names(out) == []
 
 
