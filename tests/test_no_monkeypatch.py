@@ -79,3 +79,21 @@ def test_no_module_replaces_another_objects_methods(path: Path) -> None:
     text = path.read_text(encoding="utf-8")
     assert not METHOD_ASSIGN_IGNORE.search(text), "a method replaced behind the type checker"
     assert replaced_methods(text) == []
+
+
+TESTS = Path(__file__).resolve().parent
+PATCHING = re.compile(r"monkeypatch\.setattr\(|mock\.patch|unittest\.mock")
+
+
+def test_no_test_patches_a_module_global() -> None:
+    """Tests take fixtures and parameters, not patched globals (issue 13 item 10); environment
+    variables (``monkeypatch.setenv``) are an interface and stay allowed."""
+    me = Path(__file__).resolve()
+    patched = [
+        f"{path.relative_to(TESTS)}:{number}"
+        for path in sorted(TESTS.rglob("*.py"))
+        if path != me
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
+        if PATCHING.search(line)
+    ]
+    assert patched == []
