@@ -116,6 +116,15 @@ async def test_closed_port_raises_turn_connection_error() -> None:
         await connect_turn(f"turn:127.0.0.1:{port}?transport=tcp", "u", "p")
 
 
+async def test_an_unreachable_ipv6_server_is_named_in_brackets() -> None:
+    """The message names the server the way HOST:PORT is read back: ``[::1]:port``."""
+    with socket.socket(socket.AF_INET6) as probe:
+        probe.bind(("::1", 0))
+        port = probe.getsockname()[1]
+    with pytest.raises(TurnConnectionError, match=rf"cannot reach TURN server \[::1\]:{port} "):
+        await connect_turn(f"turn:[::1]:{port}?transport=tcp", "u", "p")
+
+
 async def test_allocate_follows_300_to_the_alternate_server() -> None:
     async def alternate(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         request = await read_request(reader)

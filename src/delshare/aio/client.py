@@ -25,6 +25,7 @@ import time
 from types import TracebackType
 from typing import Any, Self
 
+from delshare.address import format_address
 from delshare.aio.client_allocation import RelayedStream, TcpAllocation, UdpAllocation
 from delshare.aio.client_renewal import RenewingAllocation
 from delshare.errors import DelshareError, StunDecodeError
@@ -153,7 +154,8 @@ class TurnClient:
                     await self._open_datagram(host, port)
         except (OSError, TimeoutError) as exc:
             reason = _reason(exc, self.uri.host, self.ssl is not None)
-            raise TurnConnectionError(f"cannot reach TURN server {host}:{port} ({reason})") from exc
+            where = format_address(host, port)
+            raise TurnConnectionError(f"cannot reach TURN server {where} ({reason})") from exc
         self._error = None
 
     async def _open_stream(self, host: str, port: int) -> None:

@@ -16,6 +16,7 @@ import contextlib
 import logging
 from typing import NamedTuple
 
+from delshare.address import format_address
 from delshare.aio.client_renewal import ControlConnection, RenewingAllocation
 from delshare.errors import DelshareError, TransactionTimeout
 from delshare.stun.attributes import (
@@ -150,7 +151,8 @@ class TcpAllocation(RenewingAllocation):
                     server_hostname=self._client.uri.host if ssl else None,
                 )
         except (OSError, TimeoutError) as exc:
-            raise TurnConnectionError(f"data connection to {host}:{port} failed: {exc}") from exc
+            where = format_address(host, port)
+            raise TurnConnectionError(f"data connection to {where} failed: {exc}") from exc
 
     def _shut_down(self) -> None:
         """Closing the allocation closes its streams (RFC 6062 §5.5)."""
