@@ -244,6 +244,18 @@ def test_coturn_conf_problems_are_listed(tmp_path: Path) -> None:
     assert "0123456789abcdef" not in text
 
 
+def test_a_coturn_alternate_server_is_read_as_an_address(tmp_path: Path) -> None:
+    """coturn's ``IP[:PORT]`` goes through address.parse_address: a bad port is a problem of
+    that option, an IPv6 literal gets brackets and the default port."""
+    config = tmp_path / "turnserver.conf"
+    config.write_text("alternate-server=192.0.2.1:99999\n")
+    parsed = read_config_file(str(config), {"alternate_server"})
+    assert parsed.problems == [f"{config}: alternate-server: bad port in '192.0.2.1:99999'"]
+    config.write_text("alternate-server=2001:db8::1\nalternate-server=[2001:db8::2]:5\n")
+    parsed = read_config_file(str(config), {"alternate_server"})
+    assert parsed.values["alternate_server"] == ["[2001:db8::1]:3478", "[2001:db8::2]:5"]
+
+
 def test_file_format_is_detected_by_extension_and_content(tmp_path: Path) -> None:
     coturn_text = "realm=x.example\nlt-cred-mech\n"
     for name in ("turnserver.conf", "no-extension"):

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from delshare.address import format_address
+from delshare.address import format_address, parse_address
 from delshare.pairing.mailbox import MailboxLimits
 from delshare.stun.attributes import Address
 from delshare.turn.auth import DEFAULT_NONCE_LIFETIME
@@ -454,12 +454,7 @@ def _quota(text: str) -> int:
 
 def _coturn_hostport(text: str) -> str:
     """coturn's ``IP[:PORT]`` (default port 3478) → ``HOST:PORT``."""
-    text = text.strip()
-    if text.startswith("["):
-        return text if "]:" in text else f"{text}:{COTURN_PORT}"
-    if text.count(":") == 1:
-        return text
-    return format_address(text, COTURN_PORT)  # an IPv4 address or a bare IPv6 literal
+    return format_address(*parse_address(text, COTURN_PORT))  # a bare IPv6 literal too
 
 
 def coturn_range(text: str) -> list[str]:
