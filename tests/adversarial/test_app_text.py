@@ -10,13 +10,16 @@ shows ``evil\\u202etxt.exe`` as ``evilexe.txt``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from delshare.errors import PairingError
 from delshare.link.records import RecordChannel
+from delshare.pairing import pair
 from delshare.transfer.manifest import Entry, Manifest
 from delshare.transfer.protocol import (
     ErrorMessage,
@@ -151,3 +154,22 @@ def test_the_real_sender_refuses_a_bidi_name_up_front_and_shows_it_escaped(
     _assert_no_raw_control(stdout + stderr)
     assert "evil\\u202etxt.exe" in stderr.decode()
     assert b"code:" not in stdout  # refused before a code is spent
+
+
+async def test_a_malformed_text_is_refused_by_name(relay: RelayProcess, tmp_path: Path) -> None:
+    """A sender whose ``text`` is no string is refused through delshare.fields, by field name."""
+    out = tmp_path / "out"
+    out.mkdir()
+    code = "321-guitar-orbit"
+    receiver = start_cli(["receive", code, "-o", str(out), "--yes"], env_for(relay.rendezvous))
+    try:
+        async with await pair(relay.rendezvous, code, "sender", timeout=30) as paired:
+            await asyncio.wait_for(paired.receive(), 30)  # the receiver's candidates
+            await paired.send({"t": "text", "v": 2, "text": ["not", "a", "string"]})
+            with contextlib.suppress(PairingError):
+                await paired.receive(timeout=30)  # until the receiver gives up and leaves
+    finally:
+        returncode, stdout, stderr = await asyncio.to_thread(finish_cli, receiver)
+    assert returncode == 1, (stdout, stderr)
+    assert "the sender's text: 'text' must be a string" in stderr.decode(), stderr
+    assert listing(out) == []

@@ -1,11 +1,13 @@
 """``delshare send --text``: a short message travels in the sealed pairing channel, no link.
 
 The text is small (at most :data:`MAX_TEXT` bytes of UTF-8), so it goes where the candidates
-would: after pairing the sender sends ``{"t": "text", "text": ...}`` through the mailbox
-(sealed with the PAKE key, :mod:`delshare.pairing.cipher`) and waits for
-``{"t": "text-received"}``. The receiver has already sent its candidates (it cannot know in
-advance); it reads the text instead of the sender's candidates, closes what it gathered, reports
-the text (the UI escapes anything that could steer a terminal) and confirms.
+would: after pairing the sender sends ``{"t": "text", "v": 2, "text": ...}`` through the
+mailbox (sealed with the PAKE key, :mod:`delshare.pairing.cipher`) and waits for
+``{"t": "text-received", "v": 2}`` (docs/protocol.md §2.4; ``"v"`` is the link signalling
+version, :data:`delshare.link.signalling.VERSION`). The receiver has already sent its candidates
+(it cannot know in advance); it reads the text instead of the sender's candidates, closes what it
+gathered, reports the text (the UI escapes anything that could steer a terminal) and confirms.
+What the peer sent is read through :class:`delshare.fields.Fields`.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ from typing import Any
 
 from delshare.app.events import Reporter, TextReceived, TextSent
 from delshare.errors import PairingError
+from delshare.fields import VERSION_FIELD, Fields
+from delshare.link.signalling import VERSION
 from delshare.pairing import PairedChannel
 
 __all__ = ["MAX_TEXT", "check_text", "deliver_text", "is_text", "take_text"]
@@ -31,15 +35,15 @@ def check_text(text: str) -> str | None:
 
 async def deliver_text(paired: PairedChannel, text: str, report: Reporter) -> None:
     """Send ``text`` to the paired receiver; return once it confirmed."""
-    await paired.send({"t": "text", "text": text})
+    await paired.send({"t": "text", VERSION_FIELD: VERSION, "text": text})
     for _ in range(_MAX_SKIPPED):
-        message = await paired.receive()
-        kind = message.get("t")
+        fields = Fields(await paired.receive(), PairingError, "the receiver's answer")
+        kind = fields.text("t", max_len=64)
         if kind == "text-received":
             report(TextSent(len(text)))
             return
         if kind == "error":
-            raise PairingError(f"peer gave up: {message.get('reason', '?')}")
+            raise PairingError(f"peer gave up: {fields.text('reason', max_len=1000, default='?')}")
     raise PairingError("the receiver did not confirm the text")
 
 
@@ -49,8 +53,6 @@ def is_text(message: dict[str, Any]) -> bool:
 
 async def take_text(paired: PairedChannel, message: dict[str, Any], report: Reporter) -> None:
     """Report the sender's text (from ``message``) and confirm it."""
-    text = message.get("text")
-    if not isinstance(text, str) or len(text) > MAX_TEXT:
-        raise PairingError("the sender sent a malformed text")
+    text = Fields(message, PairingError, "the sender's text").text("text", max_len=MAX_TEXT)
     report(TextReceived(text))
-    await paired.send({"t": "text-received"})
+    await paired.send({"t": "text-received", VERSION_FIELD: VERSION})
