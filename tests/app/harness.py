@@ -243,5 +243,20 @@ def run_pair(
     return sent, received
 
 
+def wait_for_part(
+    part: Path, processes: Sequence[subprocess.Popen[str]], wait: float, breaking: str
+) -> None:
+    """Until the receiver wrote at least 4 MiB to ``part`` (bounded by ``wait`` seconds);
+    ``breaking`` names what the test does next, for the failure when a side ends first."""
+    deadline = time.monotonic() + wait
+    while time.monotonic() < deadline:
+        if part.exists() and part.stat().st_size >= 4 << 20:
+            return
+        if any(p.poll() is not None for p in processes):
+            raise AssertionError(f"a side ended before {breaking}")
+        time.sleep(0.005)
+    raise AssertionError("the transfer did not start")
+
+
 def iter_lines(text: str) -> Iterator[str]:
     yield from (line for line in text.splitlines() if line.strip())

@@ -16,8 +16,6 @@ import json
 import os
 import re
 import signal
-import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -41,6 +39,7 @@ from tests.app.harness import (
     start,
     start_relay_process,
     stop,
+    wait_for_part,
 )
 
 SIZE = int(os.environ.get("DELSHARE_TEST_RECONNECT_MIB", "64")) << 20
@@ -68,18 +67,6 @@ def relay(tmp_path: Path) -> Iterator[list[RelayProcess]]:
         stop(one.process)
 
 
-def _wait_for_part(part: Path, processes: list[subprocess.Popen[str]]) -> None:
-    """Until the receiver wrote at least 4 MiB (bounded by WAIT seconds)."""
-    deadline = time.monotonic() + WAIT
-    while time.monotonic() < deadline:
-        if part.exists() and part.stat().st_size >= 4 << 20:
-            return
-        if any(p.poll() is not None for p in processes):
-            raise AssertionError("a side ended before the relay was killed")
-        time.sleep(0.005)
-    raise AssertionError("the transfer did not start")
-
-
 def _break_the_relay(
     tmp_path: Path,
     relays: list[RelayProcess],
@@ -99,7 +86,7 @@ def _break_the_relay(
     sender = start(["send", str(source), "--code", "5-guitar-orbit", *flags], env)
     receiver = start(["receive", "5-guitar-orbit", "-o", str(out), "--yes", *flags], env)
     try:
-        _wait_for_part(temp_paths(out / NAME)[0], [sender, receiver])
+        wait_for_part(temp_paths(out / NAME)[0], [sender, receiver], WAIT, "the relay was killed")
         receiver.send_signal(signal.SIGSTOP)
         old.process.kill()  # SIGKILL: no goodbye to anyone
         old.process.wait(10)
@@ -171,7 +158,7 @@ def test_json_reports_link_lost_and_reconnected(
         ["receive", "6-guitar-orbit", "-o", str(out), "--yes", "--relay-only", "--json"], env
     )
     try:
-        _wait_for_part(temp_paths(out / NAME)[0], [sender, receiver])
+        wait_for_part(temp_paths(out / NAME)[0], [sender, receiver], WAIT, "the relay was killed")
         old.process.kill()
         old.process.wait(10)
         relay.append(start_relay_process(tmp_path, ports=(old.turn_port, old.rendezvous_port)))

@@ -15,14 +15,13 @@ import os
 import re
 import signal
 import subprocess
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from delshare.transfer.resume import temp_paths
-from tests.app.harness import DELSHARE, Outcome, env_for, sha256_file
+from tests.app.harness import DELSHARE, Outcome, env_for, sha256_file, wait_for_part
 from tests.lab.netns import PUB_ADDR, Lab
 from tests.lab.test_app_nat import RENDEZVOUS_PORT, TURN_PORT, _finish, _start_relay
 
@@ -40,17 +39,6 @@ def payload(tmp_path: Path) -> Path:
         for _ in range(SIZE >> 20):
             f.write(os.urandom(1 << 20))
     return path
-
-
-def _wait_for_part(part: Path, processes: list[subprocess.Popen[str]]) -> None:
-    deadline = time.monotonic() + WAIT
-    while time.monotonic() < deadline:
-        if part.exists() and part.stat().st_size >= 4 << 20:
-            return
-        if any(p.poll() is not None for p in processes):
-            raise AssertionError("a side ended before the link was broken")
-        time.sleep(0.005)
-    raise AssertionError("the transfer did not start")
 
 
 def _broken_transfer(
@@ -72,7 +60,7 @@ def _broken_transfer(
     sender = lab.run("alice", [DELSHARE, "send", str(payload), "--code", code], **pipes)
     receiver = lab.run("bob", [DELSHARE, "receive", code, "-o", str(out), "--yes"], **pipes)
     try:
-        _wait_for_part(temp_paths(out / NAME)[0], [sender, receiver])
+        wait_for_part(temp_paths(out / NAME)[0], [sender, receiver], WAIT, "the link was broken")
         receiver.send_signal(signal.SIGSTOP)
         breaking()
     finally:
@@ -177,7 +165,7 @@ def test_a_ticket_transfer_reconnects_after_the_sender_moves(
         "alice", [DELSHARE, "send", str(payload), "--to", first.split()[1]], **pipes
     )
     try:
-        _wait_for_part(temp_paths(out / NAME)[0], [sender, receiver])
+        wait_for_part(temp_paths(out / NAME)[0], [sender, receiver], WAIT, "the link was broken")
         receiver.send_signal(signal.SIGSTOP)
         lan_lab.ip("alice", "addr", "del", "10.0.1.2/24", "dev", "eth0")
         lan_lab.address("alice", "eth0", "10.0.1.5/24")
