@@ -9,8 +9,11 @@ both modes.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 
 import pytest
+
+from tests.app.harness import RelayProcess, start_relay_process, stop
 
 LONG = os.environ.get("DELSHARE_ADVERSARIAL", "quick") == "long"
 
@@ -23,3 +26,13 @@ def scaled(quick: int, long: int) -> int:
 @pytest.fixture
 def long_mode() -> bool:
     return LONG
+
+
+@pytest.fixture(scope="module")
+def relay(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RelayProcess]:
+    """A ``delshare relay`` serving only the rendezvous, for the app attacks (test_app_*): the
+    hostile peer and the real CLI meet there and connect directly. The relay attacks
+    (test_relay_*) define their own ``relay``."""
+    process = start_relay_process(tmp_path_factory.mktemp("relay"), turn=False)
+    yield process
+    stop(process.process)

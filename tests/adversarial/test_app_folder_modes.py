@@ -10,23 +10,13 @@ from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
 
 from tests.adversarial.conftest import scaled
 from tests.adversarial.hostile_peer import finish_cli, start_cli
-from tests.app.harness import RelayProcess, env_for, start_relay_process, stop
+from tests.app.harness import RelayProcess, env_for
 
 UMASK = 0o027
-
-
-@pytest.fixture(scope="module")
-def relay(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RelayProcess]:
-    process = start_relay_process(tmp_path_factory.mktemp("relay"), turn=False)
-    yield process
-    stop(process.process)
 
 
 def _mode(path: Path) -> int:

@@ -12,22 +12,12 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-
 from tests.adversarial.conftest import scaled
-from tests.app.harness import RelayProcess, env_for, run_pair, start_relay_process, stop
+from tests.app.harness import RelayProcess, env_for, run_pair
 
 SIZE = 1 << 20
-
-
-@pytest.fixture(scope="module")
-def relay(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RelayProcess]:
-    process = start_relay_process(tmp_path_factory.mktemp("relay"), turn=False)
-    yield process
-    stop(process.process)
 
 
 def _twins(tmp_path: Path, name: str = "report.bin") -> tuple[Path, Path]:

@@ -14,7 +14,7 @@ import os
 import pty
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -39,19 +39,12 @@ from tests.adversarial.hostile_peer import (
     listing,
     start_cli,
 )
-from tests.app.harness import DELSHARE, RelayProcess, env_for, start_relay_process, stop
+from tests.app.harness import DELSHARE, RelayProcess, env_for
 from tests.support.terminal import read_until
 from tests.transfer.conftest import channel_pair
 
 HOLD = 30.0
 RECONNECT = "0"  # a silent link is also how a dead one looks: no reconnecting here (issue 14)
-
-
-@pytest.fixture(scope="module")
-def relay(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RelayProcess]:
-    process = start_relay_process(tmp_path_factory.mktemp("relay"), turn=False)
-    yield process
-    stop(process.process)
 
 
 async def _hold_until_exit(process: subprocess.Popen[bytes]) -> None:

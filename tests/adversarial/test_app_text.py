@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -31,7 +30,7 @@ from delshare.transfer.protocol import (
 )
 from tests.adversarial.conftest import scaled
 from tests.adversarial.hostile_peer import as_peer, finish_cli, listing, start_cli
-from tests.app.harness import RelayProcess, env_for, start_relay_process, stop
+from tests.app.harness import RelayProcess, env_for
 
 FORGED = "transfer complete, all files verified"
 HOSTILE_REASON = (
@@ -43,13 +42,6 @@ HOSTILE_REASON = (
 )
 RAW_BYTES = [b"\x1b", b"\x07", b"\r", "\u202e".encode(), "\x9b".encode()]
 EVIL = "evil\u202etxt.exe"
-
-
-@pytest.fixture(scope="module")
-def relay(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RelayProcess]:
-    process = start_relay_process(tmp_path_factory.mktemp("relay"), turn=False)
-    yield process
-    stop(process.process)
 
 
 def _assert_no_raw_control(output: bytes) -> None:
