@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import socket
 from collections.abc import AsyncIterator, Callable
@@ -170,16 +171,52 @@ async def test_waiting_alone_times_out(url: str) -> None:
         await pair(url, CODE, "sender", timeout=0.2)
 
 
+def _sealed(message: wire.ClientMessage) -> bool:
+    """Is ``message`` the addition of a SEALED body (the phase is its first byte)?"""
+    if not isinstance(message, wire.AddMessage):
+        return False
+    return base64.b64decode(message.body)[0] == Phase.SEALED
+
+
+@contextlib.asynccontextmanager
+async def tampering_proxy(upstream: str) -> AsyncIterator[str]:
+    """A WebSocket proxy in an attacker's seat: it forwards every frame both ways, but swaps
+    the ciphertext of each SEALED body its client adds for forged bytes. Yields its URL."""
+
+    async def handle(client: ServerConnection) -> None:
+        async with connect(upstream, proxy=None) as server:
+
+            async def up() -> None:
+                async for frame in client:
+                    if _sealed(wire.decode_client(frame)):
+                        frame = wire.encode(wire.AddMessage(encode_body(Phase.SEALED, bytes(40))))
+                    await server.send(frame)
+
+            async def down() -> None:
+                async for frame in server:
+                    await client.send(frame)
+
+            ways = [asyncio.create_task(up()), asyncio.create_task(down())]
+            await asyncio.wait(ways, return_when=asyncio.FIRST_COMPLETED)
+            for way in ways:
+                way.cancel()
+            await asyncio.gather(*ways, return_exceptions=True)
+
+    async with serve(handle, "127.0.0.1", 0) as proxy:
+        yield f"ws://127.0.0.1:{proxy.sockets[0].getsockname()[1]}"
+
+
 async def test_tampered_sealed_message_is_detected(url: str) -> None:
-    """A peer that knows the code but sends a forged ciphertext is caught by receive()."""
-    receiver_task = asyncio.create_task(pair(url, CODE, "receiver", timeout=WAIT))
-    sender = await pair(url, CODE, "sender", timeout=WAIT)
-    receiver = await receiver_task
-    async with sender, receiver:
-        forged = encode_body(Phase.SEALED, b"\x00" * 40)
-        await sender._mailbox.connection.send(wire.encode(wire.AddMessage(forged)))
-        with pytest.raises(PairingError, match="wrong code or tampered message"):
-            await receiver.receive()
+    """Someone between the sender and the server who swaps a sealed message's ciphertext (the
+    server or the network) is caught by receive()."""
+    async with tampering_proxy(url) as tampered:
+        sender, receiver = await asyncio.gather(
+            pair(tampered, CODE, "sender", timeout=WAIT), pair(url, CODE, "receiver", timeout=WAIT)
+        )
+        async with sender, receiver:
+            await sender.send({"x": 1})
+            with pytest.raises(PairingError, match="wrong code or tampered message"):
+                await receiver.receive()
 
 
 async def test_garbage_pake_message_fails_pairing(url: str) -> None:
