@@ -4,7 +4,8 @@ The app gathers host candidates from every interface and dials them. So that no 
 a packet to an address outside loopback, the session moves itself into a private network
 namespace with only ``lo`` up when it can (root on Linux; CI runs as root). The NAT-lab tests
 still build their own namespaces from inside it. Where that is impossible, host candidates are
-restricted to loopback through ``DELSHARE_HOST_ADDRESSES``.
+restricted to loopback through ``DELSHARE_HOST_ADDRESSES``, which the commands read: that
+covers CLI subprocesses, not in-process calls of ``app.connect`` (those need the namespace).
 """
 
 from __future__ import annotations

@@ -19,6 +19,7 @@ printed: :func:`render` masks them unless asked not to (writing the file itself)
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import tomllib
@@ -31,6 +32,7 @@ __all__ = [
     "ClientConfig",
     "ConfigError",
     "TurnEntry",
+    "chosen_host_addresses",
     "config_path",
     "load_config",
     "render",
@@ -66,6 +68,18 @@ class ClientConfig:
     ca: str | None = None
     output: str | None = None
     turn: tuple[TurnEntry, ...] = field(default_factory=tuple)
+
+
+def chosen_host_addresses() -> tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, ...]:
+    """``DELSHARE_HOST_ADDRESSES`` (comma-separated IPs): the only host addresses to advertise.
+
+    Read here, at the edge, by the commands; empty when unset (every interface is gathered).
+    """
+    text = os.environ.get("DELSHARE_HOST_ADDRESSES", "").strip()
+    try:
+        return tuple(ipaddress.ip_address(a.strip()) for a in text.split(",") if a.strip())
+    except ValueError as exc:
+        raise ConfigError(f"DELSHARE_HOST_ADDRESSES: {exc}") from exc
 
 
 def config_path() -> Path:

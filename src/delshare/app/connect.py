@@ -29,6 +29,7 @@ from delshare.errors import DelshareError, PairingError
 from delshare.link import signalling
 from delshare.link.candidates import (
     Candidate,
+    IPAddress,
     Listener,
     host_addresses,
     host_candidates,
@@ -80,6 +81,8 @@ class ConnectOptions:
     """How to reach the peer: TURN server, forced path, race timings.
 
     ``more_turn``: further TURN servers, tried in order when ``turn`` cannot allocate.
+    ``host_addresses``: the only interface addresses to offer as host candidates (the command
+    line's ``DELSHARE_HOST_ADDRESSES``); empty: every usable interface.
     """
 
     turn: TurnSettings | None = None
@@ -87,6 +90,7 @@ class ConnectOptions:
     relay_delay: float = 0.25
     total_timeout: float = 30.0
     more_turn: tuple[TurnSettings, ...] = ()
+    host_addresses: tuple[IPAddress, ...] = ()
 
 
 @dataclass
@@ -138,7 +142,7 @@ async def gather(
     gathered = Gathered(listener, None, [])
     try:
         if listener is not None:
-            addresses = host_addresses()
+            addresses = host_addresses(options.host_addresses)
             gathered.candidates += host_candidates(addresses, listener.port, ipv6=listener.ipv6)
         if options.turn is not None and options.mode != "direct":
             servers = (options.turn, *options.more_turn)

@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     # asyncio, the link code, cryptography, websockets or spake2 (start-up time).
     from delshare.app.hints import Side
     from delshare.config import ClientConfig
+    from delshare.link.candidates import IPAddress
     from delshare.link.race import Mode
     from delshare.link.relay import TurnSettings
 
@@ -184,6 +185,16 @@ def client_config() -> ClientConfig:
         raise UsageProblem(str(exc)) from exc
 
 
+def _host_addresses() -> tuple[IPAddress, ...]:
+    """``DELSHARE_HOST_ADDRESSES`` (UsageProblem if an entry is not an IP address)."""
+    from delshare.config import ConfigError, chosen_host_addresses
+
+    try:
+        return chosen_host_addresses()
+    except ConfigError as exc:
+        raise UsageProblem(str(exc)) from exc
+
+
 def _check_ca(ca: str | None) -> None:
     """A CA file that does not load is a usage error (exit 2), found before any connection."""
     if not ca:
@@ -216,7 +227,10 @@ def session_options(
     mode: Mode = "direct" if kwargs["direct_only"] else "relay" if kwargs["relay_only"] else "any"
     turns = _turn_servers(kwargs, config, ca)
     connect = ConnectOptions(
-        turn=turns[0] if turns else None, mode=mode, more_turn=tuple(turns[1:])
+        turn=turns[0] if turns else None,
+        mode=mode,
+        more_turn=tuple(turns[1:]),
+        host_addresses=_host_addresses(),
     )
     return SessionOptions(
         rendezvous,

@@ -877,9 +877,14 @@ def _public_host(host: str) -> str:
     """``host``, or for a wildcard bind this machine's first non-loopback address."""
     if host not in ("0.0.0.0", "::", ""):
         return host
+    from delshare.config import chosen_host_addresses
     from delshare.link.candidates import host_addresses
 
-    found = [a for a in host_addresses() if not a.startswith("127.") and a != "::1"]
+    found = [
+        a
+        for a in host_addresses(chosen_host_addresses())
+        if not a.startswith("127.") and a != "::1"
+    ]
     return found[0] if found else "127.0.0.1"
 
 

@@ -20,17 +20,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
-import os
 import socket
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, TypeAlias
 
 from delshare.address import display_address
 from delshare.errors import DelshareError
 from delshare.fields import Fields
 from delshare.portable import PORTABLE
+
+IPAddress: TypeAlias = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 __all__ = [
     "MAX_CANDIDATES",
@@ -173,15 +174,15 @@ def _usable(address: str) -> bool:
     return not (ip.is_multicast or ip.is_unspecified or (ip.version == 6 and ip.is_link_local))
 
 
-def host_addresses() -> list[str]:
+def host_addresses(chosen: Sequence[IPAddress] = ()) -> list[str]:
     """Every usable local interface address, IPv4 first, loopback included.
 
-    ``DELSHARE_HOST_ADDRESSES`` (comma-separated IPs) replaces the gathered list: for hosts that
-    must advertise only some interfaces, and for tests that must stay on loopback.
+    ``chosen`` (the ``DELSHARE_HOST_ADDRESSES`` setting, read by the command line:
+    :func:`delshare.config.chosen_host_addresses`) replaces the gathered list, in its order: for
+    hosts that must advertise only some interfaces, and for tests that must stay on loopback.
     """
-    chosen = os.environ.get("DELSHARE_HOST_ADDRESSES", "").strip()
     if chosen:
-        return [ipaddress.ip_address(a.strip()).compressed for a in chosen.split(",") if a.strip()]
+        return [address.compressed for address in chosen]
     try:
         if PORTABLE:
             raise OSError("portable mode: getifaddrs not used")
