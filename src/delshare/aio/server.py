@@ -258,7 +258,7 @@ class RelayServer:
                     tcp = self._inherited.pop((TCP, (host, port)), None)
                     udp = self._inherited.pop((UDP, (host, port)), None)
                     if tcp is None and udp is None:
-                        raise OSError(f"no inherited listener on {host}:{port}")
+                        raise OSError(f"no inherited listener on {format_address(host, port)}")
                     break
                 tcp, udp = _bind_pair(host, port, self.config.tcp, self.config.udp)
                 break

@@ -303,7 +303,7 @@ class OneLineErrors(click.Command):
     callback=_hostport,
     metavar="HOST:PORT",
     help=f"Rendezvous (pairing) WebSocket service address. Default "
-    f"{DEFAULT_RENDEZVOUS[0]}:{DEFAULT_RENDEZVOUS[1]}.",
+    f"{format_address(*DEFAULT_RENDEZVOUS)}.",
 )
 @click.option(
     "--rendezvous-tls",
