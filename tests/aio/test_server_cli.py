@@ -52,6 +52,7 @@ def test_help_documents_every_flag() -> None:
         ("--relay-ip6", "1.2.3.4"),
         ("--external-ip", "203.0.113.1/notanip"),
         ("--external-ip", "203.0.113.1/2001:db8::1"),
+        ("--rendezvous-turn-uri", "http://relay.example"),
         ("--alternate-server", "relay.example:3478"),
         ("--listen", "localhost:3478"),
         ("--config", "/nonexistent/relay.toml"),

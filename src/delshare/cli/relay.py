@@ -21,6 +21,7 @@ import os
 import signal
 import ssl
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -95,47 +96,40 @@ def _users(_ctx: click.Context, param: click.Parameter, values: tuple[str, ...])
     return users
 
 
-def _cidrs(_ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> tuple[str, ...]:
-    for value in values:
-        try:
-            parse_cidr(value)
-        except ValueError as exc:
-            raise click.BadParameter(f"{value!r} is not a CIDR range", param=param) from exc
-    return values
+def _each(parse: Callable[[str], object], *, converted: bool = False, what: str = "") -> Any:
+    """A click callback that runs ``parse`` on every value of a repeatable option.
 
+    A ``ValueError`` (``TurnUriError`` is one) is a BadParameter: ``'VALUE' is not WHAT`` when
+    ``what`` is given, else the error's own text. Returns the values as given, or with
+    ``converted`` what ``parse`` made of them.
+    """
 
-def _ips(version: int | None) -> Any:
     def check(_ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> Any:
-        try:
-            return tuple(check_ip(v, version) for v in values)
-        except ValueError as exc:
-            raise click.BadParameter(str(exc), param=param) from exc
+        parsed = []
+        for value in values:
+            try:
+                parsed.append(parse(value))
+            except ValueError as exc:
+                message = f"{value!r} is not {what}" if what else str(exc)
+                raise click.BadParameter(message, param=param) from exc
+        return tuple(parsed) if converted else values
 
     return check
 
 
-def _external_ips(
-    _ctx: click.Context, param: click.Parameter, values: tuple[str, ...]
-) -> tuple[str, ...]:
-    for value in values:
-        try:
-            parse_external_ip(value)
-        except ValueError as exc:
-            raise click.BadParameter(str(exc), param=param) from exc
-    return values
+def _parse_turn_uri(text: str) -> object:
+    from delshare.turn.uri import parse_turn_uri  # only when the option is given
+
+    return parse_turn_uri(text)
 
 
-def _turn_uris(
-    _ctx: click.Context, param: click.Parameter, values: tuple[str, ...]
-) -> tuple[str, ...]:
-    from delshare.turn.uri import TurnUriError, parse_turn_uri
+_cidrs = _each(parse_cidr, what="a CIDR range")
+_external_ips = _each(parse_external_ip)
+_turn_uris = _each(_parse_turn_uri)
 
-    for value in values:
-        try:
-            parse_turn_uri(value)
-        except TurnUriError as exc:
-            raise click.BadParameter(str(exc), param=param) from exc
-    return values
+
+def _ips(version: int | None) -> Any:
+    return _each(lambda text: check_ip(text, version), converted=True)
 
 
 class OneLineErrors(click.Command):
