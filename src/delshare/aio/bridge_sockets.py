@@ -218,13 +218,8 @@ class _CopyDirection(_Direction):
     """Portable direction: ``recv_into`` a fixed buffer, ``send`` from it."""
 
     path = "copy"
-
-    def __init__(
-        self, owner: SocketBridge, src: socket.socket, dst: socket.socket, prefix: bytes
-    ) -> None:
-        super().__init__(owner, src, dst, prefix)
-        self._view = memoryview(b"")  # allocated on first use: idle bridges stay small
-        self._start = 0
+    _view = memoryview(b"")  # the instance's own buffer is allocated on first use: idle bridges
+    _start = 0  # stay small; both become instance attributes when first assigned
 
     def _room(self) -> int:
         return COPY_CHUNK - self._start - self.buffered
