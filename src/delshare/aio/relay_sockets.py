@@ -191,12 +191,16 @@ class UdpEndpoint:
         self.sock = sock
         self.address: Address = sock.getsockname()[:2]
         self._on_datagrams = on_datagrams
+        self._prepare()
         self._read_one: Callable[[], tuple[bytes, Address]] = self._receive
         if sock.family == socket.AF_INET and type(self)._receive is UdpEndpoint._receive:
             # an IPv4 address is already (host, port): no slicing, no method hop per datagram
             self._read_one = partial(sock.recvfrom, UDP_RECV_SIZE)
         sock.setblocking(False)
         loop.add_reader(sock.fileno(), self._readable)
+
+    def _prepare(self) -> None:
+        """Subclasses set socket options and their own state here, before reading starts."""
 
     def _readable(self) -> None:
         """Read up to ``UDP_BATCH`` datagrams, then let the owner act on them all at once."""

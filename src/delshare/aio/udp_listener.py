@@ -48,19 +48,13 @@ def grow_buffers(sock: socket.socket, size: int = LISTENER_BUFFER) -> None:
 class AnsweringUdpEndpoint(UdpEndpoint):
     """A wildcard-bound UDP endpoint whose replies leave from each client's destination address."""
 
-    def __init__(
-        self,
-        loop: asyncio.AbstractEventLoop,
-        sock: socket.socket,
-        on_datagrams: Callable[[Datagrams], None],
-    ) -> None:
-        self._v6 = sock.family == socket.AF_INET6
+    def _prepare(self) -> None:
+        self._v6 = self.sock.family == socket.AF_INET6
         if self._v6:
-            sock.setsockopt(socket.IPPROTO_IPV6, _IPV6_RECVPKTINFO, 1)
+            self.sock.setsockopt(socket.IPPROTO_IPV6, _IPV6_RECVPKTINFO, 1)
         else:
-            sock.setsockopt(socket.IPPROTO_IP, _IP_PKTINFO, 1)
+            self.sock.setsockopt(socket.IPPROTO_IP, _IP_PKTINFO, 1)
         self._reply_info: OrderedDict[Address, bytes] = OrderedDict()
-        super().__init__(loop, sock, on_datagrams)
 
     def _receive(self) -> tuple[bytes, Address]:
         data, ancillary, _flags, addr = self.sock.recvmsg(UDP_RECV_SIZE, _ANCILLARY)
