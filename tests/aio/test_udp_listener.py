@@ -5,13 +5,13 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+import subprocess
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
 from delshare.aio.server import RelayConfig, RunningRelay, start_relay
-from delshare.aio.udp_listener import AnsweringUdpEndpoint
 from delshare.stun import attributes as at
 from delshare.stun.constants import MessageClass, Method
 from delshare.stun.message import Message, decode_message
@@ -50,8 +50,6 @@ def _binding_from(source: str, target: tuple[str, int]) -> tuple[Message, tuple[
 async def test_each_client_is_answered_from_the_address_it_wrote_to(
     wildcard_relay: RunningRelay,
 ) -> None:
-    endpoint = next(iter(wildcard_relay.server._udp_listeners.values()))
-    assert isinstance(endpoint, AnsweringUdpEndpoint)
     port = wildcard_relay.turn_port
     for local in ("127.0.0.2", "127.0.0.3", "127.0.0.1"):
         # the route from any 127.x to the client's 127.0.0.1 would pick 127.0.0.1 as source
@@ -62,27 +60,41 @@ async def test_each_client_is_answered_from_the_address_it_wrote_to(
         assert mapped is not None and mapped[0] == "127.0.0.1"
 
 
-async def test_the_ipv6_wildcard_answers_through_its_pktinfo_path() -> None:
+SECOND_V6 = "fd00:13::2"  # a second loopback address, only in the suite's private namespace
+
+
+@pytest.fixture
+def second_v6_address() -> Iterator[str]:
+    address = ["dev", "lo", f"{SECOND_V6}/128"]
+    subprocess.run(["ip", "-6", "addr", "add", *address, "nodad"], check=True, timeout=10)
+    try:
+        yield SECOND_V6
+    finally:
+        subprocess.run(["ip", "-6", "addr", "del", *address], check=True, timeout=10)
+
+
+async def test_the_ipv6_wildcard_answers_from_the_address_it_was_sent_to(
+    second_v6_address: str,
+) -> None:
+    """A client on ``::1`` writing to the second address: by route the reply would leave from
+    ``::1`` (RFC 6724 rule 1), only the remembered IPV6_PKTINFO makes it leave from the other."""
     if not socket.has_ipv6:
         pytest.skip("no IPv6")
     server = ServerConfig(auth=AuthConfig("test.realm", {"alice": "pw"}))
     running = await start_relay(RelayConfig(server=server, listen=(("::", 0),)))
     try:
-        endpoint = next(iter(running.server._udp_listeners.values()))
-        assert isinstance(endpoint, AnsweringUdpEndpoint)
 
         def ask() -> tuple[Message, tuple[str, int]]:
             with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as client:
                 client.bind(("::1", 0))
                 client.settimeout(5.0)
                 request = Message(Method.BINDING, MessageClass.REQUEST)
-                client.sendto(request.encode(), ("::1", running.turn_port))
+                client.sendto(request.encode(), (second_v6_address, running.turn_port))
                 data, origin = client.recvfrom(2048)
             return decode_message(data), origin[:2]
 
         response, origin = await asyncio.to_thread(ask)
-        assert origin == ("::1", running.turn_port)
+        assert origin == (second_v6_address, running.turn_port)
         assert response.cls == MessageClass.SUCCESS
-        assert endpoint._reply_info  # the reply went out with the remembered pktinfo
     finally:
         await running.close()
