@@ -16,11 +16,11 @@ from websockets.protocol import State
 
 from delshare.errors import PairingError
 from delshare.pairing import wire
-from delshare.pairing.client import PairedChannel, _agree_key, _Mailbox, pair
+from delshare.pairing.client import PairedChannel, pair
 from delshare.pairing.codes import Code, parse_code
 from delshare.pairing.envelope import Phase, encode_body
 from delshare.pairing.mailbox import ClientId, Event, MailboxLimits, MailboxTable
-from delshare.pairing.pake import Side
+from delshare.pairing.pake import Pake, Side
 from delshare.pairing.server import RendezvousServer, serve_rendezvous
 
 CODE = "7-guitar-orbit"
@@ -128,18 +128,19 @@ async def test_third_client_on_a_full_mailbox_is_refused(url: str) -> None:
         assert await receiver.receive() == {"still": "works"}
 
 
-async def test_older_clients_on_the_same_side_are_told(url: str) -> None:
-    """Clients that do not name their side get the first free seat; the PAKE tells them."""
+async def test_older_clients_on_the_same_side_are_told(url: str, table: RecordingTable) -> None:
+    """Clients that do not name their side get the first free seat; the PAKE tells them.
 
-    async def legacy(nameplate: str) -> PairedChannel:
-        async with connect(url, proxy=None) as raw:
-            await raw.send(wire.encode(wire.OpenMessage(nameplate)))
-            mailbox = _Mailbox(raw, WAIT)
-            await _agree_key(mailbox, parse_code(CODE).password, Side.SENDER)
-        raise AssertionError("paired")
-
-    results = await asyncio.gather(legacy("7"), legacy("7"), return_exceptions=True)
-    assert all(isinstance(r, PairingError) and "both peers" in str(r) for r in results)
+    The older client is written here from the public wire pieces: it opens without a side,
+    takes the receiver's seat next to our sender, and starts its SPAKE2 as a sender would."""
+    sender = asyncio.create_task(pair(url, CODE, "sender", timeout=WAIT))
+    await _until(lambda: "7" in table)
+    async with connect(url, proxy=None) as older:
+        await older.send(wire.encode(wire.OpenMessage("7")))
+        start = b"s" + Pake(parse_code(CODE).password, Side.SENDER).start()
+        await older.send(wire.encode(wire.AddMessage(encode_body(Phase.PAKE, start))))
+        with pytest.raises(PairingError, match="both peers chose side 'sender'"):
+            await sender
 
 
 async def test_a_sender_asks_the_server_for_a_number_and_the_receiver_uses_it(
