@@ -12,7 +12,6 @@ from collections.abc import AsyncIterator, Callable
 import pytest
 from websockets.asyncio.client import connect
 from websockets.asyncio.server import ServerConnection, serve
-from websockets.protocol import State
 
 from delshare.errors import PairingError
 from delshare.pairing import wire
@@ -96,18 +95,70 @@ async def test_two_clients_pair_and_exchange_encrypted_dicts(
     await _until(lambda: len(table) == 0)  # both closed: the server forgets the mailbox
 
 
+class HoldingProxy:
+    """A TCP proxy that can hold back what the server sends (the closing handshake's reply
+    among it) and counts what its client sends."""
+
+    def __init__(self, upstream_port: int) -> None:
+        self.upstream_port = upstream_port
+        self.url = ""
+        self.passing = asyncio.Event()  # cleared: the server's bytes wait here
+        self.passing.set()
+        self.sent_up = 0
+        self.client_gone = asyncio.Event()
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.upstream_port)
+
+        async def up() -> None:
+            while data := await reader.read(65536):
+                self.sent_up += len(data)
+                up_writer.write(data)
+            self.client_gone.set()
+            up_writer.close()
+
+        async def down() -> None:
+            while data := await up_reader.read(65536):
+                await self.passing.wait()
+                writer.write(data)
+            writer.close()
+
+        with contextlib.suppress(OSError):
+            await asyncio.gather(up(), down())
+
+
+@contextlib.asynccontextmanager
+async def holding_proxy(server: RendezvousServer) -> AsyncIterator[HoldingProxy]:
+    proxy = HoldingProxy(server.port)
+    listener = await asyncio.start_server(proxy.handle, "127.0.0.1", 0)
+    proxy.url = f"ws://127.0.0.1:{listener.sockets[0].getsockname()[1]}"
+    async with listener:
+        yield proxy
+
+
 async def test_leaving_the_channel_does_not_wait_for_the_closing_handshake(
-    url: str, table: RecordingTable
+    url: str, server: RendezvousServer, table: RecordingTable
 ) -> None:
-    sender, receiver = await _pair_both(url)
-    assert isinstance(sender, PairedChannel) and isinstance(receiver, PairedChannel)
-    async with sender:
-        pass
-    connection = sender._mailbox.connection
-    assert connection.state is State.OPEN  # __aexit__ returned without a round trip
-    await _until(lambda: connection.state is State.CLOSED)  # the handshake ends meanwhile
-    await receiver.close()
-    await _until(lambda: len(table) == 0)
+    async with holding_proxy(server) as proxy:
+        sender, receiver = await asyncio.gather(
+            pair(proxy.url, CODE, "sender", timeout=WAIT), pair(url, CODE, "receiver", timeout=WAIT)
+        )
+        proxy.passing.clear()  # the server's close reply will wait at the proxy
+        before = proxy.sent_up
+
+        async def leave() -> None:
+            async with sender:
+                pass
+
+        leaving = asyncio.create_task(leave())
+        await _until(lambda: proxy.sent_up > before)  # the close frame went out ...
+        assert leaving.done()  # ... and __aexit__ had returned without awaiting the reply
+        await leaving
+        assert not proxy.client_gone.is_set()
+        proxy.passing.set()
+        await _until(proxy.client_gone.is_set)  # the handshake ends in the background
+        await receiver.close()
+        await _until(lambda: len(table) == 0)
 
 
 async def test_wrong_code_fails_cleanly_on_both_sides(url: str) -> None:
