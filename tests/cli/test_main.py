@@ -1,4 +1,8 @@
-"""The console-script entry point: a finished command leaves at once, output and code intact."""
+"""The console-script entry point: a finished command leaves at once, output and code intact.
+
+The child adds a command to the real group's table (``COMMANDS``) that writes more than a
+pipe's stdio buffer holds and raises ``Finished(3)``, then runs ``main()``; an ``atexit`` hook
+shows whether the interpreter's teardown ran (it does not after ``os._exit``)."""
 
 from __future__ import annotations
 
@@ -6,17 +10,26 @@ import subprocess
 import sys
 
 SCRIPT = """
-import sys, threading
-from delshare.cli.main import Finished, _leave_now
+import atexit, sys, threading
+import click
+from delshare.cli.main import COMMANDS, Finished, main
 release = threading.Event()
-if sys.argv[1] == "worker":
-    threading.Thread(target=release.wait, args=(5.0,)).start()
-sys.stdout.write("line\\n" * 5000)  # more than a pipe's stdio buffer holds
+atexit.register(lambda: print("teardown ran"))
+
+@click.command("finish-now")
+@click.argument("mode")
+def finish_now(mode: str) -> None:
+    if mode == "worker":
+        threading.Thread(target=release.wait, args=(5.0,)).start()
+    sys.stdout.write("line\\n" * 5000)
+    raise Finished(3)
+
+COMMANDS["finish-now"] = ("__main__", "finish_now")
+sys.argv = ["delshare", "finish-now", sys.argv[1]]
 try:
-    _leave_now(Finished(3))
+    main()
 finally:
     release.set()
-print("fell through")
 """
 
 
@@ -28,11 +41,11 @@ def run(mode: str) -> subprocess.CompletedProcess[str]:
 
 def test_finished_leaves_with_its_code_and_flushed_output() -> None:
     done = run("alone")
-    assert done.returncode == 3
-    assert done.stdout == "line\n" * 5000
+    assert done.returncode == 3, done.stderr
+    assert done.stdout == "line\n" * 5000  # flushed, and no teardown
 
 
 def test_finished_waits_for_a_running_worker_thread() -> None:
     done = run("worker")
-    assert done.returncode == 0
-    assert done.stdout.endswith("line\nfell through\n")
+    assert done.returncode == 3, done.stderr
+    assert done.stdout == "line\n" * 5000 + "teardown ran\n"  # the normal exit joined it
