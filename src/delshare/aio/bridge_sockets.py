@@ -96,7 +96,9 @@ class _Direction:
         self._watch(read=False, write=False)
         self._owner.direction_ended()
 
-    # The subclass moves bytes: each returns how many moved, 0 when the kernel says EAGAIN.
+    # The subclass moves bytes. _fill: one read of at most ``room`` bytes into the buffer, how
+    # many (0: end of stream; EAGAIN raises, _read_source does the bookkeeping for both).
+    # _drain: how many went out of the buffer, 0 when the kernel says EAGAIN.
     def _room(self) -> int:
         raise NotImplementedError
 
@@ -140,10 +142,16 @@ class _Direction:
                 return 0
         try:
             got = self._fill(room)
+        except BlockingIOError:
+            got = 0
         except OSError:  # the source failed: deliver what was read before it, then FIN
             self._eof = True
             self._owner.socket_failed(self.src)
             return 0
+        else:
+            if got == 0:
+                self._eof = True
+            self.buffered += got
         self.peak = max(self.peak, self.buffered)
         if self.limit is not None:
             self.limit.spend(got, self._loop.time())
@@ -227,15 +235,7 @@ class _CopyDirection(_Direction):
     def _fill(self, room: int) -> int:
         if not self._view:
             self._view = memoryview(bytearray(COPY_CHUNK))
-        end = self._start + self.buffered
-        try:
-            got = self.src.recv_into(self._view[end:])
-        except BlockingIOError:
-            return 0
-        if got == 0:
-            self._eof = True
-        self.buffered += got
-        return got
+        return self.src.recv_into(self._view[self._start + self.buffered :])
 
     def _drain(self) -> int:
         try:
@@ -278,14 +278,8 @@ class _SpliceDirection(_Direction):
         return self.capacity - self.buffered
 
     def _fill(self, room: int) -> int:
-        try:
-            got = os.splice(self._src_fd, self._pipe_w, room, flags=_SPLICE_FLAGS)
-        except BlockingIOError:  # source empty, or pipe slots full of partial pages
-            return 0
-        if got == 0:
-            self._eof = True
-        self.buffered += got
-        return got
+        # BlockingIOError: source empty, or pipe slots full of partial pages
+        return os.splice(self._src_fd, self._pipe_w, room, flags=_SPLICE_FLAGS)
 
     def _drain(self) -> int:
         try:
