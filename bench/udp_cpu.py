@@ -78,7 +78,9 @@ async def _relay_figures(rounds: int) -> dict[str, float]:
         allocation = await client.allocate_udp()
         channel = await allocation.bind_channel(peer.getsockname())
         # the datagrams must come from the client's own address: send on a duplicate of it
-        view = client._transport.get_extra_info("socket")
+        transport = client._transport
+        assert transport is not None
+        view = transport.get_extra_info("socket")
         source = view.dup()
         frame = ChannelData(channel, bytes(PAYLOAD)).encode(pad=False)
         target = (HOST, relay.turn_port)
