@@ -434,12 +434,7 @@ class UclientResult:
     @property
     def clean(self) -> bool:
         """True when something was sent, all of it arrived, and nothing was dropped."""
-        return (
-            self.sent_messages > 0
-            and self.received_messages == self.expected_received
-            and self.send_dropped == 0
-            and self.not_completed == 0
-        )
+        return self.loses_at_most(0)
 
     def loses_at_most(self, lost: int) -> bool:
         """``clean`` but for up to ``lost`` messages that did not arrive (a lossy mode's quirk)."""
