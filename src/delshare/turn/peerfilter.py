@@ -64,13 +64,7 @@ class PeerFilter:
 
     def set_own(self, addresses: Iterable[str], relay_ports: range) -> None:
         """The relay's own IPs (refused as peers) and its relayed ports (allowed on them)."""
-        own = set()
-        for text in addresses:
-            try:
-                own.add(ipaddress.ip_address(text.split("%", 1)[0]))
-            except ValueError:
-                continue
-        self.own = frozenset(own)
+        self.own = frozenset(ip for ip in map(_parse_ip, addresses) if ip is not None)
         self.relay_ports = relay_ports
         self._own_hosts.clear()
 
@@ -91,38 +85,43 @@ class PeerFilter:
         return own and (port is None or port not in self.relay_ports)
 
     def _own_host(self, host: str) -> bool:
-        try:
-            ip = ipaddress.ip_address(host.split("%", 1)[0])
-        except ValueError:
+        ip = _parse_ip(host)
+        if ip is None:
             return False
         inner = embedded_ipv4(ip)
         if ip not in self.own and (inner is None or inner not in self.own):
             return False
-        return not (
-            self._allowed_by_flag(ip) or (inner is not None and self._allowed_by_flag(inner))
-        )
+        return not self._allowed_by_flag(ip, inner)
 
     def allowed_peer(self, host: str, port: int | None) -> bool:
         """``allowed`` and not one of the relay's own addresses (RFC 8656 §21.3)."""
         return self.allowed(host) and not self.is_own(host, port)
 
-    def _allowed_by_flag(self, ip: IPAddress) -> bool:
-        return _inside(ip, self.allow)
+    def _allowed_by_flag(self, ip: IPAddress, inner: ipaddress.IPv4Address | None) -> bool:
+        """``ip``, or the IPv4 address embedded in it, is inside an ``allow`` range."""
+        return _inside(ip, self.allow) or (inner is not None and _inside(inner, self.allow))
 
     def allowed(self, host: str) -> bool:
         """True when ``host`` is a global unicast address or inside an ``allow`` range."""
-        try:
-            ip = ipaddress.ip_address(host.split("%", 1)[0])
-        except ValueError:
+        ip = _parse_ip(host)
+        if ip is None:
             return False
         inner = embedded_ipv4(ip)
-        if self._allowed_by_flag(ip) or (inner is not None and self._allowed_by_flag(inner)):
+        if self._allowed_by_flag(ip, inner):
             return True
         if _inside(ip, self.deny) or (inner is not None and _inside(inner, self.deny)):
             return False
         if inner is not None:
             return _is_public(inner)
         return _is_public(ip)
+
+
+def _parse_ip(host: str) -> IPAddress | None:
+    """``host`` as an IP address (a ``%zone`` suffix dropped), or None if it is not one."""
+    try:
+        return ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return None
 
 
 def _inside(ip: IPAddress, networks: list[IPNetwork]) -> bool:
