@@ -196,8 +196,11 @@ class Authenticator:
             raise CredentialsRefused(self.challenge(now, binding=binding), why, username)
         key = _cached_key(username, realm, password, algorithm)
         if not request.verify_integrity(key):
-            kept = session is not None and session.username == username
-            if kept and session is not None and request.verify_integrity(session.key):
+            if (
+                session is not None
+                and session.username == username
+                and request.verify_integrity(session.key)
+            ):
                 return Credentials(username, session.key, request.uses_sha256_integrity)
             challenge = self.challenge(now, binding=binding)
             raise CredentialsRefused(challenge, "wrong_password", username)
