@@ -291,7 +291,7 @@ class RelayServer:
             self._tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
             self._tls.load_cert_chain(self.config.cert, self.config.key)
         context = self._tls
-        listener = self._inherited.pop((TLS, (host, port)), None) or _bind_stream(host, port)
+        listener = self._inherited.pop((TLS, (host, port)), None) or bind_stream(host, port)
         self._tcp_listeners.append(listener)
         self._spawn(self._accept_loop(listener, context))
         self.addresses.append((TLS, listener.getsockname()[:2]))
@@ -943,11 +943,15 @@ class RelayServer:
         self._flush()
 
 
-def _bind_stream(host: str, port: int) -> socket.socket:
-    """A listening TCP socket (the TLS listener's)."""
+def bind_stream(host: str, port: int, share: bool = False) -> socket.socket:
+    """A listening TCP socket (the TLS listener's; with ``share``, one of ``--workers``' copies
+    of a listener, all bound with SO_REUSEPORT)."""
     listener = new_socket(host, socket.SOCK_STREAM)
     try:
-        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if share:
+            allow_port_sharing(listener)
+        else:
+            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         listener.bind((host, port))
         listener.listen(LISTEN_BACKLOG)
         listener.setblocking(False)

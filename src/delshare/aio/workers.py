@@ -47,8 +47,8 @@ from wsgiref.simple_server import WSGIServer
 from prometheus_client.core import CounterMetricFamily
 from prometheus_client.registry import Collector
 
-from delshare.aio.relay_sockets import PortPool, allow_port_sharing, new_socket
-from delshare.aio.server import LISTEN_BACKLOG, RelayConfig, RelayServer, RunningRelay
+from delshare.aio.relay_sockets import PortPool, new_socket
+from delshare.aio.server import RelayConfig, RelayServer, RunningRelay, bind_stream
 from delshare.aio.worker_share import Handover, SharedQuota
 from delshare.stun.attributes import Address
 from delshare.turn.server import TurnServer
@@ -75,19 +75,6 @@ def port_share(min_port: int, max_port: int, index: int, count: int) -> tuple[in
     return low, (max_port if index == count - 1 else low + size - 1)
 
 
-def _stream_listener(host: str, port: int) -> socket.socket:
-    sock = new_socket(host, socket.SOCK_STREAM)
-    try:
-        allow_port_sharing(sock)
-        sock.bind((host, port))
-        sock.listen(LISTEN_BACKLOG)
-        sock.setblocking(False)
-    except OSError:
-        sock.close()
-        raise
-    return sock
-
-
 def _udp_listener(host: str, port: int) -> socket.socket:
     sock = new_socket(host, socket.SOCK_DGRAM)
     try:
@@ -109,7 +96,9 @@ def _copies(host: str, port: int, kinds: tuple[str, ...], count: int) -> list[Li
             made.append(copy)
             for kind in kinds:
                 sock = (
-                    _udp_listener(host, actual) if kind == UDP else _stream_listener(host, actual)
+                    _udp_listener(host, actual)
+                    if kind == UDP
+                    else bind_stream(host, actual, share=True)
                 )
                 copy[(kind, (host, port))] = sock
                 actual = sock.getsockname()[1]
