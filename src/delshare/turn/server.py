@@ -324,8 +324,15 @@ class TurnServer:
                 handler = self._handlers.get(msg.method)
                 if handler is None:
                     raise StunProtocolError(ErrorCode.BAD_REQUEST, "Unknown method")
+                owner = self._bind_owner(msg)
+                also = () if owner is None else (nonce_binding(owner.five),)
+                session = self.allocations.get(five) or owner
                 creds = self.auth.authenticate(
-                    msg, now, *self._nonce_bindings(five, msg), session=self._session(five, msg)
+                    msg,
+                    now,
+                    nonce_binding(five),
+                    also,
+                    None if session is None else session.creds,
                 )
                 self._check_unknown(msg)
                 response = handler(five, msg, creds, now)
@@ -341,26 +348,14 @@ class TurnServer:
         while self._close_after_answer:
             self._outputs.append(CloseClientConnection(self._close_after_answer.pop()))
 
-    def _nonce_bindings(self, five: FiveTuple, msg: Message) -> tuple[str, tuple[str, ...]]:
-        """The 5-tuple a nonce must have been issued to, and others that a ConnectionBind may
-        use: the control connection of the allocation owning its CONNECTION-ID, whose nonce
-        clients (coturn's uclient) reuse on the new data connection (RFC 6062 §5.4)."""
-        also: tuple[str, ...] = ()
-        if msg.method == Method.CONNECTION_BIND:
-            conn = self.connections.get(msg.get(CONNECTION_ID) or 0)
-            alloc = None if conn is None else self._by_id.get(conn.alloc_id)
-            if alloc is not None:
-                also = (nonce_binding(alloc.five),)
-        return nonce_binding(five), also
-
-    def _session(self, five: FiveTuple, msg: Message) -> Credentials | None:
-        """The credentials of the allocation this request belongs to: the 5-tuple's, or for a
-        ConnectionBind the one owning its CONNECTION-ID (RFC 6062 §5.4)."""
-        alloc = self.allocations.get(five)
-        if alloc is None and msg.method == Method.CONNECTION_BIND:
-            conn = self.connections.get(msg.get(CONNECTION_ID) or 0)
-            alloc = None if conn is None else self._by_id.get(conn.alloc_id)
-        return None if alloc is None else alloc.creds
+    def _bind_owner(self, msg: Message) -> Allocation | None:
+        """For a ConnectionBind, the allocation owning its CONNECTION-ID (RFC 6062 §5.4): its
+        credentials are the request's session, and its control connection's nonce is accepted
+        too (clients such as coturn's uclient reuse it on the new data connection)."""
+        if msg.method != Method.CONNECTION_BIND:
+            return None
+        conn = self.connections.get(msg.get(CONNECTION_ID) or 0)
+        return None if conn is None else self._by_id.get(conn.alloc_id)
 
     def _check_unknown(self, msg: Message) -> None:
         if msg.unknown_required:
