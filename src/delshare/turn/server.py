@@ -521,15 +521,13 @@ class TurnServer:
         return family
 
     def _check_allocation_quota(self, username: str, five: FiveTuple) -> None:
-        client_ip = five.client[0]
-        if self._per_user[username] >= self.config.max_allocations_per_user:
-            raise StunProtocolError(ErrorCode.ALLOCATION_QUOTA_REACHED, "Allocation Quota Reached")
-        if self._per_ip[client_ip] >= self.config.max_allocations_per_ip:
-            raise StunProtocolError(
-                ErrorCode.ALLOCATION_QUOTA_REACHED, "Allocation Quota Reached for this address"
-            )
-        if len(self.allocations) >= self.config.max_allocations:
-            self._try_alternate(five, "Insufficient Capacity")
+        config = self.config
+        if self._per_user[username] >= config.max_allocations_per_user:
+            self._refuse_over_quota("user", five)
+        if self._per_ip[five.client[0]] >= config.max_allocations_per_ip:
+            self._refuse_over_quota("ip", five)
+        if len(self.allocations) >= config.max_allocations:
+            self._refuse_over_quota("total", five)
 
     def _take_shared_quota(self, username: str, five: FiveTuple) -> None:
         """The same limits over every worker's allocations, checked and counted at once."""
@@ -538,14 +536,18 @@ class TurnServer:
         limits = (config.max_allocations_per_user, config.max_allocations_per_ip,
                   config.max_allocations)  # fmt: skip
         hit = self.quota_ledger.take(username, five.client[0], limits)
+        if hit is not None:
+            self._refuse_over_quota(hit, five)
+
+    def _refuse_over_quota(self, hit: str, five: FiveTuple) -> NoReturn:
+        """486 for the user's or the address's limit; the server's total: an alternate or 508."""
         if hit == "user":
             raise StunProtocolError(ErrorCode.ALLOCATION_QUOTA_REACHED, "Allocation Quota Reached")
         if hit == "ip":
             raise StunProtocolError(
                 ErrorCode.ALLOCATION_QUOTA_REACHED, "Allocation Quota Reached for this address"
             )
-        if hit is not None:
-            self._try_alternate(five, "Insufficient Capacity")
+        self._try_alternate(five, "Insufficient Capacity")
 
     def _try_alternate(self, five: FiveTuple, reason: str) -> NoReturn:
         """300 Try Alternate with ALTERNATE-SERVER (RFC 8489 §10, §14.15; RFC 8656 §7.2), else 508.
