@@ -804,8 +804,7 @@ class TurnServer:
         channel = alloc.channel(number, now) if alloc is not None else None
         if alloc is None or channel is None:
             return None
-        allowed = alloc.permissions.get(canonical_ip(channel.peer[0]), 0.0)
-        until = min(channel.expires, allowed, alloc.expires)
+        until = alloc.route_until(channel, canonical_ip(channel.peer[0]))
         return (alloc.id, channel.peer, until) if until > now else None
 
     def peer_route(
@@ -820,11 +819,11 @@ class TurnServer:
         alloc = self._by_id.get(alloc_id)
         if alloc is None or alloc.state != AllocationState.ACTIVE:
             return None
-        channel = alloc.channel_for_peer((canonical_ip(peer[0]), peer[1]), now)
+        ip = canonical_ip(peer[0])
+        channel = alloc.channel_for_peer((ip, peer[1]), now)
         if channel is None:
             return None
-        allowed = alloc.permissions.get(canonical_ip(peer[0]), 0.0)
-        until = min(channel.expires, allowed, alloc.expires)
+        until = alloc.route_until(channel, ip)
         return (alloc.five, channel.number, until) if until > now else None
 
     def receive_peer_datagram(self, alloc_id: int, peer: Address, data: bytes, now: float) -> None:

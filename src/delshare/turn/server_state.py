@@ -150,6 +150,11 @@ class Allocation:
         found = self.channels.get(number)
         return found if found is not None and found.expires > now else None
 
+    def route_until(self, channel: Channel, peer_ip: str) -> float:
+        """How long a route over ``channel`` to ``peer_ip`` (canonical) holds: until the
+        channel, the peer's permission or the allocation expires (RFC 8656 §9, §12)."""
+        return min(channel.expires, self.permissions.get(peer_ip, 0.0), self.expires)
+
     def channel_for_peer(self, peer: Address, now: float) -> Channel | None:
         number = self.peer_channels.get(peer)
         return None if number is None else self.channel(number, now)
