@@ -676,7 +676,7 @@ class RelayServer:
 
     def _execute(self, out: Output) -> None:
         if isinstance(out, SendToClient):
-            self._send_to_client(out)
+            self._send_frame(out.five, out.data)
         elif isinstance(out, SendToPeer):
             endpoint, bucket = self._udp_relay_for(out.alloc_id, out.peer)
             if endpoint is not None and self._within(bucket, len(out.data)):
@@ -723,10 +723,8 @@ class RelayServer:
         self.metrics.bandwidth_drops.inc(size)
         return False
 
-    def _send_to_client(self, out: SendToClient) -> None:
-        self._send_frame(out.five, out.data)
-
     def _send_frame(self, five: FiveTuple, data: bytes) -> None:
+        """A STUN message or ChannelData to a client, over its listener or its connection."""
         if five.transport == UDP:
             listener = self._udp_listeners.get(five.server)
             if listener is not None:
