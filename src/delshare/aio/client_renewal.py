@@ -95,12 +95,10 @@ class RenewingAllocation:
 
     async def refresh(self, lifetime: int | None = None) -> int:
         """Refresh now; return the granted lifetime (RFC 8656 §7.3). Lifetime 0 is ``close()``."""
-        attrs: list[Attribute] = []
-        if lifetime is not None:
-            attrs.append(LIFETIME(lifetime))
         if lifetime == 0:
             await self.close()
             return 0
+        attrs = [LIFETIME(lifetime)] if lifetime is not None else []
         response = await self._client.request(Method.REFRESH, attrs)
         granted = response.get(LIFETIME)
         if not granted:  # LIFETIME is mandatory in the response (§7.3); keep ours if absent
