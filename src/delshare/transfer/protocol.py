@@ -77,7 +77,13 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from delshare.fields import Fields
-from delshare.link.records import MAX_PAYLOAD, LinkError, RecordChannel, RecordKind
+from delshare.link.records import (
+    MAX_PAYLOAD,
+    LinkClosedError,
+    LinkError,
+    RecordChannel,
+    RecordKind,
+)
 from delshare.transfer.digest import ALGORITHM, DIGEST_SIZE
 from delshare.transfer.errors import ManifestError, PeerProtocolError, PeerTimeoutError
 from delshare.transfer.manifest import MAX_ENTRIES, MAX_OFFER_BYTES, Entry, Manifest
@@ -112,6 +118,7 @@ __all__ = [
     "keepalive",
     "peer_timeout",
     "recv_message",
+    "send_last_word",
     "send_message",
 ]
 
@@ -448,6 +455,9 @@ class Talk(Protocol):
 
     def received(self, message: Message) -> None: ...
 
+    @property
+    def ended(self) -> bool: ...
+
 
 async def send_message(
     channel: RecordChannel,
@@ -464,6 +474,17 @@ async def send_message(
         talk.sent(message)
     write_message(channel, message)
     await _drain(channel, peer_timeout() if timeout is None else timeout)
+
+
+async def send_last_word(
+    channel: RecordChannel, message: ErrorMessage | Reject, talk: Talk
+) -> None:
+    """Refuse or abort with ``message``, unless the conversation has ended already (the peer
+    aborted or finished first: nothing left to refuse); a link already closed is no matter."""
+    if talk.ended:
+        return
+    with contextlib.suppress(LinkClosedError):
+        await send_message(channel, message, talk=talk)
 
 
 async def _drain(channel: RecordChannel, timeout: float) -> None:

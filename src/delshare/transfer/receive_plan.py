@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import contextlib
 import os
 import shutil
 import stat
@@ -25,7 +24,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from delshare.link.records import LinkClosedError, RecordChannel
+from delshare.link.records import RecordChannel
 from delshare.transfer.digest import hash_file
 from delshare.transfer.errors import (
     DestinationExistsError,
@@ -46,6 +45,7 @@ from delshare.transfer.protocol import (
     Reject,
     ResumeOffer,
     recv_message,
+    send_last_word,
     send_message,
 )
 from delshare.transfer.resume import (
@@ -97,10 +97,7 @@ class Target:
 
 async def reject_offer(channel: RecordChannel, talk: Conversation, reason: str) -> None:
     """Refuse the offer, unless the conversation has ended already (the sender aborted)."""
-    if talk.ended:
-        return
-    with contextlib.suppress(LinkClosedError):
-        await send_message(channel, Reject(reason), talk=talk)
+    await send_last_word(channel, Reject(reason), talk)
 
 
 @dataclass(frozen=True, slots=True)

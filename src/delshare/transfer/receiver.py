@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import contextlib
 import os
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -74,6 +73,7 @@ from delshare.transfer.protocol import (
     keepalive_interval,
     peer_timeout,
     recv_message,
+    send_last_word,
     send_message,
 )
 from delshare.transfer.receive_plan import (
@@ -251,10 +251,11 @@ class _ReceiveSession:
             await asyncio.get_running_loop().run_in_executor(self._pool, finish_dirs, self._targets)
             await send_message(self._channel, Done(), self.timeouts.wait, talk=self._talk)
         except (IntegrityError, PeerProtocolError, LocalIOError) as exc:
-            await _abort(self._channel, self._talk, str(exc))
+            await send_last_word(self._channel, ErrorMessage(str(exc)), self._talk)
             raise
         except OSError as exc:
-            await _abort(self._channel, self._talk, "receiver could not write a file")
+            reason = ErrorMessage("receiver could not write a file")
+            await send_last_word(self._channel, reason, self._talk)
             raise LocalIOError(f"cannot write: {exc}") from exc
         return self._stats()
 
@@ -397,14 +398,6 @@ def _expect_end(message: object, target: Target, received: int) -> FileEnd:
     if received != target.entry.size and not target.entry.stream:
         raise PeerProtocolError(f"{display_name(target.entry.path)}: size mismatch")
     return message
-
-
-async def _abort(channel: RecordChannel, talk: Conversation, reason: str) -> None:
-    """Abort with ``reason``, unless the conversation has ended already."""
-    if talk.ended:
-        return
-    with contextlib.suppress(LinkClosedError):
-        await send_message(channel, ErrorMessage(reason), talk=talk)
 
 
 def _hasher_for(target: Target, offset: int) -> Hasher:

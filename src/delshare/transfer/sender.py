@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import contextlib
 import functools
 import os
 from collections import deque
@@ -56,6 +55,7 @@ from delshare.transfer.protocol import (
     keepalive_interval,
     peer_timeout,
     recv_message,
+    send_last_word,
     send_message,
 )
 from delshare.transfer.resume import verify_prefix
@@ -185,10 +185,7 @@ def _hash_sources(manifest: BuiltManifest, indexes: tuple[int, ...]) -> list[byt
 
 async def _send_error(channel: RecordChannel, talk: Conversation, reason: str) -> None:
     """Abort with ``reason``, unless the conversation has ended already (nothing to abort)."""
-    if talk.ended:
-        return
-    with contextlib.suppress(LinkClosedError):
-        await send_message(channel, ErrorMessage(reason), talk=talk)
+    await send_last_word(channel, ErrorMessage(reason), talk)
 
 
 def _expect_accept(message: Message, manifest: BuiltManifest) -> Accept:
