@@ -334,7 +334,7 @@ class _SendSession:
         source = self._built.stream
         if source is None:
             raise SourceChangedError("no stream to read from")
-        whole = new_hasher()
+        whole = new_hasher() if self._verify else None  # as _pump: no digest asked, none made
         await send_message(self._channel, FileBegin(index, 0), self.wait_timeout, talk=self._talk)
         self._on_event(FileStarted(index, 0))
         offset, buf = 0, self._buffers[0]
@@ -346,7 +346,7 @@ class _SendSession:
                 for start in range(0, got, MAX_PAYLOAD):
                     record = buf[start : min(got, start + MAX_PAYLOAD)]
                     offset = await self._send_record(index, record, offset)
-        end = FileEnd(index, whole.digest() if self._verify else b"")
+        end = FileEnd(index, b"" if whole is None else whole.digest())
         await send_message(self._channel, end, self.wait_timeout, talk=self._talk)
         self._on_event(FileSent(index, end.digest))
         self._progress.update(index, offset, self._total_done, final=True)
@@ -434,11 +434,13 @@ def _read_unit(f: IO[bytes], buf: memoryview, whole: Hasher | None) -> int:
     return got
 
 
-def _read_some(source: IO[bytes], buf: memoryview, whole: Hasher) -> int:
-    """One read of what ``source`` has (0 at its end), hashed; runs in the reader thread."""
+def _read_some(source: IO[bytes], buf: memoryview, whole: Hasher | None) -> int:
+    """One read of what ``source`` has (0 at its end), hashed unless ``whole`` is None; runs in
+    the reader thread."""
     read1 = getattr(source, "readinto1", None)
     n: int = (read1 or source.readinto)(buf)  # type: ignore[attr-defined]
-    whole.update(buf[:n])
+    if whole is not None:
+        whole.update(buf[:n])
     return n
 
 
