@@ -282,15 +282,16 @@ class _SendSession:
         self._heard = started = loop.time()
         limit = busy_limit(self.wait_timeout)
         while not self._peer.done():
-            if loop.time() - started > limit:
+            now = loop.time()
+            if now - started > limit:
                 raise busy_error(limit, "the receiver's confirmation")
-            left = min(self._heard + self.wait_timeout, started + limit) - loop.time()
-            if self._heard + self.wait_timeout <= loop.time():
+            quiet_until = self._heard + self.wait_timeout
+            if quiet_until <= now:
                 raise PeerTimeoutError(
                     f"the receiver confirmed nothing for {self.wait_timeout:g} s after the last "
                     "byte (it may have quit or lost its link)"
                 )
-            await asyncio.wait({self._peer}, timeout=left)
+            await asyncio.wait({self._peer}, timeout=min(quiet_until, started + limit) - now)
         reply = self._peer.result()
         if isinstance(reply, ErrorMessage):
             raise RefusedByPeerError(reply.reason)
