@@ -183,11 +183,11 @@ def host_addresses(chosen: Sequence[IPAddress] = ()) -> list[str]:
     """
     if chosen:
         return [address.compressed for address in chosen]
-    try:
-        if PORTABLE:
-            raise OSError("portable mode: getifaddrs not used")
-        found = _getifaddrs()
-    except (OSError, AttributeError, TypeError):  # no getifaddrs (Windows): resolver, probing
+    found: list[str] | None = None
+    if not PORTABLE:  # portable mode: getifaddrs not used
+        with contextlib.suppress(OSError, AttributeError, TypeError):  # no getifaddrs (Windows)
+            found = _getifaddrs()
+    if found is None:  # resolver, probing
         found = ["127.0.0.1", "::1", *_resolver_addresses(), *_probed_addresses()]
     unique = dict.fromkeys(ipaddress.ip_address(a).compressed for a in found if _usable(a))
     return sorted(unique, key=lambda a: ipaddress.ip_address(a).version)
