@@ -350,12 +350,16 @@ async def receive_over(
     announcer: list[ResumeAnnouncer] = []
     moved = [0]
 
+    def announcer_for(manifest: Manifest) -> ResumeAnnouncer:
+        """The one announcer, made once the offer told the file sizes."""
+        if not announcer:
+            announcer.append(ResumeAnnouncer(report, manifest))
+        return announcer[0]
+
     def resumed(index: int, offset: int) -> None:
         manifest = session.manifest
         assert manifest is not None  # the offer came first
-        if not announcer:
-            announcer.append(ResumeAnnouncer(report, _file_sizes(manifest)))
-        announcer[0].file_begins(index, offset)
+        announcer_for(manifest).file_begins(index, offset)
         if offset > 0:
             entry = manifest.entries[index]
             report(ResumeStarted(display_name(entry.path), offset, entry.size))
@@ -371,9 +375,7 @@ async def receive_over(
 
     async def one_round(link: Connection, number: int) -> tuple[ReceiveStats, set[int]]:
         if number and session.manifest is not None:
-            if not announcer:
-                announcer.append(ResumeAnnouncer(report, _file_sizes(session.manifest)))
-            announcer[0].new_link(link)
+            announcer_for(session.manifest).new_link(link)
         earlier = set(hashes)
         channel = link.link.channel
         try:
@@ -442,7 +444,3 @@ async def _sender_hangs_up(channel: RecordChannel, stats: ReceiveStats, earlier:
             ) from exc
     except TimeoutError:
         pass
-
-
-def _file_sizes(manifest: Manifest) -> dict[int, int]:
-    return {i: e.size for i, e in enumerate(manifest.entries) if e.kind == "file"}

@@ -266,7 +266,7 @@ async def send_over(
     report(PeerConnected(connection.link.path.kind, connection.link.path.address))
     hashes: dict[int, bytes] = {}
     entries = built.manifest.entries
-    announcer = ResumeAnnouncer(report, _file_sizes(built.manifest))
+    announcer = ResumeAnnouncer(report, built.manifest)
     moved = [0]
 
     def on_event(event: SendEvent) -> None:
@@ -305,7 +305,3 @@ async def send_over(
     elapsed = time.monotonic() - begin
     total = moved[0] if manifest.streaming else manifest.total_bytes
     report(TransferFinished(manifest.file_count, total, moved[0], elapsed, "send"))
-
-
-def _file_sizes(manifest: Manifest) -> dict[int, int]:
-    return {i: e.size for i, e in enumerate(manifest.entries) if e.kind == "file"}

@@ -47,6 +47,7 @@ from delshare.link.candidates import Candidate, start_listener
 from delshare.link.records import LinkClosedError, Role
 from delshare.pairing import derive_key, rejoin
 from delshare.transfer.errors import StreamInterruptedError, TransferInterruptedError
+from delshare.transfer.manifest import Manifest
 
 __all__ = [
     "FinishedLinkLostError",
@@ -241,10 +242,11 @@ class ResumeAnnouncer:
     """Reports ``reconnected: KIND ADDRESS, resuming at DONE of TOTAL`` once per new link, when
     the round's first ``file-begin`` tells where the transfer continues."""
 
-    def __init__(self, report: Reporter, sizes: dict[int, int]) -> None:
+    def __init__(self, report: Reporter, manifest: Manifest) -> None:
         self._report = report
-        self._sizes = sizes  # manifest index -> size, files only
-        self._total = sum(sizes.values())
+        # manifest index -> size, files only
+        self._sizes = {i: e.size for i, e in enumerate(manifest.entries) if e.kind == "file"}
+        self._total = sum(self._sizes.values())
         self._pending: Connection | None = None
 
     def new_link(self, connection: Connection) -> None:
