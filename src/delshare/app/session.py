@@ -253,9 +253,10 @@ class ResumeAnnouncer:
         self._pending = connection
 
     def file_begins(self, index: int, offset: int) -> None:
-        """Files before ``index`` are complete (sent in manifest order)."""
-        done = sum(size for i, size in self._sizes.items() if i < index) + offset
-        self._announce(done)
+        """Files before ``index`` are complete (sent in manifest order); summed only when a new
+        link waits to be announced, not for every file."""
+        if self._pending is not None:
+            self._announce(sum(size for i, size in self._sizes.items() if i < index) + offset)
 
     def finished(self) -> None:
         self._announce(self._total)
