@@ -4,10 +4,12 @@ described by its cause (issue 12, item 7)."""
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from websockets.asyncio.server import ServerConnection, serve
 
 from delshare.errors import PairingError
 from delshare.pairing.client import pair
@@ -82,3 +84,26 @@ async def test_wss_against_a_plain_server_gives_a_reason() -> None:
     reason = str(failure.value).split(": ", 1)[1]
     assert reason.strip()
     assert "not a TLS server" in reason
+
+
+async def test_an_older_wss_server_is_reopened_with_the_private_ca(cert: CertFiles) -> None:
+    """The fallback for a rendezvous without ``allocate`` connects again: with the same ``ca``,
+    so it reaches ``open`` instead of failing the TLS check on the second connection."""
+    seen: list[str] = []
+
+    async def older(connection: ServerConnection) -> None:
+        async for frame in connection:
+            kind = json.loads(frame)["type"]
+            seen.append(kind)
+            answer = {"type": "close", "reason": "mailbox expired"}
+            if kind != "open":
+                answer = {"type": "error", "reason": f"unknown message type {kind!r}"}
+            await connection.send(json.dumps(answer))
+            return
+
+    tls = server_context(str(cert.cert), str(cert.key))
+    async with serve(older, "127.0.0.1", 0, ssl=tls) as fake:
+        url = f"wss://localhost:{fake.sockets[0].getsockname()[1]}"
+        with pytest.raises(PairingError, match="mailbox expired"):
+            await pair(url, None, "sender", timeout=WAIT, ca=str(cert.cert))
+    assert seen == ["allocate", "open"]

@@ -195,7 +195,7 @@ async def pair(
                     raise
                 # An older rendezvous cannot allocate: choose the number here, as it did.
                 await connection.close()
-                connection = await _connect(rendezvous_url, timeout)
+                connection = await _connect(rendezvous_url, connect_timeout or timeout, ca)
                 mailbox = _Mailbox(connection, timeout, on_turn)
                 nameplate = parse_code(generate_code()).nameplate
                 await mailbox.open(nameplate, our_side)
