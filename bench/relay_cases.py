@@ -51,6 +51,29 @@ def _listener() -> socket.socket:
     return lst
 
 
+@contextmanager
+def _stream_pairs(
+    server: Server, count: int
+) -> Iterator[list[tuple[socket.socket, socket.socket]]]:
+    """``count`` RFC 6062 streams through ``server`` as (client data socket, accepted peer
+    socket) pairs, for ``pump_many``; all closed on exit."""
+    client = backend()
+    streams, pairs = [], []
+    with _listener() as lst:
+        try:
+            for _ in range(count):
+                stream = client.open_stream(server.addr, lst.getsockname())
+                streams.append(stream)
+                peer, _ = lst.accept()
+                pairs.append((stream.data, peer))
+            yield pairs
+        finally:
+            for stream in streams:
+                stream.close()
+            for _, peer in pairs:
+                peer.close()
+
+
 # ---- interleaved repetitions -------------------------------------------------------------------
 
 Once = Callable[[Server, Row], None]
@@ -175,32 +198,19 @@ def case2(cfg: Config) -> list[Row]:
 
 
 def _many_once(server: Server, row: Row, *, cfg: Config) -> None:
-    client = backend()
     time.sleep(0.2)
     rss0 = server.child.rss()
-    streams, pairs = [], []
     cpu0 = server.child.cpu()
-    with _listener() as lst:
-        try:
-            for _ in range(cfg.many_streams):
-                stream = client.open_stream(server.addr, lst.getsockname())
-                streams.append(stream)
-                peer, _ = lst.accept()
-                pairs.append((stream.data, peer))
-            cpu1 = server.child.cpu()
-            peak = [server.child.rss()]
-            stop = threading.Event()
-            sampler = threading.Thread(target=_sample_rss, args=(server, peak, stop), daemon=True)
-            sampler.start()
-            res = pump_many(pairs, cfg.many_bytes_each, cfg.many_max_s)
-            stop.set()
-            sampler.join(2.0)
-            cpu2 = server.child.cpu()
-        finally:
-            for stream in streams:
-                stream.close()
-            for _, peer in pairs:
-                peer.close()
+    with _stream_pairs(server, cfg.many_streams) as pairs:
+        cpu1 = server.child.cpu()
+        peak = [server.child.rss()]
+        stop = threading.Event()
+        sampler = threading.Thread(target=_sample_rss, args=(server, peak, stop), daemon=True)
+        sampler.start()
+        res = pump_many(pairs, cfg.many_bytes_each, cfg.many_max_s)
+        stop.set()
+        sampler.join(2.0)
+        cpu2 = server.child.cpu()
     _record_many(row, res, cfg)
     row.extra.setdefault("rss_peak_MiB", []).append(peak[0] / 1024)
     row.extra.setdefault("rss_per_stream_KiB", []).append((peak[0] - rss0) / cfg.many_streams)

@@ -26,9 +26,15 @@ from typing import Any
 from bench.common import NotAvailable, Row, cpu_seconds, free_port
 from bench.config import Config
 from bench.pumps import pump_many
-from bench.relay_cases import _alloc_rate_once, _listener, _run_once, _start, _unavailable
+from bench.relay_cases import (
+    _alloc_rate_once,
+    _record_many,
+    _run_once,
+    _start,
+    _stream_pairs,
+    _unavailable,
+)
 from bench.servers import PASSWORD, USER, Server, start_delshare_relay
-from bench.turnclients import backend
 
 CASE = "7 relay workers"
 RFC6062_ALLOCATIONS = 8  # 16 binds: none crossing with probability 2**-16
@@ -70,29 +76,12 @@ def _starter(count: int, metrics_port: int, tag: str) -> Server:
 def _many_once(server: Server, row: Row, *, cfg: Config, count: int, metrics_port: int) -> None:
     """Case 2's load through ``server``; per-worker CPU of the pump phase."""
     pids = _workers_ready(server, count)
-    client = backend()
-    streams, pairs = [], []
-    with _listener() as lst:
-        try:
-            for _ in range(cfg.many_streams):
-                stream = client.open_stream(server.addr, lst.getsockname())
-                streams.append(stream)
-                peer, _ = lst.accept()
-                pairs.append((stream.data, peer))
-            seen = _metrics(metrics_port)
-            before = [cpu_seconds(pid) for pid in [server.child.pid, *pids]]
-            res = pump_many(pairs, cfg.many_bytes_each, cfg.many_max_s)
-            after = [cpu_seconds(pid) for pid in [server.child.pid, *pids]]
-        finally:
-            for stream in streams:
-                stream.close()
-            for _, peer in pairs:
-                peer.close()
-    expected = cfg.many_streams * cfg.many_bytes_each
-    mb_s = res.received / res.seconds / 1e6
-    row.values.append(mb_s)
-    row.extra.setdefault("lost_bytes", []).append(expected - res.received)
-    row.extra.setdefault("crc_ok", []).append(1.0 if res.ok else 0.0)
+    with _stream_pairs(server, cfg.many_streams) as pairs:
+        seen = _metrics(metrics_port)
+        before = [cpu_seconds(pid) for pid in [server.child.pid, *pids]]
+        res = pump_many(pairs, cfg.many_bytes_each, cfg.many_max_s)
+        after = [cpu_seconds(pid) for pid in [server.child.pid, *pids]]
+    _record_many(row, res, cfg)
     spent = [b - a for a, b in zip(before, after, strict=True)]
     if count > 1:
         row.extra.setdefault("cpu_s_parent", []).append(spent[0])

@@ -13,7 +13,6 @@ import json
 import os
 import subprocess
 import time
-import urllib.request
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -32,6 +31,7 @@ from tests.app.harness import (
     start_relay_process,
     stop,
 )
+from tests.support.metrics import scrape
 from tests.support.ports import free_port
 
 ATTACKER = "127.0.0.2"
@@ -62,15 +62,8 @@ class Rendezvous:
 
     def metric(self, name: str, labels: str = "") -> float:
         """One sample from /metrics (0 when absent)."""
-        url = f"http://127.0.0.1:{self.metrics_port}/metrics"
-        with urllib.request.urlopen(url, timeout=WAIT) as reply:
-            text = reply.read().decode()
         wanted = f"{name}{{{labels}}}" if labels else name
-        for line in text.splitlines():
-            key, _, value = line.rpartition(" ")
-            if key == wanted:
-                return float(value)
-        return 0.0
+        return scrape(self.metrics_port, WAIT).get(wanted, 0.0)
 
     def alive(self) -> bool:
         return self.relay.process.poll() is None

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from delshare.link.records import RecordChannel
+from delshare.link.records import RecordChannel, Role
 from delshare.transfer.errors import PeerTimeoutError
 from delshare.transfer.manifest import BuiltManifest, Entry, Manifest
 from delshare.transfer.protocol import (
@@ -78,23 +78,34 @@ def _never_answer(process: subprocess.Popen[bytes]) -> Script[None]:
     return script
 
 
+async def _gives_up(
+    relay: RelayProcess,
+    env: dict[str, str],
+    argv: list[str],
+    code: str,
+    role: Role,
+    script: Callable[[subprocess.Popen[bytes]], Script[None]],
+) -> str:
+    """``delshare ARGV`` against a hostile ``role`` pairing with ``code`` and running ``script``
+    (bounded by ``HOLD``): the CLI must exit 1 by itself. Returns its stderr."""
+    process = start_cli(argv, env)
+    try:
+        await asyncio.wait_for(as_peer(relay.rendezvous, code, role, script(process)), HOLD + 30)
+    finally:
+        returncode, _, stderr = await asyncio.to_thread(finish_cli, process)
+    assert returncode == 1, stderr
+    return stderr.decode()
+
+
 async def test_a_receiver_that_gets_no_offer_gives_up(relay: RelayProcess, tmp_path: Path) -> None:
     env = env_for(relay.rendezvous, DELSHARE_PEER_TIMEOUT="2", DELSHARE_RECONNECT_TIMEOUT=RECONNECT)
     for attempt in range(scaled(1, 3)):
         out = tmp_path / f"out{attempt}"
         out.mkdir()
         code = f"{600 + attempt}-guitar-orbit"
-        receiver = start_cli(["receive", code, "-o", str(out), "--yes"], env)
-        try:
-            await asyncio.wait_for(
-                as_peer(relay.rendezvous, code, "sender", _silent_sender(receiver)), HOLD + 30
-            )
-        finally:
-            returncode, _, stderr = await asyncio.to_thread(finish_cli, receiver)
-        assert returncode == 1, stderr
-        assert "no word from the peer for 2 s while waiting for the sender's offer" in (
-            stderr.decode()
-        )
+        argv = ["receive", code, "-o", str(out), "--yes"]
+        stderr = await _gives_up(relay, env, argv, code, "sender", _silent_sender)
+        assert "no word from the peer for 2 s while waiting for the sender's offer" in stderr
         assert listing(out) == []
 
 
@@ -106,16 +117,8 @@ async def test_a_sender_whose_receiver_goes_silent_gives_up(
     small.write_text("fits in any socket buffer\n")
     env = env_for(relay.rendezvous, DELSHARE_PEER_TIMEOUT="2", DELSHARE_RECONNECT_TIMEOUT=RECONNECT)
     code = f"{610 + (script is _never_answer)}-guitar-orbit"
-    sender = start_cli(["send", str(small), "--code", code], env)
-    try:
-        await asyncio.wait_for(
-            as_peer(relay.rendezvous, code, "receiver", script(sender)),
-            HOLD + 30,
-        )
-    finally:
-        returncode, _, stderr = await asyncio.to_thread(finish_cli, sender)
-    assert returncode == 1, stderr
-    text = stderr.decode()
+    argv = ["send", str(small), "--code", code]
+    text = await _gives_up(relay, env, argv, code, "receiver", script)
     if script is _accept_then_silence:
         assert "the receiver confirmed nothing for 2 s after the last byte" in text
     else:
@@ -217,17 +220,9 @@ async def test_a_receiver_kept_waiting_by_keepalives_alone_gives_up(
     out = tmp_path / "out"
     out.mkdir()
     code = "630-guitar-orbit"
-    receiver = start_cli(["receive", code, "-o", str(out), "--yes"], env)
-    try:
-        await asyncio.wait_for(
-            as_peer(relay.rendezvous, code, "sender", _busy_sender(receiver)), HOLD + 30
-        )
-    finally:
-        returncode, _, stderr = await asyncio.to_thread(finish_cli, receiver)
-    assert returncode == 1, stderr
-    assert "the peer said it was busy for over 6 s while waiting for the sender's offer" in (
-        stderr.decode()
-    )
+    argv = ["receive", code, "-o", str(out), "--yes"]
+    stderr = await _gives_up(relay, env, argv, code, "sender", _busy_sender)
+    assert "the peer said it was busy for over 6 s while waiting for the sender's offer" in stderr
     assert listing(out) == []
 
 
@@ -243,15 +238,9 @@ async def test_a_sender_kept_waiting_by_keepalives_alone_gives_up(
         relay.rendezvous, DELSHARE_PEER_TIMEOUT=BUSY_TIMEOUT, DELSHARE_RECONNECT_TIMEOUT=RECONNECT
     )
     code = f"{631 + (script is _busy_instead_of_done)}-guitar-orbit"
-    sender = start_cli(["send", str(small), "--code", code], env)
-    try:
-        await asyncio.wait_for(
-            as_peer(relay.rendezvous, code, "receiver", script(sender)), HOLD + 30
-        )
-    finally:
-        returncode, _, stderr = await asyncio.to_thread(finish_cli, sender)
-    assert returncode == 1, stderr
+    argv = ["send", str(small), "--code", code]
+    stderr = await _gives_up(relay, env, argv, code, "receiver", script)
     waited = "confirmation" if script is _busy_instead_of_done else "answer to the offer"
     assert f"the peer said it was busy for over 6 s while waiting for the receiver's {waited}" in (
-        stderr.decode()
+        stderr
     )

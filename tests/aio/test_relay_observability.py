@@ -98,6 +98,7 @@ async def test_byte_counters_grow_while_a_stream_is_still_flowing(relay: Running
         if sample(text, "delshare_relay_tcp_connections") == 0:
             break
         await asyncio.sleep(0.05)
+    assert sample(text, "delshare_relay_tcp_connections") == 0, text  # the bridge did end
     assert tcp_bytes(text, "peer_to_client") == 3 * CHUNK
     assert tcp_bytes(text, "client_to_peer") == 3 * CHUNK // 2
 

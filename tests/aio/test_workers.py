@@ -15,7 +15,6 @@ import signal
 import socket
 import ssl
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,6 +22,7 @@ import pytest
 
 from delshare.aio.client import TurnClient, connect_turn
 from delshare.errors import TransactionError
+from tests.support.metrics import scrape
 from tests.support.ports import free_port
 from tests.support.relay_process import RelayProcess, start_relay_process
 from tests.support.tlscert import make_self_signed
@@ -32,18 +32,6 @@ STEP = 10.0
 ALLOCATIONS = 16  # fresh control connections: all on one worker with probability 2**-15
 
 
-def metrics(port: int) -> dict[str, float]:
-    """The relay's /metrics as {sample with labels: value}."""
-    with urllib.request.urlopen(f"http://{HOST}:{port}/metrics", timeout=STEP) as answer:
-        text = answer.read().decode()
-    found: dict[str, float] = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            name, _, value = line.rpartition(" ")
-            found[name] = float(value)
-    return found
-
-
 class Workers:
     def __init__(self, relay: RelayProcess, turn_port: int, metrics_port: int) -> None:
         self.relay = relay
@@ -51,7 +39,7 @@ class Workers:
         self.metrics_port = metrics_port
 
     def metrics(self) -> dict[str, float]:
-        return metrics(self.metrics_port)
+        return scrape(self.metrics_port, STEP, HOST)
 
     def per_worker(self, name: str) -> list[float]:
         seen = self.metrics()

@@ -20,6 +20,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from delshare.transfer.resume import temp_paths
 from tests.support.ports import free_port
 
 _NEXT_TO_PYTHON = Path(sys.executable).parent / "delshare"  # not a pyenv shim: faster start
@@ -256,6 +257,18 @@ def wait_for_part(
             raise AssertionError(f"a side ended before {breaking}")
         time.sleep(0.005)
     raise AssertionError("the transfer did not start")
+
+
+def assert_lost_without_reconnecting(sent: Outcome, received: Outcome, target: Path) -> None:
+    """Both sides failed with "link lost" (exit 1) and never tried to reconnect; the receiver
+    kept the partial file of ``target`` for a later resume (``DELSHARE_RECONNECT_TIMEOUT=0``)."""
+    assert sent.returncode == 1 and received.returncode == 1, sent.stderr + received.stderr
+    assert "link lost while sending" in sent.stderr
+    assert "link lost while receiving" in received.stderr
+    for outcome in (sent, received):
+        assert "reconnecting" not in outcome.stdout + outcome.stderr
+        assert "reconnected:" not in outcome.stdout
+    assert temp_paths(target)[0].stat().st_size > 0
 
 
 def iter_lines(text: str) -> Iterator[str]:

@@ -55,31 +55,24 @@ def test_relay_logs_wss(relay: RelayProcess) -> None:
     )
 
 
-def test_wss_pairing_with_ca_sends_a_file(
-    relay: RelayProcess, cert: CertFiles, workdir: Path
+@pytest.mark.parametrize(("given", "code"), [("--ca", "7"), ("DELSHARE_CA", "8")])
+def test_wss_pairing_with_the_ca_sends_a_file(
+    relay: RelayProcess, cert: CertFiles, workdir: Path, given: str, code: str
 ) -> None:
-    source = workdir / "hello.bin"
+    """The private CA is trusted whether it comes as ``--ca`` or in ``DELSHARE_CA``."""
+    source = workdir / f"{given}.bin"
     source.write_bytes(os.urandom(200_000))
-    out = workdir / "out-ca"
+    out = workdir / f"out{given}"
     out.mkdir()
-    flags = ("--direct-only", "--ca", str(cert.cert))
-    sent, received = run_pair([source], out, env_for(wss(relay)), flags=flags)
+    flags: tuple[str, ...] = ("--direct-only",)
+    if given == "--ca":
+        env, flags = env_for(wss(relay)), (*flags, "--ca", str(cert.cert))
+    else:
+        env = env_for(wss(relay), DELSHARE_CA=str(cert.cert))
+    sent, received = run_pair([source], out, env, flags=flags, code=f"{code}-guitar-orbit")
     assert sent.returncode == 0, sent.stderr
     assert received.returncode == 0, received.stderr
-    assert (out / "hello.bin").read_bytes() == source.read_bytes()
-
-
-def test_wss_pairing_with_delshare_ca_in_the_environment(
-    relay: RelayProcess, cert: CertFiles, workdir: Path
-) -> None:
-    source = workdir / "env.bin"
-    source.write_bytes(os.urandom(50_000))
-    out = workdir / "out-env"
-    out.mkdir()
-    env = env_for(wss(relay), DELSHARE_CA=str(cert.cert))
-    sent, received = run_pair([source], out, env, flags=("--direct-only",), code="8-guitar-orbit")
-    assert sent.returncode == 0 and received.returncode == 0, sent.stderr + received.stderr
-    assert (out / "env.bin").read_bytes() == source.read_bytes()
+    assert (out / source.name).read_bytes() == source.read_bytes()
 
 
 def test_wss_without_ca_fails_naming_the_cause(relay: RelayProcess, workdir: Path) -> None:

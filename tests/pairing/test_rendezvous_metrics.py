@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -13,21 +12,11 @@ from delshare.errors import PairingError
 from delshare.pairing import wire
 from delshare.pairing.client import pair
 from tests.app.harness import start_relay_process, stop
+from tests.support.metrics import scrape
 from tests.support.ports import free_port
 
 CODE = "7-guitar-orbit"
 WAIT = 10.0
-
-
-def _scrape(port: int) -> dict[str, float]:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=WAIT) as reply:
-        text = reply.read().decode()
-    samples: dict[str, float] = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            key, _, value = line.rpartition(" ")
-            samples[key] = float(value)
-    return samples
 
 
 async def test_relay_metrics_show_rendezvous_mailboxes_pairings_and_refusals(
@@ -37,7 +26,7 @@ async def test_relay_metrics_show_rendezvous_mailboxes_pairings_and_refusals(
     relay = start_relay_process(tmp_path, extra=("--metrics-listen", f"127.0.0.1:{port}"))
     try:
         url = relay.rendezvous
-        before = _scrape(port)
+        before = scrape(port, WAIT)
         assert "delshare_relay_allocations" in before  # one registry, one scrape
         assert before["delshare_rendezvous_mailboxes"] == 0
         sender, receiver = await asyncio.gather(
@@ -49,7 +38,7 @@ async def test_relay_metrics_show_rendezvous_mailboxes_pairings_and_refusals(
             async with connect(url, proxy=None) as raw:
                 await raw.send("not json")
                 assert isinstance(wire.decode_server(await raw.recv()), wire.ErrorMessage)
-            during = _scrape(port)
+            during = scrape(port, WAIT)
         assert during["delshare_rendezvous_mailboxes"] == 1
         assert during["delshare_rendezvous_connections"] >= 2
         assert during["delshare_rendezvous_pairings_total"] == 1
