@@ -1,16 +1,21 @@
-"""Cases 1-4: the TURN relay, ours against coturn, driven by the same client code."""
+"""Cases 1-4: the TURN relay, ours against coturn, driven by the same client code.
+
+Cases 1, 2 and 4 also run reference relays without TURN (``bench/references.py``): a C splice
+relay for the TCP cases, a bare Python and a C UDP forwarder for case 4, driven by the same
+pumps in the same interleaved repetitions, so the table shows what any relay reaches here.
+"""
 
 from __future__ import annotations
 
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import ExitStack, contextmanager
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 from functools import partial
 
-from bench import profile
+from bench import profile, references
 from bench.common import MiB, NotAvailable, Row
 from bench.config import Config
 from bench.pumps import (
@@ -26,6 +31,8 @@ from bench.turnclients import backend
 
 Starter = Callable[[], Server]
 SERVERS: list[tuple[str, Starter]] = [("coturn", start_coturn), ("ours", start_delshare_relay)]
+Pairs = list[tuple[socket.socket, socket.socket]]
+PairOpener = Callable[[Server, int], AbstractContextManager[Pairs]]
 
 
 @contextmanager
@@ -77,6 +84,7 @@ def _stream_pairs(
 # ---- interleaved repetitions -------------------------------------------------------------------
 
 Once = Callable[[Server, Row], None]
+Reference = tuple[str, Starter, Once]  # a variant without TURN: its own starter and driver
 
 
 def _failed(row: Row) -> bool:
@@ -108,17 +116,22 @@ def _interleaved(
     once: Once,
     plain: Callable[[Row], None] | None = None,
     fresh: bool = False,
+    refs: Sequence[Reference] = (),
 ) -> list[Row]:
-    """Repetition k of every variant runs before repetition k+1 of any: load drifts hit all."""
+    """Repetition k of every variant runs before repetition k+1 of any: load drifts hit all.
+
+    The TURN servers run ``once``; each of ``refs`` its own driver, after them.
+    """
     rows = [Row(case, "plain loopback", workload, "MB/s")] if plain else []
-    variants = [(starter, Row(case, name, workload, "MB/s")) for name, starter in SERVERS]
-    rows += [row for _, row in variants]
+    variants = [(s, Row(case, name, workload, "MB/s"), once) for name, s in SERVERS]
+    variants += [(s, Row(case, name, workload, "MB/s"), drive) for name, s, drive in refs]
+    rows += [row for _, row, _ in variants]
     with ExitStack() as stack:
-        servers = {} if fresh else {id(r): _start(stack, s, tag, r) for s, r in variants}
+        servers = {} if fresh else {id(r): _start(stack, s, tag, r) for s, r, _ in variants}
         for rep in range(cfg.reps):
             if plain is not None:
                 plain(rows[0])
-            for starter, row in variants:
+            for starter, row, drive in variants:
                 if _failed(row):
                     continue
                 with ExitStack() as rep_stack:
@@ -127,7 +140,7 @@ def _interleaved(
                     else:
                         server = servers[id(row)]
                     if server is not None:
-                        _run_once(once, server, row)
+                        _run_once(drive, server, row)
     return rows
 
 
@@ -145,13 +158,17 @@ def case1(cfg: Config) -> list[Row]:
             a.close()
             b.close()
 
-    def once(server: Server, row: Row) -> None:
+    def once(server: Server, row: Row, relay_stream: StreamOpener = _relay_stream) -> None:
         cpu0 = server.child.cpu()
-        _record_stream(row, _relay_stream(server, cfg), cfg)
+        _record_stream(row, relay_stream(server, cfg), cfg)
         row.extra.setdefault("server_cpu_s", []).append(server.child.cpu() - cpu0)
 
     workload = f"{cfg.stream_bytes // MiB} MiB stream"
-    return _interleaved("1 tcp relay, 1 stream", workload, cfg, "case1-stream", once, plain)
+    c_relay = partial(once, relay_stream=_direct_stream)
+    refs = [("C splice relay", references.start_c_splice_relay, c_relay)]
+    return _interleaved(
+        "1 tcp relay, 1 stream", workload, cfg, "case1-stream", once, plain, refs=refs
+    )
 
 
 def _relay_stream(server: Server, cfg: Config) -> StreamResult:
@@ -164,6 +181,16 @@ def _relay_stream(server: Server, cfg: Config) -> StreamResult:
     finally:
         peer.close()
         stream.close()
+
+
+def _direct_stream(server: Server, cfg: Config) -> StreamResult:
+    """One connection through a reference relay (no TURN), with case 1's pump."""
+    with references.direct_pairs(server, 1) as pairs:
+        client, peer = pairs[0]
+        return pump_stream(client, peer, cfg.stream_bytes, cfg.stream_max_s)
+
+
+StreamOpener = Callable[[Server, Config], StreamResult]
 
 
 def _record_stream(row: Row, res: StreamResult, cfg: Config) -> None:
@@ -191,17 +218,20 @@ def case2(cfg: Config) -> list[Row]:
         _record_many(row, res, cfg)
 
     workload = f"{cfg.many_streams} streams x {cfg.many_bytes_each // 1024} KiB"
+    c_relay = partial(_many_once, cfg=cfg, open_pairs=references.direct_pairs)
+    refs = [("C splice relay", references.start_c_splice_relay, c_relay)]
     # a fresh server for every repetition: a clean RSS baseline
-    return _interleaved(
-        "2 many streams", workload, cfg, "case2-many", partial(_many_once, cfg=cfg), plain, True
-    )
+    once = partial(_many_once, cfg=cfg)
+    return _interleaved("2 many streams", workload, cfg, "case2-many", once, plain, True, refs)
 
 
-def _many_once(server: Server, row: Row, *, cfg: Config) -> None:
+def _many_once(
+    server: Server, row: Row, *, cfg: Config, open_pairs: PairOpener = _stream_pairs
+) -> None:
     time.sleep(0.2)
     rss0 = server.child.rss()
     cpu0 = server.child.cpu()
-    with _stream_pairs(server, cfg.many_streams) as pairs:
+    with open_pairs(server, cfg.many_streams) as pairs:
         cpu1 = server.child.cpu()
         peak = [server.child.rss()]
         stop = threading.Event()
@@ -274,7 +304,13 @@ def _alloc_rate_once(server: Server, row: Row, *, cfg: Config) -> None:
 def case4(cfg: Config) -> list[Row]:
     """UDP allocation with a channel: ChannelData packets per second that reach the peer."""
     workload = f"{cfg.udp_payload} B ChannelData"
-    rows = _interleaved("4 udp relay", workload, cfg, "case4-udp", partial(_udp_once, cfg=cfg))
+    forward = partial(_udp_reference_once, cfg=cfg)
+    refs = [
+        ("Python forwarder", references.start_python_forwarder, forward),
+        ("C forwarder", references.start_c_forwarder, forward),
+    ]
+    once = partial(_udp_once, cfg=cfg)
+    rows = _interleaved("4 udp relay", workload, cfg, "case4-udp", once, refs=refs)
     for row in rows:
         row.unit = "kpps"
     return rows
@@ -286,18 +322,25 @@ def _udp_once(server: Server, row: Row, *, cfg: Config) -> None:
     peer.bind(("127.0.0.1", 0))
     chan = backend().open_udp_channel(server.addr, peer.getsockname())
     try:
-        cpu0 = server.child.cpu()
-        sent, got, seconds = udp_flood(
-            chan.sock,
-            chan.frame(bytes(cfg.udp_payload)),
-            peer,
-            cfg.udp_seconds,
-            cfg.udp_max_packets,
-        )
-        cpu = server.child.cpu() - cpu0
+        _udp_measure(server, row, cfg, chan.sock, chan.frame(bytes(cfg.udp_payload)), peer)
     finally:
         chan.close()
         peer.close()
+
+
+def _udp_reference_once(server: Server, row: Row, *, cfg: Config) -> None:
+    """Case 4 through a forwarder without TURN: the same datagrams, sender and counter."""
+    sock, peer = references.udp_sender(server)
+    with sock:
+        _udp_measure(server, row, cfg, sock, references.frame(bytes(cfg.udp_payload)), peer)
+
+
+def _udp_measure(
+    server: Server, row: Row, cfg: Config, sock: socket.socket, frame: bytes, peer: socket.socket
+) -> None:
+    cpu0 = server.child.cpu()
+    sent, got, seconds = udp_flood(sock, frame, peer, cfg.udp_seconds, cfg.udp_max_packets)
+    cpu = server.child.cpu() - cpu0
     if got == 0:
         raise NotAvailable(f"no packet reached the peer ({sent} sent)")
     row.values.append(got / seconds / 1000)

@@ -20,6 +20,11 @@ REFS: dict[tuple[str, str], list[tuple[str, str]]] = {
     ("2", "ours"): [("/coturn", "coturn"), ("/plain", "plain loopback")],
     ("3", "ours"): [("/coturn", "coturn")],
     ("4", "ours"): [("/coturn", "coturn")],
+    # references without TURN (bench/references.py): the ceilings of this machine
+    ("1", "C splice relay"): [("/coturn", "coturn"), ("/plain", "plain loopback")],
+    ("2", "C splice relay"): [("/coturn", "coturn"), ("/plain", "plain loopback")],
+    ("4", "Python forwarder"): [("/coturn", "coturn")],
+    ("4", "C forwarder"): [("/coturn", "coturn")],
     ("5", "ours direct"): [("/wormhole", "wormhole direct"), ("/plain", "plain socket copy")],
     ("5", "ours via TURN relay"): [
         ("/wormhole", "wormhole via transit relay"),
