@@ -3,7 +3,8 @@
 No timing asserts: benchmarks are not tests. This only keeps the bench from rotting: every case
 and variant appears in the printed table, and each row carries a number or says why not. The
 references that are installed here (plain sockets always; coturn when ``turnserver`` is on
-PATH) must give numbers. magic-wormhole is never installed by the test suite: when
+PATH; the Python UDP forwarder always; the C reference relays when a C compiler is on PATH)
+must give numbers. magic-wormhole is never installed by the test suite: when
 bench/.venv-wormhole is absent its rows only have to say "not available".
 """
 
@@ -24,10 +25,10 @@ REPO = Path(__file__).resolve().parents[2]
 WORMHOLE_READY = (REPO / "bench" / ".venv-wormhole" / "bin" / "wormhole").exists()
 
 EXPECTED = {
-    "1": ["plain loopback", "coturn", "ours"],
-    "2": ["plain loopback", "coturn", "ours"],
+    "1": ["plain loopback", "coturn", "ours", "C splice relay"],
+    "2": ["plain loopback", "coturn", "ours", "C splice relay"],
     "3": ["coturn", "ours"],
-    "4": ["coturn", "ours"],
+    "4": ["coturn", "ours", "Python forwarder", "C forwarder"],
     "5": [
         "plain socket copy",
         "plain socket copy + fsync",
@@ -61,6 +62,10 @@ def _must_have_number(case: str, variant: str) -> bool:
         return True
     if variant == "coturn":
         return shutil.which("turnserver") is not None
+    if variant == "Python forwarder":
+        return True
+    if variant.startswith("C "):  # compiled at bench time (bench/c_relays.py)
+        return shutil.which("cc") is not None or shutil.which("gcc") is not None
     return False
 
 
