@@ -26,7 +26,9 @@ PIPE_BYTES = 1 << 20  # F_SETPIPE_SZ per direction, as bench/pipe_bench.py
 UDP_RCVBUF = 2 << 20  # the listener's SO_RCVBUF: what ours and coturn ask for
 PEER_RCVBUF = 8 << 20  # the counting peer's, as case 4's
 CHANNEL = 0x4000  # the first channel number (RFC 8656 §12)
-PYTHON_FORWARDER_MODE = "blocking"  # the faster of bench.udp_forwarder's two modes here
+# The faster of bench.udp_forwarder's two modes here (python -m bench.forwarder_modes: 2.47-2.48
+# against 2.56-2.57 us of forwarder CPU per datagram in two interleaved runs, BENCHMARKS.md)
+PYTHON_FORWARDER_MODE = "add_reader"
 
 
 @dataclass
@@ -94,11 +96,21 @@ def start_python_forwarder() -> Reference:
     peer = _udp_peer()
     argv = [sys.executable, "-m", "bench.udp_forwarder", PYTHON_FORWARDER_MODE]
     argv += [str(peer.getsockname()[1]), str(UDP_RCVBUF), str(MAX_S)]
-    note = (
-        f"reference without TURN: Python {sys.version_info[0]}.{sys.version_info[1]}, "
-        f"{PYTHON_FORWARDER_MODE} recv_into/sendto loop"
-    )
+    python = f"Python {sys.version_info[0]}.{sys.version_info[1]}"
+    if PYTHON_FORWARDER_MODE == "add_reader":
+        how = f"{_loop_name()} add_reader, up to 64 recv_into+sendto per wake-up"
+    else:
+        how = "blocking recv_into+sendto loop"
+    note = f"reference without TURN: {python}, {how}"
     return _start("Python forwarder", argv, peer, note)
+
+
+def _loop_name() -> str:
+    try:
+        import uvloop  # noqa: F401
+    except ImportError:
+        return "asyncio"
+    return "uvloop"
 
 
 def start_c_forwarder() -> Reference:

@@ -12,7 +12,8 @@ syscalls and a few bytecodes per datagram, the floor under any relay written in 
 - ``add_reader``: the event-loop shape of our relay: a readiness callback (uvloop's loop when
   installed) reads up to 64 datagrams per wake-up from a non-blocking socket.
 
-The bench uses ``blocking``, the faster of the two on this machine (see BENCHMARKS.md).
+The bench uses ``add_reader``, the faster of the two on this machine by a little
+(``python -m bench.forwarder_modes``, see BENCHMARKS.md).
 Python has no ``recvmmsg``; ``recv_into`` (no source address tuple) is the cheapest read it has.
 """
 
