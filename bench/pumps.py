@@ -337,6 +337,7 @@ class ManyResult:
     received: int
     ok: bool  # every block of every stream compared equal, no stream carried extra bytes
     pump_cpu_s: float
+    host_busy_cores: float = 0.0  # all processes on the machine, during the pump
 
 
 def pump_many(
@@ -358,11 +359,14 @@ def pump_many(
             "send-many", [a.fileno() for a, _ in pairs], per_stream, MANY_BLOCK, max_seconds
         )
         workers.go()
+        host0 = host_cpu()
         recv, sent = workers.results(max_seconds + 20.0)
+        busy = host_busy_cores(host0, host_cpu())
     finally:
         workers.stop()
     seconds = max(recv["done_at"] - sent["start"], 1e-9)
-    return ManyResult(seconds, int(recv["received"]), bool(recv["ok"]), recv["cpu"] + sent["cpu"])
+    cpu = recv["cpu"] + sent["cpu"]
+    return ManyResult(seconds, int(recv["received"]), bool(recv["ok"]), cpu, busy)
 
 
 def _worker_main(argv: list[str]) -> None:

@@ -12,11 +12,12 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import AbstractContextManager, ExitStack, contextmanager
+from contextlib import AbstractContextManager, ExitStack, contextmanager, suppress
 from functools import partial
+from pathlib import Path
 
 from bench import profile, references
-from bench.common import MiB, NotAvailable, Row
+from bench.common import CLK_TCK, MiB, NotAvailable, Row, tree_pids
 from bench.config import Config
 from bench.pumps import (
     ManyResult,
@@ -254,6 +255,7 @@ def _record_many(row: Row, res: ManyResult, cfg: Config) -> None:
     row.extra.setdefault("lost_bytes", []).append(expected - res.received)
     row.extra.setdefault("crc_ok", []).append(1.0 if res.ok else 0.0)
     row.extra.setdefault("pump_cpu_s", []).append(res.pump_cpu_s)
+    row.extra.setdefault("host_busy_cores", []).append(res.host_busy_cores)
 
 
 def _sample_rss(server: Server, peak: list[int], stop: threading.Event) -> None:
@@ -338,11 +340,24 @@ def _udp_reference_once(server: Server, row: Row, *, cfg: Config) -> None:
 def _udp_measure(
     server: Server, row: Row, cfg: Config, sock: socket.socket, frame: bytes, peer: socket.socket
 ) -> None:
-    cpu0 = server.child.cpu()
+    cpu0, user0 = server.child.cpu(), _user_cpu(server)
     sent, got, seconds = udp_flood(sock, frame, peer, cfg.udp_seconds, cfg.udp_max_packets)
-    cpu = server.child.cpu() - cpu0
+    cpu, user = server.child.cpu() - cpu0, _user_cpu(server) - user0
     if got == 0:
         raise NotAvailable(f"no packet reached the peer ({sent} sent)")
     row.values.append(got / seconds / 1000)
     row.extra.setdefault("loss_pct", []).append(100.0 * (sent - got) / max(sent, 1))
     row.extra.setdefault("server_cpu_s", []).append(cpu)
+    # per datagram that reached the peer: what the relay costs, and its user-space (not kernel) part
+    row.extra.setdefault("server_us_per_pkt", []).append(cpu / got * 1e6)
+    row.extra.setdefault("server_user_us_per_pkt", []).append(user / got * 1e6)
+
+
+def _user_cpu(server: Server) -> float:
+    """User-space CPU seconds (utime) of the server's process tree, from /proc/PID/stat."""
+    total = 0.0
+    for pid in tree_pids(server.child.pid):
+        with suppress(OSError):
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += int(fields[11]) / CLK_TCK
+    return total
