@@ -2,8 +2,9 @@
 
 Theory of operation: every input (a datagram, a stream frame, an accepted peer, a finished
 connect) is handed to the sans-IO core with the wall clock, then ``_flush`` executes the core's
-commands in order and logs its events, and re-arms the one timer. UDP sockets are read through
-readiness callbacks; each TCP/TLS client connection has one reader task. RFC 6062 peer sockets
+commands in order and logs its events, and re-arms the one timer. UDP sockets, TCP listeners
+and plain TCP client connections are read through readiness callbacks; each TLS client
+connection has one reader task. RFC 6062 peer sockets
 are never read before ConnectionBind (the kernel's buffers and TCP flow control hold the peer
 back); after it, ``delshare.aio.pipe.bridge`` moves the bytes (splice on Linux).
 
@@ -84,6 +85,8 @@ LOG_EVERY = 10.0  # seconds between two lines about the same recurring failure
 TRIM_AFTER = 1.0  # seconds after the last TLS handshake ends before freed memory is returned
 PEER_ACCEPT_BATCH = 16  # peer connections accepted per readiness callback of a relay listener
 PEER_ACCEPT_RETRY = 0.1  # seconds a relay listener rests after an accept error (EMFILE)
+CLIENT_ACCEPT_BATCH = 16  # client connections accepted per readiness callback of a listener
+CLIENT_ACCEPT_RETRY = 0.1  # seconds a TURN listener rests after an accept error (EMFILE)
 
 
 class LogThrottle:
@@ -190,6 +193,7 @@ class RelayServer:
         self._loop = asyncio.get_running_loop()
         self._udp_listeners: dict[Address, UdpEndpoint] = {}
         self._tcp_listeners: list[socket.socket] = []
+        self._accept_rests: dict[socket.socket, asyncio.TimerHandle] = {}  # resting after EMFILE
         self._servers: list[asyncio.Server] = []
         self._clients: dict[FiveTuple, ClientConnection] = {}
         self._relays: dict[int, _Relay] = {}
@@ -274,7 +278,7 @@ class RelayServer:
             self.addresses.append((UDP, bound))
         if tcp is not None:
             self._tcp_listeners.append(tcp)
-            self._spawn(self._accept_loop(tcp))
+            self._watch_clients(tcp)
             self.addresses.append((TCP, bound))
 
     async def _listen_tls(self, host: str, port: int) -> None:
@@ -293,7 +297,7 @@ class RelayServer:
         context = self._tls
         listener = self._inherited.pop((TLS, (host, port)), None) or bind_stream(host, port)
         self._tcp_listeners.append(listener)
-        self._spawn(self._accept_loop(listener, context))
+        self._watch_clients(listener, context)
         self.addresses.append((TLS, listener.getsockname()[:2]))
 
     # -- drain and reload -------------------------------------------------------------------------
@@ -358,7 +362,11 @@ class RelayServer:
             self._trim.cancel()
         for endpoint in self._udp_listeners.values():
             endpoint.close()
+        for handle in self._accept_rests.values():
+            handle.cancel()
         for sock in self._tcp_listeners:
+            if sock.fileno() >= 0:
+                self._loop.remove_reader(sock.fileno())
             sock.close()
         for server in self._servers:
             server.close()
@@ -443,19 +451,29 @@ class RelayServer:
             routes.clear()
         self._peer_routes.clear()
 
-    async def _accept_loop(
-        self, listener: socket.socket, tls: ssl.SSLContext | None = None
-    ) -> None:
-        """Accept clients; errors (EMFILE at the descriptor limit) are logged throttled."""
-        while True:
+    def _watch_clients(self, listener: socket.socket, tls: ssl.SSLContext | None = None) -> None:
+        """Accept clients from a readiness callback on the listener (like a relay listener's:
+        no future and no epoll registration per accepted connection)."""
+        if not self._closed and listener.fileno() >= 0:
+            self._loop.add_reader(listener.fileno(), self._accept_clients, listener, tls)
+
+    def _accept_clients(self, listener: socket.socket, tls: ssl.SSLContext | None) -> None:
+        """Accept what the backlog holds (bounded per call); errors (EMFILE at the descriptor
+        limit) are logged throttled and rest the listener 0.1 s."""
+        for _ in range(CLIENT_ACCEPT_BATCH):
             try:
-                sock, _ = await self._loop.sock_accept(listener)
+                sock, _ = listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
             except OSError as exc:
                 if self._closed or listener.fileno() < 0:
                     return
                 self._throttle.warning("accept", "accept failed: %s", exc)
-                await asyncio.sleep(0.1)
-                continue
+                self._loop.remove_reader(listener.fileno())
+                self._accept_rests[listener] = self._loop.call_later(
+                    CLIENT_ACCEPT_RETRY, self._rested, listener, tls
+                )
+                return
             try:
                 sock.setblocking(False)
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -468,7 +486,11 @@ class RelayServer:
             if tls is not None:
                 self._start_tls(sock, five, tls)
             else:
-                self._spawn(self._serve_client(ClientConnection(five, sock, self._on_frame)))
+                self._serve_socket(ClientConnection(five, sock, self._on_frame))
+
+    def _rested(self, listener: socket.socket, tls: ssl.SSLContext | None) -> None:
+        self._accept_rests.pop(listener, None)
+        self._watch_clients(listener, tls)
 
     def _start_tls(self, sock: socket.socket, five: FiveTuple, context: ssl.SSLContext) -> None:
         ip = five.client[0]
@@ -522,27 +544,45 @@ class RelayServer:
 
     def adopt(self, five: FiveTuple, sock: socket.socket, initial: bytes) -> None:
         """Serve a connection another worker accepted and read ``initial`` from."""
-        self._spawn(self._serve_client(ClientConnection(five, sock, self._on_frame), initial))
+        self._serve_socket(ClientConnection(five, sock, self._on_frame), initial)
 
-    async def _serve_client(self, client: ClientConnection, initial: bytes = b"") -> None:
-        """Frames until EOF, or until a ConnectionBind turns the connection into a pipe (or
-        names another worker's connection: ``hand_over`` passes it on)."""
+    def _serve_socket(self, client: ClientConnection, initial: bytes = b"") -> None:
+        """A plain TCP client: frames from a readiness callback until ``_client_ended``."""
+        self._clients[client.five] = client
+        client.start(lambda: self._idle_timeout(client.five), self._client_ended, initial)
+
+    def _client_ended(self, client: ClientConnection, error: BaseException | None) -> None:
+        """The end of a plain TCP client's frames, as ``_serve_client`` for TLS."""
+        if error is not None and not isinstance(error, (OSError, StunDecodeError)):
+            log.error("connection %s:%d failed", *client.five.client, exc_info=error)
+        self._client_done(client)
+        if client.handover is not None and self.hand_over is not None:
+            self.hand_over(client)
+        elif client.bind is not None:
+            self._spawn(self._run_data_connection(client))
+
+    async def _serve_client(self, client: ClientConnection) -> None:
+        """A TLS client: frames until EOF, or until a ConnectionBind turns the connection into
+        a pipe (or names another worker's connection: ``hand_over`` passes it on)."""
         self._clients[client.five] = client
         try:
             with contextlib.suppress(OSError, StunDecodeError, ssl.SSLError):
-                await client.read_frames(lambda: self._idle_timeout(client.five), initial)
+                await client.read_frames(lambda: self._idle_timeout(client.five))
         except Exception:  # a bug must cost one connection, not the server
             log.exception("connection %s:%d failed", *client.five.client)
         finally:
-            self._clients.pop(client.five, None)
-            if client.bind is None and client.handover is None:
-                client.close()
-                self.core.client_closed(client.five, time.time())
-                self._flush()
+            self._client_done(client)
         if client.handover is not None and self.hand_over is not None:
             self.hand_over(client)
         elif client.bind is not None:
             await self._run_data_connection(client)
+
+    def _client_done(self, client: ClientConnection) -> None:
+        self._clients.pop(client.five, None)
+        if client.bind is None and client.handover is None:
+            client.close()
+            self.core.client_closed(client.five, time.time())
+            self._flush()
 
     def _idle_timeout(self, five: FiveTuple) -> float | None:
         """Connections without an allocation may idle only so long (binding, probing)."""

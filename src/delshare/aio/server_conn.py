@@ -5,6 +5,13 @@ the core. When the core answers a ConnectionBind on it (RFC 6062 §5.4), framing
 the bytes read past that frame, the queued output and the ConnectionBind response become the
 prefixes of a ``bridge`` to the peer socket, so nothing is lost or reordered. Plain TCP uses the
 raw socket (so the bridge can splice); TLS uses an asyncio stream pair.
+
+A plain TCP connection is read by a readiness callback (``start``), not by a task awaiting
+``sock_recv``: uvloop's ``sock_recv`` registers and unregisters the descriptor with epoll on
+every call (five system calls and a future per read), and case 3 of the bench reads each
+control connection four times in its one-millisecond life. The callback is registered once;
+the idle timeout is one timer, re-armed lazily (a read only moves its deadline). TLS keeps the
+stream reader (``read_frames``).
 """
 
 from __future__ import annotations
@@ -44,8 +51,113 @@ class ClientConnection:
         self.handover: tuple[int, bytes] | None = None  # (worker, frame): another owns it
         self.leftover = b""
         self.closed = False
+        # the readiness-callback reader of a plain TCP connection (``start``)
+        self._buffer = bytearray()
+        self._reading = False
+        self._idle_timeout: Callable[[], float | None] = _unbounded
+        self._on_end: Callable[[ClientConnection, BaseException | None], None] | None = None
+        self._deadline: float | None = None
+        self._timer: asyncio.TimerHandle | None = None
 
-    # -- reading ---------------------------------------------------------------------------------
+    # -- reading: plain TCP, by a readiness callback ----------------------------------------------
+
+    def start(
+        self,
+        idle_timeout: Callable[[], float | None],
+        on_end: Callable[[ClientConnection, BaseException | None], None],
+        initial: bytes = b"",
+    ) -> None:
+        """Feed frames to the core from a readiness callback (plain TCP only) until EOF, a
+        framing error, ``idle_timeout()`` seconds without bytes (None: unbounded, asked again
+        after each read), too much unframed input, or a ConnectionBind success or handover.
+
+        Then the callback is removed and ``on_end(self, error)`` runs once (``error``: what
+        ended it, if anything was raised). ``initial``: bytes another relay worker read
+        before handing the connection over.
+        """
+        assert isinstance(self.endpoint, socket.socket)
+        self._idle_timeout = idle_timeout
+        self._on_end = on_end
+        self._buffer += initial
+        if initial:
+            try:
+                if self._cut_frames(self._buffer):
+                    self._end(None)
+                    return
+            except Exception as exc:  # handed to ``on_end``, which logs bugs
+                self._end(exc)
+                return
+        self._reading = True
+        self._loop.add_reader(self.endpoint.fileno(), self._readable)
+        self._wait_until()
+
+    def _readable(self) -> None:
+        if not self._reading:
+            return
+        sock = self.endpoint
+        assert isinstance(sock, socket.socket)
+        try:
+            data = sock.recv(READ_SIZE)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            self._end(exc)
+            return
+        if not data:
+            self._end(None)
+            return
+        buffer = self._buffer
+        buffer += data
+        try:
+            bound = self._cut_frames(buffer)
+        except Exception as exc:  # handed to ``on_end``, which logs bugs
+            self._end(exc)
+            return
+        if bound or len(buffer) > MAX_PENDING_INPUT:
+            self._end(None)
+        elif self._reading:
+            self._wait_until()
+
+    def _wait_until(self) -> None:
+        """Move the idle deadline (one timer per connection, re-armed only when it fires)."""
+        timeout = self._idle_timeout()
+        if timeout is None:
+            self._deadline = None
+            return
+        self._deadline = self._loop.time() + timeout
+        if self._timer is None:
+            self._timer = self._loop.call_at(self._deadline, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        if not self._reading or self._deadline is None:
+            return
+        if self._loop.time() < self._deadline:  # bytes came meanwhile: wait the rest
+            self._timer = self._loop.call_at(self._deadline, self._on_timer)
+            return
+        self._end(None)
+
+    def _stop_reading(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._reading:
+            self._reading = False
+            sock = self.endpoint
+            assert isinstance(sock, socket.socket)
+            with contextlib.suppress(ValueError, OSError):
+                self._loop.remove_reader(sock.fileno())
+
+    def _end(self, error: BaseException | None) -> None:
+        self._stop_reading()
+        if self.bind is not None or self.handover is not None:
+            self.leftover = bytes(self._buffer)
+        self._buffer = bytearray()
+        on_end, self._on_end = self._on_end, None
+        if on_end is not None:
+            on_end(self, error)
+
+    # -- reading: TLS, by a task -------------------------------------------------------------------
 
     async def _recv(self) -> bytes:
         if isinstance(self.endpoint, socket.socket):
@@ -177,6 +289,12 @@ class ClientConnection:
         self.closed = True
         self._stop_writer()
         if isinstance(self.endpoint, socket.socket):
+            self._stop_reading()  # before the descriptor's number can be reused
+            self._on_end = None
             self.endpoint.close()
         else:
             self.endpoint[1].close()
+
+
+def _unbounded() -> float | None:
+    return None
