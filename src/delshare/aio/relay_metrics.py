@@ -92,30 +92,62 @@ class RelayMetrics:
         )
         self._is_draining = False
         self._bound: set[int] = set()
+        # label children looked up once (``labels()`` takes a lock and builds a key each time);
+        # a child appears in the exposition once looked up, so each is made on first use
+        self._created_by_kind: dict[str, Counter] = {}
+        self._challenge_codes: dict[int, Counter] = {}
+        self._updates = self._update_table()
         self._server: WSGIServer | None = None
 
     def observe(self, event: Output) -> None:
-        """Update counters from one core event."""
-        if isinstance(event, AllocationCreated):
-            self.allocations.inc()
-            kind = "tcp" if event.transport == PROTO_TCP else "udp"
-            self.allocations_created.labels(kind).inc()
-        elif isinstance(event, AllocationDeleted):
-            self.allocations.dec()
-        elif isinstance(event, ConnectionBound):
-            self._bound.add(event.conn_id)
-            self.connections.inc()
-            self.connections_bound.inc()
-        elif isinstance(event, ConnectionClosed) and event.conn_id in self._bound:
+        """Update counters from one core event (a dict lookup by its type; most events of an
+        allocation's requests count nothing but a challenge)."""
+        update = self._updates.get(type(event))
+        if update is not None:
+            update(event)
+
+    def _update_table(self) -> dict[type, Callable[[Any], None]]:
+        return {
+            AllocationCreated: self._created,
+            AllocationDeleted: self._deleted,
+            ConnectionBound: self._connection_bound,
+            ConnectionClosed: self._connection_closed,
+            AuthenticationFailed: self._auth_failed,
+            RequestRefused: self._refused,
+        }
+
+    def _created(self, event: AllocationCreated) -> None:
+        self.allocations.inc()
+        kind = "tcp" if event.transport == PROTO_TCP else "udp"
+        child = self._created_by_kind.get(kind)
+        if child is None:
+            child = self._created_by_kind[kind] = self.allocations_created.labels(kind)
+        child.inc()
+
+    def _deleted(self, _event: AllocationDeleted) -> None:
+        self.allocations.dec()
+
+    def _connection_bound(self, event: ConnectionBound) -> None:
+        self._bound.add(event.conn_id)
+        self.connections.inc()
+        self.connections_bound.inc()
+
+    def _connection_closed(self, event: ConnectionClosed) -> None:
+        if event.conn_id in self._bound:
             self._bound.discard(event.conn_id)
             self.connections.dec()
-        elif isinstance(event, AuthenticationFailed):
-            self.auth_failures.labels(event.reason).inc()
-        elif isinstance(event, RequestRefused):
-            if event.code in CHALLENGE_CODES:
-                self.challenges.labels(str(event.code)).inc()
-            else:
-                self.errors.labels(str(event.code)).inc()
+
+    def _auth_failed(self, event: AuthenticationFailed) -> None:
+        self.auth_failures.labels(event.reason).inc()
+
+    def _refused(self, event: RequestRefused) -> None:
+        if event.code in CHALLENGE_CODES:
+            child = self._challenge_codes.get(event.code)
+            if child is None:
+                child = self._challenge_codes[event.code] = self.challenges.labels(str(event.code))
+            child.inc()
+        else:
+            self.errors.labels(str(event.code)).inc()
 
     def relayed(self, transport: str, direction: str, count: int) -> None:
         """Add ``count`` bytes to the (``udp``/``tcp``, ``UP``/``DOWN``) counter."""

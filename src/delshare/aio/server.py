@@ -220,6 +220,7 @@ class RelayServer:
         self._inherited = dict(listeners or {})
         self.bind_owner: Callable[[bytes], int | None] | None = None
         self.hand_over: Callable[[ClientConnection], None] | None = None
+        self._commands = self._command_table()
 
     # -- start and stop ---------------------------------------------------------------------------
 
@@ -455,14 +456,21 @@ class RelayServer:
         """Accept clients from a readiness callback on the listener (like a relay listener's:
         no future and no epoll registration per accepted connection)."""
         if not self._closed and listener.fileno() >= 0:
-            self._loop.add_reader(listener.fileno(), self._accept_clients, listener, tls)
+            bound: Address = listener.getsockname()[:2]
+            local = None if is_unspecified(bound[0]) else bound  # else: each connection's own
+            self._loop.add_reader(listener.fileno(), self._accept_clients, listener, tls, local)
 
-    def _accept_clients(self, listener: socket.socket, tls: ssl.SSLContext | None) -> None:
+    def _accept_clients(
+        self, listener: socket.socket, tls: ssl.SSLContext | None, local: Address | None
+    ) -> None:
         """Accept what the backlog holds (bounded per call); errors (EMFILE at the descriptor
-        limit) are logged throttled and rest the listener 0.1 s."""
+        limit) are logged throttled and rest the listener 0.1 s. A listener bound to one
+        address gives every connection that local address (no ``getsockname`` each), and
+        ``accept`` gives the client's (no ``getpeername``)."""
+        kind = TLS if tls else TCP
         for _ in range(CLIENT_ACCEPT_BATCH):
             try:
-                sock, _ = listener.accept()
+                sock, peer = listener.accept()
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:
@@ -477,10 +485,8 @@ class RelayServer:
             try:
                 sock.setblocking(False)
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                five = FiveTuple(
-                    TLS if tls else TCP, sock.getpeername()[:2], sock.getsockname()[:2]
-                )
-            except OSError:  # gone before we looked (ENOTCONN)
+                five = FiveTuple(kind, peer[:2], local or sock.getsockname()[:2])
+            except OSError:  # gone before we looked (ECONNRESET)
                 sock.close()
                 continue
             if tls is not None:
@@ -715,34 +721,52 @@ class RelayServer:
             self._check_idle()
 
     def _execute(self, out: Output) -> None:
-        if isinstance(out, SendToClient):
-            self._send_frame(out.five, out.data)
-        elif isinstance(out, SendToPeer):
-            endpoint, bucket = self._udp_relay_for(out.alloc_id, out.peer)
-            if endpoint is not None and self._within(bucket, len(out.data)):
-                endpoint.sendto(out.data, out.peer)
-                self.bytes_relayed += len(out.data)
-                self.metrics.relayed("udp", UP, len(out.data))
-        elif isinstance(out, OpenRelay):
-            self._open_relay(out)
-        elif isinstance(out, CloseRelay):
-            self._forget_routes()
-            self._close_relay(out.alloc_id)
-        elif isinstance(out, ReleaseReservation):
-            self.ports.release(out.address)
-        elif isinstance(out, ConnectToPeer):
-            self._start_connect(out)
-        elif isinstance(out, BindDataConnection):
-            self._bind_data_connection(out)
-        elif isinstance(out, ClosePeerConnection):
-            self._close_link(out.conn_id)
-        elif isinstance(out, CloseClientConnection):
-            client = self._clients.get(out.five)
-            if client is not None:
-                client.finish()
+        """One command (a dict lookup by its type, not a chain of ``isinstance``), or one
+        event for the metrics and the log."""
+        command = self._commands.get(type(out))
+        if command is not None:
+            command(out)
         else:
             self.metrics.observe(out)
             _log_event(out)
+
+    def _command_table(self) -> dict[type, Callable[[Any], None]]:
+        return {
+            SendToClient: self._do_send,
+            SendToPeer: self._do_send_to_peer,
+            OpenRelay: self._open_relay,
+            CloseRelay: self._do_close_relay,
+            ReleaseReservation: self._do_release,
+            ConnectToPeer: self._start_connect,
+            BindDataConnection: self._bind_data_connection,
+            ClosePeerConnection: self._do_close_link,
+            CloseClientConnection: self._do_finish_client,
+        }
+
+    def _do_send(self, out: SendToClient) -> None:
+        self._send_frame(out.five, out.data)
+
+    def _do_send_to_peer(self, out: SendToPeer) -> None:
+        endpoint, bucket = self._udp_relay_for(out.alloc_id, out.peer)
+        if endpoint is not None and self._within(bucket, len(out.data)):
+            endpoint.sendto(out.data, out.peer)
+            self.bytes_relayed += len(out.data)
+            self.metrics.relayed("udp", UP, len(out.data))
+
+    def _do_close_relay(self, out: CloseRelay) -> None:
+        self._forget_routes()
+        self._close_relay(out.alloc_id)
+
+    def _do_release(self, out: ReleaseReservation) -> None:
+        self.ports.release(out.address)
+
+    def _do_close_link(self, out: ClosePeerConnection) -> None:
+        self._close_link(out.conn_id)
+
+    def _do_finish_client(self, out: CloseClientConnection) -> None:
+        client = self._clients.get(out.five)
+        if client is not None:
+            client.finish()
 
     def _udp_relay_for(
         self, alloc_id: int, peer: Address
@@ -1027,7 +1051,14 @@ def _version(host: str) -> int:
 
 
 def _log_event(event: Output) -> None:
-    if isinstance(event, AllocationCreated):
+    """One line for an event, at its level; nothing is formatted for a level that is off."""
+    line = _EVENT_LINES.get(type(event))
+    if line is not None:
+        line(event)
+
+
+def _log_created(event: AllocationCreated) -> None:
+    if log.isEnabledFor(logging.INFO):
         kind = "TCP" if event.transport == PROTO_TCP else "UDP"
         log.info(
             "allocation %d created: %s relay %s for %s (%s %s), lifetime %ds",
@@ -1039,38 +1070,80 @@ def _log_event(event: Output) -> None:
             format_address(*event.five.client),
             event.lifetime,
         )
-    elif isinstance(event, AllocationRefreshed):
-        log.info("allocation %d refreshed: lifetime %ds", event.alloc_id, event.lifetime)
-    elif isinstance(event, AllocationDeleted):
-        log.info("allocation %d deleted: %s", event.alloc_id, event.reason)
-    elif isinstance(event, PeerConnected):
+
+
+def _log_refreshed(event: AllocationRefreshed) -> None:
+    log.info("allocation %d refreshed: lifetime %ds", event.alloc_id, event.lifetime)
+
+
+def _log_deleted(event: AllocationDeleted) -> None:
+    log.info("allocation %d deleted: %s", event.alloc_id, event.reason)
+
+
+def _log_peer(event: PeerConnected) -> None:
+    if log.isEnabledFor(logging.INFO):
         how = "peer dialled in" if event.incoming else "connected to peer"
         log.info("allocation %d: %s %s", event.alloc_id, how, format_address(*event.peer))
-    elif isinstance(event, ConnectionBound):
-        log.info("allocation %d: connection %08x bound", event.alloc_id, event.conn_id)
-    elif isinstance(event, ConnectionClosed):
-        log.info("allocation %d: connection %08x %s", event.alloc_id, event.conn_id, event.reason)
-    elif isinstance(event, ChannelBound):
+
+
+def _log_bound(event: ConnectionBound) -> None:
+    log.info("allocation %d: connection %08x bound", event.alloc_id, event.conn_id)
+
+
+def _log_conn_closed(event: ConnectionClosed) -> None:
+    log.info("allocation %d: connection %08x %s", event.alloc_id, event.conn_id, event.reason)
+
+
+def _log_channel(event: ChannelBound) -> None:
+    if log.isEnabledFor(logging.INFO):
         log.info(
             "allocation %d: channel 0x%04x -> %s",
             event.alloc_id,
             event.channel,
             format_address(*event.peer),
         )
-    elif isinstance(event, PermissionCreated):
-        log.debug("allocation %d: permission for %s", event.alloc_id, event.peer_ip)
-    elif isinstance(event, AuthenticationFailed):
+
+
+def _log_permission(event: PermissionCreated) -> None:
+    log.debug("allocation %d: permission for %s", event.alloc_id, event.peer_ip)
+
+
+def _log_login_failed(event: AuthenticationFailed) -> None:
+    if log.isEnabledFor(logging.INFO):
         log.info("login failed: user %s from %s %s (%s, %s)", _quoted_name(event.username),
                  event.five.transport, format_address(*event.five.client), event.reason,
                  event.method)  # fmt: skip
-    elif isinstance(event, RequestRefused):
-        challenges = (0, ErrorCode.UNAUTHENTICATED, ErrorCode.STALE_NONCE)  # 0: dropped
-        level = logging.DEBUG if event.code in challenges else logging.INFO
+
+
+_CHALLENGES = (0, ErrorCode.UNAUTHENTICATED, ErrorCode.STALE_NONCE)  # 0: dropped
+
+
+def _log_refused(event: RequestRefused) -> None:
+    level = logging.DEBUG if event.code in _CHALLENGES else logging.INFO
+    if log.isEnabledFor(level):
         log.log(level, "%s from %s refused: %d %s", event.method,
                 format_address(*event.five.client), event.code, event.reason)  # fmt: skip
-    elif isinstance(event, RequestAnswered):
+
+
+def _log_answered(event: RequestAnswered) -> None:
+    if log.isEnabledFor(logging.DEBUG):
         client = format_address(*event.five.client)
         log.debug("%s from %s %s answered", event.method, event.five.transport, client)
+
+
+_EVENT_LINES: dict[type, Callable[[Any], None]] = {
+    AllocationCreated: _log_created,
+    AllocationRefreshed: _log_refreshed,
+    AllocationDeleted: _log_deleted,
+    PeerConnected: _log_peer,
+    ConnectionBound: _log_bound,
+    ConnectionClosed: _log_conn_closed,
+    ChannelBound: _log_channel,
+    PermissionCreated: _log_permission,
+    AuthenticationFailed: _log_login_failed,
+    RequestRefused: _log_refused,
+    RequestAnswered: _log_answered,
+}
 
 
 def _quoted_name(text: str, limit: int = 128) -> str:
