@@ -9,6 +9,12 @@ the client's first timed allocation to its last, so other processes on the machi
 ``--log`` logs at INFO to a file as ``delshare relay --log-file`` does (two lines per
 allocation); without it, logging is at WARNING. ``--profile`` prints a cProfile of the relay
 (on the thread CPU clock) sorted by ``--sort``.
+
+``--workers N`` measures ``delshare relay --workers N`` instead, as a subprocess (the bench's
+own start-up: INFO lines to its log, generous quotas): the CPU of its whole process tree
+(parent and workers, from /proc, 10 ms ticks: use a few thousand allocations) per allocation.
+For an A/B of two trees, put the other ``src`` first on ``PYTHONPATH`` (the relay, the client
+and the in-process relay all honour it).
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from delshare.aio.server import RelayConfig, start_relay
@@ -29,12 +36,13 @@ from delshare.turn.auth import AuthConfig
 from delshare.turn.server_config import ServerConfig
 
 HOST = "127.0.0.1"
+READY_S = 20.0  # seconds for ``--workers N`` to report every worker ready
 CLIENT = r"""
 import asyncio, sys, time
 from delshare.aio.client import connect_turn
-uri, count = sys.argv[1], int(sys.argv[2])
+uri, count, user, password = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
 async def one():
-    client = await connect_turn(uri, "u", "p")
+    client = await connect_turn(uri, user, password)
     try:
         await client.allocate_tcp()
     finally:
@@ -60,27 +68,67 @@ async def measure(count: int, profile: cProfile.Profile | None) -> tuple[float, 
     relay = await start_relay(RelayConfig(server=server, listen=((HOST, 0),)))
     try:
         uri = f"turn:{HOST}:{relay.turn_port}?transport=tcp"
-        client = await asyncio.create_subprocess_exec(
-            sys.executable, "-c", CLIENT, uri, str(count),
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-        )  # fmt: skip
-        assert client.stdin is not None and client.stdout is not None
-        try:
-            await asyncio.wait_for(client.stdout.readline(), 60)  # "ready"
+
+        def start() -> None:
             if profile is not None:
                 profile.enable()
-            start = time.thread_time()
-            client.stdin.write(b"go\n")
-            rate = (await asyncio.wait_for(client.stdout.readline(), 600)).decode().strip()
-            spent = time.thread_time() - start
+
+        def stop() -> None:
             if profile is not None:
                 profile.disable()
-        finally:
-            if client.returncode is None:
-                client.kill()
-            await client.wait()
+
+        spent, rate = await _drive(uri, count, "u", "p", time.thread_time, start, stop)
     finally:
         await relay.close()
+    return spent / count * 1e3, rate
+
+
+async def _drive(
+    uri: str,
+    count: int,
+    user: str,
+    password: str,
+    cpu: Callable[[], float],
+    start: Callable[[], None] = lambda: None,
+    stop: Callable[[], None] = lambda: None,
+) -> tuple[float, str]:
+    """Run the client; (``cpu()`` seconds spent meanwhile, the client's allocations/s)."""
+    client = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", CLIENT, uri, str(count), user, password,
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+    )  # fmt: skip
+    assert client.stdin is not None and client.stdout is not None
+    try:
+        await asyncio.wait_for(client.stdout.readline(), 60)  # "ready"
+        start()
+        before = cpu()
+        client.stdin.write(b"go\n")
+        rate = (await asyncio.wait_for(client.stdout.readline(), 600)).decode().strip()
+        spent = cpu() - before
+        stop()
+    finally:
+        if client.returncode is None:
+            client.kill()
+        await client.wait()
+    return spent, rate
+
+
+async def measure_workers(count: int, workers: int) -> tuple[float, str]:
+    """(``delshare relay --workers N``'s CPU ms per allocation, all processes; the rate)."""
+    from bench.servers import PASSWORD, USER, start_delshare_relay
+
+    server = start_delshare_relay(f"alloc-cpu-w{workers}", extra=["--workers", str(workers)])
+    try:
+        deadline = time.monotonic() + READY_S
+        ready = f"all {workers} workers ready" if workers > 1 else "TURN listening on tcp"
+        while ready not in server.child.log.read_text(errors="replace"):
+            if time.monotonic() > deadline or not server.child.alive():
+                raise RuntimeError(f"workers not ready: {server.child.tail()}")
+            await asyncio.sleep(0.05)
+        uri = f"turn:{HOST}:{server.port}?transport=tcp"
+        spent, rate = await _drive(uri, count, USER, PASSWORD, server.child.cpu)
+    finally:
+        server.stop()
     return spent / count * 1e3, rate
 
 
@@ -90,7 +138,13 @@ def main() -> None:
     parser.add_argument("--log", action="store_true", help="log at INFO to a file")
     parser.add_argument("--profile", action="store_true", help="cProfile the relay")
     parser.add_argument("--sort", default="tottime", help="cProfile sort key")
+    parser.add_argument("--workers", type=int, default=0, help="delshare relay --workers N")
     args = parser.parse_args()
+    if args.workers:
+        cpu_ms, rate = asyncio.run(measure_workers(args.allocs, args.workers))
+        print(f"{args.allocs} allocations: relay CPU {cpu_ms:.3f} ms each; client {rate}/s"
+              f" (--workers {args.workers}, all processes)")  # fmt: skip
+        return
     with tempfile.TemporaryDirectory() as tmp:
         if args.log:
             from delshare.cli.logsetup import setup_logging
