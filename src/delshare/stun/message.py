@@ -12,9 +12,10 @@ import hashlib
 import hmac
 import os
 import struct
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar, overload
+from functools import partial
+from typing import Any, TypeVar, cast, overload
 
 from delshare.errors import MalformedRequestError, StunDecodeError
 from delshare.stun.attributes import (
@@ -34,7 +35,12 @@ from delshare.stun.constants import (
     Method,
 )
 
-_AFTER_INTEGRITY_ALLOWED = {Attr.MESSAGE_INTEGRITY_SHA256, Attr.FINGERPRINT}
+# plain ints for the decoder's per-attribute comparisons (an enum member's lookup costs more)
+_MI, _MI256, _FINGERPRINT = (
+    int(Attr.MESSAGE_INTEGRITY), int(Attr.MESSAGE_INTEGRITY_SHA256), int(Attr.FINGERPRINT)
+)  # fmt: skip
+_AFTER_INTEGRITY_ALLOWED = frozenset({_MI256, _FINGERPRINT})
+_APPENDED = frozenset({_MI, _MI256, _FINGERPRINT})  # ``encode`` computes these itself
 T = TypeVar("T")
 Key = AttrSpec[Any] | int
 """An attribute's typed key (its :class:`AttrSpec`), or the bare type code of an attribute the
@@ -149,7 +155,7 @@ class Message:
         """
         body = bytearray()
         for kind, value in self.attributes:
-            if kind in (Attr.MESSAGE_INTEGRITY, Attr.MESSAGE_INTEGRITY_SHA256, Attr.FINGERPRINT):
+            if kind in _APPENDED:
                 continue
             body += _encode_attribute(kind, value, self.transaction_id)
         msg_type = encode_type(self.method, self.cls)
@@ -192,6 +198,8 @@ class Message:
 
 _METHOD_NAMES = {int(method): method.name for method in Method}  # one lookup per request
 _TLV = struct.Struct("!HH")  # an attribute's type and length (RFC 8489 §14)
+# Attribute((kind, value)) made in C, without the named tuple's Python-level __new__
+_attribute = cast(Callable[[tuple[int, object]], Attribute], partial(tuple.__new__, Attribute))
 
 
 def _code(key: Key) -> int:
@@ -269,26 +277,30 @@ def _malformed(msg: Message, reason: str, kind: int | None) -> MalformedRequestE
 
 
 def _decode_attributes(msg: Message, data: bytes) -> None:
+    size = len(data)
+    unpack = _TLV.unpack_from
     pos, seen_mi, seen_mi256 = HEADER_LENGTH, False, False
-    while pos < len(data):
-        if pos + 4 > len(data):
+    while pos < size:
+        if pos + 4 > size:
             raise _malformed(msg, "truncated attribute header", None)
-        kind, alen = _TLV.unpack_from(data, pos)
+        kind, alen = unpack(data, pos)
         end = pos + 4 + alen
-        if end > len(data):
+        if end > size:
             raise _malformed(msg, f"attribute 0x{kind:04x} overruns the message", kind)
         value = data[pos + 4 : end]
-        if kind == Attr.FINGERPRINT:
+        if kind == _FINGERPRINT:
             _check_fingerprint(data, pos, value)
-            msg.attributes.append(Attribute(kind, int.from_bytes(value, "big")))
-            if end + (-alen % 4) != len(data):
+            msg.attributes.append(_attribute((kind, int.from_bytes(value, "big"))))
+            if end + (-alen % 4) != size:
                 raise StunDecodeError("FINGERPRINT is not the last attribute")
         elif seen_mi256 or (seen_mi and kind not in _AFTER_INTEGRITY_ALLOWED):
             pass  # RFC 8489 §14.5-6: ignored
         else:
             _decode_one(msg, kind, value, pos)
-            seen_mi = seen_mi or kind == Attr.MESSAGE_INTEGRITY
-            seen_mi256 = seen_mi256 or kind == Attr.MESSAGE_INTEGRITY_SHA256
+            if kind == _MI:
+                seen_mi = True
+            elif kind == _MI256:
+                seen_mi256 = True
         pos = end + (-alen % 4)
 
 
@@ -297,16 +309,16 @@ def _decode_one(msg: Message, kind: int, value: bytes, pos: int) -> None:
     if spec is None:
         if is_comprehension_required(kind):
             msg.unknown_required.append(kind)
-        msg.attributes.append(Attribute(kind, value))
+        msg.attributes.append(_attribute((kind, value)))
         return
     try:
         decoded = spec.decode(value, msg.transaction_id)
     except StunDecodeError as exc:
         raise _malformed(msg, f"malformed {spec.name}: {exc}", kind) from exc
-    msg.attributes.append(Attribute(kind, decoded))
-    if kind == Attr.MESSAGE_INTEGRITY:
+    msg.attributes.append(_attribute((kind, decoded)))
+    if kind == _MI:
         msg.integrity_offset = pos
-    elif kind == Attr.MESSAGE_INTEGRITY_SHA256:
+    elif kind == _MI256:
         msg.integrity_sha256_offset = pos
 
 
