@@ -20,6 +20,7 @@ from functools import partial
 from delshare.stun.attributes import Address
 
 _BIND_ATTEMPTS = 128
+_NONBLOCK = getattr(socket, "SOCK_NONBLOCK", 0)  # Linux: a socket born non-blocking
 UDP_RECV_SIZE = 65536
 UDP_BATCH = 64  # datagrams read per readiness callback
 Datagrams = list[tuple[bytes, Address]]
@@ -77,8 +78,16 @@ def allow_port_sharing(sock: socket.socket) -> None:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
 
 
-def new_socket(host: str, kind: socket.SocketKind) -> socket.socket:
-    sock = socket.socket(family_of(host), kind)
+def new_socket(host: str, kind: socket.SocketKind, *, blocking: bool = True) -> socket.socket:
+    """A socket of ``host``'s family (IPv6 only for an IPv6 host); ``blocking=False`` makes
+    it non-blocking from the start (``SOCK_NONBLOCK`` where the OS has it: no ``ioctl``)."""
+    if blocking:
+        sock = socket.socket(family_of(host), kind)
+    elif _NONBLOCK:
+        sock = socket.socket(family_of(host), kind | _NONBLOCK)
+    else:
+        sock = socket.socket(family_of(host), kind)
+        sock.setblocking(False)
     if ":" in host:
         with contextlib.suppress(OSError):
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
@@ -145,7 +154,7 @@ class PortPool:
         raise OSError("no free relay port in range")
 
     def _try_bind(self, host: str, port: int, kind: socket.SocketKind) -> socket.socket | None:
-        sock = new_socket(host, kind)
+        sock = new_socket(host, kind, blocking=False)
         if kind == socket.SOCK_STREAM:
             allow_port_sharing(sock)
         try:
@@ -153,7 +162,6 @@ class PortPool:
         except OSError:
             sock.close()
             return None
-        sock.setblocking(False)
         self.in_use.add((host, port))
         return sock
 
