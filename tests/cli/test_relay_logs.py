@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from delshare.aio.client import connect_turn
-from delshare.cli.logsetup import setup_logging
+from delshare.cli.logsetup import TEXT_FORMAT, TextFormatter, setup_logging
 from delshare.turn.client_errors import AuthenticationError
 
 CODE = "from delshare.cli.main import main; main()"
@@ -158,3 +158,14 @@ def test_log_records_skip_the_caller_thread_and_process_lookups(tmp_path: Path) 
     assert (record.funcName, record.lineno) == ("(unknown function)", 0)
     assert (record.threadName, record.processName) == (None, None)
     assert re.fullmatch(r"\S+ \S+ INFO allocation 7 created\n", path.read_text())
+
+
+def test_the_text_format_caches_only_the_second() -> None:
+    """``TextFormatter`` formats each second's date and time once; every line is still what
+    ``logging.Formatter(TEXT_FORMAT)`` prints, within a second, across one, and back in time."""
+    ours, stdlib = TextFormatter(), logging.Formatter(TEXT_FORMAT)
+    base = 1_764_950_400.0  # midnight UTC, 2025-12-05
+    for created in (base - 0.001, base, base + 0.25, base + 0.999, base + 1.0, base - 3600.5):
+        record = logging.makeLogRecord({"msg": "allocation %d deleted", "args": (7,)})
+        record.created, record.msecs = created, (created - int(created)) * 1000
+        assert ours.format(record) == stdlib.format(record)
