@@ -64,7 +64,8 @@ asyncio.run(main())
 
 async def measure(count: int, profile: cProfile.Profile | None) -> tuple[float, str]:
     """(relay CPU ms per allocation, the client's allocations per second)."""
-    server = ServerConfig(auth=AuthConfig("alloc.bench", {"u": "p"}))
+    # no request rate limit, as the bench runs `delshare relay` (--max-request-rate 0)
+    server = ServerConfig(auth=AuthConfig("alloc.bench", {"u": "p"}), request_rate=0)
     relay = await start_relay(RelayConfig(server=server, listen=((HOST, 0),)))
     try:
         uri = f"turn:{HOST}:{relay.turn_port}?transport=tcp"
