@@ -107,7 +107,7 @@ class Message:
 
     def get(self, key: Key) -> object:
         """The first value of the attribute, or None; typed by its key (RFC 8489 §14)."""
-        code = _code(key)
+        code = key.type if isinstance(key, AttrSpec) else int(key)  # _code, inlined: hot
         for kind, value in self.attributes:
             if kind == code:
                 return value
@@ -126,7 +126,7 @@ class Message:
 
     def has(self, key: Key) -> bool:
         """Whether the attribute is present."""
-        code = _code(key)
+        code = key.type if isinstance(key, AttrSpec) else int(key)  # _code, inlined: hot
         for kind, _value in self.attributes:  # noqa: SIM110 (any(genexpr) costs ~3x more here)
             if kind == code:
                 return True
