@@ -53,3 +53,10 @@ def test_transfer_ab_prints_both_trees() -> None:
     out = _run("bench.transfer_ab", src, src, "--rounds", "1", "--mib", "4")
     for tree in "AB":
         assert re.search(rf"^  {tree}: recv [\d.]+  send [\d.]+  total", out, re.M), out
+
+
+def test_udp_lookup_prints_the_read_costs_and_every_count() -> None:
+    out = _run("bench.udp_lookup", "--counts", "0,20")
+    assert re.search(r"recvfrom \+ lookup by sender \d+\.\d+ us, connected recv \d+\.\d+ us", out)
+    for count in (0, 20):
+        assert re.search(rf"^ +{count} connected sockets on the port: +\d+\.\d+ us", out, re.M), out
