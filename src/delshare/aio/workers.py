@@ -22,8 +22,9 @@ The parent serves ``--metrics-listen``: it scrapes each worker's registry (serve
 and shows the sums, plus per-worker gauges (``delshare_relay_worker_*{worker="i"}``). It forwards
 SIGTERM (drain), SIGINT (stop) and SIGHUP (each worker re-reads the config file) to every worker,
 restarts a worker that exits unasked (after a pause growing with repeated crashes, its quota row
-zeroed first), and exits once every worker has stopped. A worker that fails before it is ready
-(a port it cannot bind) stops the whole relay with its exit code.
+zeroed first; its request-rate counts stay and age out), and exits once every worker has
+stopped. A worker that fails before it is ready (a port it cannot bind) stops the whole relay
+with its exit code.
 
 The rendezvous keeps its mailboxes in the memory of one process, so worker 0 alone serves it
 (also with Redis, for simplicity).
