@@ -124,3 +124,15 @@ def test_two_cores_given_the_shared_check_answer_one_burst_in_all(table: SharedR
     assert not _binding(cores[0], 6000, T0 + 0.1)
     alone = [TurnServer(config), TurnServer(config)]
     assert sum(_binding(alone[n % 2], 5000 + n, T0) for n in range(3 * BURST)) == 2 * BURST
+
+
+def test_a_worker_whose_clock_lags_a_window_behind_admits_no_second_burst(
+    table: SharedRate,
+) -> None:
+    """Worker 1 read the clock just before a window's end, worker 0 just after it (each reads
+    it once per batch): worker 1 must still count what worker 0 admitted."""
+    rows = _rows(table)
+    end = 4.0 * int(T0 / 4.0) + 4.0  # a window boundary
+    assert sum(rows[0].allow(IP, end + 0.001) for _ in range(BURST)) == BURST
+    assert not rows[1].allow(IP, end - 0.001)
+    assert not rows[0].allow(IP, end - 0.002)  # its own clock stepped back a little

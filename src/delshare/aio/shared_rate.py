@@ -19,6 +19,10 @@ when ``P (1 - f) + C < burst``, where ``C`` counts the requests admitted in wind
   ``burst``, as with the token bucket;
 - workers check and count without a lock, so while N workers admit at once each may miss the
   others' request in flight: at most ``N - 1`` more than the bound above;
+- each worker reads the clock itself (once per batch of datagrams), so near a window's end one
+  may still be in window ``k`` while another is in ``k + 1``: the one behind counts both counts
+  of a cell already in ``k + 1`` as current (what it cannot place is recent), so a lagging clock
+  refuses early rather than admits a second burst;
 - client IPs are counted in ``BUCKETS`` buckets by a keyed hash (BLAKE2b, key drawn at start,
   so clients cannot aim at one): two IPs sharing a bucket share its budget, so a collision can
   refuse early, never admit past the rate. With ``a`` IPs busy within ``2 L``, a given IP shares
@@ -102,6 +106,7 @@ class SharedRateLimiter:
         position = now / self.window
         whole = int(position)
         window, before = whole & _WINDOW_MASK, (whole - 1) & _WINDOW_MASK
+        after = (whole + 1) & _WINDOW_MASK
         first = self._first(key)
         cells = self._table.cells
         current = previous = 0
@@ -112,12 +117,14 @@ class SharedRateLimiter:
                 previous += cell & MAX_COUNT
             elif seen == before:
                 previous += (cell >> _COUNT_BITS) & MAX_COUNT
+            elif seen == after:  # a worker already in the next window: all of it is recent
+                current += ((cell >> _COUNT_BITS) & MAX_COUNT) + (cell & MAX_COUNT)
         if previous * (1.0 - (position - whole)) + current >= self.burst:
             return False
         own = first + self._row
         mine = cells[own]
         seen = mine >> _WINDOW_SHIFT
-        if seen == window:
+        if seen in (window, after):  # after: this worker's clock went back a little
             cells[own] = mine + _CURRENT
         else:  # a new window: the count of the one just ended (if it was the last) moves down
             moved = (mine >> _COUNT_BITS) & MAX_COUNT if seen == before else 0
