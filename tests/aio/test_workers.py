@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import select
 import signal
 import socket
 import ssl
@@ -22,6 +23,8 @@ import pytest
 
 from delshare.aio.client import TurnClient, connect_turn
 from delshare.errors import TransactionError
+from delshare.stun.constants import MessageClass, Method
+from delshare.stun.message import Message, decode_message
 from tests.support.metrics import scrape
 from tests.support.ports import free_port
 from tests.support.relay_process import RelayProcess, start_relay_process
@@ -294,3 +297,58 @@ async def test_udp_allocations_on_both_workers(workers: Workers) -> None:
         peer.close()
     created = workers.per_worker("allocations_created")
     assert min(created) > 0 and sum(created) == ALLOCATIONS, created
+
+
+RATE, BURST = 5, 20  # --max-request-rate 5: bursts of 4x
+SOURCES, ROUNDS = 48, 6  # source ports; a worker gets under 7 of them with probability ~1e-7
+_SEEN = re.compile(r"worker (\d): BINDING from \S+ ?\S* (answered|refused: 0 rate limited)")
+
+
+def _processed(relay: RelayProcess) -> list[tuple[str, str]]:
+    """(worker, outcome) of every Binding request the workers logged (``-v``)."""
+    return _SEEN.findall(relay.text())
+
+
+def _answers(sockets: list[socket.socket], expected: int) -> int:
+    """Binding successes that reach ``sockets``: until ``expected`` came, or a while."""
+    answers, deadline = 0, time.monotonic() + STEP
+    while answers < expected and time.monotonic() < deadline:
+        ready, _, _ = select.select(sockets, [], [], 0.1)
+        for sock in ready:
+            answers += decode_message(sock.recv(2048)).cls == MessageClass.SUCCESS
+    return answers
+
+
+def test_the_request_rate_of_one_ip_holds_across_workers(tmp_path: Path) -> None:
+    """One IP, many source ports: the kernel spreads its flows over both workers, but the
+    rate is counted in shared memory, so both together admit what one would (a sliding
+    window: at most burst + rate T + 1 in T seconds, plus N - 1 = 1 for two workers checking
+    at once). A limit per worker admitted up to twice that (each worker its own burst)."""
+    running = start_workers(tmp_path, "--max-request-rate", str(RATE), "-v")
+    sockets = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(SOURCES)]
+    server = (HOST, int(running.uri.split(":")[2].split("?")[0]))
+    try:
+        for sock in sockets:
+            sock.bind((HOST, 0))
+            sock.setblocking(False)
+        started = time.monotonic()
+        for round_ in range(1, ROUNDS + 1):  # a round at a time: no datagram overflows a buffer
+            for sock in sockets:
+                sock.sendto(Message(Method.BINDING, MessageClass.REQUEST).encode(), server)
+            deadline = time.monotonic() + STEP
+            while len(_processed(running.relay)) < round_ * SOURCES:
+                assert time.monotonic() < deadline, running.relay.text()[-3000:]
+                time.sleep(0.02)
+        elapsed = time.monotonic() - started  # every admission happened within it
+        processed = _processed(running.relay)
+        per_worker = [sum(1 for w, _ in processed if w == str(i)) for i in (0, 1)]
+        # both workers saw more than a burst: limits of their own would admit 2 x BURST
+        assert min(per_worker) >= 2 * BURST, per_worker
+        admitted = sum(1 for _, outcome in processed if outcome == "answered")
+        assert _answers(sockets, admitted) == admitted
+        assert admitted <= BURST + RATE * elapsed + 1 + 1, (admitted, elapsed, per_worker)
+        assert admitted >= BURST  # the burst itself is admitted
+    finally:
+        for sock in sockets:
+            sock.close()
+        running.relay.stop()

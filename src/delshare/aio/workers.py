@@ -10,18 +10,21 @@ the same copies, and the restarted worker serves the same sockets (what queued m
 
 Across workers (``delshare.aio.worker_share``): CONNECTION-IDs name their worker (≡ index mod N,
 random otherwise) and a ConnectionBind that lands on another worker is handed to its owner with
-its descriptor; allocation quotas are counted in shared memory; the nonce key is common, so a
-nonce stays valid on whichever worker a client's next connection lands. The relay port range is
-split into N parts, one per worker, so two workers never bind the same relayed address. Limits
-kept per worker (each worker's share, so N times the value in all): the request rate per IP,
-pending RFC 6062 connections, TLS handshakes in progress, ``--bps-capacity``.
+its descriptor; allocation quotas are counted in shared memory, and so is the request rate per
+client IP (``delshare.aio.shared_rate``: a sliding window over every worker's admissions, at most
+N - 1 requests over the single-process bound); the nonce key is common, so a nonce stays valid
+on whichever worker a client's next connection lands. The relay port range is split into N
+parts, one per worker, so two workers never bind the same relayed address. Limits kept per
+worker (each worker's share, so N times the value in all): pending RFC 6062 connections, TLS
+handshakes in progress, ``--bps-capacity``.
 
 The parent serves ``--metrics-listen``: it scrapes each worker's registry (served on loopback)
 and shows the sums, plus per-worker gauges (``delshare_relay_worker_*{worker="i"}``). It forwards
 SIGTERM (drain), SIGINT (stop) and SIGHUP (each worker re-reads the config file) to every worker,
 restarts a worker that exits unasked (after a pause growing with repeated crashes, its quota row
-zeroed first), and exits once every worker has stopped. A worker that fails before it is ready
-(a port it cannot bind) stops the whole relay with its exit code.
+zeroed first; its request-rate counts stay and age out), and exits once every worker has
+stopped. A worker that fails before it is ready (a port it cannot bind) stops the whole relay
+with its exit code.
 
 The rendezvous keeps its mailboxes in the memory of one process, so worker 0 alone serves it
 (also with Redis, for simplicity).
@@ -32,6 +35,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import dataclasses
+import functools
 import logging
 import os
 import secrets
@@ -49,6 +53,7 @@ from prometheus_client.registry import Collector
 
 from delshare.aio.relay_sockets import PortPool, new_socket
 from delshare.aio.server import RelayConfig, RelayServer, RunningRelay, bind_stream
+from delshare.aio.shared_rate import SharedRate
 from delshare.aio.worker_share import Handover, SharedQuota
 from delshare.stun.attributes import Address
 from delshare.turn.server import TurnServer
@@ -148,6 +153,7 @@ class _Shared:
     listeners: list[Listeners]
     inboxes: list[tuple[socket.socket, socket.socket]]  # per worker: (receive end, send end)
     quota: SharedQuota
+    rate: SharedRate
     nonce_key: bytes
     reports: tuple[int, int]  # pipe: workers write "INDEX METRICS_PORT\n" once ready
 
@@ -172,7 +178,8 @@ class WorkerContext:
     async def start_relay(self, config: RelayConfig) -> RunningRelay:
         """Start this worker's relay on its copies of the listeners, with the shared parts."""
         shared, index = self.shared, self.index
-        core = TurnServer(config.server, nonce_key=shared.nonce_key)
+        rate_check = functools.partial(shared.rate.limiter, index)
+        core = TurnServer(config.server, nonce_key=shared.nonce_key, rate_check=rate_check)
         core.conn_id_slot = (index, shared.count)
         shared.quota.row = index
         core.quota_ledger = shared.quota
@@ -256,7 +263,13 @@ class Supervisor:
                 send_end.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)
                 receive_end.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
         self.shared = _Shared(
-            count, listeners, inboxes, SharedQuota(count), secrets.token_bytes(32), os.pipe()
+            count,
+            listeners,
+            inboxes,
+            SharedQuota(count),
+            SharedRate(count),
+            secrets.token_bytes(32),
+            os.pipe(),
         )
         os.set_blocking(self.shared.reports[0], False)
         self.config = config
@@ -428,6 +441,7 @@ class Supervisor:
             for sock in pair:
                 sock.close()
         self.shared.quota.close()
+        self.shared.rate.close()
         for fd in self.shared.reports:
             with contextlib.suppress(OSError):
                 os.close(fd)

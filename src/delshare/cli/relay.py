@@ -248,8 +248,9 @@ class OneLineErrors(click.Command):
               default=DEFAULTS.max_allocations_per_ip, show_default=True,
               help="Allocations per client IP (beyond: 486).")  # fmt: skip
 @click.option("--max-request-rate", type=click.FloatRange(0), default=DEFAULTS.max_request_rate,
-              show_default=True, help="STUN requests per second per client IP, bursts up to "
-              "4x; over it requests are dropped. 0 disables.")  # fmt: skip
+              show_default=True, help="STUN requests per second per client IP (over all "
+              "--workers), bursts up to 4x; over it requests are dropped. 0 disables."
+              )  # fmt: skip
 @click.option("--max-connections-per-allocation", type=click.IntRange(1),
               default=DEFAULTS.max_connections_per_allocation, show_default=True,
               help="RFC 6062 connections per TCP allocation.")  # fmt: skip

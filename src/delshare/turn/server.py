@@ -126,6 +126,19 @@ class QuotaLedger(Protocol):
     def release(self, username: str, ip: str) -> None: ...
 
 
+class RequestRateCheck(Protocol):
+    """The per-client-IP request rate (docs/protocol.md §5.4): ``allow`` admits and counts one
+    request from ``key`` at ``now``, or says no (the request is then dropped unanswered)."""
+
+    def allow(self, key: str, now: float) -> bool: ...
+
+
+RateCheckFactory = Callable[[float, int], RequestRateCheck]
+"""Makes the check for ``(request_rate, request_burst)``, at start and on each reconfigure:
+``RateLimiter`` (this process's token buckets) by default, a view of a table shared by every
+worker with ``delshare relay --workers N`` (``delshare.aio.shared_rate``)."""
+
+
 def nonce_binding(five: FiveTuple) -> str:
     """What a nonce is bound to: transport, client and server address (issue 10 item 5)."""
     return f"{five.transport} {five.client[0]} {five.client[1]} {five.server[0]} {five.server[1]}"
@@ -134,7 +147,12 @@ def nonce_binding(five: FiveTuple) -> str:
 class TurnServer:
     """The TURN server state machine; one per relay process, shared by every listener."""
 
-    def __init__(self, config: ServerConfig, nonce_key: bytes | None = None) -> None:
+    def __init__(
+        self,
+        config: ServerConfig,
+        nonce_key: bytes | None = None,
+        rate_check: RateCheckFactory = RateLimiter,
+    ) -> None:
         self.config = config
         self._nonce_key = nonce_key or secrets.token_bytes(32)
         self.auth = Authenticator(config.auth, self._nonce_key)
@@ -157,7 +175,8 @@ class TurnServer:
             config.retransmit_cache_entries,
             config.retransmit_cache_per_client,
         )
-        self._rate = RateLimiter(config.request_rate, config.request_burst)
+        self._rate_check = rate_check
+        self._rate = rate_check(config.request_rate, config.request_burst)
         self._outputs: list[Output] = []
         self._timers: list[tuple[float, int, Timer]] = []
         self._ids = itertools.count(1)
@@ -182,7 +201,7 @@ class TurnServer:
         self.config = config
         self.auth = Authenticator(config.auth, self._nonce_key)
         self.peer_filter = PeerFilter(config.allow_peers, config.deny_peers)
-        self._rate = RateLimiter(config.request_rate, config.request_burst)
+        self._rate = self._rate_check(config.request_rate, config.request_burst)
 
     def start_draining(self) -> None:
         """Stop taking allocations: redirect them to an alternate (300) or refuse them (508)."""
