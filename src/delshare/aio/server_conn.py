@@ -159,27 +159,19 @@ class ClientConnection:
 
     # -- reading: TLS, by a task -------------------------------------------------------------------
 
-    async def _recv(self) -> bytes:
-        if isinstance(self.endpoint, socket.socket):
-            return await self._loop.sock_recv(self.endpoint, READ_SIZE)
-        return await self.endpoint[0].read(READ_SIZE)
-
-    async def read_frames(
-        self, idle_timeout: Callable[[], float | None] = lambda: None, initial: bytes = b""
-    ) -> None:
-        """Feed frames to the core until EOF, a framing error, or a ConnectionBind success.
+    async def read_frames(self, idle_timeout: Callable[[], float | None]) -> None:
+        """Feed frames to the core until EOF, a framing error, or a ConnectionBind success
+        (TLS only: a plain TCP connection is read by ``start``).
 
         ``idle_timeout()`` bounds each wait for bytes (None: unbounded); running out ends it.
-        ``initial``: bytes another relay worker read before handing the connection over.
         """
-        buffer = bytearray(initial)
-        if initial and self._cut_frames(buffer):
-            self.leftover = bytes(buffer)
-            return
+        assert not isinstance(self.endpoint, socket.socket)
+        reader = self.endpoint[0]
+        buffer = bytearray()
         while True:
             try:
                 async with asyncio.timeout(idle_timeout()):  # a timer, not a task per read
-                    data = await self._recv()
+                    data = await reader.read(READ_SIZE)
             except TimeoutError:
                 return
             if not data:
