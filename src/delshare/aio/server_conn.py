@@ -78,15 +78,8 @@ class ClientConnection:
         assert isinstance(self.endpoint, socket.socket)
         self._idle_timeout = idle_timeout
         self._on_end = on_end
-        self._buffer += initial
-        if initial:
-            try:
-                if self._cut_frames(self._buffer):
-                    self._end(None)
-                    return
-            except Exception as exc:  # handed to ``on_end``, which logs bugs
-                self._end(exc)
-                return
+        if initial and not self._take(initial):
+            return
         self._reading = True
         self._loop.add_reader(self.endpoint.fileno(), self._readable)
         self._wait_until()
@@ -105,18 +98,23 @@ class ClientConnection:
             return
         if not data:
             self._end(None)
-            return
+        elif self._take(data) and self._reading:
+            self._wait_until()
+
+    def _take(self, data: bytes) -> bool:
+        """Hand the whole frames of the buffer plus ``data`` to the core; False if that ended
+        the reading (a framing error, a ConnectionBind or handover, too much unframed input)."""
         buffer = self._buffer
         buffer += data
         try:
             bound = self._cut_frames(buffer)
         except Exception as exc:  # handed to ``on_end``, which logs bugs
             self._end(exc)
-            return
+            return False
         if bound or len(buffer) > MAX_PENDING_INPUT:
             self._end(None)
-        elif self._reading:
-            self._wait_until()
+            return False
+        return True
 
     def _wait_until(self) -> None:
         """Move the idle deadline (one timer per connection, re-armed only when it fires)."""
