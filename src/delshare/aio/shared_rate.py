@@ -42,9 +42,10 @@ attacker who crashes a worker gets no fresh burst).
 
 from __future__ import annotations
 
-import hashlib
 import mmap
 import secrets
+
+from delshare.aio.worker_share import keyed_bucket
 
 BUCKETS = 1 << 16
 MAX_COUNT = (1 << 20) - 1
@@ -66,10 +67,7 @@ class SharedRate:
 
     def bucket(self, ip: str) -> int:
         """The first word of ``ip``'s bucket (its N words follow)."""
-        digest = hashlib.blake2b(
-            ip.encode("utf-8", "surrogatepass"), digest_size=8, key=self._key
-        ).digest()
-        return int.from_bytes(digest, "big") % BUCKETS * self.workers
+        return keyed_bucket(self._key, ip.encode("utf-8", "surrogatepass"), BUCKETS) * self.workers
 
     def limiter(self, row: int, rate: float, burst: int) -> SharedRateLimiter:
         """Worker ``row``'s check of ``rate`` requests per second per IP, bursts of ``burst``."""

@@ -56,6 +56,13 @@ MAX_HANDOVER = 200_000  # bytes of one handover message (a frame plus what was r
 _COLUMNS = 1 + 2 * BUCKETS  # total, users, IPs (uint32 each)
 
 
+def keyed_bucket(key: bytes, data: bytes, buckets: int) -> int:
+    """``data``'s bucket among ``buckets``, by BLAKE2b keyed with ``key`` (a secret drawn at
+    start, so clients cannot aim at a bucket)."""
+    digest = hashlib.blake2b(data, digest_size=8, key=key).digest()
+    return int.from_bytes(digest, "big") % buckets
+
+
 class SharedQuota:
     """A ``turn.server.QuotaLedger`` over every worker: counts in shared memory, one row each."""
 
@@ -70,10 +77,7 @@ class SharedQuota:
         self._cells = memoryview(self._map).cast("I")
 
     def _bucket(self, kind: bytes, name: str) -> int:
-        digest = hashlib.blake2b(
-            kind + name.encode("utf-8", "surrogatepass"), digest_size=8, key=self._key
-        ).digest()
-        return int.from_bytes(digest, "big") % BUCKETS
+        return keyed_bucket(self._key, kind + name.encode("utf-8", "surrogatepass"), BUCKETS)
 
     def _columns(self, username: str, ip: str) -> tuple[int, int]:
         return 1 + self._bucket(b"u", username), 1 + BUCKETS + self._bucket(b"i", ip)
