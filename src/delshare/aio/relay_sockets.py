@@ -81,12 +81,8 @@ def allow_port_sharing(sock: socket.socket) -> None:
 def new_socket(host: str, kind: socket.SocketKind, *, blocking: bool = True) -> socket.socket:
     """A socket of ``host``'s family (IPv6 only for an IPv6 host); ``blocking=False`` makes
     it non-blocking from the start (``SOCK_NONBLOCK`` where the OS has it: no ``ioctl``)."""
-    if blocking:
-        sock = socket.socket(family_of(host), kind)
-    elif _NONBLOCK:
-        sock = socket.socket(family_of(host), kind | _NONBLOCK)
-    else:
-        sock = socket.socket(family_of(host), kind)
+    sock = socket.socket(family_of(host), kind if blocking else kind | _NONBLOCK)
+    if not blocking and not _NONBLOCK:
         sock.setblocking(False)
     if ":" in host:
         with contextlib.suppress(OSError):
