@@ -21,7 +21,7 @@ from __future__ import annotations
 import socket
 import threading
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any
+from typing import Any, TypeVar
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, make_wsgi_app
@@ -119,10 +119,7 @@ class RelayMetrics:
     def _created(self, event: AllocationCreated) -> None:
         self.allocations.inc()
         kind = "tcp" if event.transport == PROTO_TCP else "udp"
-        child = self._created_by_kind.get(kind)
-        if child is None:
-            child = self._created_by_kind[kind] = self.allocations_created.labels(kind)
-        child.inc()
+        _child(self._created_by_kind, self.allocations_created, kind).inc()
 
     def _deleted(self, _event: AllocationDeleted) -> None:
         self.allocations.dec()
@@ -142,10 +139,7 @@ class RelayMetrics:
 
     def _refused(self, event: RequestRefused) -> None:
         if event.code in CHALLENGE_CODES:
-            child = self._challenge_codes.get(event.code)
-            if child is None:
-                child = self._challenge_codes[event.code] = self.challenges.labels(str(event.code))
-            child.inc()
+            _child(self._challenge_codes, self.challenges, event.code).inc()
         else:
             self.errors.labels(str(event.code)).inc()
 
@@ -335,3 +329,15 @@ def serve_workers_http(
     registry = CollectorRegistry()
     registry.register(WorkerScrape(targets))
     return serve_http(registry, host, port, draining)
+
+
+_Label = TypeVar("_Label", str, int)
+
+
+def _child(cache: dict[_Label, Counter], counter: Counter, label: _Label) -> Counter:
+    """``counter.labels(str(label))``, looked up once per label (``labels()`` takes a lock and
+    builds a key each time)."""
+    child = cache.get(label)
+    if child is None:
+        child = cache[label] = counter.labels(str(label))
+    return child
