@@ -9,6 +9,7 @@ import socket
 import statistics
 import subprocess
 import time
+import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -81,6 +82,18 @@ def host_busy_cores(before: tuple[int, int], after: tuple[int, int]) -> float:
     """How many cores were busy on average between two ``host_cpu()`` readings."""
     busy, total = after[0] - before[0], after[1] - before[1]
     return (os.cpu_count() or 1) * busy / max(total, 1)
+
+
+def scrape_metrics(port: int, timeout: float = 10.0, host: str = "127.0.0.1") -> dict[str, float]:
+    """The Prometheus ``/metrics`` samples at ``host:port`` as {name with its labels: value}."""
+    with urllib.request.urlopen(f"http://{host}:{port}/metrics", timeout=timeout) as answer:
+        text = answer.read().decode()
+    found: dict[str, float] = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            found[name] = float(value)
+    return found
 
 
 def cpu_seconds(pid: int) -> float:

@@ -17,13 +17,12 @@ import os
 import re
 import threading
 import time
-import urllib.request
 from collections.abc import Callable, Coroutine
 from contextlib import ExitStack
 from functools import partial
 from typing import Any
 
-from bench.common import NotAvailable, Row, cpu_seconds, free_port
+from bench.common import NotAvailable, Row, cpu_seconds, free_port, scrape_metrics
 from bench.config import Config
 from bench.pumps import pump_many
 from bench.relay_cases import (
@@ -39,17 +38,6 @@ from bench.servers import PASSWORD, USER, Server, start_delshare_relay
 CASE = "7 relay workers"
 RFC6062_ALLOCATIONS = 8  # 16 binds: none crossing with probability 2**-16
 READY_S = 20.0
-
-
-def _metrics(port: int) -> dict[str, float]:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as answer:
-        text = answer.read().decode()
-    found: dict[str, float] = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            name, _, value = line.rpartition(" ")
-            found[name] = float(value)
-    return found
 
 
 def _workers_ready(server: Server, count: int) -> list[int]:
@@ -77,7 +65,7 @@ def _many_once(server: Server, row: Row, *, cfg: Config, count: int, metrics_por
     """Case 2's load through ``server``; per-worker CPU of the pump phase."""
     pids = _workers_ready(server, count)
     with _stream_pairs(server, cfg.many_streams) as pairs:
-        seen = _metrics(metrics_port)
+        seen = scrape_metrics(metrics_port)
         before = [cpu_seconds(pid) for pid in [server.child.pid, *pids]]
         res = pump_many(pairs, cfg.many_bytes_each, cfg.many_max_s)
         after = [cpu_seconds(pid) for pid in [server.child.pid, *pids]]
@@ -141,7 +129,7 @@ def _rfc6062_once(server: Server, row: Row, metrics_port: int) -> None:
     thread.join(60)
     if outcome:
         raise outcome[0]
-    seen = _metrics(metrics_port)
+    seen = scrape_metrics(metrics_port)
     row.values.append(seen["delshare_relay_tcp_connections_bound_total"])
     row.extra.setdefault("handed_over", []).append(seen["delshare_relay_binds_handed_over_total"])
     for index in (0, 1):
