@@ -30,8 +30,7 @@ def main() -> None:
     rows = {mode: Row("4", mode, "", "kpps") for mode in MODES}
     for _ in range(args.reps):
         for mode, row in rows.items():
-            references.PYTHON_FORWARDER_MODE = mode
-            server = references.start_python_forwarder()
+            server = references.start_python_forwarder(mode)
             try:
                 _udp_reference_once(server, row, cfg=cfg)
             finally:

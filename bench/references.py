@@ -91,13 +91,14 @@ def _udp_peer() -> socket.socket:
     return peer
 
 
-def start_python_forwarder() -> Reference:
-    """``bench.udp_forwarder`` in its faster mode, forwarding to a fresh UDP peer socket."""
+def start_python_forwarder(mode: str = PYTHON_FORWARDER_MODE) -> Reference:
+    """``bench.udp_forwarder`` in ``mode`` (by default the faster one), forwarding to a fresh
+    UDP peer socket."""
     peer = _udp_peer()
-    argv = [sys.executable, "-m", "bench.udp_forwarder", PYTHON_FORWARDER_MODE]
+    argv = [sys.executable, "-m", "bench.udp_forwarder", mode]
     argv += [str(peer.getsockname()[1]), str(UDP_RCVBUF), str(MAX_S)]
     python = f"Python {sys.version_info[0]}.{sys.version_info[1]}"
-    if PYTHON_FORWARDER_MODE == "add_reader":
+    if mode == "add_reader":
         how = f"{_loop_name()} add_reader, up to 64 recv_into+sendto per wake-up"
     else:
         how = "blocking recv_into+sendto loop"
