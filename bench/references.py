@@ -35,17 +35,11 @@ PYTHON_FORWARDER_MODE = "add_reader"
 class Reference(Server):
     """A reference relay: its process, its port, and the peer-side socket it relays to."""
 
-    peer: socket.socket | None = field(default=None)
+    peer: socket.socket = field(kw_only=True)
 
     def stop(self) -> None:
         self.child.stop()
-        if self.peer is not None:
-            self.peer.close()
-
-    def peer_socket(self) -> socket.socket:
-        if self.peer is None:
-            raise NotAvailable(f"{self.name} has no peer socket")
-        return self.peer
+        self.peer.close()
 
 
 def _listening_port(child: Child, timeout: float = 10.0) -> int:
@@ -129,7 +123,7 @@ def direct_pairs(server: Server, count: int) -> Iterator[list[tuple[socket.socke
     pairs, for ``pump_many``/``pump_stream``; all closed on exit."""
     if not isinstance(server, Reference):
         raise NotAvailable(f"{server.name} is not a reference relay")
-    lst = server.peer_socket()
+    lst = server.peer
     pairs: list[tuple[socket.socket, socket.socket]] = []
     try:
         for _ in range(count):
@@ -156,7 +150,7 @@ def udp_sender(server: Server) -> tuple[socket.socket, socket.socket]:
     """
     if not isinstance(server, Reference):
         raise NotAvailable(f"{server.name} is not a reference relay")
-    peer = server.peer_socket()
+    peer = server.peer
     _drain(peer)
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock.connect(server.addr)
