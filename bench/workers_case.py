@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import ssl
 import threading
 import time
 from collections.abc import Callable, Coroutine
@@ -84,31 +85,39 @@ def _many_once(server: Server, row: Row, *, cfg: Config, count: int, metrics_por
     row.extra.setdefault("pump_cpu_s", []).append(res.pump_cpu_s)
 
 
-async def _incoming_and_outgoing(uri: str) -> None:
-    """One TCP allocation: a peer dials in and a Connect goes out, bytes checked both ways."""
+async def incoming_and_outgoing(
+    uri: str, user: str = USER, password: str = PASSWORD, tls: ssl.SSLContext | None = None
+) -> None:
+    """One TCP allocation: a peer dials in and a Connect goes out, bytes checked both ways
+    (RuntimeError if not). Also tests/aio/test_workers.py's check of RFC 6062 over workers."""
     from delshare.aio.client import connect_turn
 
-    async with await connect_turn(uri, USER, PASSWORD) as client:
+    async with await connect_turn(uri, user, password, ssl=tls) as client:
         allocation = await client.allocate_tcp()
         await allocation.permit("127.0.0.1")
-        _reader, peer_writer = await asyncio.open_connection(*allocation.relayed_address)
+        peer_reader, peer_writer = await asyncio.open_connection(*allocation.relayed_address)
         stream = await asyncio.wait_for(allocation.accept(), 10)
-        payload = os.urandom(65536)
+        payload = os.urandom(100_000)
         peer_writer.write(payload)
+        if tls is None:  # TLS has no half-close: the relay would close the whole connection
+            peer_writer.write_eof()
         if await asyncio.wait_for(stream.reader.readexactly(len(payload)), 10) != payload:
             raise RuntimeError("incoming connection corrupted the data")
+        stream.writer.write(b"back")
+        if await asyncio.wait_for(peer_reader.readexactly(4), 10) != b"back":
+            raise RuntimeError("incoming connection corrupted the data back")
         stream.writer.close()
         peer_writer.close()
 
         async def on_peer(_r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
-            w.write(b"hello")
+            w.write(b"hello from the peer")
             await w.drain()
             w.close()
 
         server = await asyncio.start_server(on_peer, "127.0.0.1", 0)
         try:
             reader, writer = await allocation.connect(server.sockets[0].getsockname()[:2])
-            if await asyncio.wait_for(reader.read(), 10) != b"hello":
+            if await asyncio.wait_for(reader.read(), 10) != b"hello from the peer":
                 raise RuntimeError("outgoing connection corrupted the data")
             writer.close()
         finally:
@@ -121,7 +130,7 @@ def _rfc6062_once(server: Server, row: Row, metrics_port: int) -> None:
 
     async def all_of_them() -> None:
         for _ in range(RFC6062_ALLOCATIONS):
-            await _incoming_and_outgoing(uri)
+            await incoming_and_outgoing(uri)
 
     outcome: list[BaseException] = []
     thread = threading.Thread(target=lambda: _capture(outcome, all_of_them))
