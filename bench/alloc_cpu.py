@@ -68,16 +68,12 @@ async def measure(count: int, profile: cProfile.Profile | None) -> tuple[float, 
     relay = await start_relay(RelayConfig(server=server, listen=((HOST, 0),)))
     try:
         uri = f"turn:{HOST}:{relay.turn_port}?transport=tcp"
-
-        def start() -> None:
-            if profile is not None:
-                profile.enable()
-
-        def stop() -> None:
-            if profile is not None:
-                profile.disable()
-
-        spent, rate = await _drive(uri, count, "u", "p", time.thread_time, start, stop)
+        if profile is None:
+            spent, rate = await _drive(uri, count, "u", "p", time.thread_time)
+        else:
+            spent, rate = await _drive(
+                uri, count, "u", "p", time.thread_time, profile.enable, profile.disable
+            )
     finally:
         await relay.close()
     return spent / count * 1e3, rate
