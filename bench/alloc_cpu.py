@@ -36,7 +36,6 @@ from delshare.turn.auth import AuthConfig
 from delshare.turn.server_config import ServerConfig
 
 HOST = "127.0.0.1"
-READY_S = 20.0  # seconds for ``--workers N`` to report every worker ready
 CLIENT = r"""
 import asyncio, sys, time
 from delshare.aio.client import connect_turn
@@ -69,16 +68,12 @@ async def measure(count: int, profile: cProfile.Profile | None) -> tuple[float, 
     relay = await start_relay(RelayConfig(server=server, listen=((HOST, 0),)))
     try:
         uri = f"turn:{HOST}:{relay.turn_port}?transport=tcp"
-
-        def start() -> None:
-            if profile is not None:
-                profile.enable()
-
-        def stop() -> None:
-            if profile is not None:
-                profile.disable()
-
-        spent, rate = await _drive(uri, count, "u", "p", time.thread_time, start, stop)
+        if profile is None:
+            spent, rate = await _drive(uri, count, "u", "p", time.thread_time)
+        else:
+            spent, rate = await _drive(
+                uri, count, "u", "p", time.thread_time, profile.enable, profile.disable
+            )
     finally:
         await relay.close()
     return spent / count * 1e3, rate
@@ -117,15 +112,11 @@ async def _drive(
 async def measure_workers(count: int, workers: int) -> tuple[float, str]:
     """(``delshare relay --workers N``'s CPU ms per allocation, all processes; the rate)."""
     from bench.servers import PASSWORD, USER, start_delshare_relay
+    from bench.workers_case import _workers_ready
 
     server = start_delshare_relay(f"alloc-cpu-w{workers}", extra=["--workers", str(workers)])
     try:
-        deadline = time.monotonic() + READY_S
-        ready = f"all {workers} workers ready" if workers > 1 else "TURN listening on tcp"
-        while ready not in server.child.log.read_text(errors="replace"):
-            if time.monotonic() > deadline or not server.child.alive():
-                raise RuntimeError(f"workers not ready: {server.child.tail()}")
-            await asyncio.sleep(0.05)
+        _workers_ready(server, workers)
         uri = f"turn:{HOST}:{server.port}?transport=tcp"
         spent, rate = await _drive(uri, count, USER, PASSWORD, server.child.cpu)
     finally:

@@ -283,11 +283,16 @@ int main(int argc, char **argv) {
 SOURCES = {"splice_relay": SPLICE_RELAY, "udp_forwarder": UDP_FORWARDER}
 
 
+def compiler() -> str | None:
+    """The C compiler on PATH (``cc``, else ``gcc``), or None."""
+    return shutil.which("cc") or shutil.which("gcc")
+
+
 @cache
 def build(name: str) -> Path:
     """Compile one of ``SOURCES`` with ``cc -O2`` into bench/out/build/ (once per run)."""
-    compiler = shutil.which("cc") or shutil.which("gcc")
-    if compiler is None:
+    cc = compiler()
+    if cc is None:
         raise NotAvailable("no C compiler (cc) on PATH")
     if not sys.platform.startswith("linux"):
         raise NotAvailable("splice(2) and recvmmsg(2) are Linux only")
@@ -297,7 +302,7 @@ def build(name: str) -> Path:
     source.write_text(SOURCES[name])
     try:
         out = subprocess.run(
-            [compiler, "-O2", "-Wall", "-o", str(binary), str(source)],
+            [cc, "-O2", "-Wall", "-o", str(binary), str(source)],
             capture_output=True,
             text=True,
             timeout=120,

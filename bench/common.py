@@ -9,6 +9,7 @@ import socket
 import statistics
 import subprocess
 import time
+import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -83,10 +84,23 @@ def host_busy_cores(before: tuple[int, int], after: tuple[int, int]) -> float:
     return (os.cpu_count() or 1) * busy / max(total, 1)
 
 
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of a process (and its reaped children), from /proc/PID/stat."""
+def scrape_metrics(port: int, timeout: float = 10.0, host: str = "127.0.0.1") -> dict[str, float]:
+    """The Prometheus ``/metrics`` samples at ``host:port`` as {name with its labels: value}."""
+    with urllib.request.urlopen(f"http://{host}:{port}/metrics", timeout=timeout) as answer:
+        text = answer.read().decode()
+    found: dict[str, float] = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            found[name] = float(value)
+    return found
+
+
+def cpu_seconds(pid: int, user_only: bool = False) -> float:
+    """utime + stime of a process (and its reaped children), from /proc/PID/stat; with
+    ``user_only``, its utime alone (user space, not the kernel)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return sum(int(x) for x in fields[11:15]) / CLK_TCK
+    return sum(int(x) for x in fields[11 : 12 if user_only else 15]) / CLK_TCK
 
 
 def rss_kib(pid: int) -> int:
@@ -112,12 +126,12 @@ def tree_pids(pid: int) -> list[int]:
     return out
 
 
-def tree_cpu(pid: int) -> float:
-    """CPU seconds of a process tree (children still alive included)."""
+def tree_cpu(pid: int, user_only: bool = False) -> float:
+    """CPU seconds of a process tree (children still alive included); ``cpu_seconds``."""
     total = 0.0
     for p in tree_pids(pid):
         with contextlib.suppress(OSError):
-            total += cpu_seconds(p)
+            total += cpu_seconds(p, user_only)
     return total
 
 

@@ -30,15 +30,13 @@ def main() -> None:
     rows = {mode: Row("4", mode, "", "kpps") for mode in MODES}
     for _ in range(args.reps):
         for mode, row in rows.items():
-            references.PYTHON_FORWARDER_MODE = mode
-            server = references.start_python_forwarder()
+            server = references.start_python_forwarder(mode)
             try:
                 _udp_reference_once(server, row, cfg=cfg)
             finally:
                 server.stop()
     for mode, row in rows.items():
-        pairs = zip(row.extra["server_cpu_s"], row.values, strict=True)
-        per = statistics.median(c / (v * cfg.udp_seconds) * 1e3 for c, v in pairs)
+        per = statistics.median(row.extra["server_us_per_pkt"])
         rate = statistics.median(row.values)
         print(f"{mode:10} {rate:6.0f} kpps  {per:.2f} us forwarder CPU per datagram")
     print("load average", " ".join(f"{x:.2f}" for x in os.getloadavg()))

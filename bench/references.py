@@ -35,17 +35,11 @@ PYTHON_FORWARDER_MODE = "add_reader"
 class Reference(Server):
     """A reference relay: its process, its port, and the peer-side socket it relays to."""
 
-    peer: socket.socket | None = field(default=None)
+    peer: socket.socket = field(kw_only=True)
 
     def stop(self) -> None:
         self.child.stop()
-        if self.peer is not None:
-            self.peer.close()
-
-    def peer_socket(self) -> socket.socket:
-        if self.peer is None:
-            raise NotAvailable(f"{self.name} has no peer socket")
-        return self.peer
+        self.peer.close()
 
 
 def _listening_port(child: Child, timeout: float = 10.0) -> int:
@@ -91,13 +85,14 @@ def _udp_peer() -> socket.socket:
     return peer
 
 
-def start_python_forwarder() -> Reference:
-    """``bench.udp_forwarder`` in its faster mode, forwarding to a fresh UDP peer socket."""
+def start_python_forwarder(mode: str = PYTHON_FORWARDER_MODE) -> Reference:
+    """``bench.udp_forwarder`` in ``mode`` (by default the faster one), forwarding to a fresh
+    UDP peer socket."""
     peer = _udp_peer()
-    argv = [sys.executable, "-m", "bench.udp_forwarder", PYTHON_FORWARDER_MODE]
+    argv = [sys.executable, "-m", "bench.udp_forwarder", mode]
     argv += [str(peer.getsockname()[1]), str(UDP_RCVBUF), str(MAX_S)]
     python = f"Python {sys.version_info[0]}.{sys.version_info[1]}"
-    if PYTHON_FORWARDER_MODE == "add_reader":
+    if mode == "add_reader":
         how = f"{_loop_name()} add_reader, up to 64 recv_into+sendto per wake-up"
     else:
         how = "blocking recv_into+sendto loop"
@@ -128,7 +123,7 @@ def direct_pairs(server: Server, count: int) -> Iterator[list[tuple[socket.socke
     pairs, for ``pump_many``/``pump_stream``; all closed on exit."""
     if not isinstance(server, Reference):
         raise NotAvailable(f"{server.name} is not a reference relay")
-    lst = server.peer_socket()
+    lst = server.peer
     pairs: list[tuple[socket.socket, socket.socket]] = []
     try:
         for _ in range(count):
@@ -155,7 +150,7 @@ def udp_sender(server: Server) -> tuple[socket.socket, socket.socket]:
     """
     if not isinstance(server, Reference):
         raise NotAvailable(f"{server.name} is not a reference relay")
-    peer = server.peer_socket()
+    peer = server.peer
     _drain(peer)
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock.connect(server.addr)

@@ -12,12 +12,11 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import AbstractContextManager, ExitStack, contextmanager, suppress
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 from functools import partial
-from pathlib import Path
 
 from bench import profile, references
-from bench.common import CLK_TCK, MiB, NotAvailable, Row, tree_pids
+from bench.common import MiB, NotAvailable, Row, tree_cpu
 from bench.config import Config
 from bench.pumps import (
     ManyResult,
@@ -340,9 +339,9 @@ def _udp_reference_once(server: Server, row: Row, *, cfg: Config) -> None:
 def _udp_measure(
     server: Server, row: Row, cfg: Config, sock: socket.socket, frame: bytes, peer: socket.socket
 ) -> None:
-    cpu0, user0 = server.child.cpu(), _user_cpu(server)
+    cpu0, user0 = server.child.cpu(), tree_cpu(server.child.pid, user_only=True)
     sent, got, seconds = udp_flood(sock, frame, peer, cfg.udp_seconds, cfg.udp_max_packets)
-    cpu, user = server.child.cpu() - cpu0, _user_cpu(server) - user0
+    cpu, user = server.child.cpu() - cpu0, tree_cpu(server.child.pid, user_only=True) - user0
     if got == 0:
         raise NotAvailable(f"no packet reached the peer ({sent} sent)")
     row.values.append(got / seconds / 1000)
@@ -351,13 +350,3 @@ def _udp_measure(
     # per datagram that reached the peer: what the relay costs, and its user-space (not kernel) part
     row.extra.setdefault("server_us_per_pkt", []).append(cpu / got * 1e6)
     row.extra.setdefault("server_user_us_per_pkt", []).append(user / got * 1e6)
-
-
-def _user_cpu(server: Server) -> float:
-    """User-space CPU seconds (utime) of the server's process tree, from /proc/PID/stat."""
-    total = 0.0
-    for pid in tree_pids(server.child.pid):
-        with suppress(OSError):
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            total += int(fields[11]) / CLK_TCK
-    return total

@@ -15,15 +15,15 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import ssl
 import threading
 import time
-import urllib.request
 from collections.abc import Callable, Coroutine
 from contextlib import ExitStack
 from functools import partial
 from typing import Any
 
-from bench.common import NotAvailable, Row, cpu_seconds, free_port
+from bench.common import NotAvailable, Row, cpu_seconds, free_port, scrape_metrics
 from bench.config import Config
 from bench.pumps import pump_many
 from bench.relay_cases import (
@@ -39,17 +39,6 @@ from bench.servers import PASSWORD, USER, Server, start_delshare_relay
 CASE = "7 relay workers"
 RFC6062_ALLOCATIONS = 8  # 16 binds: none crossing with probability 2**-16
 READY_S = 20.0
-
-
-def _metrics(port: int) -> dict[str, float]:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as answer:
-        text = answer.read().decode()
-    found: dict[str, float] = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            name, _, value = line.rpartition(" ")
-            found[name] = float(value)
-    return found
 
 
 def _workers_ready(server: Server, count: int) -> list[int]:
@@ -77,7 +66,7 @@ def _many_once(server: Server, row: Row, *, cfg: Config, count: int, metrics_por
     """Case 2's load through ``server``; per-worker CPU of the pump phase."""
     pids = _workers_ready(server, count)
     with _stream_pairs(server, cfg.many_streams) as pairs:
-        seen = _metrics(metrics_port)
+        seen = scrape_metrics(metrics_port)
         before = [cpu_seconds(pid) for pid in [server.child.pid, *pids]]
         res = pump_many(pairs, cfg.many_bytes_each, cfg.many_max_s)
         after = [cpu_seconds(pid) for pid in [server.child.pid, *pids]]
@@ -96,31 +85,39 @@ def _many_once(server: Server, row: Row, *, cfg: Config, count: int, metrics_por
     row.extra.setdefault("pump_cpu_s", []).append(res.pump_cpu_s)
 
 
-async def _incoming_and_outgoing(uri: str) -> None:
-    """One TCP allocation: a peer dials in and a Connect goes out, bytes checked both ways."""
+async def incoming_and_outgoing(
+    uri: str, user: str = USER, password: str = PASSWORD, tls: ssl.SSLContext | None = None
+) -> None:
+    """One TCP allocation: a peer dials in and a Connect goes out, bytes checked both ways
+    (RuntimeError if not). Also tests/aio/test_workers.py's check of RFC 6062 over workers."""
     from delshare.aio.client import connect_turn
 
-    async with await connect_turn(uri, USER, PASSWORD) as client:
+    async with await connect_turn(uri, user, password, ssl=tls) as client:
         allocation = await client.allocate_tcp()
         await allocation.permit("127.0.0.1")
-        _reader, peer_writer = await asyncio.open_connection(*allocation.relayed_address)
+        peer_reader, peer_writer = await asyncio.open_connection(*allocation.relayed_address)
         stream = await asyncio.wait_for(allocation.accept(), 10)
-        payload = os.urandom(65536)
+        payload = os.urandom(100_000)
         peer_writer.write(payload)
+        if tls is None:  # TLS has no half-close: the relay would close the whole connection
+            peer_writer.write_eof()
         if await asyncio.wait_for(stream.reader.readexactly(len(payload)), 10) != payload:
             raise RuntimeError("incoming connection corrupted the data")
+        stream.writer.write(b"back")
+        if await asyncio.wait_for(peer_reader.readexactly(4), 10) != b"back":
+            raise RuntimeError("incoming connection corrupted the data back")
         stream.writer.close()
         peer_writer.close()
 
         async def on_peer(_r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
-            w.write(b"hello")
+            w.write(b"hello from the peer")
             await w.drain()
             w.close()
 
         server = await asyncio.start_server(on_peer, "127.0.0.1", 0)
         try:
             reader, writer = await allocation.connect(server.sockets[0].getsockname()[:2])
-            if await asyncio.wait_for(reader.read(), 10) != b"hello":
+            if await asyncio.wait_for(reader.read(), 10) != b"hello from the peer":
                 raise RuntimeError("outgoing connection corrupted the data")
             writer.close()
         finally:
@@ -133,7 +130,7 @@ def _rfc6062_once(server: Server, row: Row, metrics_port: int) -> None:
 
     async def all_of_them() -> None:
         for _ in range(RFC6062_ALLOCATIONS):
-            await _incoming_and_outgoing(uri)
+            await incoming_and_outgoing(uri)
 
     outcome: list[BaseException] = []
     thread = threading.Thread(target=lambda: _capture(outcome, all_of_them))
@@ -141,7 +138,7 @@ def _rfc6062_once(server: Server, row: Row, metrics_port: int) -> None:
     thread.join(60)
     if outcome:
         raise outcome[0]
-    seen = _metrics(metrics_port)
+    seen = scrape_metrics(metrics_port)
     row.values.append(seen["delshare_relay_tcp_connections_bound_total"])
     row.extra.setdefault("handed_over", []).append(seen["delshare_relay_binds_handed_over_total"])
     for index in (0, 1):

@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from bench.workers_case import incoming_and_outgoing
 
 from delshare.aio.client import TurnClient, connect_turn
 from delshare.errors import TransactionError
@@ -77,40 +78,9 @@ def workers(tmp_path: Path) -> Iterator[Workers]:
         running.relay.stop()
 
 
-async def _incoming_and_outgoing(uri: str, tls: ssl.SSLContext | None = None) -> None:
-    """One TCP allocation: a peer dials in, and a Connect goes out; bytes both ways."""
-    async with await connect_turn(uri, "u", "p", ssl=tls) as client:
-        allocation = await client.allocate_tcp()
-        await allocation.permit(HOST)
-        peer_reader, peer_writer = await asyncio.open_connection(*allocation.relayed_address)
-        stream = await asyncio.wait_for(allocation.accept(), STEP)
-        payload = os.urandom(100_000)
-        peer_writer.write(payload)
-        if tls is None:  # TLS has no half-close: the relay would close the whole connection
-            peer_writer.write_eof()
-        assert await asyncio.wait_for(stream.reader.readexactly(len(payload)), STEP) == payload
-        stream.writer.write(b"back")
-        assert await asyncio.wait_for(peer_reader.readexactly(4), STEP) == b"back"
-        stream.writer.close()
-        peer_writer.close()
-
-        async def on_peer(_r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
-            w.write(b"hello from the peer")
-            await w.drain()
-            w.close()
-
-        server = await asyncio.start_server(on_peer, HOST, 0)
-        try:
-            reader, writer = await allocation.connect(server.sockets[0].getsockname()[:2])
-            assert await asyncio.wait_for(reader.read(), STEP) == b"hello from the peer"
-            writer.close()
-        finally:
-            server.close()
-
-
 async def test_rfc6062_both_ways_across_two_workers(workers: Workers) -> None:
     for _ in range(ALLOCATIONS):
-        await _incoming_and_outgoing(workers.uri)
+        await incoming_and_outgoing(workers.uri, "u", "p")
     seen = workers.metrics()
     # both workers created allocations ...
     assert seen['delshare_relay_worker_allocations_created{worker="0"}'] > 0, seen
@@ -133,7 +103,7 @@ async def test_rfc6062_over_tls_across_two_workers(tmp_path: Path) -> None:
     context = ssl.create_default_context(cafile=str(pki.cert))
     try:
         for _ in range(8):  # 16 binds: none crossing with probability 2**-16
-            await _incoming_and_outgoing(f"turns:{HOST}:{tls_port}?transport=tcp", context)
+            await incoming_and_outgoing(f"turns:{HOST}:{tls_port}?transport=tcp", "u", "p", context)
         seen = running.metrics()
         assert seen["delshare_relay_binds_handed_over_total"] > 0, seen
         assert seen["delshare_relay_tcp_connections_bound_total"] == 16

@@ -19,6 +19,8 @@ from pathlib import Path
 
 import pytest
 
+from bench import c_relays
+
 pytestmark = pytest.mark.timeout(300)  # the whole quick run happens in the first test's setup
 
 REPO = Path(__file__).resolve().parents[2]
@@ -65,7 +67,7 @@ def _must_have_number(case: str, variant: str) -> bool:
     if variant == "Python forwarder":
         return True
     if variant.startswith("C "):  # compiled at bench time (bench/c_relays.py)
-        return shutil.which("cc") is not None or shutil.which("gcc") is not None
+        return c_relays.compiler() is not None
     return False
 
 

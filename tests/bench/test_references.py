@@ -7,17 +7,16 @@ and nothing else.
 
 from __future__ import annotations
 
-import shutil
 import socket
 from collections.abc import Callable
 
 import pytest
 from bench.servers import Server
 
-from bench import references
+from bench import c_relays, references
 
 pytestmark = pytest.mark.timeout(60)
-HAVE_CC = shutil.which("cc") is not None or shutil.which("gcc") is not None
+HAVE_CC = c_relays.compiler() is not None
 
 
 def _read_to_eof(sock: socket.socket) -> bytes:

@@ -29,12 +29,18 @@ NOT_AT_START = (
 )
 
 
+def _run_python(code: str, timeout: float = 60) -> str:
+    """The stdout of ``python -c code``, which must exit 0."""
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout, check=False
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout
+
+
 def loaded_after_import(module: str) -> set[str]:
     code = f"import sys, json, {module}; print(json.dumps(sorted(sys.modules)))"
-    done = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
-    )
-    return set(json.loads(done.stdout))
+    return set(json.loads(_run_python(code)))
 
 
 @pytest.mark.parametrize(
@@ -84,15 +90,9 @@ print(json.dumps(sorted(sys.modules)))
 
 @pytest.mark.parametrize("command", ["send", "receive"])
 def test_help_loads_none_of_the_transfer_code(command: str) -> None:
-    done = subprocess.run(
-        [sys.executable, "-c", _HELP.format(command=command)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
-    assert f"Usage: delshare {command}" in done.stdout  # the help was really printed
-    loaded = set(json.loads(done.stdout.splitlines()[-1]))
+    out = _run_python(_HELP.format(command=command))
+    assert f"Usage: delshare {command}" in out  # the help was really printed
+    loaded = set(json.loads(out.splitlines()[-1]))
     assert f"delshare.cli.{command}" in loaded
     assert sorted(loaded.intersection(NOT_FOR_HELP)) == []
 
@@ -121,15 +121,8 @@ main()
 
 
 def _gc_after(args: list[str]) -> dict[str, int]:
-    done = subprocess.run(
-        [sys.executable, "-c", _GC_WATCH.format(args=args)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
-    result: dict[str, int] = json.loads(done.stdout.splitlines()[-1])
+    out = _run_python(_GC_WATCH.format(args=args), timeout=120)
+    result: dict[str, int] = json.loads(out.splitlines()[-1])
     return result
 
 
